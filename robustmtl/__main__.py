@@ -1,0 +1,3 @@
+from robustmtl.cli import app
+
+app()

@@ -1,0 +1,174 @@
+"""The robustmtl command line: parse, call one function, render with rich.
+
+Heavy modules (torch, transformers, pandas) are imported inside the commands, so `--help` is instant.
+A UserError anywhere becomes one red line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from robustmtl.errors import UserError
+
+app = typer.Typer(help="Group-robustness fine-tuning experiments, from grid files to worst-group tables.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False)
+grid_app = typer.Typer(help="Expand, submit and follow grids of runs.", no_args_is_help=True)
+app.add_typer(grid_app, name="grid")
+console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+FORMATS = ("table", "markdown", "csv", "latex")
+SUFFIX_FORMATS = {".tex": "latex", ".md": "markdown", ".csv": "csv"}
+
+
+def user_errors(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_sets(pairs: list[str]) -> dict[str, Any]:
+    from robustmtl.params import parse_cli_value
+
+    values = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set expects key=value, got {pair!r}")
+        values[key.strip()] = parse_cli_value(text.strip())
+    return values
+
+
+@app.command()
+@user_errors
+def run(
+    method: Annotated[str, typer.Option(help="Method name, e.g. erm, mtl_l1.")],
+    dataset: Annotated[str, typer.Option(help="Dataset name, e.g. synthetic.")],
+    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    model: Annotated[str | None, typer.Option(help="Model name (default: the dataset's).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Hyperparameter key=value (repeatable).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/single/<run_id>).")] = None,
+    data_root: Annotated[str | None, typer.Option(help="Dataset directory (else $ROBUSTMTL_DATA).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default).")] = 0,
+    checkpoint_every: Annotated[int, typer.Option(help="Also checkpoint every N steps (0: per epoch).")] = 0,
+) -> None:
+    """Train one run in this process (resumes from its checkpoint; a finished run just reports)."""
+    from robustmtl.config import RunOptions, build_config
+    from robustmtl.grid.executor import data_root_for
+    from robustmtl.runner import run_with_requirements
+
+    values = parse_sets(set_ or [])
+    if data_root is None:
+        data_root = values.pop("data_root", None)
+    cfg = build_config(method, dataset, seed, model, values, where="--set")
+    opts = RunOptions(data_root=data_root_for(data_root), device=device, threads=threads,
+                      checkpoint_every=checkpoint_every)
+    summary = run_with_requirements(cfg, opts, out or Path("runs") / "single" / cfg.run_id, console)
+    show_summary(summary)
+
+
+def show_summary(summary: dict[str, Any]) -> None:
+    table = Table(title=f"run {summary['run_id']}: {summary['method']} on {summary['dataset']}, seed {summary['seed']}")
+    for column in ("split", "avg acc", "worst-group acc"):
+        table.add_column(column, justify="right" if column != "split" else "left")
+    for split in ("train", "val", "test"):
+        m = summary["final"][split]
+        table.add_row(split, f"{100 * m['avg_acc']:.1f}", f"{100 * m['worst_group_acc']:.1f}")
+    console.print(table)
+    console.print(f"{summary['epochs']} epochs, {summary['steps']} steps, {summary['time_s']:.1f} s of training")
+
+
+@grid_app.command("submit")
+@user_errors
+def grid_submit(
+    spec: Annotated[Path, typer.Argument(help="Grid file (TOML), e.g. jobs/demo.toml.")],
+    out: Annotated[Path | None, typer.Option(help="Grid directory (default runs/<name>).")] = None,
+    executor: Annotated[str | None, typer.Option(help="auto | local | slurm | debug (overrides the file).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the expanded runs; write nothing.")] = False,
+    force: Annotated[bool, typer.Option(help="Reuse a grid directory made by a different spec.")] = False,
+) -> None:
+    """Expand a grid file and execute (local) or queue (slurm) every run that is not done."""
+    from robustmtl.grid.submit import plan, submit
+
+    if dry_run:
+        spec_obj, runs = plan(spec)
+        table = Table(title=f"{spec_obj.name}: {len(runs)} runs")
+        swept_keys = sorted({k for r in runs for k in r.swept})
+        for column in ("run_id", "method", "dataset", "seed", *swept_keys):
+            table.add_column(column)
+        for r in runs:
+            c = r.config
+            table.add_row(r.run_id, c.method, c.dataset, str(c.seed), *(str(r.swept.get(k, "")) for k in swept_keys))
+        console.print(table)
+        console.print(f"{len(runs)} runs (dry run: nothing written)")
+        return
+    result = submit(spec, out, executor, force, console)
+    if result.failed:
+        raise UserError(f"{len(result.failed)} run(s) failed: {', '.join(result.failed)}; "
+                        "see `robustmtl grid status` for their errors")
+
+
+@grid_app.command("status")
+@user_errors
+def grid_status_cmd(grid_dir: Annotated[Path, typer.Argument(help="Grid directory.")]) -> None:
+    """Count done / started / pending / failed runs from the run directories."""
+    from robustmtl.grid.status import grid_status
+    from robustmtl.layout import GridDir
+
+    status = grid_status(GridDir(grid_dir))
+    table = Table(title=f"{grid_dir}: {status.total} runs")
+    table.add_column("state")
+    table.add_column("runs", justify="right")
+    for state in ("done", "started", "pending", "failed"):
+        table.add_row(state, str(status.counts.get(state, 0)))
+    console.print(table)
+    for run_id, line in status.failed:
+        console.print(f"[red]failed[/] {run_id}: {line}", highlight=False)
+
+
+@app.command()
+@user_errors
+def aggregate(
+    grid_dirs: Annotated[list[Path], typer.Argument(help="One or more grid directories.")],
+    select: Annotated[str, typer.Option(help="worst-val | avg-val | oracle")] = "worst-val",
+    fmt: Annotated[str | None, typer.Option("--format", help="table | markdown | csv | latex")] = None,
+    output: Annotated[Path | None, typer.Option(help="Write the table to this file.")] = None,
+    include_running: Annotated[bool, typer.Option(help="Include runs without DONE.")] = False,
+    ci: Annotated[str, typer.Option(help="t (Student-t) | bootstrap")] = "t",
+    quiet: Annotated[bool, typer.Option(help="Do not print the terminal table.")] = False,
+) -> None:
+    """Worst-group tables with confidence intervals over seeds."""
+    from robustmtl.aggregate import aggregate as run_aggregate
+    from robustmtl.aggregate.export import render_rich, to_csv, to_latex, to_markdown
+
+    fmt = fmt or (SUFFIX_FORMATS.get(output.suffix, "table") if output else "table")
+    if fmt not in FORMATS:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    summary = run_aggregate(grid_dirs, select=select, include_running=include_running, ci=ci)
+    for warning in summary.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    if not quiet:
+        console.print(render_rich(summary))
+    if output:
+        writers = {"markdown": to_markdown, "csv": to_csv, "latex": to_latex, "table": to_markdown}
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(writers[fmt](summary))
+        console.print(f"wrote {output}")
+    elif fmt != "table":
+        console.print({"markdown": to_markdown, "csv": to_csv, "latex": to_latex}[fmt](summary), markup=False,
+                      highlight=False)

@@ -1,0 +1,157 @@
+"""RunConfig: everything that defines a run's result, hashed into a stable run id.
+
+Users speak in flat keys (`lr`, `alpha_aux`, `p_train`, `hidden_dim`); each key belongs to exactly one
+parameter block: training, the method's, the dataset's or the model's. Output paths, executor
+settings and the data root live in `RunOptions` and never enter the hash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from robustmtl.errors import UserError
+from robustmtl.params import at_least, coerce, did_you_mean, field_types, one_of, positive
+from robustmtl.registry import dataset_entry, method_entry, model_entry
+
+CONFIG_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Optimisation settings shared by every method."""
+
+    epochs: int = field(default=20, metadata=positive())
+    batch_size: int = field(default=64, metadata=positive())
+    lr: float = field(default=1e-3, metadata=positive())
+    optimizer: str = field(default="adamw", metadata=one_of("adamw", "sgd"))
+    weight_decay: float = field(default=0.0, metadata=at_least(0.0))
+    momentum: float = field(default=0.9, metadata=at_least(0.0))
+    scheduler: str = field(default="constant", metadata=one_of("constant", "linear", "cosine"))
+    warmup_frac: float = field(default=0.0, metadata=at_least(0.0))
+    grad_clip: float = field(default=0.0, metadata=at_least(0.0))
+    eval_every: int = field(default=0, metadata=at_least(0))
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How and where a run executes: never part of its identity."""
+
+    data_root: str | None = None
+    device: str = "auto"
+    threads: int = 0
+    checkpoint_every: int = 0
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    method: str
+    dataset: str
+    seed: int
+    model: str
+    train: TrainParams
+    method_params: Any
+    data_params: Any
+    model_params: Any
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": CONFIG_VERSION,
+            "method": self.method,
+            "dataset": self.dataset,
+            "seed": self.seed,
+            "model": self.model,
+            "train": dataclasses.asdict(self.train),
+            "method_params": dataclasses.asdict(self.method_params),
+            "data_params": dataclasses.asdict(self.data_params),
+            "model_params": dataclasses.asdict(self.model_params),
+        }
+
+    @property
+    def run_id(self) -> str:
+        return _digest(self.to_dict())
+
+    @property
+    def setting_id(self) -> str:
+        """Identity of the hyperparameter setting: the config without its seed."""
+        return _digest({k: v for k, v in self.to_dict().items() if k != "seed"})
+
+    def hparams(self) -> dict[str, Any]:
+        """Every hyperparameter as one flat dict (for records and tables)."""
+        d = self.to_dict()
+        return {**d["train"], **d["method_params"], **d["data_params"], **d["model_params"]}
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with flat keys changed (e.g. `epochs=5`), validated like user input."""
+        return build_config(self.method, self.dataset, self.seed, self.model, {**self.hparams(), **changes},
+                            where="internal")
+
+
+def _digest(obj: Any) -> str:
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def blocks_for(method: str, dataset: str, model: str) -> dict[str, type]:
+    """The parameter blocks of one (method, dataset, model) combination, keyed by section name."""
+    return {
+        "train": TrainParams,
+        "method_params": method_entry(method).Params,
+        "data_params": dataset_entry(dataset).Params,
+        "model_params": model_entry(model).Params,
+    }
+
+
+def key_owner(key: str, blocks: dict[str, type]) -> str | None:
+    return next((section for section, block in blocks.items() if key in field_types(block)), None)
+
+
+def build_config(method: str, dataset: str, seed: int, model: str | None, values: dict[str, Any],
+                 where: str, strict: bool = True) -> RunConfig:
+    """Validate flat `values` into a RunConfig.
+
+    With `strict=False`, keys that belong to no block of this combination are ignored: a grid's
+    `[defaults]` may set `alpha_aux` for every method, and ERM simply has no such parameter.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise UserError(f"{where}: seed must be an integer, got {seed!r}")
+    data = dataset_entry(dataset)
+    model = model or data.default_model
+    model_cls = model_entry(model)
+    if data.modality not in model_cls.modalities:
+        raise UserError(f"{where}: model {model!r} takes {'/'.join(model_cls.modalities)} inputs but dataset "
+                        f"{dataset!r} is {data.modality}; pick a {data.modality} model")
+    blocks = blocks_for(method, dataset, model)
+    sections: dict[str, dict[str, Any]] = {name: {} for name in blocks}
+    for key, value in values.items():
+        owner = key_owner(key, blocks)
+        if owner is None:
+            if strict:
+                known = [k for b in blocks.values() for k in field_types(b)]
+                raise UserError(f"{where}: {key!r} is not a parameter of method {method!r}, dataset {dataset!r} "
+                                f"or model {model!r}{did_you_mean(key, known)}")
+            continue
+        sections[owner][key] = coerce(blocks[owner], key, value, where)
+    return RunConfig(method=method, dataset=dataset, seed=seed, model=model,
+                     **{name: blocks[name](**sections[name]) for name in blocks})
+
+
+def config_from_dict(d: dict[str, Any], where: str) -> RunConfig:
+    """Inverse of RunConfig.to_dict (reads config.json)."""
+    try:
+        flat = {**d["train"], **d["method_params"], **d["data_params"], **d["model_params"]}
+        return build_config(d["method"], d["dataset"], d["seed"], d["model"], flat, where=where)
+    except (KeyError, TypeError) as exc:
+        raise UserError(f"{where}: not a robustmtl run config (missing {exc})") from None
+
+
+def options_from_dict(d: dict[str, Any], where: str) -> RunOptions:
+    known = {f.name for f in dataclasses.fields(RunOptions)}
+    unknown = set(d) - known
+    if unknown:
+        raise UserError(f"{where}: unknown run option(s) {sorted(unknown)}; valid: {sorted(known)}")
+    return RunOptions(**d)

@@ -1,0 +1,1 @@
+"""Datasets: each file builds train/val/test splits of (inputs, y, a, groups) for one dataset."""

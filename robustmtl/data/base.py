@@ -1,0 +1,87 @@
+"""Splits and dataset metadata shared by every dataset and model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a model and the metrics need to know about a dataset."""
+
+    modality: str
+    n_classes: int
+    n_attrs: int
+    group_names: tuple[str, ...]
+    input_dim: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.group_names)
+
+
+class Split(torch.utils.data.Dataset):
+    """One split. Indexing with a list of indices returns a whole batch (a dict of tensors).
+
+    `g` is the training group id (label × attribute, `g = n_attrs * y + a`), `-1` where hidden;
+    `membership[i, k]` says whether example i counts in evaluation group k (one-hot of `g` for
+    ordinary datasets, several groups at once for overlapping ones like CivilComments).
+    """
+
+    def __init__(self, name: str, y: torch.Tensor, g: torch.Tensor, membership: torch.Tensor | None = None,
+                 n_groups: int | None = None) -> None:
+        self.name = name
+        self.y = y.long()
+        self.g = g.long()
+        if membership is None:
+            size = n_groups if n_groups is not None else int(g.max()) + 1
+            membership = torch.nn.functional.one_hot(self.g.clamp(min=0), size).bool() & (self.g >= 0)[:, None]
+        self.membership = membership
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def inputs(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def __getitem__(self, idx: torch.Tensor | list[int]) -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return {"idx": idx, "y": self.y[idx], "g": self.g[idx], **self.inputs(idx)}
+
+    def with_groups(self, g: torch.Tensor) -> Split:
+        """A view of this split with other training group labels (hidden: all -1)."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.g = g.long()
+        return clone
+
+    def hide_groups(self) -> Split:
+        return self.with_groups(torch.full_like(self.g, -1))
+
+
+class VectorSplit(Split):
+    def __init__(self, name: str, x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, n_groups: int) -> None:
+        super().__init__(name, y, g, n_groups=n_groups)
+        self.x = x.float()
+
+    def inputs(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"x": self.x[idx]}
+
+
+@dataclass
+class Splits:
+    info: DataInfo
+    train: Split
+    val: Split
+    test: Split
+
+    def by_name(self) -> dict[str, Split]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+def group_names(class_names: list[str], attr_names: list[str]) -> tuple[str, ...]:
+    """Names in group-id order, g = n_attrs * y + a."""
+    return tuple(f"{c}/{a}" for c in class_names for a in attr_names)

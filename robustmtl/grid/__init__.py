@@ -1,0 +1,1 @@
+"""Grids: spec files → planned runs → executors → status."""

@@ -1,0 +1,72 @@
+"""[executor] settings: where and how a grid's runs execute (never part of a run's identity)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from robustmtl.config import RunOptions
+from robustmtl.errors import UserError
+from robustmtl.params import at_least, coerce, did_you_mean, one_of, positive
+
+KINDS = ("auto", "local", "slurm", "debug")
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    kind: str = field(default="auto", metadata=one_of(*KINDS))
+    parallel: int = field(default=0, metadata=at_least(0))
+    threads: int = field(default=0, metadata=at_least(0))
+    device: str = "auto"
+    checkpoint_every: int = field(default=0, metadata=at_least(0))
+    num_workers: int = field(default=0, metadata=at_least(0))
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    gpus: int = field(default=0, metadata=at_least(0))
+    cpus: int = field(default=1, metadata=positive())
+    mem_gb: float | None = None
+    timeout_min: int = field(default=60, metadata=positive())
+    array_parallelism: int = field(default=0, metadata=at_least(0))
+    max_requeues: int = field(default=3, metadata=at_least(0))
+    extra: tuple[str, ...] = ()
+
+    def resolved_kind(self) -> str:
+        if self.kind == "auto":
+            return "slurm" if shutil.which("sbatch") else "local"
+        if self.kind == "slurm" and not shutil.which("sbatch"):
+            raise UserError("executor kind 'slurm' needs SLURM's `sbatch` on PATH (not found); "
+                            "run on a login node, or use --executor local")
+        return self.kind
+
+    def local_parallel(self) -> int:
+        cores = os.cpu_count() or 1
+        return self.parallel or max(1, cores // max(self.threads, 1))
+
+    def run_options(self, data_root: str | None, kind: str) -> RunOptions:
+        threads = self.threads or (1 if kind == "local" and self.local_parallel() > 1 else 0)
+        return RunOptions(data_root=data_root, device=self.device, threads=threads,
+                          checkpoint_every=self.checkpoint_every, num_workers=self.num_workers)
+
+
+def executor_settings(table: dict[str, Any], where: str, overrides: dict[str, Any] | None = None) -> ExecutorSettings:
+    known = {f.name for f in dataclasses.fields(ExecutorSettings)}
+    values = {**table, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    clean = {}
+    for key, value in values.items():
+        if key not in known:
+            raise UserError(f"{where}: unknown [executor] key `{key}`{did_you_mean(key, known)}; "
+                            f"valid: {', '.join(sorted(known))}")
+        clean[key] = coerce(ExecutorSettings, key, value, f"{where} [executor]")
+    return ExecutorSettings(**clean)
+
+
+def data_root_for(configured: str | None) -> str | None:
+    """A grid's [datasets.<name>] data_root, else $ROBUSTMTL_DATA; absolute so jobs find it from anywhere."""
+    root = configured or os.environ.get("ROBUSTMTL_DATA")
+    return str(Path(root).expanduser().resolve()) if root else None

@@ -1,0 +1,98 @@
+"""GridSpec → the runs it asks for: datasets × methods × seeds × global sweep × the method's sweep.
+
+Runs that are the same config (a sweep axis a method has no use for) collapse into one by run id.
+Runs a method requires (JTT's stage 1) join the plan ahead of the runs that need them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from robustmtl.config import RunConfig, blocks_for, build_config, key_owner
+from robustmtl.errors import UserError
+from robustmtl.grid.spec import GridSpec
+from robustmtl.params import did_you_mean, field_types
+from robustmtl.registry import dataset_entry, method_entry
+
+DATA_ROOT_KEY = "data_root"
+
+
+@dataclass
+class PlannedRun:
+    config: RunConfig
+    swept: dict[str, Any]
+    requires: list[str] = field(default_factory=list)
+
+    @property
+    def run_id(self) -> str:
+        return self.config.run_id
+
+
+def _product(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    keys = list(axes)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(axes[k] for k in keys))]
+
+
+def _check_keys_known(spec: GridSpec) -> None:
+    """A key in [defaults]/[sweep] must belong to at least one (method, dataset, model) of the grid."""
+    combos = [blocks_for(m, d, spec.model or dataset_entry(d).default_model)
+              for m in spec.methods for d in spec.datasets]
+    known = {k for blocks in combos for block in blocks.values() for k in field_types(block)}
+    for table, keys in (("defaults", spec.defaults), ("sweep", spec.sweep)):
+        for key in keys:
+            if key not in known:
+                raise UserError(f"{spec.path}: [{table}] {key!r} is not a parameter of any method, dataset or model "
+                                f"in this grid{did_you_mean(key, known)}")
+    for m, table in spec.method_tables.items():
+        method_known = {k for d in spec.datasets
+                        for block in blocks_for(m, d, spec.model or dataset_entry(d).default_model).values()
+                        for k in field_types(block)}
+        for section, keys in (("defaults", table.defaults), ("sweep", table.sweep)):
+            for key in keys:
+                if key not in method_known:
+                    raise UserError(f"{spec.path}: [methods.{m}.{section}] {key!r} is not a parameter of method "
+                                    f"{m!r}{did_you_mean(key, method_known)}")
+
+
+def data_roots(spec: GridSpec) -> dict[str, str | None]:
+    return {d: spec.dataset_tables.get(d, {}).get(DATA_ROOT_KEY) for d in spec.datasets}
+
+
+def expand(spec: GridSpec) -> list[PlannedRun]:
+    _check_keys_known(spec)
+    planned: dict[str, PlannedRun] = {}
+    for dataset in spec.datasets:
+        data_values = {k: v for k, v in spec.dataset_tables.get(dataset, {}).items() if k != DATA_ROOT_KEY}
+        for method in spec.methods:
+            table = spec.method_tables.get(method)
+            method_axes = table.sweep if table else {}
+            method_defaults = table.defaults if table else {}
+            blocks = blocks_for(method, dataset, spec.model or dataset_entry(dataset).default_model)
+            global_axes = {k: v for k, v in spec.sweep.items() if key_owner(k, blocks)}
+            for seed in spec.seeds:
+                for point in _product(global_axes):
+                    for method_point in _product(method_axes):
+                        values = {**spec.defaults, **data_values, **method_defaults, **point, **method_point}
+                        where = f"{spec.path} ({method} on {dataset})"
+                        relevant = {k: v for k, v in values.items() if key_owner(k, blocks)}
+                        cfg = build_config(method, dataset, seed, spec.model, relevant, where=where)
+                        _add(planned, cfg, {**point, **method_point})
+    return _with_requirements(planned)
+
+
+def _add(planned: dict[str, PlannedRun], cfg: RunConfig, swept: dict[str, Any]) -> None:
+    if cfg.run_id not in planned:
+        planned[cfg.run_id] = PlannedRun(config=cfg, swept=swept)
+
+
+def _with_requirements(planned: dict[str, PlannedRun]) -> list[PlannedRun]:
+    """Required runs first (deduplicated: one stage-1 run serves every stage-2 run that shares it)."""
+    required: dict[str, PlannedRun] = {}
+    for run in planned.values():
+        for cfg in method_entry(run.config.method).requires(run.config).values():
+            run.requires.append(cfg.run_id)
+            if cfg.run_id not in planned and cfg.run_id not in required:
+                required[cfg.run_id] = PlannedRun(config=cfg, swept={})
+    return [*required.values(), *planned.values()]

@@ -1,0 +1,156 @@
+"""`grid submit`: expand a spec, lay out the grid directory, and execute the runs that are not done.
+
+local/debug: runs execute here (local: submitit subprocesses, `parallel` at a time; debug: in this
+process), with a live progress bar, and the command returns when they end. slurm: one array job per
+dependency level, submitted through submitit; the command returns once everything is queued.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from robustmtl.errors import UserError
+from robustmtl.grid.executor import ExecutorSettings, data_root_for, executor_settings
+from robustmtl.grid.expand import PlannedRun, data_roots, expand
+from robustmtl.grid.spec import GridSpec, load_spec, parse_toml
+from robustmtl.layout import GridDir, RunDir, atomic_write_text
+from robustmtl.rundir import prepare_run
+
+
+@dataclass
+class SubmitResult:
+    planned: list[PlannedRun]
+    already_done: int
+    executed: int
+    failed: list[str]
+    kind: str
+
+
+def plan(spec_path: Path) -> tuple[GridSpec, list[PlannedRun]]:
+    spec = load_spec(spec_path)
+    return spec, expand(spec)
+
+
+def preflight(grid: GridDir) -> None:
+    """Fail before anything is written when the grid directory cannot take files."""
+    try:
+        grid.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=grid.root, prefix=".write-check-") as f:
+            f.write(b"ok")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise UserError(f"cannot write to grid directory {grid.root}: {exc.strerror or exc}") from None
+
+
+def record_spec(grid: GridDir, spec: GridSpec, force: bool) -> None:
+    if grid.spec.exists():
+        _, old = parse_toml(grid.spec)
+        _, new = parse_toml(spec.path)
+        if old != new and not force:
+            raise UserError(f"{grid.root} was created by a different grid spec (see {grid.spec}); "
+                            "use another --out, or --force to extend it with this spec")
+    atomic_write_text(grid.spec, spec.text)
+
+
+def submit(spec_path: Path, out: Path | None, kind: str | None, force: bool, console: Console) -> SubmitResult:
+    spec, runs = plan(spec_path)
+    settings = executor_settings(spec.executor, str(spec_path), {"kind": kind})
+    resolved = settings.resolved_kind()
+    grid = GridDir(out or Path("runs") / spec.name)
+    preflight(grid)
+    record_spec(grid, spec, force)
+    roots = {d: data_root_for(r) for d, r in data_roots(spec).items()}
+    for run in runs:
+        prepare_run(grid.run(run.run_id), run.config, settings.run_options(roots[run.config.dataset], resolved))
+    todo = [r for r in runs if not grid.run(r.run_id).done.exists()]
+    console.print(f"[bold]{spec.name}[/]: {len(runs)} runs, {len(runs) - len(todo)} already done, "
+                  f"{len(todo)} to run on [bold]{resolved}[/] → {grid.root}")
+    if resolved == "slurm":
+        from robustmtl.grid.slurm import submit_arrays
+
+        submit_arrays(grid, todo, settings, console)
+        failed: list[str] = []
+    else:
+        failed = run_here(grid, todo, settings, resolved, console)
+    return SubmitResult(planned=runs, already_done=len(runs) - len(todo), executed=len(todo), failed=failed,
+                        kind=resolved)
+
+
+def _epochs_done(rd: RunDir) -> int:
+    try:
+        return rd.metrics.read_bytes().count(b'"split": "val"')
+    except FileNotFoundError:
+        return 0
+
+
+def run_here(grid: GridDir, todo: list[PlannedRun], settings: ExecutorSettings, kind: str,
+             console: Console) -> list[str]:
+    """Execute runs on this machine, required runs first, `parallel` at a time; returns failed run ids."""
+    import submitit
+
+    from robustmtl.train.job import TrainJob
+
+    if kind == "debug":
+        executor: Any = submitit.DebugExecutor(folder=grid.submitit / "%j")
+        parallel = 1
+    else:
+        executor = submitit.LocalExecutor(folder=grid.submitit / "%j")
+        executor.update_parameters(timeout_min=settings.timeout_min)
+        parallel = settings.local_parallel()
+    waiting = list(todo)
+    running: dict[str, Any] = {}
+    failed: list[str] = []
+    total_epochs = sum(r.config.train.epochs for r in todo)
+    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("epochs"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("training", total=total_epochs)
+        try:
+            while waiting or running:
+                for run in list(waiting):
+                    if len(running) >= parallel:
+                        break
+                    blockers = [r for r in run.requires if not grid.run(r).done.exists()]
+                    if any(b in failed for b in blockers):
+                        waiting.remove(run)
+                        failed.append(run.run_id)
+                    elif not blockers:
+                        waiting.remove(run)
+                        running[run.run_id] = executor.submit(TrainJob(), str(grid.run(run.run_id).root))
+                for run_id, job in list(running.items()):
+                    if kind == "debug" or job.done():
+                        del running[run_id]
+                        try:
+                            job.result()
+                        except Exception:
+                            failed.append(run_id)
+                done_epochs = sum(min(_epochs_done(grid.run(r.run_id)), r.config.train.epochs) for r in todo)
+                finished = sum(grid.run(r.run_id).done.exists() for r in todo)
+                progress.update(task, completed=done_epochs,
+                                description=f"runs {finished}/{len(todo)} done, {len(running)} running")
+                if running and kind != "debug":
+                    time.sleep(0.5)
+        except KeyboardInterrupt:
+            for job in running.values():
+                job.cancel(check=False)
+            raise UserError("interrupted: running jobs were cancelled; their checkpoints stay, and the same "
+                            "`grid submit` resumes them") from None
+    return failed
+
+
+def failure_line(rd: RunDir) -> str:
+    try:
+        return json.loads(rd.failed.read_text())["error"].splitlines()[-1]
+    except (OSError, json.JSONDecodeError, KeyError, IndexError):
+        return "unknown error (FAILED marker unreadable)"
+

@@ -1,0 +1,133 @@
+"""Where a grid's and a run's files live, atomic writes, and run state read from markers.
+
+GRID_DIR/grid.toml                 the spec as submitted
+GRID_DIR/runs/<run_id>/config.json the RunConfig (hashed part) + run_id
+GRID_DIR/runs/<run_id>/options.json RunOptions (not hashed)
+GRID_DIR/runs/<run_id>/metrics.jsonl
+GRID_DIR/runs/<run_id>/checkpoint.pt
+GRID_DIR/runs/<run_id>/DONE         JSON summary, written atomically last
+GRID_DIR/runs/<run_id>/FAILED       the error of a failed attempt
+GRID_DIR/submitit/                  submitit's pickles and logs
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from robustmtl.errors import UserError
+
+RUN_ID = re.compile(r"^[0-9a-f]{12}$")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write-temp, fsync, rename: a reader sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{what} is corrupt ({exc.msg if hasattr(exc, 'msg') else exc}): {path}; "
+                        "delete the run directory to rerun it") from None
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def options(self) -> Path:
+        return self.root / "options.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoint.pt"
+
+    @property
+    def done(self) -> Path:
+        return self.root / "DONE"
+
+    @property
+    def failed(self) -> Path:
+        return self.root / "FAILED"
+
+    def artifact(self, name: str) -> Path:
+        """A method's own output file (e.g. JTT's error set)."""
+        return self.root / name
+
+    def state(self) -> str:
+        """done | failed | started | new — from the markers alone."""
+        if self.done.exists():
+            return "done"
+        if self.failed.exists():
+            return "failed"
+        if self.checkpoint.exists() or self.metrics.exists():
+            return "started"
+        return "new"
+
+
+@dataclass(frozen=True)
+class GridDir:
+    root: Path
+
+    @property
+    def spec(self) -> Path:
+        return self.root / "grid.toml"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def submitit(self) -> Path:
+        return self.root / "submitit"
+
+    def run(self, run_id: str) -> RunDir:
+        if not RUN_ID.match(run_id):
+            raise UserError(f"{run_id!r} is not a run id (12 lowercase hex characters)")
+        return RunDir(self.runs / run_id)
+
+    def run_ids(self) -> list[str]:
+        if not self.runs.is_dir():
+            return []
+        return sorted(p.name for p in self.runs.iterdir() if RUN_ID.match(p.name))

@@ -1,0 +1,73 @@
+"""The method plug-in: what a method may change about training, and nothing else.
+
+A method decides (1) which training examples each epoch visits, in which order and how often
+(`epoch_indices`: subsampling, reweighting, JTT's upsampling), (2) the loss of one step from the
+model's outputs (`loss`), and (3) which other runs it needs first (`requires`: JTT stage 1). The loop
+owns everything else — optimisation, evaluation, checkpoints, records — so no method copies it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from robustmtl.config import RunConfig
+from robustmtl.data.base import DataInfo, Split
+from robustmtl.layout import RunDir
+from robustmtl.models.base import Model
+from robustmtl.params import NoParams
+
+
+@dataclass
+class MethodContext:
+    config: RunConfig
+    info: DataInfo
+    train: Split
+    run_dir: RunDir
+    required: dict[str, RunDir]
+
+
+@dataclass
+class Terms:
+    """The loss of one step and its parts (logged separately: end, aux, reg, ...)."""
+
+    total: torch.Tensor
+    parts: dict[str, torch.Tensor]
+
+
+class Method:
+    Params: ClassVar[type] = NoParams
+    uses_train_groups: ClassVar[bool] = False
+    uses_aux_batch: ClassVar[bool] = False
+    report: ClassVar[bool] = True
+
+    def __init__(self, params: Any, ctx: MethodContext) -> None:
+        self.params = params
+        self.ctx = ctx
+
+    @classmethod
+    def requires(cls, config: RunConfig) -> dict[str, RunConfig]:
+        """Runs that must finish before this one starts, by role name."""
+        return {}
+
+    def epoch_indices(self, epoch: int, gen: torch.Generator) -> torch.Tensor:
+        return torch.randperm(len(self.ctx.train), generator=gen)
+
+    def loss(self, model: Model, batch: dict[str, torch.Tensor], aux_batch: dict[str, torch.Tensor] | None) -> Terms:
+        raise NotImplementedError
+
+    def after_training(self, model: Model, predict: Any) -> dict[str, Any]:
+        """Hook for methods that leave an artifact (JTT stage 1's error set); returns summary fields."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(logits.float(), y)

@@ -1,0 +1,27 @@
+"""Group metrics from per-example correctness and group membership (numpy only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def group_metrics(correct: np.ndarray, membership: np.ndarray) -> dict[str, Any]:
+    """Average accuracy (plain mean over examples) and per-group / worst-group accuracy.
+
+    `membership` is [N, G] boolean; a group with no examples in the split is left out (its accuracy is
+    undefined), so worst-group accuracy is over the groups that are present.
+    """
+    correct = np.asarray(correct, dtype=bool)
+    membership = np.asarray(membership, dtype=bool)
+    counts = membership.sum(axis=0)
+    hits = (membership & correct[:, None]).sum(axis=0)
+    present = np.flatnonzero(counts)
+    group_acc = {str(k): float(hits[k] / counts[k]) for k in present}
+    return {
+        "avg_acc": float(correct.mean()) if len(correct) else float("nan"),
+        "worst_group_acc": min(group_acc.values()) if group_acc else float("nan"),
+        "group_acc": group_acc,
+        "group_n": {str(k): int(counts[k]) for k in present},
+    }

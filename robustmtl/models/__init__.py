@@ -1,0 +1,1 @@
+"""Encoders with a classifier head and their pre-training (auxiliary) objective."""

@@ -1,0 +1,65 @@
+"""A small MLP for vector inputs, with masked-feature reconstruction as its pre-training objective.
+
+The representation `h` ends in a LayerNorm, like a transformer's CLS embedding, so that the L1
+penalty acts on the same kind of activation as in the paper (an L1 on post-ReLU units would simply
+switch them off).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from robustmtl.data.base import DataInfo
+from robustmtl.models.base import AuxOutput, Encoded, Model
+from robustmtl.params import between, positive
+
+
+@dataclass(frozen=True)
+class MLPParams:
+    hidden_dim: int = field(default=64, metadata=positive())
+    depth: int = field(default=2, metadata=positive())
+    dropout: float = field(default=0.0, metadata=between(0.0, 0.99))
+    feature_mask_ratio: float = field(default=0.3, metadata=between(0.01, 1.0))
+
+
+class MLP(Model):
+    Params = MLPParams
+    modalities = ("vector",)
+
+    def __init__(self, p: MLPParams, info: DataInfo) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = info.input_dim
+        for _ in range(p.depth - 1):
+            layers += [nn.Linear(width, p.hidden_dim), nn.ReLU()]
+            width = p.hidden_dim
+        layers += [nn.Linear(width, p.hidden_dim), nn.LayerNorm(p.hidden_dim)]
+        self.encoder = nn.Sequential(*layers)
+        self.mask_value = nn.Parameter(torch.zeros(info.input_dim))
+        self.decoder = nn.Linear(p.hidden_dim, info.input_dim)
+        self.head = nn.Sequential(nn.Dropout(p.dropout), nn.Linear(p.hidden_dim, info.n_classes))
+        self.mask_ratio = p.feature_mask_ratio
+
+    @classmethod
+    def build(cls, p: MLPParams, info: DataInfo) -> MLP:
+        return cls(p, info)
+
+    def _encode(self, x: torch.Tensor) -> Encoded:
+        h = self.encoder(x)
+        return Encoded(h=h, tokens=h[:, None, :])
+
+    def encode(self, batch: dict[str, torch.Tensor]) -> Encoded:
+        return self._encode(batch["x"])
+
+    def aux_loss(self, batch: dict[str, torch.Tensor]) -> AuxOutput:
+        """Hide a random subset of features (replaced by a learned value); reconstruct only those."""
+        x = batch["x"]
+        mask = torch.rand(x.shape, device=x.device) < self.mask_ratio
+        corrupted = torch.where(mask, self.mask_value.expand_as(x), x)
+        encoded = self._encode(corrupted)
+        error = (self.decoder(encoded.h) - x).pow(2)
+        loss = (error * mask).sum() / mask.sum().clamp(min=1)
+        return AuxOutput(loss=loss, encoded=encoded)

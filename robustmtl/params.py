@@ -1,0 +1,95 @@
+"""Typed parameter blocks: coercion of user values (TOML, --set) into dataclass fields.
+
+Every parameter block (training, a method's, a dataset's, a model's) is a frozen dataclass. Fields
+may carry `metadata={"choices": (...)}` or `metadata={"min": x}` / `{"positive": True}` to be
+validated here, so a bad value is one clear line instead of a crash deep in training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from typing import Any
+
+from robustmtl.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class NoParams:
+    """For plug-ins without parameters."""
+
+
+def field_types(block: type) -> dict[str, Any]:
+    """Resolved type of every field of a params dataclass."""
+    hints = typing.get_type_hints(block)
+    return {f.name: hints[f.name] for f in dataclasses.fields(block)}
+
+
+def did_you_mean(name: str, options: typing.Iterable[str]) -> str:
+    """' (did you mean x?)' when a close option exists, else ''."""
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def coerce(block: type, key: str, value: Any, where: str) -> Any:
+    """Check `value` against field `key` of `block` and return it in canonical type.
+
+    Ints are accepted for float fields (TOML `lr = 1` means 1.0) so that equal configs hash equally.
+    """
+    tp = field_types(block)[key]
+    field = next(f for f in dataclasses.fields(block) if f.name == key)
+    optional = isinstance(tp, types.UnionType) and type(None) in tp.__args__
+    if optional:
+        if value is None or value == "none":
+            return None
+        tp = next(t for t in tp.__args__ if t is not type(None))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if typing.get_origin(tp) is tuple:
+        if not isinstance(value, list | tuple):
+            raise UserError(f"{where}: {key} must be a list, got {value!r}")
+        value = tuple(value)
+    elif tp in (int, float, str, bool) and (type(value) is not tp):
+        raise UserError(f"{where}: {key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    meta = field.metadata
+    if "choices" in meta and value not in meta["choices"]:
+        raise UserError(f"{where}: {key} must be one of {', '.join(map(str, meta['choices']))}, got {value!r}")
+    if meta.get("positive") and not value > 0:
+        raise UserError(f"{where}: {key} must be > 0, got {value!r}")
+    if "min" in meta and value < meta["min"]:
+        raise UserError(f"{where}: {key} must be >= {meta['min']}, got {value!r}")
+    if "max" in meta and value > meta["max"]:
+        raise UserError(f"{where}: {key} must be <= {meta['max']}, got {value!r}")
+    return value
+
+
+def parse_cli_value(text: str) -> Any:
+    """`--set key=value` values: TOML scalars/lists when they parse, else the bare string."""
+    import tomllib
+
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def positive(**extra: Any) -> dict[str, Any]:
+    return {"positive": True, **extra}
+
+
+def at_least(low: float) -> dict[str, Any]:
+    return {"min": low}
+
+
+def between(low: float, high: float) -> dict[str, Any]:
+    return {"min": low, "max": high}
+
+
+def one_of(*choices: Any) -> dict[str, Any]:
+    return {"choices": choices}

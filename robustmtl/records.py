@@ -1,0 +1,52 @@
+"""The metrics JSONL writer: durable appends, no duplicate keys after a resume, torn tails repaired.
+
+Each record is keyed by (epoch, step, split) within a run. A run resumed from a checkpoint replays
+the steps since that checkpoint and produces the same records again; those already on disk are
+skipped, so the file never holds a key twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+Key = tuple[int, int, str]
+
+
+class MetricsWriter:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.keys: set[Key] = set()
+        if path.exists():
+            self._repair_and_index()
+
+    def _repair_and_index(self) -> None:
+        """Drop a torn last line (a kill mid-append) and remember which keys exist."""
+        data = self.path.read_bytes()
+        good_end = data.rfind(b"\n") + 1
+        if good_end != len(data):
+            with open(self.path, "r+b") as f:
+                f.truncate(good_end)
+                f.flush()
+                os.fsync(f.fileno())
+        for line in data[:good_end].splitlines():
+            try:
+                rec = json.loads(line)
+                self.keys.add((rec["epoch"], rec["step"], rec["split"]))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+
+    def append(self, record: dict[str, Any]) -> bool:
+        """Append one record unless its key is already written; flushed and fsynced."""
+        key = (record["epoch"], record["step"], record["split"])
+        if key in self.keys:
+            return False
+        line = json.dumps(record, sort_keys=True, allow_nan=True) + "\n"
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        self.keys.add(key)
+        return True

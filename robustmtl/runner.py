@@ -1,0 +1,46 @@
+"""`robustmtl run`: one run in this process, its required runs first, with a progress bar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from robustmtl.config import RunConfig, RunOptions
+from robustmtl.layout import RunDir, read_json
+from robustmtl.registry import method_entry
+from robustmtl.rundir import prepare_run
+
+
+def run_with_requirements(cfg: RunConfig, opts: RunOptions, out: Path, console: Console) -> dict[str, Any]:
+    """Required runs (JTT stage 1) go beside `out`, so a later run with the same requirement reuses them."""
+    for role, required in method_entry(cfg.method).requires(cfg).items():
+        console.print(f"{cfg.method} needs its {role} run {required.run_id} first")
+        run_in_process(required, opts, out.parent / required.run_id, console)
+    return run_in_process(cfg, opts, out, console)
+
+
+def run_in_process(cfg: RunConfig, opts: RunOptions, out: Path, console: Console) -> dict[str, Any]:
+    from robustmtl.train.job import write_failure
+    from robustmtl.train.loop import train_run
+
+    rd = RunDir(out)
+    prepare_run(rd, cfg, opts)
+    if rd.done.exists():
+        console.print(f"run {cfg.run_id} is already done ({rd.done}); nothing to do")
+        return read_json(rd.done, "DONE summary")
+    columns = (TextColumn(f"{cfg.method} on {cfg.dataset} seed {cfg.seed}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("steps"), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("train", total=None)
+
+        def update(step: int, total: int) -> None:
+            progress.update(task, completed=step, total=total)
+
+        try:
+            return train_run(rd, update)
+        except Exception as exc:
+            write_failure(rd, exc)
+            raise

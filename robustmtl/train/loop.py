@@ -1,0 +1,204 @@
+"""The one training loop: build, resume from the newest checkpoint, train, evaluate, record, finish.
+
+A run is a pure function of its config: the visiting order of every epoch comes from an RNG seeded by
+(seed, epoch), the global RNG states travel in the checkpoint, and records already on disk are not
+written twice. So a run killed at any point and restarted ends with the same numbers as one that
+was never interrupted (bitwise on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robustmtl.config import RunConfig
+from robustmtl.layout import RunDir, read_json, write_json
+from robustmtl.methods.base import Method, MethodContext
+from robustmtl.models.base import Model, param_groups
+from robustmtl.records import MetricsWriter
+from robustmtl.registry import dataset_entry, method_entry, model_entry
+from robustmtl.rundir import load_run, required_run_dirs
+from robustmtl.train import checkpoint
+from robustmtl.train.batches import chunks, epoch_generator, to_device
+from robustmtl.train.evaluate import Predictions, predict
+
+Progress = Callable[[int, int], None]
+EVAL_BATCH = 512
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def make_optimizer(model: Model, cfg: RunConfig) -> torch.optim.Optimizer:
+    t = cfg.train
+    groups = param_groups(model, t.weight_decay)
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
+    return torch.optim.AdamW(groups, lr=t.lr)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig,
+                   total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup = int(cfg.train.warmup_frac * total_steps)
+    kind = cfg.train.scheduler
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(total_steps - warmup, 1)
+        if kind == "linear":
+            return max(0.0, 1.0 - progress)
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class Trainer:
+    """State of one run in progress; `run()` drives it to DONE."""
+
+    def __init__(self, run_dir: RunDir, progress: Progress | None = None) -> None:
+        self.run_dir = run_dir
+        self.cfg, self.opts = load_run(run_dir)
+        self.progress = progress
+        self.device = pick_device(self.opts.device)
+        if self.opts.threads:
+            torch.set_num_threads(self.opts.threads)
+        seed = self.cfg.seed
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        data_root = Path(self.opts.data_root) if self.opts.data_root else None
+        self.data = dataset_entry(self.cfg.dataset).build(self.cfg.data_params, data_root)
+        self.model: Model = model_entry(self.cfg.model).build(self.cfg.model_params, self.data.info).to(self.device)
+        method_cls: type[Method] = method_entry(self.cfg.method)
+        train = self.data.train if method_cls.uses_train_groups else self.data.train.hide_groups()
+        ctx = MethodContext(config=self.cfg, info=self.data.info, train=train, run_dir=run_dir,
+                            required=required_run_dirs(run_dir, method_cls.requires(self.cfg)))
+        self.method = method_cls(self.cfg.method_params, ctx)
+        self.train_split = train
+        self.steps_per_epoch = len(chunks(self.method.epoch_indices(1, epoch_generator(seed, 1, 0)),
+                                          self.cfg.train.batch_size))
+        self.total_steps = self.steps_per_epoch * self.cfg.train.epochs
+        self.optimizer = make_optimizer(self.model, self.cfg)
+        self.scheduler = make_scheduler(self.optimizer, self.cfg, self.total_steps)
+        self.writer = MetricsWriter(run_dir.metrics)
+        self.epoch, self.batch_pos, self.step, self.elapsed = 1, 0, 0, 0.0
+        self.term_sums: dict[str, float] = {}
+        self.term_count = 0
+        self._restore()
+
+    def _restore(self) -> None:
+        state = checkpoint.load(self.run_dir.checkpoint)
+        if state is None:
+            return
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.method.load_state_dict(state["method"])
+        checkpoint.set_rng_state(state["rng"])
+        self.epoch, self.batch_pos, self.step = state["epoch"], state["batch_pos"], state["step"]
+        self.elapsed = state["elapsed"]
+        self.term_sums, self.term_count = dict(state["term_sums"]), state["term_count"]
+
+    def save_checkpoint(self) -> None:
+        checkpoint.save(self.run_dir.checkpoint, {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "method": self.method.state_dict(),
+            "rng": checkpoint.rng_state(), "epoch": self.epoch, "batch_pos": self.batch_pos, "step": self.step,
+            "elapsed": self.elapsed, "term_sums": self.term_sums, "term_count": self.term_count,
+        })
+
+    def _aux_batch(self, batch_index: int) -> dict[str, torch.Tensor] | None:
+        """The auxiliary task's own batch: an independent shuffle of the training split."""
+        if not self.method.uses_aux_batch:
+            return None
+        order = torch.randperm(len(self.train_split), generator=epoch_generator(self.cfg.seed, self.epoch, 1))
+        bs = self.cfg.train.batch_size
+        idx = order[torch.arange(batch_index * bs, (batch_index + 1) * bs) % len(order)]
+        return to_device(self.train_split[idx], self.device)
+
+    def _train_step(self, idx: torch.Tensor, batch_index: int) -> None:
+        self.model.train()
+        batch = to_device(self.train_split[idx], self.device)
+        terms = self.method.loss(self.model, batch, self._aux_batch(batch_index))
+        self.optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        if self.cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        for name, value in {"total": terms.total, **terms.parts}.items():
+            self.term_sums[name] = self.term_sums.get(name, 0.0) + float(value.detach())
+        self.term_count += 1
+
+    def predict(self, split_name: str) -> Predictions:
+        return predict(self.model, self.data.by_name()[split_name], EVAL_BATCH, self.device)
+
+    def _evaluate(self) -> dict[str, dict[str, Any]]:
+        """One record per split at the current (epoch, step); returns the metrics by split."""
+        base = {
+            "run_id": self.cfg.run_id, "setting_id": self.cfg.setting_id, "method": self.cfg.method,
+            "dataset": self.cfg.dataset, "model": self.cfg.model, "seed": self.cfg.seed,
+            "hparams": self.cfg.hparams(), "uses_train_groups": self.method.uses_train_groups,
+            "report": self.method.report, "epoch": self.epoch, "step": self.step, "time_s": round(self.elapsed, 3),
+        }
+        results = {}
+        for name, split in self.data.by_name().items():
+            metrics = self.predict(name).metrics(split)
+            record = {**base, "split": name, **metrics}
+            if name == "train" and self.term_count:
+                record["terms"] = {k: v / self.term_count for k, v in self.term_sums.items()}
+            self.writer.append(record)
+            results[name] = metrics
+        return results
+
+    def run(self) -> dict[str, Any]:
+        t = self.cfg.train
+        last: dict[str, dict[str, Any]] = {}
+        while self.epoch <= t.epochs:
+            batches = chunks(self.method.epoch_indices(self.epoch, epoch_generator(self.cfg.seed, self.epoch, 0)),
+                             t.batch_size)
+            while self.batch_pos < len(batches):
+                started = time.perf_counter()
+                self._train_step(batches[self.batch_pos], self.batch_pos)
+                self.batch_pos += 1
+                self.elapsed += time.perf_counter() - started
+                if self.progress:
+                    self.progress(self.step, self.total_steps)
+                if t.eval_every and self.step % t.eval_every == 0 and self.batch_pos < len(batches):
+                    self._evaluate()
+                if self.opts.checkpoint_every and self.step % self.opts.checkpoint_every == 0:
+                    self.save_checkpoint()
+            last = self._evaluate()
+            self.epoch, self.batch_pos = self.epoch + 1, 0
+            self.term_sums, self.term_count = {}, 0
+            self.save_checkpoint()
+        extra = self.method.after_training(self.model, self.predict)
+        summary = {
+            "run_id": self.cfg.run_id, "method": self.cfg.method, "dataset": self.cfg.dataset, "seed": self.cfg.seed,
+            "epochs": t.epochs, "steps": self.step, "time_s": round(self.elapsed, 3),
+            "final": {s: {k: m[k] for k in ("avg_acc", "worst_group_acc")} for s, m in last.items()}, **extra,
+        }
+        write_json(self.run_dir.done, summary)
+        return summary
+
+
+def train_run(run_dir: RunDir, progress: Progress | None = None) -> dict[str, Any]:
+    """Run (or resume, or just report) the run in `run_dir`; returns its DONE summary."""
+    if run_dir.done.exists():
+        return read_json(run_dir.done, "DONE summary")
+    run_dir.failed.unlink(missing_ok=True)
+    return Trainer(run_dir, progress).run()

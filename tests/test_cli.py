@@ -1,0 +1,107 @@
+"""What a user sees: commands in, run directories, files and tables out, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from robustmtl.layout import GridDir
+from tests.conftest import read_records, write_spec
+
+SMALL = """
+name = "small"
+datasets = ["synthetic"]
+methods = ["erm", "mtl_l1"]
+seeds = [0, 1]
+[defaults]
+epochs = 2
+n_train = 200
+n_val = 100
+n_test = 100
+[methods.mtl_l1.sweep]
+alpha_reg = [0.01, 0.1]
+[executor]
+kind = "debug"
+"""
+
+
+def test_run_then_rerun_reports_without_training(cli, tmp_path):
+    out = tmp_path / "one"
+    result = cli("run", "--method", "erm", "--dataset", "synthetic", "--set", "epochs=2", "--set", "n_train=200",
+                 "--out", out)
+    assert "worst-group acc" in result.output
+    records = read_records(out / "metrics.jsonl")
+    assert [r["split"] for r in records] == ["train", "val", "test"] * 2
+    second = cli("run", "--method", "erm", "--dataset", "synthetic", "--set", "epochs=2", "--set", "n_train=200",
+                 "--out", out)
+    assert "already done" in second.output
+    assert len(read_records(out / "metrics.jsonl")) == 6
+
+
+def test_dry_run_prints_the_table_and_writes_nothing(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = write_spec(tmp_path / "g.toml", SMALL)
+    result = cli("grid", "submit", spec, "--dry-run")
+    assert "6 runs" in result.output and "alpha_reg" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.toml"]
+
+
+def test_grid_submit_status_and_resubmit(cli, tmp_path):
+    spec = write_spec(tmp_path / "g.toml", SMALL)
+    out = tmp_path / "grid"
+    cli("grid", "submit", spec, "--out", out)
+    grid = GridDir(out)
+    assert len(grid.run_ids()) == 6
+    assert grid.spec.read_text() == SMALL
+    for run_id in grid.run_ids():
+        rd = grid.run(run_id)
+        config = json.loads(rd.config.read_text())
+        assert config["run_id"] == run_id and rd.done.exists()
+    status = cli("grid", "status", out)
+    assert "done" in status.output and "6" in status.output
+    again = cli("grid", "submit", spec, "--out", out)
+    assert "6 already done, 0 to run" in again.output
+
+
+def test_grid_dir_from_another_spec_is_refused_unless_forced(cli, tmp_path):
+    out = tmp_path / "grid"
+    cli("grid", "submit", write_spec(tmp_path / "a.toml", SMALL), "--out", out)
+    other = write_spec(tmp_path / "b.toml", SMALL.replace("seeds = [0, 1]", "seeds = [0, 1, 2]"))
+    refused = cli("grid", "submit", other, "--out", out, ok=False)
+    assert refused.exit_code == 2 and "different grid spec" in refused.output
+    cli("grid", "submit", other, "--out", out, "--force")
+    assert len(GridDir(out).run_ids()) == 9
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["run", "--method", "ermm", "--dataset", "synthetic"], "did you mean 'erm'"),
+    (["run", "--method", "erm", "--dataset", "synthetic", "--set", "lr"], "--set expects key=value"),
+    (["run", "--method", "erm", "--dataset", "synthetic", "--set", "lr=0"], "lr must be > 0"),
+    (["grid", "submit", "missing.toml"], "grid file not found"),
+    (["grid", "status", "no/such/grid"], "no grid directory"),
+    (["grid", "submit", "{spec}", "--executor", "cloud"], "kind must be one of"),
+])
+def test_user_mistakes_are_one_line_exit_2(cli, tmp_path, args, fragment):
+    spec = write_spec(tmp_path / "g.toml", SMALL)
+    result = cli(*[a.replace("{spec}", str(spec)) for a in args], ok=False)
+    assert result.exit_code == 2, result.output
+    assert fragment in result.output and "Traceback" not in result.output
+
+
+def test_console_script_entry_points_show_help():
+    root_cli = str(Path(__file__).parents[1] / "cli.py")
+    for cmd in ([sys.executable, "-m", "robustmtl", "--help"], [sys.executable, root_cli, "--help"]):
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        assert "grid" in out and "aggregate" in out
+
+
+def test_user_error_in_a_real_process_has_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "robustmtl", "run", "--method", "erm", "--dataset", "nope"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "unknown dataset 'nope'" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import pytest
+
+from robustmtl.errors import UserError
+from robustmtl.grid.expand import expand
+from robustmtl.grid.spec import load_spec
+from tests.conftest import write_spec
+
+ISSUE_EXAMPLE = """
+name = "demo"
+datasets = ["synthetic"]
+methods  = ["erm", "mtl_l1"]
+seeds    = [0, 1, 2]
+[defaults]                 # hyperparameters of every run
+epochs = 20
+[sweep]                    # axes crossed for every method
+lr = [1e-3, 3e-4]
+[methods.mtl_l1.sweep]     # axes crossed for one method only
+alpha_aux = [0.368, 1.0]
+alpha_reg = [0.368, 1.0]
+[executor]                 # where and how runs execute
+kind = "local"             # auto | local | slurm | debug
+"""
+
+
+def test_issue_example_expands_to_the_cross_product(tmp_path):
+    runs = expand(load_spec(write_spec(tmp_path / "g.toml", ISSUE_EXAMPLE)))
+    by_method = {m: [r for r in runs if r.config.method == m] for m in ("erm", "mtl_l1")}
+    assert len(by_method["erm"]) == 3 * 2
+    assert len(by_method["mtl_l1"]) == 3 * 2 * 2 * 2
+    assert len({r.run_id for r in runs}) == len(runs) == 30
+    assert all(r.config.train.epochs == 20 for r in runs)
+    assert {r.config.method_params.alpha_reg for r in by_method["mtl_l1"]} == {0.368, 1.0}
+
+
+def test_axes_a_method_does_not_have_collapse(tmp_path):
+    text = ISSUE_EXAMPLE.replace("lr = [1e-3, 3e-4]", "lr = [1e-3]\nalpha_aux = [0.5, 2.0]")
+    text = text.replace("alpha_aux = [0.368, 1.0]\n", "")
+    runs = expand(load_spec(write_spec(tmp_path / "g.toml", text)))
+    assert len([r for r in runs if r.config.method == "erm"]) == 3
+    assert len([r for r in runs if r.config.method == "mtl_l1"]) == 3 * 2 * 2
+
+
+def test_dataset_table_sets_dataset_parameters(tmp_path):
+    text = ISSUE_EXAMPLE.replace("[defaults]", "[datasets.synthetic]\np_train = 0.9\n[defaults]")
+    runs = expand(load_spec(write_spec(tmp_path / "g.toml", text)))
+    assert {r.config.data_params.p_train for r in runs} == {0.9}
+
+
+BAD_SPECS = [
+    ("name = \"x\"\ndatasets = [\"synthetic\"]\nmethods = [\"erm\"\nseeds = [0]", "malformed TOML"),
+    (ISSUE_EXAMPLE + "\nbogus = 1\n", "unknown [executor] key `bogus`"),
+    (ISSUE_EXAMPLE.replace('name = "demo"', 'name = "demo"\ncolour = "red"'), "unknown top-level key `colour`"),
+    (ISSUE_EXAMPLE.replace('"erm", "mtl_l1"', '"ermm", "mtl_l1"'), "did you mean 'erm'"),
+    (ISSUE_EXAMPLE.replace('["synthetic"]', '["synthetik"]'), "unknown dataset 'synthetik'"),
+    (ISSUE_EXAMPLE.replace("[0, 1, 2]", "[0, 1.5]"), "seeds"),
+    (ISSUE_EXAMPLE.replace("[0, 1, 2]", "[]"), "seeds"),
+    (ISSUE_EXAMPLE.replace("lr = [1e-3, 3e-4]", "lr = []"), "empty sweep axis"),
+    (ISSUE_EXAMPLE.replace("lr = [1e-3, 3e-4]", "lr = 1e-3"), "must be a list of values"),
+    (ISSUE_EXAMPLE.replace("epochs = 20", "epochs = 0"), "epochs must be > 0"),
+    (ISSUE_EXAMPLE.replace("epochs = 20", 'epochs = "many"'), "epochs must be int"),
+    (ISSUE_EXAMPLE.replace("epochs = 20", "epoch = 20"), "did you mean 'epochs'"),
+    (ISSUE_EXAMPLE.replace("alpha_reg = [0.368, 1.0]", "alpha_reg = [-1.0]"), "alpha_reg must be >= 0"),
+    (ISSUE_EXAMPLE.replace('kind = "local"', 'kind = "kubernetes"'), "kind must be one of"),
+    (ISSUE_EXAMPLE.replace("[methods.mtl_l1.sweep]", "[methods.jtt.sweep]"), "not listed in `methods`"),
+    (ISSUE_EXAMPLE.replace("alpha_aux = [0.368, 1.0]", "alpah_aux = [0.368, 1.0]"), "did you mean 'alpha_aux'"),
+    (ISSUE_EXAMPLE.replace('name = "demo"', 'name = "../up"'), "`name` must be a simple name"),
+]
+
+
+@pytest.mark.parametrize("text, fragment", BAD_SPECS)
+def test_bad_specs_are_rejected_with_file_and_key(tmp_path, text, fragment):
+    path = write_spec(tmp_path / "bad.toml", text)
+    with pytest.raises(UserError) as info:
+        expand(load_spec(path))
+    message = str(info.value)
+    assert fragment in message and str(path) in message and "\n" not in message
