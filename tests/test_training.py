@@ -106,3 +106,24 @@ def test_finished_run_is_not_retrained(tmp_path):
     shutil.copy(rd.metrics, tmp_path / "before.jsonl")
     assert train_run(rd) == first
     assert rd.metrics.read_text() == (tmp_path / "before.jsonl").read_text()
+
+
+def test_requested_stop_checkpoints_at_a_step_boundary_and_resumes_exactly(tmp_path):
+    from robustmtl.train.loop import Interrupted
+
+    reference = make_run(tmp_path, "ref")
+    train_run(reference)
+    rd = make_run(tmp_path, "stopped")
+    calls = {"n": 0}
+
+    def stop_after_five() -> bool:
+        calls["n"] += 1
+        return calls["n"] == 5
+
+    with pytest.raises(Interrupted):
+        train_run(rd, stop_requested=stop_after_five)
+    import torch
+
+    assert torch.load(rd.checkpoint, weights_only=True)["step"] == 5
+    train_run(rd)
+    assert comparable(read_records(rd.metrics)) == comparable(read_records(reference.metrics))

@@ -30,7 +30,12 @@ from robustmtl.train.batches import chunks, epoch_generator, to_device
 from robustmtl.train.evaluate import Predictions, predict
 
 Progress = Callable[[int, int], None]
+StopRequested = Callable[[], bool]
 EVAL_BATCH = 512
+
+
+class Interrupted(Exception):
+    """Raised at a step boundary after a requested stop (preemption signal) has been checkpointed."""
 
 
 def pick_device(name: str) -> torch.device:
@@ -68,10 +73,12 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig,
 class Trainer:
     """State of one run in progress; `run()` drives it to DONE."""
 
-    def __init__(self, run_dir: RunDir, progress: Progress | None = None) -> None:
+    def __init__(self, run_dir: RunDir, progress: Progress | None = None,
+                 stop_requested: StopRequested | None = None) -> None:
         self.run_dir = run_dir
         self.cfg, self.opts = load_run(run_dir)
         self.progress = progress
+        self.stop_requested = stop_requested
         self.device = pick_device(self.opts.device)
         if self.opts.threads:
             torch.set_num_threads(self.opts.threads)
@@ -182,6 +189,9 @@ class Trainer:
                     self._evaluate()
                 if self.opts.checkpoint_every and self.step % self.opts.checkpoint_every == 0:
                     self.save_checkpoint()
+                if self.stop_requested and self.stop_requested():
+                    self.save_checkpoint()
+                    raise Interrupted(f"stopped at step {self.step} after a checkpoint")
             last = self._evaluate()
             self.epoch, self.batch_pos = self.epoch + 1, 0
             self.term_sums, self.term_count = {}, 0
@@ -196,9 +206,10 @@ class Trainer:
         return summary
 
 
-def train_run(run_dir: RunDir, progress: Progress | None = None) -> dict[str, Any]:
+def train_run(run_dir: RunDir, progress: Progress | None = None,
+              stop_requested: StopRequested | None = None) -> dict[str, Any]:
     """Run (or resume, or just report) the run in `run_dir`; returns its DONE summary."""
     if run_dir.done.exists():
         return read_json(run_dir.done, "DONE summary")
     run_dir.failed.unlink(missing_ok=True)
-    return Trainer(run_dir, progress).run()
+    return Trainer(run_dir, progress, stop_requested).run()
