@@ -16,11 +16,18 @@ class DataInfo:
     n_attrs: int
     group_names: tuple[str, ...]
     input_dim: int = 0
+    train_group_names: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict)
 
     @property
     def n_groups(self) -> int:
+        """Evaluation groups (membership columns)."""
         return len(self.group_names)
+
+    @property
+    def n_train_groups(self) -> int:
+        """Training groups (values of `g`); the same as evaluation groups unless a dataset says otherwise."""
+        return len(self.train_group_names or self.group_names)
 
 
 class Split(torch.utils.data.Dataset):

@@ -9,9 +9,12 @@ only ever call these three things, so every method works with every model.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
+
+from robustmtl.data.base import Splits
 
 
 @dataclass
@@ -28,6 +31,10 @@ class AuxOutput:
 
 class Model(nn.Module):
     head: nn.Module
+
+    def prepare(self, splits: Splits, cache_dir: Path | None) -> Splits:
+        """Turn a dataset's raw splits into model inputs (tokenise text, resize images); cached when slow."""
+        return splits
 
     def encode(self, batch: dict[str, torch.Tensor]) -> Encoded:
         raise NotImplementedError

@@ -9,6 +9,7 @@ was never interrupted (bitwise on CPU).
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -36,6 +37,11 @@ EVAL_BATCH = 512
 
 class Interrupted(Exception):
     """Raised at a step boundary after a requested stop (preemption signal) has been checkpointed."""
+
+
+def data_cache_dir() -> Path:
+    """Where slow preprocessing (tokenisation) is cached: $ROBUSTMTL_CACHE, else ~/.cache/robustmtl."""
+    return Path(os.environ.get("ROBUSTMTL_CACHE", Path.home() / ".cache" / "robustmtl"))
 
 
 def pick_device(name: str) -> torch.device:
@@ -87,8 +93,10 @@ class Trainer:
         np.random.seed(seed)
         torch.manual_seed(seed)
         data_root = Path(self.opts.data_root) if self.opts.data_root else None
-        self.data = dataset_entry(self.cfg.dataset).build(self.cfg.data_params, data_root)
-        self.model: Model = model_entry(self.cfg.model).build(self.cfg.model_params, self.data.info).to(self.device)
+        raw = dataset_entry(self.cfg.dataset).build(self.cfg.data_params, data_root)
+        model: Model = model_entry(self.cfg.model).build(self.cfg.model_params, raw.info)
+        self.data = model.prepare(raw, data_cache_dir())
+        self.model = model.to(self.device)
         method_cls: type[Method] = method_entry(self.cfg.method)
         train = self.data.train if method_cls.uses_train_groups else self.data.train.hide_groups()
         ctx = MethodContext(config=self.cfg, info=self.data.info, train=train, run_dir=run_dir,
