@@ -105,3 +105,26 @@ def test_user_error_in_a_real_process_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "unknown dataset 'nope'" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_submit_then_aggregate_every_format(cli, tmp_path):
+    out = tmp_path / "grid"
+    cli("grid", "submit", write_spec(tmp_path / "g.toml", SMALL), "--out", out)
+    table = cli("aggregate", out)
+    assert "erm" in table.output and "mtl_l1" in table.output and "worst" in table.output
+    for suffix, marker in ((".tex", "\\toprule"), (".md", "| erm"), (".csv", "dataset,method,metric")):
+        target = tmp_path / f"table{suffix}"
+        cli("aggregate", out, "--output", target, "--quiet")
+        assert marker in target.read_text()
+    csv_rows = (tmp_path / "table.csv").read_text().strip().splitlines()
+    assert len(csv_rows) == 1 + 2 * 2  # header + (erm, mtl_l1) × (avg, worst-group)
+    assert all(",2," in row for row in csv_rows[1:])  # n = 2 seeds in every cell
+
+
+def test_aggregate_mistakes_are_one_line(cli, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = cli("aggregate", empty, ok=False)
+    assert result.exit_code == 2 and "no runs" in result.output
+    result = cli("aggregate", empty, "--select", "best-test", ok=False)
+    assert result.exit_code == 2

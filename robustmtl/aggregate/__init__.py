@@ -1,0 +1,80 @@
+"""Aggregate training runs into worst-group tables with confidence intervals over seeds.
+
+Pipeline: load (JSONL -> records) -> select (epoch + hyperparameters) -> summary (intervals) -> export.
+Kept free of torch/transformers so `robustmtl aggregate` starts instantly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from robustmtl.aggregate.export import (
+    hparams_to_markdown,
+    render_differences_rich,
+    render_hparams_rich,
+    render_rich,
+    to_csv,
+    to_latex,
+    to_markdown,
+)
+from robustmtl.aggregate.load import RunCounts, load_runs
+from robustmtl.aggregate.select import SELECTORS, Selector, get_selector, select_runs
+from robustmtl.aggregate.stats import check_ci, paired_difference
+from robustmtl.aggregate.summary import Summary, build_cells, build_differences
+from robustmtl.errors import UserError
+
+__all__ = [
+    "SELECTORS",
+    "RunCounts",
+    "Selector",
+    "Summary",
+    "aggregate",
+    "hparams_to_markdown",
+    "paired_difference",
+    "render_differences_rich",
+    "render_hparams_rich",
+    "render_rich",
+    "to_csv",
+    "to_latex",
+    "to_markdown",
+]
+
+
+def aggregate(
+    grid_dirs: Sequence[Path | str] | Path | str,
+    select: str = "worst-val",
+    include_running: bool = False,
+    ci: str = "t",
+    baseline: str | None = None,
+    seed: int = 0,
+) -> Summary:
+    """Load runs under each GRID_DIR, apply the selection rule, and summarise test accuracy per cell.
+
+    `seed` only drives the bootstrap (ci="bootstrap"), so the same inputs always give the same table.
+    """
+    selector = get_selector(select)
+    check_ci(ci)
+    if isinstance(grid_dirs, str | Path):
+        grid_dirs = [grid_dirs]
+    dirs = list(dict.fromkeys(Path(d) for d in grid_dirs))
+    if not dirs:
+        raise UserError("no grid directory given")
+
+    loaded = load_runs(dirs, include_running)
+    sel = select_runs(loaded, selector)
+    warnings = loaded.warnings + sel.warnings
+    if sel.per_seed.empty:
+        raise UserError(f"no run has a test record at its selected epoch ({select}); nothing to report")
+    cells = build_cells(sel.per_seed, sel.chosen, select, ci, seed)
+
+    differences = None
+    if baseline is not None:
+        methods = sorted(sel.per_seed["method"].unique())
+        if baseline not in methods:
+            raise UserError(f"baseline method {baseline!r} not found; methods: {', '.join(methods)}")
+        differences, diff_warnings = build_differences(sel.per_seed, baseline)
+        warnings += diff_warnings
+    return Summary(
+        cells, sel.chosen, sel.per_seed, select, ci, loaded.counts, warnings, baseline, differences
+    )

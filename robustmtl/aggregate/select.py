@@ -1,0 +1,169 @@
+"""Model selection: which epoch of each run and which hyperparameter setting per (dataset, method) to report.
+
+Rules live in a registry so a rule needing other data (e.g. `few-groups`, per-example validation
+predictions) can be added as another Selector subclass without touching the aggregation pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import pandas as pd
+
+from robustmtl.aggregate.load import METRICS, Loaded
+from robustmtl.errors import UserError
+
+CELL = ["dataset", "method"]
+
+
+class Selector(ABC):
+    """A selection rule: scores each evaluation point of a run; the best point is the run's epoch."""
+
+    name: str
+    split: str
+    metric: str
+    description: str
+    upper_bound: bool
+
+    @property
+    def label(self) -> str:
+        """Name as shown to readers; rules that peek at test data must say they are an upper bound."""
+        return f"{self.name} (upper bound)" if self.upper_bound else self.name
+
+    @abstractmethod
+    def select_epochs(self, records: pd.DataFrame) -> pd.DataFrame:
+        """One row per run that has the data this rule needs: run_id, epoch, step, score."""
+
+
+@dataclass(frozen=True)
+class MetricSelector(Selector):
+    """Pick the evaluation point maximising one metric on one split; ties go to the earliest epoch."""
+
+    name: str
+    split: str
+    metric: str
+    description: str
+    upper_bound: bool = False
+
+    def select_epochs(self, records: pd.DataFrame) -> pd.DataFrame:
+        pts = records.loc[records["split"] == self.split, ["run_id", "epoch", "step", self.metric]]
+        pts = pts.dropna(subset=[self.metric])
+        pts = pts.sort_values(
+            ["run_id", self.metric, "epoch", "step"], ascending=[True, False, True, True], kind="mergesort"
+        )
+        best = pts.drop_duplicates("run_id", keep="first")
+        return best.rename(columns={self.metric: "score"}).reset_index(drop=True)
+
+
+SELECTORS: dict[str, Selector] = {
+    s.name: s
+    for s in (
+        MetricSelector("worst-val", "val", "worst_group_acc", "validation worst-group accuracy"),
+        MetricSelector("avg-val", "val", "avg_acc", "validation average accuracy"),
+        MetricSelector("oracle", "test", "worst_group_acc", "test worst-group accuracy", upper_bound=True),
+    )
+}
+
+
+def get_selector(name: str) -> Selector:
+    """Look up a rule by its CLI name; a typo is a user error that lists the valid names."""
+    try:
+        return SELECTORS[name]
+    except KeyError:
+        raise UserError(f"unknown selection rule {name!r}; valid: {', '.join(SELECTORS)}") from None
+
+
+@dataclass
+class Selection:
+    """per_seed: test metrics of each chosen run at its selected epoch. chosen: one row per cell."""
+
+    per_seed: pd.DataFrame
+    chosen: pd.DataFrame
+    warnings: list[str]
+
+
+def _check_missing(runs: pd.DataFrame, picked: pd.DataFrame, sel: Selector, warnings: list[str]) -> None:
+    """A finished run lacking the rule's split is a broken input (error); a running one may just be early."""
+    missing = runs[~runs["run_id"].isin(picked["run_id"])]
+    done = missing[missing["complete"]]
+    if len(done):
+        more = f" (and {len(done) - 1} more run(s))" if len(done) > 1 else ""
+        first = done.iloc[0]
+        raise UserError(
+            f"run {first['run_id']} ({first['run_dir']}) has no {sel.split} records with {sel.metric}; "
+            f"the {sel.name} rule needs them{more}"
+        )
+    for run_id in missing["run_id"]:
+        warnings.append(f"run {run_id} (incomplete) has no {sel.split} records yet; skipped")
+
+
+def _choose_settings(per_run: pd.DataFrame) -> pd.DataFrame:
+    """Best mean score over seeds per cell; ties -> more seeds, then smallest setting_id (deterministic)."""
+    scores = per_run.groupby([*CELL, "setting_id"], as_index=False).agg(
+        score=("score", "mean"), n_seeds=("seed", "nunique")
+    )
+    scores = scores.sort_values(
+        [*CELL, "score", "n_seeds", "setting_id"],
+        ascending=[True, True, False, False, True],
+        kind="mergesort",
+    )
+    return scores.drop_duplicates(CELL, keep="first").reset_index(drop=True)
+
+
+def _searched(per_setting: pd.DataFrame, dataset: str, method: str, hparams: dict) -> dict:
+    """The chosen values of the hyperparameters that differed among the settings compared for a cell."""
+    candidates = per_setting.loc[
+        (per_setting["dataset"] == dataset) & (per_setting["method"] == method), "hparams"
+    ]
+    keys = {k for h in candidates for k in h} | set(hparams)
+    varied = {k for k in keys if len({json.dumps(h.get(k), sort_keys=True) for h in candidates}) > 1}
+    return {k: hparams.get(k) for k in sorted(varied)}
+
+
+def select_runs(loaded: Loaded, sel: Selector) -> Selection:
+    """Apply a rule: epochs within runs, settings across runs, then look up test metrics at those epochs."""
+    warnings: list[str] = []
+    runs = loaded.runs[loaded.runs["included"] & loaded.runs["report"]]
+    if runs.empty:
+        raise UserError("no reportable runs in scope: only helper runs (report=false) were found")
+    records = loaded.records[loaded.records["run_id"].isin(runs["run_id"])]
+    picked = sel.select_epochs(records)
+    _check_missing(runs, picked, sel, warnings)
+
+    per_run = picked.merge(runs, on="run_id", how="inner")
+    dup = per_run.duplicated(["setting_id", "seed"], keep="last")
+    for run_id in per_run.loc[dup, "run_id"]:
+        warnings.append(f"run {run_id} repeats a (setting, seed) pair of a later run; ignored")
+    per_run = per_run[~dup]
+    if per_run.empty:
+        raise UserError(f"no run in scope has {sel.split} records yet; nothing to select with {sel.name}")
+
+    chosen = _choose_settings(per_run)
+    per_setting = per_run.drop_duplicates("setting_id")[[*CELL, "hparams"]]
+    per_run = per_run.merge(chosen[[*CELL, "setting_id"]], on=[*CELL, "setting_id"], how="inner")
+    test = records.loc[records["split"] == "test", ["run_id", "epoch", "step", *METRICS]]
+    per_seed = per_run.merge(test, on=["run_id", "epoch", "step"], how="left")
+    no_test = per_seed[METRICS].isna().all(axis=1)
+    for r in per_seed[no_test].itertuples():
+        warnings.append(
+            f"run {r.run_id}: no test record at selected epoch {r.epoch} (step {r.step}); dropped"
+        )
+    per_seed = per_seed[~no_test]
+    per_seed = per_seed[[*CELL, "setting_id", "run_id", "seed", "epoch", "step", "score", *METRICS]]
+    per_seed = per_seed.sort_values([*CELL, "seed"], kind="mergesort").reset_index(drop=True)
+
+    # Describe each chosen setting (for show-hparams): its config, expected seeds, selected epochs.
+    meta = loaded.runs.drop_duplicates("setting_id", keep="last").set_index("setting_id")
+    expected = loaded.runs[loaded.runs["report"]].groupby("setting_id")["n_expected"].max()
+    epochs = per_run.groupby("setting_id")[["seed", "epoch"]].apply(
+        lambda g: {int(s): int(e) for s, e in zip(g["seed"], g["epoch"], strict=True)}
+    )
+    chosen["model"] = chosen["setting_id"].map(meta["model"])
+    chosen["hparams"] = chosen["setting_id"].map(meta["hparams"])
+    chosen["uses_train_groups"] = chosen["setting_id"].map(meta["uses_train_groups"]).astype(bool)
+    chosen["n_expected"] = chosen["setting_id"].map(expected).astype(int)
+    chosen["epochs"] = chosen["setting_id"].map(epochs)
+    chosen["searched"] = [_searched(per_setting, c.dataset, c.method, c.hparams) for c in chosen.itertuples()]
+    return Selection(per_seed, chosen, warnings)

@@ -1,0 +1,112 @@
+"""The Summary handed to exporters, and the step that turns per-seed results into long-format cells."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from robustmtl.aggregate.load import METRICS, RunCounts
+from robustmtl.aggregate.select import CELL, SELECTORS, Selector
+from robustmtl.aggregate.stats import cell_rng, interval, paired_difference
+
+CELL_COLUMNS = [
+    "dataset",
+    "method",
+    "metric",
+    "mean",
+    "lower",
+    "upper",
+    "half_width",
+    "n",
+    "n_expected",
+    "select",
+    "ci",
+    "uses_train_groups",
+]
+DIFF_COLUMNS = ["dataset", "method", "baseline", "metric", "mean_diff", "lower", "upper", "half_width", "n"]
+
+
+@dataclass
+class Summary:
+    """Everything a table needs. Accuracies are fractions in [0, 1]; exporters print percentages.
+
+    cells: long format, one row per (dataset, method, metric) (columns CELL_COLUMNS).
+    chosen: one row per (dataset, method): setting_id, model, hparams, searched (the hyperparameters that
+        differed among the compared settings), epochs (seed -> selected epoch), score (mean selection metric).
+    per_seed: the test metrics of every reported run at its selected epoch.
+    differences: paired (method - baseline) per (dataset, method, metric), when a baseline was asked for.
+    """
+
+    cells: pd.DataFrame
+    chosen: pd.DataFrame
+    per_seed: pd.DataFrame
+    select: str
+    ci: str
+    counts: RunCounts
+    warnings: list[str] = field(default_factory=list)
+    baseline: str | None = None
+    differences: pd.DataFrame | None = None
+
+    @property
+    def selector(self) -> Selector:
+        return SELECTORS[self.select]
+
+
+def build_cells(
+    per_seed: pd.DataFrame, chosen: pd.DataFrame, select: str, ci: str, seed: int
+) -> pd.DataFrame:
+    """Mean and interval over seeds for every cell; n_expected kept so short cells get flagged, not mixed."""
+    info = chosen.set_index(CELL)
+    rows = []
+    for (dataset, method), group in per_seed.groupby(CELL, sort=True):
+        for metric in METRICS:
+            rng = cell_rng(seed, str(dataset), str(method), metric) if ci == "bootstrap" else None
+            iv = interval(group[metric].to_numpy(dtype=float), ci, rng)
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "method": method,
+                    "metric": metric,
+                    "mean": iv.mean,
+                    "lower": iv.lower,
+                    "upper": iv.upper,
+                    "half_width": iv.half_width,
+                    "n": iv.n,
+                    "n_expected": int(info.loc[(dataset, method), "n_expected"]),
+                    "select": select,
+                    "ci": ci,
+                    "uses_train_groups": bool(info.loc[(dataset, method), "uses_train_groups"]),
+                }
+            )
+    return pd.DataFrame(rows, columns=CELL_COLUMNS)
+
+
+def build_differences(per_seed: pd.DataFrame, baseline: str) -> tuple[pd.DataFrame, list[str]]:
+    """Paired by seed within each dataset; datasets where the baseline was not run are reported, skipped."""
+    rows, warnings = [], []
+    for dataset, group in per_seed.groupby("dataset", sort=True):
+        base = group[group["method"] == baseline]
+        if base.empty:
+            warnings.append(f"baseline {baseline!r} has no results on {dataset}; no differences there")
+            continue
+        for method, g in group[group["method"] != baseline].groupby("method", sort=True):
+            for metric in METRICS:
+                d = paired_difference(
+                    dict(zip(g["seed"], g[metric], strict=True)),
+                    dict(zip(base["seed"], base[metric], strict=True)),
+                )
+                rows.append(
+                    {
+                        "dataset": dataset,
+                        "method": method,
+                        "baseline": baseline,
+                        "metric": metric,
+                        "mean_diff": d.mean,
+                        "lower": d.lower,
+                        "upper": d.upper,
+                        "half_width": d.half_width,
+                        "n": d.n,
+                    }
+                )
+    return pd.DataFrame(rows, columns=DIFF_COLUMNS), warnings
