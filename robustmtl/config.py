@@ -8,6 +8,7 @@ settings and the data root live in `RunOptions` and never enter the hash.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -65,17 +66,17 @@ class RunConfig:
             "dataset": self.dataset,
             "seed": self.seed,
             "model": self.model,
-            "train": dataclasses.asdict(self.train),
-            "method_params": dataclasses.asdict(self.method_params),
-            "data_params": dataclasses.asdict(self.data_params),
-            "model_params": dataclasses.asdict(self.model_params),
+            "train": _fields(self.train),
+            "method_params": _fields(self.method_params),
+            "data_params": _fields(self.data_params),
+            "model_params": _fields(self.model_params),
         }
 
-    @property
+    @functools.cached_property
     def run_id(self) -> str:
         return _digest(self.to_dict())
 
-    @property
+    @functools.cached_property
     def setting_id(self) -> str:
         """Identity of the hyperparameter setting: the config without its seed."""
         return _digest({k: v for k, v in self.to_dict().items() if k != "seed"})
@@ -89,6 +90,11 @@ class RunConfig:
         """A copy with flat keys changed (e.g. `epochs=5`), validated like user input."""
         return build_config(self.method, self.dataset, self.seed, self.model, {**self.hparams(), **changes},
                             where="internal")
+
+
+def _fields(block: Any) -> dict[str, Any]:
+    """A parameter block as a dict (fields are scalars or tuples: no deep copy needed)."""
+    return {name: getattr(block, name) for name in field_types(type(block))}
 
 
 def _digest(obj: Any) -> str:

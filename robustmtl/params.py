@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from typing import Any
@@ -21,10 +22,16 @@ class NoParams:
     """For plug-ins without parameters."""
 
 
+@functools.cache
 def field_types(block: type) -> dict[str, Any]:
-    """Resolved type of every field of a params dataclass."""
+    """Resolved type of every field of a params dataclass (cached: resolving hints is slow)."""
     hints = typing.get_type_hints(block)
     return {f.name: hints[f.name] for f in dataclasses.fields(block)}
+
+
+@functools.cache
+def field_metadata(block: type) -> dict[str, Any]:
+    return {f.name: f.metadata for f in dataclasses.fields(block)}
 
 
 def did_you_mean(name: str, options: typing.Iterable[str]) -> str:
@@ -43,7 +50,6 @@ def coerce(block: type, key: str, value: Any, where: str) -> Any:
     Ints are accepted for float fields (TOML `lr = 1` means 1.0) so that equal configs hash equally.
     """
     tp = field_types(block)[key]
-    field = next(f for f in dataclasses.fields(block) if f.name == key)
     optional = isinstance(tp, types.UnionType) and type(None) in tp.__args__
     if optional:
         if value is None or value == "none":
@@ -57,7 +63,7 @@ def coerce(block: type, key: str, value: Any, where: str) -> Any:
         value = tuple(value)
     elif tp in (int, float, str, bool) and (type(value) is not tp):
         raise UserError(f"{where}: {key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
-    meta = field.metadata
+    meta = field_metadata(block)[key]
     if "choices" in meta and value not in meta["choices"]:
         raise UserError(f"{where}: {key} must be one of {', '.join(map(str, meta['choices']))}, got {value!r}")
     if meta.get("positive") and not value > 0:
