@@ -7,6 +7,8 @@ GRID_DIR/runs/<run_id>/metrics.jsonl
 GRID_DIR/runs/<run_id>/checkpoint.pt
 GRID_DIR/runs/<run_id>/DONE         JSON summary, written atomically last
 GRID_DIR/runs/<run_id>/FAILED       the error of a failed attempt
+GRID_DIR/runs/<run_id>/val_correct.jsonl  per-example validation correctness per evaluation (bit-packed)
+GRID_DIR/runs/<run_id>/val_groups.json    validation group membership (bit-packed), for `few-groups`
 GRID_DIR/submitit/                  submitit's pickles and logs
 """
 
@@ -23,6 +25,8 @@ from typing import Any
 from robustmtl.errors import UserError
 
 RUN_ID = re.compile(r"^[0-9a-f]{12}$")
+VAL_CORRECT = "val_correct.jsonl"
+VAL_GROUPS = "val_groups.json"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

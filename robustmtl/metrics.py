@@ -25,3 +25,16 @@ def group_metrics(correct: np.ndarray, membership: np.ndarray) -> dict[str, Any]
         "group_acc": group_acc,
         "group_n": {str(k): int(counts[k]) for k in present},
     }
+
+
+def pack_bools(values: np.ndarray) -> str:
+    """A boolean array as compact base64 text (one bit per value) for JSON files."""
+    import base64
+
+    return base64.b64encode(np.packbits(np.asarray(values, dtype=bool).ravel())).decode()
+
+
+def unpack_bools(text: str, count: int) -> np.ndarray:
+    import base64
+
+    return np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))[:count].astype(bool)

@@ -18,6 +18,7 @@ from robustmtl.aggregate.export import (
     to_latex,
     to_markdown,
 )
+from robustmtl.aggregate.fewgroups import FewGroupsSelector
 from robustmtl.aggregate.load import RunCounts, load_runs
 from robustmtl.aggregate.select import SELECTORS, Selector, get_selector, select_runs
 from robustmtl.aggregate.stats import check_ci, paired_difference
@@ -48,12 +49,16 @@ def aggregate(
     ci: str = "t",
     baseline: str | None = None,
     seed: int = 0,
+    few_groups_fraction: float = 0.05,
+    few_groups_seed: int = 0,
 ) -> Summary:
     """Load runs under each GRID_DIR, apply the selection rule, and summarise test accuracy per cell.
 
-    `seed` only drives the bootstrap (ci="bootstrap"), so the same inputs always give the same table.
+    `seed` only drives the bootstrap (ci="bootstrap"), so the same inputs always give the same table;
+    `few_groups_*` set the validation fraction (and its seed) that the few-groups rule may look at.
     """
-    selector = get_selector(select)
+    if select != FewGroupsSelector.name:
+        get_selector(select)
     check_ci(ci)
     if isinstance(grid_dirs, str | Path):
         grid_dirs = [grid_dirs]
@@ -62,6 +67,11 @@ def aggregate(
         raise UserError("no grid directory given")
 
     loaded = load_runs(dirs, include_running)
+    if select == FewGroupsSelector.name:
+        run_dirs = {r: Path(d) for r, d in zip(loaded.runs["run_id"], loaded.runs["run_dir"], strict=True)}
+        selector: Selector = FewGroupsSelector(few_groups_fraction, few_groups_seed, run_dirs)
+    else:
+        selector = get_selector(select)
     sel = select_runs(loaded, selector)
     warnings = loaded.warnings + sel.warnings
     if sel.per_seed.empty:
@@ -76,5 +86,5 @@ def aggregate(
         differences, diff_warnings = build_differences(sel.per_seed, baseline)
         warnings += diff_warnings
     return Summary(
-        cells, sel.chosen, sel.per_seed, select, ci, loaded.counts, warnings, baseline, differences
+        cells, sel.chosen, sel.per_seed, select, ci, loaded.counts, warnings, baseline, differences, selector
     )

@@ -72,7 +72,7 @@ def get_selector(name: str) -> Selector:
     try:
         return SELECTORS[name]
     except KeyError:
-        raise UserError(f"unknown selection rule {name!r}; valid: {', '.join(SELECTORS)}") from None
+        raise UserError(f"unknown selection rule {name!r}; valid: {', '.join([*SELECTORS, 'few-groups'])}") from None
 
 
 @dataclass

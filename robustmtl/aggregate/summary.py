@@ -47,10 +47,11 @@ class Summary:
     warnings: list[str] = field(default_factory=list)
     baseline: str | None = None
     differences: pd.DataFrame | None = None
+    rule: Selector | None = None
 
     @property
     def selector(self) -> Selector:
-        return SELECTORS[self.select]
+        return self.rule or SELECTORS[self.select]
 
 
 def build_cells(

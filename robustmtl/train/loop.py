@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from robustmtl.config import RunConfig
-from robustmtl.layout import RunDir, read_json, write_json
+from robustmtl.layout import VAL_CORRECT, VAL_GROUPS, RunDir, read_json, write_json
 from robustmtl.methods.base import Method, MethodContext
+from robustmtl.metrics import pack_bools
 from robustmtl.models.base import Model, param_groups
 from robustmtl.records import MetricsWriter
 from robustmtl.registry import dataset_entry, method_entry, model_entry
@@ -109,6 +110,8 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, self.cfg)
         self.scheduler = make_scheduler(self.optimizer, self.cfg, self.total_steps)
         self.writer = MetricsWriter(run_dir.metrics)
+        self.val_correct = MetricsWriter(run_dir.artifact(VAL_CORRECT))
+        self.val_groups_path = run_dir.artifact(VAL_GROUPS)
         self.epoch, self.batch_pos, self.step, self.elapsed = 1, 0, 0, 0.0
         self.term_sums: dict[str, float] = {}
         self.term_count = 0
@@ -172,13 +175,25 @@ class Trainer:
         }
         results = {}
         for name, split in self.data.by_name().items():
-            metrics = self.predict(name).metrics(split)
+            predictions = self.predict(name)
+            metrics = predictions.metrics(split)
+            if name == "val":
+                self._write_val_correct(predictions, split)
             record = {**base, "split": name, **metrics}
             if name == "train" and self.term_count:
                 record["terms"] = {k: v / self.term_count for k, v in self.term_sums.items()}
             self.writer.append(record)
             results[name] = metrics
         return results
+
+    def _write_val_correct(self, predictions: Predictions, split: Any) -> None:
+        """Per-example validation correctness, so `few-groups` selection can score any subset later."""
+        if not self.val_groups_path.exists():
+            membership = split.membership.numpy()
+            write_json(self.val_groups_path, {"n": int(membership.shape[0]), "n_groups": int(membership.shape[1]),
+                                              "membership": pack_bools(membership)})
+        self.val_correct.append({"epoch": self.epoch, "step": self.step, "split": "val",
+                                 "correct": pack_bools(predictions.correct)})
 
     def run(self) -> dict[str, Any]:
         t = self.cfg.train

@@ -1,0 +1,81 @@
+"""few-groups selection on real runs: it scores exactly the seeded validation subset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from robustmtl.aggregate import aggregate
+from robustmtl.aggregate.fewgroups import FewGroupsSelector
+from robustmtl.config import RunOptions, build_config
+from robustmtl.layout import VAL_CORRECT, VAL_GROUPS, GridDir
+from robustmtl.metrics import group_metrics, unpack_bools
+from robustmtl.rundir import prepare_run
+from robustmtl.train.loop import train_run
+from tests.conftest import TINY, read_records
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fewgroups")
+    g = GridDir(root)
+    for seed in (0, 1):
+        for lr in (1e-3, 1e-2):
+            cfg = build_config("erm", "synthetic", seed, None, {**TINY, "lr": lr}, where="t")
+            rd = g.run(cfg.run_id)
+            prepare_run(rd, cfg, RunOptions(threads=1))
+            train_run(rd)
+    return g
+
+
+def test_val_correctness_matches_the_records(grid):
+    rd = grid.run(grid.run_ids()[0])
+    groups = json.loads(rd.artifact(VAL_GROUPS).read_text())
+    membership = unpack_bools(groups["membership"], groups["n"] * groups["n_groups"]).reshape(groups["n"], -1)
+    val = [r for r in read_records(rd.metrics) if r["split"] == "val"]
+    lines = rd.artifact(VAL_CORRECT).read_text().splitlines()
+    assert len(lines) == len(val)
+    for line, rec in zip(lines, val, strict=True):
+        stored = json.loads(line)
+        metrics = group_metrics(unpack_bools(stored["correct"], groups["n"]), membership)
+        assert (stored["epoch"], stored["step"]) == (rec["epoch"], rec["step"])
+        assert metrics["worst_group_acc"] == rec["worst_group_acc"] and metrics["avg_acc"] == rec["avg_acc"]
+
+
+def test_fraction_one_agrees_with_worst_val(grid):
+    full = aggregate([grid.root], select="few-groups", few_groups_fraction=1.0)
+    worst = aggregate([grid.root], select="worst-val")
+    assert full.per_seed[["run_id", "epoch"]].equals(worst.per_seed[["run_id", "epoch"]])
+    assert "few-groups (100% of validation" in full.selector.label
+
+
+def test_small_fraction_scores_only_the_subset(grid):
+    sel = FewGroupsSelector(0.2, 3, {})
+    keep = sel.subset(100)
+    assert len(keep) == 20 and len(set(keep)) == 20
+    assert np.array_equal(keep, FewGroupsSelector(0.2, 3, {}).subset(100))
+    assert not np.array_equal(keep, FewGroupsSelector(0.2, 4, {}).subset(100))
+    summary = aggregate([grid.root], select="few-groups", few_groups_fraction=0.2, few_groups_seed=3)
+    assert set(summary.per_seed["seed"]) == {0, 1}
+    for row in summary.per_seed.itertuples():
+        rd = grid.run(row.run_id)
+        groups = json.loads(rd.artifact(VAL_GROUPS).read_text())
+        n = groups["n"]
+        membership = unpack_bools(groups["membership"], n * groups["n_groups"]).reshape(n, -1)
+        subset = FewGroupsSelector(0.2, 3, {}).subset(n)
+        by_hand = []
+        for line in rd.artifact(VAL_CORRECT).read_text().splitlines():
+            stored = json.loads(line)
+            correct = unpack_bools(stored["correct"], n)[subset]
+            by_hand.append((group_metrics(correct, membership[subset])["worst_group_acc"], -stored["epoch"]))
+        best_score, best_epoch = max(by_hand)
+        assert row.score == best_score and row.epoch == -best_epoch
+
+
+def test_bad_fraction_is_a_user_error(grid):
+    from robustmtl.errors import UserError
+
+    with pytest.raises(UserError, match="fraction"):
+        aggregate([grid.root], select="few-groups", few_groups_fraction=0.0)
