@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
+
+from robustmtl.train.job import append_durably
 
 
 def manifest_path(grid_root: Path) -> Path:
@@ -18,10 +19,7 @@ def append_entries(grid_root: Path, entries: list[dict[str, Any]]) -> None:
         return
     now = time.time()
     text = "".join(json.dumps({"submitted_at": now, **e}, sort_keys=True) + "\n" for e in entries)
-    with open(manifest_path(grid_root), "a", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    append_durably(manifest_path(grid_root), text)
 
 
 def latest_entries(grid_root: Path) -> dict[str, dict[str, Any]]:

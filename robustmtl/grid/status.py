@@ -1,37 +1,151 @@
-"""Run states of a grid, read from the run directories' markers."""
+"""Run states of a grid from the sources of truth, cheapest first.
+
+1. The run directories' markers: DONE is final; FAILED, a checkpoint or metrics say how far a run got.
+2. One `squeue` call for the manifest's job ids of the runs not done: queued or running right now.
+3. At most one `sacct` call for those that left the queue: cancelled, killed, timed out.
+Without SLURM (or without accounting) the markers alone still give a coarser answer.
+"""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from robustmtl.errors import UserError
-from robustmtl.layout import GridDir
+from robustmtl.grid import scheduler
+from robustmtl.grid.manifest import latest_entries
+from robustmtl.layout import GridDir, RunDir
 
-STATE_LABELS = {"done": "done", "failed": "failed", "started": "started", "new": "pending"}
+# Shown always / only when some run is in them; in this order.
+CORE_STATES = ("done", "running", "pending", "requeued", "failed", "interrupted", "not submitted")
+EXTRA_STATES = ("cancelled", "started", "submitted", "unknown")
+ACTIVE = frozenset({"running", "pending", "requeued"})
+INTERRUPTED_BY = frozenset({"CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "REQUEUED", "DEADLINE"})
+STATE_HELP = {
+    "requeued": "pending again after a preemption or timeout",
+    "interrupted": "started, then stopped without finishing; `grid resume` continues from its checkpoint",
+    "started": "started, not done; no SLURM job or no squeue to tell running from interrupted",
+    "submitted": "queued once, not started (no SLURM here to tell whether it still is)",
+    "unknown": "submitted, left the queue without a trace (no accounting record)",
+}
+
+
+@dataclass
+class RunStatus:
+    run_id: str
+    state: str
+    job_id: str | None = None
+    note: str = ""
+    attempts: Counter = field(default_factory=Counter)
 
 
 @dataclass
 class GridStatus:
-    counts: Counter
-    failed: list[tuple[str, str]]
-    total: int
+    runs: dict[str, RunStatus]
+    queue_known: bool
+    accounting_known: bool
+
+    @property
+    def total(self) -> int:
+        return len(self.runs)
+
+    @property
+    def counts(self) -> Counter:
+        return Counter(r.state for r in self.runs.values())
+
+    @property
+    def failed(self) -> list[tuple[str, str]]:
+        return [(r.run_id, r.note) for r in self.runs.values() if r.state == "failed"]
+
+    @property
+    def active(self) -> dict[str, str]:
+        """run id → job id of the runs queued or running now."""
+        return {r.run_id: r.job_id for r in self.runs.values() if r.state in ACTIVE and r.job_id}
+
+    def attempt_totals(self) -> Counter:
+        return sum((r.attempts for r in self.runs.values()), Counter())
+
+    def shown_states(self) -> list[str]:
+        counts = self.counts
+        return [*CORE_STATES, *(s for s in EXTRA_STATES if counts.get(s))]
 
 
-def grid_status(grid: GridDir) -> GridStatus:
-    from robustmtl.grid.submit import failure_line
+def failure_line(rd: RunDir) -> str:
+    try:
+        return json.loads(rd.failed.read_text())["error"].splitlines()[-1]
+    except (OSError, json.JSONDecodeError, KeyError, IndexError):
+        return "unknown error (FAILED marker unreadable)"
+
+
+def grid_status(grid: GridDir, accounting: bool = True) -> GridStatus:
+    """The state of every run of the grid; `accounting=False` skips sacct (enough to know what is queued)."""
+    from robustmtl.train.job import read_attempts
 
     if not grid.root.is_dir():
         raise UserError(f"no grid directory at {grid.root}")
     run_ids = grid.run_ids()
     if not run_ids:
         raise UserError(f"no runs under {grid.root} (expected {grid.runs}/<run_id>/config.json)")
-    counts: Counter = Counter()
-    failed = []
-    for run_id in run_ids:
-        rd = grid.run(run_id)
-        state = STATE_LABELS[rd.state()]
-        counts[state] += 1
-        if state == "failed":
-            failed.append((run_id, failure_line(rd)))
-    return GridStatus(counts=counts, failed=failed, total=len(run_ids))
+    entries = latest_entries(grid.root)
+    markers = {rid: grid.run(rid).state() for rid in run_ids}
+    jobs = {rid: str(entries[rid]["job_id"]) for rid in run_ids if rid in entries and markers[rid] != "done"}
+    queue = scheduler.queue_states(jobs.values())
+    gone = [j for j in jobs.values() if queue is not None and j not in queue]
+    acct: dict[str, str] | None = None
+    if accounting and gone:
+        since = min(float(entries[rid].get("submitted_at", 0)) for rid, j in jobs.items() if j in gone)
+        acct = scheduler.accounting_states(gone, since)
+    runs = {}
+    for rid in run_ids:
+        rd = grid.run(rid)
+        events = read_attempts(rd)
+        job = jobs.get(rid)
+        state, note = classify(markers[rid], job, queue, acct,
+                               restarted=any(e.get("event") == "start" and e.get("job_id") == job for e in events))
+        if state == "failed" and markers[rid] == "failed":
+            note = failure_line(rd)
+        runs[rid] = RunStatus(rid, state, job or (str(entries[rid]["job_id"]) if rid in entries else None), note,
+                              Counter(e.get("event") for e in events))
+    return GridStatus(runs=runs, queue_known=queue is not None,
+                      accounting_known=acct is not None or not gone)
+
+
+def classify(marker: str, job: str | None, queue: dict[str, str] | None, acct: dict[str, str] | None,
+             restarted: bool = False) -> tuple[str, str]:
+    """(state, note) of one run from its marker (done|failed|started|new), its newest job and what SLURM says."""
+    if marker == "done":
+        return "done", ""
+    if job is not None and queue is not None and job in queue:
+        slurm_state = queue[job]
+        if slurm_state in scheduler.RUNNING:
+            return "running", ""
+        if slurm_state.startswith("REQUEUE") or restarted:
+            return "requeued", ""
+        return "pending", ""
+    if marker == "failed":
+        return "failed", ""
+    if job is None:  # never queued on SLURM: a local run, here or elsewhere, possibly still running
+        return ("started", "") if marker == "started" else ("not submitted", "")
+    if queue is None:
+        return ("started", "") if marker == "started" else ("submitted", f"job {job}")
+    final = (acct or {}).get(job)
+    if marker == "started":
+        return "interrupted", f"job {job} {final or 'left the queue'}"
+    if final is None:
+        return "unknown", f"job {job}"
+    if final == "CANCELLED":
+        return "cancelled", f"job {job} cancelled before it started"
+    if final in INTERRUPTED_BY:
+        return "interrupted", f"job {job} {final}"
+    return "failed", f"job {job} ended {final} before training started (see `robustmtl grid logs --err`)"
+
+
+
+def queued_runs(grid: GridDir) -> dict[str, str]:
+    """run id → job id of the runs queued or running now; refuses to guess when squeue cannot answer."""
+    status = grid_status(grid, accounting=False)
+    if not status.queue_known:
+        raise UserError("squeue did not answer, so which runs are still queued is unknown; nothing was submitted "
+                        "(retry when SLURM responds)")
+    return status.active

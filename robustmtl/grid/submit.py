@@ -7,7 +7,6 @@ dependency level, submitted through submitit; the command returns once everythin
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -21,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from robustmtl.errors import UserError
 from robustmtl.grid.executor import ExecutorSettings, data_root_for, executor_settings
 from robustmtl.grid.expand import PlannedRun, data_roots, expand
+from robustmtl.grid.lock import submit_lock
 from robustmtl.grid.spec import GridSpec, load_spec, parse_toml
 from robustmtl.layout import GridDir, RunDir, atomic_write_text
 from robustmtl.rundir import prepare_run
@@ -62,28 +62,47 @@ def record_spec(grid: GridDir, spec: GridSpec, force: bool) -> None:
     atomic_write_text(grid.spec, spec.text)
 
 
-def submit(spec_path: Path, out: Path | None, kind: str | None, force: bool, console: Console) -> SubmitResult:
+def submit(spec_path: Path, out: Path | None, kind: str | None, force: bool, console: Console,
+           overrides: dict[str, Any] | None = None) -> SubmitResult:
+    """`overrides`: [executor] values from the command line (None: keep the file's)."""
     spec, runs = plan(spec_path)
-    settings = executor_settings(spec.executor, str(spec_path), {"kind": kind})
+    settings = executor_settings(spec.executor, str(spec_path), {**(overrides or {}), "kind": kind})
     resolved = settings.resolved_kind()
     grid = GridDir(out or Path("runs") / spec.name)
     preflight(grid)
-    record_spec(grid, spec, force)
-    roots = {d: data_root_for(r) for d, r in data_roots(spec).items()}
-    for run in runs:
-        prepare_run(grid.run(run.run_id), run.config, settings.run_options(roots[run.config.dataset], resolved))
-    todo = [r for r in runs if not grid.run(r.run_id).done.exists()]
-    console.print(f"[bold]{spec.name}[/]: {len(runs)} runs, {len(runs) - len(todo)} already done, "
-                  f"{len(todo)} to run on [bold]{resolved}[/] → {grid.root}")
-    if resolved == "slurm":
+    with submit_lock(grid.root):
+        record_spec(grid, spec, force)
+        roots = {d: data_root_for(r) for d, r in data_roots(spec).items()}
+        for run in runs:
+            prepare_run(grid.run(run.run_id), run.config, settings.run_options(roots[run.config.dataset], resolved))
+        todo = [r for r in runs if not grid.run(r.run_id).done.exists()]
+        return execute(grid, spec.name, runs, todo, settings, resolved, console)
+
+
+def execute(grid: GridDir, title: str, runs: list[PlannedRun], todo: list[PlannedRun], settings: ExecutorSettings,
+            kind: str, console: Console) -> SubmitResult:
+    """Run or queue `todo` (the caller holds the submit lock); on SLURM, runs already queued are left alone."""
+    active: dict[str, str] = {}  # every queued run of the grid: the runs to submit may depend on any of them
+    if kind == "slurm":
+        from robustmtl.grid.status import queued_runs
+
+        active = queued_runs(grid)
+    to_run = [r for r in todo if r.run_id not in active]
+    done = sum(grid.run(r.run_id).done.exists() for r in runs)
+    in_queue = f"{sum(r.run_id in active for r in runs)} queued or running, " if kind == "slurm" else ""
+    console.print(f"[bold]{title}[/]: {len(runs)} runs, {done} already done, {in_queue}"
+                  f"{len(to_run)} to run on [bold]{kind}[/] → {grid.root}")
+    failed: list[str] = []
+    if kind == "slurm" and not to_run:
+        console.print("nothing new to submit: every run is done, queued or running")
+    elif kind == "slurm":
         from robustmtl.grid.slurm import submit_arrays
 
-        submit_arrays(grid, todo, settings, console)
-        failed: list[str] = []
+        submit_arrays(grid, to_run, settings, console, active)
+        console.print(f"check on them with `robustmtl grid status {grid.root}`", highlight=False)
     else:
-        failed = run_here(grid, todo, settings, resolved, console)
-    return SubmitResult(planned=runs, already_done=len(runs) - len(todo), executed=len(todo), failed=failed,
-                        kind=resolved)
+        failed = run_here(grid, to_run, settings, kind, console)
+    return SubmitResult(planned=runs, already_done=done, executed=len(to_run), failed=failed, kind=kind)
 
 
 def _epochs_done(rd: RunDir) -> int:
@@ -146,11 +165,3 @@ def run_here(grid: GridDir, todo: list[PlannedRun], settings: ExecutorSettings, 
             raise UserError("interrupted: running jobs were cancelled; their checkpoints stay, and the same "
                             "`grid submit` resumes them") from None
     return failed
-
-
-def failure_line(rd: RunDir) -> str:
-    try:
-        return json.loads(rd.failed.read_text())["error"].splitlines()[-1]
-    except (OSError, json.JSONDecodeError, KeyError, IndexError):
-        return "unknown error (FAILED marker unreadable)"
-

@@ -1,0 +1,136 @@
+"""Acting on a submitted grid: `grid resume`, `grid cancel` and `grid logs`.
+
+Everything is found from GRID_DIR alone: run configs in runs/, the executor settings in grid.toml,
+job ids in manifest.jsonl, and submitit's logs under submitit/<job id>/.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from robustmtl.errors import UserError
+from robustmtl.grid import scheduler
+from robustmtl.grid.executor import executor_settings
+from robustmtl.grid.expand import PlannedRun
+from robustmtl.grid.lock import submit_lock
+from robustmtl.grid.manifest import latest_entries
+from robustmtl.grid.spec import parse_toml
+from robustmtl.grid.status import ACTIVE, grid_status
+from robustmtl.grid.submit import SubmitResult, execute
+from robustmtl.layout import GridDir
+from robustmtl.params import did_you_mean
+
+FOLLOW_POLL_S = 2.0
+
+
+def planned_from_dir(grid: GridDir) -> list[PlannedRun]:
+    """The grid's runs as written on disk (every spec that ever extended it), with their requirements."""
+    from robustmtl.registry import method_entry
+    from robustmtl.rundir import load_run
+
+    runs = []
+    for run_id in grid.run_ids():
+        cfg, _ = load_run(grid.run(run_id))
+        runs.append(PlannedRun(config=cfg, swept={},
+                               requires=[c.run_id for c in method_entry(cfg.method).requires(cfg).values()]))
+    return runs
+
+
+def resume(grid: GridDir, kind: str | None, failed_only: bool, overrides: dict[str, Any],
+           console: Console) -> SubmitResult:
+    """Run again every run that is not done and not queued (only the failed ones with `failed_only`)."""
+    from robustmtl.grid.slurm import with_requirements
+
+    if not grid.spec.exists():
+        raise UserError(f"{grid.root} is not a grid directory (no {grid.spec.name}); start it with `grid submit`")
+    _, raw = parse_toml(grid.spec)
+    settings = executor_settings(raw.get("executor", {}), str(grid.spec), {**overrides, "kind": kind})
+    resolved = settings.resolved_kind()
+    with submit_lock(grid.root):
+        status = grid_status(grid)
+        if resolved == "slurm" and not status.queue_known:
+            raise UserError("squeue did not answer, so which runs are still queued is unknown; nothing was "
+                            "resubmitted (retry when SLURM responds)")
+        runs = planned_from_dir(grid)
+        keep = {rid for rid, r in status.runs.items() if r.state in ACTIVE or r.state == "done"}
+        chosen = [r for r in runs if (status.runs[r.run_id].state == "failed" if failed_only else r.run_id not in keep)]
+        todo = with_requirements(chosen, runs, keep)
+        return execute(grid, grid.root.name, runs, todo, settings, resolved, console)
+
+
+def find_run(grid: GridDir, run_id: str) -> str:
+    """A run id of the grid, also from a unique prefix."""
+    known = grid.run_ids()
+    if not known and not grid.root.is_dir():
+        raise UserError(f"no grid directory at {grid.root}")
+    matches = [r for r in known if r.startswith(run_id)] if run_id else []
+    if run_id in known:
+        return run_id
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise UserError(f"run id prefix {run_id!r} is ambiguous in {grid.root}: {', '.join(matches[:5])}")
+    raise UserError(f"unknown run id {run_id!r} in {grid.root}{did_you_mean(run_id, known)}")
+
+
+def cancel(grid: GridDir, run_id: str | None = None) -> list[str]:
+    """scancel (one call) the queued or running jobs of the grid's unfinished runs, or of one run."""
+    status = grid_status(grid, accounting=False)
+    if run_id is not None:
+        run_id = find_run(grid, run_id)
+        if status.runs[run_id].job_id is None:
+            raise UserError(f"run {run_id} was never submitted to SLURM (no entry in {grid.root / 'manifest.jsonl'})")
+    if not status.queue_known:
+        raise UserError("squeue did not answer, so which jobs are still queued is unknown; nothing was cancelled")
+    jobs = [job for rid, job in status.active.items() if run_id is None or rid == run_id]
+    scheduler.cancel(jobs)
+    return jobs
+
+
+def log_path(grid: GridDir, run_id: str, err: bool) -> tuple[str, Path]:
+    """(job id, path) of submitit's stdout or stderr log of the run's newest job."""
+    from submitit.core.utils import JobPaths
+
+    run_id = find_run(grid, run_id)
+    entry = latest_entries(grid.root).get(run_id)
+    if entry is None:
+        raise UserError(f"run {run_id} has no SLURM job in {grid.root / 'manifest.jsonl'} (never submitted to "
+                        "SLURM); its files are in " + str(grid.run(run_id).root))
+    job_id = str(entry["job_id"])
+    paths = JobPaths(grid.submitit.resolve() / "%j", job_id=job_id, task_id=0)
+    return job_id, paths.stderr if err else paths.stdout
+
+
+def show_log(grid: GridDir, run_id: str, err: bool, follow: bool, write: Callable[[str], None]) -> None:
+    """Print the log; with `follow`, keep printing what is appended until the job leaves the queue."""
+    job_id, path = log_path(grid, run_id, err)
+    if not follow:
+        if not path.exists():
+            raise UserError(f"no log yet for job {job_id} ({path}); the job has not started")
+        write(path.read_text(errors="replace"))
+        return
+    offset = 0
+    while True:
+        queue = scheduler.queue_states([job_id])
+        offset = _write_new(path, offset, write)
+        if queue is not None and job_id not in queue:
+            _write_new(path, offset, write)
+            return
+        time.sleep(FOLLOW_POLL_S)
+
+
+def _write_new(path: Path, offset: int, write: Callable[[str], None]) -> int:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return offset
+    if data:
+        write(data.decode(errors="replace"))
+    return offset + len(data)

@@ -1,0 +1,109 @@
+"""`grid status` without a cluster: markers first, then one squeue and at most one sacct call (faked here)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from robustmtl.errors import UserError
+from robustmtl.grid import scheduler
+from robustmtl.grid import status as status_module
+from robustmtl.grid.manifest import append_entries
+from robustmtl.grid.status import grid_status, queued_runs
+from robustmtl.layout import GridDir
+
+
+def rid(n: int) -> str:
+    return f"{n:012x}"
+
+
+@pytest.fixture
+def grid(tmp_path):
+    """Ten runs in every situation a grid can be in (see the comments)."""
+    g = GridDir(tmp_path / "grid")
+    for n in range(10):
+        g.run(rid(n)).root.mkdir(parents=True)
+    g.spec.write_text('name = "x"\n')
+    g.run(rid(0)).done.write_text("{}")                                    # done
+    for n in (4, 9):                                                       # failed attempt
+        g.run(rid(n)).failed.write_text(json.dumps({"error": "Traceback\nValueError: boom"}))
+    g.run(rid(5)).metrics.write_text("{}\n")                               # started
+    (g.run(rid(3)).root / "attempts.jsonl").write_text(json.dumps({"event": "start", "job_id": "5_2"}) + "\n")
+    jobs = {0: "4_0", 1: "5_0", 2: "5_1", 3: "5_2", 4: "5_3", 5: "5_4", 6: "5_5", 8: "5_6", 9: "6"}
+    append_entries(g.root, [{"run_id": rid(n), "job_id": j} for n, j in jobs.items()])
+    return g
+
+
+@pytest.fixture
+def slurm_calls(monkeypatch):
+    calls: dict[str, list] = {"squeue": [], "sacct": []}
+    answers = {"squeue": {"5_0": "RUNNING", "5_1": "PENDING", "5_2": "PENDING", "6": "COMPLETING"},
+               "sacct": {"5_3": "FAILED", "5_4": "CANCELLED", "5_5": "CANCELLED", "5_6": "FAILED"}}
+
+    def squeue(job_ids):
+        calls["squeue"].append(set(job_ids))
+        return answers["squeue"]
+
+    def sacct(job_ids, since):
+        calls["sacct"].append(set(job_ids))
+        return answers["sacct"]
+
+    monkeypatch.setattr(scheduler, "queue_states", squeue)
+    monkeypatch.setattr(scheduler, "accounting_states", sacct)
+    return calls, answers
+
+
+def test_states_from_markers_one_squeue_and_one_sacct(grid, slurm_calls):
+    calls, _ = slurm_calls
+    status = grid_status(grid)
+    states = {r: s.state for r, s in status.runs.items()}
+    assert states == {rid(0): "done", rid(1): "running", rid(2): "pending", rid(3): "requeued", rid(4): "failed",
+                      rid(5): "interrupted", rid(6): "cancelled", rid(7): "not submitted", rid(8): "failed",
+                      rid(9): "running"}
+    assert calls["squeue"] == [{"5_0", "5_1", "5_2", "5_3", "5_4", "5_5", "5_6", "6"}]  # not the done run's job
+    assert calls["sacct"] == [{"5_3", "5_4", "5_5", "5_6"}]  # only jobs that left the queue
+    failed = dict(status.failed)
+    assert failed[rid(4)] == "ValueError: boom" and "FAILED" in failed[rid(8)]
+    assert status.active == {rid(1): "5_0", rid(2): "5_1", rid(3): "5_2", rid(9): "6"}
+    assert status.runs[rid(5)].note == "job 5_4 CANCELLED"
+
+
+def test_markers_alone_without_slurm(grid, slurm_calls):
+    calls, answers = slurm_calls
+    answers["squeue"] = None
+    status = grid_status(grid)
+    assert not status.queue_known and calls["sacct"] == []
+    assert status.counts == {"done": 1, "failed": 2, "started": 1, "submitted": 5, "not submitted": 1}
+    with pytest.raises(UserError, match="squeue did not answer"):
+        queued_runs(grid)
+
+
+def test_without_accounting_started_runs_are_interrupted(grid, slurm_calls):
+    _, answers = slurm_calls
+    answers["sacct"] = None
+    status = grid_status(grid)
+    assert not status.accounting_known
+    assert status.runs[rid(5)].state == "interrupted" and status.runs[rid(6)].state == "unknown"
+
+
+def test_cli_table_and_failed_lines(grid, slurm_calls, cli):
+    out = cli("grid", "status", grid.root).output
+    for fragment in ("running", "requeued", "not submitted", "cancelled", f"{rid(4)}: ValueError: boom"):
+        assert fragment in out, out
+
+
+def test_watch_refreshes_until_nothing_is_queued(grid, slurm_calls, cli, monkeypatch):
+    _, answers = slurm_calls
+    seen = []
+    real = status_module.grid_status
+
+    def counting(g, accounting=True):
+        seen.append(1)
+        if len(seen) == 2:
+            answers["squeue"] = {}  # everything left the queue
+        return real(g, accounting)
+
+    monkeypatch.setattr(status_module, "grid_status", counting)
+    result = cli("grid", "status", grid.root, "--watch", "--interval", "0.5")
+    assert len(seen) == 2 and "requeued" in result.output
