@@ -285,30 +285,70 @@ def grid_logs(
 @user_errors
 def aggregate(
     grid_dirs: Annotated[list[Path], typer.Argument(help="One or more grid directories.")],
-    select: Annotated[str, typer.Option(help="worst-val | avg-val | oracle")] = "worst-val",
+    select: Annotated[str, typer.Option(help="worst-val | avg-val | few-groups | oracle")] = "worst-val",
     fmt: Annotated[str | None, typer.Option("--format", help="table | markdown | csv | latex")] = None,
     output: Annotated[Path | None, typer.Option(help="Write the table to this file.")] = None,
     include_running: Annotated[bool, typer.Option(help="Include runs without DONE.")] = False,
     ci: Annotated[str, typer.Option(help="t (Student-t) | bootstrap")] = "t",
+    baseline: Annotated[str | None, typer.Option(help="Paired difference of every method to this one.")] = None,
+    show_hparams: Annotated[bool, typer.Option(help="Show the chosen hyperparameters per cell.")] = False,
+    few_groups_fraction: Annotated[float, typer.Option(help="Validation fraction for few-groups.")] = 0.05,
+    few_groups_seed: Annotated[int, typer.Option(help="Seed of the few-groups subset.")] = 0,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
     quiet: Annotated[bool, typer.Option(help="Do not print the terminal table.")] = False,
 ) -> None:
     """Worst-group tables with confidence intervals over seeds."""
     from robustmtl.aggregate import aggregate as run_aggregate
-    from robustmtl.aggregate.export import render_rich, to_csv, to_latex, to_markdown
+    from robustmtl.aggregate.export import (
+        hparams_to_markdown,
+        render_differences_rich,
+        render_hparams_rich,
+        render_rich,
+        to_csv,
+        to_latex,
+        to_markdown,
+    )
 
     fmt = fmt or (SUFFIX_FORMATS.get(output.suffix, "table") if output else "table")
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    summary = run_aggregate(grid_dirs, select=select, include_running=include_running, ci=ci)
+    summary = run_aggregate(grid_dirs, select=select, include_running=include_running, ci=ci, baseline=baseline,
+                            seed=seed, few_groups_fraction=few_groups_fraction, few_groups_seed=few_groups_seed)
     for warning in summary.warnings:
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if not quiet:
         console.print(render_rich(summary))
+        if show_hparams:
+            console.print(render_hparams_rich(summary))
+        if baseline:
+            console.print(render_differences_rich(summary))
+    writers = {"markdown": to_markdown, "csv": to_csv, "latex": to_latex, "table": to_markdown}
+    text = writers[fmt](summary)
+    if show_hparams and fmt in ("markdown", "table"):
+        text += "\n" + hparams_to_markdown(summary)
     if output:
-        writers = {"markdown": to_markdown, "csv": to_csv, "latex": to_latex, "table": to_markdown}
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(writers[fmt](summary))
+        output.write_text(text)
         console.print(f"wrote {output}")
     elif fmt != "table":
-        console.print({"markdown": to_markdown, "csv": to_csv, "latex": to_latex}[fmt](summary), markup=False,
-                      highlight=False)
+        console.print(text, markup=False, highlight=False)
+
+
+@app.command()
+@user_errors
+def plot(
+    grid_dirs: Annotated[list[Path], typer.Argument(help="One or more grid directories.")],
+    out: Annotated[Path, typer.Option(help="Folder for the figures.")] = Path("aggregates/figures"),
+    select: Annotated[str, typer.Option(help="worst-val | avg-val | oracle")] = "worst-val",
+    method: Annotated[str, typer.Option(help="Method whose alpha_aux x alpha_reg sweep to map.")] = "mtl_l1",
+) -> None:
+    """PNG/PDF figures: average vs worst-group trade-off, and worst-group accuracy across the alpha sweep."""
+    from robustmtl.aggregate.plot import sweep_heatmap, tradeoff_figure
+
+    paths = tradeoff_figure(grid_dirs, select, out, ("png", "pdf"))
+    try:
+        paths += sweep_heatmap(grid_dirs, select, out, ("png", "pdf"), method=method)
+    except UserError as exc:
+        err_console.print(f"[yellow]no sweep heatmap:[/] {exc}", highlight=False)
+    for path in paths:
+        console.print(f"wrote {path}")

@@ -7,9 +7,12 @@ GRID_DIR/runs/<run_id>/metrics.jsonl
 GRID_DIR/runs/<run_id>/checkpoint.pt
 GRID_DIR/runs/<run_id>/DONE         JSON summary, written atomically last
 GRID_DIR/runs/<run_id>/FAILED       the error of a failed attempt
+GRID_DIR/runs/<run_id>/attempts.jsonl  start / preempted / timeout / terminated / failed / done events
 GRID_DIR/runs/<run_id>/val_correct.jsonl  per-example validation correctness per evaluation (bit-packed)
 GRID_DIR/runs/<run_id>/val_groups.json    validation group membership (bit-packed), for `few-groups`
 GRID_DIR/submitit/                  submitit's pickles and logs
+GRID_DIR/manifest.jsonl             the SLURM job id of each queued run (last entry wins)
+GRID_DIR/.submit.lock               held while a grid submit/resume runs
 """
 
 from __future__ import annotations
@@ -94,6 +97,10 @@ class RunDir:
     @property
     def failed(self) -> Path:
         return self.root / "FAILED"
+
+    @property
+    def attempts(self) -> Path:
+        return self.root / "attempts.jsonl"
 
     def artifact(self, name: str) -> Path:
         """A method's own output file (e.g. JTT's error set)."""

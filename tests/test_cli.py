@@ -128,3 +128,15 @@ def test_aggregate_mistakes_are_one_line(cli, tmp_path):
     assert result.exit_code == 2 and "no runs" in result.output
     result = cli("aggregate", empty, "--select", "best-test", ok=False)
     assert result.exit_code == 2
+
+
+def test_aggregate_options_and_plot(cli, tmp_path):
+    out = tmp_path / "grid"
+    cli("grid", "submit", write_spec(tmp_path / "g.toml", SMALL), "--out", out)
+    result = cli("aggregate", out, "--baseline", "erm", "--show-hparams")
+    assert "Chosen hyperparameters" in result.output and "Paired difference vs erm" in result.output
+    few = cli("aggregate", out, "--select", "few-groups", "--few-groups-fraction", "0.5")
+    assert "few-groups (50% of validation" in few.output
+    figures = cli("plot", out, "--out", tmp_path / "figs")
+    names = sorted(p.name for p in (tmp_path / "figs").iterdir())
+    assert names == ["sweep_mtl_l1.pdf", "sweep_mtl_l1.png", "tradeoff.pdf", "tradeoff.png"], figures.output

@@ -33,7 +33,6 @@ import submitit
 
 from robustmtl.layout import RunDir, atomic_write_text
 
-ATTEMPTS = "attempts.jsonl"
 INTERRUPTIONS = ("preempted", "timeout")  # the ones that requeue
 
 
@@ -141,15 +140,11 @@ def current_job_id() -> str | None:
         return None
 
 
-def attempts_path(rd: RunDir) -> Path:
-    return rd.root / ATTEMPTS
-
-
 def record_attempt(rd: RunDir, event: str, job_id: str | None, **extra: Any) -> int:
     """Append one event (fsynced); returns how many interruptions this job has now recorded."""
     entry = {"event": event, "job_id": job_id, "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", 0)),
              "time": time.time(), "host": socket.gethostname(), **extra}
-    append_durably(attempts_path(rd), json.dumps(entry, sort_keys=True) + "\n")
+    append_durably(rd.attempts, json.dumps(entry, sort_keys=True) + "\n")
     return sum(1 for e in read_attempts(rd) if e.get("event") in INTERRUPTIONS and e.get("job_id") == job_id)
 
 
@@ -168,7 +163,7 @@ def append_durably(path: Path, text: str) -> None:
 def read_attempts(rd: RunDir) -> list[dict[str, Any]]:
     """Events of a run, oldest first; a torn last line is skipped."""
     try:
-        lines = attempts_path(rd).read_text().splitlines()
+        lines = rd.attempts.read_text().splitlines()
     except FileNotFoundError:
         return []
     events = []
