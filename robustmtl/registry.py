@@ -17,6 +17,14 @@ METHODS: dict[str, str] = {
     "mtl": "robustmtl.methods.mtl:MTL",
     "mtl_l1": "robustmtl.methods.mtl:MTLL1",
     "l1": "robustmtl.methods.mtl:L1",
+    "jtt": "robustmtl.methods.jtt:JTT",
+    "jtt_stage1": "robustmtl.methods.jtt:JTTStage1",
+    "gdro": "robustmtl.methods.gdro:GroupDRO",
+    "subg": "robustmtl.methods.balancing:SubG",
+    "suby": "robustmtl.methods.balancing:SubY",
+    "rwg": "robustmtl.methods.balancing:RwG",
+    "rwy": "robustmtl.methods.balancing:RwY",
+    "ldro": "robustmtl.methods.ldro:LookaheadDRO",
 }
 
 DATASETS: dict[str, str] = {

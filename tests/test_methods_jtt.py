@@ -1,0 +1,187 @@
+"""JTT: the stage-1 error set, the stage-2 upsampling, the shared stage-1 run, and the two stages end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from robustmtl.config import RunOptions, build_config
+from robustmtl.errors import UserError
+from robustmtl.grid.expand import expand
+from robustmtl.grid.spec import load_spec
+from robustmtl.layout import GridDir, RunDir, write_json
+from robustmtl.methods.base import MethodContext
+from robustmtl.methods.jtt import ERROR_SET, JTT, JTTStage1
+from robustmtl.registry import dataset_entry, method_entry, model_entry
+from robustmtl.rundir import prepare_run
+from robustmtl.train.evaluate import Predictions, predict
+from robustmtl.train.loop import train_run
+from tests.conftest import TINY, read_records, write_spec
+
+
+def stage1_run(tmp_path, **extra):
+    cfg = JTT.requires(build_config("jtt", "synthetic", 0, None, {**TINY, **extra}, where="test"))["stage1"]
+    rd = RunDir(tmp_path / cfg.run_id)
+    prepare_run(rd, cfg, RunOptions(threads=1))
+    return cfg, rd
+
+
+def test_stage1_config_is_erm_for_jtt_epochs_with_everything_else_equal():
+    cfg = build_config("jtt", "synthetic", 3, None, {**TINY, "lr": 3e-4, "dropout": 0.2, "jtt_epochs": 1,
+                                                    "jtt_upweight": 7, "p_train": 0.9}, where="test")
+    stage1 = JTT.requires(cfg)["stage1"]
+    assert stage1.method == "jtt_stage1" and stage1.seed == 3 and stage1.model == cfg.model
+    assert stage1.train.epochs == 1
+    assert {**stage1.to_dict()["train"], "epochs": cfg.train.epochs} == cfg.to_dict()["train"]
+    assert stage1.data_params == cfg.data_params and stage1.model_params == cfg.model_params
+    assert "jtt_upweight" not in stage1.hparams()
+
+
+def test_stage1_is_a_helper_run_that_tables_skip(tmp_path):
+    assert JTTStage1.report is False and JTT.report is True
+    assert not JTTStage1.uses_train_groups and not JTT.uses_train_groups
+    _, rd = stage1_run(tmp_path)
+    train_run(rd)
+    records = read_records(rd.metrics)
+    assert records and all(r["report"] is False for r in records)
+
+
+def test_error_set_is_exactly_what_the_final_model_gets_wrong_in_eval_mode(tmp_path):
+    # dropout makes train-mode predictions differ from eval-mode ones, so a train-mode pass would be caught
+    cfg, rd = stage1_run(tmp_path, dropout=0.5, jtt_epochs=2)
+    summary = train_run(rd)
+    saved = json.loads(rd.artifact(ERROR_SET).read_text())
+
+    data = dataset_entry("synthetic").build(cfg.data_params, None)
+    model = model_entry("mlp").build(cfg.model_params, data.info)
+    model.load_state_dict(torch.load(rd.checkpoint, weights_only=True)["model"])  # the final (epoch T) weights
+    correct = predict(model, data.train, 512, torch.device("cpu")).correct
+    wrong = [i for i, ok in enumerate(correct) if not ok]
+    assert 0 < len(wrong) < len(correct)
+    assert saved == {"indices": wrong, "count": len(wrong), "n_train": TINY["n_train"]}
+    assert summary["error_set_size"] == len(wrong) == json.loads(rd.done.read_text())["error_set_size"]
+    assert summary["epochs"] == 2
+
+
+def test_after_training_writes_the_misclassified_indices(tmp_path):
+    cfg = build_config("jtt_stage1", "synthetic", 0, None, TINY, where="test")
+    data = dataset_entry("synthetic").build(cfg.data_params, None)
+    ctx = MethodContext(config=cfg, info=data.info, train=data.train.hide_groups(), run_dir=RunDir(tmp_path),
+                        required={})
+    correct = torch.ones(TINY["n_train"], dtype=torch.bool)
+    correct[[3, 17, 150]] = False
+    seen = []
+
+    def fake_predict(split):
+        seen.append(split)
+        return Predictions(correct=correct.numpy(), loss=0.0)
+
+    assert JTTStage1(cfg.method_params, ctx).after_training(None, fake_predict) == {"error_set_size": 3}
+    assert seen == ["train"]
+    assert json.loads((tmp_path / ERROR_SET).read_text()) == {"indices": [3, 17, 150], "count": 3, "n_train": 200}
+
+
+def stage2(tmp_path, errors, upweight, n=50):
+    stage1_dir = RunDir(tmp_path / "stage1")
+    write_json(stage1_dir.artifact(ERROR_SET), {"indices": errors, "count": len(errors), "n_train": n})
+    cfg = build_config("jtt", "synthetic", 0, None, {**TINY, "n_train": n, "jtt_upweight": upweight}, where="test")
+    data = dataset_entry("synthetic").build(cfg.data_params, None)
+    ctx = MethodContext(config=cfg, info=data.info, train=data.train.hide_groups(), run_dir=RunDir(tmp_path / "s2"),
+                        required={"stage1": stage1_dir})
+    return JTT(cfg.method_params, ctx)
+
+
+@pytest.mark.parametrize("upweight", [0, 1, 5])
+def test_each_error_example_appears_one_plus_upweight_times_per_epoch(tmp_path, upweight):
+    errors = [0, 7, 8, 42]
+    method = stage2(tmp_path, errors, upweight)
+    orders = [method.epoch_indices(e, torch.Generator().manual_seed(e)) for e in (1, 2)]
+    for order in orders:
+        assert len(order) == 50 + upweight * len(errors)
+        counts = torch.bincount(order, minlength=50)
+        expected = torch.ones(50, dtype=torch.long)
+        expected[errors] = 1 + upweight
+        assert torch.equal(counts, expected)
+    assert not torch.equal(orders[0], orders[1])  # shuffled by the epoch's generator
+    again = method.epoch_indices(1, torch.Generator().manual_seed(1))
+    assert torch.equal(again, orders[0])  # a pure function of the generator (exact resume)
+
+
+def test_error_set_of_another_training_split_is_refused(tmp_path):
+    with pytest.raises(UserError, match="error set of a 60-example"):
+        stage1_dir = RunDir(tmp_path / "stage1")
+        write_json(stage1_dir.artifact(ERROR_SET), {"indices": [1], "count": 1, "n_train": 60})
+        cfg = build_config("jtt", "synthetic", 0, None, {**TINY, "n_train": 50}, where="test")
+        data = dataset_entry("synthetic").build(cfg.data_params, None)
+        JTT(cfg.method_params, MethodContext(config=cfg, info=data.info, train=data.train, run_dir=RunDir(tmp_path),
+                                             required={"stage1": stage1_dir}))
+
+
+SWEEP = """
+name = "jtt"
+datasets = ["synthetic"]
+methods = ["jtt"]
+seeds = [0, 1]
+[defaults]
+epochs = 2
+n_train = 200
+n_val = 100
+n_test = 100
+[methods.jtt.sweep]
+jtt_upweight = [1, 5, 20]
+jtt_epochs = [1, 2]
+[executor]
+kind = "debug"
+"""
+
+
+def test_upweight_sweep_shares_one_stage1_run_per_seed_and_t(tmp_path):
+    runs = expand(load_spec(write_spec(tmp_path / "g.toml", SWEEP)))
+    stage1 = [r for r in runs if r.config.method == "jtt_stage1"]
+    stage2 = [r for r in runs if r.config.method == "jtt"]
+    assert len(stage2) == 2 * 3 * 2
+    assert len(stage1) == 2 * 2  # seeds × T, not × λ_up
+    assert runs[: len(stage1)] == stage1  # required runs come first
+    for run in stage2:
+        (needed,) = run.requires
+        s1 = next(r for r in stage1 if r.run_id == needed)
+        assert s1.config.seed == run.config.seed
+        assert s1.config.train.epochs == run.config.method_params.jtt_epochs
+    by_t_seed = {}
+    for run in stage2:
+        key = (run.config.seed, run.config.method_params.jtt_epochs)
+        by_t_seed.setdefault(key, set()).add(run.requires[0])
+    assert all(len(ids) == 1 for ids in by_t_seed.values())
+
+
+def test_jtt_end_to_end_through_the_cli(cli, tmp_path):
+    out = tmp_path / "runs" / "stage2"
+    cli("run", "--method", "jtt", "--dataset", "synthetic", "--set", "epochs=2", "--set", "n_train=200",
+        "--set", "n_val=100", "--set", "n_test=100", "--set", "jtt_epochs=1", "--set", "jtt_upweight=3",
+        "--threads", "1", "--out", out)
+    cfg = build_config("jtt", "synthetic", 0, None, {"epochs": 2, "n_train": 200, "n_val": 100, "n_test": 100,
+                                                     "jtt_epochs": 1, "jtt_upweight": 3}, where="test")
+    stage1 = RunDir(tmp_path / "runs" / JTT.requires(cfg)["stage1"].run_id)
+    assert stage1.done.exists()
+    saved = json.loads(stage1.artifact(ERROR_SET).read_text())
+    assert saved["count"] == len(saved["indices"]) == json.loads(stage1.done.read_text())["error_set_size"]
+    assert json.loads(RunDir(out).done.read_text())["run_id"] == cfg.run_id
+    records = read_records(out / "metrics.jsonl")
+    assert [(r["epoch"], r["split"]) for r in records] == [(e, s) for e in (1, 2) for s in ("train", "val", "test")]
+    steps_per_epoch = -(-(200 + 3 * saved["count"]) // 64)
+    assert records[-1]["step"] == 2 * steps_per_epoch
+    assert all(r["report"] for r in records)
+
+
+@pytest.mark.slow
+def test_jtt_grid_runs_stage1_once_then_stage2(cli, tmp_path):
+    spec = write_spec(tmp_path / "g.toml", SWEEP.replace("jtt_epochs = [1, 2]", "").replace("seeds = [0, 1]",
+                                                                                          "seeds = [0]"))
+    cli("grid", "submit", spec, "--out", tmp_path / "grid")
+    grid = GridDir(tmp_path / "grid")
+    methods = [json.loads(grid.run(r).config.read_text())["method"] for r in grid.run_ids()]
+    assert sorted(methods) == ["jtt", "jtt", "jtt", "jtt_stage1"]
+    assert all(grid.run(r).done.exists() for r in grid.run_ids())
+    assert method_entry("jtt_stage1") is JTTStage1
