@@ -27,6 +27,15 @@ test: $(STAMP)
 	bash scripts/slurm-cluster.sh up
 	ROBUSTMTL_REQUIRE_SLURM=1 $(PY) -m pytest -q
 
+# Regenerates the exported tables and figures of the shipped CPU grids (runs that are done are skipped).
+aggregates: $(STAMP)
+	$(PY) -m robustmtl grid submit jobs/synthetic.toml --out runs/synthetic
+	$(PY) -m robustmtl aggregate runs/synthetic --output aggregates/synthetic.md --show-hparams --quiet
+	$(PY) -m robustmtl aggregate runs/synthetic --output aggregates/synthetic.tex --quiet
+	$(PY) -m robustmtl aggregate runs/synthetic --output aggregates/synthetic.csv --quiet
+	$(PY) -m robustmtl aggregate runs/synthetic --baseline erm --format markdown --output aggregates/synthetic_vs_erm.md
+	$(PY) -m robustmtl plot runs/synthetic --out aggregates/figures/synthetic
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 

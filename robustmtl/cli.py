@@ -300,6 +300,7 @@ def aggregate(
     """Worst-group tables with confidence intervals over seeds."""
     from robustmtl.aggregate import aggregate as run_aggregate
     from robustmtl.aggregate.export import (
+        differences_to_markdown,
         hparams_to_markdown,
         render_differences_rich,
         render_hparams_rich,
@@ -326,6 +327,8 @@ def aggregate(
     text = writers[fmt](summary)
     if show_hparams and fmt in ("markdown", "table"):
         text += "\n" + hparams_to_markdown(summary)
+    if baseline and fmt in ("markdown", "table"):
+        text += "\n" + differences_to_markdown(summary)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text)

@@ -135,6 +135,8 @@ def test_aggregate_options_and_plot(cli, tmp_path):
     cli("grid", "submit", write_spec(tmp_path / "g.toml", SMALL), "--out", out)
     result = cli("aggregate", out, "--baseline", "erm", "--show-hparams")
     assert "Chosen hyperparameters" in result.output and "Paired difference vs erm" in result.output
+    markdown = cli("aggregate", out, "--baseline", "erm", "--format", "markdown", "--quiet")
+    assert "Paired difference vs erm" in markdown.output and "| synthetic | mtl\\_l1 | worst |" in markdown.output
     few = cli("aggregate", out, "--select", "few-groups", "--few-groups-fraction", "0.5")
     assert "few-groups (50% of validation" in few.output
     figures = cli("plot", out, "--out", tmp_path / "figs")

@@ -181,25 +181,45 @@ def render_hparams_rich(summary: Summary, full: bool = False) -> Table:
     return table
 
 
-def render_differences_rich(summary: Summary) -> Table | None:
-    """Paired differences vs the baseline in percentage points; None when no baseline was asked for."""
-    if summary.differences is None:
-        return None
-    table = Table(title=Text(f"Paired difference vs {summary.baseline} (percentage points, {CI_TYPES['t']})"))
-    for name in ("dataset", "method", "metric", "difference", "n"):
-        table.add_column(name, justify="right" if name in ("difference", "n") else "left", overflow="fold")
+DIFFERENCE_HEADER = ("dataset", "method", "metric", "difference", "n")
+
+
+def _difference_rows(summary: Summary) -> list[tuple[str, ...]]:
+    """Paired differences vs the baseline in percentage points, in method order."""
     diffs = summary.differences.copy()
     diffs["_order"] = diffs["method"].map({m: i for i, m in enumerate(method_order(diffs["method"]))})
+    rows = []
     for r in diffs.sort_values(["dataset", "_order", "metric"]).itertuples():
         hw = "" if math.isnan(r.half_width) else f" ± {_pct(r.half_width)}"
-        table.add_row(
-            Text(r.dataset),
-            Text(r.method),
-            Text(METRIC_LABELS.get(r.metric, r.metric)),
-            Text(f"{100 * r.mean_diff:+.1f}{hw}"),
-            Text(str(r.n)),
-        )
+        rows.append((r.dataset, r.method, METRIC_LABELS.get(r.metric, r.metric), f"{100 * r.mean_diff:+.1f}{hw}",
+                     str(r.n)))
+    return rows
+
+
+def _difference_title(summary: Summary) -> str:
+    return f"Paired difference vs {summary.baseline} (percentage points, {CI_TYPES['t']})"
+
+
+def render_differences_rich(summary: Summary) -> Table | None:
+    """None when no baseline was asked for."""
+    if summary.differences is None:
+        return None
+    table = Table(title=Text(_difference_title(summary)))
+    for name in DIFFERENCE_HEADER:
+        table.add_column(name, justify="right" if name in ("difference", "n") else "left", overflow="fold")
+    for row in _difference_rows(summary):
+        table.add_row(*(Text(c) for c in row))
     return table
+
+
+def differences_to_markdown(summary: Summary) -> str:
+    """Markdown version of render_differences_rich ('' without a baseline)."""
+    if summary.differences is None:
+        return ""
+    lines = [f"{_difference_title(summary)}:", "", "| " + " | ".join(DIFFERENCE_HEADER) + " |",
+             "|" + "---|" * len(DIFFERENCE_HEADER)]
+    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in _difference_rows(summary)]
+    return "\n".join(lines) + "\n"
 
 
 def _sorted_chosen(summary: Summary) -> pd.DataFrame:
