@@ -106,6 +106,11 @@ class RunDir:
         """A method's own output file (e.g. JTT's error set)."""
         return self.root / name
 
+    def clear_stale_temps(self) -> None:
+        """Remove temp files of atomic writes that a killed process never renamed."""
+        for tmp in self.root.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+
     def state(self) -> str:
         """done | failed | started | new — from the markers alone."""
         if self.done.exists():

@@ -235,4 +235,5 @@ def train_run(run_dir: RunDir, progress: Progress | None = None,
     if run_dir.done.exists():
         return read_json(run_dir.done, "DONE summary")
     run_dir.failed.unlink(missing_ok=True)
+    run_dir.clear_stale_temps()
     return Trainer(run_dir, progress, stop_requested).run()

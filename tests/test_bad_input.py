@@ -1,0 +1,110 @@
+"""Every user mistake: one line that says what is wrong, exit code 2, no traceback, nothing written.
+
+Add a case by adding a row: (id, grid-file text or None, command args, expected fragment). In args,
+{spec} is the grid file, {out} a grid directory that must not be created, {grid} a finished grid, and
+{run} one of its run ids.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import write_spec
+
+GOOD = """
+name = "ok"
+datasets = ["synthetic"]
+methods = ["erm"]
+seeds = [0]
+[defaults]
+epochs = 1
+n_train = 100
+n_val = 50
+n_test = 50
+[executor]
+kind = "debug"
+"""
+
+
+def spec_with(old: str, new: str) -> str:
+    assert old in GOOD
+    return GOOD.replace(old, new)
+
+
+SUBMIT = ["grid", "submit", "{spec}", "--out", "{out}"]
+CASES = [
+    ("malformed toml", "name = [", SUBMIT, "malformed TOML"),
+    ("unknown top-level key", GOOD + "\n[extras]\nx = 1\n", SUBMIT, "unknown top-level key `extras`"),
+    ("unknown method", spec_with('["erm"]', '["ernm"]'), SUBMIT, "did you mean 'erm'"),
+    ("unknown dataset", spec_with('["synthetic"]', '["waterbird"]'), SUBMIT, "did you mean 'waterbirds'"),
+    ("wrong value type", spec_with("epochs = 1", 'epochs = "1"'), SUBMIT, "epochs must be int"),
+    ("empty sweep axis", GOOD + "\n[sweep]\nlr = []\n", SUBMIT, "empty sweep axis"),
+    ("zero epochs", spec_with("epochs = 1", "epochs = 0"), SUBMIT, "epochs must be > 0"),
+    ("negative batch size", spec_with("epochs = 1", "batch_size = -8"), SUBMIT, "batch_size must be > 0"),
+    ("zero learning rate", spec_with("epochs = 1", "lr = 0.0"), SUBMIT, "lr must be > 0"),
+    ("negative alpha", spec_with('["erm"]', '["mtl"]') + "\n[sweep]\nalpha_aux = [-1.0]\n", SUBMIT,
+     "alpha_aux must be >= 0"),
+    ("seeds not integers", spec_with("[0]", '["zero"]'), SUBMIT, "seeds"),
+    ("unknown executor kind", spec_with('"debug"', '"kubernetes"'), SUBMIT, "kind must be one of"),
+    ("unknown executor key", GOOD + 'partitions = "gpu"\n', SUBMIT, "did you mean 'partition'"),
+    ("path as a grid name", spec_with('"ok"', '"../../etc"'), SUBMIT, "`name` must be a simple name"),
+    ("missing grid file", None, ["grid", "submit", "nope.toml"], "grid file not found"),
+    ("different spec in grid dir", spec_with("[0]", "[0, 1]"), ["grid", "submit", "{spec}", "--out", "{grid}"],
+     "different grid spec"),
+    ("aggregate without runs", None, ["aggregate", "{out_existing}"], "no runs"),
+    ("aggregate unknown rule", None, ["aggregate", "{grid}", "--select", "best"], "unknown selection rule"),
+    ("logs of unknown run", None, ["grid", "logs", "{grid}", "0123456789ab"], "0123456789ab"),
+    ("logs of a non-id", None, ["grid", "logs", "{grid}", "../../x"], "unknown run id"),
+    ("status of no grid", None, ["grid", "status", "{out}"], "no grid directory"),
+    ("unknown method on run", None, ["run", "--method", "jt", "--dataset", "synthetic"], "did you mean 'jtt'"),
+    ("set without value", None, ["run", "--method", "erm", "--dataset", "synthetic", "--set", "epochs"],
+     "--set expects key=value"),
+    ("corrupt config.json", None, ["run", "--method", "erm", "--dataset", "synthetic", "--out", "{corrupt_run}"],
+     "run config is corrupt"),
+]
+
+
+@pytest.fixture(scope="module")
+def finished_grid(tmp_path_factory):
+    root = tmp_path_factory.mktemp("finished")
+    spec = write_spec(root / "g.toml", GOOD)
+    subprocess.run([sys.executable, "-m", "robustmtl", "grid", "submit", str(spec), "--out", str(root / "grid")],
+                   check=True, capture_output=True)
+    return root / "grid"
+
+
+@pytest.mark.parametrize("text, args, fragment", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_user_mistake(tmp_path, finished_grid, text, args, fragment):
+    spec = write_spec(tmp_path / "spec.toml", text) if text is not None else tmp_path / "spec.toml"
+    (tmp_path / "existing").mkdir()
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "config.json").write_text('{"method": "erm", "data')
+    before = sorted(p.name for p in finished_grid.rglob("*"))
+    places = {"{spec}": spec, "{out}": tmp_path / "new-grid", "{grid}": finished_grid,
+              "{out_existing}": tmp_path / "existing", "{corrupt_run}": corrupt}
+    argv = [str(places.get(a, a)) for a in args]
+    proc = subprocess.run([sys.executable, "-m", "robustmtl", *argv], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert fragment in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "new-grid").exists()
+    assert sorted(p.name for p in finished_grid.rglob("*")) == before
+
+
+def test_corrupt_metrics_are_tolerated_with_a_warning(finished_grid, tmp_path):
+    import shutil
+
+    grid = tmp_path / "grid"
+    shutil.copytree(finished_grid, grid)
+    metrics = next(grid.glob("runs/*/metrics.jsonl"))
+    metrics.write_text(metrics.read_text() + '{"run_id": "trunc')
+    proc = subprocess.run([sys.executable, "-m", "robustmtl", "aggregate", str(grid)], capture_output=True, text=True)
+    assert proc.returncode == 0 and "warning" in proc.stderr and "erm" in proc.stdout
+    assert json.loads(metrics.read_text().splitlines()[0])["method"] == "erm"
