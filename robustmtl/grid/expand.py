@@ -6,6 +6,7 @@ Runs a method requires (JTT's stage 1) join the plan ahead of the runs that need
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,14 +72,14 @@ def expand(spec: GridSpec) -> list[PlannedRun]:
             method_defaults = table.defaults if table else {}
             blocks = blocks_for(method, dataset, spec.model or dataset_entry(dataset).default_model)
             global_axes = {k: v for k, v in spec.sweep.items() if key_owner(k, blocks)}
-            for seed in spec.seeds:
-                for point in _product(global_axes):
-                    for method_point in _product(method_axes):
-                        values = {**spec.defaults, **data_values, **method_defaults, **point, **method_point}
-                        where = f"{spec.path} ({method} on {dataset})"
-                        relevant = {k: v for k, v in values.items() if key_owner(k, blocks)}
-                        cfg = build_config(method, dataset, seed, spec.model, relevant, where=where)
-                        _add(planned, cfg, {**point, **method_point})
+            for point in _product(global_axes):
+                for method_point in _product(method_axes):
+                    values = {**spec.defaults, **data_values, **method_defaults, **point, **method_point}
+                    where = f"{spec.path} ({method} on {dataset})"
+                    relevant = {k: v for k, v in values.items() if key_owner(k, blocks)}
+                    base = build_config(method, dataset, spec.seeds[0], spec.model, relevant, where=where)
+                    for seed in spec.seeds:
+                        _add(planned, dataclasses.replace(base, seed=seed), {**point, **method_point})
     return _with_requirements(planned)
 
 
