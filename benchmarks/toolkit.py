@@ -33,8 +33,9 @@ def timed(argv: list[str], repeat: int = 1) -> float:
 
 def big_spec(path: Path, runs: int) -> int:
     """A grid with about `runs` runs: 2 methods, 10 seeds, lr × batch axes and a method sweep."""
-    per_method = max(1, runs // 2 // 10)
-    side = max(1, round(per_method ** (1 / 4)))
+    side = 1
+    while 10 * side**3 + 10 * side**4 < runs:
+        side += 1
     values = [round(1e-4 * (i + 1), 6) for i in range(side)]
     path.write_text(f"""
 name = "big"

@@ -72,14 +72,27 @@ class RunConfig:
             "model_params": _fields(self.model_params),
         }
 
+    def canonical_json(self, with_seed: bool = True) -> str:
+        """`json.dumps(to_dict(), sort_keys=True, separators=(",", ":"))`, built from cached per-block JSON.
+
+        Seeds of one setting share their parameter blocks, so a grid hashes each block once, not once per run.
+        """
+        parts = {"version": str(CONFIG_VERSION), "method": _json(self.method), "dataset": _json(self.dataset),
+                 "model": _json(self.model), "train": _block_json(self.train),
+                 "method_params": _block_json(self.method_params), "data_params": _block_json(self.data_params),
+                 "model_params": _block_json(self.model_params)}
+        if with_seed:
+            parts["seed"] = _json(self.seed)
+        return "{" + ",".join(f"{_json(k)}:{parts[k]}" for k in sorted(parts)) + "}"
+
     @functools.cached_property
     def run_id(self) -> str:
-        return _digest(self.to_dict())
+        return _sha(self.canonical_json())
 
     @functools.cached_property
     def setting_id(self) -> str:
         """Identity of the hyperparameter setting: the config without its seed."""
-        return _digest({k: v for k, v in self.to_dict().items() if k != "seed"})
+        return _sha(self.canonical_json(with_seed=False))
 
     def hparams(self) -> dict[str, Any]:
         """Every hyperparameter as one flat dict (for records and tables)."""
@@ -97,9 +110,22 @@ def _fields(block: Any) -> dict[str, Any]:
     return {name: getattr(block, name) for name in field_types(type(block))}
 
 
-def _digest(obj: Any) -> str:
-    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+def _json_any(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+@functools.lru_cache(maxsize=65536)
+def _json(scalar: str | int) -> str:
+    return _json_any(scalar)
+
+
+@functools.lru_cache(maxsize=65536)
+def _block_json(block: Any) -> str:
+    return _json_any(_fields(block))
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def blocks_for(method: str, dataset: str, model: str) -> dict[str, type]:

@@ -54,3 +54,13 @@ def test_hparams_flat_and_complete():
 def test_bad_values_are_one_clear_line(values, fragment):
     with pytest.raises(UserError, match=fragment):
         cfg(**values)
+
+
+def test_canonical_json_is_exactly_json_dumps_of_the_config():
+    import json
+
+    for c in (cfg(), cfg(alpha_reg=0.5, reg_target="tokens"), build_config("erm", "synthetic", 3, None, {}, where="t")):
+        expected = json.dumps(c.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        assert c.canonical_json() == expected
+        without_seed = {k: v for k, v in c.to_dict().items() if k != "seed"}
+        assert c.canonical_json(with_seed=False) == json.dumps(without_seed, sort_keys=True, separators=(",", ":"))
