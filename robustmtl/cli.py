@@ -295,6 +295,7 @@ def aggregate(
     few_groups_fraction: Annotated[float, typer.Option(help="Validation fraction for few-groups.")] = 0.05,
     few_groups_seed: Annotated[int, typer.Option(help="Seed of the few-groups subset.")] = 0,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    small_intervals: Annotated[bool, typer.Option(help="LaTeX: set intervals in \\scriptsize.")] = False,
     quiet: Annotated[bool, typer.Option(help="Do not print the terminal table.")] = False,
 ) -> None:
     """Worst-group tables with confidence intervals over seeds."""
@@ -323,7 +324,8 @@ def aggregate(
             console.print(render_hparams_rich(summary))
         if baseline:
             console.print(render_differences_rich(summary))
-    writers = {"markdown": to_markdown, "csv": to_csv, "latex": to_latex, "table": to_markdown}
+    latex = functools.partial(to_latex, small_intervals=small_intervals)
+    writers = {"markdown": to_markdown, "csv": to_csv, "latex": latex, "table": to_markdown}
     text = writers[fmt](summary)
     if show_hparams and fmt in ("markdown", "table"):
         text += "\n" + hparams_to_markdown(summary)

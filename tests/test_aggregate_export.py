@@ -274,3 +274,12 @@ def test_hparams_views() -> None:
     assert len(table) == 2 + len(BASE) and len({len(r) for r in table}) == 1
     assert table[2][:2] == ["civil\\_comments", "erm"] and table[2][-1] == "lr=1e-05"
     assert "test worst" in hparams_to_markdown(make_summary(BASE, select="oracle"))
+
+
+def test_latex_small_intervals_keep_structure() -> None:
+    tex = to_latex(make_summary(BASE), small_intervals=True)
+    assert _braces_balanced(tex)
+    assert r"\textbf{92.0} {\scriptsize $\pm$ 1.0}" in tex
+    ncols, widths = _tabular_rows(tex)
+    assert all(w == ncols for w in widths)
+    assert r"\scriptsize" not in to_latex(make_summary(BASE))

@@ -312,15 +312,19 @@ def latex_escape(s: str) -> str:
     return "".join(_LATEX_ESCAPES.get(c, c) for c in s)
 
 
-def _tex_value(v: _Value | None) -> str:
+def _tex_value(v: _Value | None, small_intervals: bool) -> str:
     if v is None:
         return "--"
     mean = rf"\textbf{{{v.mean}}}" if v.best else v.mean
-    return mean + (f" {v.interval}" if v.interval else "") + (r"$^{\dagger}$" if v.short else "")
+    interval = (rf"{{\scriptsize {v.interval}}}" if small_intervals else v.interval) if v.interval else ""
+    return mean + (f" {interval}" if interval else "") + (r"$^{\dagger}$" if v.short else "")
 
 
-def to_latex(summary: Summary) -> str:
-    """A complete `table` float using booktabs (\\usepackage{booktabs}); numbers are never truncated."""
+def to_latex(summary: Summary, small_intervals: bool = False) -> str:
+    """A complete `table` float using booktabs (\\usepackage{booktabs}); numbers are never truncated.
+
+    `small_intervals` sets the intervals in \\scriptsize, as many papers do to keep wide tables readable.
+    """
     layout = _layout(summary, pm=r"$\pm$")
     per = len(METRICS) + (layout.uniform_n is None)
     spec = "l" + "".join(" " + "c" * per for _ in layout.datasets)
@@ -348,7 +352,8 @@ def to_latex(summary: Summary) -> str:
         row = [name + (r"$^{*}$" if method in layout.train_groups else "")]
         for d, m in _columns(layout):
             row.append(
-                layout.n_of(method, d, "--") if m == "n" else _tex_value(layout.values.get((method, d, m)))
+                layout.n_of(method, d, "--") if m == "n"
+                else _tex_value(layout.values.get((method, d, m)), small_intervals)
             )
         out.append(" & ".join(row) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}"]
