@@ -6,6 +6,7 @@ name checks never import torch; a typo gets a "did you mean" instead of an impor
 
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any
 
@@ -29,19 +30,32 @@ METHODS: dict[str, str] = {
 
 DATASETS: dict[str, str] = {
     "synthetic": "robustmtl.data.synthetic:Synthetic",
+    "text_spurious": "robustmtl.data.injected:TextSpurious",
+    "mnist_spurious": "robustmtl.data.injected:MNISTSpurious",
+    "waterbirds": "robustmtl.data.waterbirds:Waterbirds",
+    "celeba": "robustmtl.data.celeba:CelebA",
+    "multinli": "robustmtl.data.multinli:MultiNLI",
+    "civilcomments": "robustmtl.data.civilcomments:CivilComments",
 }
 
 MODELS: dict[str, str] = {
     "mlp": "robustmtl.models.mlp:MLP",
+    "bert": "robustmtl.models.bert:Bert",
+    "vit": "robustmtl.models.vit:ViT",
 }
+
+
+@functools.cache
+def _import(path: str) -> Any:
+    module, attr = path.split(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def _load(table: dict[str, str], kind: str, name: str) -> Any:
     if not isinstance(name, str) or name not in table:
         raise UserError(f"unknown {kind} {name!r}{did_you_mean(str(name), table)}; "
                         f"known {kind}s: {', '.join(sorted(table))}")
-    module, attr = table[name].split(":")
-    return getattr(importlib.import_module(module), attr)
+    return _import(table[name])
 
 
 def method_entry(name: str) -> Any:

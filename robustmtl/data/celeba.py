@@ -1,0 +1,69 @@
+"""CelebA (Liu et al., 2015) as a group-robustness benchmark: y = one attribute, a = another.
+
+The default is the usual task, y = Blond_Hair and a = Male (the minority group is blond men); both
+are parameters (`celeba_target`, `celeba_attr`: any two of the 40 attribute columns).
+
+Layout (the CSV edition, e.g. Kaggle's "celeba-dataset"): `list_attr_celeba.csv` (image_id and 40
+attribute columns of +1/−1), `list_eval_partition.csv` (image_id, partition 0 train / 1 val /
+2 test) and the aligned 178×218 images in `img_align_celeba/` (or `img_align_celeba/img_align_celeba/`,
+as that archive unpacks). Images are read per batch and centre-cropped to a square.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from robustmtl.data.base import DataInfo, Splits, group_names
+from robustmtl.data.files import SPLIT_NAMES, binary_column, dataset_dir, read_table, split_masks
+from robustmtl.data.images import FileImages, ImageSplit
+from robustmtl.errors import UserError
+
+SOURCE = ("https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html "
+          "(CSV edition: kaggle.com/datasets/jessicali9530/celeba-dataset)")
+IMAGE_SIZE = 224
+
+
+@dataclass(frozen=True)
+class CelebAParams:
+    celeba_target: str = "Blond_Hair"
+    celeba_attr: str = "Male"
+
+
+class CelebA:
+    Params = CelebAParams
+    modality = "image"
+    default_model = "vit"
+
+    @staticmethod
+    def build(p: CelebAParams, data_root: Path | None) -> Splits:
+        if p.celeba_target == p.celeba_attr:
+            raise UserError(f"celeba_target and celeba_attr are both {p.celeba_target!r}; pick two attributes")
+        root, attr_path = dataset_dir("celeba", data_root, ["list_attr_celeba.csv"], (), SOURCE)
+        part_path = root / "list_eval_partition.csv"
+        attrs = read_table(attr_path, ["image_id", p.celeba_target, p.celeba_attr], "celeba", SOURCE)
+        parts = read_table(part_path, ["image_id", "partition"], "celeba", SOURCE)
+        table = attrs.merge(parts, on="image_id", how="inner", validate="one_to_one")
+        if len(table) != len(attrs):
+            raise UserError(f"celeba: {len(attrs) - len(table)} image ids of {attr_path} are missing from {part_path}")
+        images = root / "img_align_celeba"
+        if (images / "img_align_celeba").is_dir():
+            images = images / "img_align_celeba"
+        if not images.is_dir():
+            raise UserError(f"celeba: missing image directory {images}; get the dataset from {SOURCE}")
+        y_all = binary_column(table[p.celeba_target], attr_path, p.celeba_target, "celeba", negative=-1)
+        a_all = binary_column(table[p.celeba_attr], attr_path, p.celeba_attr, "celeba", negative=-1)
+        info = DataInfo(modality="image", n_classes=2, n_attrs=2,
+                        group_names=group_names([f"not {p.celeba_target}", p.celeba_target],
+                                                [f"not {p.celeba_attr}", p.celeba_attr]))
+        splits = []
+        for name, mask in zip(SPLIT_NAMES, split_masks(table["partition"], (0, 1, 2), part_path, "partition", "celeba"),
+                              strict=True):
+            rows = torch.tensor(mask.to_numpy())
+            files = [images / f for f in table.loc[mask, "image_id"]]
+            y, a = y_all[rows], a_all[rows]
+            splits.append(ImageSplit(name, FileImages(files, 1.0, "celeba"), y, info.n_attrs * y + a,
+                                     size=IMAGE_SIZE, n_groups=info.n_groups))
+        return Splits(info, *splits)

@@ -1,0 +1,113 @@
+"""A BERT-family encoder (transformers) with masked language modelling as its pre-training objective.
+
+`bert_pretrained` names the checkpoint (see `models/hub.py`; default `minilm`, which runs offline
+on a CPU). The model is loaded with its MLM head (`AutoModelForMaskedLM`), so MLM starts from the
+pretrained head where the checkpoint has one (all-MiniLM-L6-v2 has none: its head is newly
+initialised, with the decoder tied to the word embeddings).
+
+`h` is the CLS embedding (last hidden state at position 0) and the classifier is dropout + linear on
+it. The reference classifies the pooler output instead (a dense + tanh layer on the CLS embedding);
+robustmtl uses the CLS embedding itself because that is the representation the paper's L1 penalty
+is on, and MLM checkpoints such as MiniLM's load without a pooler.
+
+MLM follows the standard collator: each non-special, non-padding token is selected with probability
+`mlm_probability`; of those, 80% become [MASK], 10% a random token, 10% stay; cross-entropy on the
+selected positions only. Vocabulary logits are computed only at the selected positions (gathered
+hidden states through the MLM head): same loss, a fraction of the cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from robustmtl.data.base import DataInfo, Splits
+from robustmtl.data.text import tokenize_splits
+from robustmtl.errors import UserError
+from robustmtl.models.base import AuxOutput, Encoded, Model
+from robustmtl.models.hub import MINILM, load, resolve
+from robustmtl.params import between, positive
+
+MLM_HEADS = ("cls", "lm_head")  # where BertForMaskedLM and RobertaForMaskedLM (and their kin) keep it
+
+
+@dataclass(frozen=True)
+class BertParams:
+    bert_pretrained: str = MINILM
+    bert_max_length: int = field(default=128, metadata=positive())
+    mlm_probability: float = field(default=0.15, metadata=between(0.01, 1.0))
+    bert_dropout: float = field(default=0.1, metadata=between(0.0, 0.99))
+
+
+def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, probability: float, mask_id: int, vocab_size: int,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(corrupted ids, selected positions): BERT's 80/10/10 masking, never on `special` positions."""
+
+    def draw(p: float) -> torch.Tensor:
+        return torch.rand(input_ids.shape, generator=generator, device=input_ids.device) < p
+
+    selected = draw(probability) & ~special
+    to_mask = selected & draw(0.8)
+    to_random = selected & ~to_mask & draw(0.5)
+    random_ids = torch.randint(vocab_size, input_ids.shape, generator=generator, device=input_ids.device)
+    corrupted = torch.where(to_mask, mask_id, input_ids)
+    return torch.where(to_random, random_ids, corrupted), selected
+
+
+class Bert(Model):
+    Params = BertParams
+    modalities = ("text",)
+
+    def __init__(self, p: BertParams, info: DataInfo) -> None:
+        super().__init__()
+        from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+        key = "bert_pretrained"
+        self.mlm = load(AutoModelForMaskedLM, p.bert_pretrained, key)
+        self.tokenizer = load(AutoTokenizer, p.bert_pretrained, key)
+        head_name = next((n for n in MLM_HEADS if hasattr(self.mlm, n)), None)
+        if head_name is None:
+            raise UserError(f"{key}={p.bert_pretrained!r}: {type(self.mlm).__name__} has no MLM head named "
+                            f"{' or '.join(MLM_HEADS)}; use a BERT-family checkpoint")
+        self.head_name = head_name
+        config = self.mlm.config
+        if p.bert_max_length > config.max_position_embeddings:
+            raise UserError(f"bert_max_length={p.bert_max_length} exceeds the {config.max_position_embeddings} "
+                            f"positions of {p.bert_pretrained!r}")
+        self.params = p
+        self.source = resolve(p.bert_pretrained, key)
+        self.head = nn.Sequential(nn.Dropout(p.bert_dropout), nn.Linear(config.hidden_size, info.n_classes))
+        nn.init.normal_(self.head[1].weight, std=getattr(config, "initializer_range", 0.02))
+        nn.init.zeros_(self.head[1].bias)
+        self.register_buffer("special_ids", torch.tensor(self.tokenizer.all_special_ids), persistent=False)
+
+    @classmethod
+    def build(cls, p: BertParams, info: DataInfo) -> Bert:
+        return cls(p, info)
+
+    def prepare(self, splits: Splits, cache_dir: Path | None) -> Splits:
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        identity = backend.to_str() if backend is not None else f"{type(self.tokenizer).__name__}:{self.source}"
+        return tokenize_splits(splits, self.tokenizer, identity, self.params.bert_max_length, cache_dir)
+
+    def _encode_ids(self, batch: dict[str, torch.Tensor], input_ids: torch.Tensor) -> Encoded:
+        extra = {k: batch[k] for k in ("attention_mask", "token_type_ids") if k in batch}
+        tokens = self.mlm.base_model(input_ids=input_ids, **extra).last_hidden_state
+        return Encoded(h=tokens[:, 0], tokens=tokens)
+
+    def encode(self, batch: dict[str, torch.Tensor]) -> Encoded:
+        return self._encode_ids(batch, batch["input_ids"])
+
+    def aux_loss(self, batch: dict[str, torch.Tensor]) -> AuxOutput:
+        """MLM on this batch: encode the corrupted ids once, vocabulary logits at selected positions only."""
+        ids = batch["input_ids"]
+        special = torch.isin(ids, self.special_ids) | (batch["attention_mask"] == 0)
+        corrupted, selected = mask_tokens(ids, special, self.params.mlm_probability, self.tokenizer.mask_token_id,
+                                          self.mlm.config.vocab_size)
+        encoded = self._encode_ids(batch, corrupted)
+        logits = getattr(self.mlm, self.head_name)(encoded.tokens[selected])
+        loss = nn.functional.cross_entropy(logits.float(), ids[selected], reduction="sum") / selected.sum().clamp(min=1)
+        return AuxOutput(loss=loss, encoded=encoded)

@@ -1,0 +1,151 @@
+"""A Vision Transformer (transformers' ViTModel, no torchvision) with SimMIM as its pre-training objective.
+
+`vit_pretrained` names a checkpoint (a local directory such as a download of
+google/vit-base-patch16-224-in21k, or a cached hub id; see `models/hub.py`); empty means a small ViT
+from scratch built from `vit_patch_size`, `vit_hidden_dim`, `vit_depth` and `vit_heads` (those four
+are ignored for a pretrained checkpoint, which fixes its own architecture). `vit_image_size` 0
+means the checkpoint's size, or for a model from scratch the dataset's native size (MNIST 28), else
+32. A pretrained model run at another size interpolates its position embeddings (the reference runs
+its 224-px checkpoint at 384).
+
+`h` is the last layer's CLS token (after the final LayerNorm); the classifier is linear on it.
+
+SimMIM (Xie et al., 2022): square mask patches of `mim_mask_scale` × the model's patch size are
+chosen at random, `mim_mask_ratio` of them per image (rounded up); their patch embeddings are
+replaced by a learned mask token (ViTModel's `bool_masked_pos`); a light decoder (1×1 conv to
+patch²·3 channels + pixel shuffle) reconstructs the image from the patch tokens, and the loss is
+the L1 error on the masked pixels only, divided by the channels. The reference also augments the
+auxiliary view (random resized crop, flip); robustmtl does not (documented difference).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from robustmtl.data.base import DataInfo, Splits
+from robustmtl.data.images import ImageSplit
+from robustmtl.errors import UserError
+from robustmtl.models.base import AuxOutput, Encoded, Model
+from robustmtl.models.hub import load, resolve
+from robustmtl.params import at_least, between, positive
+
+SCRATCH_SIZE = 32
+CHANNELS = 3
+
+
+@dataclass(frozen=True)
+class ViTParams:
+    vit_pretrained: str = ""
+    vit_image_size: int = field(default=0, metadata=at_least(0))
+    vit_patch_size: int = field(default=4, metadata=positive())
+    vit_hidden_dim: int = field(default=128, metadata=positive())
+    vit_depth: int = field(default=4, metadata=positive())
+    vit_heads: int = field(default=4, metadata=positive())
+    mim_mask_ratio: float = field(default=0.6, metadata=between(0.01, 1.0))
+    mim_mask_scale: int = field(default=2, metadata=positive())
+
+
+def simmim_mask(batch: int, grid: int, scale: int, ratio: float, device: torch.device,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """[B, grid, grid] bool over model patches: ceil(ratio · n) random mask patches of scale × scale each.
+
+    When the mask patch does not divide the grid (28 px / 4-px patches = 7), the mask is drawn on the
+    next larger grid and cropped, so slightly fewer patches than the ratio may be masked.
+    """
+    coarse = math.ceil(grid / scale)
+    n = coarse * coarse
+    count = min(n, math.ceil(ratio * n))
+    ranks = torch.rand(batch, n, generator=generator, device=device).argsort(dim=1).argsort(dim=1)
+    mask = (ranks < count).view(batch, coarse, coarse)
+    return mask.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)[:, :grid, :grid]
+
+
+def simmim_loss(pixels: torch.Tensor, reconstruction: torch.Tensor, mask: torch.Tensor, patch: int) -> torch.Tensor:
+    """Mean L1 error over masked pixels, divided by the channels (SimMIM's normalisation)."""
+    pixel_mask = mask.repeat_interleave(patch, dim=1).repeat_interleave(patch, dim=2)[:, None].to(pixels.dtype)
+    error = (reconstruction.float() - pixels.float()).abs() * pixel_mask
+    return error.sum() / (pixel_mask.sum() + 1e-5) / pixels.shape[1]
+
+
+def normalisation(source: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The checkpoint's image mean/std from its preprocessor_config.json; 0.5/0.5 when it has none."""
+    from transformers.utils import cached_file
+
+    path = cached_file(source, "preprocessor_config.json", local_files_only=True,
+                       _raise_exceptions_for_missing_entries=False)
+    config = json.loads(Path(path).read_text()) if path else {}
+    return tuple(config.get("image_mean", (0.5,) * CHANNELS)), tuple(config.get("image_std", (0.5,) * CHANNELS))
+
+
+class ViT(Model):
+    Params = ViTParams
+    modalities = ("image",)
+
+    def __init__(self, p: ViTParams, info: DataInfo) -> None:
+        super().__init__()
+        from transformers import ViTConfig, ViTModel
+
+        if p.vit_pretrained:
+            self.vit = load(ViTModel, p.vit_pretrained, "vit_pretrained", add_pooling_layer=False, use_mask_token=True)
+            self.mean, self.std = normalisation(resolve(p.vit_pretrained, "vit_pretrained"))
+            size = p.vit_image_size or self.vit.config.image_size
+        else:
+            size = p.vit_image_size or info.extra.get("image_size", SCRATCH_SIZE)
+            if p.vit_hidden_dim % p.vit_heads:
+                raise UserError(f"vit_hidden_dim={p.vit_hidden_dim} must be a multiple of vit_heads={p.vit_heads}")
+            config = ViTConfig(image_size=size, patch_size=p.vit_patch_size, num_channels=CHANNELS,
+                               hidden_size=p.vit_hidden_dim, num_hidden_layers=p.vit_depth,
+                               num_attention_heads=p.vit_heads, intermediate_size=4 * p.vit_hidden_dim,
+                               encoder_stride=p.vit_patch_size)
+            self.vit = ViTModel(config, add_pooling_layer=False, use_mask_token=True)
+            self.mean, self.std = (0.5,) * CHANNELS, (0.5,) * CHANNELS
+        config = self.vit.config
+        self.patch = config.patch_size
+        if size % self.patch:
+            raise UserError(f"vit_image_size={size} must be a multiple of the patch size {self.patch}")
+        self.size, self.grid = size, size // self.patch
+        self.interpolate = size != config.image_size
+        self.mask_ratio, self.mask_scale = p.mim_mask_ratio, p.mim_mask_scale
+        self.decoder = nn.Sequential(nn.Conv2d(config.hidden_size, self.patch**2 * CHANNELS, kernel_size=1),
+                                     nn.PixelShuffle(self.patch))
+        self.head = nn.Linear(config.hidden_size, info.n_classes)
+
+    @classmethod
+    def build(cls, p: ViTParams, info: DataInfo) -> ViT:
+        return cls(p, info)
+
+    def prepare(self, splits: Splits, cache_dir: Path | None) -> Splits:
+        """Serve every split at this model's size and normalisation."""
+        made = {}
+        for name, split in splits.by_name().items():
+            if not isinstance(split, ImageSplit):
+                raise TypeError(f"the vit model needs ImageSplit inputs, got {type(split).__name__}")
+            made[name] = split.transformed(self.size, self.mean, self.std)
+        return Splits(splits.info, made["train"], made["val"], made["test"])
+
+    def _encode(self, pixels: torch.Tensor, mask: torch.Tensor | None) -> Encoded:
+        tokens = self.vit(pixel_values=pixels, bool_masked_pos=mask, interpolate_pos_encoding=self.interpolate)
+        tokens = tokens.last_hidden_state
+        return Encoded(h=tokens[:, 0], tokens=tokens)
+
+    def encode(self, batch: dict[str, torch.Tensor]) -> Encoded:
+        return self._encode(batch["pixel_values"], None)
+
+    def reconstruct(self, pixels: torch.Tensor, mask: torch.Tensor) -> AuxOutput:
+        """SimMIM loss of these images under this [B, grid, grid] patch mask."""
+        encoded = self._encode(pixels, mask.flatten(1))
+        patches = encoded.tokens[:, 1:]
+        features = patches.transpose(1, 2).reshape(len(pixels), -1, self.grid, self.grid)
+        loss = simmim_loss(pixels, self.decoder(features), mask, self.patch)
+        return AuxOutput(loss=loss, encoded=encoded)
+
+    def aux_loss(self, batch: dict[str, torch.Tensor]) -> AuxOutput:
+        pixels = batch["pixel_values"]
+        mask = simmim_mask(len(pixels), self.grid, self.mask_scale, self.mask_ratio, pixels.device)
+        return self.reconstruct(pixels, mask)

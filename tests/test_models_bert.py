@@ -1,0 +1,122 @@
+"""The BERT-family encoder (MiniLM offline): MLM masking, masked-only logits, tokenisation cache, offline errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robustmtl.config import build_config
+from robustmtl.data import text as text_module
+from robustmtl.errors import UserError
+from robustmtl.models.bert import Bert, mask_tokens
+from robustmtl.registry import dataset_entry
+
+TINY_TEXT = {"text_n_train": 24, "text_n_val": 8, "text_n_test": 8, "bert_max_length": 32}
+
+
+def config(**values):
+    return build_config("mtl_l1", "text_spurious", 0, None, {**TINY_TEXT, **values}, where="test")
+
+
+@pytest.fixture(scope="module")
+def raw():
+    cfg = config()
+    return dataset_entry("text_spurious").build(cfg.data_params, None)
+
+
+@pytest.fixture(scope="module")
+def model(raw):
+    torch.manual_seed(0)
+    return Bert.build(config().model_params, raw.info)
+
+
+def test_masking_rates_follow_80_10_10():
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 30000, (128, 512), generator=gen)
+    special = torch.zeros_like(ids, dtype=torch.bool)
+    special[:, 0] = special[:, -1] = True
+    special[:64, 400:] = True  # padding
+    corrupted, selected = mask_tokens(ids, special, 0.15, mask_id=103, vocab_size=30522, generator=gen)
+    assert not (selected & special).any()
+    assert (corrupted[~selected] == ids[~selected]).all()
+    assert selected[~special].float().mean() == pytest.approx(0.15, abs=0.003)
+    chosen, original = corrupted[selected], ids[selected]
+    assert (chosen == 103).float().mean() == pytest.approx(0.8, abs=0.01)
+    assert (chosen == original).float().mean() == pytest.approx(0.1, abs=0.01)
+    assert ((chosen != original) & (chosen != 103)).float().mean() == pytest.approx(0.1, abs=0.01)
+
+
+def test_mlm_loss_equals_full_vocabulary_loss_on_masked_positions(model, raw, tmp_path):
+    data = model.prepare(raw, tmp_path)
+    batch = data.train[torch.arange(8)]
+    model.eval()
+    torch.manual_seed(3)
+    fast = model.aux_loss(batch).loss
+    torch.manual_seed(3)
+    special = torch.isin(batch["input_ids"], model.special_ids) | (batch["attention_mask"] == 0)
+    corrupted, selected = mask_tokens(batch["input_ids"], special, 0.15, model.tokenizer.mask_token_id,
+                                      model.mlm.config.vocab_size)
+    labels = torch.where(selected, batch["input_ids"], -100)
+    full = model.mlm(input_ids=corrupted, attention_mask=batch["attention_mask"],
+                     token_type_ids=batch["token_type_ids"], labels=labels).loss
+    assert selected.any()
+    assert fast.item() == pytest.approx(full.item(), rel=1e-4)
+
+
+def test_cls_embedding_and_classifier(model, raw, tmp_path):
+    data = model.prepare(raw, tmp_path)
+    batch = data.val[torch.arange(4)]
+    encoded = model.encode(batch)
+    assert encoded.h.shape == (4, 384) and encoded.tokens.shape[:2] == batch["input_ids"].shape
+    assert model.classify(encoded).shape == (4, 2)
+    assert torch.equal(encoded.h, encoded.tokens[:, 0])
+
+
+def test_tokens_are_padded_per_batch_and_cached(model, raw, tmp_path, monkeypatch):
+    data = model.prepare(raw, tmp_path)
+    split = data.train
+    lengths = split.offsets[1:] - split.offsets[:-1]
+    assert lengths.max() <= 32
+    idx = torch.tensor([0, 5, 7])
+    batch = split[idx]
+    assert batch["input_ids"].shape[1] == lengths[idx].max()
+    assert batch["attention_mask"].sum(dim=1).tolist() == lengths[idx].tolist()
+    assert (batch["input_ids"][batch["attention_mask"] == 0] == model.tokenizer.pad_token_id).all()
+    expected = model.tokenizer(raw.train.texts[5], truncation=True, max_length=32)["input_ids"]
+    assert batch["input_ids"][1, : len(expected)].tolist() == expected
+
+    def no_tokenising(*args, **kwargs):
+        raise AssertionError("tokenised again instead of reading the cache")
+
+    monkeypatch.setattr(text_module, "_encode", no_tokenising)
+    again = model.prepare(raw, tmp_path)
+    assert torch.equal(again.train.ids, split.ids)
+
+
+def test_build_is_deterministic_under_the_seed(model, raw):
+    torch.manual_seed(0)
+    other = Bert.build(config().model_params, raw.info)
+    assert torch.equal(other.head[1].weight, model.head[1].weight)
+    for name, param in other.mlm.cls.named_parameters():
+        assert torch.equal(param, dict(model.mlm.cls.named_parameters())[name]), name
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("someone/not-downloaded-model", "is not a local directory"),
+    ("/no/such/dir/model", "does not exist"),
+])
+def test_unavailable_checkpoint_is_a_one_line_user_error(raw, name, message):
+    with pytest.raises(UserError, match=message) as err:
+        Bert.build(config(bert_pretrained=name).model_params, raw.info)
+    assert "\n" not in str(err.value) and "bert_pretrained" in str(err.value)
+
+
+def test_cli_runs_minilm_on_text_spurious(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUSTMTL_CACHE", str(tmp_path / "cache"))
+    sets = [f"--set={k}={v}" for k, v in {**TINY_TEXT, "epochs": 1, "batch_size": 8, "lr": 1e-5}.items()]
+    result = cli("run", "--method", "mtl_l1", "--dataset", "text_spurious", "--threads", "1",
+                 "--out", tmp_path / "run", *sets)
+    assert "3 steps" in result.output
+    bad = cli("run", "--method", "erm", "--dataset", "text_spurious", "--set", "bert_pretrained=org/missing",
+              "--out", tmp_path / "bad", ok=False)
+    assert bad.exit_code == 2
