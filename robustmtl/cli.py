@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -41,7 +42,7 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
@@ -72,6 +73,7 @@ def run(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
     threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default).")] = 0,
     checkpoint_every: Annotated[int, typer.Option(help="Also checkpoint every N steps (0: per epoch).")] = 0,
+    keep_checkpoint: Annotated[bool, typer.Option(help="Keep the final checkpoint after the run is done.")] = False,
 ) -> None:
     """Train one run in this process (resumes from its checkpoint; a finished run just reports)."""
     from robustmtl.config import RunOptions, build_config
@@ -83,7 +85,7 @@ def run(
         data_root = values.pop("data_root", None)
     cfg = build_config(method, dataset, seed, model, values, where="--set")
     opts = RunOptions(data_root=data_root_for(data_root), device=device, threads=threads,
-                      checkpoint_every=checkpoint_every)
+                      checkpoint_every=checkpoint_every, keep_checkpoint=keep_checkpoint)
     summary = run_with_requirements(cfg, opts, out or Path("runs") / "single" / cfg.run_id, console)
     show_summary(summary)
 
@@ -317,7 +319,7 @@ def aggregate(
     summary = run_aggregate(grid_dirs, select=select, include_running=include_running, ci=ci, baseline=baseline,
                             seed=seed, few_groups_fraction=few_groups_fraction, few_groups_seed=few_groups_seed)
     for warning in summary.warnings:
-        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if not quiet:
         console.print(render_rich(summary))
         if show_hparams:
@@ -354,6 +356,6 @@ def plot(
     try:
         paths += sweep_heatmap(grid_dirs, select, out, ("png", "pdf"), method=method)
     except UserError as exc:
-        err_console.print(f"[yellow]no sweep heatmap:[/] {exc}", highlight=False)
+        err_console.print(f"[yellow]no sweep heatmap:[/] {escape(str(exc))}", highlight=False)
     for path in paths:
         console.print(f"wrote {path}")

@@ -46,6 +46,7 @@ class RunOptions:
     threads: int = 0
     checkpoint_every: int = 0
     num_workers: int = 0
+    keep_checkpoint: bool = False
 
 
 @dataclass(frozen=True)

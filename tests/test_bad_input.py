@@ -52,6 +52,8 @@ CASES = [
     ("unknown executor kind", spec_with('"debug"', '"kubernetes"'), SUBMIT, "kind must be one of"),
     ("unknown executor key", GOOD + 'partitions = "gpu"\n', SUBMIT, "did you mean 'partition'"),
     ("path as a grid name", spec_with('"ok"', '"../../etc"'), SUBMIT, "`name` must be a simple name"),
+    ("table for an unlisted method", GOOD + "\n[methods.jtt.sweep]\njtt_upweight = [1.0]\n", SUBMIT,
+     "[methods.jtt] is for a method not listed in `methods`"),
     ("missing grid file", None, ["grid", "submit", "nope.toml"], "grid file not found"),
     ("different spec in grid dir", spec_with("[0]", "[0, 1]"), ["grid", "submit", "{spec}", "--out", "{grid}"],
      "different grid spec"),

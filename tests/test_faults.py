@@ -24,7 +24,7 @@ from tests.conftest import read_records
 
 ARGS = ["--method", "mtl_l1", "--dataset", "synthetic", "--set", "epochs=6", "--set", "n_train=600",
         "--set", "n_val=200", "--set", "n_test=200", "--set", "batch_size=16", "--set", "alpha_reg=0.01",
-        "--threads", "1", "--checkpoint-every", "1"]
+        "--threads", "1", "--checkpoint-every", "1", "--keep-checkpoint"]
 KILLS = 20
 
 

@@ -133,7 +133,7 @@ def test_gdro_resumes_exactly_with_its_q(tmp_path, stop_step):
     def run(name, progress=None):
         cfg = build_config("gdro", "synthetic", 0, None, {**TINY, "gdro_eta": 0.5}, where="test")
         rd = RunDir(tmp_path / name)
-        prepare_run(rd, cfg, RunOptions(threads=1, checkpoint_every=2))
+        prepare_run(rd, cfg, RunOptions(threads=1, checkpoint_every=2, keep_checkpoint=True))
         with contextlib.suppress(RuntimeError):
             train_run(rd, progress)
         return rd
@@ -153,3 +153,17 @@ def test_gdro_resumes_exactly_with_its_q(tmp_path, stop_step):
     assert comparable(rd.metrics) == comparable(ref.metrics)
     assert torch.equal(torch.load(rd.checkpoint, weights_only=True)["method"]["q"],
                        torch.load(ref.checkpoint, weights_only=True)["method"]["q"])
+
+
+def test_q_covers_training_groups_not_evaluation_groups(tmp_path):
+    """CivilComments-style data: 4 training groups (y × any identity) but 16 overlapping evaluation groups."""
+    import dataclasses
+
+    info = dataclasses.replace(INFO, group_names=tuple(str(k) for k in range(16)),
+                               train_group_names=("0", "1", "2", "3"))
+    g = torch.cat([torch.full((n,), k) for k, n in enumerate(COUNTS)])
+    train = VectorSplit("train", torch.zeros(len(g), 2), g // 2, g, n_groups=4)
+    cfg = build_config("gdro", "synthetic", 0, None, {}, where="test")
+    method = GroupDRO(cfg.method_params, MethodContext(config=cfg, info=info, train=train,
+                                                       run_dir=RunDir(tmp_path), required={}))
+    assert method.q.shape == (4,) and torch.allclose(method.q.sum(), torch.tensor(1.0))

@@ -24,7 +24,7 @@ from tests.conftest import TINY, read_records, write_spec
 def stage1_run(tmp_path, **extra):
     cfg = JTT.requires(build_config("jtt", "synthetic", 0, None, {**TINY, **extra}, where="test"))["stage1"]
     rd = RunDir(tmp_path / cfg.run_id)
-    prepare_run(rd, cfg, RunOptions(threads=1))
+    prepare_run(rd, cfg, RunOptions(threads=1, keep_checkpoint=True))
     return cfg, rd
 
 

@@ -127,3 +127,20 @@ def test_requested_stop_checkpoints_at_a_step_boundary_and_resumes_exactly(tmp_p
     assert torch.load(rd.checkpoint, weights_only=True)["step"] == 5
     train_run(rd)
     assert comparable(read_records(rd.metrics)) == comparable(read_records(reference.metrics))
+
+
+def test_checkpoint_is_removed_after_done_unless_kept(tmp_path):
+    removed = make_run(tmp_path, "removed")
+    train_run(removed)
+    assert removed.done.exists() and not removed.checkpoint.exists()
+    cfg = build_config("erm", "synthetic", 0, None, TINY, where="test")
+    kept = RunDir(tmp_path / "kept")
+    prepare_run(kept, cfg, RunOptions(threads=1, keep_checkpoint=True))
+    train_run(kept)
+    assert torch_load(kept.checkpoint)["epoch"] == TINY["epochs"] + 1
+
+
+def torch_load(path):
+    import torch
+
+    return torch.load(path, weights_only=True)

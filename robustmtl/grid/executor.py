@@ -24,6 +24,7 @@ class ExecutorSettings:
     device: str = "auto"
     checkpoint_every: int = field(default=0, metadata=at_least(0))
     num_workers: int = field(default=0, metadata=at_least(0))
+    keep_checkpoint: bool = False
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
@@ -51,7 +52,8 @@ class ExecutorSettings:
     def run_options(self, data_root: str | None, kind: str) -> RunOptions:
         threads = self.threads or (1 if kind == "local" and self.local_parallel() > 1 else 0)
         return RunOptions(data_root=data_root, device=self.device, threads=threads,
-                          checkpoint_every=self.checkpoint_every, num_workers=self.num_workers)
+                          checkpoint_every=self.checkpoint_every, num_workers=self.num_workers,
+                          keep_checkpoint=self.keep_checkpoint)
 
 
 def executor_settings(table: dict[str, Any], where: str, overrides: dict[str, Any] | None = None) -> ExecutorSettings:

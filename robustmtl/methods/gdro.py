@@ -54,7 +54,7 @@ class GroupDRO(Method):
 
     def __init__(self, params: GDROParams, ctx: MethodContext) -> None:
         super().__init__(params, ctx)
-        n_groups = ctx.info.n_groups
+        n_groups = ctx.info.n_train_groups
         self.group_counts = torch.bincount(ctx.train.g, minlength=n_groups)
         self.adjustment = params.gdro_c / self.group_counts.clamp(min=1).float().sqrt()
         self.q = torch.full((n_groups,), 1.0 / n_groups)
@@ -76,7 +76,7 @@ class GroupDRO(Method):
     def loss(self, model: Model, batch: dict[str, torch.Tensor], aux_batch: dict[str, torch.Tensor] | None) -> Terms:
         logits = model(batch).float()
         per_example = torch.nn.functional.cross_entropy(logits, batch["y"], reduction="none")
-        losses, present = group_losses(per_example, batch["g"], self.ctx.info.n_groups)
+        losses, present = group_losses(per_example, batch["g"], self.ctx.info.n_train_groups)
         q = self.update_q(losses, present).to(losses.device)
         robust = (q * losses).sum()  # absent groups have loss 0
         return Terms(total=robust, parts={"end": per_example.mean(), "robust": robust, "q_max": q.max()})

@@ -116,7 +116,7 @@ class LookaheadDRO(Method):
     def loss(self, model: Model, batch: dict[str, torch.Tensor], aux_batch: dict[str, torch.Tensor] | None) -> Terms:
         logits = model(batch).float()
         per_example = torch.nn.functional.cross_entropy(logits, batch["y"], reduction="none")
-        all_losses, present = group_losses(per_example, batch["g"], self.ctx.info.n_groups)
+        all_losses, present = group_losses(per_example, batch["g"], self.ctx.info.n_train_groups)
         losses = all_losses[present]
         head = [p for p in model.head.parameters() if p.requires_grad]
         grads = []

@@ -226,6 +226,8 @@ class Trainer:
             "final": {s: {k: m[k] for k in ("avg_acc", "worst_group_acc")} for s, m in last.items()}, **extra,
         }
         write_json(self.run_dir.done, summary)
+        if not self.opts.keep_checkpoint:
+            self.run_dir.checkpoint.unlink(missing_ok=True)
         return summary
 
 
