@@ -22,7 +22,7 @@ import torch
 
 from robustmtl.methods.base import MethodContext
 from robustmtl.methods.erm import ERM
-from robustmtl.train.batches import epoch_generator
+from robustmtl.rng import epoch_generator
 
 SUBSET_STREAM = 2  # epoch_generator(seed, 0, 2): the loop's streams are epochs ≥ 1 and streams 0/1, never this
 

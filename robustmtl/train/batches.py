@@ -1,13 +1,8 @@
-"""Batch plans: which training indices each step of an epoch uses, reproducible from (seed, epoch)."""
+"""Batch plans: an epoch's index order cut into batches, and batches moved to the device."""
 
 from __future__ import annotations
 
 import torch
-
-
-def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
-    """An RNG that depends only on (seed, epoch, stream): resuming mid-epoch rebuilds the same order."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + stream)
 
 
 def chunks(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:

@@ -26,9 +26,10 @@ from robustmtl.metrics import pack_bools
 from robustmtl.models.base import Model, param_groups
 from robustmtl.records import MetricsWriter
 from robustmtl.registry import dataset_entry, method_entry, model_entry
+from robustmtl.rng import epoch_generator
 from robustmtl.rundir import load_run, required_run_dirs
 from robustmtl.train import checkpoint
-from robustmtl.train.batches import chunks, epoch_generator, to_device
+from robustmtl.train.batches import chunks, to_device
 from robustmtl.train.evaluate import Predictions, predict
 
 Progress = Callable[[int, int], None]
