@@ -32,11 +32,11 @@ WAIT_S = 120
 
 
 def spec_text(name: str, seeds: list[int], params: dict[str, Any], executor: str = "", method: str = "erm",
-              extra: str = "") -> str:
+              extra: str = "", timeout_min: int = 60) -> str:
     defaults = "\n".join(f"{k} = {v}" for k, v in params.items())
     return (f'name = "{name}"\ndatasets = ["synthetic"]\nmethods = ["{method}"]\nseeds = {seeds}\n'
             f"[defaults]\n{defaults}\n{extra}\n"
-            f'[executor]\nkind = "slurm"\nthreads = 1\ncheckpoint_every = 5\ntimeout_min = 60\n{executor}\n')
+            f'[executor]\nkind = "slurm"\nthreads = 1\ncheckpoint_every = 5\ntimeout_min = {timeout_min}\n{executor}\n')
 
 
 def wait_for(what: str, check: Callable[[], Any], out: Path | None = None, timeout: float = WAIT_S) -> Any:
@@ -224,3 +224,19 @@ def test_jtt_stage_two_array_waits_for_stage_one(cli, tmp_path, grids):
     starts_2 = [e["time"] for r in grid.run_ids() for e in read_attempts(grid.run(r))
                 if e["event"] == "start" and e["job_id"] != stage1]
     assert len(starts_2) == 2 and min(starts_2) > done_1
+
+
+LONG = {"epochs": 200, "n_train": 4000, "n_val": 100, "n_test": 100, "batch_size": 32}  # over a minute of training
+
+
+def test_small_timeout_requeues_until_the_run_finishes(cli, tmp_path, grids):
+    grid, _ = submit(cli, tmp_path, grids, spec_text("timeout", [0], LONG, "max_requeues = 8", timeout_min=1))
+    run = grid.run(grid.run_ids()[0])
+    wait_for("the run to time out, requeue and finish", lambda: finished(run), grid.root, timeout=400)
+    events = [e["event"] for e in read_attempts(run)]
+    assert events.count("timeout") >= 1 and events[-1] == "done", events
+    assert events.count("start") == events.count("timeout") + 1
+    restarts = [e["checkpoint"] for e in read_attempts(run) if e["event"] == "start"][1:]
+    assert restarts == [True] * events.count("timeout")  # every restart found a checkpoint to resume from
+    resumed_not_restarted(run)
+    assert "timed out" in cli("grid", "status", grid.root).output
