@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from robustmtl.config import RunConfig, RunOptions
+from robustmtl.errors import UserError
 from robustmtl.layout import RunDir, read_json
 from robustmtl.registry import method_entry
 from robustmtl.rundir import prepare_run
@@ -27,6 +29,7 @@ def run_in_process(cfg: RunConfig, opts: RunOptions, out: Path, console: Console
     from robustmtl.train.loop import train_run
 
     rd = RunDir(out)
+    created = not rd.root.exists()
     prepare_run(rd, cfg, opts)
     if rd.done.exists():
         console.print(f"run {cfg.run_id} is already done ({rd.done}); nothing to do")
@@ -41,6 +44,10 @@ def run_in_process(cfg: RunConfig, opts: RunOptions, out: Path, console: Console
 
         try:
             return train_run(rd, update)
+        except UserError:
+            if created and not rd.metrics.exists():
+                shutil.rmtree(rd.root)  # a mistake found before training (data, model): leave nothing behind
+            raise
         except Exception as exc:
             write_failure(rd, exc)
             raise

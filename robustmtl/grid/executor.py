@@ -65,7 +65,15 @@ def executor_settings(table: dict[str, Any], where: str, overrides: dict[str, An
             raise UserError(f"{where}: unknown [executor] key `{key}`{did_you_mean(key, known)}; "
                             f"valid: {', '.join(sorted(known))}")
         clean[key] = coerce(ExecutorSettings, key, value, f"{where} [executor]")
+        _check_printable(key, clean[key], where)
     return ExecutorSettings(**clean)
+
+
+def _check_printable(key: str, value: Any, where: str) -> None:
+    """Executor strings become lines of an sbatch script: a newline or control character could add directives."""
+    for text in value if isinstance(value, tuple) else (value,):
+        if isinstance(text, str) and any(not c.isprintable() for c in text):
+            raise UserError(f"{where}: [executor] {key} contains a newline or control character: {text!r}")
 
 
 def data_root_for(configured: str | None) -> str | None:
