@@ -71,10 +71,15 @@ def submit(spec_path: Path, out: Path | None, kind: str | None, force: bool, con
     grid = GridDir(out or Path("runs") / spec.name)
     preflight(grid)
     with submit_lock(grid.root):
-        record_spec(grid, spec, force)
-        roots = {d: data_root_for(r) for d, r in data_roots(spec).items()}
-        for run in runs:
-            prepare_run(grid.run(run.run_id), run.config, settings.run_options(roots[run.config.dataset], resolved))
+        try:
+            record_spec(grid, spec, force)
+            roots = {d: data_root_for(r) for d, r in data_roots(spec).items()}
+            for run in runs:
+                options = settings.run_options(roots[run.config.dataset], resolved)
+                prepare_run(grid.run(run.run_id), run.config, options)
+        except OSError as exc:
+            raise UserError(f"cannot write the grid directory {grid.root}: {exc.strerror or exc}; nothing was "
+                            "submitted (free space or fix permissions, then run the same command again)") from None
         todo = [r for r in runs if not grid.run(r.run_id).done.exists()]
         return execute(grid, spec.name, runs, todo, settings, resolved, console)
 
