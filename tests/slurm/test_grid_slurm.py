@@ -6,6 +6,7 @@ Run with:  ROBUSTMTL_REQUIRE_SLURM=1 python -m pytest tests/slurm -q
 from __future__ import annotations
 
 import contextlib
+import random
 import subprocess
 import sys
 import time
@@ -240,3 +241,32 @@ def test_small_timeout_requeues_until_the_run_finishes(cli, tmp_path, grids):
     assert restarts == [True] * events.count("timeout")  # every restart found a checkpoint to resume from
     resumed_not_restarted(run)
     assert "timed out" in cli("grid", "status", grid.root).output
+
+
+def test_repeated_usr2_at_random_moments_ends_identical(cli, tmp_path, grids, reference):
+    """Preempted through submitit's own USR2 path again and again, each time soon after fresh progress."""
+    grid, _ = submit(cli, tmp_path, grids, spec_text("many", [0], SLOW, "max_requeues = 10"))
+    (run_id,) = grid.run_ids()
+    rd, job = grid.run(run_id), latest_entries(grid.root)[run_id]["job_id"]
+    rng = random.Random(7)
+    preempted = 0
+    while preempted < 4 and not rd.done.exists():
+        starts = preempted + 1
+        wait_for(f"start {starts}", lambda s=starts: sum(e["event"] == "start" for e in read_attempts(rd)) >= s
+                 or rd.done.exists(), grid.root)
+        before = rd.checkpoint.stat().st_mtime_ns if rd.checkpoint.exists() else 0
+        wait_for("fresh progress", lambda b=before: rd.done.exists() or
+                 (rd.checkpoint.exists() and rd.checkpoint.stat().st_mtime_ns != b), grid.root)
+        time.sleep(rng.uniform(0.0, 0.5))
+        if rd.done.exists():
+            break
+        subprocess.run(["scancel", "--signal=USR2", job], check=True, capture_output=True)
+        wait_for("the preemption in attempts.jsonl", lambda p=preempted: rd.done.exists() or
+                 sum(e["event"] == "preempted" for e in read_attempts(rd)) > p, grid.root)
+        preempted = sum(e["event"] == "preempted" for e in read_attempts(rd))
+    wait_for("DONE after the restarts", lambda: finished(rd), grid.root, timeout=300)
+    assert preempted >= 2, "the run finished before it could be preempted twice; make SLOW longer"
+    events = [e["event"] for e in read_attempts(rd)]
+    assert events.count("preempted") == preempted and events.count("start") == preempted + 1
+    resumed_not_restarted(rd)
+    assert without_time(read_records(rd.metrics)) == reference()
