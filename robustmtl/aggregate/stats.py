@@ -58,17 +58,23 @@ def _clean(values: Sequence[float] | np.ndarray) -> np.ndarray:
     return arr[~np.isnan(arr)]
 
 
+def _without_interval(arr: np.ndarray) -> Interval | None:
+    """No seed: nothing; one seed: its value and no interval (there is no spread to estimate)."""
+    if arr.size == 0:
+        return Interval(math.nan, math.nan, math.nan, math.nan, 0)
+    if arr.size == 1:
+        return Interval(float(arr[0]), math.nan, math.nan, math.nan, 1)
+    return None
+
+
 def t_interval(values: Sequence[float] | np.ndarray, confidence: float = CONFIDENCE) -> Interval:
     """mean ± t_{(1+c)/2, n-1} * sd / sqrt(n), with the sample sd (ddof=1)."""
     arr = _clean(values)
-    n = int(arr.size)
-    if n == 0:
-        return Interval(math.nan, math.nan, math.nan, math.nan, 0)
-    mean = float(arr.mean())
-    if n == 1:
-        return Interval(mean, math.nan, math.nan, math.nan, 1)
+    if (degenerate := _without_interval(arr)) is not None:
+        return degenerate
     from scipy import stats
 
+    n, mean = int(arr.size), float(arr.mean())
     sem = float(arr.std(ddof=1)) / math.sqrt(n)
     half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * sem
     return Interval(mean, mean - half, mean + half, half, n)
@@ -89,12 +95,9 @@ def bootstrap_interval(
 ) -> Interval:
     """Percentile bootstrap of the mean: resample seeds with replacement, take the tail quantiles."""
     arr = _clean(values)
-    n = int(arr.size)
-    if n == 0:
-        return Interval(math.nan, math.nan, math.nan, math.nan, 0)
-    mean = float(arr.mean())
-    if n == 1:
-        return Interval(mean, math.nan, math.nan, math.nan, 1)
+    if (degenerate := _without_interval(arr)) is not None:
+        return degenerate
+    n, mean = int(arr.size), float(arr.mean())
     means = arr[rng.integers(0, n, size=(n_resamples, n))].mean(axis=1)
     tail = (1 - confidence) / 2 * 100
     lower, upper = np.percentile(means, [tail, 100 - tail])
