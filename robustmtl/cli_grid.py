@@ -59,6 +59,13 @@ def show_plan(spec: Any, runs: list[Any]) -> None:
     console.print(f"{len(runs)} runs (dry run: nothing written)")
 
 
+def refuse_failures(failed: list[str]) -> None:
+    """Runs that failed under a local or debug executor make the command fail, pointing at their errors."""
+    if failed:
+        raise UserError(f"{len(failed)} run(s) failed: {', '.join(failed)}; "
+                        "see `robustmtl grid status` for their errors")
+
+
 @grid_app.command("submit")
 @user_errors
 def grid_submit(
@@ -82,9 +89,7 @@ def grid_submit(
         return
     overrides = slurm_overrides(partition, account, qos, gpus, time, array_parallelism)
     result = submit(spec, out, executor, force, console, overrides)
-    if result.failed:
-        raise UserError(f"{len(result.failed)} run(s) failed: {', '.join(result.failed)}; "
-                        "see `robustmtl grid status` for their errors")
+    refuse_failures(result.failed)
 
 
 @grid_app.command("status")
@@ -163,9 +168,7 @@ def grid_resume(
 
     overrides = slurm_overrides(partition, account, qos, gpus, time, array_parallelism)
     result = resume(GridDir(grid_dir), executor, failed_only, overrides, console)
-    if result.failed:
-        raise UserError(f"{len(result.failed)} run(s) failed: {', '.join(result.failed)}; "
-                        "see `robustmtl grid status` for their errors")
+    refuse_failures(result.failed)
 
 
 @grid_app.command("cancel")

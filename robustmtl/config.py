@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from robustmtl.errors import UserError
-from robustmtl.params import at_least, coerce, did_you_mean, field_types, one_of, positive
+from robustmtl.params import DEVICE, at_least, coerce, did_you_mean, field_types, one_of, positive
 from robustmtl.registry import dataset_entry, method_entry, model_entry
 
 CONFIG_VERSION = 1
@@ -42,11 +42,15 @@ class RunOptions:
     """How and where a run executes: never part of its identity."""
 
     data_root: str | None = None
-    device: str = "auto"
-    threads: int = 0
-    checkpoint_every: int = 0
-    num_workers: int = 0
+    device: str = field(default="auto", metadata=DEVICE)
+    threads: int = field(default=0, metadata=at_least(0))
+    checkpoint_every: int = field(default=0, metadata=at_least(0))
+    num_workers: int = field(default=0, metadata=at_least(0))
     keep_checkpoint: bool = False
+
+    def __post_init__(self) -> None:
+        for name in field_types(RunOptions):
+            coerce(RunOptions, name, getattr(self, name), "run options")
 
 
 @dataclass(frozen=True)

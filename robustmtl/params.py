@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import re
 import types
 import typing
 from typing import Any
@@ -70,6 +71,8 @@ def coerce(block: type, key: str, value: Any, where: str) -> Any:
         raise UserError(f"{where}: {key} must be > 0, got {value!r}")
     if "min" in meta and value < meta["min"]:
         raise UserError(f"{where}: {key} must be >= {meta['min']}, got {value!r}")
+    if "pattern" in meta and not re.fullmatch(meta["pattern"], value):
+        raise UserError(f"{where}: {key} must look like {meta['example']}, got {value!r}")
     if "max" in meta and value > meta["max"]:
         raise UserError(f"{where}: {key} must be <= {meta['max']}, got {value!r}")
     return value
@@ -95,6 +98,9 @@ def at_least(low: float) -> dict[str, Any]:
 
 def between(low: float, high: float) -> dict[str, Any]:
     return {"min": low, "max": high}
+
+
+DEVICE = {"pattern": r"auto|cpu|mps|cuda(:\d+)?", "example": "auto, cpu, cuda, cuda:1 or mps"}
 
 
 def one_of(*choices: Any) -> dict[str, Any]:

@@ -30,6 +30,18 @@ def read_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def tiny_grid(name: str, methods: list[str], seeds: list[int], defaults: dict | None = None,
+              sweeps: dict[str, dict[str, list]] | None = None, executor: dict | None = None) -> str:
+    """The text of a small synthetic grid file, in the shape users write (executor table last)."""
+    defaults = {"epochs": 2, "n_train": 200, "n_val": 100, "n_test": 100, **(defaults or {})}
+    lines = [f'name = "{name}"', 'datasets = ["synthetic"]', f"methods = {json.dumps(methods)}",
+             f"seeds = {json.dumps(seeds)}", "[defaults]", *(f"{k} = {json.dumps(v)}" for k, v in defaults.items())]
+    for method, axes in (sweeps or {}).items():
+        lines += [f"[methods.{method}.sweep]", *(f"{k} = {json.dumps(v)}" for k, v in axes.items())]
+    lines += ["[executor]", *(f"{k} = {json.dumps(v)}" for k, v in {"kind": "debug", **(executor or {})}.items())]
+    return "\n" + "\n".join(lines) + "\n"
+
+
 def write_spec(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

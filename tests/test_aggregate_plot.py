@@ -6,24 +6,10 @@ import pytest
 
 from robustmtl.aggregate.plot import sweep_heatmap, sweep_table, tradeoff_figure
 from robustmtl.grid.submit import submit
-from tests.conftest import write_spec
+from tests.conftest import tiny_grid, write_spec
 
-SPEC = """
-name = "plots"
-datasets = ["synthetic"]
-methods = ["erm", "mtl_l1"]
-seeds = [0, 1]
-[defaults]
-epochs = 2
-n_train = 200
-n_val = 100
-n_test = 100
-[methods.mtl_l1.sweep]
-alpha_aux = [0.5, 1.0]
-alpha_reg = [0.01, 0.1]
-[executor]
-kind = "debug"
-"""
+SPEC = tiny_grid("plots", ["erm", "mtl_l1"], [0, 1],
+                 sweeps={"mtl_l1": {"alpha_aux": [0.5, 1.0], "alpha_reg": [0.01, 0.1]}})
 
 
 @pytest.fixture(scope="module")

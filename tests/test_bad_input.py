@@ -13,21 +13,9 @@ import sys
 
 import pytest
 
-from tests.conftest import write_spec
+from tests.conftest import tiny_grid, write_spec
 
-GOOD = """
-name = "ok"
-datasets = ["synthetic"]
-methods = ["erm"]
-seeds = [0]
-[defaults]
-epochs = 1
-n_train = 100
-n_val = 50
-n_test = 50
-[executor]
-kind = "debug"
-"""
+GOOD = tiny_grid("ok", ["erm"], [0], defaults={"epochs": 1, "n_train": 100, "n_val": 50, "n_test": 50})
 
 
 def spec_with(old: str, new: str) -> str:
@@ -57,6 +45,9 @@ CASES = [
                                          "{out}"], "waterbirds"),
     ("hub model id while offline", None, ["run", "--method", "erm", "--dataset", "text_spurious", "--set",
                                           "bert_pretrained=org/no-such-model", "--out", "{out}"], "org/no-such-model"),
+    ("unknown device in a grid", GOOD + 'device = "gpu"\n', SUBMIT, "device must look like"),
+    ("unknown device on run", None, ["run", "--method", "erm", "--dataset", "synthetic", "--device", "gpu"],
+     "device must look like"),
     ("path as a grid name", spec_with('"ok"', '"../../etc"'), SUBMIT, "`name` must be a simple name"),
     ("table for an unlisted method", GOOD + "\n[methods.jtt.sweep]\njtt_upweight = [1.0]\n", SUBMIT,
      "[methods.jtt] is for a method not listed in `methods`"),
@@ -116,3 +107,12 @@ def test_corrupt_metrics_are_tolerated_with_a_warning(finished_grid, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "robustmtl", "aggregate", str(grid)], capture_output=True, text=True)
     assert proc.returncode == 0 and "warning" in proc.stderr and "erm" in proc.stdout
     assert json.loads(metrics.read_text().splitlines()[0])["method"] == "erm"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_asked_for_without_a_gpu_is_one_line(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "robustmtl", "run", "--method", "erm", "--dataset", "synthetic",
+                           "--device", "cuda", "--set", "epochs=1", "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "sees no CUDA GPU" in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr and not out.exists()

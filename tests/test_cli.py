@@ -10,23 +10,9 @@ from pathlib import Path
 import pytest
 
 from robustmtl.layout import GridDir
-from tests.conftest import read_records, write_spec
+from tests.conftest import read_records, tiny_grid, write_spec
 
-SMALL = """
-name = "small"
-datasets = ["synthetic"]
-methods = ["erm", "mtl_l1"]
-seeds = [0, 1]
-[defaults]
-epochs = 2
-n_train = 200
-n_val = 100
-n_test = 100
-[methods.mtl_l1.sweep]
-alpha_reg = [0.01, 0.1]
-[executor]
-kind = "debug"
-"""
+SMALL = tiny_grid("small", ["erm", "mtl_l1"], [0, 1], sweeps={"mtl_l1": {"alpha_reg": [0.01, 0.1]}})
 
 
 def test_run_then_rerun_reports_without_training(cli, tmp_path):

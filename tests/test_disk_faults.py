@@ -14,21 +14,9 @@ from pathlib import Path
 import pytest
 
 from robustmtl.layout import GridDir
-from tests.conftest import write_spec
+from tests.conftest import tiny_grid, write_spec
 
-SPEC = """
-name = "disk"
-datasets = ["synthetic"]
-methods = ["erm"]
-seeds = [0, 1, 2, 3, 4, 5]
-[defaults]
-epochs = 1
-n_train = 100
-n_val = 50
-n_test = 50
-[executor]
-kind = "debug"
-"""
+SPEC = tiny_grid("disk", ["erm"], [0, 1, 2, 3, 4, 5], defaults={"epochs": 1, "n_train": 100, "n_val": 50, "n_test": 50})
 
 
 def mount(point: Path, options: str) -> None:

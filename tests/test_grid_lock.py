@@ -6,21 +6,9 @@ import subprocess
 import sys
 
 from robustmtl.grid import lock
-from tests.conftest import write_spec
+from tests.conftest import tiny_grid, write_spec
 
-SPEC = """
-name = "locked"
-datasets = ["synthetic"]
-methods = ["erm"]
-seeds = [0]
-[defaults]
-epochs = 1
-n_train = 100
-n_val = 50
-n_test = 50
-[executor]
-kind = "debug"
-"""
+SPEC = tiny_grid("locked", ["erm"], [0], defaults={"epochs": 1, "n_train": 100, "n_val": 50, "n_test": 50})
 
 HOLDER = """
 import sys, time

@@ -18,7 +18,7 @@ from robustmtl.registry import dataset_entry, method_entry, model_entry
 from robustmtl.rundir import prepare_run
 from robustmtl.train.evaluate import Predictions, predict
 from robustmtl.train.loop import train_run
-from tests.conftest import TINY, read_records, write_spec
+from tests.conftest import TINY, read_records, tiny_grid, write_spec
 
 
 def stage1_run(tmp_path, **extra):
@@ -119,22 +119,7 @@ def test_error_set_of_another_training_split_is_refused(tmp_path):
                                              required={"stage1": stage1_dir}))
 
 
-SWEEP = """
-name = "jtt"
-datasets = ["synthetic"]
-methods = ["jtt"]
-seeds = [0, 1]
-[defaults]
-epochs = 2
-n_train = 200
-n_val = 100
-n_test = 100
-[methods.jtt.sweep]
-jtt_upweight = [1, 5, 20]
-jtt_epochs = [1, 2]
-[executor]
-kind = "debug"
-"""
+SWEEP = tiny_grid("jtt", ["jtt"], [0, 1], sweeps={"jtt": {"jtt_upweight": [1, 5, 20], "jtt_epochs": [1, 2]}})
 
 
 def test_upweight_sweep_shares_one_stage1_run_per_seed_and_t(tmp_path):

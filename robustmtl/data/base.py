@@ -92,3 +92,9 @@ class Splits:
 def group_names(class_names: list[str], attr_names: list[str]) -> tuple[str, ...]:
     """Names in group-id order, g = n_attrs * y + a."""
     return tuple(f"{c}/{a}" for c in class_names for a in attr_names)
+
+
+def agreeing_attribute(y: torch.Tensor, p_agree: float, gen: torch.Generator) -> torch.Tensor:
+    """A spurious attribute: a = y with probability p_agree, else 1 - y (binary labels)."""
+    agree = torch.rand(len(y), generator=gen) < p_agree
+    return torch.where(agree, y, 1 - y)

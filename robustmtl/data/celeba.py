@@ -14,11 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from robustmtl.data.base import DataInfo, Splits, group_names
-from robustmtl.data.files import SPLIT_NAMES, binary_column, dataset_dir, read_table, split_masks
-from robustmtl.data.images import FileImages, ImageSplit
+from robustmtl.data.files import binary_column, dataset_dir, read_table, split_masks
+from robustmtl.data.images import file_image_splits
 from robustmtl.errors import UserError
 
 SOURCE = ("https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html "
@@ -58,12 +56,6 @@ class CelebA:
         info = DataInfo(modality="image", n_classes=2, n_attrs=2,
                         group_names=group_names([f"not {p.celeba_target}", p.celeba_target],
                                                 [f"not {p.celeba_attr}", p.celeba_attr]))
-        splits = []
-        for name, mask in zip(SPLIT_NAMES, split_masks(table["partition"], (0, 1, 2), part_path, "partition", "celeba"),
-                              strict=True):
-            rows = torch.tensor(mask.to_numpy())
-            files = [images / f for f in table.loc[mask, "image_id"]]
-            y, a = y_all[rows], a_all[rows]
-            splits.append(ImageSplit(name, FileImages(files, 1.0, "celeba"), y, info.n_attrs * y + a,
-                                     size=IMAGE_SIZE, n_groups=info.n_groups))
+        masks = split_masks(table["partition"], (0, 1, 2), part_path, "partition", "celeba")
+        splits = file_image_splits("celeba", info, masks, table["image_id"], images, y_all, a_all, 1.0, IMAGE_SIZE)
         return Splits(info, *splits)

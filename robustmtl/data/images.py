@@ -12,10 +12,12 @@ import copy
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from robustmtl.data.base import Split
+from robustmtl.data.base import DataInfo, Split
+from robustmtl.data.files import SPLIT_NAMES
 from robustmtl.errors import UserError
 
 
@@ -86,3 +88,16 @@ class ImageSplit(Split):
 
     def inputs(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"pixel_values": (self.source.load(idx, self.size) - self.mean) / self.std}
+
+
+def file_image_splits(dataset: str, info: DataInfo, masks: list[pd.Series], files: pd.Series, image_dir: Path,
+                      y_all: torch.Tensor, a_all: torch.Tensor, resize_ratio: float, size: int) -> list[ImageSplit]:
+    """Train/val/test splits of an on-disk image benchmark: one boolean row mask per split over its table."""
+    splits = []
+    for name, mask in zip(SPLIT_NAMES, masks, strict=True):
+        rows = torch.tensor(mask.to_numpy())
+        y, a = y_all[rows], a_all[rows]
+        paths = [image_dir / f for f in files[mask]]
+        splits.append(ImageSplit(name, FileImages(paths, resize_ratio, dataset), y, info.n_attrs * y + a,
+                                 size=size, n_groups=info.n_groups))
+    return splits

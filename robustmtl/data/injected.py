@@ -21,19 +21,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from robustmtl.data.base import DataInfo, Splits, group_names
+from robustmtl.data.base import DataInfo, Splits, agreeing_attribute, group_names
 from robustmtl.data.images import ImageSplit, TensorImages
 from robustmtl.data.text import TextSplit
 from robustmtl.errors import UserError
 from robustmtl.params import at_least, between, positive
 
 RT_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
-
-
-def agreeing_attribute(y: torch.Tensor, p_agree: float, gen: torch.Generator) -> torch.Tensor:
-    """a = y with probability p_agree, else 1 - y (binary labels)."""
-    agree = torch.rand(len(y), generator=gen) < p_agree
-    return torch.where(agree, y, 1 - y)
 
 
 def shuffled_sizes(total: int, sizes: tuple[int, int, int], names: str, gen: torch.Generator) -> list[torch.Tensor]:

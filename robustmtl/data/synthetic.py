@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from robustmtl.data.base import DataInfo, Splits, VectorSplit, group_names
+from robustmtl.data.base import DataInfo, Splits, VectorSplit, agreeing_attribute, group_names
 from robustmtl.params import at_least, between, positive
 
 
@@ -51,8 +51,7 @@ class Synthetic:
 
         def split(name: str, n: int, p_agree: float) -> VectorSplit:
             y = torch.randint(0, 2, (n,), generator=gen)
-            agree = torch.rand(n, generator=gen) < p_agree
-            a = torch.where(agree, y, 1 - y)
+            a = agreeing_attribute(y, p_agree, gen)
             sign_y = (2 * y - 1).float()[:, None]
             sign_a = (2 * a - 1).float()[:, None]
             core = sign_y * p.core_mean + p.core_std * torch.randn(n, p.core_dim, generator=gen)

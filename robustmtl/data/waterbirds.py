@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from robustmtl.data.base import DataInfo, Splits, group_names
-from robustmtl.data.files import SPLIT_NAMES, binary_column, dataset_dir, read_table, split_masks
-from robustmtl.data.images import FileImages, ImageSplit
+from robustmtl.data.files import binary_column, dataset_dir, read_table, split_masks
+from robustmtl.data.images import file_image_splits
 from robustmtl.params import NoParams
 
 SOURCE = "https://nlp.stanford.edu/data/dro/waterbird_complete95_forest2water2.tar.gz"
@@ -35,12 +33,7 @@ class Waterbirds:
         a_all = binary_column(table["place"], path, "place", "waterbirds")
         info = DataInfo(modality="image", n_classes=2, n_attrs=2,
                         group_names=group_names(["landbird", "waterbird"], ["land", "water"]))
-        splits = []
-        for name, mask in zip(SPLIT_NAMES, split_masks(table["split"], (0, 1, 2), path, "split", "waterbirds"),
-                              strict=True):
-            rows = torch.tensor(mask.to_numpy())
-            files = [root / f for f in table.loc[mask, "img_filename"]]
-            y, a = y_all[rows], a_all[rows]
-            splits.append(ImageSplit(name, FileImages(files, RESIZE_RATIO, "waterbirds"), y, info.n_attrs * y + a,
-                                     size=IMAGE_SIZE, n_groups=info.n_groups))
+        masks = split_masks(table["split"], (0, 1, 2), path, "split", "waterbirds")
+        splits = file_image_splits("waterbirds", info, masks, table["img_filename"], root, y_all, a_all,
+                                   RESIZE_RATIO, IMAGE_SIZE)
         return Splits(info, *splits)

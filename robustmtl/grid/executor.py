@@ -11,7 +11,7 @@ from typing import Any
 
 from robustmtl.config import RunOptions
 from robustmtl.errors import UserError
-from robustmtl.params import at_least, coerce, did_you_mean, one_of, positive
+from robustmtl.params import DEVICE, at_least, coerce, did_you_mean, one_of, positive
 
 KINDS = ("auto", "local", "slurm", "debug")
 
@@ -21,7 +21,7 @@ class ExecutorSettings:
     kind: str = field(default="auto", metadata=one_of(*KINDS))
     parallel: int = field(default=0, metadata=at_least(0))
     threads: int = field(default=0, metadata=at_least(0))
-    device: str = "auto"
+    device: str = field(default="auto", metadata=DEVICE)
     checkpoint_every: int = field(default=0, metadata=at_least(0))
     num_workers: int = field(default=0, metadata=at_least(0))
     keep_checkpoint: bool = False

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from robustmtl.config import RunConfig
+from robustmtl.errors import UserError
 from robustmtl.layout import VAL_CORRECT, VAL_GROUPS, RunDir, read_json, write_json
 from robustmtl.methods.base import Method, MethodContext
 from robustmtl.metrics import pack_bools
@@ -49,6 +50,11 @@ def data_cache_dir() -> Path:
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for, but this torch sees no CUDA GPU (CPU build or no GPU "
+                        "visible); use device auto or cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device 'mps' asked for, but Apple's MPS backend is not available here; use auto or cpu")
     return torch.device(name)
 
 
