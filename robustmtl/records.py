@@ -3,16 +3,36 @@
 Each record is keyed by (epoch, step, split) within a run. A run resumed from a checkpoint replays
 the steps since that checkpoint and produces the same records again; those already on disk are
 skipped, so the file never holds a key twice.
+
+Listeners (`listening`) see every record a writer in this process appends to a given file, once it
+is durable: that is how the optional trackers mirror metrics.jsonl without the loop knowing them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 Key = tuple[int, int, str]
+Listener = Callable[[dict[str, Any]], None]
+_listeners: dict[str, list[Listener]] = {}
+
+
+@contextlib.contextmanager
+def listening(path: Path, listener: Listener) -> Iterator[None]:
+    """Call `listener(record)` after each new record any MetricsWriter of this process appends to `path`."""
+    key = os.path.abspath(path)
+    _listeners.setdefault(key, []).append(listener)
+    try:
+        yield
+    finally:
+        _listeners[key].remove(listener)
+        if not _listeners[key]:
+            del _listeners[key]
 
 
 class MetricsWriter:
@@ -49,4 +69,6 @@ class MetricsWriter:
             f.flush()
             os.fsync(f.fileno())
         self.keys.add(key)
+        for listener in _listeners.get(os.path.abspath(self.path), ()):
+            listener(record)
         return True

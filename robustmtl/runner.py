@@ -25,6 +25,7 @@ def run_with_requirements(cfg: RunConfig, opts: RunOptions, out: Path, console: 
 
 
 def run_in_process(cfg: RunConfig, opts: RunOptions, out: Path, console: Console) -> dict[str, Any]:
+    from robustmtl.provenance import record as record_provenance
     from robustmtl.train.job import write_failure
     from robustmtl.train.loop import train_run
 
@@ -43,6 +44,7 @@ def run_in_process(cfg: RunConfig, opts: RunOptions, out: Path, console: Console
             progress.update(task, completed=step, total=total)
 
         try:
+            record_provenance(rd, None)
             return train_run(rd, update)
         except UserError:
             if created and not rd.metrics.exists():

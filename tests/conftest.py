@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from typer.testing import CliRunner
 from robustmtl.cli import app
 
 TINY = {"epochs": 3, "n_train": 200, "n_val": 100, "n_test": 100, "batch_size": 32}
+TIMING_KEYS = ("time_s", "wall_s", "gpu_hours")  # record keys that differ between identical runs
 
 
 @pytest.fixture
@@ -45,3 +48,22 @@ def tiny_grid(name: str, methods: list[str], seeds: list[int], defaults: dict | 
 def write_spec(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                          check=True, capture_output=True, text=True).stdout
+
+
+def committed_package_copy(tmp_path: Path) -> Path:
+    """A fresh git repo whose one commit holds a copy of the robustmtl package; returns the repo."""
+    from robustmtl.provenance import package_root
+
+    if shutil.which("git") is None:
+        pytest.skip("git not installed")
+    repo = tmp_path / "checkout"
+    shutil.copytree(package_root(), repo / "robustmtl", ignore=shutil.ignore_patterns("__pycache__"))
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "init")
+    return repo

@@ -7,6 +7,7 @@ dependency level, submitted through submitit; the command returns once everythin
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import time
@@ -18,12 +19,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from robustmtl.errors import UserError
+from robustmtl.grid import snapshot
 from robustmtl.grid.executor import ExecutorSettings, data_root_for, executor_settings
 from robustmtl.grid.expand import PlannedRun, data_roots, expand
 from robustmtl.grid.lock import submit_lock
 from robustmtl.grid.spec import GridSpec, load_spec, parse_toml
 from robustmtl.layout import GridDir, RunDir, atomic_write_text
 from robustmtl.rundir import prepare_run
+from robustmtl.trackers import check as check_trackers
+from robustmtl.trackers import write_choice as write_trackers
 
 
 @dataclass
@@ -62,12 +66,24 @@ def record_spec(grid: GridDir, spec: GridSpec, force: bool) -> None:
     atomic_write_text(grid.spec, spec.text)
 
 
+def check_clean(source: dict[str, Any], require_clean: bool, console: Console) -> None:
+    """A dirty checkout is a warning (the diff is saved with the runs), or refused with `require_clean`."""
+    message = snapshot.dirty_message(source)
+    if message and require_clean:
+        raise UserError(f"--require-clean: the checkout robustmtl runs from has {message}")
+    if message:
+        console.print(f"[yellow]warning:[/] the checkout robustmtl runs from has {message}", highlight=False)
+
+
 def submit(spec_path: Path, out: Path | None, kind: str | None, force: bool, console: Console,
-           overrides: dict[str, Any] | None = None) -> SubmitResult:
+           overrides: dict[str, Any] | None = None, require_clean: bool = False) -> SubmitResult:
     """`overrides`: [executor] values from the command line (None: keep the file's)."""
     spec, runs = plan(spec_path)
     settings = executor_settings(spec.executor, str(spec_path), {**(overrides or {}), "kind": kind})
     resolved = settings.resolved_kind()
+    check_trackers(settings.trackers, f"{spec_path} [executor] trackers")
+    source = snapshot.source_state()
+    check_clean(source, require_clean, console)
     grid = GridDir(out or Path("runs") / spec.name)
     preflight(grid)
     with submit_lock(grid.root):
@@ -77,16 +93,22 @@ def submit(spec_path: Path, out: Path | None, kind: str | None, force: bool, con
             for run in runs:
                 options = settings.run_options(roots[run.config.dataset], resolved)
                 prepare_run(grid.run(run.run_id), run.config, options)
+                write_trackers(grid.run(run.run_id), settings.trackers)
         except OSError as exc:
             raise UserError(f"cannot write the grid directory {grid.root}: {exc.strerror or exc}; nothing was "
                             "submitted (free space or fix permissions, then run the same command again)") from None
         todo = [r for r in runs if not grid.run(r.run_id).done.exists()]
-        return execute(grid, spec.name, runs, todo, settings, resolved, console)
+        return execute(grid, spec.name, runs, todo, settings, resolved, console, source=source)
 
 
 def execute(grid: GridDir, title: str, runs: list[PlannedRun], todo: list[PlannedRun], settings: ExecutorSettings,
-            kind: str, console: Console) -> SubmitResult:
-    """Run or queue `todo` (the caller holds the submit lock); on SLURM, runs already queued are left alone."""
+            kind: str, console: Console, source: dict[str, Any] | None = None) -> SubmitResult:
+    """Run or queue `todo` (the caller holds the submit lock); on SLURM, runs already queued are left alone.
+
+    SLURM and local jobs run the grid's code snapshot: a new one of the checkout in `source` (what
+    `grid submit` runs), else the one the grid already uses (`grid resume`).
+    """
+    check_trackers(settings.trackers, f"{grid.spec} [executor] trackers")
     active: dict[str, str] = {}  # every queued run of the grid: the runs to submit may depend on any of them
     if kind == "slurm":
         from robustmtl.grid.status import queued_runs
@@ -98,12 +120,17 @@ def execute(grid: GridDir, title: str, runs: list[PlannedRun], todo: list[Planne
     console.print(f"[bold]{title}[/]: {len(runs)} runs, {done} already done, {in_queue}"
                   f"{len(to_run)} to run on [bold]{kind}[/] → {grid.root}")
     failed: list[str] = []
+    if to_run and kind in ("slurm", "local"):
+        snap = snapshot.freeze(grid, source) if source else snapshot.for_jobs(grid, new_code=False)
+        console.print(f"code {snap.version}: jobs import the snapshot {snap.root}", highlight=False)
+        settings = dataclasses.replace(settings, setup=(*settings.setup, *snap.setup_lines()))
     if kind == "slurm" and not to_run:
         console.print("nothing new to submit: every run is done, queued or running")
     elif kind == "slurm":
         from robustmtl.grid.slurm import submit_arrays
 
-        submit_arrays(grid, to_run, settings, console, active)
+        with snapshot.without_slurm_environment():
+            submit_arrays(grid, to_run, settings, console, active)
         console.print(f"check on them with `robustmtl grid status {grid.root}`", highlight=False)
     else:
         failed = run_here(grid, to_run, settings, kind, console)
@@ -128,8 +155,8 @@ def run_here(grid: GridDir, todo: list[PlannedRun], settings: ExecutorSettings, 
         executor: Any = submitit.DebugExecutor(folder=grid.submitit / "%j")
         parallel = 1
     else:
-        executor = submitit.LocalExecutor(folder=grid.submitit / "%j")
-        executor.update_parameters(timeout_min=settings.timeout_min)
+        executor = submitit.LocalExecutor(folder=grid.submitit / "%j", python=settings.python)
+        executor.update_parameters(timeout_min=settings.timeout_min, setup=list(settings.setup))
         parallel = settings.local_parallel()
     waiting = list(todo)
     running: dict[str, Any] = {}
