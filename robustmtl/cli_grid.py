@@ -17,6 +17,7 @@ from robustmtl.errors import UserError
 
 if TYPE_CHECKING:
     from robustmtl.grid.status import GridStatus
+    from robustmtl.layout import GridDir
 
 grid_app = typer.Typer(help="Expand, submit and follow grids of runs.", no_args_is_help=True)
 
@@ -27,22 +28,30 @@ GpusOpt = Annotated[int | None, typer.Option(help="GPUs per run (overrides the g
 TimeOpt = Annotated[int | None, typer.Option("--time", "--timeout",
                                              help="Job time limit in minutes (overrides the grid file).")]
 ParallelismOpt = Annotated[int | None, typer.Option(help="Array tasks running at once (overrides the grid file).")]
+PackOpt = Annotated[int | None, typer.Option(help="Runs per SLURM array task (overrides the grid file's pack).",
+                                             min=1)]
 ExecutorOpt = Annotated[str | None, typer.Option(help="auto | local | slurm | debug (overrides the file).")]
 GridDirArg = Annotated[Path, typer.Argument(help="Grid directory.")]
 
 
 def slurm_overrides(partition: str | None, account: str | None, qos: str | None, gpus: int | None,
-                    time: int | None, array_parallelism: int | None) -> dict[str, Any]:
+                    time: int | None, array_parallelism: int | None, pack: int | None = None) -> dict[str, Any]:
     return {"partition": partition, "account": account, "qos": qos, "gpus": gpus, "timeout_min": time,
-            "array_parallelism": array_parallelism}
+            "array_parallelism": array_parallelism, "pack": pack}
 
 
 DRY_RUN_ROWS = 200
+WATCH_MIN_S = 10.0  # a refresh is one squeue + at most one sacct: never more often than this
+RUN_LINES = 20  # per-run lines shown per section before "... and N more"
 
 
-def show_plan(spec: Any, runs: list[Any]) -> None:
-    """The expanded runs (the first DRY_RUN_ROWS of them) and the count per dataset and method."""
+def show_plan(spec: Any, runs: list[Any], grid_dir: Path) -> None:
+    """The expanded runs (the first DRY_RUN_ROWS of them), the count per dataset and method, and what the
+    runs not done yet will cost, estimated from the finished runs in `grid_dir`."""
     from collections import Counter
+
+    from robustmtl.grid.estimate import estimate, render_estimate
+    from robustmtl.layout import GridDir
 
     table = Table(title=f"{spec.name}: {len(runs)} runs")
     swept_keys = sorted({k for r in runs for k in r.swept})
@@ -56,6 +65,11 @@ def show_plan(spec: Any, runs: list[Any]) -> None:
         console.print(f"... and {len(runs) - DRY_RUN_ROWS} more")
     counts = Counter((r.config.dataset, r.config.method) for r in runs)
     console.print(", ".join(f"{d}/{m}: {n}" for (d, m), n in sorted(counts.items())))
+    cells = estimate(GridDir(grid_dir), runs)
+    if any(c.sampled for c in cells):
+        console.print(render_estimate(cells))
+    elif cells:
+        console.print(f"no cost estimate: no finished runs in {grid_dir} yet")
     console.print(f"{len(runs)} runs (dry run: nothing written)")
 
 
@@ -80,15 +94,19 @@ def grid_submit(
     gpus: GpusOpt = None,
     time: TimeOpt = None,
     array_parallelism: ParallelismOpt = None,
+    pack: PackOpt = None,
+    require_clean: Annotated[bool, typer.Option(
+        "--require-clean", help="Refuse to submit from a checkout with uncommitted changes.")] = False,
 ) -> None:
     """Expand a grid file and execute (local) or queue (slurm) every run that is not done or queued."""
     from robustmtl.grid.submit import plan, submit
 
     if dry_run:
-        show_plan(*plan(spec))
+        grid_spec, runs = plan(spec)
+        show_plan(grid_spec, runs, out or Path("runs") / grid_spec.name)
         return
-    overrides = slurm_overrides(partition, account, qos, gpus, time, array_parallelism)
-    result = submit(spec, out, executor, force, console, overrides)
+    overrides = slurm_overrides(partition, account, qos, gpus, time, array_parallelism, pack)
+    result = submit(spec, out, executor, force, console, overrides, require_clean=require_clean)
     refuse_failures(result.failed)
 
 
@@ -97,7 +115,8 @@ def grid_submit(
 def grid_status_cmd(
     grid_dir: GridDirArg,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh until no run is queued or running.")] = False,
-    interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.", min=0.5)] = 10.0,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch (10 at least: each "
+                                                 "refresh asks the scheduler).", min=WATCH_MIN_S)] = WATCH_MIN_S,
 ) -> None:
     """Count runs by state: markers first, then one squeue and at most one sacct call."""
     from rich.live import Live
@@ -108,19 +127,22 @@ def grid_status_cmd(
     grid = GridDir(grid_dir)
     status = grid_status(grid)
     if not watch:
-        console.print(render_status(grid_dir, status))
+        console.print(render_status(grid, status))
         return
-    with Live(render_status(grid_dir, status), console=console, auto_refresh=False) as live, \
+    with Live(render_status(grid, status), console=console, auto_refresh=False) as live, \
             contextlib.suppress(KeyboardInterrupt):
         while status.active:
             _time.sleep(interval)
             status = grid_status(grid)
-            live.update(render_status(grid_dir, status), refresh=True)
+            live.update(render_status(grid, status), refresh=True)
 
 
-def render_status(grid_dir: Path, status: GridStatus) -> Group:
-    """The counts table, attempt totals, and one line per failed or interrupted run."""
+def render_status(grid: GridDir, status: GridStatus) -> Group:
+    """The counts table, attempt totals, per-run interruption counts, failed runs, and the spec's coverage."""
+    from robustmtl.grid.coverage import coverage, gap_lines
     from robustmtl.grid.status import STATE_HELP
+
+    grid_dir = grid.root
 
     counts = status.counts
     table = Table(title=f"{grid_dir}: {status.total} runs")
@@ -135,18 +157,29 @@ def render_status(grid_dir: Path, status: GridStatus) -> Group:
         stops = ("preempted", "timeout", "terminated")
         hit = sum(1 for r in status.runs.values() if any(r.attempts.get(e) for e in stops))
         lines.append(f"attempts: {totals.get('start', 0)} starts, {totals.get('preempted', 0)} preempted, "
-                     f"{totals.get('timeout', 0)} timed out, {totals.get('terminated', 0)} terminated"
+                     f"{totals.get('timeout', 0)} timed out, {totals.get('crashed', 0)} crashed, "
+                     f"{totals.get('terminated', 0)} terminated"
                      + (f" ({hit} run(s) interrupted at least once)" if hit else ""))
-    for run_id, line in status.failed:
-        lines.append(Text.assemble(("failed ", "red"), f"{run_id}: {line}"))
-    for run in status.runs.values():
-        if run.state == "interrupted" and run.note:
-            lines.append(f"interrupted {run.run_id}: {run.note}")
+    stopped = [r for r in status.runs.values() if r.stops()]
+    lines += _capped([f"  {r.run_id} ({r.state}): {r.stops()}" for r in stopped])
+    lines += _capped([Text.assemble(("failed ", "red"), f"{run_id}: {line}") for run_id, line in status.failed])
+    lines += _capped([f"{r.state} {r.run_id}: {r.note}" for r in status.runs.values()
+                      if r.note and r.state in ("interrupted", "not submitted", "pending")])
+    gaps = coverage(grid, {run_id for run_id, r in status.runs.items() if r.state == "done"})
+    if gaps:
+        expected, done = sum(g.expected for g in gaps), sum(g.done for g in gaps)
+        lines.append(f"coverage: {len(gaps)} cell(s) of {grid.spec.name} incomplete ({done}/{expected} of their "
+                     "runs done); missing:")
+        lines += _capped([f"  {line}" for line in gap_lines(gaps)])
     if not status.queue_known:
         lines.append("(SLURM's squeue did not answer: states from the run directories only)")
     elif not status.accounting_known:
         lines.append("(no SLURM accounting: runs that left the queue are judged from their markers)")
     return Group(*lines)
+
+
+def _capped(lines: list[Any]) -> list[Any]:
+    return lines[:RUN_LINES] + ([f"  ... and {len(lines) - RUN_LINES} more"] if len(lines) > RUN_LINES else [])
 
 
 @grid_app.command("resume")
@@ -161,12 +194,18 @@ def grid_resume(
     gpus: GpusOpt = None,
     time: TimeOpt = None,
     array_parallelism: ParallelismOpt = None,
+    pack: PackOpt = None,
+    new_code: Annotated[bool, typer.Option("--new-code", help="Run the checkout's code now, not the snapshot "
+                                                             "taken at submit time.")] = False,
 ) -> None:
     """Run again every run not done and not queued: failed, cancelled, killed or never submitted."""
     from robustmtl.grid.control import resume
+    from robustmtl.grid.snapshot import renew
     from robustmtl.layout import GridDir
 
-    overrides = slurm_overrides(partition, account, qos, gpus, time, array_parallelism)
+    if new_code:
+        renew(GridDir(grid_dir), console)
+    overrides = slurm_overrides(partition, account, qos, gpus, time, array_parallelism, pack)
     result = resume(GridDir(grid_dir), executor, failed_only, overrides, console)
     refuse_failures(result.failed)
 
@@ -178,12 +217,17 @@ def grid_cancel(
     run: Annotated[str | None, typer.Option(help="Only this run (id or unique prefix).")] = None,
 ) -> None:
     """Cancel the grid's queued and running SLURM jobs (one scancel call); checkpoints stay for `grid resume`."""
-    from robustmtl.grid.control import cancel
+    from robustmtl.grid.control import cancel, pack_mates
     from robustmtl.layout import GridDir
 
-    jobs = cancel(GridDir(grid_dir), run)
+    grid = GridDir(grid_dir)
+    jobs = cancel(grid, run)
     console.print(f"cancelled {len(jobs)} job(s): {' '.join(jobs)}" if jobs else "no queued or running job to cancel",
                   highlight=False)
+    mates = pack_mates(grid, run) if run and jobs else []
+    if mates:
+        console.print(f"run {run} shares its array task with {', '.join(mates)} (pack): they were cancelled too; "
+                      f"`robustmtl grid resume {grid_dir}` requeues them from their checkpoints", highlight=False)
 
 
 @grid_app.command("logs")

@@ -1,5 +1,6 @@
-"""TrainJob's preemption handling without a cluster: a signal only sets a flag, the loop checkpoints at a
-step boundary, and only then does submitit's USR2 logic run (requeue) or the job exit (TERM)."""
+"""TrainJob without a cluster: a signal only sets a flag, the loop checkpoints at a step boundary, and only
+then is the job requeued (submitit for USR2, itself for a bare TERM) or left to SLURM; crashes are retried
+unless they repeat at the same step or pass their cap; packs skip what is finished."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import signal
 
 import pytest
 
+from robustmtl.errors import UserError
+from robustmtl.grid.executor import executor_settings
 from robustmtl.layout import RunDir
 from robustmtl.train import job as job_module
 from robustmtl.train import loop
-from robustmtl.train.job import RequeueLimit, TrainJob, read_attempts
+from robustmtl.train.job import Caps, PackFailed, RequeueLimit, TrainJob, gpu_shares, read_attempts
 
 
 class FakeSubmititHandler:
@@ -64,7 +67,7 @@ def test_usr2_checkpoints_then_calls_submitits_requeue(tmp_path, monkeypatch, sl
     signalled_loop(monkeypatch, signal.SIGUSR2, steps)
     rd = RunDir(tmp_path)
     with pytest.raises(SystemExit):
-        TrainJob(max_requeues=3)(str(tmp_path))
+        TrainJob(Caps(preemptions=3, timeouts=3))(str(tmp_path))
     assert steps == ["step finished"] and handler.calls == 1 and rd.checkpoint.exists()
     events = read_attempts(rd)
     assert [e["event"] for e in events] == ["start", event]
@@ -73,40 +76,151 @@ def test_usr2_checkpoints_then_calls_submitits_requeue(tmp_path, monkeypatch, sl
     assert not rd.failed.exists()
 
 
-@pytest.mark.parametrize("requeued, event", [(True, "preempted"), (False, "terminated")])
-def test_term_checkpoints_and_exits_without_requeueing_itself(tmp_path, monkeypatch, slurm_env, requeued, event):
+@pytest.mark.parametrize("view, event, requeues", [
+    (("RUNNING", True), "preempted", []),            # scontrol requeue / PreemptMode=REQUEUE: SLURM restarts it
+    (("RUNNING", False), "preempted", ["77"]),       # a bare TERM (scancel --signal=TERM): the job requeues itself
+    (("COMPLETING", False), "terminated", []),       # scancel, time limit: stopped, `grid resume` continues it
+])
+def test_term_checkpoints_then_requeues_only_when_nobody_else_does(tmp_path, monkeypatch, slurm_env, view, event,
+                                                                   requeues):
     handler = FakeSubmititHandler(False)
     signal.signal(signal.SIGUSR2, handler.checkpoint_and_try_requeue)
-    monkeypatch.setattr(job_module, "requeued_by_slurm", lambda: requeued)
+    asked: list = []
+    monkeypatch.setattr(job_module, "slurm_job_view", lambda: view)
+    monkeypatch.setattr(job_module, "requeue_self", lambda job_id: asked.append(job_id))
     signalled_loop(monkeypatch, signal.SIGTERM, [])
     with pytest.raises(SystemExit):
         TrainJob()(str(tmp_path))
-    assert handler.calls == 0 and RunDir(tmp_path).checkpoint.exists()
+    assert handler.calls == 0 and RunDir(tmp_path).checkpoint.exists() and asked == requeues
     assert [(e["event"], e.get("signal")) for e in read_attempts(RunDir(tmp_path))] == [
         ("start", None), (event, "TERM")]
 
 
-def test_max_requeues_stops_requeueing_and_marks_failed(tmp_path, monkeypatch, slurm_env):
+def test_preemption_cap_stops_requeueing_and_marks_failed(tmp_path, monkeypatch, slurm_env):
     handler = FakeSubmititHandler(False)
     signal.signal(signal.SIGUSR2, handler.checkpoint_and_try_requeue)
     signalled_loop(monkeypatch, signal.SIGUSR2, [])
     rd = RunDir(tmp_path)
-    job_module.record_attempt(rd, "preempted", "77")  # one requeue already spent in this job
+    job_module.record_attempt(rd, "preempted", "77")  # one preemption already spent in this job
+    job_module.record_attempt(rd, "timeout", "77")    # timeouts have their own cap
     job_module.record_attempt(rd, "preempted", "12")  # another job's interruptions do not count
-    with pytest.raises(RequeueLimit, match="max_requeues = 1"):
-        TrainJob(max_requeues=1)(str(tmp_path))
+    with pytest.raises(RequeueLimit, match="max_preemptions = 1"):
+        TrainJob(Caps(preemptions=1, timeouts=0))(str(tmp_path))
     assert handler.calls == 0 and "RequeueLimit" in rd.failed.read_text()
     assert read_attempts(rd)[-1]["event"] == "failed"
 
 
+def crashing_loop(monkeypatch, steps: list[int]) -> None:
+    """A fake loop that crashes after the next step count in `steps` (one per start)."""
+
+    def fake_train_run(rd, progress=None, stop_requested=None):
+        progress(steps.pop(0), 100)
+        raise ValueError("boom")
+
+    monkeypatch.setattr(loop, "train_run", fake_train_run)
+
+
+def test_crash_at_the_same_step_again_ends_failed_at_once(tmp_path, monkeypatch, slurm_env):
+    asked: list = []
+    monkeypatch.setattr(job_module, "requeue_self", lambda job_id: asked.append(job_id))
+    crashing_loop(monkeypatch, [7, 7])
+    rd = RunDir(tmp_path)
+    with pytest.raises(SystemExit):  # first crash: requeued to retry
+        TrainJob(Caps(crashes=5))(str(tmp_path))
+    assert asked == ["77"] and "requeued to retry" in rd.failed.read_text()
+    with pytest.raises(ValueError, match="boom"):  # same step again: no requeue, whatever the cap
+        TrainJob(Caps(crashes=5))(str(tmp_path))
+    assert asked == ["77"]
+    events = read_attempts(rd)
+    assert [e["event"] for e in events] == ["start", "crashed", "start", "crashed", "failed"]
+    assert events[1]["step"] == 7 and events[-1]["reason"] == "crashed again at step 7: not requeued"
+    assert "ValueError: boom" in rd.failed.read_text()
+
+
+def test_crashes_at_new_steps_are_retried_up_to_the_cap(tmp_path, monkeypatch, slurm_env):
+    asked: list = []
+    monkeypatch.setattr(job_module, "requeue_self", lambda job_id: asked.append(job_id))
+    crashing_loop(monkeypatch, [3, 5, 9])
+    for _ in range(2):
+        with pytest.raises(SystemExit):
+            TrainJob(Caps(crashes=2))(str(tmp_path))
+    with pytest.raises(ValueError):
+        TrainJob(Caps(crashes=2))(str(tmp_path))
+    assert len(asked) == 2
+    assert read_attempts(RunDir(tmp_path))[-1]["reason"] == "crashed 3 times (max_crashes = 2)"
+
+
+def test_crash_outside_slurm_fails_without_retry(tmp_path, monkeypatch):
+    crashing_loop(monkeypatch, [3])
+    with pytest.raises(ValueError):
+        TrainJob()(str(tmp_path))
+    assert [e["event"] for e in read_attempts(RunDir(tmp_path))] == ["start", "failed"]
+
+
+def test_pack_skips_finished_runs_and_stops_at_a_signal(tmp_path, monkeypatch, slurm_env):
+    handler = FakeSubmititHandler(False)
+    signal.signal(signal.SIGUSR2, handler.checkpoint_and_try_requeue)
+    dirs = [tmp_path / name for name in ("a", "b", "c")]
+    for d in dirs:
+        d.mkdir()
+    (dirs[0] / "DONE").write_text('{"run": "a"}')
+    trained: list = []
+
+    def fake_train_run(rd, progress=None, stop_requested=None):
+        trained.append(rd.root.name)
+        os.kill(os.getpid(), signal.SIGUSR2)
+        if stop_requested():
+            raise loop.Interrupted("stopped")
+        return {}
+
+    monkeypatch.setattr(loop, "train_run", fake_train_run)
+    with pytest.raises(SystemExit):
+        TrainJob()([str(d) for d in dirs])
+    assert trained == ["b"] and handler.calls == 1  # a was done before; c never started
+    assert read_attempts(RunDir(dirs[0])) == [] and read_attempts(RunDir(dirs[2])) == []
+    assert [e["event"] for e in read_attempts(RunDir(dirs[1]))] == ["start", "preempted"]
+
+
+def test_pack_reports_failed_members_after_running_the_others(tmp_path, monkeypatch):
+    dirs = [tmp_path / name for name in ("a", "b")]
+    for d in dirs:
+        d.mkdir()
+
+    def fake_train_run(rd, progress=None, stop_requested=None):
+        if rd.root.name == "a":
+            raise ValueError("boom")
+        return {"run": rd.root.name}
+
+    monkeypatch.setattr(loop, "train_run", fake_train_run)
+    with pytest.raises(PackFailed, match="1 of 2 runs failed: a"):
+        TrainJob()([str(d) for d in dirs])
+    assert [e["event"] for e in read_attempts(RunDir(dirs[1]))] == ["start", "done"]
+
+
+def test_gpu_shares_split_the_task_devices():
+    assert gpu_shares("0,1", 2) == ["0", "1"]
+    assert gpu_shares("2,3,4,5", 2) == ["2,3", "4,5"]
+    assert gpu_shares("", 3) == [None, None, None]
+    with pytest.raises(RuntimeError, match="at least one"):
+        gpu_shares("0", 2)
+
+
+def test_max_requeues_is_read_as_both_interruption_caps():
+    settings = executor_settings({"max_requeues": 7}, "g.toml")
+    assert (settings.max_preemptions, settings.max_timeouts, settings.max_crashes) == (7, 7, 2)
+    with pytest.raises(UserError, match="old name"):
+        executor_settings({"max_requeues": 7, "max_timeouts": 1}, "g.toml")
+
+
 def test_done_and_checkpoint_submission(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "train_run", lambda rd, progress=None, stop_requested=None: {"ok": True})
-    job = TrainJob(max_requeues=4)
+    job = TrainJob(Caps(timeouts=4), "parallel")
     assert job(str(tmp_path)) == {"ok": True}
     assert [e["event"] for e in read_attempts(RunDir(tmp_path))] == ["start", "done"]
-    delayed = job.checkpoint(str(tmp_path))
-    assert delayed.args == (str(tmp_path),) and not delayed.kwargs
-    assert isinstance(delayed.function, TrainJob) and delayed.function.max_requeues == 4
+    delayed = job.checkpoint([str(tmp_path)])
+    assert delayed.args == ([str(tmp_path)],) and not delayed.kwargs
+    assert isinstance(delayed.function, TrainJob) and delayed.function.caps.timeouts == 4
+    assert delayed.function.pack_mode == "parallel"
 
 
 def test_torn_attempts_line_is_skipped(tmp_path):

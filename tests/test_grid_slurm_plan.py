@@ -1,4 +1,4 @@
-"""SLURM submission planning without a cluster: levels, dependencies, MaxArraySize chunks, sbatch scripts."""
+"""SLURM submission planning without a cluster: levels, dependencies, chunks, limits, packs, sbatch retries."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 from rich.console import Console
 
 from robustmtl.errors import UserError
-from robustmtl.grid import slurm
+from robustmtl.grid import scheduler, slurm
 from robustmtl.grid.executor import ExecutorSettings
 from robustmtl.grid.manifest import latest_entries
-from robustmtl.grid.scheduler import sbatch_message
+from robustmtl.grid.scheduler import Limit, SubmitRoom, sbatch_message
 from robustmtl.layout import GridDir
 
 
@@ -62,16 +62,22 @@ def fake_sbatch(monkeypatch):
     calls: list[tuple[list[str], list[str]]] = []
     fail_on: set[int] = set()
 
-    def sbatch_array(grid, runs, settings, deps, max_size):
-        calls.append(([r.run_id for r in runs], deps))
+    room = SimpleNamespace(jobs=None)
+
+    def sbatch_array(grid, tasks, settings, deps, max_size):
+        calls.append(([r.run_id for t in tasks for r in t], deps))
         if len(calls) in fail_on:
             raise UserError("sbatch rejected the job: Invalid partition name specified")
         job = 100 + len(calls)
-        return [f"{job}_{i}" for i in range(len(runs))] if len(runs) > 1 else [str(job)]
+        return [f"{job}_{i}" for i in range(len(tasks))] if len(tasks) > 1 else [str(job)]
+
+    def submit_room(account, qos):
+        limits = [] if room.jobs is None else [Limit("MaxSubmitJobs of association root/lab", 5, 5 - room.jobs)]
+        return SubmitRoom(max_array_size=2, limits=limits)
 
     monkeypatch.setattr(slurm, "sbatch_array", sbatch_array)
-    monkeypatch.setattr(slurm, "max_array_size", lambda: 2)
-    return SimpleNamespace(calls=calls, fail_on=fail_on)
+    monkeypatch.setattr(slurm, "submit_room", submit_room)
+    return SimpleNamespace(calls=calls, fail_on=fail_on, room=room)
 
 
 def test_one_array_per_level_chunked_with_afterok(tmp_path, fake_sbatch):
@@ -106,7 +112,7 @@ def test_parameters_from_settings():
                                 constraint="a100", extra=("--begin=now+60", "--exclusive"))
     params = slurm.slurm_parameters(settings, "robustmtl-x")
     assert params["slurm_partition"] == "gpu" and params["slurm_account"] == "lab" and params["slurm_qos"] == "high"
-    assert params["slurm_gpus_per_task"] == 2 and params["cpus_per_task"] == 4 and params["mem_gb"] == 8
+    assert params["slurm_gpus_per_node"] == 2 and params["cpus_per_task"] == 4 and params["mem_gb"] == 8
     assert params["slurm_signal_delay_s"] == 30 and params["slurm_setup"] == ["export OMP_NUM_THREADS=4"]
     assert params["slurm_additional_parameters"] == {"begin": "now+60", "exclusive": True}
     assert slurm.slurm_parameters(ExecutorSettings(), "x")["slurm_signal_delay_s"] == 90
@@ -137,8 +143,8 @@ def test_sbatch_script_has_array_throttle_dependency_and_flags(tmp_path, monkeyp
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     grid = GridDir(tmp_path / "grid")
     runs = [run(rid(i)) for i in range(3)]
-    settings = ExecutorSettings(partition="debug", array_parallelism=2, max_requeues=5, extra=("--begin=now+60",))
-    ids = slurm.sbatch_array(grid, runs, settings, ["7_1", "8"], 1001)
+    settings = ExecutorSettings(partition="debug", array_parallelism=2, max_timeouts=5, extra=("--begin=now+60",))
+    ids = slurm.sbatch_array(grid, [[r] for r in runs], settings, ["7_1", "8"], 1001)
     assert ids == ["4242_0", "4242_1", "4242_2"]
     text = next(scripts.iterdir()).read_text()
     for flag in ("--array=0-2%2", "--dependency=afterok:7_1:8", "--kill-on-invalid-dep=yes", "--partition=debug",
@@ -157,6 +163,115 @@ def test_rejected_sbatch_through_submitit_is_one_user_error(tmp_path, monkeypatc
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     grid = GridDir(tmp_path / "grid")
     with pytest.raises(UserError, match=r"^sbatch rejected the job: Batch job submission failed: Invalid account"):
-        slurm.sbatch_array(grid, [run(rid(0)), run(rid(1))], ExecutorSettings(account="nosuch"), [], 1001)
+        slurm.sbatch_array(grid, [[run(rid(0))], [run(rid(1))]], ExecutorSettings(account="nosuch"), [], 1001)
     assert list(grid.submitit.iterdir()) == []  # no leftover pickles or scripts
     assert latest_entries(grid.root) == {}
+
+
+def test_a_submit_limit_queues_what_fits_and_records_the_rest(tmp_path, fake_sbatch):
+    """Room for 3 jobs: stage 1 and one stage-2 run fit; the rest wait, and so does what needs a held run."""
+    fake_sbatch.room.jobs = 3
+    stage1 = [run(rid(1)), run(rid(2))]
+    stage2 = [run(rid(10), rid(1)), run(rid(11), rid(2)), run(rid(12), rid(1))]
+    out = Console(record=True, width=300)
+    assert slurm.submit_arrays(GridDir(tmp_path), [*stage1, *stage2], ExecutorSettings(), out) == 3
+    assert [c[0] for c in fake_sbatch.calls] == [[rid(1), rid(2)], [rid(10)]]
+    entries = latest_entries(tmp_path)
+    assert [r for r, e in entries.items() if e["job_id"] is None] == [rid(11), rid(12)]
+    assert "MaxSubmitJobs" in entries[rid(11)]["not_submitted"]
+    text = out.export_text()
+    assert "2 run(s) not submitted" in text and "MaxSubmitJobs of association root/lab = 5" in text
+    assert "grid resume" in text
+
+
+def test_no_room_at_all_submits_nothing(tmp_path, fake_sbatch):
+    fake_sbatch.room.jobs = 0
+    held = [run(rid(1)), run(rid(2), rid(1))]
+    assert slurm.submit_arrays(GridDir(tmp_path), held, ExecutorSettings(), Console(quiet=True)) == 0
+    assert fake_sbatch.calls == [] and all(e["job_id"] is None for e in latest_entries(tmp_path).values())
+
+
+def test_packs_put_k_runs_in_one_task_and_count_tasks_against_limits(tmp_path, fake_sbatch):
+    fake_sbatch.room.jobs = 2
+    runs = [run(rid(i)) for i in range(7)]
+    assert slurm.submit_arrays(GridDir(tmp_path), runs, ExecutorSettings(pack=3), Console(quiet=True)) == 6
+    entries = latest_entries(tmp_path)
+    assert {entries[rid(i)]["job_id"] for i in range(3)} == {"101_0"} and entries[rid(3)]["job_id"] == "101_1"
+    assert entries[rid(4)]["pack"] == [rid(3), rid(4), rid(5)] and entries[rid(6)]["job_id"] is None
+
+
+def test_parallel_packs_ask_for_every_members_resources():
+    params = slurm.slurm_parameters(ExecutorSettings(pack=2, pack_mode="parallel", gpus=1, cpus=2, mem_gb=4), "x")
+    assert params["slurm_gpus_per_node"] == 2 and params["cpus_per_task"] == 4 and params["mem_gb"] == 8
+    sequential = slurm.slurm_parameters(ExecutorSettings(pack=2, gpus=1, cpus=2), "x")
+    assert sequential["slurm_gpus_per_node"] == 1 and sequential["cpus_per_task"] == 2
+
+
+def test_submit_room_reads_association_qos_and_queue(monkeypatch):
+    """Canned answers of the real commands' parsable formats; the tightest limit binds."""
+    answers = {
+        "scontrol": "MaxArraySize            = 1001\nMaxJobCount             = 10000\n",
+        "show user": "lab\n",
+        "show assoc": "|||normal|\nroot|5||normal,high|normal\n",
+        "show qos": "4|\n",
+        "squeue": "root|lab|normal|PENDING\nroot|lab|normal|RUNNING\nroot|lab|normal|COMPLETED\n"
+                  "bob|lab|normal|PENDING\nroot|other|normal|PENDING\n",
+    }
+
+    def call(cmd):
+        assert all(" " not in arg for arg in cmd), cmd  # sacctmgr takes `where` and each condition as words
+        key = next(k for k in answers if k in " ".join(cmd))
+        return SimpleNamespace(returncode=0, stdout=answers[key], stderr="")
+
+    monkeypatch.setattr(scheduler, "_call", call)
+    monkeypatch.setattr(scheduler.getpass, "getuser", lambda: "root")
+    room = scheduler.submit_room(None, None)
+    assert room.max_array_size == 1001
+    found = {lim.what: (lim.limit, lim.used) for lim in room.limits}
+    assert found["MaxSubmitJobs of association root/lab"] == (5, 2)  # root's queued jobs under lab
+    assert found["MaxSubmitJobsPerUser of QOS normal"] == (4, 3)  # root's queued jobs under normal, any account
+    assert found["MaxJobCount (jobs the controller holds)"] == (10000, 5)
+    assert room.jobs == 1 and room.binding.what == "MaxSubmitJobsPerUser of QOS normal"
+
+
+def test_without_accounting_only_the_controller_limits_apply(monkeypatch):
+    def call(cmd):
+        if cmd[0] == "sacctmgr":
+            return SimpleNamespace(returncode=1, stdout="", stderr="sacctmgr: error: slurmdbd not running")
+        return SimpleNamespace(returncode=0, stdout="MaxJobCount = 30\n" if cmd[0] == "scontrol" else "", stderr="")
+
+    monkeypatch.setattr(scheduler, "_call", call)
+    room = scheduler.submit_room("lab", None)
+    assert [lim.what for lim in room.limits] == ["MaxJobCount (jobs the controller holds)"] and room.jobs == 30
+
+
+@pytest.mark.parametrize("failures, error, calls", [
+    (2, "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation", 3),
+    (1, "sbatch: error: Batch job submission failed: Job violates accounting/QOS policy (job submit limit, "
+        "user's size and/or time limits)", 1),
+])
+def test_transient_sbatch_errors_are_retried_permanent_ones_are_not(tmp_path, monkeypatch, failures, error, calls):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    count = tmp_path / "count"
+    _executable(bin_dir / "sbatch", f"""#!/bin/sh
+echo x >> {count}
+if [ $(wc -l < {count}) -le {failures} ]; then echo "{error}" >&2; exit 1; fi
+grep -o 'comment=.*' "$1" > {tmp_path}/comment
+echo "Submitted batch job 4242"
+""")
+    _executable(bin_dir / "srun", "#!/bin/sh\nexit 0\n")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(slurm, "RETRY_DELAYS_S", (0.0, 0.0, 0.0))
+    looked_for: list[str] = []
+    monkeypatch.setattr(slurm, "jobs_with_comment", lambda token: looked_for.append(token) or [])
+    grid = GridDir(tmp_path / "grid")
+    if calls == 1:
+        with pytest.raises(UserError, match=r"^sbatch rejected the job: .*job submit limit"):
+            slurm.sbatch_array(grid, [[run(rid(0))]], ExecutorSettings(), [], 1001)
+        assert looked_for == []
+    else:
+        assert slurm.sbatch_array(grid, [[run(rid(0))]], ExecutorSettings(), [], 1001) == ["4242"]
+        # before each retry: a job the failed call queued anyway would be found by the same comment
+        assert len(looked_for) == 2 and (tmp_path / "comment").read_text().strip() == f"comment={looked_for[0]}"
+    assert len(count.read_text().splitlines()) == calls

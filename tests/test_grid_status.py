@@ -6,12 +6,17 @@ import json
 
 import pytest
 
+from robustmtl import cli_grid
 from robustmtl.errors import UserError
 from robustmtl.grid import scheduler
 from robustmtl.grid import status as status_module
+from robustmtl.grid.coverage import coverage
+from robustmtl.grid.expand import expand
 from robustmtl.grid.manifest import append_entries
+from robustmtl.grid.spec import load_spec
 from robustmtl.grid.status import grid_status, queued_runs
 from robustmtl.layout import GridDir
+from tests.conftest import tiny_grid, write_spec
 
 
 def rid(n: int) -> str:
@@ -105,5 +110,52 @@ def test_watch_refreshes_until_nothing_is_queued(grid, slurm_calls, cli, monkeyp
         return real(g, accounting)
 
     monkeypatch.setattr(status_module, "grid_status", counting)
-    result = cli("grid", "status", grid.root, "--watch", "--interval", "0.5")
-    assert len(seen) == 2 and "requeued" in result.output
+    slept: list[float] = []
+    monkeypatch.setattr(cli_grid._time, "sleep", slept.append)
+    result = cli("grid", "status", grid.root, "--watch")
+    assert len(seen) == 2 and "requeued" in result.output and slept == [10.0]
+    too_often = cli("grid", "status", grid.root, "--watch", "--interval", "2", ok=False)
+    assert too_often.exit_code == 2 and len(seen) == 2  # refused before asking the scheduler
+
+
+def test_counts_per_run_pack_mates_and_held_back_runs(grid, slurm_calls, cli):
+    _, answers = slurm_calls
+    attempts = [{"event": e, "job_id": "5_0"} for e in ("start", "preempted", "start", "crashed", "start")]
+    (grid.run(rid(1)).root / "attempts.jsonl").write_text("".join(json.dumps(e) + "\n" for e in attempts))
+    append_entries(grid.root, [{"run_id": rid(n), "job_id": "9_0", "pack": [rid(2), rid(6)]} for n in (2, 6)])
+    (grid.run(rid(2)).root / "attempts.jsonl").write_text(json.dumps({"event": "start", "job_id": "9_0"}) + "\n")
+    append_entries(grid.root, [{"run_id": rid(7), "job_id": None, "not_submitted": "MaxSubmitJobs = 5"}])
+    answers["squeue"] = {**answers["squeue"], "9_0": "RUNNING"}
+    status = grid_status(grid)
+    assert status.runs[rid(1)].stops() == "1 preempted, 1 crashed"
+    assert status.runs[rid(2)].state == "running"  # the pack member in training
+    assert status.runs[rid(6)].state == "pending" and "pack mates" in status.runs[rid(6)].note  # its turn comes
+    assert status.runs[rid(7)].state == "not submitted" and "MaxSubmitJobs = 5" in status.runs[rid(7)].note
+    out = cli("grid", "status", grid.root).output
+    assert f"{rid(1)} (running): 1 preempted, 1 crashed" in out and "1 crashed" in out.split("attempts:")[1]
+    assert "held back: MaxSubmitJobs = 5" in out
+
+
+def test_failed_run_shows_why_it_was_not_retried(grid, slurm_calls):
+    grid.run(rid(4)).failed.write_text(json.dumps({"error": "ValueError: boom", "reason": "crashed again at step 7"}))
+    assert dict(grid_status(grid).failed)[rid(4)] == "ValueError: boom (crashed again at step 7)"
+
+
+def test_coverage_lists_missing_seeds_and_settings_per_cell(tmp_path, slurm_calls, cli):
+    spec = write_spec(tmp_path / "cov.toml", tiny_grid("cov", ["erm", "l1"], [0, 1],
+                                                       sweeps={"l1": {"alpha_reg": [0.1, 0.2]}}))
+    runs = expand(load_spec(spec))
+    g = GridDir(tmp_path / "cov")
+    g.root.mkdir()
+    g.spec.write_text(spec.read_text())
+    for r in runs:
+        g.run(r.run_id).root.mkdir(parents=True)
+        done = r.config.method == "erm" or (r.swept.get("alpha_reg") == 0.1 and r.config.seed == 0)
+        if done:
+            g.run(r.run_id).done.write_text("{}")
+    status = grid_status(g)
+    gaps = coverage(g, {run_id for run_id, r in status.runs.items() if r.state == "done"})
+    assert [(x.dataset, x.method, x.expected, x.done, x.missing) for x in gaps] == [
+        ("synthetic", "l1", 4, 1, [("alpha_reg=0.1", [1]), ("alpha_reg=0.2", [0, 1])])]
+    out = cli("grid", "status", g.root).output
+    assert "synthetic/l1 (1/4 done): alpha_reg=0.1: seed 1; alpha_reg=0.2: seeds 0, 1" in out

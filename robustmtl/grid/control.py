@@ -79,7 +79,11 @@ def find_run(grid: GridDir, run_id: str) -> str:
 
 
 def cancel(grid: GridDir, run_id: str | None = None) -> list[str]:
-    """scancel (one call) the queued or running jobs of the grid's unfinished runs, or of one run."""
+    """scancel (one call) the queued or running jobs of the grid's unfinished runs, or of one run.
+
+    A run packed with others shares their array task: cancelling it cancels the task, so its unfinished
+    pack mates stop too (`pack_mates` names them; `grid resume` requeues them from their checkpoints).
+    """
     status = grid_status(grid, accounting=False)
     if run_id is not None:
         run_id = find_run(grid, run_id)
@@ -87,9 +91,16 @@ def cancel(grid: GridDir, run_id: str | None = None) -> list[str]:
             raise UserError(f"run {run_id} was never submitted to SLURM (no entry in {grid.root / 'manifest.jsonl'})")
     if not status.queue_known:
         raise UserError("squeue did not answer, so which jobs are still queued is unknown; nothing was cancelled")
-    jobs = [job for rid, job in status.active.items() if run_id is None or rid == run_id]
+    jobs = sorted({job for rid, job in status.active.items() if run_id is None or rid == run_id})
     scheduler.cancel(jobs)
     return jobs
+
+
+def pack_mates(grid: GridDir, run_id: str) -> list[str]:
+    """The other unfinished runs of the array task that runs `run_id` (empty when it is not packed)."""
+    run_id = find_run(grid, run_id)
+    entry = latest_entries(grid.root).get(run_id) or {}
+    return [r for r in entry.get("pack", []) if r != run_id and not grid.run(r).done.exists()]
 
 
 def log_path(grid: GridDir, run_id: str, err: bool) -> tuple[str, Path]:
@@ -98,7 +109,7 @@ def log_path(grid: GridDir, run_id: str, err: bool) -> tuple[str, Path]:
 
     run_id = find_run(grid, run_id)
     entry = latest_entries(grid.root).get(run_id)
-    if entry is None:
+    if entry is None or not entry.get("job_id"):
         raise UserError(f"run {run_id} has no SLURM job in {grid.root / 'manifest.jsonl'} (never submitted to "
                         "SLURM); its files are in " + str(grid.run(run_id).root))
     job_id = str(entry["job_id"])

@@ -25,6 +25,8 @@ class ExecutorSettings:
     checkpoint_every: int = field(default=0, metadata=at_least(0))
     num_workers: int = field(default=0, metadata=at_least(0))
     keep_checkpoint: bool = False
+    precision: str = field(default="auto", metadata=one_of("auto", "fp32", "bf16", "fp16"))
+    compile: bool = False
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
@@ -34,8 +36,15 @@ class ExecutorSettings:
     mem_gb: float | None = None
     timeout_min: int = field(default=60, metadata=positive())
     array_parallelism: int = field(default=0, metadata=at_least(0))
-    max_requeues: int = field(default=3, metadata=at_least(0))
+    max_preemptions: int = field(default=20, metadata=at_least(0))
+    max_timeouts: int = field(default=3, metadata=at_least(0))
+    max_crashes: int = field(default=2, metadata=at_least(0))
+    pack: int = field(default=1, metadata=positive())
+    pack_mode: str = field(default="sequential", metadata=one_of("sequential", "parallel"))
     extra: tuple[str, ...] = ()
+    python: str | None = None  # command that starts the jobs' interpreter (default: the one that submits)
+    setup: tuple[str, ...] = ()  # shell lines run before each job (module load, source venv/bin/activate)
+    trackers: tuple[str, ...] = ()  # mirrors of metrics.jsonl: "tensorboard", "wandb"
 
     def resolved_kind(self) -> str:
         if self.kind == "auto":
@@ -53,12 +62,12 @@ class ExecutorSettings:
         threads = self.threads or (1 if kind == "local" and self.local_parallel() > 1 else 0)
         return RunOptions(data_root=data_root, device=self.device, threads=threads,
                           checkpoint_every=self.checkpoint_every, num_workers=self.num_workers,
-                          keep_checkpoint=self.keep_checkpoint)
+                          keep_checkpoint=self.keep_checkpoint, precision=self.precision, compile=self.compile)
 
 
 def executor_settings(table: dict[str, Any], where: str, overrides: dict[str, Any] | None = None) -> ExecutorSettings:
     known = {f.name for f in dataclasses.fields(ExecutorSettings)}
-    values = {**table, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    values = {**_split_max_requeues(table, where), **{k: v for k, v in (overrides or {}).items() if v is not None}}
     clean = {}
     for key, value in values.items():
         if key not in known:
@@ -67,6 +76,17 @@ def executor_settings(table: dict[str, Any], where: str, overrides: dict[str, An
         clean[key] = coerce(ExecutorSettings, key, value, f"{where} [executor]")
         _check_printable(key, clean[key], where)
     return ExecutorSettings(**clean)
+
+
+def _split_max_requeues(table: dict[str, Any], where: str) -> dict[str, Any]:
+    """`max_requeues` (older grid files) caps preemptions and timeouts alike; giving it with them is ambiguous."""
+    if "max_requeues" not in table:
+        return table
+    rest = {k: v for k, v in table.items() if k != "max_requeues"}
+    if "max_preemptions" in rest or "max_timeouts" in rest:
+        raise UserError(f"{where}: [executor] max_requeues is the old name of max_preemptions + max_timeouts; "
+                        "give either it or them, not both")
+    return {**rest, "max_preemptions": table["max_requeues"], "max_timeouts": table["max_requeues"]}
 
 
 def _check_printable(key: str, value: Any, where: str) -> None:

@@ -2,11 +2,19 @@
 
 As few sbatch calls as possible: one array per dependency level (JTT's stage-1 runs before the
 stage-2 runs that read them), split where a level is larger than the cluster's MaxArraySize. A
-level waits (`afterok`) only on the jobs of the required runs that are not done yet.
+level waits (`afterok`) only on the jobs of the required runs that are not done yet. With `pack = K`
+one array task runs K runs of one level.
+
+Never past a limit: MaxArraySize, MaxJobCount and the association's and QOS's submit limits (with the
+jobs already queued) decide how many tasks go in; the rest are recorded as not submitted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,24 +24,31 @@ from robustmtl.errors import UserError
 from robustmtl.grid.executor import ExecutorSettings
 from robustmtl.grid.expand import PlannedRun
 from robustmtl.grid.manifest import append_entries
-from robustmtl.grid.scheduler import max_array_size, sbatch_message
+from robustmtl.grid.scheduler import SubmitRoom, cancel, jobs_with_comment, sbatch_message, submit_room
 from robustmtl.layout import GridDir
+
+# sbatch errors worth another try: the controller was busy or briefly unreachable
+TRANSIENT = re.compile(r"socket timed out|timed out|try again|temporarily unavailable|temporarily unable|"
+                       r"unable to contact slurm controller|connection refused|connection reset", re.IGNORECASE)
+RETRY_DELAYS_S = (2.0, 5.0, 15.0, 30.0)
 
 
 def slurm_parameters(settings: ExecutorSettings, job_name: str) -> dict[str, Any]:
     """AutoExecutor parameters from the [executor] settings (with CLI overrides already applied)."""
+    side_by_side = settings.pack if settings.pack_mode == "parallel" else 1  # runs of a task at once
     params: dict[str, Any] = {
-        "timeout_min": settings.timeout_min, "cpus_per_task": settings.cpus, "slurm_job_name": job_name,
+        "timeout_min": settings.timeout_min, "cpus_per_task": settings.cpus * side_by_side, "slurm_job_name": job_name,
         # a short job gets its warning signal early enough to checkpoint; 90 s (submitit's default) otherwise
         "slurm_signal_delay_s": min(90, max(30, settings.timeout_min * 15)),
         # torch would otherwise start one thread per core of the whole node
-        "slurm_setup": [f"export OMP_NUM_THREADS={settings.cpus}"],
+        "slurm_setup": [f"export OMP_NUM_THREADS={settings.cpus}", *settings.setup],
     }
     optional = {"slurm_partition": settings.partition, "slurm_account": settings.account,
-                "slurm_qos": settings.qos, "slurm_constraint": settings.constraint, "mem_gb": settings.mem_gb}
+                "slurm_qos": settings.qos, "slurm_constraint": settings.constraint,
+                "mem_gb": settings.mem_gb * side_by_side if settings.mem_gb else None}
     params.update({k: v for k, v in optional.items() if v is not None})
     if settings.gpus:
-        params["slurm_gpus_per_task"] = settings.gpus
+        params["slurm_gpus_per_node"] = settings.gpus * side_by_side  # per task would need --ntasks
     if settings.extra:
         params["slurm_additional_parameters"] = dict(_flag(f) for f in settings.extra)
     return params
@@ -63,10 +78,10 @@ def levels(todo: list[PlannedRun]) -> list[list[PlannedRun]]:
     return out
 
 
-def chunked(runs: list[PlannedRun], max_size: int) -> list[list[PlannedRun]]:
+def chunked(tasks: list[Any], max_size: int) -> list[list[Any]]:
     """Arrays of at most `max_size` tasks (indices 0 .. MaxArraySize-1)."""
     size = max(1, max_size)
-    return [runs[i:i + size] for i in range(0, len(runs), size)]
+    return [tasks[i:i + size] for i in range(0, len(tasks), size)]
 
 
 def dependencies(runs: list[PlannedRun], job_of: dict[str, str]) -> list[str]:
@@ -89,60 +104,111 @@ def with_requirements(todo: list[PlannedRun], everything: list[PlannedRun], skip
 
 def submit_arrays(grid: GridDir, todo: list[PlannedRun], settings: ExecutorSettings, console: Console,
                   queued: dict[str, str] | None = None) -> int:
-    """Queue `todo`; `queued` maps already queued runs to their job ids. Returns the number of runs queued.
+    """Queue what of `todo` the cluster's limits let in; `queued` maps already queued runs to their job ids.
 
-    Each array's manifest entries are written as soon as sbatch accepted it, and only then.
+    Returns the number of runs queued. Each array's manifest entries are written as soon as sbatch
+    accepted it, and only then; the runs held back by a limit get an entry without a job id, so
+    `grid status` shows them as not submitted and a later `grid submit`/`grid resume` queues them.
     """
-    max_size = max_array_size()
+    room = submit_room(settings.account, settings.qos)
+    left = room.jobs
     job_of = dict(queued or {})
+    held: list[PlannedRun] = []
     submitted = 0
     for level in levels(todo):
-        for chunk in chunked(level, max_size):
+        held_ids = {r.run_id for r in held}
+        blocked = [r for r in level if any(q in held_ids for q in r.requires)]
+        tasks = packed([r for r in level if r not in blocked], settings.pack)
+        if left is not None:
+            tasks, rest = tasks[:left], tasks[left:]
+            left -= len(tasks)
+            blocked += [r for t in rest for r in t]
+        held += blocked
+        for chunk in chunked(tasks, room.max_array_size):
+            runs = [r for task in chunk for r in task]
             try:
-                job_ids = sbatch_array(grid, chunk, settings, dependencies(chunk, job_of), max_size)
+                job_ids = sbatch_array(grid, chunk, settings, dependencies(runs, job_of), room.max_array_size)
             except UserError as exc:
                 if submitted:
                     raise UserError(f"{exc} ({submitted} runs were queued before this; they are in "
                                     f"{grid.root / 'manifest.jsonl'})") from None
                 raise
-            append_entries(grid.root, [{"run_id": r.run_id, "job_id": j} for r, j in zip(chunk, job_ids, strict=True)])
-            job_of.update({r.run_id: j for r, j in zip(chunk, job_ids, strict=True)})
-            submitted += len(chunk)
-            console.print(f"queued {len(chunk)} run(s) as job {job_ids[0].split('_')[0]}", highlight=False)
+            entries = [{"run_id": r.run_id, "job_id": j, **({"pack": [q.run_id for q in task]} if len(task) > 1
+                                                            else {})}
+                       for task, j in zip(chunk, job_ids, strict=True) for r in task]
+            append_entries(grid.root, entries)
+            job_of.update({e["run_id"]: e["job_id"] for e in entries})
+            submitted += len(runs)
+            in_tasks = f" in {len(chunk)} task(s)" if settings.pack > 1 else ""
+            console.print(f"queued {len(runs)} run(s){in_tasks} as job {job_ids[0].split('_')[0]}", highlight=False)
+    if held:
+        report_held(grid, held, room, console)
     return submitted
 
 
-def sbatch_array(grid: GridDir, runs: list[PlannedRun], settings: ExecutorSettings, deps: list[str],
+def report_held(grid: GridDir, held: list[PlannedRun], room: SubmitRoom, console: Console) -> None:
+    """Record the runs a limit kept out as not submitted, and say how to submit them later."""
+    limit = room.binding
+    why = f"{limit.what} = {limit.limit}, {limit.used} job(s) already count against it" if limit else "a limit"
+    append_entries(grid.root, [{"run_id": r.run_id, "job_id": None, "not_submitted": why} for r in held])
+    console.print(f"[yellow]{len(held)} run(s) not submitted: the cluster's limit is reached ({why}). "
+                  f"Run `robustmtl grid resume {grid.root}` (or this `grid submit` again) once jobs have left "
+                  "the queue; it submits only what is missing.[/]", highlight=False)
+
+
+def packed(runs: list[PlannedRun], k: int) -> list[list[PlannedRun]]:
+    """Runs in array tasks of `k` (the last one may be smaller)."""
+    return [runs[i:i + k] for i in range(0, len(runs), max(1, k))]
+
+
+def sbatch_array(grid: GridDir, tasks: list[list[PlannedRun]], settings: ExecutorSettings, deps: list[str],
                  max_size: int) -> list[str]:
-    """One sbatch call for `runs` (an array when there are several); returns their job ids in order."""
+    """One sbatch call for `tasks` (an array when there are several); returns their job ids in order.
+
+    Transient failures (socket timeouts, "try again") are retried with backoff; before each retry, a job
+    that the failed call queued anyway (found by its unique comment) is cancelled, so nothing runs twice.
+    A permanent rejection is one UserError with sbatch's own words.
+    """
     import submitit
     from submitit.core.utils import FailedJobError, FailedSubmissionError
 
-    from robustmtl.train.job import TrainJob
+    from robustmtl.train.job import Caps, TrainJob
 
     params = slurm_parameters(settings, f"robustmtl-{grid.root.resolve().name}")
     params["slurm_array_parallelism"] = settings.array_parallelism or max_size
+    token = f"robustmtl-{uuid.uuid4().hex[:12]}"
+    extra = {**params.get("slurm_additional_parameters", {}), "comment": token}
     if deps:
         params["slurm_dependency"] = "afterok:" + ":".join(deps)
         # a failed requirement ends the dependants (shown as cancelled) instead of leaving them pending forever
-        params["slurm_additional_parameters"] = {**params.get("slurm_additional_parameters", {}),
-                                                 "kill_on_invalid_dep": "yes"}
+        extra["kill_on_invalid_dep"] = "yes"
+    params["slurm_additional_parameters"] = extra
+    caps = Caps(preemptions=settings.max_preemptions, timeouts=settings.max_timeouts, crashes=settings.max_crashes)
+    args = [str(_absolute(grid, task[0])) if settings.pack == 1 else [str(_absolute(grid, r)) for r in task]
+            for task in tasks]
     folder = grid.submitit
     folder.mkdir(parents=True, exist_ok=True)
     before = set(folder.iterdir())
-    try:
-        executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm",
-                                         slurm_max_num_timeout=settings.max_requeues)
-        executor.update_parameters(**params)
-        jobs = executor.map_array(TrainJob(settings.max_requeues), [str(_absolute(grid, r)) for r in runs])
-    except ValueError as exc:
-        raise UserError(f"bad SLURM parameter: {str(exc).splitlines()[0]}") from None
-    except (FailedJobError, FailedSubmissionError) as exc:
-        for leftover in set(folder.iterdir()) - before:  # pickles and scripts of the rejected submission
-            if leftover.is_file() or leftover.is_symlink():
-                leftover.unlink()
-        raise UserError(f"sbatch rejected the job: {sbatch_message(str(exc)) or exc}") from None
-    return [str(j.job_id) for j in jobs]
+    for attempt in range(len(RETRY_DELAYS_S) + 1):
+        try:
+            executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm",
+                                             slurm_max_num_timeout=settings.max_timeouts)
+            executor.update_parameters(**params)
+            jobs = executor.map_array(TrainJob(caps, settings.pack_mode), args)
+            return [str(j.job_id) for j in jobs]
+        except ValueError as exc:
+            raise UserError(f"bad SLURM parameter: {str(exc).splitlines()[0]}") from None
+        except (FailedJobError, FailedSubmissionError) as exc:
+            for leftover in set(folder.iterdir()) - before:  # pickles and scripts of the failed submission
+                if leftover.is_file() or leftover.is_symlink():
+                    leftover.unlink()
+            message = sbatch_message(str(exc)) or str(exc)
+            if not TRANSIENT.search(message) or attempt == len(RETRY_DELAYS_S):
+                raise UserError(f"sbatch rejected the job: {message}") from None
+            with contextlib.suppress(UserError):
+                cancel(jobs_with_comment(token))
+            time.sleep(RETRY_DELAYS_S[attempt])
+    raise AssertionError("unreachable")
 
 
 def _absolute(grid: GridDir, run: PlannedRun) -> Path:

@@ -3,7 +3,8 @@
 1. The run directories' markers: DONE is final; FAILED, a checkpoint or metrics say how far a run got.
 2. One `squeue` call for the manifest's job ids of the runs not done: queued or running right now.
 3. At most one `sacct` call for those that left the queue: cancelled, killed, timed out.
-Without SLURM (or without accounting) the markers alone still give a coarser answer.
+Without SLURM (or without accounting) the markers alone still give a coarser answer. Whatever the
+grid's size, that is one squeue and at most one sacct call per `grid status` (or per `--watch` refresh).
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ STATE_HELP = {
     "started": "started, not done; no SLURM job or no squeue to tell running from interrupted",
     "submitted": "queued once, not started (no SLURM here to tell whether it still is)",
     "unknown": "submitted, left the queue without a trace (no accounting record)",
+    "not submitted": "never queued, or held back by a cluster limit; `grid resume` submits it",
 }
+STOPS = (("preempted", "preempted"), ("timeout", "timed out"), ("crashed", "crashed"))  # counted per run
 
 
 @dataclass
@@ -38,6 +41,10 @@ class RunStatus:
     job_id: str | None = None
     note: str = ""
     attempts: Counter = field(default_factory=Counter)
+
+    def stops(self) -> str:
+        """`2 preempted, 1 crashed`: how often this run was stopped before it ended (empty if never)."""
+        return ", ".join(f"{self.attempts[e]} {label}" for e, label in STOPS if self.attempts.get(e))
 
 
 @dataclass
@@ -72,10 +79,13 @@ class GridStatus:
 
 
 def failure_line(rd: RunDir) -> str:
+    """The error of a FAILED marker, with why it was not retried when the job gave up on it."""
     try:
-        return json.loads(rd.failed.read_text())["error"].splitlines()[-1]
-    except (OSError, json.JSONDecodeError, KeyError, IndexError):
+        failure = json.loads(rd.failed.read_text())
+        line = failure["error"].splitlines()[-1]
+    except (OSError, json.JSONDecodeError, KeyError, IndexError, TypeError):
         return "unknown error (FAILED marker unreadable)"
+    return f"{line} ({failure['reason']})" if failure.get("reason") else line
 
 
 def grid_status(grid: GridDir, accounting: bool = True) -> GridStatus:
@@ -89,7 +99,8 @@ def grid_status(grid: GridDir, accounting: bool = True) -> GridStatus:
         raise UserError(f"no runs under {grid.root} (expected {grid.runs}/<run_id>/config.json)")
     entries = latest_entries(grid.root)
     markers = {rid: grid.run(rid).state() for rid in run_ids}
-    jobs = {rid: str(entries[rid]["job_id"]) for rid in run_ids if rid in entries and markers[rid] != "done"}
+    job_of = {rid: str(e["job_id"]) for rid, e in entries.items() if e.get("job_id")}
+    jobs = {rid: job_of[rid] for rid in run_ids if rid in job_of and markers[rid] != "done"}
     queue = scheduler.queue_states(jobs.values())
     gone = [j for j in jobs.values() if queue is not None and j not in queue]
     acct: dict[str, str] | None = None
@@ -101,12 +112,15 @@ def grid_status(grid: GridDir, accounting: bool = True) -> GridStatus:
         rd = grid.run(rid)
         events = read_attempts(rd)
         job = jobs.get(rid)
-        state, note = classify(markers[rid], job, queue, acct,
-                               restarted=any(e.get("event") == "start" and e.get("job_id") == job for e in events))
+        started = any(e.get("event") == "start" and e.get("job_id") == job for e in events)
+        state, note = classify(markers[rid], job, queue, acct, restarted=started)
+        if state == "running" and entries[rid].get("pack") and not started:
+            state, note = "pending", f"waiting for its pack mates in task {job}"
         if state == "failed" and markers[rid] == "failed":
             note = failure_line(rd)
-        runs[rid] = RunStatus(rid, state, job or (str(entries[rid]["job_id"]) if rid in entries else None), note,
-                              Counter(e.get("event") for e in events))
+        if state == "not submitted" and rid in entries:
+            note = f"held back: {entries[rid].get('not_submitted', 'no job id recorded')}"
+        runs[rid] = RunStatus(rid, state, job or job_of.get(rid), note, Counter(e.get("event") for e in events))
     return GridStatus(runs=runs, queue_known=queue is not None,
                       accounting_known=acct is not None or not gone)
 
@@ -139,7 +153,6 @@ def classify(marker: str, job: str | None, queue: dict[str, str] | None, acct: d
     if final in INTERRUPTED_BY:
         return "interrupted", f"job {job} {final}"
     return "failed", f"job {job} ended {final} before training started (see `robustmtl grid logs --err`)"
-
 
 
 def queued_runs(grid: GridDir) -> dict[str, str]:

@@ -1,15 +1,28 @@
-"""The callable every executor runs: its only argument is the run directory; all else is read from disk.
+"""The callable every executor runs: its argument is a run directory (or a pack of them); all else is on disk.
 
 As a submitit `Checkpointable`, a job that is preempted or times out is requeued with the same run
-directory, and the loop resumes from the newest checkpoint there. Under SLURM the preemption
-signals (USR2 from submitit's `--signal`, TERM from a requeue or preemption) only raise a flag: the
-loop checkpoints at the next step boundary, and only then does submitit's own USR2 logic run
-(`checkpoint()`, `scontrol requeue`, exit) — never in the middle of an optimiser step.
+directories, and the loop resumes from the newest checkpoint there. Under SLURM the preemption
+signals (USR2 from submitit's `--signal`, TERM from a requeue, a preemption or `scancel --signal=TERM`)
+only raise a flag: the loop checkpoints at the next step boundary, and only then is the job requeued
+— never in the middle of an optimiser step. USR2 goes through submitit's own logic (`checkpoint()`,
+`scontrol requeue`, exit). After TERM one `scontrol show job` says who sent it: SLURM requeueing the
+job (it restarts by itself), SLURM ending it (`scancel`, time limit: the run stops, `grid resume`
+continues it), or nobody ending it (a cluster that preempts with a bare TERM, `scancel
+--signal=TERM`): then the job requeues itself.
+
+A crash (an exception in the run) under SLURM requeues the job too, unless the run crashed at the
+same step as its previous crash (a deterministic failure: requeueing again would loop forever) or has
+used up `max_crashes`; then it ends FAILED with its error. Preemptions, timeouts and crashes are capped
+separately (`max_preemptions`, `max_timeouts`, `max_crashes`), counted per run within one job id, so a
+`grid resume` (a new job) starts a fresh budget.
+
+A pack (`[executor] pack = K`) is one array task running K runs: one after another (`sequential`), or
+side by side in child processes with one share of the task's GPUs each (`parallel`). Runs that are
+DONE, or that this job already gave up on, are skipped when a requeued pack restarts.
 
 Every start, interruption and end is appended to RUN/attempts.jsonl, which `grid status` counts:
-`start` (with whether a checkpoint was there), `preempted` (USR2 before the time limit, or TERM while
-SLURM requeues), `timeout` (USR2 near the time limit), `terminated` (TERM otherwise: scancel, time
-limit), `failed`, `done`.
+`start` (with whether a checkpoint was there), `preempted`, `timeout`, `terminated` (ended by SLURM,
+not requeued), `crashed` (with the step and the error), `failed` (given up, with the reason), `done`.
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -33,57 +47,177 @@ import submitit
 
 from robustmtl.layout import RunDir, atomic_write_text
 
-INTERRUPTIONS = ("preempted", "timeout")  # the ones that requeue
+EXIT_CODES = {"done": 0, "failed": 1, "interrupted": 75, "retry": 76}  # a parallel pack member's outcome
+POLL_S = 0.2
 
 
 class RequeueLimit(RuntimeError):
-    """A run was interrupted more often than `max_requeues` allows within one job."""
+    """A run was interrupted more often than its cap allows within one job."""
+
+
+class PackFailed(RuntimeError):
+    """Some runs of a pack failed for good (each has its own FAILED marker)."""
+
+
+@dataclass(frozen=True)
+class Caps:
+    """How often one job may requeue a run after each kind of interruption."""
+
+    preemptions: int = 20
+    timeouts: int = 3
+    crashes: int = 2
+
+    def of(self, event: str) -> tuple[str, int] | None:
+        """(setting name, cap) for an event that requeues; None for events that do not."""
+        field = {"preempted": "preemptions", "timeout": "timeouts", "crashed": "crashes"}.get(event)
+        return (f"max_{field}", getattr(self, field)) if field else None
+
+
+@dataclass
+class Outcome:
+    rd: RunDir
+    kind: str  # done | interrupted | retry | failed
+    summary: dict[str, Any] | None = None
+    error: BaseException | None = None
+
+
+class StepTracker:
+    """The loop's progress callback: the last step completed, so a crash knows where it happened."""
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+
+    def __call__(self, step: int, total: int) -> None:
+        self.step = step
 
 
 class TrainJob(submitit.helpers.Checkpointable):
-    def __init__(self, max_requeues: int | None = None) -> None:
-        self.max_requeues = max_requeues
+    def __init__(self, caps: Caps | None = None, pack_mode: str = "sequential") -> None:
+        self.caps = caps or Caps()
+        self.pack_mode = pack_mode
 
-    def __call__(self, run_dir: str) -> dict[str, Any]:
-        from robustmtl.train.loop import Interrupted, train_run
-
-        rd = RunDir(Path(run_dir))
+    def __call__(self, run_dirs: str | list[str]) -> Any:
+        single = isinstance(run_dirs, str)
+        rds = [RunDir(Path(p)) for p in ([run_dirs] if single else run_dirs)]
         job_id = current_job_id()
-        record_attempt(rd, "start", job_id, checkpoint=rd.checkpoint.exists())
         flag = StopFlag()
+        with flag.installed() if under_slurm() else contextlib.nullcontext():
+            if self.pack_mode == "parallel" and len(rds) > 1:
+                outcomes = self._side_by_side(rds, job_id, flag)
+            else:
+                outcomes = self._one_after_another(rds, job_id, flag)
+        return self._conclude(outcomes, job_id, flag, single)
+
+    def checkpoint(self, run_dirs: str | list[str]) -> submitit.helpers.DelayedSubmission:
+        return submitit.helpers.DelayedSubmission(TrainJob(self.caps, self.pack_mode), run_dirs)
+
+    def _one_after_another(self, rds: list[RunDir], job_id: str | None, flag: StopFlag) -> list[Outcome]:
+        outcomes = []
+        for i, rd in enumerate(rds):
+            if (skipped := finished_before(rd, job_id)) is not None:
+                outcomes.append(skipped)
+                continue
+            if flag():  # the signal came between two runs: this one has not started
+                outcomes.append(Outcome(rd, "interrupted"))
+                break
+            if len(rds) > 1:
+                print(f"=== robustmtl run {rd.root.name} (pack member {i + 1}/{len(rds)})", flush=True)
+            outcome = self.run_one(rd, job_id, flag)
+            outcomes.append(outcome)
+            if outcome.kind == "interrupted":
+                break
+        return outcomes
+
+    def _side_by_side(self, rds: list[RunDir], job_id: str | None, flag: StopFlag) -> list[Outcome]:
+        """One child process per unfinished run, each seeing its own share of the task's GPUs."""
+        outcomes = [o for rd in rds if (o := finished_before(rd, job_id)) is not None]
+        todo = [rd for rd in rds if all(o.rd != rd for o in outcomes)]
+        shares = gpu_shares(os.environ.get("CUDA_VISIBLE_DEVICES", ""), len(todo))
+        children = []
+        for rd, share in zip(todo, shares, strict=True):
+            env = dict(os.environ) if share is None else {**os.environ, "CUDA_VISIBLE_DEVICES": share}
+            cmd = [sys.executable, "-m", "robustmtl.train.job", json.dumps(asdict(self.caps)), str(rd.root)]
+            children.append((rd, subprocess.Popen(cmd, env=env)))
+        forwarded = False
+        while any(p.poll() is None for _, p in children):
+            if flag() and not forwarded:  # SLURM signals the whole step, but a forwarded copy costs nothing
+                for _, p in children:
+                    with contextlib.suppress(ProcessLookupError):
+                        p.send_signal(flag.signum or signal.SIGTERM)
+                forwarded = True
+            time.sleep(POLL_S)
+        for rd, p in children:
+            outcomes.append(child_outcome(rd, p.returncode, job_id, self.caps))
+        return outcomes
+
+    def run_one(self, rd: RunDir, job_id: str | None, flag: StopFlag) -> Outcome:
+        """Train one run; a crash is recorded and judged (requeue or give up) here."""
+        from robustmtl import provenance, trackers
+        from robustmtl.train import loop
+
+        devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+        record_attempt(rd, "start", job_id, checkpoint=rd.checkpoint.exists(),
+                       **({"cuda_visible_devices": devices} if devices is not None else {}))
+        steps = StepTracker()
         try:
-            with flag.installed() if under_slurm() else contextlib.nullcontext():
-                try:
-                    summary = train_run(rd, stop_requested=flag)
-                except Interrupted:
-                    self._requeue(rd, job_id, flag)
+            provenance.record(rd, job_id)
+            with trackers.mirroring(rd):
+                summary = loop.train_run(rd, progress=steps, stop_requested=flag)
+        except loop.Interrupted:
+            return Outcome(rd, "interrupted")
         except Exception as exc:
-            write_failure(rd, exc)
-            record_attempt(rd, "failed", job_id, error=f"{type(exc).__name__}: {exc}".splitlines()[0])
-            raise
+            return Outcome(rd, judge_crash(rd, job_id, steps.step, exc, self.caps), error=exc)
         record_attempt(rd, "done", job_id)
-        return summary
+        return Outcome(rd, "done", summary)
 
-    def checkpoint(self, run_dir: str) -> submitit.helpers.DelayedSubmission:
-        return submitit.helpers.DelayedSubmission(TrainJob(self.max_requeues), run_dir)
+    def _conclude(self, outcomes: list[Outcome], job_id: str | None, flag: StopFlag, single: bool) -> Any:
+        interrupted = [o.rd for o in outcomes if o.kind == "interrupted"]
+        if interrupted:
+            self._stop(interrupted, job_id, flag)
+        retry = [o.rd for o in outcomes if o.kind == "retry"]
+        if retry:
+            reason = requeue_self(job_id)
+            if reason is None:
+                sys.exit(EXIT_CODES["retry"])
+            for rd in retry:  # the job cannot requeue itself: these runs end here
+                give_up(rd, job_id, RuntimeError(f"could not requeue job {job_id}: {reason}"), "requeue failed")
+                next(o for o in outcomes if o.rd == rd).kind = "failed"
+        failed = [o for o in outcomes if o.kind == "failed"]
+        if failed:
+            if single and failed[0].error is not None:
+                raise failed[0].error
+            raise PackFailed(f"{len(failed)} of {len(outcomes)} runs failed: "
+                             + ", ".join(o.rd.root.name for o in failed))
+        summaries = [o.summary for o in outcomes]
+        return summaries[0] if single else summaries
 
-    def _requeue(self, rd: RunDir, job_id: str | None, flag: StopFlag) -> NoReturn:
-        """The loop has checkpointed: record why it stopped, then let SLURM (TERM) or submitit (USR2) requeue."""
-        if flag.signum != signal.SIGUSR2:
-            # TERM: SLURM itself requeues (scontrol requeue, PreemptMode=REQUEUE; the next start resumes from
-            # the checkpoint on disk), or it cancels the job or ends it at its time limit.
-            record_attempt(rd, "preempted" if requeued_by_slurm() else "terminated", job_id, signal="TERM")
-            sys.exit(-1)
-        handler = flag.previous.get(signal.SIGUSR2)
-        has_timed_out = getattr(getattr(handler, "__self__", None), "has_timed_out", None)  # submitit's SignalHandler
-        timed_out = bool(has_timed_out and has_timed_out())
-        count = record_attempt(rd, "timeout" if timed_out else "preempted", job_id, signal="USR2")
-        if self.max_requeues is not None and count > self.max_requeues:
-            raise RequeueLimit(f"interrupted {count} times in job {job_id} (max_requeues = {self.max_requeues}); "
-                               "`robustmtl grid resume` continues from the checkpoint")
-        if callable(handler):
-            handler(signal.SIGUSR2, None)  # submitit: checkpoint(), dump, `scontrol requeue`, exit
-        sys.exit(-1)
+    def _stop(self, rds: list[RunDir], job_id: str | None, flag: StopFlag) -> NoReturn:
+        """The loop has checkpointed: record why it stopped, then requeue unless a cap or SLURM says no."""
+        event, how = interruption(flag)
+        sig = "USR2" if flag.signum == signal.SIGUSR2 else "TERM"
+        survivors, limits = [], []
+        for rd in rds:
+            count = record_attempt(rd, event, job_id, signal=sig)
+            cap = self.caps.of(event)
+            if cap is not None and count > cap[1]:
+                limits.append(RequeueLimit(f"{event} {count} times in job {job_id} ({cap[0]} = {cap[1]}); "
+                                           "`robustmtl grid resume` continues from the checkpoint"))
+                give_up(rd, job_id, limits[-1], None)
+            else:
+                survivors.append(rd)
+        if how is None:  # SLURM requeues the job itself, or ends it: nothing to do but leave
+            sys.exit(EXIT_CODES["interrupted"])
+        if not survivors:
+            raise limits[0] if len(limits) == 1 else RequeueLimit(f"job {job_id}: every interrupted run reached its "
+                                                                  "cap; see their FAILED markers")
+        if how == "submitit":
+            flag.previous[signal.SIGUSR2](signal.SIGUSR2, None)  # submitit: checkpoint(), dump, requeue, exit
+            sys.exit(EXIT_CODES["interrupted"])  # it returns only in a task that is not the job's first
+        reason = requeue_self(job_id)
+        if reason is not None:
+            for rd in survivors:
+                give_up(rd, job_id, RuntimeError(f"could not requeue job {job_id}: {reason}"), "requeue failed")
+        sys.exit(EXIT_CODES["interrupted"])
 
 
 class StopFlag:
@@ -117,19 +251,111 @@ class StopFlag:
                 signal.signal(s, handler)
 
 
+def interruption(flag: StopFlag) -> tuple[str, str | None]:
+    """(event, who requeues: "submitit" | "self" | None) for the signal that stopped the loop."""
+    if flag.signum == signal.SIGUSR2:
+        handler = flag.previous.get(signal.SIGUSR2)
+        has_timed_out = getattr(getattr(handler, "__self__", None), "has_timed_out", None)  # submitit's SignalHandler
+        timed_out = bool(has_timed_out and has_timed_out())
+        return ("timeout" if timed_out else "preempted"), ("submitit" if callable(handler) else "self")
+    state, requeued = slurm_job_view()
+    if requeued:  # scontrol requeue, PreemptMode=REQUEUE: the next start resumes from the checkpoint
+        return "preempted", None
+    if state == "RUNNING":  # a bare TERM that ends nothing: preemption without a user signal, scancel --signal
+        return "preempted", "self"
+    return "terminated", None  # scancel, time limit: `grid resume` continues it
+
+
+def gpu_shares(visible: str, n: int) -> list[str | None]:
+    """Split the task's CUDA_VISIBLE_DEVICES into `n` equal shares (None: no GPUs, nothing to set)."""
+    devices = [d for d in visible.split(",") if d.strip()]
+    if not devices:
+        return [None] * n
+    per = max(1, len(devices) // n)
+    if len(devices) < n:
+        raise RuntimeError(f"pack of {n} runs side by side got {len(devices)} GPU(s) ({visible}); "
+                           "each run needs at least one")
+    return [",".join(devices[i * per:(i + 1) * per]) for i in range(n)]
+
+
+def finished_before(rd: RunDir, job_id: str | None) -> Outcome | None:
+    """A run a restarted pack must not rerun: DONE, or given up on by this job."""
+    if rd.done.exists():
+        return Outcome(rd, "done", json.loads(rd.done.read_text()))
+    events = [e for e in read_attempts(rd) if e.get("job_id") == job_id]
+    if job_id is not None and events and events[-1].get("event") == "failed":
+        return Outcome(rd, "failed", error=RuntimeError(f"run {rd.root.name} failed earlier in job {job_id}"))
+    return None
+
+
+def judge_crash(rd: RunDir, job_id: str | None, step: int | None, exc: BaseException, caps: Caps) -> str:
+    """"retry" (the job requeues) or "failed": never again after a crash at the same step, nor past the cap."""
+    error = one_line(exc)
+    if not under_slurm():  # no scheduler to requeue with: a crash is the end of this attempt
+        give_up(rd, job_id, exc, None)
+        return "failed"
+    earlier = [e for e in read_attempts(rd) if e.get("event") == "crashed" and e.get("job_id") == job_id]
+    record_attempt(rd, "crashed", job_id, step=step, error=error)
+    where = f"at step {step}" if step is not None else "before its first step"
+    if earlier and earlier[-1].get("step") == step:
+        give_up(rd, job_id, exc, f"crashed again {where}: not requeued")
+        return "failed"
+    if len(earlier) + 1 > caps.crashes:
+        give_up(rd, job_id, exc, f"crashed {len(earlier) + 1} times (max_crashes = {caps.crashes})")
+        return "failed"
+    write_failure(rd, exc, f"crashed {where}; requeued to retry")
+    return "retry"
+
+
+def give_up(rd: RunDir, job_id: str | None, exc: BaseException, reason: str | None) -> None:
+    write_failure(rd, exc, reason)
+    record_attempt(rd, "failed", job_id, error=one_line(exc), **({"reason": reason} if reason else {}))
+
+
+def child_outcome(rd: RunDir, code: int, job_id: str | None, caps: Caps) -> Outcome:
+    """The outcome of a parallel pack member from its exit code (a killed child counts as a crash)."""
+    kind = next((k for k, c in EXIT_CODES.items() if c == code), None)
+    if kind == "done":
+        return Outcome(rd, "done", json.loads(rd.done.read_text()))
+    if kind in ("interrupted", "retry"):
+        return Outcome(rd, kind)
+    if kind == "failed":
+        return Outcome(rd, "failed", error=RuntimeError(f"run {rd.root.name} failed; see its FAILED marker"))
+    exc = RuntimeError(f"the process of run {rd.root.name} exited with code {code}")
+    return Outcome(rd, judge_crash(rd, job_id, None, exc, caps), error=exc)
+
+
+def one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
 def under_slurm() -> bool:
     return os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and "SLURM_JOB_ID" in os.environ
 
 
-def requeued_by_slurm() -> bool:
-    """Whether SLURM is requeueing this job: its restart count is already past the one this start got."""
+def slurm_job_view() -> tuple[str | None, bool]:
+    """(JobState, whether SLURM is requeueing this job: its restart count is past the one this start got)."""
     try:
         proc = subprocess.run(["scontrol", "show", "job", os.environ["SLURM_JOB_ID"]], capture_output=True,
                               text=True, timeout=5)
     except (OSError, KeyError, subprocess.TimeoutExpired):
-        return False
-    match = re.search(r"\bRestarts=(\d+)", proc.stdout)
-    return bool(match) and int(match.group(1)) > int(os.environ.get("SLURM_RESTART_COUNT", 0))
+        return None, False
+    state = re.search(r"\bJobState=(\S+)", proc.stdout)
+    restarts = re.search(r"\bRestarts=(\d+)", proc.stdout)
+    requeued = bool(restarts) and int(restarts.group(1)) > int(os.environ.get("SLURM_RESTART_COUNT", 0))
+    return (state.group(1) if state else None), requeued
+
+
+def requeue_self(job_id: str | None) -> str | None:
+    """`scontrol requeue` this job (it keeps its id and restarts from its submission); None when it worked."""
+    target = job_id or os.environ.get("SLURM_JOB_ID")
+    if not target:
+        return "no SLURM job id"
+    try:
+        proc = subprocess.run(["scontrol", "requeue", target], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    return None if proc.returncode == 0 else (proc.stderr.strip() or f"exit {proc.returncode}")
 
 
 def current_job_id() -> str | None:
@@ -141,11 +367,11 @@ def current_job_id() -> str | None:
 
 
 def record_attempt(rd: RunDir, event: str, job_id: str | None, **extra: Any) -> int:
-    """Append one event (fsynced); returns how many interruptions this job has now recorded."""
+    """Append one event (fsynced); returns how many events of this kind this job has now recorded for the run."""
     entry = {"event": event, "job_id": job_id, "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", 0)),
              "time": time.time(), "host": socket.gethostname(), **extra}
     append_durably(rd.attempts, json.dumps(entry, sort_keys=True) + "\n")
-    return sum(1 for e in read_attempts(rd) if e.get("event") in INTERRUPTIONS and e.get("job_id") == job_id)
+    return sum(1 for e in read_attempts(rd) if e.get("event") == event and e.get("job_id") == job_id)
 
 
 def append_durably(path: Path, text: str) -> None:
@@ -175,9 +401,22 @@ def read_attempts(rd: RunDir) -> list[dict[str, Any]]:
     return events
 
 
-def write_failure(rd: RunDir, exc: BaseException) -> None:
+def write_failure(rd: RunDir, exc: BaseException, reason: str | None = None) -> None:
     atomic_write_text(rd.failed, json.dumps({
-        "error": f"{type(exc).__name__}: {exc}",
-        "traceback": traceback.format_exc(),
+        "error": f"{type(exc).__name__}: {exc}", **({"reason": reason} if reason else {}),
+        "traceback": "".join(traceback.format_exception(exc)),
         "host": socket.gethostname(), "pid": os.getpid(), "time": time.time(),
     }, indent=2) + "\n")
+
+
+def _member(caps_json: str, run_dir: str) -> NoReturn:
+    """A parallel pack member's process: one run, its outcome as the exit code."""
+    job = TrainJob(Caps(**json.loads(caps_json)))
+    flag = StopFlag()
+    with flag.installed():
+        outcome = job.run_one(RunDir(Path(run_dir)), current_job_id(), flag)
+    sys.exit(EXIT_CODES[outcome.kind])
+
+
+if __name__ == "__main__":
+    _member(*sys.argv[1:3])

@@ -10,12 +10,17 @@ If the cluster cannot be brought up the dependent tests are skipped, unless
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from robustmtl.errors import UserError
+from robustmtl.grid.control import cancel
+from robustmtl.layout import GridDir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_SCRIPT = REPO_ROOT / "scripts" / "slurm-cluster.sh"
@@ -68,3 +73,13 @@ def slurm_cluster():
             _unavailable(f"{tool} not on PATH after bring-up")
     yield REPO_ROOT
     # Deliberately left running: other test files reuse it (`slurm-cluster.sh down` stops it).
+
+
+@pytest.fixture
+def grids():
+    """Grid directories of a test; their queued jobs are cancelled afterwards, whatever happened."""
+    made: list[Path] = []
+    yield made
+    for out in made:
+        with contextlib.suppress(UserError):
+            cancel(GridDir(out))

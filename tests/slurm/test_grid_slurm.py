@@ -5,7 +5,6 @@ Run with:  ROBUSTMTL_REQUIRE_SLURM=1 python -m pytest tests/slurm -q
 
 from __future__ import annotations
 
-import contextlib
 import random
 import subprocess
 import sys
@@ -16,14 +15,12 @@ from typing import Any
 
 import pytest
 
-from robustmtl.errors import UserError
-from robustmtl.grid.control import cancel
 from robustmtl.grid.manifest import latest_entries, manifest_path
 from robustmtl.grid.status import grid_status
 from robustmtl.layout import GridDir, RunDir
 from robustmtl.registry import METHODS
 from robustmtl.train.job import read_attempts
-from tests.conftest import read_records, write_spec
+from tests.conftest import TIMING_KEYS, read_records, write_spec
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
@@ -73,23 +70,13 @@ def all_done(grid: GridDir) -> bool:
 
 
 def without_time(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "time_s"} for r in records]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
 
 
 def resumed_not_restarted(rd: RunDir) -> None:
     """Training time only grows: a run that restarted from scratch would write smaller time_s again."""
     times = [r["time_s"] for r in read_records(rd.metrics) if r["split"] == "train"]
     assert times == sorted(times), times
-
-
-@pytest.fixture
-def grids():
-    """Grid directories of a test; their queued jobs are cancelled afterwards, whatever happened."""
-    made: list[Path] = []
-    yield made
-    for out in made:
-        with contextlib.suppress(UserError):
-            cancel(GridDir(out))
 
 
 @pytest.fixture(scope="module")
@@ -146,14 +133,17 @@ def test_array_grid_runs_and_a_second_submit_queues_nothing(cli, tmp_path, grids
     assert unknown.exit_code == 2 and "unknown run id" in unknown.output
 
 
-@pytest.mark.parametrize("how", ["usr2", "requeue"])
+INTERRUPT = {"usr2": ["scancel", "--signal=USR2"], "requeue": ["scontrol", "requeue"],
+             "term": ["scancel", "--signal=TERM"]}  # term: a bare TERM, as clusters that preempt without a signal
+
+
+@pytest.mark.parametrize("how", ["usr2", "requeue", "term"])
 def test_interrupted_run_resumes_from_its_checkpoint_with_identical_metrics(cli, tmp_path, grids, reference, how):
     grid, _ = submit(cli, tmp_path, grids, spec_text("slow", [0], SLOW))
     (run_id,) = grid.run_ids()
     rd, job = grid.run(run_id), latest_entries(grid.root)[run_id]["job_id"]
     wait_for("two epochs of training", lambda: val_epochs(rd) >= 2, grid.root)
-    cmd = ["scancel", "--signal=USR2", job] if how == "usr2" else ["scontrol", "requeue", job]
-    subprocess.run(cmd, check=True, capture_output=True)
+    subprocess.run([*INTERRUPT[how], job], check=True, capture_output=True)
     event = wait_for("the interruption in attempts.jsonl",
                      lambda: next((e for e in read_attempts(rd) if e["event"] == "preempted"), None), grid.root)
     assert event["signal"] == ("USR2" if how == "usr2" else "TERM") and not rd.done.exists()
@@ -231,7 +221,7 @@ LONG = {"epochs": 200, "n_train": 4000, "n_val": 100, "n_test": 100, "batch_size
 
 
 def test_small_timeout_requeues_until_the_run_finishes(cli, tmp_path, grids):
-    grid, _ = submit(cli, tmp_path, grids, spec_text("timeout", [0], LONG, "max_requeues = 8", timeout_min=1))
+    grid, _ = submit(cli, tmp_path, grids, spec_text("timeout", [0], LONG, "max_timeouts = 8", timeout_min=1))
     run = grid.run(grid.run_ids()[0])
     wait_for("the run to time out, requeue and finish", lambda: finished(run), grid.root, timeout=400)
     events = [e["event"] for e in read_attempts(run)]
@@ -245,7 +235,7 @@ def test_small_timeout_requeues_until_the_run_finishes(cli, tmp_path, grids):
 
 def test_repeated_usr2_at_random_moments_ends_identical(cli, tmp_path, grids, reference):
     """Preempted through submitit's own USR2 path again and again, each time soon after fresh progress."""
-    grid, _ = submit(cli, tmp_path, grids, spec_text("many", [0], SLOW, "max_requeues = 10"))
+    grid, _ = submit(cli, tmp_path, grids, spec_text("many", [0], SLOW, "max_preemptions = 10"))
     (run_id,) = grid.run_ids()
     rd, job = grid.run(run_id), latest_entries(grid.root)[run_id]["job_id"]
     rng = random.Random(7)

@@ -1,0 +1,56 @@
+"""Coverage: the runs the saved spec (GRID_DIR/grid.toml) asks for against the runs that are done.
+
+Per (dataset, method) cell, which settings and seeds are still missing, so a table with a short cell
+says what to rerun, and `grid status` says what is left. Used by `grid status` and `aggregate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from robustmtl.errors import UserError
+from robustmtl.layout import GridDir
+
+
+@dataclass
+class CellGap:
+    """One (dataset, method) cell of the spec with runs not done: per setting, the seeds missing."""
+
+    dataset: str
+    method: str
+    expected: int
+    done: int
+    missing: list[tuple[str, list[int]]]  # (setting, seeds), "defaults" for a method without swept values
+
+
+def coverage(grid: GridDir, done: set[str]) -> list[CellGap] | None:
+    """Cells of the saved spec with runs not in `done`; None when the spec cannot be read any more."""
+    from robustmtl.grid.expand import expand
+    from robustmtl.grid.spec import load_spec
+
+    try:
+        planned = expand(load_spec(grid.spec))
+    except UserError:
+        return None
+    cells: dict[tuple[str, str], list[tuple[str, int, bool]]] = {}
+    for run in planned:
+        c = run.config
+        setting = ", ".join(f"{k}={v}" for k, v in sorted(run.swept.items())) or "defaults"
+        cells.setdefault((c.dataset, c.method), []).append((setting, c.seed, run.run_id in done))
+    gaps = []
+    for (dataset, method), runs in cells.items():
+        missing: dict[str, list[int]] = {}
+        for setting, seed, is_done in runs:
+            if not is_done:
+                missing.setdefault(setting, []).append(seed)
+        if missing:
+            gaps.append(CellGap(dataset, method, len(runs), sum(d for *_, d in runs),
+                                [(k, sorted(v)) for k, v in missing.items()]))
+    return gaps
+
+
+def gap_lines(gaps: list[CellGap]) -> list[str]:
+    """One line per incomplete cell: how many runs are done, and the seeds missing per setting."""
+    return [f"{g.dataset}/{g.method} ({g.done}/{g.expected} done): "
+            + "; ".join(f"{setting}: seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+                        for setting, seeds in g.missing) for g in gaps]
