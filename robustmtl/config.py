@@ -47,6 +47,8 @@ class RunOptions:
     checkpoint_every: int = field(default=0, metadata=at_least(0))
     num_workers: int = field(default=0, metadata=at_least(0))
     keep_checkpoint: bool = False
+    precision: str = field(default="auto", metadata=one_of("auto", "fp32", "bf16", "fp16"))
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for name in field_types(RunOptions):
@@ -78,17 +80,37 @@ class RunConfig:
         }
 
     def canonical_json(self, with_seed: bool = True) -> str:
-        """`json.dumps(to_dict(), sort_keys=True, separators=(",", ":"))`, built from cached per-block JSON.
+        """`json.dumps(to_dict(), sort_keys=True, separators=(",", ":"))`, built from cached pieces.
 
-        Seeds of one setting share their parameter blocks, so a grid hashes each block once, not once per run.
+        Seeds of one setting share everything but the seed, so a grid builds each setting's JSON once
+        (`with_seed` hands the pieces on) and each run only splices its seed in.
         """
+        head, tail = self._seedless_json
+        return f'{head},"seed":{self.seed},{tail}' if with_seed else f"{head},{tail}"
+
+    @functools.cached_property
+    def _seedless_json(self) -> tuple[str, str]:
+        """The canonical JSON around the seed: the members sorted before it, and those after it."""
         parts = {"version": str(CONFIG_VERSION), "method": _json(self.method), "dataset": _json(self.dataset),
                  "model": _json(self.model), "train": _block_json(self.train),
                  "method_params": _block_json(self.method_params), "data_params": _block_json(self.data_params),
                  "model_params": _block_json(self.model_params)}
-        if with_seed:
-            parts["seed"] = _json(self.seed)
-        return "{" + ",".join(f"{_json(k)}:{parts[k]}" for k in sorted(parts)) + "}"
+        members = [f"{_json(k)}:{parts[k]}" for k in sorted(parts)]
+        cut = sum(k < "seed" for k in parts)
+        return "{" + ",".join(members[:cut]), ",".join(members[cut:]) + "}"
+
+    def with_seed(self, seed: int) -> RunConfig:
+        """The same setting with another seed, reusing this config's JSON pieces and setting id.
+
+        A plain copy of the instance dict (not `dataclasses.replace`, which re-runs `__init__`): a
+        100,000-run grid calls this once per run.
+        """
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise UserError(f"seed must be an integer, got {seed!r}")
+        self._seedless_json  # noqa: B018 - computed once here, shared by every seed
+        other = object.__new__(RunConfig)
+        other.__dict__.update({k: v for k, v in self.__dict__.items() if k != "run_id"}, seed=seed)
+        return other
 
     @functools.cached_property
     def run_id(self) -> str:

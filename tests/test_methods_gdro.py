@@ -15,7 +15,7 @@ from robustmtl.methods.base import MethodContext
 from robustmtl.methods.gdro import GroupDRO
 from robustmtl.rundir import prepare_run
 from robustmtl.train.loop import train_run
-from tests.conftest import TINY, read_records
+from tests.conftest import TIMING_KEYS, TINY, read_records
 
 INFO = DataInfo(modality="vector", n_classes=2, n_attrs=2, group_names=("0", "1", "2", "3"), input_dim=2)
 COUNTS = [16, 4, 9, 1]  # training examples per group
@@ -148,7 +148,7 @@ def test_gdro_resumes_exactly_with_its_q(tmp_path, stop_step):
     train_run(rd)
 
     def comparable(path):
-        return [{k: v for k, v in r.items() if k != "time_s"} for r in read_records(path)]
+        return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_records(path)]
 
     assert comparable(rd.metrics) == comparable(ref.metrics)
     assert torch.equal(torch.load(rd.checkpoint, weights_only=True)["method"]["q"],

@@ -13,7 +13,7 @@ from robustmtl.registry import method_entry
 from robustmtl.rundir import prepare_run
 from robustmtl.runner import run_with_requirements
 from robustmtl.train.loop import train_run
-from tests.conftest import TINY, read_records
+from tests.conftest import TIMING_KEYS, TINY, read_records
 
 TERMS = {
     "erm": {"end"}, "jtt": {"end"}, "subg": {"end"}, "suby": {"end"}, "rwg": {"end"}, "rwy": {"end"},
@@ -75,6 +75,6 @@ def test_interrupted_run_resumes_exactly(tmp_path, method):
     train_run(rd)
 
     def comparable(path):
-        return [{k: v for k, v in r.items() if k != "time_s"} for r in read_records(path)]
+        return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_records(path)]
 
     assert comparable(rd.metrics) == comparable(reference.metrics)

@@ -6,7 +6,6 @@ Runs a method requires (JTT's stage 1) join the plan ahead of the runs that need
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,7 +78,7 @@ def expand(spec: GridSpec) -> list[PlannedRun]:
                     relevant = {k: v for k, v in values.items() if key_owner(k, blocks)}
                     base = build_config(method, dataset, spec.seeds[0], spec.model, relevant, where=where)
                     for seed in spec.seeds:
-                        _add(planned, dataclasses.replace(base, seed=seed), {**point, **method_point})
+                        _add(planned, base.with_seed(seed), {**point, **method_point})
     return _with_requirements(planned)
 
 

@@ -6,7 +6,8 @@
 
 L_aux is the model's own pre-training objective (MLM / masked-image / masked-feature modelling)
 computed on an auxiliary batch drawn from an independently shuffled pass over the training split,
-as the reference code does. The L1 term is computed on the representations the step already has:
+as the reference code does; both batches go through the encoder in one forward (`encode_pair`).
+The L1 term is computed on the representations the step already has:
 `reg_target="cls"` (the paper) is the batch mean of ||h||_1 over the CLS embedding; `"tokens"` (the
 official code) is the mean absolute activation of the whole last hidden state. With an auxiliary
 batch, the term is summed over the end-task and auxiliary batches, like the reference.
@@ -52,24 +53,23 @@ class _Multitask(Method):
     """Shared loss of the three variants; each subclass only fixes which terms exist."""
 
     def loss(self, model: Model, batch: dict[str, torch.Tensor], aux_batch: dict[str, torch.Tensor] | None) -> Terms:
-        encoded = model.encode(batch)
+        aux = None
+        if aux_batch is None:
+            encoded = model.encode(batch)
+        else:
+            encoded, aux = model.encode_pair(batch, aux_batch)  # one encoder forward for both tasks
         end = cross_entropy(model.classify(encoded), batch["y"])
         parts = {"end": end}
         total = end
-        aux_encoded = None
-        alpha_aux = getattr(self.params, "alpha_aux", 0.0)
-        alpha_reg = getattr(self.params, "alpha_reg", 0.0)
-        if aux_batch is not None:
-            aux = model.aux_loss(aux_batch)
-            aux_encoded = aux.encoded
+        if aux is not None:
             parts["aux"] = aux.loss
-            total = total + alpha_aux * aux.loss
+            total = total + self.params.alpha_aux * aux.loss
         if hasattr(self.params, "alpha_reg"):
             reg = l1_penalty(encoded, self.params.reg_target)
-            if aux_encoded is not None:
-                reg = reg + l1_penalty(aux_encoded, self.params.reg_target)
+            if aux is not None:
+                reg = reg + l1_penalty(aux.encoded, self.params.reg_target)
             parts["reg"] = reg
-            total = total + alpha_reg * reg
+            total = total + self.params.alpha_reg * reg
         return Terms(total=total, parts=parts)
 
 

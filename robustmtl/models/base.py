@@ -4,6 +4,10 @@ A model encodes a batch into `h` (the shared pre-prediction representation, the 
 transformers) and `tokens` (the whole last hidden state), classifies `h`, and computes its own
 pre-training objective on a batch's inputs (MLM, masked-image or masked-feature modelling). Methods
 only ever call these three things, so every method works with every model.
+
+`encode_pair` encodes an end-task batch and computes the auxiliary objective on another batch in
+one encoder forward where the model can (one large batch keeps a GPU busier than two half-size
+ones); the default makes the two calls.
 """
 
 from __future__ import annotations
@@ -42,6 +46,23 @@ class Model(nn.Module):
     def aux_loss(self, batch: dict[str, torch.Tensor]) -> AuxOutput:
         """The pre-training objective computed on this batch's own inputs."""
         raise NotImplementedError
+
+    def encode_pair(self, batch: dict[str, torch.Tensor],
+                    aux_batch: dict[str, torch.Tensor]) -> tuple[Encoded, AuxOutput]:
+        """`(encode(batch), aux_loss(aux_batch))`, in one forward where the model can batch them together."""
+        return self.encode(batch), self.aux_loss(aux_batch)
+
+    def encoder_module(self) -> nn.Module:
+        """The module that runs every token (what `compile_encoder` compiles and FLOP counts read)."""
+        raise NotImplementedError
+
+    def compile_encoder(self) -> None:
+        """torch.compile the encoder's forward in place, so parameter names (and checkpoints) stay the same.
+
+        Not `nn.Module.compile()`: it wraps torch's own `_call_impl`, a frame dynamo skips, so nothing compiles.
+        """
+        encoder = self.encoder_module()
+        encoder.forward = torch.compile(encoder.forward)
 
     def classify(self, encoded: Encoded) -> torch.Tensor:
         return self.head(encoded.h)

@@ -14,6 +14,11 @@ MLM follows the standard collator: each non-special, non-padding token is select
 `mlm_probability`; of those, 80% become [MASK], 10% a random token, 10% stay; cross-entropy on the
 selected positions only. Vocabulary logits are computed only at the selected positions (gathered
 hidden states through the MLM head): same loss, a fraction of the cost.
+
+`encode_pair` runs the end-task batch and the (masked) auxiliary batch through the encoder as one
+batch, both padded to the longer width; the attention mask keeps every real token's output what it
+would be alone, and each half is cut back to its own width, so only dropout draws differ from two
+separate forwards.
 """
 
 from __future__ import annotations
@@ -40,6 +45,16 @@ class BertParams:
     bert_max_length: int = field(default=128, metadata=positive())
     mlm_probability: float = field(default=0.15, metadata=between(0.01, 1.0))
     bert_dropout: float = field(default=0.1, metadata=between(0.0, 0.99))
+
+
+def pad_to(batch: dict[str, torch.Tensor], ids: torch.Tensor, width: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """Encoder inputs (`ids` replacing the batch's input ids) right-padded to `width` columns."""
+    extra = width - ids.shape[1]
+    padded = {"input_ids": nn.functional.pad(ids, (0, extra), value=pad_id)}
+    for key in ("attention_mask", "token_type_ids"):
+        if key in batch:
+            padded[key] = nn.functional.pad(batch[key], (0, extra), value=0)
+    return padded
 
 
 def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, probability: float, mask_id: int, vocab_size: int,
@@ -101,13 +116,36 @@ class Bert(Model):
     def encode(self, batch: dict[str, torch.Tensor]) -> Encoded:
         return self._encode_ids(batch, batch["input_ids"])
 
-    def aux_loss(self, batch: dict[str, torch.Tensor]) -> AuxOutput:
-        """MLM on this batch: encode the corrupted ids once, vocabulary logits at selected positions only."""
+    def encoder_module(self) -> nn.Module:
+        return self.mlm.base_model
+
+    def _corrupt(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         ids = batch["input_ids"]
         special = torch.isin(ids, self.special_ids) | (batch["attention_mask"] == 0)
-        corrupted, selected = mask_tokens(ids, special, self.params.mlm_probability, self.tokenizer.mask_token_id,
-                                          self.mlm.config.vocab_size)
-        encoded = self._encode_ids(batch, corrupted)
+        return mask_tokens(ids, special, self.params.mlm_probability, self.tokenizer.mask_token_id,
+                           self.mlm.config.vocab_size)
+
+    def _mlm_loss(self, encoded: Encoded, ids: torch.Tensor, selected: torch.Tensor) -> AuxOutput:
+        """Cross-entropy of the vocabulary logits at the selected positions only."""
         logits = getattr(self.mlm, self.head_name)(encoded.tokens[selected])
         loss = nn.functional.cross_entropy(logits.float(), ids[selected], reduction="sum") / selected.sum().clamp(min=1)
         return AuxOutput(loss=loss, encoded=encoded)
+
+    def aux_loss(self, batch: dict[str, torch.Tensor]) -> AuxOutput:
+        """MLM on this batch: encode the corrupted ids once, vocabulary logits at selected positions only."""
+        corrupted, selected = self._corrupt(batch)
+        return self._mlm_loss(self._encode_ids(batch, corrupted), batch["input_ids"], selected)
+
+    def encode_pair(self, batch: dict[str, torch.Tensor],
+                    aux_batch: dict[str, torch.Tensor]) -> tuple[Encoded, AuxOutput]:
+        """One encoder forward over [end batch; corrupted aux batch], padded to the wider of the two."""
+        corrupted, selected = self._corrupt(aux_batch)
+        n, end_width, aux_width = len(batch["input_ids"]), batch["input_ids"].shape[1], corrupted.shape[1]
+        width = max(end_width, aux_width)
+        pad_id = self.tokenizer.pad_token_id
+        halves = pad_to(batch, batch["input_ids"], width, pad_id), pad_to(aux_batch, corrupted, width, pad_id)
+        inputs = {k: torch.cat([halves[0][k], halves[1][k]]) for k in halves[0]}
+        tokens = self.mlm.base_model(**inputs).last_hidden_state
+        end, aux = tokens[:n, :end_width], tokens[n:, :aux_width]
+        return Encoded(h=end[:, 0], tokens=end), self._mlm_loss(Encoded(h=aux[:, 0], tokens=aux),
+                                                                aux_batch["input_ids"], selected)

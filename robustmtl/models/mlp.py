@@ -54,12 +54,28 @@ class MLP(Model):
     def encode(self, batch: dict[str, torch.Tensor]) -> Encoded:
         return self._encode(batch["x"])
 
-    def aux_loss(self, batch: dict[str, torch.Tensor]) -> AuxOutput:
-        """Hide a random subset of features (replaced by a learned value); reconstruct only those."""
-        x = batch["x"]
+    def encoder_module(self) -> nn.Module:
+        return self.encoder
+
+    def _corrupt(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hide a random subset of features behind a learned value; returns (inputs, hidden mask)."""
         mask = torch.rand(x.shape, device=x.device) < self.mask_ratio
-        corrupted = torch.where(mask, self.mask_value.expand_as(x), x)
-        encoded = self._encode(corrupted)
+        return torch.where(mask, self.mask_value.expand_as(x), x), mask
+
+    def _reconstruction(self, encoded: Encoded, x: torch.Tensor, mask: torch.Tensor) -> AuxOutput:
         error = (self.decoder(encoded.h) - x).pow(2)
-        loss = (error * mask).sum() / mask.sum().clamp(min=1)
-        return AuxOutput(loss=loss, encoded=encoded)
+        return AuxOutput(loss=(error * mask).sum() / mask.sum().clamp(min=1), encoded=encoded)
+
+    def aux_loss(self, batch: dict[str, torch.Tensor]) -> AuxOutput:
+        """Reconstruct the hidden features only."""
+        corrupted, mask = self._corrupt(batch["x"])
+        return self._reconstruction(self._encode(corrupted), batch["x"], mask)
+
+    def encode_pair(self, batch: dict[str, torch.Tensor],
+                    aux_batch: dict[str, torch.Tensor]) -> tuple[Encoded, AuxOutput]:
+        """One encoder pass over [end inputs; corrupted aux inputs]."""
+        corrupted, mask = self._corrupt(aux_batch["x"])
+        both = self._encode(torch.cat([batch["x"], corrupted]))
+        n = len(batch["x"])
+        end, aux = Encoded(h=both.h[:n], tokens=both.tokens[:n]), Encoded(h=both.h[n:], tokens=both.tokens[n:])
+        return end, self._reconstruction(aux, aux_batch["x"], mask)

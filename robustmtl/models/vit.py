@@ -16,6 +16,9 @@ replaced by a learned mask token (ViTModel's `bool_masked_pos`); a light decoder
 patch²·3 channels + pixel shuffle) reconstructs the image from the patch tokens, and the loss is
 the L1 error on the masked pixels only, divided by the channels. The reference also augments the
 auxiliary view (random resized crop, flip); robustmtl does not (documented difference).
+
+`encode_pair` runs the end-task images and the masked auxiliary images as one batch: the end-task
+half gets an all-False patch mask, which leaves its embeddings exactly as without one.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -106,15 +110,17 @@ class ViT(Model):
             self.vit = ViTModel(config, add_pooling_layer=False, use_mask_token=True)
             self.mean, self.std = (0.5,) * CHANNELS, (0.5,) * CHANNELS
         config = self.vit.config
-        self.patch = config.patch_size
-        if size % self.patch:
-            raise UserError(f"vit_image_size={size} must be a multiple of the patch size {self.patch}")
-        self.size, self.grid = size, size // self.patch
+        self._add_simmim_and_head(config.hidden_size, config.patch_size, size, p, info)
         self.interpolate = size != config.image_size
+
+    def _add_simmim_and_head(self, dim: int, patch: int, size: int, p: Any, info: DataInfo) -> None:
+        """What every ViT encoder here shares: the patch grid, SimMIM's mask settings and decoder, the classifier."""
+        if size % patch:
+            raise UserError(f"image size {size} must be a multiple of the patch size {patch}")
+        self.patch, self.size, self.grid = patch, size, size // patch
         self.mask_ratio, self.mask_scale = p.mim_mask_ratio, p.mim_mask_scale
-        self.decoder = nn.Sequential(nn.Conv2d(config.hidden_size, self.patch**2 * CHANNELS, kernel_size=1),
-                                     nn.PixelShuffle(self.patch))
-        self.head = nn.Linear(config.hidden_size, info.n_classes)
+        self.decoder = nn.Sequential(nn.Conv2d(dim, patch**2 * CHANNELS, kernel_size=1), nn.PixelShuffle(patch))
+        self.head = nn.Linear(dim, info.n_classes)
 
     @classmethod
     def build(cls, p: ViTParams, info: DataInfo) -> ViT:
@@ -137,15 +143,32 @@ class ViT(Model):
     def encode(self, batch: dict[str, torch.Tensor]) -> Encoded:
         return self._encode(batch["pixel_values"], None)
 
+    def encoder_module(self) -> nn.Module:
+        return self.vit
+
     def reconstruct(self, pixels: torch.Tensor, mask: torch.Tensor) -> AuxOutput:
         """SimMIM loss of these images under this [B, grid, grid] patch mask."""
-        encoded = self._encode(pixels, mask.flatten(1))
-        patches = encoded.tokens[:, 1:]
-        features = patches.transpose(1, 2).reshape(len(pixels), -1, self.grid, self.grid)
-        loss = simmim_loss(pixels, self.decoder(features), mask, self.patch)
-        return AuxOutput(loss=loss, encoded=encoded)
+        return self._simmim(self._encode(pixels, mask.flatten(1)), pixels, mask)
+
+    def _simmim(self, encoded: Encoded, pixels: torch.Tensor, mask: torch.Tensor) -> AuxOutput:
+        """Decode the patch tokens back to pixels; L1 on the masked ones."""
+        features = encoded.tokens[:, 1:].transpose(1, 2).reshape(len(pixels), -1, self.grid, self.grid)
+        return AuxOutput(loss=simmim_loss(pixels, self.decoder(features), mask, self.patch), encoded=encoded)
+
+    def _draw_mask(self, pixels: torch.Tensor) -> torch.Tensor:
+        return simmim_mask(len(pixels), self.grid, self.mask_scale, self.mask_ratio, pixels.device)
 
     def aux_loss(self, batch: dict[str, torch.Tensor]) -> AuxOutput:
         pixels = batch["pixel_values"]
-        mask = simmim_mask(len(pixels), self.grid, self.mask_scale, self.mask_ratio, pixels.device)
-        return self.reconstruct(pixels, mask)
+        return self.reconstruct(pixels, self._draw_mask(pixels))
+
+    def encode_pair(self, batch: dict[str, torch.Tensor],
+                    aux_batch: dict[str, torch.Tensor]) -> tuple[Encoded, AuxOutput]:
+        """One forward over [end images; aux images]; only the auxiliary half's patches are masked."""
+        end_pixels, aux_pixels = batch["pixel_values"], aux_batch["pixel_values"]
+        mask = self._draw_mask(aux_pixels)
+        unmasked = torch.zeros(len(end_pixels), mask.shape[1] * mask.shape[2], dtype=torch.bool, device=mask.device)
+        both = self._encode(torch.cat([end_pixels, aux_pixels]), torch.cat([unmasked, mask.flatten(1)]))
+        n = len(end_pixels)
+        end = Encoded(h=both.h[:n], tokens=both.tokens[:n])
+        return end, self._simmim(Encoded(h=both.h[n:], tokens=both.tokens[n:]), aux_pixels, mask)

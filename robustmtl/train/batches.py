@@ -1,15 +1,92 @@
-"""Batch plans: an epoch's index order cut into batches, and batches moved to the device."""
+"""Batch plans: an epoch's index order cut into batches, served through a DataLoader, moved to the device.
+
+An epoch's plan (its end-task batches and, for multitask methods, the auxiliary task's own shuffle)
+is a pure function of (seed, epoch), computed in the main process. The DataLoader only materialises
+the planned batches (`split[index_tensor]`, which pads text per batch) in its worker processes, so
+workers change the speed, never the batches or their order, and a resumed run restarts the plan at
+its saved position.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import torch
+
+from robustmtl.data.base import Split
+
+Batch = dict[str, torch.Tensor]
+Key = tuple[torch.Tensor, torch.Tensor | None]
 
 
 def chunks(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return list(order.split(batch_size))
 
 
-def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+def to_device(batch: Batch, device: torch.device) -> Batch:
     if device.type == "cpu":
         return batch
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@dataclass
+class EpochPlan:
+    """The end-task batches of one epoch and the auxiliary order that pairs an aux batch with each."""
+
+    batches: list[torch.Tensor]
+    aux_order: torch.Tensor | None
+    batch_size: int
+
+    def key(self, i: int) -> Key:
+        if self.aux_order is None:
+            return self.batches[i], None
+        window = torch.arange(i * self.batch_size, (i + 1) * self.batch_size) % len(self.aux_order)
+        return self.batches[i], self.aux_order[window]
+
+
+class PlanSampler(torch.utils.data.Sampler[Key]):
+    """Yields the keys of the current plan from `start` on; the loop swaps in each epoch's plan."""
+
+    def __init__(self) -> None:
+        self.plan = EpochPlan([], None, 1)
+        self.start = 0
+
+    def set(self, plan: EpochPlan, start: int) -> None:
+        self.plan, self.start = plan, start
+
+    def __iter__(self) -> Iterator[Key]:
+        return (self.plan.key(i) for i in range(self.start, len(self.plan.batches)))
+
+    def __len__(self) -> int:
+        return len(self.plan.batches) - self.start
+
+
+class PairData(torch.utils.data.Dataset):
+    """A whole (end-task batch, auxiliary batch or None) per key: the split pads each batch itself."""
+
+    def __init__(self, split: Split) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, key: Key) -> tuple[Batch, Batch | None]:
+        end, aux = key
+        return self.split[end], None if aux is None else self.split[aux]
+
+
+def as_is(item: tuple[Batch, Batch | None]) -> tuple[Batch, Batch | None]:
+    """Collate function: items already are whole batches."""
+    return item
+
+
+def make_loader(split: Split, sampler: PlanSampler, num_workers: int, pin_memory: bool) -> torch.utils.data.DataLoader:
+    """Persistent workers over a fixed dataset; the per-epoch plan travels in the keys, not in the dataset.
+
+    The loader gets its own generator: by default it draws its workers' base seed from the global
+    RNG at every `iter()`, which would make a resumed run's random draws differ from an uninterrupted one.
+    """
+    return torch.utils.data.DataLoader(
+        PairData(split), sampler=sampler, batch_size=None, collate_fn=as_is, num_workers=num_workers,
+        pin_memory=pin_memory, persistent_workers=num_workers > 0, generator=torch.Generator())

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,13 +27,16 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict(model: Model, split: Split, batch_size: int, device: torch.device) -> Predictions:
+def predict(model: Model, split: Split, batch_size: int, device: torch.device,
+            autocast: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext) -> Predictions:
+    """Eval-mode pass over a split; `autocast` is the training step's precision context (fp32: none)."""
     was_training = model.training
     model.eval()
     correct, loss_sum = [], 0.0
     for start in range(0, len(split), batch_size):
         batch = to_device(split[torch.arange(start, min(start + batch_size, len(split)))], device)
-        logits = model(batch).float()
+        with autocast():
+            logits = model(batch).float()
         loss_sum += torch.nn.functional.cross_entropy(logits, batch["y"], reduction="sum").item()
         correct.append((logits.argmax(dim=-1) == batch["y"]).cpu())
     model.train(was_training)

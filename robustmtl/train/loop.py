@@ -3,7 +3,12 @@
 A run is a pure function of its config: the visiting order of every epoch comes from an RNG seeded by
 (seed, epoch), the global RNG states travel in the checkpoint, and records already on disk are not
 written twice. So a run killed at any point and restarted ends with the same numbers as one that
-was never interrupted (bitwise on CPU).
+was never interrupted (bitwise on CPU). Batches are materialised by a DataLoader (`num_workers`) from
+a plan computed here, so workers change the speed and never the batches.
+
+Cost is recorded with the metrics: train records and the DONE summary carry the precision used, the
+run's wall time across attempts (`wall_s`, evaluation included), `gpu_hours` and the attempt's peak
+GPU memory.
 """
 
 from __future__ import annotations
@@ -25,13 +30,15 @@ from robustmtl.layout import VAL_CORRECT, VAL_GROUPS, RunDir, read_json, write_j
 from robustmtl.methods.base import Method, MethodContext
 from robustmtl.metrics import pack_bools
 from robustmtl.models.base import Model, param_groups
+from robustmtl.provenance import code_version
 from robustmtl.records import MetricsWriter
 from robustmtl.registry import dataset_entry, method_entry, model_entry
 from robustmtl.rng import epoch_generator
 from robustmtl.rundir import load_run, required_run_dirs
 from robustmtl.train import checkpoint
-from robustmtl.train.batches import chunks, to_device
+from robustmtl.train.batches import Batch, EpochPlan, PlanSampler, chunks, make_loader, to_device
 from robustmtl.train.evaluate import Predictions, predict
+from robustmtl.train.step import Stepper, enable_tf32, make_scaler, resolve_precision
 
 Progress = Callable[[int, int], None]
 StopRequested = Callable[[], bool]
@@ -58,12 +65,20 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_optimizer(model: Model, cfg: RunConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: Model, cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW is fused (one kernel for all parameters) on CUDA; the CPU keeps the reference implementation."""
     t = cfg.train
     groups = param_groups(model, t.weight_decay)
     if t.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
-    return torch.optim.AdamW(groups, lr=t.lr)
+    return torch.optim.AdamW(groups, lr=t.lr, fused=device.type == "cuda")
+
+
+def peak_memory_mb(device: torch.device) -> float | None:
+    """Peak GPU memory allocated since the attempt started; None off CUDA."""
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig,
@@ -89,11 +104,16 @@ class Trainer:
 
     def __init__(self, run_dir: RunDir, progress: Progress | None = None,
                  stop_requested: StopRequested | None = None) -> None:
+        self.attempt_started = time.perf_counter()
         self.run_dir = run_dir
         self.cfg, self.opts = load_run(run_dir)
         self.progress = progress
         self.stop_requested = stop_requested
         self.device = pick_device(self.opts.device)
+        self.precision = resolve_precision(self.opts.precision, self.device)
+        enable_tf32(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         if self.opts.threads:
             torch.set_num_threads(self.opts.threads)
         seed = self.cfg.seed
@@ -114,13 +134,19 @@ class Trainer:
         self.steps_per_epoch = len(chunks(self.method.epoch_indices(1, epoch_generator(seed, 1, 0)),
                                           self.cfg.train.batch_size))
         self.total_steps = self.steps_per_epoch * self.cfg.train.epochs
-        self.optimizer = make_optimizer(self.model, self.cfg)
+        self.optimizer = make_optimizer(self.model, self.cfg, self.device)
         self.scheduler = make_scheduler(self.optimizer, self.cfg, self.total_steps)
+        self.stepper = Stepper(self.model, self.optimizer, self.scheduler, self.device, self.precision,
+                               self.cfg.train.grad_clip, make_scaler(self.precision, self.device))
+        if self.opts.compile:
+            self.model.compile_encoder()
+        self.sampler = PlanSampler()
+        self.loader = make_loader(train, self.sampler, self.opts.num_workers, pin_memory=self.device.type == "cuda")
         self.writer = MetricsWriter(run_dir.metrics)
         self.val_correct = MetricsWriter(run_dir.artifact(VAL_CORRECT))
         self.val_groups_path = run_dir.artifact(VAL_GROUPS)
-        self.epoch, self.batch_pos, self.step, self.elapsed = 1, 0, 0, 0.0
-        self.term_sums: dict[str, float] = {}
+        self.epoch, self.batch_pos, self.step, self.elapsed, self.wall_before = 1, 0, 0, 0.0, 0.0
+        self.term_sums: dict[str, torch.Tensor] = {}
         self.term_count = 0
         self._restore()
 
@@ -134,43 +160,53 @@ class Trainer:
         self.method.load_state_dict(state["method"])
         checkpoint.set_rng_state(state["rng"])
         self.epoch, self.batch_pos, self.step = state["epoch"], state["batch_pos"], state["step"]
-        self.elapsed = state["elapsed"]
-        self.term_sums, self.term_count = dict(state["term_sums"]), state["term_count"]
+        self.elapsed, self.wall_before = state["elapsed"], state.get("wall_s", 0.0)
+        self.term_sums = {k: torch.tensor(v, dtype=torch.float64, device=self.device)
+                          for k, v in state["term_sums"].items()}
+        self.term_count = state["term_count"]
+        if self.stepper.scaler is not None and state.get("scaler"):
+            self.stepper.scaler.load_state_dict(state["scaler"])
 
     def save_checkpoint(self) -> None:
         checkpoint.save(self.run_dir.checkpoint, {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "method": self.method.state_dict(),
             "rng": checkpoint.rng_state(), "epoch": self.epoch, "batch_pos": self.batch_pos, "step": self.step,
-            "elapsed": self.elapsed, "term_sums": self.term_sums, "term_count": self.term_count,
+            "elapsed": self.elapsed, "wall_s": self.wall_s(), "term_count": self.term_count,
+            "term_sums": {k: float(v) for k, v in self.term_sums.items()},
+            "scaler": self.stepper.scaler.state_dict() if self.stepper.scaler is not None else {},
         })
 
-    def _aux_batch(self, batch_index: int) -> dict[str, torch.Tensor] | None:
-        """The auxiliary task's own batch: an independent shuffle of the training split."""
-        if not self.method.uses_aux_batch:
-            return None
-        order = torch.randperm(len(self.train_split), generator=epoch_generator(self.cfg.seed, self.epoch, 1))
-        bs = self.cfg.train.batch_size
-        idx = order[torch.arange(batch_index * bs, (batch_index + 1) * bs) % len(order)]
-        return to_device(self.train_split[idx], self.device)
+    def wall_s(self) -> float:
+        """Wall time of the run so far: earlier attempts (as of their last checkpoint) plus this one."""
+        return self.wall_before + time.perf_counter() - self.attempt_started
 
-    def _train_step(self, idx: torch.Tensor, batch_index: int) -> None:
-        self.model.train()
-        batch = to_device(self.train_split[idx], self.device)
-        terms = self.method.loss(self.model, batch, self._aux_batch(batch_index))
-        self.optimizer.zero_grad(set_to_none=True)
-        terms.total.backward()
-        if self.cfg.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
+    def cost(self) -> dict[str, Any]:
+        wall = self.wall_s()
+        gpus = 1 if self.device.type == "cuda" else 0
+        return {"precision": self.precision, "wall_s": round(wall, 3), "gpu_hours": round(wall / 3600 * gpus, 6),
+                "peak_mem_mb": peak_memory_mb(self.device)}
+
+    def epoch_plan(self, epoch: int) -> EpochPlan:
+        """The epoch's end-task batches and, for multitask methods, the auxiliary task's independent shuffle."""
+        order = self.method.epoch_indices(epoch, epoch_generator(self.cfg.seed, epoch, 0))
+        aux_order = None
+        if self.method.uses_aux_batch:
+            aux_order = torch.randperm(len(self.train_split), generator=epoch_generator(self.cfg.seed, epoch, 1))
+        return EpochPlan(chunks(order, self.cfg.train.batch_size), aux_order, self.cfg.train.batch_size)
+
+    def _train_step(self, batch: Batch, aux_batch: Batch | None) -> None:
+        batch = to_device(batch, self.device)
+        aux_batch = None if aux_batch is None else to_device(aux_batch, self.device)
+        terms = self.stepper.step(self.method, batch, aux_batch)
         self.step += 1
-        for name, value in {"total": terms.total, **terms.parts}.items():
-            self.term_sums[name] = self.term_sums.get(name, 0.0) + float(value.detach())
+        for name, value in {"total": terms.total, **terms.parts}.items():  # summed on the device: no sync per step
+            previous = self.term_sums.get(name, 0.0)
+            self.term_sums[name] = previous + value.detach().to(torch.float64)
         self.term_count += 1
 
     def predict(self, split_name: str) -> Predictions:
-        return predict(self.model, self.data.by_name()[split_name], EVAL_BATCH, self.device)
+        return predict(self.model, self.data.by_name()[split_name], EVAL_BATCH, self.device, self.stepper.autocast)
 
     def _evaluate(self) -> dict[str, dict[str, Any]]:
         """One record per split at the current (epoch, step); returns the metrics by split."""
@@ -179,6 +215,7 @@ class Trainer:
             "dataset": self.cfg.dataset, "model": self.cfg.model, "seed": self.cfg.seed,
             "hparams": self.cfg.hparams(), "uses_train_groups": self.method.uses_train_groups,
             "report": self.method.report, "epoch": self.epoch, "step": self.step, "time_s": round(self.elapsed, 3),
+            "code": code_version(),
         }
         results = {}
         for name, split in self.data.by_name().items():
@@ -188,7 +225,9 @@ class Trainer:
                 self._write_val_correct(predictions, split)
             record = {**base, "split": name, **metrics}
             if name == "train" and self.term_count:
-                record["terms"] = {k: v / self.term_count for k, v in self.term_sums.items()}
+                record["terms"] = {k: float(v) / self.term_count for k, v in self.term_sums.items()}
+            if name == "train":
+                record.update(self.cost())
             self.writer.append(record)
             results[name] = metrics
         return results
@@ -206,16 +245,17 @@ class Trainer:
         t = self.cfg.train
         last: dict[str, dict[str, Any]] = {}
         while self.epoch <= t.epochs:
-            batches = chunks(self.method.epoch_indices(self.epoch, epoch_generator(self.cfg.seed, self.epoch, 0)),
-                             t.batch_size)
-            while self.batch_pos < len(batches):
+            plan = self.epoch_plan(self.epoch)
+            self.sampler.set(plan, self.batch_pos)
+            items = iter(self.loader)
+            while self.batch_pos < len(plan.batches):
                 started = time.perf_counter()
-                self._train_step(batches[self.batch_pos], self.batch_pos)
+                self._train_step(*next(items))
                 self.batch_pos += 1
                 self.elapsed += time.perf_counter() - started
                 if self.progress:
                     self.progress(self.step, self.total_steps)
-                if t.eval_every and self.step % t.eval_every == 0 and self.batch_pos < len(batches):
+                if t.eval_every and self.step % t.eval_every == 0 and self.batch_pos < len(plan.batches):
                     self._evaluate()
                 if self.opts.checkpoint_every and self.step % self.opts.checkpoint_every == 0:
                     self.save_checkpoint()
@@ -229,7 +269,7 @@ class Trainer:
         extra = self.method.after_training(self.model, self.predict)
         summary = {
             "run_id": self.cfg.run_id, "method": self.cfg.method, "dataset": self.cfg.dataset, "seed": self.cfg.seed,
-            "epochs": t.epochs, "steps": self.step, "time_s": round(self.elapsed, 3),
+            "epochs": t.epochs, "steps": self.step, "time_s": round(self.elapsed, 3), **self.cost(),
             "final": {s: {k: m[k] for k in ("avg_acc", "worst_group_acc")} for s, m in last.items()}, **extra,
         }
         write_json(self.run_dir.done, summary)

@@ -1,0 +1,339 @@
+"""Training-step throughput of robustmtl's methods, and of a reference-style MTL step, on random weights.
+
+    python benchmarks/train_step.py [--model bert|vit] [--size tiny|base] [--hidden H --layers N --heads A]
+                                    [--batch 32] [--length 256] [--steps 20] [--warmup 5]
+                                    [--device auto] [--precision auto] [--compile]
+
+Every robustmtl row times the package's own code path: the method's `loss` under the loop's
+`Stepper` (autocast, GradScaler for fp16, fused AdamW on CUDA, `zero_grad(set_to_none=True)`), on
+synthetic data served by the package's own splits (token batches padded per batch). Rows: `erm`,
+`erm` at twice the batch (what an MTL step should be compared with: an MTL step processes B end-task
++ B auxiliary examples), `mtl`, `mtl_l1`, `jtt` stage 2 (upweighted ERM: the same step), `gdro`, and
+`reference`: the reference implementation's MTL step written out here (fp32, end-task and auxiliary
+batches as two separate encoder forwards, MLM logits over the full vocabulary at every position, L1
+on all tokens of both batches, plain AdamW).
+
+FLOPs are counted analytically, not measured: per example, 6 x (weights of the encoder's linear and
+convolution layers) x tokens for the matmuls of forward + backward, plus 12 x layers x tokens² x
+hidden for attention scores and values, plus 6 x (MLM head weights) x the positions whose
+vocabulary logits the step computes (15% of the tokens for robustmtl, all for the reference), or the
+SimMIM decoder on every patch. Embedding lookups, norms, softmax and the classifier are left out,
+so the count slightly understates the work. MFU = achieved FLOP/s over the GPU's dense bf16 peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from robustmtl.config import RunConfig, build_config
+from robustmtl.data.base import DataInfo, Split
+from robustmtl.data.images import ImageSplit, TensorImages
+from robustmtl.data.text import TokenSplit
+from robustmtl.layout import RunDir, write_json
+from robustmtl.methods.base import Method, MethodContext
+from robustmtl.methods.jtt import ERROR_SET
+from robustmtl.methods.mtl import l1_penalty
+from robustmtl.models.base import Model
+from robustmtl.models.bert import mask_tokens
+from robustmtl.registry import method_entry, model_entry
+from robustmtl.train.batches import Batch, to_device
+from robustmtl.train.loop import make_optimizer, pick_device
+from robustmtl.train.step import Stepper, enable_tf32, make_scaler, resolve_precision
+
+SIZES = {"tiny": (128, 2, 2), "base": (768, 12, 12)}  # hidden, layers, heads
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, per GPU
+DATASET = {"bert": "text_spurious", "vit": "mnist_spurious"}
+METHODS = ("erm", "mtl", "mtl_l1", "jtt", "gdro")
+TARGET_VS_ERM, TARGET_VS_REFERENCE = 1.15, 2.0
+GROUPS = ("0/0", "0/1", "1/0", "1/1")
+PATCH = 16
+REFERENCE = "reference-style"
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    model: Model
+    split: Split
+    info: DataInfo
+    device: torch.device
+    precision: str
+    work: Path
+
+    def config(self, method: str, batch: int) -> RunConfig:
+        values = {"batch_size": batch, **({"jtt_epochs": 1} if method == "jtt" else {})}
+        return build_config(method, DATASET[self.args.model], 0, self.args.model, values, where="benchmark")
+
+
+@dataclass
+class Row:
+    name: str
+    examples: int
+    seconds: float
+    flops: float
+    peak_mb: float | None
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=("bert", "vit"), default="bert")
+    parser.add_argument("--size", choices=tuple(SIZES), default="base")
+    parser.add_argument("--hidden", type=int, help="overrides --size")
+    parser.add_argument("--layers", type=int, help="overrides --size")
+    parser.add_argument("--heads", type=int, help="overrides --size")
+    parser.add_argument("--batch", type=int, default=32, help="end-task examples per step (B)")
+    parser.add_argument("--length", type=int, default=256, help="tokens per example (bert) or image side (vit)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per row")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps before each row")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the encoder (robustmtl rows)")
+    args = parser.parse_args()
+    hidden, layers, heads = SIZES[args.size]
+    args.hidden, args.layers, args.heads = args.hidden or hidden, args.layers or layers, args.heads or heads
+    return args
+
+
+def token_split(n: int, length: int, vocab: int, tokenizer: object) -> TokenSplit:
+    """n random sequences of exactly `length` tokens: [CLS] random ids [SEP]."""
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, vocab, (n, length), generator=gen)
+    ids[:, 0], ids[:, -1] = tokenizer.cls_token_id, tokenizer.sep_token_id
+    y = torch.randint(2, (n,), generator=gen)
+    raw = Split("train", y, 2 * y + torch.randint(2, (n,), generator=gen), n_groups=len(GROUPS))
+    return TokenSplit(raw, ids.flatten().int(), torch.arange(n + 1) * length, None, tokenizer.pad_token_id)
+
+
+def build_bert(args: argparse.Namespace, work: Path, n: int) -> tuple[Model, Split, DataInfo]:
+    """A randomly initialised BERT of the asked size, loaded through robustmtl's own `bert` model."""
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    from robustmtl.models.hub import MINILM, load
+
+    tokenizer = load(AutoTokenizer, MINILM, "tokenizer")
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=args.hidden, num_hidden_layers=args.layers,
+                        num_attention_heads=args.heads, intermediate_size=4 * args.hidden,
+                        max_position_embeddings=max(512, args.length))
+    BertForMaskedLM(config).save_pretrained(work / "bert")
+    tokenizer.save_pretrained(work / "bert")
+    info = DataInfo(modality="text", n_classes=2, n_attrs=2, group_names=GROUPS)
+    values = {"bert_pretrained": str(work / "bert"), "bert_max_length": args.length}
+    cfg = build_config("mtl_l1", "text_spurious", 0, "bert", values, where="benchmark")
+    model = model_entry("bert").build(cfg.model_params, info)
+    return model, token_split(n, args.length, len(tokenizer), tokenizer), info
+
+
+def build_vit(args: argparse.Namespace, n: int) -> tuple[Model, Split, DataInfo]:
+    """A randomly initialised ViT (16-px patches) on random images of side `--length`."""
+    info = DataInfo(modality="image", n_classes=2, n_attrs=2, group_names=GROUPS, extra={"image_size": args.length})
+    values = {"vit_hidden_dim": args.hidden, "vit_depth": args.layers, "vit_heads": args.heads,
+              "vit_patch_size": PATCH, "vit_image_size": args.length}
+    cfg = build_config("mtl_l1", "mnist_spurious", 0, "vit", values, where="benchmark")
+    model = model_entry("vit").build(cfg.model_params, info)
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.randint(256, (n, 3, args.length, args.length), generator=gen, dtype=torch.uint8)
+    y = torch.randint(2, (n,), generator=gen)
+    g = 2 * y + torch.randint(2, (n,), generator=gen)
+    return model, ImageSplit("train", TensorImages(pixels), y, g, args.length, n_groups=len(GROUPS)), info
+
+
+def tokens_per_example(bench: Bench) -> int:
+    if bench.args.model == "bert":
+        return bench.args.length
+    return (bench.args.length // PATCH) ** 2 + 1
+
+
+def weights(module: nn.Module, kinds: tuple[type, ...] = (nn.Linear, nn.Conv2d)) -> int:
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, kinds))
+
+
+def example_flops(bench: Bench, aux: bool, logits_at: float) -> float:
+    """Training FLOPs of one example (see the module docstring); `logits_at`: fraction of positions with MLM logits."""
+    t, a = tokens_per_example(bench), bench.args
+    flops = 6 * weights(bench.model.encoder_module()) * t + 12 * a.layers * t * t * a.hidden
+    if aux and a.model == "bert":
+        flops += 6 * weights(getattr(bench.model.mlm, bench.model.head_name)) * t * logits_at
+    elif aux:
+        flops += 6 * weights(bench.model.decoder) * (t - 1)
+    return flops
+
+
+def timed(bench: Bench, name: str, step: Callable[[int], None], examples: int, flops: float) -> Row:
+    """Run `warmup` then `steps` steps, each timed with the device synchronised; the median resists
+    the spikes of a shared machine."""
+    for i in range(bench.args.warmup):
+        step(i)
+    sync(bench.device)
+    if bench.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(bench.device)
+    times = []
+    for i in range(bench.args.steps):
+        started = time.perf_counter()
+        step(bench.args.warmup + i)
+        sync(bench.device)
+        times.append(time.perf_counter() - started)
+    seconds = statistics.median(times)
+    peak = torch.cuda.max_memory_allocated(bench.device) / 2**20 if bench.device.type == "cuda" else None
+    return Row(name, examples, seconds, flops, peak)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_method(bench: Bench, name: str, batch: int) -> Method:
+    cfg = bench.config(name, batch)
+    stage1 = RunDir(bench.work / "jtt_stage1")
+    stage1.root.mkdir(exist_ok=True)
+    n = len(bench.split)
+    write_json(stage1.artifact(ERROR_SET), {"indices": list(range(0, n, 5)), "count": len(range(0, n, 5)),
+                                            "n_train": n})
+    split = bench.split if method_entry(name).uses_train_groups else bench.split.hide_groups()
+    ctx = MethodContext(config=cfg, info=bench.info, train=split, run_dir=RunDir(bench.work / name),
+                        required={"stage1": stage1})
+    return method_entry(name)(cfg.method_params, ctx)
+
+
+def batches(bench: Bench, method: Method, batch: int, count: int) -> list[tuple[Batch, Batch | None]]:
+    """`count` (end, aux) batches in the method's own epoch order, materialised on the CPU like the loop's loader."""
+    order = method.epoch_indices(1, torch.Generator().manual_seed(0))
+    aux_order = torch.randperm(len(bench.split), generator=torch.Generator().manual_seed(1))
+    made = []
+    for i in range(count):
+        window = torch.arange(i * batch, (i + 1) * batch) % len(order)
+        end = method.ctx.train[order[window]]
+        made.append((end, bench.split[aux_order[window]] if method.uses_aux_batch else None))
+    return made
+
+
+def method_row(bench: Bench, name: str, batch: int, label: str) -> Row:
+    method = make_method(bench, name, batch)
+    optimizer = make_optimizer(bench.model, method.ctx.config, bench.device)
+    stepper = Stepper(bench.model, optimizer, None, bench.device, bench.precision,
+                      scaler=make_scaler(bench.precision, bench.device))
+    data = batches(bench, method, batch, bench.args.warmup + bench.args.steps)
+
+    def step(i: int) -> None:
+        end, aux = data[i]
+        stepper.step(method, to_device(end, bench.device), None if aux is None else to_device(aux, bench.device))
+
+    aux = method.uses_aux_batch
+    flops = batch * example_flops(bench, False, 0) + (batch * example_flops(bench, True, 0.15) if aux else 0)
+    return timed(bench, label, step, batch * (2 if aux else 1), flops)
+
+
+def reference_loss(bench: Bench, end: Batch, aux: Batch) -> torch.Tensor:
+    """The reference's MTL+L1 loss: two encoder forwards, full-vocabulary MLM, L1 on all tokens of both."""
+    model = bench.model
+    encoded = model.encode(end)
+    loss = nn.functional.cross_entropy(model.classify(encoded), end["y"])
+    if bench.args.model == "bert":
+        ids, mask = aux["input_ids"], aux["attention_mask"]
+        special = torch.isin(ids, model.special_ids) | (mask == 0)
+        vocab = model.mlm.config.vocab_size
+        corrupted, selected = mask_tokens(ids, special, 0.15, model.tokenizer.mask_token_id, vocab)
+        out = model.mlm(input_ids=corrupted, attention_mask=mask, labels=torch.where(selected, ids, -100),
+                        output_hidden_states=True)
+        aux_loss, aux_tokens = out.loss, out.hidden_states[-1]
+    else:
+        out = model.aux_loss(aux)
+        aux_loss, aux_tokens = out.loss, out.encoded.tokens
+    l1 = l1_penalty(encoded, "tokens") + aux_tokens.abs().mean()
+    return loss + aux_loss + math.exp(-1) * l1
+
+
+def reference_row(bench: Bench, batch: int) -> Row:
+    method = make_method(bench, "mtl_l1", batch)
+    optimizer = torch.optim.AdamW(bench.model.parameters(), lr=1e-5)
+    data = batches(bench, method, batch, bench.args.warmup + bench.args.steps)
+
+    def step(i: int) -> None:
+        end, aux = (to_device(b, bench.device) for b in data[i])
+        bench.model.train()
+        reference_loss(bench, end, aux).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    flops = batch * example_flops(bench, False, 0) + batch * example_flops(bench, True, 1.0)
+    return timed(bench, REFERENCE, step, 2 * batch, flops)
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return f"CPU {cpu} ({torch.get_num_threads()} threads)"
+
+
+def report(bench: Bench, rows: list[Row]) -> None:
+    console = Console()
+    a = bench.args
+    peak = peak_tflops(bench.device)
+    title = (f"{a.model} h{a.hidden} x{a.layers} layers, B={a.batch}, length {a.length}, {bench.precision}"
+             f"{', compiled' if a.compile else ''} on {device_name(bench.device)}, {datetime.date.today()}")
+    table = Table(title=title)
+    for column in ("step", "examples", "ms/step", "examples/s", "TFLOP/s", "MFU", "peak MiB"):
+        table.add_column(column, justify="left" if column == "step" else "right")
+    for r in rows:
+        tflops = r.flops / r.seconds / 1e12
+        table.add_row(r.name, str(r.examples), f"{1e3 * r.seconds:.1f}", f"{r.examples / r.seconds:.1f}",
+                      f"{tflops:.3f}", f"{100 * tflops / peak:.1f}%" if peak else "n/a",
+                      f"{r.peak_mb:.0f}" if r.peak_mb is not None else "n/a")
+    console.print(table)
+    by_name = {r.name: r for r in rows}
+    mtl_l1, erm2, ref = by_name["mtl_l1"], by_name[f"erm (batch {2 * a.batch})"], by_name[REFERENCE]
+    vs_erm = mtl_l1.seconds / erm2.seconds
+    vs_ref = (mtl_l1.examples / mtl_l1.seconds) / (ref.examples / ref.seconds)
+    console.print(f"mtl_l1 step / erm step at batch {2 * a.batch}: {vs_erm:.2f}x (target <= {TARGET_VS_ERM}) "
+                  f"{'PASS' if vs_erm <= TARGET_VS_ERM else 'FAIL'}")
+    console.print(f"mtl_l1 examples/s / reference-style: {vs_ref:.2f}x (target >= {TARGET_VS_REFERENCE}) "
+                  f"{'PASS' if vs_ref >= TARGET_VS_REFERENCE else 'FAIL'}")
+    console.print(f"{REFERENCE}: fp32, end-task and auxiliary batches as two encoder forwards, full-vocabulary "
+                  "MLM logits at every position, L1 on all tokens, plain AdamW.")
+    console.print("FLOPs are analytic (6 x encoder weights x tokens + attention + MLM/SimMIM head), see --help."
+                  + ("" if peak else " MFU: n/a (no GPU, or a GPU without an entry in the peak table)."))
+
+
+def main() -> None:
+    args = parse_args()
+    device = pick_device(args.device)
+    enable_tf32(device)
+    torch.manual_seed(0)
+    n = 2 * args.batch * (args.warmup + args.steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model, split, info = build_bert(args, work, n) if args.model == "bert" else build_vit(args, n)
+        bench = Bench(args, model.to(device), split, info, device, resolve_precision(args.precision, device), work)
+        rows = [reference_row(bench, args.batch)]  # before compiling: the reference runs eagerly
+        if args.compile:
+            model.compile_encoder()
+        rows = [method_row(bench, "erm", 2 * args.batch, f"erm (batch {2 * args.batch})"),
+                *(method_row(bench, name, args.batch, name) for name in METHODS), rows[0]]
+    report(bench, rows)
+
+
+if __name__ == "__main__":
+    main()

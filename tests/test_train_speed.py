@@ -1,0 +1,164 @@
+"""Training-speed machinery on CPU: DataLoader workers, one-forward MTL, precision, cost fields, compile."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from robustmtl.config import RunOptions, build_config
+from robustmtl.data.base import DataInfo
+from robustmtl.errors import UserError
+from robustmtl.layout import RunDir
+from robustmtl.models.base import Model
+from robustmtl.registry import dataset_entry, model_entry
+from robustmtl.rundir import prepare_run
+from robustmtl.train.loop import train_run
+from robustmtl.train.step import resolve_precision
+from tests.conftest import TIMING_KEYS, TINY, read_records
+
+
+def run(tmp_path, name, method="mtl_l1", **options):
+    cfg = build_config(method, "synthetic", 0, None, {**TINY, "dropout": 0.1}, where="test")
+    rd = RunDir(tmp_path / name)
+    prepare_run(rd, cfg, RunOptions(threads=1, keep_checkpoint=True, **options))
+    return rd, train_run(rd)
+
+
+class Stop(Exception):
+    pass
+
+
+def comparable(records):
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+@pytest.mark.parametrize("method", ["mtl_l1", "gdro"])
+def test_workers_feed_bitwise_the_same_batches_as_the_main_process(tmp_path, method):
+    plain, _ = run(tmp_path, "plain", method)
+    workers, _ = run(tmp_path, "workers", method, num_workers=2)
+    assert comparable(read_records(workers.metrics)) == comparable(read_records(plain.metrics))
+    a, b = (torch.load(rd.checkpoint, weights_only=True)["model"] for rd in (plain, workers))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_workers_is_exact(tmp_path):
+    reference, _ = run(tmp_path, "ref", num_workers=2)
+    cfg = build_config("mtl_l1", "synthetic", 0, None, {**TINY, "dropout": 0.1}, where="test")
+    rd = RunDir(tmp_path / "stopped")
+    prepare_run(rd, cfg, RunOptions(threads=1, checkpoint_every=2, num_workers=2))
+
+    def stop(step, total):
+        if step == 5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_run(rd, stop)
+    wall_at_checkpoint = torch.load(rd.checkpoint, weights_only=True)["wall_s"]
+    train_run(rd)
+    records = read_records(rd.metrics)
+    assert comparable(records) == comparable(read_records(reference.metrics))
+    assert records[-3]["wall_s"] >= wall_at_checkpoint > 0
+
+
+def test_cost_fields_on_cpu(tmp_path):
+    rd, summary = run(tmp_path, "cost")
+    train = [r for r in read_records(rd.metrics) if r["split"] == "train"]
+    for record in [*train, summary, json.loads(rd.done.read_text())]:
+        assert record["precision"] == "fp32"
+        assert record["peak_mem_mb"] is None and record["gpu_hours"] == 0.0
+        assert record["wall_s"] >= record["time_s"] > 0
+    assert train[0]["wall_s"] < train[-1]["wall_s"]
+
+
+def test_precision_resolution_on_cpu():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(UserError, match="precision must be one of"):
+        RunOptions(precision="fp8")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_and_keeps_scaler_state(tmp_path, precision):
+    rd, summary = run(tmp_path, precision, precision=precision)
+    train = [r for r in read_records(rd.metrics) if r["split"] == "train"]
+    assert summary["precision"] == precision and all(r["precision"] == precision for r in train)
+    assert all(torch.isfinite(torch.tensor(list(r["terms"].values()))).all() for r in train)
+    scaler = torch.load(rd.checkpoint, weights_only=True)["scaler"]
+    assert bool(scaler) == (precision == "fp16")
+
+
+def assert_pair_matches_separate(model: Model, batch: dict, aux_batch: dict) -> None:
+    model.eval()  # no dropout: the two paths then differ only by float rounding
+    torch.manual_seed(7)
+    encoded, aux = model.encode_pair(batch, aux_batch)
+    torch.manual_seed(7)
+    separate_encoded, separate_aux = model.encode(batch), model.aux_loss(aux_batch)
+    torch.testing.assert_close(encoded.tokens, separate_encoded.tokens, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(encoded.h, separate_encoded.h, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(aux.encoded.tokens, separate_aux.encoded.tokens, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(aux.loss, separate_aux.loss, atol=1e-5, rtol=1e-4)
+
+
+def built(dataset: str, values: dict, tmp_path) -> tuple[Model, object]:
+    cfg = build_config("mtl_l1", dataset, 0, None, values, where="test")
+    raw = dataset_entry(dataset).build(cfg.data_params, None)
+    torch.manual_seed(0)
+    model = model_entry(cfg.model).build(cfg.model_params, raw.info)
+    return model, model.prepare(raw, tmp_path).train
+
+
+def test_one_forward_mtl_equals_two_forwards_mlp(tmp_path):
+    model, train = built("synthetic", {"n_train": 64, "n_val": 8, "n_test": 8}, tmp_path)
+    assert_pair_matches_separate(model, train[torch.arange(16)], train[torch.arange(16, 40)])
+
+
+def test_one_forward_mtl_equals_two_forwards_bert_with_different_widths(tmp_path):
+    values = {"text_n_train": 24, "text_n_val": 8, "text_n_test": 8, "bert_max_length": 64}
+    model, train = built("text_spurious", values, tmp_path)
+    by_length = (train.offsets[1:] - train.offsets[:-1]).argsort()
+    batch, aux_batch = train[by_length[:3]], train[by_length[-5:]]
+    assert batch["input_ids"].shape[1] != aux_batch["input_ids"].shape[1]
+    assert_pair_matches_separate(model, batch, aux_batch)
+    assert_pair_matches_separate(model, aux_batch, batch)
+
+
+def test_one_forward_mtl_equals_two_forwards_vit():
+    info = DataInfo(modality="image", n_classes=2, n_attrs=2, group_names=("a", "b", "c", "d"),
+                    extra={"image_size": 28})
+    cfg = build_config("mtl_l1", "mnist_spurious", 0, None, {}, where="test")
+    torch.manual_seed(0)
+    model = model_entry("vit").build(cfg.model_params, info)
+    batch, aux_batch = {"pixel_values": torch.randn(3, 3, 28, 28)}, {"pixel_values": torch.randn(5, 3, 28, 28)}
+    assert_pair_matches_separate(model, batch, aux_batch)
+
+
+@pytest.mark.slow
+def test_compiled_encoder_trains_to_the_same_numbers(tmp_path):
+    from torch._dynamo.utils import counters
+
+    if not torch._dynamo.is_dynamo_supported():
+        pytest.skip("torch.compile is not supported by this torch build")
+    eager, _ = run(tmp_path, "eager")
+    counters.clear()
+    compiled, _ = run(tmp_path, "compiled", compile=True)
+    assert counters["frames"]["ok"] > 0
+    for a, b in zip(read_records(eager.metrics), read_records(compiled.metrics), strict=True):
+        assert a["avg_acc"] == pytest.approx(b["avg_acc"], abs=0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["bert", "vit"])
+def test_benchmark_runs_on_cpu_at_a_tiny_size(model):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "train_step.py"
+    args = ["--model", model, "--size", "tiny", "--batch", "2", "--length", "32", "--steps", "1", "--warmup", "0",
+            "--device", "cpu"]
+    out = subprocess.run([sys.executable, str(script), *args], check=True, capture_output=True, text=True).stdout
+    for row in ("erm (batch 4)", "mtl_l1", "jtt", "gdro", "reference-style", "mtl_l1 step / erm step"):
+        assert row in out
