@@ -52,6 +52,10 @@ def run(
     threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default).")] = 0,
     checkpoint_every: Annotated[int, typer.Option(help="Also checkpoint every N steps (0: per epoch).")] = 0,
     keep_checkpoint: Annotated[bool, typer.Option(help="Keep the final checkpoint after the run is done.")] = False,
+    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp16 on older GPUs, fp32 on CPU) | fp32 | "
+                                                "bf16 | fp16")] = "auto",
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the encoder.")] = False,
+    num_workers: Annotated[int, typer.Option(help="DataLoader worker processes building batches.")] = 0,
 ) -> None:
     """Train one run in this process (resumes from its checkpoint; a finished run just reports)."""
     from robustmtl.config import RunOptions, build_config
@@ -63,7 +67,8 @@ def run(
         data_root = values.pop("data_root", None)
     cfg = build_config(method, dataset, seed, model, values, where="--set")
     opts = RunOptions(data_root=data_root_for(data_root), device=device, threads=threads,
-                      checkpoint_every=checkpoint_every, keep_checkpoint=keep_checkpoint)
+                      checkpoint_every=checkpoint_every, keep_checkpoint=keep_checkpoint, precision=precision,
+                      compile=compile_, num_workers=num_workers)
     summary = run_with_requirements(cfg, opts, out or Path("runs") / "single" / cfg.run_id, console)
     show_summary(summary)
 
@@ -90,6 +95,7 @@ def aggregate(
     ci: Annotated[str, typer.Option(help="t (Student-t) | bootstrap")] = "t",
     baseline: Annotated[str | None, typer.Option(help="Paired difference of every method to this one.")] = None,
     show_hparams: Annotated[bool, typer.Option(help="Show the chosen hyperparameters per cell.")] = False,
+    show_cost: Annotated[bool, typer.Option(help="Show wall time, GPU-hours and peak GPU memory per cell.")] = False,
     few_groups_fraction: Annotated[float, typer.Option(help="Validation fraction for few-groups.")] = 0.05,
     few_groups_seed: Annotated[int, typer.Option(help="Seed of the few-groups subset.")] = 0,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
@@ -98,7 +104,10 @@ def aggregate(
 ) -> None:
     """Worst-group tables with confidence intervals over seeds."""
     from robustmtl.aggregate import aggregate as run_aggregate
+    from robustmtl.aggregate.cost import cost_table, cost_to_markdown, render_cost_rich
     from robustmtl.aggregate.export import (
+        coverage_lines,
+        coverage_to_markdown,
         differences_to_markdown,
         hparams_to_markdown,
         render_differences_rich,
@@ -116,12 +125,17 @@ def aggregate(
                             seed=seed, few_groups_fraction=few_groups_fraction, few_groups_seed=few_groups_seed)
     for warning in summary.warnings:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    for line in coverage_lines(summary):
+        err_console.print(f"[yellow]{escape(line)}[/]", highlight=False)
     if not quiet:
         console.print(render_rich(summary))
         if show_hparams:
             console.print(render_hparams_rich(summary))
         if baseline:
             console.print(render_differences_rich(summary))
+    costs = cost_table(summary.runs) if show_cost and summary.runs is not None else None
+    if costs is not None and not quiet:
+        console.print(render_cost_rich(costs))
     latex = functools.partial(to_latex, small_intervals=small_intervals)
     writers = {"markdown": to_markdown, "csv": to_csv, "latex": latex, "table": to_markdown}
     text = writers[fmt](summary)
@@ -129,6 +143,10 @@ def aggregate(
         text += "\n" + hparams_to_markdown(summary)
     if baseline and fmt in ("markdown", "table"):
         text += "\n" + differences_to_markdown(summary)
+    if costs is not None and fmt in ("markdown", "table"):
+        text += "\n" + cost_to_markdown(costs)
+    if summary.gaps and fmt in ("markdown", "table"):
+        text += "\n" + coverage_to_markdown(summary)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text)

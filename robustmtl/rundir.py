@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from robustmtl.config import RunConfig, RunOptions, config_from_dict, options_from_dict
 from robustmtl.errors import UserError
@@ -46,3 +50,29 @@ def required_run_dirs(run_dir: RunDir, required: dict[str, RunConfig]) -> dict[s
                             f"(expected {other.done})")
         dirs[role] = other
     return dirs
+
+
+@dataclass(frozen=True)
+class RunCost:
+    """What a finished run cost, as the training loop writes it into DONE (None: not recorded)."""
+
+    wall_s: float | None
+    gpu_hours: float | None
+    peak_mem_mb: float | None
+
+
+def _number(value: Any) -> float | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def run_cost(run_dir: Path) -> RunCost | None:
+    """The cost fields of a finished run's DONE summary (None when the run is not done or DONE is unreadable)."""
+    try:
+        summary = json.loads((run_dir / "DONE").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict):
+        return None
+    return RunCost(_number(summary.get("wall_s")), _number(summary.get("gpu_hours")),
+                   _number(summary.get("peak_mem_mb")))

@@ -37,7 +37,8 @@ BASE: Spec = {
 }
 
 
-def make_summary(spec: Spec, ci: str = "t", select: str = "worst-val", excluded: int = 0) -> Summary:
+def make_summary(spec: Spec, ci: str = "t", select: str = "worst-val", excluded: int = 0,
+                 codes: dict[tuple[str, str], str] | None = None) -> Summary:
     rows, chosen = [], []
     for (method, dataset), (avg, worst, hw, n, n_exp, utg) in spec.items():
         for metric, mean in (("avg_acc", avg), ("worst_group_acc", worst)):
@@ -56,6 +57,7 @@ def make_summary(spec: Spec, ci: str = "t", select: str = "worst-val", excluded:
                     "select": select,
                     "ci": ci,
                     "uses_train_groups": utg,
+                    "code": (codes or {}).get((method, dataset), "0a1b2c3d4e5f"),
                 }
             )
         chosen.append(
@@ -283,3 +285,17 @@ def test_latex_small_intervals_keep_structure() -> None:
     ncols, widths = _tabular_rows(tex)
     assert all(w == ncols for w in widths)
     assert r"\scriptsize" not in to_latex(make_summary(BASE))
+
+
+def test_cells_from_several_code_versions_are_flagged_and_the_code_is_named():
+    summary = make_summary(BASE, codes={("gdro", "waterbirds"): "0a1b2c3d4e5f; 9f8e7d6c5b4a+dirty.1234abcd"})
+    md = to_markdown(summary)
+    gdro = next(line for line in md.splitlines() if line.startswith("| gdro"))
+    erm = next(line for line in md.splitlines() if line.startswith("| erm"))
+    assert gdro.count("‡") == 2 and "‡" not in erm  # both metrics of the mixed cell, nothing else
+    assert "‡ runs from more than one code version" in md
+    assert "Code: 0a1b2c3d4e5f, 9f8e7d6c5b4a+dirty.1234abcd." in md
+    tex = to_latex(summary)
+    assert tex.count(r"$^{\ddagger}$") == 3 and "Code: 0a1b2c3d4e5f, 9f8e7d6c5b4a+dirty.1234abcd" in tex
+    plain = make_summary(BASE)
+    assert "‡" not in to_markdown(plain) and "Code: 0a1b2c3d4e5f." in to_markdown(plain)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from robustmtl.aggregate.export import (
     hparams_to_markdown,
@@ -22,8 +23,10 @@ from robustmtl.aggregate.fewgroups import FewGroupsSelector
 from robustmtl.aggregate.load import RunCounts, load_runs
 from robustmtl.aggregate.select import SELECTORS, Selector, get_selector, select_runs
 from robustmtl.aggregate.stats import check_ci, paired_difference
-from robustmtl.aggregate.summary import Summary, build_cells, build_differences
+from robustmtl.aggregate.summary import Summary, build_cells, build_differences, run_codes
 from robustmtl.errors import UserError
+from robustmtl.grid.coverage import CellGap, coverage
+from robustmtl.layout import GridDir
 
 __all__ = [
     "SELECTORS",
@@ -76,7 +79,7 @@ def aggregate(
     warnings = loaded.warnings + sel.warnings
     if sel.per_seed.empty:
         raise UserError(f"no run has a test record at its selected epoch ({select}); nothing to report")
-    cells = build_cells(sel.per_seed, sel.chosen, select, ci, seed)
+    cells = build_cells(sel.per_seed, sel.chosen, select, ci, seed, run_codes(loaded.records))
 
     differences = None
     if baseline is not None:
@@ -86,5 +89,19 @@ def aggregate(
         differences, diff_warnings = build_differences(sel.per_seed, baseline)
         warnings += diff_warnings
     return Summary(
-        cells, sel.chosen, sel.per_seed, select, ci, loaded.counts, warnings, baseline, differences, selector
+        cells, sel.chosen, sel.per_seed, select, ci, loaded.counts, warnings, baseline, differences, selector,
+        loaded.runs, coverage_gaps(dirs, loaded.runs),
     )
+
+
+def coverage_gaps(dirs: Sequence[Path], runs: Any) -> dict[str, list[CellGap]]:
+    """Per grid directory with a saved spec: the cells with runs that are not done (missing or unfinished)."""
+    gaps = {}
+    for d in dirs:
+        grid = GridDir(d)
+        if grid.spec.is_file():
+            done = set(runs.loc[runs["complete"] & (runs["grid_dir"] == str(d)), "run_id"])
+            found = coverage(grid, done)
+            if found:
+                gaps[str(d)] = found
+    return gaps

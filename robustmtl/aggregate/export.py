@@ -24,6 +24,7 @@ METHOD_ORDER = ["erm", "jtt", "gdro", "subg", "suby", "rwg", "rwy", "l1", "mtl",
 METRIC_LABELS = {"avg_acc": "avg", "worst_group_acc": "worst"}
 TRAIN_GROUPS_NOTE = "uses training group labels"
 SHORT_NOTE = "fewer seeds than the grid asked for"
+MIXED_NOTE = "runs from more than one code version"
 MISSING = "\u2013"  # en dash
 
 
@@ -41,6 +42,11 @@ class _Value:
     best: bool
     short: bool
     n: int
+    mixed: bool  # the cell's runs came from more than one code version
+
+    @property
+    def marks(self) -> str:
+        return ("†" if self.short else "") + ("‡" if self.mixed else "")
 
 
 @dataclass
@@ -50,10 +56,15 @@ class _Layout:
     values: dict[tuple[str, str, str], _Value]  # (method, dataset, metric)
     uniform_n: int | None
     train_groups: set[str]
+    codes: list[str]  # every code version behind the table
 
     @property
     def any_short(self) -> bool:
         return any(v.short for v in self.values.values())
+
+    @property
+    def any_mixed(self) -> bool:
+        return any(v.mixed for v in self.values.values())
 
     def n_of(self, method: str, dataset: str, missing: str = MISSING) -> str:
         v = self.values.get((method, dataset, METRICS[0]))
@@ -85,6 +96,7 @@ def _layout(summary: Summary, pm: str = "±") -> _Layout:
             best=bool(is_best),
             short=bool(row["n"] < row["n_expected"]),
             n=int(row["n"]),
+            mixed=";" in row["code"],
         )
     ns = set(cells["n"])
     return _Layout(
@@ -93,6 +105,7 @@ def _layout(summary: Summary, pm: str = "±") -> _Layout:
         values=values,
         uniform_n=ns.pop() if len(ns) == 1 else None,
         train_groups=set(cells.loc[cells["uses_train_groups"], "method"]),
+        codes=sorted({c for joined in cells["code"] for c in joined.split("; ")}),
     )
 
 
@@ -122,7 +135,14 @@ def footnotes(layout: _Layout) -> list[tuple[str, str]]:
         notes.append(("*", TRAIN_GROUPS_NOTE))
     if layout.any_short:
         notes.append(("†", SHORT_NOTE))
+    if layout.any_mixed:
+        notes.append(("‡", MIXED_NOTE))
     return notes
+
+
+def code_note(layout: _Layout) -> str:
+    """Which code the numbers came from (provenance `code`: commit, +dirty.<hash> for uncommitted edits)."""
+    return f"Code: {', '.join(layout.codes)}."
 
 
 def _columns(layout: _Layout) -> list[tuple[str, str]]:
@@ -141,7 +161,7 @@ def _columns(layout: _Layout) -> list[tuple[str, str]]:
 def render_rich(summary: Summary) -> Table:
     """Terminal table; Text objects (not markup) so names with brackets print literally."""
     layout = _layout(summary)
-    notes = [f"{m} {t}" for m, t in footnotes(layout)]
+    notes = [f"{m} {t}" for m, t in footnotes(layout)] + [code_note(layout)]
     if summary.counts.excluded_incomplete:
         notes.append(f"{summary.counts.excluded_incomplete} incomplete run(s) excluded (--include-running)")
     table = Table(
@@ -162,10 +182,26 @@ def render_rich(summary: Summary) -> Table:
                 row.append(Text(MISSING))
                 continue
             cell = Text(v.mean, style="bold") if v.best else Text(v.mean)  # bold the mean only
-            cell.append((" " + v.interval if v.interval else "") + ("†" if v.short else ""), style="not bold")
+            cell.append((" " + v.interval if v.interval else "") + v.marks, style="not bold")
             row.append(cell)
         table.add_row(*row)
     return table
+
+
+def coverage_lines(summary: Summary) -> list[str]:
+    """What the saved specs asked for and is not done, per grid directory and cell ([] when complete)."""
+    from robustmtl.grid.coverage import gap_lines
+
+    lines = []
+    for grid_dir, gaps in summary.gaps.items():
+        lines.append(f"coverage of {grid_dir}: {len(gaps)} cell(s) of its grid.toml have runs not done:")
+        lines += [f"  {line}" for line in gap_lines(gaps)]
+    return lines
+
+
+def coverage_to_markdown(summary: Summary) -> str:
+    lines = coverage_lines(summary)
+    return "\n".join(["Coverage:", "", *(f"- {_md_escape(line.strip())}" for line in lines)]) + "\n" if lines else ""
 
 
 def render_hparams_rich(summary: Summary, full: bool = False) -> Table:
@@ -270,10 +306,11 @@ def to_markdown(summary: Summary) -> str:
                 row.append(MISSING)
             else:
                 mean = f"**{v.mean}**" if v.best else v.mean
-                row.append(f"{mean}{' ' + v.interval if v.interval else ''}{'†' if v.short else ''}")
+                row.append(f"{mean}{' ' + v.interval if v.interval else ''}{v.marks}")
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", caption(summary, layout)]
     lines += [("\\*" if m == "*" else m) + " " + t for m, t in footnotes(layout)]
+    lines.append(_md_escape(code_note(layout)))
     return "\n".join(lines) + "\n"
 
 
@@ -317,7 +354,8 @@ def _tex_value(v: _Value | None, small_intervals: bool) -> str:
         return "--"
     mean = rf"\textbf{{{v.mean}}}" if v.best else v.mean
     interval = (rf"{{\scriptsize {v.interval}}}" if small_intervals else v.interval) if v.interval else ""
-    return mean + (f" {interval}" if interval else "") + (r"$^{\dagger}$" if v.short else "")
+    marks = (r"$^{\dagger}$" if v.short else "") + (r"$^{\ddagger}$" if v.mixed else "")
+    return mean + (f" {interval}" if interval else "") + marks
 
 
 def to_latex(summary: Summary, small_intervals: bool = False) -> str:
@@ -357,8 +395,9 @@ def to_latex(summary: Summary, small_intervals: bool = False) -> str:
             )
         out.append(" & ".join(row) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}"]
-    notes = [("$^{*}$" if m == "*" else r"$^{\dagger}$") + " " + t for m, t in footnotes(layout)]
-    if notes:
-        out.append(r"\par\smallskip{\footnotesize " + "; ".join(notes) + ".}")
+    tex_marks = {"*": "$^{*}$", "†": r"$^{\dagger}$", "‡": r"$^{\ddagger}$"}
+    notes = [tex_marks[m] + " " + t for m, t in footnotes(layout)]
+    notes.append(latex_escape(code_note(layout).rstrip(".")))
+    out.append(r"\par\smallskip{\footnotesize " + "; ".join(notes) + ".}")
     out.append(r"\end{table}")
     return "\n".join(out) + "\n"

@@ -31,6 +31,7 @@ RECORD_SCHEMA = pa.schema(
         ("split", pa.string()),
         ("avg_acc", pa.float64()),
         ("worst_group_acc", pa.float64()),
+        ("code", pa.string()),
     ]
 )
 _PARSE = pa_json.ParseOptions(explicit_schema=RECORD_SCHEMA, unexpected_field_behavior="ignore")
@@ -126,7 +127,8 @@ def _valid_record(rec: object) -> bool:
         k in rec and (rec[k] is None or (isinstance(rec[k], int | float) and not isinstance(rec[k], bool)))
         for k in METRICS
     )
-    return ok_ints and ok_strs and ok_nums
+    ok_code = rec.get("code") is None or isinstance(rec.get("code"), str)
+    return ok_ints and ok_strs and ok_nums and ok_code
 
 
 def _drop_torn_tail(f: _RunFile) -> None:
@@ -156,7 +158,7 @@ def _parse_slow(f: _RunFile) -> pa.Table:
             bad.append(lineno)
             continue
         if _valid_record(rec):
-            good.append({k: rec[k] for k in RECORD_SCHEMA.names})
+            good.append({k: rec.get(k) for k in RECORD_SCHEMA.names})
         else:
             bad.append(lineno)
     if bad:

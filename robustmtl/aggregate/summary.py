@@ -9,6 +9,7 @@ import pandas as pd
 from robustmtl.aggregate.load import METRICS, RunCounts
 from robustmtl.aggregate.select import CELL, SELECTORS, Selector
 from robustmtl.aggregate.stats import cell_rng, interval, paired_difference
+from robustmtl.grid.coverage import CellGap
 
 CELL_COLUMNS = [
     "dataset",
@@ -23,7 +24,9 @@ CELL_COLUMNS = [
     "select",
     "ci",
     "uses_train_groups",
+    "code",
 ]
+UNKNOWN_CODE = "unknown"
 DIFF_COLUMNS = ["dataset", "method", "baseline", "metric", "mean_diff", "lower", "upper", "half_width", "n"]
 
 
@@ -36,6 +39,8 @@ class Summary:
         differed among the compared settings), epochs (seed -> selected epoch), score (mean selection metric).
     per_seed: the test metrics of every reported run at its selected epoch.
     differences: paired (method - baseline) per (dataset, method, metric), when a baseline was asked for.
+    runs: every run found (Loaded.runs), helper runs included, for the cost table.
+    gaps: per grid directory, the cells of its saved spec with runs not done (coverage).
     """
 
     cells: pd.DataFrame
@@ -48,19 +53,35 @@ class Summary:
     baseline: str | None = None
     differences: pd.DataFrame | None = None
     rule: Selector | None = None
+    runs: pd.DataFrame | None = None
+    gaps: dict[str, list[CellGap]] = field(default_factory=dict)
 
     @property
     def selector(self) -> Selector:
         return self.rule or SELECTORS[self.select]
 
 
+def run_codes(records: pd.DataFrame) -> dict[str, frozenset[str]]:
+    """run id → the code versions (provenance `code` field) its records were written by; "unknown" before
+    robustmtl recorded it. A run resumed under other code has several."""
+    codes = records["code"].fillna(UNKNOWN_CODE) if "code" in records else pd.Series(UNKNOWN_CODE, records.index)
+    return {run: frozenset(c) for run, c in codes.groupby(records["run_id"]).unique().items()}
+
+
 def build_cells(
-    per_seed: pd.DataFrame, chosen: pd.DataFrame, select: str, ci: str, seed: int
+    per_seed: pd.DataFrame, chosen: pd.DataFrame, select: str, ci: str, seed: int,
+    codes: dict[str, frozenset[str]] | None = None,
 ) -> pd.DataFrame:
-    """Mean and interval over seeds for every cell; n_expected kept so short cells get flagged, not mixed."""
+    """Mean and interval over seeds for every cell; n_expected kept so short cells get flagged, not mixed.
+
+    `code` lists the code versions of the cell's runs ("; "-separated): more than one flags a cell whose
+    numbers came from different commits.
+    """
     info = chosen.set_index(CELL)
+    codes = codes or {}
     rows = []
     for (dataset, method), group in per_seed.groupby(CELL, sort=True):
+        cell_codes = sorted(set().union(*(codes.get(r, {UNKNOWN_CODE}) for r in group["run_id"])))
         for metric in METRICS:
             rng = cell_rng(seed, str(dataset), str(method), metric) if ci == "bootstrap" else None
             iv = interval(group[metric].to_numpy(dtype=float), ci, rng)
@@ -78,6 +99,7 @@ def build_cells(
                     "select": select,
                     "ci": ci,
                     "uses_train_groups": bool(info.loc[(dataset, method), "uses_train_groups"]),
+                    "code": "; ".join(cell_codes),
                 }
             )
     return pd.DataFrame(rows, columns=CELL_COLUMNS)
