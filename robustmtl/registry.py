@@ -42,6 +42,7 @@ MODELS: dict[str, str] = {
     "mlp": "robustmtl.models.mlp:MLP",
     "bert": "robustmtl.models.bert:Bert",
     "vit": "robustmtl.models.vit:ViT",
+    "timm_vit": "robustmtl.models.timm_vit:TimmViT",
 }
 
 
