@@ -203,12 +203,15 @@ def test_status_watch_on_200_runs_makes_one_squeue_and_one_sacct_per_refresh(cli
         (shims / tool).chmod(0o755)
     env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}"}
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "robustmtl", "grid", "status", str(grid.root), "--watch"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(25)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=30)
+    # output to a file, not a pipe: a live display nobody reads would block on a full pipe and never stop
+    with (tmp_path / "watch.out").open("w") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "robustmtl", "grid", "status", str(grid.root), "--watch"],
+                                env=env, stdout=sink, stderr=subprocess.STDOUT, text=True)
+        time.sleep(25)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
     elapsed = time.monotonic() - started
+    out = (tmp_path / "watch.out").read_text()
     calls = log.read_text().split()
     refreshes = int(elapsed // 10) + 1  # the first look, then one every 10 s
     assert calls.count("squeue") <= refreshes and calls.count("sacct") <= calls.count("squeue"), (calls, elapsed)
