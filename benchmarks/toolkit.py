@@ -55,10 +55,13 @@ kind = "debug"
 
 
 def fake_grid(root: Path, runs: int, epochs: int, with_metrics: bool) -> None:
-    """Finished runs as the loop leaves them: config.json, DONE and (optionally) metrics.jsonl."""
+    """Finished runs as submit and the loop leave them: the plan, config.json, DONE and (optionally) metrics."""
     (root / "runs").mkdir(parents=True)
     (root / "grid.toml").write_text('name = "fake"\ndatasets = ["synthetic"]\nmethods = ["erm"]\n'
                                     f"seeds = {list(range(5))}\n")
+    (root / "plan.jsonl").write_text("".join(json.dumps({"run_id": f"{i:012x}", "dataset": "synthetic", "method": "erm",
+                                                         "seed": i % 5, "setting": f"lr={i // 5}"}) + "\n"
+                                             for i in range(runs)))
     groups = {"0": 0.9, "1": 0.6, "2": 0.7, "3": 0.95}
     for i in range(runs):
         run_id = f"{i:012x}"

@@ -2,14 +2,22 @@
 
 Per (dataset, method) cell, which settings and seeds are still missing, so a table with a short cell
 says what to rerun, and `grid status` says what is left. Used by `grid status` and `aggregate`.
+
+`grid submit` saves the expanded spec as GRID_DIR/plan.jsonl (one line per run: id, dataset, method,
+seed, setting), so coverage reads a file instead of expanding the spec again, which would import
+every plug-in (and torch). Grid directories from before the plan file are expanded from grid.toml.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 from robustmtl.errors import UserError
-from robustmtl.layout import GridDir
+from robustmtl.layout import GridDir, atomic_write_text
+
+PLAN = "plan.jsonl"
 
 
 @dataclass
@@ -23,20 +31,41 @@ class CellGap:
     missing: list[tuple[str, list[int]]]  # (setting, seeds), "defaults" for a method without swept values
 
 
-def coverage(grid: GridDir, done: set[str]) -> list[CellGap] | None:
-    """Cells of the saved spec with runs not in `done`; None when the spec cannot be read any more."""
+def _entry(run: Any) -> dict[str, Any]:
+    """A PlannedRun as one plan line."""
+    c = run.config
+    setting = ", ".join(f"{k}={v}" for k, v in sorted(run.swept.items())) or "defaults"
+    return {"run_id": run.run_id, "dataset": c.dataset, "method": c.method, "seed": c.seed, "setting": setting}
+
+
+def write_plan(grid: GridDir, runs: list[Any]) -> None:
+    atomic_write_text(grid.root / PLAN, "".join(json.dumps(_entry(r), sort_keys=True) + "\n" for r in runs))
+
+
+def _planned(grid: GridDir) -> list[dict[str, Any]] | None:
+    """The saved plan; else the spec expanded again; None when neither can be read."""
+    try:
+        return [json.loads(line) for line in (grid.root / PLAN).read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        pass
     from robustmtl.grid.expand import expand
     from robustmtl.grid.spec import load_spec
 
     try:
-        planned = expand(load_spec(grid.spec))
+        return [_entry(r) for r in expand(load_spec(grid.spec))]
     except UserError:
+        return None
+
+
+def coverage(grid: GridDir, done: set[str]) -> list[CellGap] | None:
+    """Cells of the saved spec with runs not in `done`; None when the spec cannot be read any more."""
+    planned = _planned(grid)
+    if planned is None:
         return None
     cells: dict[tuple[str, str], list[tuple[str, int, bool]]] = {}
     for run in planned:
-        c = run.config
-        setting = ", ".join(f"{k}={v}" for k, v in sorted(run.swept.items())) or "defaults"
-        cells.setdefault((c.dataset, c.method), []).append((setting, c.seed, run.run_id in done))
+        cells.setdefault((run["dataset"], run["method"]), []).append((run["setting"], run["seed"],
+                                                                        run["run_id"] in done))
     gaps = []
     for (dataset, method), runs in cells.items():
         missing: dict[str, list[int]] = {}

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from robustmtl.errors import UserError
 from robustmtl.grid import snapshot
+from robustmtl.grid.coverage import write_plan
 from robustmtl.grid.executor import ExecutorSettings, data_root_for, executor_settings
 from robustmtl.grid.expand import PlannedRun, data_roots, expand
 from robustmtl.grid.lock import submit_lock
@@ -89,6 +90,7 @@ def submit(spec_path: Path, out: Path | None, kind: str | None, force: bool, con
     with submit_lock(grid.root):
         try:
             record_spec(grid, spec, force)
+            write_plan(grid, runs)
             roots = {d: data_root_for(r) for d, r in data_roots(spec).items()}
             for run in runs:
                 options = settings.run_options(roots[run.config.dataset], resolved)
