@@ -10,7 +10,7 @@ from robustmtl import cli_grid
 from robustmtl.errors import UserError
 from robustmtl.grid import scheduler
 from robustmtl.grid import status as status_module
-from robustmtl.grid.coverage import coverage
+from robustmtl.grid.coverage import coverage, write_plan
 from robustmtl.grid.expand import expand
 from robustmtl.grid.manifest import append_entries
 from robustmtl.grid.spec import load_spec
@@ -159,3 +159,7 @@ def test_coverage_lists_missing_seeds_and_settings_per_cell(tmp_path, slurm_call
         ("synthetic", "l1", 4, 1, [("alpha_reg=0.1", [1]), ("alpha_reg=0.2", [0, 1])])]
     out = cli("grid", "status", g.root).output
     assert "synthetic/l1 (1/4 done): alpha_reg=0.1: seed 1; alpha_reg=0.2: seeds 0, 1" in out
+    write_plan(g, runs)  # what grid submit saves: coverage reads it instead of expanding the spec again
+    g.spec.write_text("not a grid file")
+    assert [(x.method, x.missing) for x in coverage(g, {r.run_id for r in runs if g.run(r.run_id).done.exists()})] \
+        == [("l1", [("alpha_reg=0.1", [1]), ("alpha_reg=0.2", [0, 1])])]
