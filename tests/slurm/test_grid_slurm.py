@@ -163,8 +163,10 @@ def test_cancel_then_resume_finishes_the_runs(cli, tmp_path, grids):
                      grid.root)
     job = latest_entries(grid.root)[first]["job_id"]
     assert f"cancelled 1 job(s): {job}" in cli("grid", "cancel", grid.root, "--run", first[:6]).output
-    status = wait_for("the cancelled run to leave the queue",
-                      lambda: (s := grid_status(grid)).runs[first].state != "running" and s, grid.root)
+    # slurmdbd records the cancel asynchronously: wait until status has it from sacct, not only from the markers
+    status = wait_for("the cancelled run to leave the queue and reach accounting",
+                      lambda: (s := grid_status(grid)).runs[first].state != "running"
+                      and "CANCELLED" in s.runs[first].note and s, grid.root)
     assert status.runs[first].state == "interrupted" and first not in status.active
     assert "CANCELLED" in subprocess.run(["sacct", "-X", "-n", "-P", "-o", "State", "-j", job],
                                          capture_output=True, text=True).stdout

@@ -205,8 +205,10 @@ def test_status_watch_on_200_runs_makes_one_squeue_and_one_sacct_per_refresh(cli
     started = time.monotonic()
     # output to a file, not a pipe: a live display nobody reads would block on a full pipe and never stop
     with (tmp_path / "watch.out").open("w") as sink:
+        # a test run in the background (CI) inherits SIGINT ignored; the user's Ctrl-C must reach the watch
         proc = subprocess.Popen([sys.executable, "-m", "robustmtl", "grid", "status", str(grid.root), "--watch"],
-                                env=env, stdout=sink, stderr=subprocess.STDOUT, text=True)
+                                env=env, stdout=sink, stderr=subprocess.STDOUT, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         time.sleep(25)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
