@@ -105,18 +105,16 @@ def aggregate(
     """Worst-group tables with confidence intervals over seeds."""
     from robustmtl.aggregate import aggregate as run_aggregate
     from robustmtl.aggregate.cost import cost_table, cost_to_markdown, render_cost_rich
-    from robustmtl.aggregate.export import (
+    from robustmtl.aggregate.details import (
         coverage_lines,
         coverage_to_markdown,
         differences_to_markdown,
         hparams_to_markdown,
         render_differences_rich,
         render_hparams_rich,
-        render_rich,
-        to_csv,
-        to_latex,
-        to_markdown,
     )
+    from robustmtl.aggregate.export import render_rich, to_csv, to_markdown
+    from robustmtl.aggregate.latex import to_latex
 
     fmt = fmt or (SUFFIX_FORMATS.get(output.suffix, "table") if output else "table")
     if fmt not in FORMATS:

@@ -26,7 +26,7 @@ def run_with_requirements(cfg: RunConfig, opts: RunOptions, out: Path, console: 
 
 def run_in_process(cfg: RunConfig, opts: RunOptions, out: Path, console: Console) -> dict[str, Any]:
     from robustmtl.provenance import record as record_provenance
-    from robustmtl.train.job import write_failure
+    from robustmtl.train.attempts import write_failure
     from robustmtl.train.loop import train_run
 
     rd = RunDir(out)

@@ -22,7 +22,9 @@ from robustmtl.aggregate import (
     to_latex,
     to_markdown,
 )
-from robustmtl.aggregate.export import MISSING, hparams_to_markdown, latex_escape, method_order
+from robustmtl.aggregate.details import hparams_to_markdown
+from robustmtl.aggregate.export import MISSING, method_order
+from robustmtl.aggregate.latex import latex_escape
 from robustmtl.aggregate.summary import CELL_COLUMNS
 
 # (method, dataset) -> (avg mean, worst mean, half-width, n, n_expected, uses_train_groups)

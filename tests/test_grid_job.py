@@ -13,8 +13,9 @@ from robustmtl.errors import UserError
 from robustmtl.grid.executor import executor_settings
 from robustmtl.layout import RunDir
 from robustmtl.train import job as job_module
-from robustmtl.train import loop
-from robustmtl.train.job import Caps, PackFailed, RequeueLimit, TrainJob, gpu_shares, read_attempts
+from robustmtl.train import loop, signals
+from robustmtl.train.attempts import read_attempts
+from robustmtl.train.job import Caps, PackFailed, RequeueLimit, TrainJob, gpu_shares
 
 
 class FakeSubmititHandler:
@@ -86,7 +87,7 @@ def test_term_checkpoints_then_requeues_only_when_nobody_else_does(tmp_path, mon
     handler = FakeSubmititHandler(False)
     signal.signal(signal.SIGUSR2, handler.checkpoint_and_try_requeue)
     asked: list = []
-    monkeypatch.setattr(job_module, "slurm_job_view", lambda: view)
+    monkeypatch.setattr(signals, "slurm_job_view", lambda: view)
     monkeypatch.setattr(job_module, "requeue_self", lambda job_id: asked.append(job_id))
     signalled_loop(monkeypatch, signal.SIGTERM, [])
     with pytest.raises(SystemExit):

@@ -10,16 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from robustmtl.aggregate.export import (
-    hparams_to_markdown,
-    render_differences_rich,
-    render_hparams_rich,
-    render_rich,
-    to_csv,
-    to_latex,
-    to_markdown,
-)
+from robustmtl.aggregate.details import hparams_to_markdown, render_differences_rich, render_hparams_rich
+from robustmtl.aggregate.export import render_rich, to_csv, to_markdown
 from robustmtl.aggregate.fewgroups import FewGroupsSelector
+from robustmtl.aggregate.latex import to_latex
 from robustmtl.aggregate.load import RunCounts, load_runs
 from robustmtl.aggregate.select import SELECTORS, Selector, get_selector, select_runs
 from robustmtl.aggregate.stats import check_ci, paired_difference

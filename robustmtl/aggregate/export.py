@@ -6,13 +6,10 @@ the formats never disagree about what a number means.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
-import pandas as pd
 from rich.table import Table
 from rich.text import Text
 
@@ -188,101 +185,6 @@ def render_rich(summary: Summary) -> Table:
     return table
 
 
-def coverage_lines(summary: Summary) -> list[str]:
-    """What the saved specs asked for and is not done, per grid directory and cell ([] when complete)."""
-    from robustmtl.grid.coverage import gap_lines
-
-    lines = []
-    for grid_dir, gaps in summary.gaps.items():
-        lines.append(f"coverage of {grid_dir}: {len(gaps)} cell(s) of its grid.toml have runs not done:")
-        lines += [f"  {line}" for line in gap_lines(gaps)]
-    return lines
-
-
-def coverage_to_markdown(summary: Summary) -> str:
-    lines = coverage_lines(summary)
-    return "\n".join(["Coverage:", "", *(f"- {_md_escape(line.strip())}" for line in lines)]) + "\n" if lines else ""
-
-
-def render_hparams_rich(summary: Summary, full: bool = False) -> Table:
-    """The chosen setting per cell with its selected epochs, so a reader can rerun or audit the choice.
-
-    `searched` lists only hyperparameters that differed among the compared settings; `full` adds all.
-    """
-    table = Table(title=Text(f"Chosen hyperparameters ({summary.selector.label})"))
-    for name in _hparam_header(summary, full):
-        table.add_column(name, overflow="fold")
-    for r in _sorted_chosen(summary).itertuples():
-        table.add_row(*map(Text, _hparam_row(r, full)))
-    return table
-
-
-DIFFERENCE_HEADER = ("dataset", "method", "metric", "difference", "n")
-
-
-def _difference_rows(summary: Summary) -> list[tuple[str, ...]]:
-    """Paired differences vs the baseline in percentage points, in method order."""
-    diffs = summary.differences.copy()
-    diffs["_order"] = diffs["method"].map({m: i for i, m in enumerate(method_order(diffs["method"]))})
-    rows = []
-    for r in diffs.sort_values(["dataset", "_order", "metric"]).itertuples():
-        hw = "" if math.isnan(r.half_width) else f" ± {_pct(r.half_width)}"
-        rows.append((r.dataset, r.method, METRIC_LABELS.get(r.metric, r.metric), f"{100 * r.mean_diff:+.1f}{hw}",
-                     str(r.n)))
-    return rows
-
-
-def _difference_title(summary: Summary) -> str:
-    return f"Paired difference vs {summary.baseline} (percentage points, {CI_TYPES['t']})"
-
-
-def render_differences_rich(summary: Summary) -> Table | None:
-    """None when no baseline was asked for."""
-    if summary.differences is None:
-        return None
-    table = Table(title=Text(_difference_title(summary)))
-    for name in DIFFERENCE_HEADER:
-        table.add_column(name, justify="right" if name in ("difference", "n") else "left", overflow="fold")
-    for row in _difference_rows(summary):
-        table.add_row(*(Text(c) for c in row))
-    return table
-
-
-def differences_to_markdown(summary: Summary) -> str:
-    """Markdown version of render_differences_rich ('' without a baseline)."""
-    if summary.differences is None:
-        return ""
-    lines = [f"{_difference_title(summary)}:", "", "| " + " | ".join(DIFFERENCE_HEADER) + " |",
-             "|" + "---|" * len(DIFFERENCE_HEADER)]
-    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in _difference_rows(summary)]
-    return "\n".join(lines) + "\n"
-
-
-def _sorted_chosen(summary: Summary) -> pd.DataFrame:
-    order = {m: i for i, m in enumerate(method_order(summary.chosen["method"]))}
-    return summary.chosen.assign(_o=summary.chosen["method"].map(order)).sort_values(["dataset", "_o"])
-
-
-def _kv(d: dict) -> str:
-    return ", ".join(
-        f"{k}={v if isinstance(v, str | int | float | bool) else json.dumps(v)}" for k, v in d.items()
-    )
-
-
-def _hparam_header(summary: Summary, full: bool) -> list[str]:
-    sel = summary.selector
-    score = f"{sel.split} {METRIC_LABELS.get(getattr(sel, 'metric', ''), 'score')}"
-    cols = ["dataset", "method", "setting", "model", score, "seeds", "epochs (seed:epoch)", "searched"]
-    return [*cols, "all hparams"] if full else cols
-
-
-def _hparam_row(r: Any, full: bool) -> list[str]:  # r: an itertuples() row of Summary.chosen
-    epochs = " ".join(f"{s}:{e}" for s, e in sorted(r.epochs.items())) if isinstance(r.epochs, dict) else ""
-    row = [r.dataset, r.method, r.setting_id, r.model, _pct(r.score), f"{r.n_seeds}/{r.n_expected}", epochs]
-    row.append(_kv(r.searched) or "(one setting)")
-    return [*row, _kv(dict(sorted(r.hparams.items())))] if full else row
-
-
 # --- markdown / csv ---------------------------------------------------------------------------------
 
 
@@ -314,90 +216,6 @@ def to_markdown(summary: Summary) -> str:
     return "\n".join(lines) + "\n"
 
 
-def hparams_to_markdown(summary: Summary, full: bool = False) -> str:
-    """Markdown version of render_hparams_rich."""
-    header = _hparam_header(summary, full)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in _sorted_chosen(summary).itertuples():
-        lines.append("| " + " | ".join(_md_escape(c) for c in _hparam_row(r, full)) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def to_csv(summary: Summary) -> str:
     """Long format (one row per dataset x method x metric), fractions not percentages, for scripts."""
     return summary.cells.to_csv(index=False, lineterminator="\n", float_format="%.10g")
-
-
-# --- latex ------------------------------------------------------------------------------------------
-
-_LATEX_ESCAPES = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-}
-
-
-def latex_escape(s: str) -> str:
-    """Escape TeX specials in user-chosen names (method/dataset strings like mtl_l1)."""
-    return "".join(_LATEX_ESCAPES.get(c, c) for c in s)
-
-
-def _tex_value(v: _Value | None, small_intervals: bool) -> str:
-    if v is None:
-        return "--"
-    mean = rf"\textbf{{{v.mean}}}" if v.best else v.mean
-    interval = (rf"{{\scriptsize {v.interval}}}" if small_intervals else v.interval) if v.interval else ""
-    marks = (r"$^{\dagger}$" if v.short else "") + (r"$^{\ddagger}$" if v.mixed else "")
-    return mean + (f" {interval}" if interval else "") + marks
-
-
-def to_latex(summary: Summary, small_intervals: bool = False) -> str:
-    """A complete `table` float using booktabs (\\usepackage{booktabs}); numbers are never truncated.
-
-    `small_intervals` sets the intervals in \\scriptsize, as many papers do to keep wide tables readable.
-    """
-    layout = _layout(summary, pm=r"$\pm$")
-    per = len(METRICS) + (layout.uniform_n is None)
-    spec = "l" + "".join(" " + "c" * per for _ in layout.datasets)
-    heads = [rf"\multicolumn{{{per}}}{{c}}{{{latex_escape(d)}}}" for d in layout.datasets]
-    rules = " ".join(
-        rf"\cmidrule(lr){{{2 + i * per}-{1 + (i + 1) * per}}}" for i in range(len(layout.datasets))
-    )
-    sub = [METRIC_LABELS[m].capitalize() for m in METRICS] + (["$n$"] if layout.uniform_n is None else [])
-    token = "PLUSMINUSTOKEN"  # survives escaping, then becomes math-mode \pm
-    cap = latex_escape(caption(summary, layout, pm=token)).replace(token, r"$\pm$")
-    out = [
-        r"\begin{table}[t]",
-        r"\centering",
-        rf"\caption{{{cap}}}",
-        r"\label{tab:worst-group}",
-        rf"\begin{{tabular}}{{{spec}}}",
-        r"\toprule",
-        " & ".join(["", *heads]) + r" \\",
-        rules,
-        " & ".join(["Method", *(sub * len(layout.datasets))]) + r" \\",
-        r"\midrule",
-    ]
-    for method in layout.methods:
-        name = "{}" * method.startswith("[") + latex_escape(method)  # `\\ [` would read as a row skip
-        row = [name + (r"$^{*}$" if method in layout.train_groups else "")]
-        for d, m in _columns(layout):
-            row.append(
-                layout.n_of(method, d, "--") if m == "n"
-                else _tex_value(layout.values.get((method, d, m)), small_intervals)
-            )
-        out.append(" & ".join(row) + r" \\")
-    out += [r"\bottomrule", r"\end{tabular}"]
-    tex_marks = {"*": "$^{*}$", "†": r"$^{\dagger}$", "‡": r"$^{\ddagger}$"}
-    notes = [tex_marks[m] + " " + t for m, t in footnotes(layout)]
-    notes.append(latex_escape(code_note(layout).rstrip(".")))
-    out.append(r"\par\smallskip{\footnotesize " + "; ".join(notes) + ".}")
-    out.append(r"\end{table}")
-    return "\n".join(out) + "\n"

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from robustmtl.train.job import append_durably
+from robustmtl.train.attempts import append_durably
 
 
 def manifest_path(grid_root: Path) -> Path:

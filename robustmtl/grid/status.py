@@ -90,7 +90,7 @@ def failure_line(rd: RunDir) -> str:
 
 def grid_status(grid: GridDir, accounting: bool = True) -> GridStatus:
     """The state of every run of the grid; `accounting=False` skips sacct (enough to know what is queued)."""
-    from robustmtl.train.job import read_attempts
+    from robustmtl.train.attempts import read_attempts
 
     if not grid.root.is_dir():
         raise UserError(f"no grid directory at {grid.root}")

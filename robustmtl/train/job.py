@@ -30,22 +30,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-import traceback
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import submitit
 
-from robustmtl.layout import RunDir, atomic_write_text
+from robustmtl.layout import RunDir
+from robustmtl.train.attempts import read_attempts, record_attempt, write_failure
+from robustmtl.train.signals import StopFlag, interruption, requeue_self, under_slurm
 
 EXIT_CODES = {"done": 0, "failed": 1, "interrupted": 75, "retry": 76}  # a parallel pack member's outcome
 POLL_S = 0.2
@@ -220,52 +217,6 @@ class TrainJob(submitit.helpers.Checkpointable):
         sys.exit(EXIT_CODES["interrupted"])
 
 
-class StopFlag:
-    """Callable for the loop's `stop_requested`: true once a preemption signal has arrived."""
-
-    SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.previous: dict[int, Any] = {}
-
-    def __call__(self) -> bool:
-        return self.signum is not None
-
-    def _note(self, signum: int, frame: Any) -> None:
-        if self.signum is None:
-            self.signum = signum
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        self.previous = {s: signal.getsignal(s) for s in self.SIGNALS}
-        for s in self.SIGNALS:
-            signal.signal(s, self._note)
-        try:
-            yield
-        finally:
-            for s, handler in self.previous.items():
-                signal.signal(s, handler)
-
-
-def interruption(flag: StopFlag) -> tuple[str, str | None]:
-    """(event, who requeues: "submitit" | "self" | None) for the signal that stopped the loop."""
-    if flag.signum == signal.SIGUSR2:
-        handler = flag.previous.get(signal.SIGUSR2)
-        has_timed_out = getattr(getattr(handler, "__self__", None), "has_timed_out", None)  # submitit's SignalHandler
-        timed_out = bool(has_timed_out and has_timed_out())
-        return ("timeout" if timed_out else "preempted"), ("submitit" if callable(handler) else "self")
-    state, requeued = slurm_job_view()
-    if requeued:  # scontrol requeue, PreemptMode=REQUEUE: the next start resumes from the checkpoint
-        return "preempted", None
-    if state == "RUNNING":  # a bare TERM that ends nothing: preemption without a user signal, scancel --signal
-        return "preempted", "self"
-    return "terminated", None  # scancel, time limit: `grid resume` continues it
-
-
 def gpu_shares(visible: str, n: int) -> list[str | None]:
     """Split the task's CUDA_VISIBLE_DEVICES into `n` equal shares (None: no GPUs, nothing to set)."""
     devices = [d for d in visible.split(",") if d.strip()]
@@ -329,84 +280,12 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
-def under_slurm() -> bool:
-    return os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and "SLURM_JOB_ID" in os.environ
-
-
-def slurm_job_view() -> tuple[str | None, bool]:
-    """(JobState, whether SLURM is requeueing this job: its restart count is past the one this start got)."""
-    try:
-        proc = subprocess.run(["scontrol", "show", "job", os.environ["SLURM_JOB_ID"]], capture_output=True,
-                              text=True, timeout=5)
-    except (OSError, KeyError, subprocess.TimeoutExpired):
-        return None, False
-    state = re.search(r"\bJobState=(\S+)", proc.stdout)
-    restarts = re.search(r"\bRestarts=(\d+)", proc.stdout)
-    requeued = bool(restarts) and int(restarts.group(1)) > int(os.environ.get("SLURM_RESTART_COUNT", 0))
-    return (state.group(1) if state else None), requeued
-
-
-def requeue_self(job_id: str | None) -> str | None:
-    """`scontrol requeue` this job (it keeps its id and restarts from its submission); None when it worked."""
-    target = job_id or os.environ.get("SLURM_JOB_ID")
-    if not target:
-        return "no SLURM job id"
-    try:
-        proc = subprocess.run(["scontrol", "requeue", target], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return str(exc)
-    return None if proc.returncode == 0 else (proc.stderr.strip() or f"exit {proc.returncode}")
-
-
 def current_job_id() -> str | None:
     """`<array>_<task>` for array tasks (as in the manifest), else the executor's job id."""
     try:
         return str(submitit.JobEnvironment().job_id)
     except Exception:  # not inside a submitit job (in-process runs)
         return None
-
-
-def record_attempt(rd: RunDir, event: str, job_id: str | None, **extra: Any) -> int:
-    """Append one event (fsynced); returns how many events of this kind this job has now recorded for the run."""
-    entry = {"event": event, "job_id": job_id, "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", 0)),
-             "time": time.time(), "host": socket.gethostname(), **extra}
-    append_durably(rd.attempts, json.dumps(entry, sort_keys=True) + "\n")
-    return sum(1 for e in read_attempts(rd) if e.get("event") == event and e.get("job_id") == job_id)
-
-
-def append_durably(path: Path, text: str) -> None:
-    """Append whole lines and fsync; a line torn by an earlier kill is closed first so this one stays whole."""
-    with open(path, "a+b") as f:
-        if f.seek(0, os.SEEK_END):
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                text = "\n" + text
-        f.write(text.encode())
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_attempts(rd: RunDir) -> list[dict[str, Any]]:
-    """Events of a run, oldest first; a torn last line is skipped."""
-    try:
-        lines = rd.attempts.read_text().splitlines()
-    except FileNotFoundError:
-        return []
-    events = []
-    for line in lines:
-        with contextlib.suppress(json.JSONDecodeError):
-            event = json.loads(line)
-            if isinstance(event, dict):
-                events.append(event)
-    return events
-
-
-def write_failure(rd: RunDir, exc: BaseException, reason: str | None = None) -> None:
-    atomic_write_text(rd.failed, json.dumps({
-        "error": f"{type(exc).__name__}: {exc}", **({"reason": reason} if reason else {}),
-        "traceback": "".join(traceback.format_exception(exc)),
-        "host": socket.gethostname(), "pid": os.getpid(), "time": time.time(),
-    }, indent=2) + "\n")
 
 
 def _member(caps_json: str, run_dir: str) -> NoReturn:

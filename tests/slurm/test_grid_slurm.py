@@ -19,7 +19,7 @@ from robustmtl.grid.manifest import latest_entries, manifest_path
 from robustmtl.grid.status import grid_status
 from robustmtl.layout import GridDir, RunDir
 from robustmtl.registry import METHODS
-from robustmtl.train.job import read_attempts
+from robustmtl.train.attempts import read_attempts
 from tests.conftest import TIMING_KEYS, read_records, write_spec
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]

@@ -1,0 +1,119 @@
+"""The tables beside the main one: chosen hyperparameters, paired differences to a baseline, coverage."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pandas as pd
+from rich.table import Table
+from rich.text import Text
+
+from robustmtl.aggregate.export import METRIC_LABELS, _md_escape, _pct, method_order
+from robustmtl.aggregate.stats import CI_TYPES
+from robustmtl.aggregate.summary import Summary
+
+
+def coverage_lines(summary: Summary) -> list[str]:
+    """What the saved specs asked for and is not done, per grid directory and cell ([] when complete)."""
+    from robustmtl.grid.coverage import gap_lines
+
+    lines = []
+    for grid_dir, gaps in summary.gaps.items():
+        lines.append(f"coverage of {grid_dir}: {len(gaps)} cell(s) of its grid.toml have runs not done:")
+        lines += [f"  {line}" for line in gap_lines(gaps)]
+    return lines
+
+
+def coverage_to_markdown(summary: Summary) -> str:
+    lines = coverage_lines(summary)
+    return "\n".join(["Coverage:", "", *(f"- {_md_escape(line.strip())}" for line in lines)]) + "\n" if lines else ""
+
+
+def render_hparams_rich(summary: Summary, full: bool = False) -> Table:
+    """The chosen setting per cell with its selected epochs, so a reader can rerun or audit the choice.
+
+    `searched` lists only hyperparameters that differed among the compared settings; `full` adds all.
+    """
+    table = Table(title=Text(f"Chosen hyperparameters ({summary.selector.label})"))
+    for name in _hparam_header(summary, full):
+        table.add_column(name, overflow="fold")
+    for r in _sorted_chosen(summary).itertuples():
+        table.add_row(*map(Text, _hparam_row(r, full)))
+    return table
+
+
+DIFFERENCE_HEADER = ("dataset", "method", "metric", "difference", "n")
+
+
+def _difference_rows(summary: Summary) -> list[tuple[str, ...]]:
+    """Paired differences vs the baseline in percentage points, in method order."""
+    diffs = summary.differences.copy()
+    diffs["_order"] = diffs["method"].map({m: i for i, m in enumerate(method_order(diffs["method"]))})
+    rows = []
+    for r in diffs.sort_values(["dataset", "_order", "metric"]).itertuples():
+        hw = "" if math.isnan(r.half_width) else f" ± {_pct(r.half_width)}"
+        rows.append((r.dataset, r.method, METRIC_LABELS.get(r.metric, r.metric), f"{100 * r.mean_diff:+.1f}{hw}",
+                     str(r.n)))
+    return rows
+
+
+def _difference_title(summary: Summary) -> str:
+    return f"Paired difference vs {summary.baseline} (percentage points, {CI_TYPES['t']})"
+
+
+def render_differences_rich(summary: Summary) -> Table | None:
+    """None when no baseline was asked for."""
+    if summary.differences is None:
+        return None
+    table = Table(title=Text(_difference_title(summary)))
+    for name in DIFFERENCE_HEADER:
+        table.add_column(name, justify="right" if name in ("difference", "n") else "left", overflow="fold")
+    for row in _difference_rows(summary):
+        table.add_row(*(Text(c) for c in row))
+    return table
+
+
+def differences_to_markdown(summary: Summary) -> str:
+    """Markdown version of render_differences_rich ('' without a baseline)."""
+    if summary.differences is None:
+        return ""
+    lines = [f"{_difference_title(summary)}:", "", "| " + " | ".join(DIFFERENCE_HEADER) + " |",
+             "|" + "---|" * len(DIFFERENCE_HEADER)]
+    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in _difference_rows(summary)]
+    return "\n".join(lines) + "\n"
+
+
+def _sorted_chosen(summary: Summary) -> pd.DataFrame:
+    order = {m: i for i, m in enumerate(method_order(summary.chosen["method"]))}
+    return summary.chosen.assign(_o=summary.chosen["method"].map(order)).sort_values(["dataset", "_o"])
+
+
+def _kv(d: dict) -> str:
+    return ", ".join(
+        f"{k}={v if isinstance(v, str | int | float | bool) else json.dumps(v)}" for k, v in d.items()
+    )
+
+
+def _hparam_header(summary: Summary, full: bool) -> list[str]:
+    sel = summary.selector
+    score = f"{sel.split} {METRIC_LABELS.get(getattr(sel, 'metric', ''), 'score')}"
+    cols = ["dataset", "method", "setting", "model", score, "seeds", "epochs (seed:epoch)", "searched"]
+    return [*cols, "all hparams"] if full else cols
+
+
+def _hparam_row(r: Any, full: bool) -> list[str]:  # r: an itertuples() row of Summary.chosen
+    epochs = " ".join(f"{s}:{e}" for s, e in sorted(r.epochs.items())) if isinstance(r.epochs, dict) else ""
+    row = [r.dataset, r.method, r.setting_id, r.model, _pct(r.score), f"{r.n_seeds}/{r.n_expected}", epochs]
+    row.append(_kv(r.searched) or "(one setting)")
+    return [*row, _kv(dict(sorted(r.hparams.items())))] if full else row
+
+
+def hparams_to_markdown(summary: Summary, full: bool = False) -> str:
+    """Markdown version of render_hparams_rich."""
+    header = _hparam_header(summary, full)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in _sorted_chosen(summary).itertuples():
+        lines.append("| " + " | ".join(_md_escape(c) for c in _hparam_row(r, full)) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,79 @@
+"""The booktabs LaTeX table: the same layout, caption and markers as the other exports (see export.py)."""
+
+from __future__ import annotations
+
+from robustmtl.aggregate.export import METRIC_LABELS, _columns, _layout, _Value, caption, code_note, footnotes
+from robustmtl.aggregate.load import METRICS
+from robustmtl.aggregate.summary import Summary
+
+_LATEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def latex_escape(s: str) -> str:
+    """Escape TeX specials in user-chosen names (method/dataset strings like mtl_l1)."""
+    return "".join(_LATEX_ESCAPES.get(c, c) for c in s)
+
+
+def _tex_value(v: _Value | None, small_intervals: bool) -> str:
+    if v is None:
+        return "--"
+    mean = rf"\textbf{{{v.mean}}}" if v.best else v.mean
+    interval = (rf"{{\scriptsize {v.interval}}}" if small_intervals else v.interval) if v.interval else ""
+    marks = (r"$^{\dagger}$" if v.short else "") + (r"$^{\ddagger}$" if v.mixed else "")
+    return mean + (f" {interval}" if interval else "") + marks
+
+
+def to_latex(summary: Summary, small_intervals: bool = False) -> str:
+    """A complete `table` float using booktabs (\\usepackage{booktabs}); numbers are never truncated.
+
+    `small_intervals` sets the intervals in \\scriptsize, as many papers do to keep wide tables readable.
+    """
+    layout = _layout(summary, pm=r"$\pm$")
+    per = len(METRICS) + (layout.uniform_n is None)
+    spec = "l" + "".join(" " + "c" * per for _ in layout.datasets)
+    heads = [rf"\multicolumn{{{per}}}{{c}}{{{latex_escape(d)}}}" for d in layout.datasets]
+    rules = " ".join(
+        rf"\cmidrule(lr){{{2 + i * per}-{1 + (i + 1) * per}}}" for i in range(len(layout.datasets))
+    )
+    sub = [METRIC_LABELS[m].capitalize() for m in METRICS] + (["$n$"] if layout.uniform_n is None else [])
+    token = "PLUSMINUSTOKEN"  # survives escaping, then becomes math-mode \pm
+    cap = latex_escape(caption(summary, layout, pm=token)).replace(token, r"$\pm$")
+    out = [
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{cap}}}",
+        r"\label{tab:worst-group}",
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        " & ".join(["", *heads]) + r" \\",
+        rules,
+        " & ".join(["Method", *(sub * len(layout.datasets))]) + r" \\",
+        r"\midrule",
+    ]
+    for method in layout.methods:
+        name = "{}" * method.startswith("[") + latex_escape(method)  # `\\ [` would read as a row skip
+        row = [name + (r"$^{*}$" if method in layout.train_groups else "")]
+        for d, m in _columns(layout):
+            row.append(
+                layout.n_of(method, d, "--") if m == "n"
+                else _tex_value(layout.values.get((method, d, m)), small_intervals)
+            )
+        out.append(" & ".join(row) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}"]
+    tex_marks = {"*": "$^{*}$", "†": r"$^{\dagger}$", "‡": r"$^{\ddagger}$"}
+    notes = [tex_marks[m] + " " + t for m, t in footnotes(layout)]
+    notes.append(latex_escape(code_note(layout).rstrip(".")))
+    out.append(r"\par\smallskip{\footnotesize " + "; ".join(notes) + ".}")
+    out.append(r"\end{table}")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,60 @@
+"""RUN/attempts.jsonl and RUN/FAILED: every start, interruption and end of a run, written durably.
+
+`grid status` counts these events; the job's retry policy reads them back (caps per job id).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from robustmtl.layout import RunDir, atomic_write_text
+
+
+def record_attempt(rd: RunDir, event: str, job_id: str | None, **extra: Any) -> int:
+    """Append one event (fsynced); returns how many events of this kind this job has now recorded for the run."""
+    entry = {"event": event, "job_id": job_id, "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", 0)),
+             "time": time.time(), "host": socket.gethostname(), **extra}
+    append_durably(rd.attempts, json.dumps(entry, sort_keys=True) + "\n")
+    return sum(1 for e in read_attempts(rd) if e.get("event") == event and e.get("job_id") == job_id)
+
+
+def append_durably(path: Path, text: str) -> None:
+    """Append whole lines and fsync; a line torn by an earlier kill is closed first so this one stays whole."""
+    with open(path, "a+b") as f:
+        if f.seek(0, os.SEEK_END):
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                text = "\n" + text
+        f.write(text.encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_attempts(rd: RunDir) -> list[dict[str, Any]]:
+    """Events of a run, oldest first; a torn last line is skipped."""
+    try:
+        lines = rd.attempts.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    events = []
+    for line in lines:
+        with contextlib.suppress(json.JSONDecodeError):
+            event = json.loads(line)
+            if isinstance(event, dict):
+                events.append(event)
+    return events
+
+
+def write_failure(rd: RunDir, exc: BaseException, reason: str | None = None) -> None:
+    atomic_write_text(rd.failed, json.dumps({
+        "error": f"{type(exc).__name__}: {exc}", **({"reason": reason} if reason else {}),
+        "traceback": "".join(traceback.format_exception(exc)),
+        "host": socket.gethostname(), "pid": os.getpid(), "time": time.time(),
+    }, indent=2) + "\n")

@@ -1,0 +1,92 @@
+"""Preemption signals inside a SLURM job: note them for the loop, and tell who sent a TERM.
+
+USR2 (submitit's `--signal`) and TERM only raise a flag (`StopFlag`); the loop checkpoints at the next
+step boundary. After TERM one `scontrol show job` says whether SLURM is requeueing the job, ending it,
+or neither (a bare TERM: the job requeues itself).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+
+class StopFlag:
+    """Callable for the loop's `stop_requested`: true once a preemption signal has arrived."""
+
+    SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def _note(self, signum: int, frame: Any) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self.previous = {s: signal.getsignal(s) for s in self.SIGNALS}
+        for s in self.SIGNALS:
+            signal.signal(s, self._note)
+        try:
+            yield
+        finally:
+            for s, handler in self.previous.items():
+                signal.signal(s, handler)
+
+
+def interruption(flag: StopFlag) -> tuple[str, str | None]:
+    """(event, who requeues: "submitit" | "self" | None) for the signal that stopped the loop."""
+    if flag.signum == signal.SIGUSR2:
+        handler = flag.previous.get(signal.SIGUSR2)
+        has_timed_out = getattr(getattr(handler, "__self__", None), "has_timed_out", None)  # submitit's SignalHandler
+        timed_out = bool(has_timed_out and has_timed_out())
+        return ("timeout" if timed_out else "preempted"), ("submitit" if callable(handler) else "self")
+    state, requeued = slurm_job_view()
+    if requeued:  # scontrol requeue, PreemptMode=REQUEUE: the next start resumes from the checkpoint
+        return "preempted", None
+    if state == "RUNNING":  # a bare TERM that ends nothing: preemption without a user signal, scancel --signal
+        return "preempted", "self"
+    return "terminated", None  # scancel, time limit: `grid resume` continues it
+
+
+def under_slurm() -> bool:
+    return os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and "SLURM_JOB_ID" in os.environ
+
+
+def slurm_job_view() -> tuple[str | None, bool]:
+    """(JobState, whether SLURM is requeueing this job: its restart count is past the one this start got)."""
+    try:
+        proc = subprocess.run(["scontrol", "show", "job", os.environ["SLURM_JOB_ID"]], capture_output=True,
+                              text=True, timeout=5)
+    except (OSError, KeyError, subprocess.TimeoutExpired):
+        return None, False
+    state = re.search(r"\bJobState=(\S+)", proc.stdout)
+    restarts = re.search(r"\bRestarts=(\d+)", proc.stdout)
+    requeued = bool(restarts) and int(restarts.group(1)) > int(os.environ.get("SLURM_RESTART_COUNT", 0))
+    return (state.group(1) if state else None), requeued
+
+
+def requeue_self(job_id: str | None) -> str | None:
+    """`scontrol requeue` this job (it keeps its id and restarts from its submission); None when it worked."""
+    target = job_id or os.environ.get("SLURM_JOB_ID")
+    if not target:
+        return "no SLURM job id"
+    try:
+        proc = subprocess.run(["scontrol", "requeue", target], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    return None if proc.returncode == 0 else (proc.stderr.strip() or f"exit {proc.returncode}")
