@@ -40,7 +40,7 @@ def slurm_overrides(partition: str | None, account: str | None, qos: str | None,
             "array_parallelism": array_parallelism, "pack": pack}
 
 
-DRY_RUN_ROWS = 200
+DRY_RUN_ROWS = 100  # rich needs ~2.5 ms a row; the per-cell counts below cover the rest
 WATCH_MIN_S = 10.0  # a refresh is one squeue + at most one sacct: never more often than this
 RUN_LINES = 20  # per-run lines shown per section before "... and N more"
 

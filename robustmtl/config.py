@@ -16,7 +16,7 @@ from typing import Any
 
 from robustmtl.errors import UserError
 from robustmtl.params import DEVICE, at_least, coerce, did_you_mean, field_types, one_of, positive
-from robustmtl.registry import dataset_entry, method_entry, model_entry
+from robustmtl.registry import dataset_plugin, method_plugin, model_plugin
 
 CONFIG_VERSION = 1
 
@@ -102,14 +102,17 @@ class RunConfig:
     def with_seed(self, seed: int) -> RunConfig:
         """The same setting with another seed, reusing this config's JSON pieces and setting id.
 
-        A plain copy of the instance dict (not `dataclasses.replace`, which re-runs `__init__`): a
-        100,000-run grid calls this once per run.
+        A plain copy of the instance dict with the new run id set (not `dataclasses.replace`, which
+        re-runs `__init__`): a 100,000-run grid calls this once per run.
         """
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise UserError(f"seed must be an integer, got {seed!r}")
-        self._seedless_json  # noqa: B018 - computed once here, shared by every seed
+        head, tail = self._seedless_json  # computed once here, shared by every seed
         other = object.__new__(RunConfig)
-        other.__dict__.update({k: v for k, v in self.__dict__.items() if k != "run_id"}, seed=seed)
+        state = other.__dict__
+        state.update(self.__dict__)
+        state["seed"] = seed
+        state["run_id"] = _sha(f'{head},"seed":{seed},{tail}')
         return other
 
     @functools.cached_property
@@ -159,9 +162,9 @@ def blocks_for(method: str, dataset: str, model: str) -> dict[str, type]:
     """The parameter blocks of one (method, dataset, model) combination, keyed by section name."""
     return {
         "train": TrainParams,
-        "method_params": method_entry(method).Params,
-        "data_params": dataset_entry(dataset).Params,
-        "model_params": model_entry(model).Params,
+        "method_params": method_plugin(method).params,
+        "data_params": dataset_plugin(dataset).params,
+        "model_params": model_plugin(model).params,
     }
 
 
@@ -178,11 +181,11 @@ def build_config(method: str, dataset: str, seed: int, model: str | None, values
     """
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise UserError(f"{where}: seed must be an integer, got {seed!r}")
-    data = dataset_entry(dataset)
+    data = dataset_plugin(dataset)
     model = model or data.default_model
-    model_cls = model_entry(model)
-    if data.modality not in model_cls.modalities:
-        raise UserError(f"{where}: model {model!r} takes {'/'.join(model_cls.modalities)} inputs but dataset "
+    modalities = model_plugin(model).modalities
+    if data.modality not in modalities:
+        raise UserError(f"{where}: model {model!r} takes {'/'.join(modalities)} inputs but dataset "
                         f"{dataset!r} is {data.modality}; pick a {data.modality} model")
     blocks = blocks_for(method, dataset, model)
     sections: dict[str, dict[str, Any]] = {name: {} for name in blocks}
@@ -197,6 +200,7 @@ def build_config(method: str, dataset: str, seed: int, model: str | None, values
         sections[owner][key] = coerce(blocks[owner], key, value, where)
     return RunConfig(method=method, dataset=dataset, seed=seed, model=model,
                      **{name: blocks[name](**sections[name]) for name in blocks})
+
 
 
 def config_from_dict(d: dict[str, Any], where: str) -> RunConfig:

@@ -28,6 +28,7 @@ from typing import Any
 from robustmtl.errors import UserError
 
 RUN_ID = re.compile(r"^[0-9a-f]{12}$")
+DONE_MARKER = "DONE"
 VAL_CORRECT = "val_correct.jsonl"
 VAL_GROUPS = "val_groups.json"
 
@@ -92,7 +93,7 @@ class RunDir:
 
     @property
     def done(self) -> Path:
-        return self.root / "DONE"
+        return self.root / DONE_MARKER
 
     @property
     def failed(self) -> Path:
@@ -147,3 +148,13 @@ class GridDir:
         if not self.runs.is_dir():
             return []
         return sorted(p.name for p in self.runs.iterdir() if RUN_ID.match(p.name))
+
+    def done_run_ids(self) -> set[str]:
+        """Runs with a DONE marker: one listing and one stat per run directory, in plain strings (a grid
+        directory may hold 100,000 runs, where pathlib's per-path overhead alone takes seconds)."""
+        try:
+            names = os.listdir(self.runs)
+        except FileNotFoundError:
+            return set()
+        base = str(self.runs)
+        return {n for n in names if RUN_ID.match(n) and os.path.exists(os.path.join(base, n, DONE_MARKER))}

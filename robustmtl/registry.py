@@ -1,49 +1,28 @@
 """Explicit name → plug-in tables for methods, datasets and models.
 
-Entries are import paths resolved on first use, so `robustmtl --help` and the grid validator's
-name checks never import torch; a typo gets a "did you mean" instead of an import error.
+Each entry is a plug-in's declaration: where its implementation lives, its parameter block, and the
+traits a grid needs before anything trains (a dataset's modality and default model, a model's
+modalities, a method's required runs). Parameter blocks and requirements live in the torch-free
+`methods/params.py`, `data/params.py` and `models/params.py`, so checking and expanding a
+100,000-run grid never imports torch; the implementation (which does) is imported only to train.
+Everything is named by import path and resolved on first use, so `robustmtl --help` imports nothing
+and a typo gets a "did you mean" instead of an import error.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from robustmtl.errors import UserError
 from robustmtl.params import did_you_mean
 
-METHODS: dict[str, str] = {
-    "erm": "robustmtl.methods.erm:ERM",
-    "mtl": "robustmtl.methods.mtl:MTL",
-    "mtl_l1": "robustmtl.methods.mtl:MTLL1",
-    "l1": "robustmtl.methods.mtl:L1",
-    "jtt": "robustmtl.methods.jtt:JTT",
-    "jtt_stage1": "robustmtl.methods.jtt:JTTStage1",
-    "gdro": "robustmtl.methods.gdro:GroupDRO",
-    "subg": "robustmtl.methods.balancing:SubG",
-    "suby": "robustmtl.methods.balancing:SubY",
-    "rwg": "robustmtl.methods.balancing:RwG",
-    "rwy": "robustmtl.methods.balancing:RwY",
-    "ldro": "robustmtl.methods.ldro:LookaheadDRO",
-}
+if TYPE_CHECKING:
+    from robustmtl.config import RunConfig
 
-DATASETS: dict[str, str] = {
-    "synthetic": "robustmtl.data.synthetic:Synthetic",
-    "text_spurious": "robustmtl.data.injected:TextSpurious",
-    "mnist_spurious": "robustmtl.data.injected:MNISTSpurious",
-    "waterbirds": "robustmtl.data.waterbirds:Waterbirds",
-    "celeba": "robustmtl.data.celeba:CelebA",
-    "multinli": "robustmtl.data.multinli:MultiNLI",
-    "civilcomments": "robustmtl.data.civilcomments:CivilComments",
-}
-
-MODELS: dict[str, str] = {
-    "mlp": "robustmtl.models.mlp:MLP",
-    "bert": "robustmtl.models.bert:Bert",
-    "vit": "robustmtl.models.vit:ViT",
-    "timm_vit": "robustmtl.models.timm_vit:TimmViT",
-}
+NO_PARAMS = "robustmtl.params:NoParams"
 
 
 @functools.cache
@@ -52,20 +31,118 @@ def _import(path: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-def _load(table: dict[str, str], kind: str, name: str) -> Any:
+@dataclass(frozen=True)
+class Plugin:
+    implementation_path: str
+    params_path: str = NO_PARAMS
+
+    @property
+    def params(self) -> type:
+        """The frozen dataclass of this plug-in's parameters (torch-free)."""
+        return _import(self.params_path)
+
+    def implementation(self) -> Any:
+        """The class that trains (imports torch)."""
+        return _import(self.implementation_path)
+
+
+@dataclass(frozen=True)
+class MethodPlugin(Plugin):
+    requires_path: str | None = None
+
+    def requires(self, config: RunConfig) -> dict[str, RunConfig]:
+        """Runs that must finish before `config` starts, by role name (JTT's stage 1)."""
+        return _import(self.requires_path)(config) if self.requires_path else {}
+
+
+@dataclass(frozen=True)
+class DatasetPlugin(Plugin):
+    modality: str = ""
+    default_model: str = ""
+
+
+@dataclass(frozen=True)
+class ModelPlugin(Plugin):
+    modalities: tuple[str, ...] = ()
+
+
+def _method(impl: str, params: str | None = None, requires: str | None = None) -> MethodPlugin:
+    return MethodPlugin(f"robustmtl.methods.{impl}",
+                        f"robustmtl.methods.params:{params}" if params else NO_PARAMS,
+                        f"robustmtl.methods.params:{requires}" if requires else None)
+
+
+def _dataset(impl: str, params: str | None, modality: str, default_model: str) -> DatasetPlugin:
+    return DatasetPlugin(f"robustmtl.data.{impl}", f"robustmtl.data.params:{params}" if params else NO_PARAMS,
+                         modality, default_model)
+
+
+def _model(impl: str, params: str, *modalities: str) -> ModelPlugin:
+    return ModelPlugin(f"robustmtl.models.{impl}", f"robustmtl.models.params:{params}", modalities)
+
+
+METHODS: dict[str, MethodPlugin] = {
+    "erm": _method("erm:ERM"),
+    "mtl": _method("mtl:MTL", "MTLParams"),
+    "mtl_l1": _method("mtl:MTLL1", "MTLL1Params"),
+    "l1": _method("mtl:L1", "L1Params"),
+    "jtt": _method("jtt:JTT", "JTTParams", requires="jtt_requires"),
+    "jtt_stage1": _method("jtt:JTTStage1"),
+    "gdro": _method("gdro:GroupDRO", "GDROParams"),
+    "subg": _method("balancing:SubG"),
+    "suby": _method("balancing:SubY"),
+    "rwg": _method("balancing:RwG"),
+    "rwy": _method("balancing:RwY"),
+    "ldro": _method("ldro:LookaheadDRO", "LDROParams"),
+}
+
+DATASETS: dict[str, DatasetPlugin] = {
+    "synthetic": _dataset("synthetic:Synthetic", "SyntheticParams", "vector", "mlp"),
+    "text_spurious": _dataset("injected:TextSpurious", "TextSpuriousParams", "text", "bert"),
+    "mnist_spurious": _dataset("injected:MNISTSpurious", "MNISTSpuriousParams", "image", "vit"),
+    "waterbirds": _dataset("waterbirds:Waterbirds", None, "image", "vit"),
+    "celeba": _dataset("celeba:CelebA", "CelebAParams", "image", "vit"),
+    "multinli": _dataset("multinli:MultiNLI", None, "text", "bert"),
+    "civilcomments": _dataset("civilcomments:CivilComments", None, "text", "bert"),
+}
+
+MODELS: dict[str, ModelPlugin] = {
+    "mlp": _model("mlp:MLP", "MLPParams", "vector"),
+    "bert": _model("bert:Bert", "BertParams", "text"),
+    "vit": _model("vit:ViT", "ViTParams", "image"),
+    "timm_vit": _model("timm_vit:TimmViT", "TimmViTParams", "image"),
+}
+
+
+def _lookup(table: dict[str, Any], kind: str, name: str) -> Any:
     if not isinstance(name, str) or name not in table:
         raise UserError(f"unknown {kind} {name!r}{did_you_mean(str(name), table)}; "
                         f"known {kind}s: {', '.join(sorted(table))}")
-    return _import(table[name])
+    return table[name]
+
+
+def method_plugin(name: str) -> MethodPlugin:
+    return _lookup(METHODS, "method", name)
+
+
+def dataset_plugin(name: str) -> DatasetPlugin:
+    return _lookup(DATASETS, "dataset", name)
+
+
+def model_plugin(name: str) -> ModelPlugin:
+    return _lookup(MODELS, "model", name)
 
 
 def method_entry(name: str) -> Any:
-    return _load(METHODS, "method", name)
+    """The method's implementation class (imports torch)."""
+    return method_plugin(name).implementation()
 
 
 def dataset_entry(name: str) -> Any:
-    return _load(DATASETS, "dataset", name)
+    """The dataset's implementation class (imports torch)."""
+    return dataset_plugin(name).implementation()
 
 
 def model_entry(name: str) -> Any:
-    return _load(MODELS, "model", name)
+    """The model's implementation class (imports torch)."""
+    return model_plugin(name).implementation()

@@ -12,13 +12,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from robustmtl.config import RunConfig, RunOptions
 from robustmtl.errors import UserError
 from robustmtl.layout import RunDir, read_json
-from robustmtl.registry import method_entry
+from robustmtl.registry import method_plugin
 from robustmtl.rundir import prepare_run
 
 
 def run_with_requirements(cfg: RunConfig, opts: RunOptions, out: Path, console: Console) -> dict[str, Any]:
     """Required runs (JTT stage 1) go beside `out`, so a later run with the same requirement reuses them."""
-    for role, required in method_entry(cfg.method).requires(cfg).items():
+    for role, required in method_plugin(cfg.method).requires(cfg).items():
         console.print(f"{cfg.method} needs its {role} run {required.run_id} first")
         run_in_process(required, opts, out.parent / required.run_id, console)
     return run_in_process(cfg, opts, out, console)

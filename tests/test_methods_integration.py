@@ -9,7 +9,7 @@ from rich.console import Console
 
 from robustmtl.config import RunOptions, build_config
 from robustmtl.layout import RunDir
-from robustmtl.registry import method_entry
+from robustmtl.registry import method_entry, method_plugin
 from robustmtl.rundir import prepare_run
 from robustmtl.runner import run_with_requirements
 from robustmtl.train.loop import train_run
@@ -26,7 +26,7 @@ EXTRA = {"jtt": {"jtt_epochs": 1}}
 def prepared(tmp_path, method, name, checkpoint_every=0):
     cfg = build_config(method, "synthetic", 0, None, {**TINY, **EXTRA.get(method, {})}, where="test")
     opts = RunOptions(threads=1, checkpoint_every=checkpoint_every)
-    for required in method_entry(method).requires(cfg).values():  # JTT stage 1, beside the run
+    for required in method_plugin(method).requires(cfg).values():  # JTT stage 1, beside the run
         run_with_requirements(required, opts, tmp_path / required.run_id, Console(quiet=True))
     rd = RunDir(tmp_path / name)
     prepare_run(rd, cfg, opts)

@@ -11,12 +11,12 @@ as that archive unpacks). Images are read per batch and centre-cropped to a squa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from robustmtl.data.base import DataInfo, Splits, group_names
 from robustmtl.data.files import binary_column, dataset_dir, read_table, split_masks
 from robustmtl.data.images import file_image_splits
+from robustmtl.data.params import CelebAParams
 from robustmtl.errors import UserError
 
 SOURCE = ("https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html "
@@ -24,17 +24,7 @@ SOURCE = ("https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html "
 IMAGE_SIZE = 224
 
 
-@dataclass(frozen=True)
-class CelebAParams:
-    celeba_target: str = "Blond_Hair"
-    celeba_attr: str = "Male"
-
-
 class CelebA:
-    Params = CelebAParams
-    modality = "image"
-    default_model = "vit"
-
     @staticmethod
     def build(p: CelebAParams, data_root: Path | None) -> Splits:
         if p.celeba_target == p.celeba_attr:

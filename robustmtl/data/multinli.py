@@ -54,10 +54,6 @@ def glue_pairs(root: Path) -> tuple[list[str], list[str]]:
 
 
 class MultiNLI:
-    Params = NoParams
-    modality = "text"
-    default_model = "bert"
-
     @staticmethod
     def build(p: NoParams, data_root: Path | None) -> Splits:
         root, path = dataset_dir("multinli", data_root, METADATA, (), SOURCE)

@@ -10,38 +10,15 @@ seed: seeds vary training, not the dataset.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from robustmtl.data.base import DataInfo, Splits, VectorSplit, agreeing_attribute, group_names
-from robustmtl.params import at_least, between, positive
-
-
-@dataclass(frozen=True)
-class SyntheticParams:
-    n_train: int = field(default=2000, metadata=positive())
-    n_val: int = field(default=1000, metadata=positive())
-    n_test: int = field(default=2000, metadata=positive())
-    core_dim: int = field(default=5, metadata=positive())
-    spurious_dim: int = field(default=5, metadata=positive())
-    noise_dim: int = field(default=10, metadata=at_least(0))
-    core_mean: float = field(default=0.5, metadata=at_least(0.0))
-    core_std: float = field(default=1.0, metadata=positive())
-    spurious_mean: float = field(default=1.0, metadata=at_least(0.0))
-    spurious_std: float = field(default=0.5, metadata=positive())
-    noise_std: float = field(default=1.0, metadata=positive())
-    p_train: float = field(default=0.95, metadata=between(0.0, 1.0))
-    p_eval: float = field(default=0.5, metadata=between(0.0, 1.0))
-    data_seed: int = field(default=0, metadata=at_least(0))
+from robustmtl.data.params import SyntheticParams
 
 
 class Synthetic:
-    Params = SyntheticParams
-    modality = "vector"
-    default_model = "mlp"
-
     @staticmethod
     def build(p: SyntheticParams, data_root: Path | None) -> Splits:
         gen = torch.Generator().manual_seed(p.data_seed)

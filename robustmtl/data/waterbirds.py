@@ -21,10 +21,6 @@ RESIZE_RATIO = 256 / 224
 
 
 class Waterbirds:
-    Params = NoParams
-    modality = "image"
-    default_model = "vit"
-
     @staticmethod
     def build(p: NoParams, data_root: Path | None) -> Splits:
         root, path = dataset_dir("waterbirds", data_root, ["metadata.csv"], FOLDERS, SOURCE)

@@ -24,20 +24,20 @@ from robustmtl.grid.status import ACTIVE, grid_status
 from robustmtl.grid.submit import SubmitResult, execute
 from robustmtl.layout import GridDir
 from robustmtl.params import did_you_mean
+from robustmtl.registry import method_plugin
 
 FOLLOW_POLL_S = 2.0
 
 
 def planned_from_dir(grid: GridDir) -> list[PlannedRun]:
     """The grid's runs as written on disk (every spec that ever extended it), with their requirements."""
-    from robustmtl.registry import method_entry
     from robustmtl.rundir import load_run
 
     runs = []
     for run_id in grid.run_ids():
         cfg, _ = load_run(grid.run(run_id))
         runs.append(PlannedRun(config=cfg, swept={},
-                               requires=[c.run_id for c in method_entry(cfg.method).requires(cfg).values()]))
+                               requires=[c.run_id for c in method_plugin(cfg.method).requires(cfg).values()]))
     return runs
 
 

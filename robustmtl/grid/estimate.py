@@ -45,12 +45,13 @@ def estimate(grid: GridDir, runs: list[PlannedRun]) -> list[CellEstimate]:
     to_do: dict[tuple[str, str], int] = defaultdict(int)
     gpu: dict[tuple[str, str], list[float]] = defaultdict(list)
     wall: dict[tuple[str, str], list[float]] = defaultdict(list)
+    done = grid.done_run_ids()
     for run in runs:
         cell = (run.config.dataset, run.config.method)
-        run_dir = grid.run(run.run_id)
-        if not run_dir.done.exists():
+        if run.run_id not in done:
             to_do[cell] += 1
-        elif len(wall[cell]) < SAMPLE and (cost := run_cost(run_dir.root)) is not None and cost.wall_s is not None:
+        elif len(wall[cell]) < SAMPLE and (cost := run_cost(grid.run(run.run_id).root)) is not None \
+                and cost.wall_s is not None:
             wall[cell].append(cost.wall_s / 3600)
             gpu[cell].append(cost.gpu_hours or 0.0)
     return [CellEstimate(d, m, n, len(wall[(d, m)]), _mean(gpu[(d, m)]), _mean(wall[(d, m)]))

@@ -1,9 +1,10 @@
 """The method plug-in: what a method may change about training, and nothing else.
 
 A method decides (1) which training examples each epoch visits, in which order and how often
-(`epoch_indices`: subsampling, reweighting, JTT's upsampling), (2) the loss of one step from the
-model's outputs (`loss`), and (3) which other runs it needs first (`requires`: JTT stage 1). The loop
-owns everything else — optimisation, evaluation, checkpoints, records — so no method copies it.
+(`epoch_indices`: subsampling, reweighting, JTT's upsampling) and (2) the loss of one step from the
+model's outputs (`loss`). Its parameter block and the runs it needs first (JTT's stage 1) are
+declared torch-free in `methods/params.py` and `registry.py`. The loop owns everything else —
+optimisation, evaluation, checkpoints, records — so no method copies it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from robustmtl.config import RunConfig
 from robustmtl.data.base import DataInfo, Split
 from robustmtl.layout import RunDir
 from robustmtl.models.base import Model
-from robustmtl.params import NoParams
 
 
 @dataclass
@@ -38,7 +38,6 @@ class Terms:
 
 
 class Method:
-    Params: ClassVar[type] = NoParams
     uses_train_groups: ClassVar[bool] = False
     uses_aux_batch: ClassVar[bool] = False
     report: ClassVar[bool] = True
@@ -46,11 +45,6 @@ class Method:
     def __init__(self, params: Any, ctx: MethodContext) -> None:
         self.params = params
         self.ctx = ctx
-
-    @classmethod
-    def requires(cls, config: RunConfig) -> dict[str, RunConfig]:
-        """Runs that must finish before this one starts, by role name."""
-        return {}
 
     def epoch_indices(self, epoch: int, gen: torch.Generator) -> torch.Tensor:
         return torch.randperm(len(self.ctx.train), generator=gen)

@@ -22,22 +22,14 @@ weighted loss that is optimised) and `q_max` (largest group weight).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from robustmtl.methods.balancing import inverse_frequency_weights
 from robustmtl.methods.base import Method, MethodContext, Terms
+from robustmtl.methods.params import GDROParams
 from robustmtl.models.base import Model
-from robustmtl.params import at_least
-
-
-@dataclass(frozen=True)
-class GDROParams:
-    gdro_eta: float = field(default=0.01, metadata=at_least(0.0))
-    gdro_c: float = field(default=0.0, metadata=at_least(0.0))
-    gdro_balanced: bool = True
 
 
 def group_losses(per_example: torch.Tensor, g: torch.Tensor, n_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,7 +41,6 @@ def group_losses(per_example: torch.Tensor, g: torch.Tensor, n_groups: int) -> t
 
 
 class GroupDRO(Method):
-    Params = GDROParams
     uses_train_groups = True
 
     def __init__(self, params: GDROParams, ctx: MethodContext) -> None:

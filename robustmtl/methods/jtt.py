@@ -10,9 +10,9 @@ The set is written atomically to `error_set.json` in its run directory (`indices
 `n_train`), and its size is a DONE-summary field (`error_set_size`). It is a helper run
 (`report = False`): tables leave it out, so stage-2 model selection never looks at stage-1 epochs.
 
-`jtt` declares the stage-1 run as its requirement (`requires`), so the grid expander schedules it
-first and deduplicates it by run id: every run of a `jtt_upweight` sweep (and anything else that
-only changes stage-2 method parameters) shares one stage-1 run. Stage 2 trains from the initial
+`jtt` declares the stage-1 run as its requirement (`jtt_requires` in `methods/params.py`), so the
+grid expander schedules it first and deduplicates it by run id: every run of a `jtt_upweight` sweep
+(and anything else that only changes stage-2 method parameters) shares one stage-1 run. Stage 2 trains from the initial
 (pretrained) model again — the loop builds every run's model from its seed, so it starts from the
 same weights as stage 1 — on an upsampled training set: each epoch visits every training example
 once plus every error-set example `jtt_upweight` more times, i.e. an error example appears
@@ -24,27 +24,18 @@ The loss is plain ERM. Neither stage reads training group labels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from robustmtl.config import RunConfig, build_config
 from robustmtl.errors import UserError
 from robustmtl.layout import read_json, write_json
 from robustmtl.methods.base import MethodContext
 from robustmtl.methods.erm import ERM
+from robustmtl.methods.params import JTTParams
 from robustmtl.models.base import Model
-from robustmtl.params import at_least, positive
 
 ERROR_SET = "error_set.json"
-STAGE1 = "jtt_stage1"
-
-
-@dataclass(frozen=True)
-class JTTParams:
-    jtt_epochs: int = field(default=2, metadata=positive())
-    jtt_upweight: int = field(default=5, metadata=at_least(0))
 
 
 class JTTStage1(ERM):
@@ -62,16 +53,6 @@ class JTTStage1(ERM):
 
 class JTT(ERM):
     """Stage 2: ERM on the training set with the stage-1 error set upsampled."""
-
-    Params = JTTParams
-
-    @classmethod
-    def requires(cls, config: RunConfig) -> dict[str, RunConfig]:
-        values = {**config.to_dict()["train"], **config.to_dict()["data_params"], **config.to_dict()["model_params"],
-                  "epochs": config.method_params.jtt_epochs}
-        stage1 = build_config(STAGE1, config.dataset, config.seed, config.model, values,
-                              where=f"jtt stage 1 of {config.run_id}")
-        return {"stage1": stage1}
 
     def __init__(self, params: JTTParams, ctx: MethodContext) -> None:
         super().__init__(params, ctx)

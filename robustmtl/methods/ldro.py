@@ -53,7 +53,6 @@ Logged parts: `end` (plain batch-mean cross-entropy), `robust` (Σ w_g ℓ_g, op
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -61,15 +60,6 @@ import torch
 from robustmtl.methods.base import Method, Terms
 from robustmtl.methods.gdro import group_losses
 from robustmtl.models.base import Model
-from robustmtl.params import at_least, positive
-
-
-@dataclass(frozen=True)
-class LDROParams:
-    ldro_lookahead_lr: float = field(default=0.01, metadata=at_least(0.0))
-    ldro_tau: float = field(default=0.1, metadata=positive())
-    ldro_steps: int = field(default=100, metadata=positive())
-
 
 WEIGHT_FLOOR = 1e-12
 
@@ -110,7 +100,6 @@ def entropy(w: torch.Tensor) -> torch.Tensor:
 
 
 class LookaheadDRO(Method):
-    Params = LDROParams
     uses_train_groups = True
 
     def loss(self, model: Model, batch: dict[str, torch.Tensor], aux_batch: dict[str, torch.Tensor] | None) -> Terms:

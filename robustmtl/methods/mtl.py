@@ -15,38 +15,16 @@ batch, the term is summed over the end-task and auxiliary batches, like the refe
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-
 import torch
 
 from robustmtl.methods.base import Method, Terms, cross_entropy
 from robustmtl.models.base import Encoded, Model
-from robustmtl.params import at_least, one_of
 
 
 def l1_penalty(encoded: Encoded, target: str) -> torch.Tensor:
     if target == "cls":
         return encoded.h.float().abs().sum(dim=-1).mean()
     return encoded.tokens.float().abs().mean()
-
-
-@dataclass(frozen=True)
-class MTLParams:
-    alpha_aux: float = field(default=1.0, metadata=at_least(0.0))
-
-
-@dataclass(frozen=True)
-class MTLL1Params:
-    alpha_aux: float = field(default=1.0, metadata=at_least(0.0))
-    alpha_reg: float = field(default=math.exp(-1), metadata=at_least(0.0))
-    reg_target: str = field(default="cls", metadata=one_of("cls", "tokens"))
-
-
-@dataclass(frozen=True)
-class L1Params:
-    alpha_reg: float = field(default=math.exp(-1), metadata=at_least(0.0))
-    reg_target: str = field(default="cls", metadata=one_of("cls", "tokens"))
 
 
 class _Multitask(Method):
@@ -74,14 +52,16 @@ class _Multitask(Method):
 
 
 class MTL(_Multitask):
-    Params = MTLParams
+    """L_end + alpha_aux · L_aux."""
+
     uses_aux_batch = True
 
 
 class MTLL1(_Multitask):
-    Params = MTLL1Params
+    """L_end + alpha_aux · L_aux + alpha_reg · L1: the paper's method."""
+
     uses_aux_batch = True
 
 
 class L1(_Multitask):
-    Params = L1Params
+    """L_end + alpha_reg · L1: the ablation without the auxiliary task."""

@@ -23,7 +23,6 @@ separate forwards.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,18 +32,10 @@ from robustmtl.data.base import DataInfo, Splits
 from robustmtl.data.text import tokenize_splits
 from robustmtl.errors import UserError
 from robustmtl.models.base import AuxOutput, Encoded, Model
-from robustmtl.models.hub import MINILM, load, resolve
-from robustmtl.params import between, positive
+from robustmtl.models.hub import load, resolve
+from robustmtl.models.params import BertParams
 
 MLM_HEADS = ("cls", "lm_head")  # where BertForMaskedLM and RobertaForMaskedLM (and their kin) keep it
-
-
-@dataclass(frozen=True)
-class BertParams:
-    bert_pretrained: str = MINILM
-    bert_max_length: int = field(default=128, metadata=positive())
-    mlm_probability: float = field(default=0.15, metadata=between(0.01, 1.0))
-    bert_dropout: float = field(default=0.1, metadata=between(0.0, 0.99))
 
 
 def pad_to(batch: dict[str, torch.Tensor], ids: torch.Tensor, width: int, pad_id: int) -> dict[str, torch.Tensor]:
@@ -73,9 +64,6 @@ def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, probability: flo
 
 
 class Bert(Model):
-    Params = BertParams
-    modalities = ("text",)
-
     def __init__(self, p: BertParams, info: DataInfo) -> None:
         super().__init__()
         from transformers import AutoModelForMaskedLM, AutoTokenizer

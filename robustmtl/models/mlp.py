@@ -7,28 +7,15 @@ switch them off).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from torch import nn
 
 from robustmtl.data.base import DataInfo
 from robustmtl.models.base import AuxOutput, Encoded, Model
-from robustmtl.params import between, positive
-
-
-@dataclass(frozen=True)
-class MLPParams:
-    hidden_dim: int = field(default=64, metadata=positive())
-    depth: int = field(default=2, metadata=positive())
-    dropout: float = field(default=0.0, metadata=between(0.0, 0.99))
-    feature_mask_ratio: float = field(default=0.3, metadata=between(0.01, 1.0))
+from robustmtl.models.params import MLPParams
 
 
 class MLP(Model):
-    Params = MLPParams
-    modalities = ("vector",)
-
     def __init__(self, p: MLPParams, info: DataInfo) -> None:
         super().__init__()
         layers: list[nn.Module] = []

@@ -16,7 +16,6 @@ position embeddings are added, and a 1×1-conv + pixel-shuffle decoder reconstru
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +25,12 @@ from torch import nn
 from robustmtl.data.base import DataInfo
 from robustmtl.errors import UserError
 from robustmtl.models.base import Encoded, Model
+from robustmtl.models.params import TimmViTParams
 from robustmtl.models.vit import CHANNELS, ViT
-from robustmtl.params import at_least, between, positive
 
 VIT_PARTS = ("cls_token", "patch_embed", "_pos_embed", "patch_drop", "norm_pre", "blocks", "norm")
 IMPORT_HELP = ("timm needs torchvision, whose PyPI wheels load only beside a CUDA build of torch: install "
                "`robustmtl[timm]` on a GPU machine, or use the `vit` model (transformers, no torchvision)")
-
-
-@dataclass(frozen=True)
-class TimmViTParams:
-    timm_name: str = "vit_base_patch16_224"
-    timm_weights: str = ""
-    timm_image_size: int = field(default=0, metadata=at_least(0))
-    mim_mask_ratio: float = field(default=0.6, metadata=between(0.01, 1.0))
-    mim_mask_scale: int = field(default=2, metadata=positive())
 
 
 def import_timm() -> Any:
@@ -77,9 +67,6 @@ def create_vit(p: TimmViTParams) -> nn.Module:
 
 class TimmViT(ViT):
     """The `vit` model with a timm backbone: everything but building and running the backbone is inherited."""
-
-    Params = TimmViTParams
-    modalities = ("image",)
 
     def __init__(self, p: TimmViTParams, info: DataInfo) -> None:
         Model.__init__(self)  # not ViT.__init__, which builds a transformers backbone

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,22 +36,10 @@ from robustmtl.data.images import ImageSplit
 from robustmtl.errors import UserError
 from robustmtl.models.base import AuxOutput, Encoded, Model
 from robustmtl.models.hub import load, resolve
-from robustmtl.params import at_least, between, positive
+from robustmtl.models.params import ViTParams
 
 SCRATCH_SIZE = 32
 CHANNELS = 3
-
-
-@dataclass(frozen=True)
-class ViTParams:
-    vit_pretrained: str = ""
-    vit_image_size: int = field(default=0, metadata=at_least(0))
-    vit_patch_size: int = field(default=4, metadata=positive())
-    vit_hidden_dim: int = field(default=128, metadata=positive())
-    vit_depth: int = field(default=4, metadata=positive())
-    vit_heads: int = field(default=4, metadata=positive())
-    mim_mask_ratio: float = field(default=0.6, metadata=between(0.01, 1.0))
-    mim_mask_scale: int = field(default=2, metadata=positive())
 
 
 def simmim_mask(batch: int, grid: int, scale: int, ratio: float, device: torch.device,
@@ -88,9 +75,6 @@ def normalisation(source: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 class ViT(Model):
-    Params = ViTParams
-    modalities = ("image",)
-
     def __init__(self, p: ViTParams, info: DataInfo) -> None:
         super().__init__()
         from transformers import ViTConfig, ViTModel

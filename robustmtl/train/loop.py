@@ -32,7 +32,7 @@ from robustmtl.metrics import pack_bools
 from robustmtl.models.base import Model, param_groups
 from robustmtl.provenance import code_version
 from robustmtl.records import MetricsWriter
-from robustmtl.registry import dataset_entry, method_entry, model_entry
+from robustmtl.registry import dataset_entry, method_entry, method_plugin, model_entry
 from robustmtl.rng import epoch_generator
 from robustmtl.rundir import load_run, required_run_dirs
 from robustmtl.train import checkpoint
@@ -128,7 +128,7 @@ class Trainer:
         method_cls: type[Method] = method_entry(self.cfg.method)
         train = self.data.train if method_cls.uses_train_groups else self.data.train.hide_groups()
         ctx = MethodContext(config=self.cfg, info=self.data.info, train=train, run_dir=run_dir,
-                            required=required_run_dirs(run_dir, method_cls.requires(self.cfg)))
+                            required=required_run_dirs(run_dir, method_plugin(self.cfg.method).requires(self.cfg)))
         self.method = method_cls(self.cfg.method_params, ctx)
         self.train_split = train
         self.steps_per_epoch = len(chunks(self.method.epoch_indices(1, epoch_generator(seed, 1, 0)),

@@ -219,7 +219,8 @@ def test_jtt_stage_two_array_waits_for_stage_one(cli, tmp_path, grids):
     assert len(starts_2) == 2 and min(starts_2) > done_1
 
 
-LONG = {"epochs": 600, "n_train": 4000, "n_val": 100, "n_test": 100, "batch_size": 32}  # minutes of training: outlasts the 1-min limit
+# Minutes of training: outlasts the 1-minute limit.
+LONG = {"epochs": 600, "n_train": 4000, "n_val": 100, "n_test": 100, "batch_size": 32}
 
 
 def test_small_timeout_requeues_until_the_run_finishes(cli, tmp_path, grids):

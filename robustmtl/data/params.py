@@ -1,0 +1,52 @@
+"""Parameter blocks of the datasets (torch-free: the grid reads them without importing the loaders)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from robustmtl.params import at_least, between, positive
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    n_train: int = field(default=2000, metadata=positive())
+    n_val: int = field(default=1000, metadata=positive())
+    n_test: int = field(default=2000, metadata=positive())
+    core_dim: int = field(default=5, metadata=positive())
+    spurious_dim: int = field(default=5, metadata=positive())
+    noise_dim: int = field(default=10, metadata=at_least(0))
+    core_mean: float = field(default=0.5, metadata=at_least(0.0))
+    core_std: float = field(default=1.0, metadata=positive())
+    spurious_mean: float = field(default=1.0, metadata=at_least(0.0))
+    spurious_std: float = field(default=0.5, metadata=positive())
+    noise_std: float = field(default=1.0, metadata=positive())
+    p_train: float = field(default=0.95, metadata=between(0.0, 1.0))
+    p_eval: float = field(default=0.5, metadata=between(0.0, 1.0))
+    data_seed: int = field(default=0, metadata=at_least(0))
+
+
+@dataclass(frozen=True)
+class TextSpuriousParams:
+    text_n_train: int = field(default=2000, metadata=positive())
+    text_n_val: int = field(default=500, metadata=positive())
+    text_n_test: int = field(default=1000, metadata=positive())
+    text_p_train: float = field(default=0.95, metadata=between(0.0, 1.0))
+    text_p_eval: float = field(default=0.5, metadata=between(0.0, 1.0))
+    spurious_token: str = "spoiler:"
+    text_data_seed: int = field(default=0, metadata=at_least(0))
+
+
+@dataclass(frozen=True)
+class MNISTSpuriousParams:
+    mnist_n_train: int = field(default=3000, metadata=positive())
+    mnist_n_val: int = field(default=1000, metadata=positive())
+    mnist_n_test: int = field(default=1000, metadata=positive())
+    mnist_p_train: float = field(default=0.95, metadata=between(0.0, 1.0))
+    mnist_p_eval: float = field(default=0.5, metadata=between(0.0, 1.0))
+    mnist_data_seed: int = field(default=0, metadata=at_least(0))
+
+
+@dataclass(frozen=True)
+class CelebAParams:
+    celeba_target: str = "Blond_Hair"
+    celeba_attr: str = "Male"

@@ -1,0 +1,60 @@
+"""Parameter blocks of the methods, and the runs a method requires: everything a grid needs, without torch.
+
+The implementations (`methods/*.py`) import torch; the grid validator and expander read only this
+module (through `registry.py`), so a 100,000-run `grid submit --dry-run` never pays torch's import.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from robustmtl.config import RunConfig, build_config
+from robustmtl.params import at_least, one_of, positive
+
+
+@dataclass(frozen=True)
+class MTLParams:
+    alpha_aux: float = field(default=1.0, metadata=at_least(0.0))
+
+
+@dataclass(frozen=True)
+class MTLL1Params:
+    alpha_aux: float = field(default=1.0, metadata=at_least(0.0))
+    alpha_reg: float = field(default=math.exp(-1), metadata=at_least(0.0))
+    reg_target: str = field(default="cls", metadata=one_of("cls", "tokens"))
+
+
+@dataclass(frozen=True)
+class L1Params:
+    alpha_reg: float = field(default=math.exp(-1), metadata=at_least(0.0))
+    reg_target: str = field(default="cls", metadata=one_of("cls", "tokens"))
+
+
+@dataclass(frozen=True)
+class JTTParams:
+    jtt_epochs: int = field(default=2, metadata=positive())
+    jtt_upweight: int = field(default=5, metadata=at_least(0))
+
+
+@dataclass(frozen=True)
+class GDROParams:
+    gdro_eta: float = field(default=0.01, metadata=at_least(0.0))
+    gdro_c: float = field(default=0.0, metadata=at_least(0.0))
+    gdro_balanced: bool = True
+
+
+@dataclass(frozen=True)
+class LDROParams:
+    ldro_lookahead_lr: float = field(default=0.01, metadata=at_least(0.0))
+    ldro_tau: float = field(default=0.1, metadata=positive())
+    ldro_steps: int = field(default=100, metadata=positive())
+
+
+def jtt_requires(config: RunConfig) -> dict[str, RunConfig]:
+    """JTT's stage-1 run: ERM for `jtt_epochs` epochs, every other training, data and model parameter the same."""
+    d = config.to_dict()
+    values = {**d["train"], **d["data_params"], **d["model_params"], "epochs": config.method_params.jtt_epochs}
+    stage1 = build_config("jtt_stage1", config.dataset, config.seed, config.model, values,
+                          where=f"jtt stage 1 of {config.run_id}")
+    return {"stage1": stage1}

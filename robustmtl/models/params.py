@@ -1,0 +1,45 @@
+"""Parameter blocks of the models (torch-free: the grid reads them without importing the models)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from robustmtl.models.hub import MINILM
+from robustmtl.params import at_least, between, positive
+
+
+@dataclass(frozen=True)
+class MLPParams:
+    hidden_dim: int = field(default=64, metadata=positive())
+    depth: int = field(default=2, metadata=positive())
+    dropout: float = field(default=0.0, metadata=between(0.0, 0.99))
+    feature_mask_ratio: float = field(default=0.3, metadata=between(0.01, 1.0))
+
+
+@dataclass(frozen=True)
+class BertParams:
+    bert_pretrained: str = MINILM
+    bert_max_length: int = field(default=128, metadata=positive())
+    mlm_probability: float = field(default=0.15, metadata=between(0.01, 1.0))
+    bert_dropout: float = field(default=0.1, metadata=between(0.0, 0.99))
+
+
+@dataclass(frozen=True)
+class ViTParams:
+    vit_pretrained: str = ""
+    vit_image_size: int = field(default=0, metadata=at_least(0))
+    vit_patch_size: int = field(default=4, metadata=positive())
+    vit_hidden_dim: int = field(default=128, metadata=positive())
+    vit_depth: int = field(default=4, metadata=positive())
+    vit_heads: int = field(default=4, metadata=positive())
+    mim_mask_ratio: float = field(default=0.6, metadata=between(0.01, 1.0))
+    mim_mask_scale: int = field(default=2, metadata=positive())
+
+
+@dataclass(frozen=True)
+class TimmViTParams:
+    timm_name: str = "vit_base_patch16_224"
+    timm_weights: str = ""
+    timm_image_size: int = field(default=0, metadata=at_least(0))
+    mim_mask_ratio: float = field(default=0.6, metadata=between(0.01, 1.0))
+    mim_mask_scale: int = field(default=2, metadata=positive())

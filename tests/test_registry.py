@@ -1,0 +1,55 @@
+"""The plug-in declarations: torch-free for the grid, consistent with the implementations that train."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from robustmtl.registry import DATASETS, METHODS, MODELS, dataset_entry, model_plugin
+
+GENERATED = {"synthetic": {"n_train": 40, "n_val": 20, "n_test": 20},
+             "text_spurious": {"text_n_train": 40, "text_n_val": 20, "text_n_test": 20},
+             "mnist_spurious": {"mnist_n_train": 40, "mnist_n_val": 20, "mnist_n_test": 20}}
+
+
+def test_dry_run_of_a_grid_with_every_plugin_never_imports_torch(tmp_path: Path) -> None:
+    """The 100,000-run dry-run budget has no room for torch's ~1 s import: check and expand without it."""
+    spec = tmp_path / "all.toml"
+    spec.write_text("\n".join([
+        'name = "all"', f"datasets = {json.dumps(sorted(DATASETS))}", f"methods = {json.dumps(sorted(METHODS))}",
+        "seeds = [0, 1]", "[sweep]", "lr = [0.001, 0.0001]", "[methods.jtt.sweep]", "jtt_upweight = [2, 5]",
+        "[executor]", 'kind = "debug"']))
+    probe = ("import sys\nfrom robustmtl.cli import app\n"
+             f"try:\n    app(['grid', 'submit', {str(spec)!r}, '--dry-run'])\nexcept SystemExit as exc:\n"
+             "    assert not exc.code, exc.code\n"
+             "print('HEAVY', [m for m in ('torch', 'transformers', 'timm') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "runs" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "HEAVY []", result.stdout
+
+
+@pytest.mark.parametrize("table", [METHODS, DATASETS, MODELS], ids=["methods", "datasets", "models"])
+def test_every_declaration_resolves_to_a_params_dataclass_and_an_implementation(table: dict) -> None:
+    for name, plugin in table.items():
+        assert dataclasses.is_dataclass(plugin.params), name
+        assert plugin.params.__dataclass_params__.frozen, name
+        assert isinstance(plugin.implementation(), type), name
+
+
+@pytest.mark.parametrize("dataset", sorted(GENERATED))
+def test_declared_modality_is_what_the_dataset_builds(dataset: str) -> None:
+    params = DATASETS[dataset].params(**GENERATED[dataset])
+    built = dataset_entry(dataset).build(params, None)
+    assert built.info.modality == DATASETS[dataset].modality
+    assert built.info.modality in model_plugin(DATASETS[dataset].default_model).modalities
+
+
+def test_every_dataset_has_a_default_model_that_takes_its_modality() -> None:
+    for name, plugin in DATASETS.items():
+        assert plugin.modality in MODELS[plugin.default_model].modalities, name
