@@ -11,11 +11,12 @@ from robustmtl.config import RunOptions, build_config
 from robustmtl.data.base import DataInfo
 from robustmtl.errors import UserError
 from robustmtl.layout import RunDir
+from robustmtl.methods.erm import ERM
 from robustmtl.models.base import Model
 from robustmtl.registry import dataset_entry, model_entry
 from robustmtl.rundir import prepare_run
 from robustmtl.train.loop import train_run
-from robustmtl.train.step import resolve_precision
+from robustmtl.train.step import Stepper, resolve_precision
 from tests.conftest import TIMING_KEYS, TINY, read_records
 
 
@@ -88,6 +89,24 @@ def test_mixed_precision_trains_and_keeps_scaler_state(tmp_path, precision):
     assert all(torch.isfinite(torch.tensor(list(r["terms"].values()))).all() for r in train)
     scaler = torch.load(rd.checkpoint, weights_only=True)["scaler"]
     assert bool(scaler) == (precision == "fp16")
+
+
+def test_a_step_the_fp16_scaler_skips_leaves_weights_and_schedule_alone(tmp_path):
+    """An overflowing first scale makes the scaler skip the step: the LR schedule must not move either."""
+    model, train = built("synthetic", {"n_train": 64, "n_val": 8, "n_test": 8}, tmp_path)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=0.0, total_iters=10)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**100)  # the scaled fp16 gradients overflow
+    stepper = Stepper(model, optimizer, scheduler, torch.device("cpu"), "fp16", scaler=scaler)
+    method, batch = ERM(None, None), train[torch.arange(32)]
+    before = [p.detach().clone() for p in model.parameters()]
+    stepper.step(method, batch, None)
+    assert scaler.get_scale() < 2.0**100 and scheduler.last_epoch == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    scaler.update(new_scale=1.0)
+    stepper.step(method, batch, None)
+    assert scheduler.last_epoch == 1
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 def assert_pair_matches_separate(model: Model, batch: dict, aux_batch: dict) -> None:

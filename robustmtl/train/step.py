@@ -71,6 +71,7 @@ class Stepper:
         with self.autocast():
             terms = method.loss(self.model, batch, aux_batch)
         self.optimizer.zero_grad(set_to_none=True)
+        stepped = True
         if self.scaler is None:
             terms.total.backward()
             self._clip()
@@ -80,10 +81,12 @@ class Stepper:
             if self.grad_clip > 0:
                 self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
             self._clip()
+            scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-        if self.scheduler is not None:
-            self.scheduler.step()
+            stepped = self.scaler.get_scale() >= scale  # update() lowers the scale exactly when it skipped
+        if self.scheduler is not None and stepped:
+            self.scheduler.step()  # a step the scaler skipped (inf/NaN gradients) does not advance the schedule
         return terms
 
     def _clip(self) -> None:
