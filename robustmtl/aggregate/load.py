@@ -75,15 +75,15 @@ class Loaded:
 @dataclass
 class _RunFile:
     grid_dir: Path
-    run_dir: Path
+    run_dir: str
     complete: bool
     data: bytes = b""
     meta: dict | None = None
     issues: list[str] = field(default_factory=list)
 
     @property
-    def path(self) -> Path:
-        return self.run_dir / "metrics.jsonl"
+    def path(self) -> str:
+        return os.path.join(self.run_dir, "metrics.jsonl")
 
 
 def _iter_lines(data: bytes) -> Iterator[bytes]:
@@ -224,19 +224,20 @@ def _scan(grid_dir: Path, include_running: bool, warnings: list[str]) -> list[_R
     for entry in entries:
         if not entry.is_dir():
             continue
-        run_dir = Path(entry.path)
-        complete = (run_dir / "DONE").exists()
-        f = _RunFile(grid_dir, run_dir, complete)
-        if not f.path.is_file():
+        # Plain strings and os calls: pathlib's per-path overhead is a second at 10,000 runs.
+        complete = os.path.exists(os.path.join(entry.path, "DONE"))
+        f = _RunFile(grid_dir, entry.path, complete)
+        if not os.path.isfile(f.path):
             if complete:
-                warnings.append(f"{run_dir}: has DONE but no metrics.jsonl; skipped")
+                warnings.append(f"{entry.path}: has DONE but no metrics.jsonl; skipped")
             continue
         if complete or include_running:
-            f.data = f.path.read_bytes()
+            with open(f.path, "rb") as fh:
+                f.data = fh.read()
             _drop_torn_tail(f)
             f.meta = _first_meta(_iter_lines(f.data))
         else:
-            with f.path.open("rb") as fh:
+            with open(f.path, "rb") as fh:
                 f.meta = _first_meta(line for line in fh if line.endswith(b"\n"))
         files.append(f)
     if not files:
@@ -255,7 +256,7 @@ def _runs_frame(files: Sequence[_RunFile], include_running: bool, warnings: list
                 **f.meta,
                 "complete": f.complete,
                 "included": f.complete or include_running,
-                "run_dir": str(f.run_dir),
+                "run_dir": f.run_dir,
                 "grid_dir": str(f.grid_dir),
             }
         )
