@@ -11,6 +11,7 @@ import json
 import math
 import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,18 +184,30 @@ def _parse(files: Sequence[_RunFile]) -> list[pa.Table]:
         return _parse(files[:mid]) + _parse(files[mid:])
 
 
-def _parse_all(files: Sequence[_RunFile]) -> pa.Table:
-    tables: list[pa.Table] = []
+def _in_scope(f: _RunFile, include_running: bool) -> bool:
+    return f.meta is not None and (f.complete or include_running)
+
+
+def _scan_and_parse(grid_dirs: Sequence[Path], include_running: bool,
+                    warnings: list[str]) -> tuple[list[_RunFile], pa.Table]:
+    """Every run file, and the records of those in scope. Slices are parsed on a worker thread while the
+    scan reads the next one: pyarrow releases the GIL, so reading and parsing overlap."""
+    files: list[_RunFile] = []
+    parsing: list[Future[list[pa.Table]]] = []
     chunk: list[_RunFile] = []
     size = 0
-    for f in files:
-        chunk.append(f)
-        size += len(f.data)
-        if size >= _CHUNK_BYTES:
-            tables += _parse(chunk)
-            chunk, size = [], 0
-    tables += _parse(chunk)
-    return pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for f in (f for g in grid_dirs for f in _scan(g, include_running, warnings)):
+            files.append(f)
+            if _in_scope(f, include_running):
+                chunk.append(f)
+                size += len(f.data)
+            if size >= _CHUNK_BYTES:
+                parsing.append(pool.submit(_parse, chunk))
+                chunk, size = [], 0
+        parsing.append(pool.submit(_parse, chunk))
+        tables = [table for job in parsing for table in job.result()]
+    return files, pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
 
 
 def _expected_seeds(grid_dir: Path, warnings: list[str]) -> int | None:
@@ -212,15 +225,16 @@ def _expected_seeds(grid_dir: Path, warnings: list[str]) -> int | None:
     return None
 
 
-def _scan(grid_dir: Path, include_running: bool, warnings: list[str]) -> list[_RunFile]:
-    """List run directories and read the files the aggregation will use (metadata only for excluded runs)."""
+def _scan(grid_dir: Path, include_running: bool, warnings: list[str]) -> Iterator[_RunFile]:
+    """Run directories in name order, with the files the aggregation will use read (metadata only for
+    excluded runs)."""
     if not grid_dir.exists():
         raise UserError(f"grid directory does not exist: {grid_dir}")
     if not grid_dir.is_dir():
         raise UserError(f"not a directory: {grid_dir}")
     runs_dir = grid_dir / "runs"
     entries = sorted(os.scandir(runs_dir), key=lambda e: e.name) if runs_dir.is_dir() else []
-    files: list[_RunFile] = []
+    found = False
     for entry in entries:
         if not entry.is_dir():
             continue
@@ -239,10 +253,10 @@ def _scan(grid_dir: Path, include_running: bool, warnings: list[str]) -> list[_R
         else:
             with open(f.path, "rb") as fh:
                 f.meta = _first_meta(line for line in fh if line.endswith(b"\n"))
-        files.append(f)
-    if not files:
+        found = True
+        yield f
+    if not found:
         raise UserError(f"no runs found under {grid_dir}: expected {grid_dir}/runs/<run_id>/metrics.jsonl")
-    return files
 
 
 def _runs_frame(files: Sequence[_RunFile], include_running: bool, warnings: list[str]) -> pd.DataFrame:
@@ -285,10 +299,8 @@ def _add_expected(runs: pd.DataFrame, grid_dirs: Sequence[Path], warnings: list[
 def load_runs(grid_dirs: Sequence[Path], include_running: bool = False) -> Loaded:
     """Scan every grid directory, parse the runs in scope, deduplicate records (last in file order wins)."""
     warnings: list[str] = []
-    files = [f for g in grid_dirs for f in _scan(g, include_running, warnings)]
+    files, table = _scan_and_parse(grid_dirs, include_running, warnings)
     runs = _add_expected(_runs_frame(files, include_running, warnings), grid_dirs, warnings)
-    in_scope = [f for f in files if f.meta is not None and (f.complete or include_running)]
-    table = _parse_all(in_scope)
     warnings += [f"{f.path}: {'; '.join(f.issues)}" for f in files if f.issues]
 
     records = table.to_pandas()
