@@ -55,7 +55,8 @@ kind = "debug"
 
 
 def fake_grid(root: Path, runs: int, epochs: int, with_metrics: bool) -> None:
-    """Finished runs as submit and the loop leave them: the plan, config.json, DONE and (optionally) metrics."""
+    """Finished runs as submit and the loop leave them: the plan, config.json, DONE, the attempt log and
+    metrics (records only with `with_metrics`: status never reads them)."""
     (root / "runs").mkdir(parents=True)
     (root / "grid.toml").write_text('name = "fake"\ndatasets = ["synthetic"]\nmethods = ["erm"]\n'
                                     f"seeds = {list(range(5))}\n")
@@ -69,7 +70,11 @@ def fake_grid(root: Path, runs: int, epochs: int, with_metrics: bool) -> None:
         rd.mkdir()
         (rd / "config.json").write_text(json.dumps({"run_id": run_id}))
         (rd / "DONE").write_text(json.dumps({"run_id": run_id}))
+        (rd / "attempts.jsonl").write_text("".join(
+            json.dumps({"event": event, "job_id": f"{1000 + i}", "restart_count": 0, "time": 1.7e9, "host": "node1"})
+            + "\n" for event in ("start", "done")))
         if not with_metrics:
+            (rd / "metrics.jsonl").write_text("")
             continue
         base = {"run_id": run_id, "setting_id": f"{i // 5:012x}", "method": ["erm", "mtl_l1"][i % 2],
                 "dataset": "synthetic", "model": "mlp", "seed": i % 5, "hparams": {"lr": 1e-3 * (1 + i // 10 % 4)},

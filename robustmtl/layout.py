@@ -29,6 +29,10 @@ from robustmtl.errors import UserError
 
 RUN_ID = re.compile(r"^[0-9a-f]{12}$")
 DONE_MARKER = "DONE"
+FAILED_MARKER = "FAILED"
+METRICS = "metrics.jsonl"
+CHECKPOINT = "checkpoint.pt"
+ATTEMPTS = "attempts.jsonl"
 VAL_CORRECT = "val_correct.jsonl"
 VAL_GROUPS = "val_groups.json"
 
@@ -85,11 +89,11 @@ class RunDir:
 
     @property
     def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
+        return self.root / METRICS
 
     @property
     def checkpoint(self) -> Path:
-        return self.root / "checkpoint.pt"
+        return self.root / CHECKPOINT
 
     @property
     def done(self) -> Path:
@@ -97,11 +101,11 @@ class RunDir:
 
     @property
     def failed(self) -> Path:
-        return self.root / "FAILED"
+        return self.root / FAILED_MARKER
 
     @property
     def attempts(self) -> Path:
-        return self.root / "attempts.jsonl"
+        return self.root / ATTEMPTS
 
     def artifact(self, name: str) -> Path:
         """A method's own output file (e.g. JTT's error set)."""
@@ -112,15 +116,27 @@ class RunDir:
         for tmp in self.root.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
 
+    def listing(self) -> frozenset[str]:
+        """The names in the run directory: one system call answers every marker question."""
+        try:
+            return frozenset(os.listdir(self.root))
+        except FileNotFoundError:
+            return frozenset()
+
     def state(self) -> str:
         """done | failed | started | new — from the markers alone."""
-        if self.done.exists():
-            return "done"
-        if self.failed.exists():
-            return "failed"
-        if self.checkpoint.exists() or self.metrics.exists():
-            return "started"
-        return "new"
+        return marker_state(self.listing())
+
+
+def marker_state(names: frozenset[str]) -> str:
+    """done | failed | started | new, from a run directory's listing."""
+    if DONE_MARKER in names:
+        return "done"
+    if FAILED_MARKER in names:
+        return "failed"
+    if CHECKPOINT in names or METRICS in names:
+        return "started"
+    return "new"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from robustmtl.errors import UserError
 from robustmtl.grid import scheduler
 from robustmtl.grid.manifest import latest_entries
-from robustmtl.layout import GridDir, RunDir
+from robustmtl.layout import ATTEMPTS, GridDir, RunDir, marker_state
 
 # Shown always / only when some run is in them; in this order.
 CORE_STATES = ("done", "running", "pending", "requeued", "failed", "interrupted", "not submitted")
@@ -98,7 +98,9 @@ def grid_status(grid: GridDir, accounting: bool = True) -> GridStatus:
     if not run_ids:
         raise UserError(f"no runs under {grid.root} (expected {grid.runs}/<run_id>/config.json)")
     entries = latest_entries(grid.root)
-    markers = {rid: grid.run(rid).state() for rid in run_ids}
+    run_dirs = {rid: grid.run(rid) for rid in run_ids}
+    listings = {rid: rd.listing() for rid, rd in run_dirs.items()}
+    markers = {rid: marker_state(names) for rid, names in listings.items()}
     job_of = {rid: str(e["job_id"]) for rid, e in entries.items() if e.get("job_id")}
     jobs = {rid: job_of[rid] for rid in run_ids if rid in job_of and markers[rid] != "done"}
     queue = scheduler.queue_states(jobs.values())
@@ -109,8 +111,8 @@ def grid_status(grid: GridDir, accounting: bool = True) -> GridStatus:
         acct = scheduler.accounting_states(gone, since)
     runs = {}
     for rid in run_ids:
-        rd = grid.run(rid)
-        events = read_attempts(rd)
+        rd = run_dirs[rid]
+        events = read_attempts(rd) if ATTEMPTS in listings[rid] else []
         job = jobs.get(rid)
         started = any(e.get("event") == "start" and e.get("job_id") == job for e in events)
         state, note = classify(markers[rid], job, queue, acct, restarted=started)
