@@ -6,7 +6,6 @@ A UserError anywhere becomes one red line and exit code 2.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,10 +20,6 @@ from robustmtl.errors import UserError
 app = typer.Typer(help="Group-robustness fine-tuning experiments, from grid files to worst-group tables.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False)
 app.add_typer(grid_app, name="grid")
-
-FORMATS = ("table", "markdown", "csv", "latex")
-SUFFIX_FORMATS = {".tex": "latex", ".md": "markdown", ".csv": "csv"}
-
 
 def parse_sets(pairs: list[str]) -> dict[str, Any]:
     from robustmtl.params import parse_cli_value
@@ -102,55 +97,42 @@ def aggregate(
     small_intervals: Annotated[bool, typer.Option(help="LaTeX: set intervals in \\scriptsize.")] = False,
     quiet: Annotated[bool, typer.Option(help="Do not print the terminal table.")] = False,
 ) -> None:
-    """Worst-group tables with confidence intervals over seeds."""
-    from robustmtl.aggregate import aggregate as run_aggregate
-    from robustmtl.aggregate.cost import cost_table, cost_to_markdown, render_cost_rich
-    from robustmtl.aggregate.details import (
-        coverage_lines,
-        coverage_to_markdown,
-        differences_to_markdown,
-        hparams_to_markdown,
-        render_differences_rich,
-        render_hparams_rich,
-    )
-    from robustmtl.aggregate.export import render_rich, to_csv, to_markdown
-    from robustmtl.aggregate.latex import to_latex
+    """Worst-group tables with confidence intervals over seeds.
 
-    fmt = fmt or (SUFFIX_FORMATS.get(output.suffix, "table") if output else "table")
-    if fmt not in FORMATS:
-        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    CSV and LaTeX to standard output carry the main table only (the terminal tables go to stderr); with
+    --output, each side table asked for is a file beside it (table.csv -> table.differences.csv).
+    """
+    from robustmtl.aggregate import aggregate as run_aggregate
+    from robustmtl.aggregate.cost import cost_table, render_cost_rich
+    from robustmtl.aggregate.details import coverage_lines, render_differences_rich, render_hparams_rich
+    from robustmtl.aggregate.export import render_rich
+    from robustmtl.aggregate.report import Sides, documents, resolve_format, write
+
+    fmt = resolve_format(fmt, output)
     summary = run_aggregate(grid_dirs, select=select, include_running=include_running, ci=ci, baseline=baseline,
                             seed=seed, few_groups_fraction=few_groups_fraction, few_groups_seed=few_groups_seed)
     for warning in summary.warnings:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     for line in coverage_lines(summary):
         err_console.print(f"[yellow]{escape(line)}[/]", highlight=False)
-    if not quiet:
-        console.print(render_rich(summary))
-        if show_hparams:
-            console.print(render_hparams_rich(summary))
-        if baseline:
-            console.print(render_differences_rich(summary))
     costs = cost_table(summary.runs) if show_cost and summary.runs is not None else None
-    if costs is not None and not quiet:
-        console.print(render_cost_rich(costs))
-    latex = functools.partial(to_latex, small_intervals=small_intervals)
-    writers = {"markdown": to_markdown, "csv": to_csv, "latex": latex, "table": to_markdown}
-    text = writers[fmt](summary)
-    if show_hparams and fmt in ("markdown", "table"):
-        text += "\n" + hparams_to_markdown(summary)
-    if baseline and fmt in ("markdown", "table"):
-        text += "\n" + differences_to_markdown(summary)
-    if costs is not None and fmt in ("markdown", "table"):
-        text += "\n" + cost_to_markdown(costs)
-    if summary.gaps and fmt in ("markdown", "table"):
-        text += "\n" + coverage_to_markdown(summary)
-    if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text)
-        console.print(f"wrote {output}")
-    elif fmt != "table":
-        console.print(text, markup=False, highlight=False)
+    screen = err_console if output is None and fmt != "table" else console  # stdout stays machine-readable
+    if not quiet:
+        screen.print(render_rich(summary))
+        if show_hparams:
+            screen.print(render_hparams_rich(summary))
+        if baseline:
+            screen.print(render_differences_rich(summary))
+        if costs is not None:
+            screen.print(render_cost_rich(costs))
+    docs = documents(summary, fmt, Sides(show_hparams, baseline is not None, costs), small_intervals)
+    if output is None and fmt == "table":
+        return
+    for path in write(docs, output):
+        console.print(f"wrote {path}", highlight=False)
+    if output is None and len(docs) > 1:
+        err_console.print(f"[yellow]note:[/] only the main table went to standard output; give --output FILE "
+                          f"to also write {', '.join(n for n in docs if n)} as files beside it", highlight=False)
 
 
 @app.command()

@@ -56,6 +56,7 @@ def make_summary(spec: Spec, ci: str = "t", select: str = "worst-val", excluded:
                     "half_width": math.nan if ci == "bootstrap" else h,
                     "n": n,
                     "n_expected": n_exp,
+                    "n_unfinished": 0,
                     "select": select,
                     "ci": ci,
                     "uses_train_groups": utg,

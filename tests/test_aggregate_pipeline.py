@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from scipy import stats
 
@@ -202,8 +203,11 @@ def test_bootstrap_deterministic_given_seed(grid: Path) -> None:
     b = aggregate([grid], ci="bootstrap", seed=3).cells
     assert a.equals(b)
     assert set(a["ci"]) == {"bootstrap"}
-    w = cell(aggregate([grid], ci="bootstrap", seed=3), "worst_group_acc")
+    s = aggregate([grid], ci="bootstrap", seed=3)
+    w = cell(s, "worst_group_acc")
     assert 0.66 <= w["lower"] <= w["mean"] <= w["upper"] <= 0.68
+    assert any("fewer than 10 seeds are too narrow" in x for x in s.warnings)  # n = 3 here
+    assert not any("too narrow" in x for x in aggregate([grid]).warnings)
 
 
 def test_duplicates_last_wins_and_torn_lines_warn_once_per_file(tmp_path: Path) -> None:
@@ -259,19 +263,45 @@ def test_bad_file_does_not_poison_other_files(grid: Path) -> None:
 
 
 def test_incomplete_runs_excluded_and_short_cells_flagged(grid: Path) -> None:
-    (grid / "runs" / sid("A/2") / "DONE").unlink()
+    for setting in ("A", "B"):
+        (grid / "runs" / sid(f"{setting}/2") / "DONE").unlink()
     s = aggregate([grid])
-    assert (s.counts.found, s.counts.complete, s.counts.excluded_incomplete) == (6, 5, 1)
+    assert (s.counts.found, s.counts.complete, s.counts.excluded_incomplete) == (6, 4, 2)
     assert s.warnings == []  # excluded by design, not skipped as broken
     c = cell(s, "worst_group_acc")
     assert (c["n"], c["n_expected"]) == (2, 3)
     md = to_markdown(s)
     assert "†" in md and "fewer seeds than the grid asked for" in md
 
+    assert "§" not in md
     s = aggregate([grid], include_running=True)
     assert s.counts.excluded_incomplete == 0
+    assert (cell(s, "worst_group_acc")["n"], cell(s, "worst_group_acc")["n_unfinished"]) == (3, 1)
+    md = to_markdown(s)
+    assert "†" not in md and "§" in md and "have not finished" in md
+
+
+def test_a_setting_with_fewer_seeds_cannot_win_the_selection(grid: Path) -> None:
+    """A (best on validation) lost a seed: B, complete, is chosen, and the warning names A."""
+    (grid / "runs" / sid("A/2") / "DONE").unlink()
+    s = aggregate([grid])
+    assert s.chosen.iloc[0]["setting_id"] == sid("B")
     assert cell(s, "worst_group_acc")["n"] == 3
-    assert "†" not in to_markdown(s)
+    assert len(s.warnings) == 1 and sid("A") in s.warnings[0] and "2 seed(s) done against 3" in s.warnings[0]
+    assert aggregate([grid], include_running=True).chosen.iloc[0]["setting_id"] == sid("A")
+
+
+def test_settings_equal_up_to_float_rounding_tie_to_the_smallest_id() -> None:
+    """Means that differ only in the last bit (summation order) are a tie, not a win for the larger id."""
+    from robustmtl.aggregate.select import _choose_settings
+
+    score = 0.35
+    per_run = pd.DataFrame({"dataset": "wb", "method": "erm", "setting_id": ["aaa", "bbb"], "seed": [0, 0],
+                            "score": [score, math.nextafter(score, 1.0)]})
+    warnings: list[str] = []
+    assert _choose_settings(per_run, warnings).iloc[0]["setting_id"] == "aaa" and warnings == []
+    per_run.loc[1, "score"] = score + 1e-6
+    assert _choose_settings(per_run, warnings).iloc[0]["setting_id"] == "bbb"
 
 
 def test_expected_seeds_default_to_most_seen_without_grid_toml(tmp_path: Path) -> None:

@@ -128,3 +128,40 @@ def test_aggregate_options_and_plot(cli, tmp_path):
     figures = cli("plot", out, "--out", tmp_path / "figs")
     names = sorted(p.name for p in (tmp_path / "figs").iterdir())
     assert names == ["sweep_mtl_l1.pdf", "sweep_mtl_l1.png", "tradeoff.pdf", "tradeoff.png"], figures.output
+
+
+def test_machine_formats_on_stdout_are_clean_and_side_tables_are_files(cli, tmp_path):
+    """A narrow terminal must not wrap CSV/Markdown rows; side tables of one-table formats become files."""
+    import csv
+    import io
+    import os
+
+    import pandas as pd
+
+    out = tmp_path / "grid"
+    cli("grid", "submit", write_spec(tmp_path / "g.toml", SMALL), "--out", out)
+    env = {**os.environ, "COLUMNS": "40"}
+    proc = subprocess.run([sys.executable, "-m", "robustmtl", "aggregate", str(out), "--format", "csv", "--baseline",
+                           "erm", "--show-cost"], capture_output=True, text=True, env=env, check=True)
+    rows = list(csv.reader(io.StringIO(proc.stdout)))
+    assert rows[0][:3] == ["dataset", "method", "metric"] and len(rows) == 1 + 2 * 2
+    assert {len(r) for r in rows} == {len(rows[0])}
+    assert "Paired difference vs erm" in proc.stderr and "--output FILE" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "robustmtl", "aggregate", str(out), "--format", "markdown"],
+                          capture_output=True, text=True, env=env, check=True)
+    table = [line for line in proc.stdout.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + 2 and all(line.endswith("|") for line in table)
+    assert "Selection" in proc.stderr
+
+    for suffix in (".csv", ".tex"):
+        target = tmp_path / f"t{suffix}"
+        cli("aggregate", out, "--output", target, "--baseline", "erm", "--show-cost", "--show-hparams", "--quiet")
+        sides = {name: tmp_path / f"t.{name}{suffix}" for name in ("hparams", "differences", "cost")}
+        assert all(p.is_file() for p in sides.values())
+        if suffix == ".csv":
+            assert list(pd.read_csv(sides["differences"])["method"]) == ["mtl_l1", "mtl_l1"]
+            assert list(pd.read_csv(sides["cost"])["runs"]) == [2, 4]
+            assert pd.read_csv(sides["hparams"]).set_index("method").loc["mtl_l1", "searched"].startswith(
+                '{"alpha_reg": ')
+        else:
+            assert all("\\toprule" in p.read_text() and "mtl\\_l1" in p.read_text() for p in sides.values())

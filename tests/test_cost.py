@@ -39,13 +39,13 @@ def test_cost_table_means_over_runs_that_recorded_cost_and_counts_the_rest(tmp_p
     assert row["runs"] == 4 and row["without_cost"] == 2
     assert row["wall_h_per_run"] == pytest.approx(1.5)
     assert row["gpu_h_per_run"] == pytest.approx(1.5) and row["gpu_h_total"] == pytest.approx(3.0)
-    assert row["peak_mem_gb"] == pytest.approx(2.0)
+    assert row["peak_mem_gib"] == pytest.approx(2.0)
 
 
 def test_cost_table_cpu_runs_have_zero_gpu_hours_and_no_peak_memory(tmp_path: Path) -> None:
     runs = _runs_frame(tmp_path, {"a": {"wall_s": 30.0, "gpu_hours": 0.0, "peak_mem_mb": None}})
     row = cost_table(runs).iloc[0]
-    assert row["gpu_h_total"] == 0.0 and math.isnan(row["peak_mem_gb"])
+    assert row["gpu_h_total"] == 0.0 and math.isnan(row["peak_mem_gib"])
 
 
 def test_dry_run_estimate_scales_finished_runs_to_the_runs_left(tmp_path: Path) -> None:

@@ -22,6 +22,8 @@ from robustmtl.errors import UserError
 from robustmtl.grid.coverage import CellGap, coverage
 from robustmtl.layout import GridDir
 
+BOOTSTRAP_MIN_SEEDS = 10
+
 __all__ = [
     "SELECTORS",
     "RunCounts",
@@ -74,6 +76,10 @@ def aggregate(
     if sel.per_seed.empty:
         raise UserError(f"no run has a test record at its selected epoch ({select}); nothing to report")
     cells = build_cells(sel.per_seed, sel.chosen, select, ci, seed, run_codes(loaded.records))
+    if ci == "bootstrap" and cells["n"].between(2, BOOTSTRAP_MIN_SEEDS - 1).any():
+        warnings.append(f"percentile bootstrap intervals over fewer than {BOOTSTRAP_MIN_SEEDS} seeds are too narrow "
+                        "(they cover the mean less often than 95%); the Student-t interval (--ci t) is the honest "
+                        "one at this n")
 
     differences = None
     if baseline is not None:

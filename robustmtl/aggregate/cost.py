@@ -18,7 +18,7 @@ from rich.text import Text
 
 from robustmtl.rundir import run_cost
 
-COST_COLUMNS = ["dataset", "method", "runs", "wall_h_per_run", "gpu_h_per_run", "gpu_h_total", "peak_mem_gb",
+COST_COLUMNS = ["dataset", "method", "runs", "wall_h_per_run", "gpu_h_per_run", "gpu_h_total", "peak_mem_gib",
                 "without_cost"]
 
 
@@ -40,7 +40,7 @@ def cost_table(runs: pd.DataFrame) -> pd.DataFrame:
             "wall_h_per_run": sum(walls) / len(walls) / 3600 if walls else math.nan,
             "gpu_h_per_run": sum(gpu) / len(gpu) if gpu else math.nan,
             "gpu_h_total": sum(gpu) if gpu else math.nan,
-            "peak_mem_gb": max(peaks) / 1024 if peaks else math.nan,
+            "peak_mem_gib": max(peaks) / 1024 if peaks else math.nan,
             "without_cost": len(group) - len(walls),
         })
     return pd.DataFrame(rows, columns=COST_COLUMNS)
@@ -66,11 +66,11 @@ def _gpu_hours(value: float) -> str:
     return "\u2013" if math.isnan(value) else f"{value:.3g}"
 
 
-def _rows(costs: pd.DataFrame) -> list[tuple[str, ...]]:
+def cost_rows(costs: pd.DataFrame) -> list[tuple[str, ...]]:
     rows = []
     for r in costs.itertuples():
         runs = f"{r.runs}" + (f" ({r.without_cost} without cost)" if r.without_cost else "")
-        peak = "\u2013" if math.isnan(r.peak_mem_gb) else f"{r.peak_mem_gb:.2f} GB"
+        peak = "\u2013" if math.isnan(r.peak_mem_gib) else f"{r.peak_mem_gib:.2f} GiB"
         rows.append((str(r.dataset), str(r.method), runs, _duration(r.wall_h_per_run), _gpu_hours(r.gpu_h_per_run),
                      _gpu_hours(r.gpu_h_total), peak))
     return rows
@@ -80,7 +80,7 @@ def render_cost_rich(costs: pd.DataFrame) -> Table:
     table = Table(title=Text("Cost per cell"), caption=Text(COST_NOTE))
     for name in COST_HEADER:
         table.add_column(name, justify="left" if name in ("dataset", "method") else "right", overflow="fold")
-    for row in _rows(costs):
+    for row in cost_rows(costs):
         table.add_row(*map(Text, row))
     return table
 
@@ -88,5 +88,5 @@ def render_cost_rich(costs: pd.DataFrame) -> Table:
 def cost_to_markdown(costs: pd.DataFrame) -> str:
     lines = ["Cost per cell:", "", "| " + " | ".join(COST_HEADER) + " |", "|:--|:--" + "|--:" * 5 + "|"]
     lines += ["| " + " | ".join(c.replace("|", "\\|").replace("_", "\\_") for c in row) + " |"
-              for row in _rows(costs)]
+              for row in cost_rows(costs)]
     return "\n".join([*lines, "", COST_NOTE[0].upper() + COST_NOTE[1:] + "."]) + "\n"

@@ -37,17 +37,17 @@ def render_hparams_rich(summary: Summary, full: bool = False) -> Table:
     `searched` lists only hyperparameters that differed among the compared settings; `full` adds all.
     """
     table = Table(title=Text(f"Chosen hyperparameters ({summary.selector.label})"))
-    for name in _hparam_header(summary, full):
+    for name in hparam_header(summary, full):
         table.add_column(name, overflow="fold")
-    for r in _sorted_chosen(summary).itertuples():
-        table.add_row(*map(Text, _hparam_row(r, full)))
+    for row in hparam_rows(summary, full):
+        table.add_row(*map(Text, row))
     return table
 
 
 DIFFERENCE_HEADER = ("dataset", "method", "metric", "difference", "n")
 
 
-def _difference_rows(summary: Summary) -> list[tuple[str, ...]]:
+def difference_rows(summary: Summary) -> list[tuple[str, ...]]:
     """Paired differences vs the baseline in percentage points, in method order."""
     diffs = summary.differences.copy()
     diffs["_order"] = diffs["method"].map({m: i for i, m in enumerate(method_order(diffs["method"]))})
@@ -59,7 +59,7 @@ def _difference_rows(summary: Summary) -> list[tuple[str, ...]]:
     return rows
 
 
-def _difference_title(summary: Summary) -> str:
+def difference_title(summary: Summary) -> str:
     return f"Paired difference vs {summary.baseline} (percentage points, {CI_TYPES['t']})"
 
 
@@ -67,10 +67,10 @@ def render_differences_rich(summary: Summary) -> Table | None:
     """None when no baseline was asked for."""
     if summary.differences is None:
         return None
-    table = Table(title=Text(_difference_title(summary)))
+    table = Table(title=Text(difference_title(summary)))
     for name in DIFFERENCE_HEADER:
         table.add_column(name, justify="right" if name in ("difference", "n") else "left", overflow="fold")
-    for row in _difference_rows(summary):
+    for row in difference_rows(summary):
         table.add_row(*(Text(c) for c in row))
     return table
 
@@ -79,13 +79,13 @@ def differences_to_markdown(summary: Summary) -> str:
     """Markdown version of render_differences_rich ('' without a baseline)."""
     if summary.differences is None:
         return ""
-    lines = [f"{_difference_title(summary)}:", "", "| " + " | ".join(DIFFERENCE_HEADER) + " |",
+    lines = [f"{difference_title(summary)}:", "", "| " + " | ".join(DIFFERENCE_HEADER) + " |",
              "|" + "---|" * len(DIFFERENCE_HEADER)]
-    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in _difference_rows(summary)]
+    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in difference_rows(summary)]
     return "\n".join(lines) + "\n"
 
 
-def _sorted_chosen(summary: Summary) -> pd.DataFrame:
+def sorted_chosen(summary: Summary) -> pd.DataFrame:
     order = {m: i for i, m in enumerate(method_order(summary.chosen["method"]))}
     return summary.chosen.assign(_o=summary.chosen["method"].map(order)).sort_values(["dataset", "_o"])
 
@@ -96,7 +96,7 @@ def _kv(d: dict) -> str:
     )
 
 
-def _hparam_header(summary: Summary, full: bool) -> list[str]:
+def hparam_header(summary: Summary, full: bool = False) -> list[str]:
     sel = summary.selector
     score = f"{sel.split} {METRIC_LABELS.get(getattr(sel, 'metric', ''), 'score')}"
     cols = ["dataset", "method", "setting", "model", score, "seeds", "epochs (seed:epoch)", "searched"]
@@ -110,10 +110,14 @@ def _hparam_row(r: Any, full: bool) -> list[str]:  # r: an itertuples() row of S
     return [*row, _kv(dict(sorted(r.hparams.items())))] if full else row
 
 
+def hparam_rows(summary: Summary, full: bool = False) -> list[list[str]]:
+    """The chosen setting of every cell, in table order, as strings (one list per row of hparam_header)."""
+    return [_hparam_row(r, full) for r in sorted_chosen(summary).itertuples()]
+
+
 def hparams_to_markdown(summary: Summary, full: bool = False) -> str:
     """Markdown version of render_hparams_rich."""
-    header = _hparam_header(summary, full)
+    header = hparam_header(summary, full)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in _sorted_chosen(summary).itertuples():
-        lines.append("| " + " | ".join(_md_escape(c) for c in _hparam_row(r, full)) + " |")
+    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in hparam_rows(summary, full)]
     return "\n".join(lines) + "\n"

@@ -22,6 +22,7 @@ METRIC_LABELS = {"avg_acc": "avg", "worst_group_acc": "worst"}
 TRAIN_GROUPS_NOTE = "uses training group labels"
 SHORT_NOTE = "fewer seeds than the grid asked for"
 MIXED_NOTE = "runs from more than one code version"
+UNFINISHED_NOTE = "includes runs that have not finished (--include-running)"
 MISSING = "\u2013"  # en dash
 
 
@@ -40,10 +41,11 @@ class _Value:
     short: bool
     n: int
     mixed: bool  # the cell's runs came from more than one code version
+    unfinished: bool  # some of the cell's runs have no DONE yet
 
     @property
     def marks(self) -> str:
-        return ("†" if self.short else "") + ("‡" if self.mixed else "")
+        return ("†" if self.short else "") + ("‡" if self.mixed else "") + ("§" if self.unfinished else "")
 
 
 @dataclass
@@ -62,6 +64,10 @@ class _Layout:
     @property
     def any_mixed(self) -> bool:
         return any(v.mixed for v in self.values.values())
+
+    @property
+    def any_unfinished(self) -> bool:
+        return any(v.unfinished for v in self.values.values())
 
     def n_of(self, method: str, dataset: str, missing: str = MISSING) -> str:
         v = self.values.get((method, dataset, METRICS[0]))
@@ -94,6 +100,7 @@ def _layout(summary: Summary, pm: str = "±") -> _Layout:
             short=bool(row["n"] < row["n_expected"]),
             n=int(row["n"]),
             mixed=";" in row["code"],
+            unfinished=bool(row["n_unfinished"] > 0),
         )
     ns = set(cells["n"])
     return _Layout(
@@ -134,6 +141,8 @@ def footnotes(layout: _Layout) -> list[tuple[str, str]]:
         notes.append(("†", SHORT_NOTE))
     if layout.any_mixed:
         notes.append(("‡", MIXED_NOTE))
+    if layout.any_unfinished:
+        notes.append(("§", UNFINISHED_NOTE))
     return notes
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 from robustmtl.aggregate.export import METRIC_LABELS, _columns, _layout, _Value, caption, code_note, footnotes
 from robustmtl.aggregate.load import METRICS
 from robustmtl.aggregate.summary import Summary
@@ -17,6 +19,9 @@ _LATEX_ESCAPES = {
     "}": r"\}",
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+    "\u2013": "--",
+    "×": r"$\times$",
 }
 
 
@@ -30,7 +35,8 @@ def _tex_value(v: _Value | None, small_intervals: bool) -> str:
         return "--"
     mean = rf"\textbf{{{v.mean}}}" if v.best else v.mean
     interval = (rf"{{\scriptsize {v.interval}}}" if small_intervals else v.interval) if v.interval else ""
-    marks = (r"$^{\dagger}$" if v.short else "") + (r"$^{\ddagger}$" if v.mixed else "")
+    marks = (r"$^{\dagger}$" if v.short else "") + (r"$^{\ddagger}$" if v.mixed else "") + (
+        r"$^{\S}$" if v.unfinished else "")
     return mean + (f" {interval}" if interval else "") + marks
 
 
@@ -71,9 +77,28 @@ def to_latex(summary: Summary, small_intervals: bool = False) -> str:
             )
         out.append(" & ".join(row) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}"]
-    tex_marks = {"*": "$^{*}$", "†": r"$^{\dagger}$", "‡": r"$^{\ddagger}$"}
+    tex_marks = {"*": "$^{*}$", "†": r"$^{\dagger}$", "‡": r"$^{\ddagger}$", "§": r"$^{\S}$"}
     notes = [tex_marks[m] + " " + t for m, t in footnotes(layout)]
     notes.append(latex_escape(code_note(layout).rstrip(".")))
     out.append(r"\par\smallskip{\footnotesize " + "; ".join(notes) + ".}")
     out.append(r"\end{table}")
+    return "\n".join(out) + "\n"
+
+
+def latex_tabular(title: str, header: Sequence[str], rows: Iterable[Sequence[str]], label: str) -> str:
+    """A side table (hyperparameters, differences, cost) as its own booktabs `table` float."""
+    out = [
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{latex_escape(title)}}}",
+        rf"\label{{{label}}}",
+        rf"\begin{{tabular}}{{{'l' * len(header)}}}",
+        r"\toprule",
+        " & ".join(latex_escape(h) for h in header) + r" \\",
+        r"\midrule",
+        *(" & ".join(latex_escape(c) for c in row) + r" \\" for row in rows),
+        r"\bottomrule",
+        r"\end{tabular}",
+        r"\end{table}",
+    ]
     return "\n".join(out) + "\n"

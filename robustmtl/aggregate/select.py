@@ -99,17 +99,30 @@ def _check_missing(runs: pd.DataFrame, picked: pd.DataFrame, sel: Selector, warn
         warnings.append(f"run {run_id} (incomplete) has no {sel.split} records yet; skipped")
 
 
-def _choose_settings(per_run: pd.DataFrame) -> pd.DataFrame:
-    """Best mean score over seeds per cell; ties -> more seeds, then smallest setting_id (deterministic)."""
+def _choose_settings(per_run: pd.DataFrame, warnings: list[str]) -> pd.DataFrame:
+    """Per cell, the best mean score over seeds among the settings with the most seeds.
+
+    A setting with fewer finished seeds does not compete (one lucky seed must not beat a complete
+    setting); a warning names it when it scored higher. Scores are compared rounded to 1e-9, so settings
+    whose means differ only by float summation order tie; ties go to the smallest setting_id.
+    """
     scores = per_run.groupby([*CELL, "setting_id"], as_index=False).agg(
         score=("score", "mean"), n_seeds=("seed", "nunique")
     )
-    scores = scores.sort_values(
-        [*CELL, "score", "n_seeds", "setting_id"],
-        ascending=[True, True, False, False, True],
-        kind="mergesort",
-    )
-    return scores.drop_duplicates(CELL, keep="first").reset_index(drop=True)
+    scores["rank_score"] = scores["score"].round(9)
+    scores = scores.sort_values([*CELL, "rank_score", "setting_id"], ascending=[True, True, False, True],
+                                kind="mergesort")
+    competing = scores[scores["n_seeds"] == scores.groupby(CELL)["n_seeds"].transform("max")]
+    chosen = competing.drop_duplicates(CELL, keep="first").set_index(CELL)
+    for r in scores.drop_duplicates(CELL, keep="first").itertuples():
+        pick = chosen.loc[(r.dataset, r.method)]
+        if r.setting_id != pick["setting_id"] and r.rank_score > pick["rank_score"]:
+            warnings.append(
+                f"{r.dataset}/{r.method}: setting {r.setting_id} has the higher selection score ({r.score:.4f} vs "
+                f"{pick['score']:.4f}) but {r.n_seeds} seed(s) done against {pick['n_seeds']} for the chosen "
+                f"{pick['setting_id']}; settings compete on the most seeds any of them has (finish its runs)"
+            )
+    return chosen.reset_index().drop(columns="rank_score")
 
 
 def _searched(per_setting: pd.DataFrame, dataset: str, method: str, hparams: dict) -> dict:
@@ -140,7 +153,7 @@ def select_runs(loaded: Loaded, sel: Selector) -> Selection:
     if per_run.empty:
         raise UserError(f"no run in scope has {sel.split} records yet; nothing to select with {sel.name}")
 
-    chosen = _choose_settings(per_run)
+    chosen = _choose_settings(per_run, warnings)
     per_setting = per_run.drop_duplicates("setting_id")[[*CELL, "hparams"]]
     per_run = per_run.merge(chosen[[*CELL, "setting_id"]], on=[*CELL, "setting_id"], how="inner")
     test = records.loc[records["split"] == "test", ["run_id", "epoch", "step", *METRICS]]
@@ -151,7 +164,7 @@ def select_runs(loaded: Loaded, sel: Selector) -> Selection:
             f"run {r.run_id}: no test record at selected epoch {r.epoch} (step {r.step}); dropped"
         )
     per_seed = per_seed[~no_test]
-    per_seed = per_seed[[*CELL, "setting_id", "run_id", "seed", "epoch", "step", "score", *METRICS]]
+    per_seed = per_seed[[*CELL, "setting_id", "run_id", "seed", "epoch", "step", "score", "complete", *METRICS]]
     per_seed = per_seed.sort_values([*CELL, "seed"], kind="mergesort").reset_index(drop=True)
 
     # Describe each chosen setting (for show-hparams): its config, expected seeds, selected epochs.

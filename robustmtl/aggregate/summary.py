@@ -21,6 +21,7 @@ CELL_COLUMNS = [
     "half_width",
     "n",
     "n_expected",
+    "n_unfinished",
     "select",
     "ci",
     "uses_train_groups",
@@ -78,7 +79,8 @@ def build_cells(
 ) -> pd.DataFrame:
     """Mean and interval over seeds for every cell; n_expected kept so short cells get flagged, not mixed.
 
-    `code` lists the code versions of the cell's runs ("; "-separated): more than one flags a cell whose
+    `n_unfinished` counts runs without DONE in the cell (only with --include-running): their numbers may
+    still change. `code` lists the code versions of the cell's runs ("; "-separated): more than one flags a cell whose
     numbers came from different commits.
     """
     info = chosen.set_index(CELL)
@@ -100,6 +102,7 @@ def build_cells(
                     "half_width": iv.half_width,
                     "n": iv.n,
                     "n_expected": int(info.loc[(dataset, method), "n_expected"]),
+                    "n_unfinished": int((~group["complete"].astype(bool)).sum()),
                     "select": select,
                     "ci": ci,
                     "uses_train_groups": bool(info.loc[(dataset, method), "uses_train_groups"]),

@@ -1,0 +1,115 @@
+"""What `aggregate` writes: the main table in one format, and the side tables a user asked for.
+
+Markdown (and the terminal's export) is one document with the side tables appended. CSV and LaTeX
+hold one table per file, so each side table (chosen hyperparameters, paired differences, cost) is a
+file of its own beside the main one: `table.csv` → `table.differences.csv`, `table.cost.csv`, ...
+On standard output a machine format is written raw (never wrapped to the terminal's width), and only
+the main table goes there, so `aggregate ... --format csv > table.csv` is a clean CSV.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from robustmtl.aggregate.cost import COST_HEADER, COST_NOTE, cost_rows, cost_to_markdown
+from robustmtl.aggregate.details import (
+    DIFFERENCE_HEADER,
+    coverage_to_markdown,
+    difference_rows,
+    difference_title,
+    differences_to_markdown,
+    hparam_header,
+    hparam_rows,
+    hparams_to_markdown,
+    sorted_chosen,
+)
+from robustmtl.aggregate.export import to_csv, to_markdown
+from robustmtl.aggregate.latex import latex_tabular, to_latex
+from robustmtl.aggregate.summary import Summary
+from robustmtl.errors import UserError
+
+FORMATS = ("table", "markdown", "csv", "latex")
+SUFFIX_FORMATS = {".tex": "latex", ".md": "markdown", ".csv": "csv"}
+
+
+@dataclass(frozen=True)
+class Sides:
+    """The side tables asked for; `costs` is the cost frame when --show-cost was given."""
+
+    hparams: bool
+    differences: bool
+    costs: pd.DataFrame | None
+
+
+def resolve_format(fmt: str | None, output: Path | None) -> str:
+    """--format wins; else the output file's suffix; else the terminal table."""
+    fmt = fmt or (SUFFIX_FORMATS.get(output.suffix, "table") if output else "table")
+    if fmt not in FORMATS:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    return fmt
+
+
+def documents(summary: Summary, fmt: str, sides: Sides, small_intervals: bool = False) -> dict[str, str]:
+    """Document name → text; "" is the main table, the others are the side tables of one-table formats."""
+    if fmt in ("markdown", "table"):
+        parts = [to_markdown(summary)]
+        parts += [hparams_to_markdown(summary)] if sides.hparams else []
+        parts += [differences_to_markdown(summary)] if sides.differences else []
+        parts += [cost_to_markdown(sides.costs)] if sides.costs is not None else []
+        parts += [coverage_to_markdown(summary)] if summary.gaps else []
+        return {"": "\n".join(parts)}
+    main: Callable[[Summary], str] = to_csv if fmt == "csv" else functools.partial(to_latex,
+                                                                                    small_intervals=small_intervals)
+    docs = {"": main(summary)}
+    if sides.hparams:
+        docs["hparams"] = _hparams_csv(summary) if fmt == "csv" else latex_tabular(
+            f"Chosen hyperparameters ({summary.selector.label})", hparam_header(summary), hparam_rows(summary),
+            "tab:hparams")
+    if sides.differences and summary.differences is not None:
+        docs["differences"] = _csv(summary.differences) if fmt == "csv" else latex_tabular(
+            difference_title(summary), DIFFERENCE_HEADER, difference_rows(summary), "tab:differences")
+    if sides.costs is not None:
+        docs["cost"] = _csv(sides.costs) if fmt == "csv" else latex_tabular(
+            "Cost per cell: " + COST_NOTE, COST_HEADER, cost_rows(sides.costs), "tab:cost")
+    return docs
+
+
+def side_path(output: Path, name: str) -> Path:
+    """`table.csv` + "cost" → `table.cost.csv` (the main document keeps the given path)."""
+    return output if not name else output.with_name(f"{output.stem}.{name}{output.suffix}")
+
+
+def write(docs: dict[str, str], output: Path | None) -> list[Path]:
+    """To files (returns their paths), or the main document raw to standard output (returns [])."""
+    if output is None:
+        sys.stdout.write(docs[""])
+        sys.stdout.flush()
+        return []
+    output.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, text in docs.items():
+        path = side_path(output, name)
+        path.write_text(text)
+        paths.append(path)
+    return paths
+
+
+def _csv(frame: pd.DataFrame) -> str:
+    return frame.to_csv(index=False, lineterminator="\n", float_format="%.10g")
+
+
+def _hparams_csv(summary: Summary) -> str:
+    """One row per cell: the chosen setting, its score and seeds, and its hyperparameters as JSON."""
+    chosen = sorted_chosen(summary)
+    for column in ("hparams", "searched", "epochs"):
+        chosen[column] = [json.dumps(v, sort_keys=True) for v in chosen[column]]
+    columns = ["dataset", "method", "setting_id", "model", "score", "n_seeds", "n_expected", "epochs", "searched",
+               "hparams"]
+    return _csv(chosen[columns])
