@@ -81,6 +81,25 @@ def test_precision_resolution_on_cpu():
         RunOptions(precision="fp8")
 
 
+@pytest.mark.parametrize(("major", "auto"), [(7, "fp16"), (8, "bf16"), (9, "bf16")])
+def test_auto_precision_needs_native_bf16(monkeypatch, major, auto):
+    """A V100/T4 (compute capability 7.x) emulates bf16, slowly: auto must pick fp16 + GradScaler there."""
+    from types import SimpleNamespace
+
+    asked = []
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: asked.append(d) or SimpleNamespace(major=major))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d: f"GPU sm{major}0")
+    gpu = torch.device("cuda:1")
+    assert resolve_precision("auto", gpu) == auto
+    assert asked == [gpu]  # the run's own device, not the current one
+    if auto == "fp16":
+        with pytest.raises(UserError, match="GPU sm70 has no native bf16"):
+            resolve_precision("bf16", gpu)
+    else:
+        assert resolve_precision("bf16", gpu) == "bf16"
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains_and_keeps_scaler_state(tmp_path, precision):
     rd, summary = run(tmp_path, precision, precision=precision)

@@ -54,12 +54,36 @@ class ExecutorSettings:
                             "run on a login node, or use --executor local")
         return self.kind
 
-    def local_parallel(self) -> int:
-        cores = os.cpu_count() or 1
-        return self.parallel or max(1, cores // max(self.threads, 1))
+    def local_gpu_shares(self) -> list[str]:
+        """The CUDA_VISIBLE_DEVICES values a local grid hands its runs, one run per share at a time.
 
-    def run_options(self, data_root: str | None, kind: str) -> RunOptions:
-        threads = self.threads or (1 if kind == "local" and self.local_parallel() > 1 else 0)
+        One share per GPU this process may use ($CUDA_VISIBLE_DEVICES, else every GPU torch counts);
+        a device pinned as `cuda:N` gets one share holding them all (the index must mean the same in
+        the run); none on the CPU. submitit's local executor would otherwise hide every GPU from runs.
+        """
+        if self.device == "cpu":
+            return []
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None:
+            gpus = [d.strip() for d in visible.split(",") if d.strip()]
+        else:
+            import torch
+
+            gpus = [str(i) for i in range(torch.cuda.device_count())]
+        if gpus and self.device.startswith("cuda:"):
+            return [",".join(gpus)]
+        return gpus
+
+    def local_parallel(self, gpu_shares: int = 0) -> int:
+        """Runs at once on this machine: `parallel`, else one per GPU share, else one per `threads` cores."""
+        if self.parallel:
+            return self.parallel
+        if gpu_shares:
+            return gpu_shares
+        return max(1, (os.cpu_count() or 1) // max(self.threads, 1))
+
+    def run_options(self, data_root: str | None, kind: str, gpu_shares: int = 0) -> RunOptions:
+        threads = self.threads or (1 if kind == "local" and self.local_parallel(gpu_shares) > 1 else 0)
         return RunOptions(data_root=data_root, device=self.device, threads=threads,
                           checkpoint_every=self.checkpoint_every, num_workers=self.num_workers,
                           keep_checkpoint=self.keep_checkpoint, precision=self.precision, compile=self.compile)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import tempfile
 import time
 from dataclasses import dataclass
@@ -92,8 +93,9 @@ def submit(spec_path: Path, out: Path | None, kind: str | None, force: bool, con
             record_spec(grid, spec, force)
             write_plan(grid, runs)
             roots = {d: data_root_for(r) for d, r in data_roots(spec).items()}
+            shares = len(settings.local_gpu_shares()) if resolved == "local" else 0
             for run in runs:
-                options = settings.run_options(roots[run.config.dataset], resolved)
+                options = settings.run_options(roots[run.config.dataset], resolved, shares)
                 prepare_run(grid.run(run.run_id), run.config, options)
                 write_trackers(grid.run(run.run_id), settings.trackers)
         except OSError as exc:
@@ -153,15 +155,18 @@ def run_here(grid: GridDir, todo: list[PlannedRun], settings: ExecutorSettings, 
 
     from robustmtl.train.job import TrainJob
 
+    shares = settings.local_gpu_shares() if kind == "local" else []
+    load = dict.fromkeys(shares, 0)  # runs on each GPU share now
     if kind == "debug":
         executor: Any = submitit.DebugExecutor(folder=grid.submitit / "%j")
         parallel = 1
     else:
         executor = submitit.LocalExecutor(folder=grid.submitit / "%j", python=settings.python)
         executor.update_parameters(timeout_min=settings.timeout_min, setup=list(settings.setup))
-        parallel = settings.local_parallel()
+        parallel = settings.local_parallel(len(shares))
     waiting = list(todo)
     running: dict[str, Any] = {}
+    share_of: dict[str, str] = {}
     failed: list[str] = []
     total_epochs = sum(r.config.train.epochs for r in todo)
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -179,10 +184,16 @@ def run_here(grid: GridDir, todo: list[PlannedRun], settings: ExecutorSettings, 
                         failed.append(run.run_id)
                     elif not blockers:
                         waiting.remove(run)
+                        if load:
+                            share = share_of[run.run_id] = min(load, key=load.__getitem__)
+                            load[share] += 1
+                            executor.update_parameters(**gpu_visibility(share, settings.setup))
                         running[run.run_id] = executor.submit(TrainJob(), str(grid.run(run.run_id).root))
                 for run_id, job in list(running.items()):
                     if kind == "debug" or job.done():
                         del running[run_id]
+                        if run_id in share_of:
+                            load[share_of.pop(run_id)] -= 1
                         try:
                             job.result()
                         except Exception:
@@ -199,3 +210,16 @@ def run_here(grid: GridDir, todo: list[PlannedRun], settings: ExecutorSettings, 
             raise UserError("interrupted: running jobs were cancelled; their checkpoints stay, and the same "
                             "`grid submit` resumes them") from None
     return failed
+
+
+def gpu_visibility(share: str, setup: tuple[str, ...]) -> dict[str, Any]:
+    """submitit LocalExecutor parameters that give one run CUDA_VISIBLE_DEVICES=`share`.
+
+    submitit sets the variable from integer `visible_gpus` only; GPU UUIDs and MIG ids are exported by
+    a setup line instead (it runs after submitit's own setting, in the job's shell).
+    """
+    ids = share.split(",")
+    if all(i.isdigit() for i in ids):
+        return {"visible_gpus": tuple(int(i) for i in ids), "gpus_per_node": len(ids), "setup": list(setup)}
+    return {"visible_gpus": (), "gpus_per_node": 0,
+            "setup": [*setup, f"export CUDA_VISIBLE_DEVICES={shlex.quote(share)}"]}

@@ -21,15 +21,24 @@ from robustmtl.models.base import Model
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def native_bf16(device: torch.device) -> bool:
+    """bf16 in hardware (Ampere, compute capability 8.0, and later; ROCm GPUs). Not torch's
+    `is_bf16_supported()`, which also says yes where bf16 is only emulated (V100, T4) and slow, and
+    which asks about the current device rather than the one the run uses."""
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_properties(device).major >= 8
+
+
 def resolve_precision(requested: str, device: torch.device) -> str:
-    """`auto` is bf16 on a CUDA GPU that has it, fp16 on older CUDA GPUs, fp32 elsewhere."""
+    """`auto` is bf16 on a CUDA GPU with native bf16, fp16 on older CUDA GPUs, fp32 elsewhere."""
     if requested == "auto":
         if device.type != "cuda":
             return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if requested == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UserError(f"precision bf16 asked for, but {torch.cuda.get_device_name(device)} has no bf16; "
-                        "use precision auto or fp16")
+        return "bf16" if native_bf16(device) else "fp16"
+    if requested == "bf16" and device.type == "cuda" and not native_bf16(device):
+        raise UserError(f"precision bf16 asked for, but {torch.cuda.get_device_name(device)} has no native bf16 "
+                        "(it would be emulated, slowly); use precision auto or fp16")
     return requested
 
 

@@ -1,0 +1,44 @@
+"""The local executor on a GPU machine: one run per GPU at a time, each seeing only its own GPU.
+
+No GPU is needed: the runs record the CUDA_VISIBLE_DEVICES they were started with (attempts.jsonl)
+and, finding no CUDA device behind it, train on the CPU.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from robustmtl.grid.executor import ExecutorSettings
+from robustmtl.layout import GridDir
+from robustmtl.train.attempts import read_attempts
+from tests.conftest import tiny_grid, write_spec
+
+
+@pytest.mark.parametrize("visible", ["3,5", "GPU-1f2e,MIG-9a8b"])
+def test_local_runs_get_one_gpu_each_and_never_more_runs_than_gpus(cli, tmp_path, monkeypatch, visible):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    spec = write_spec(tmp_path / "g.toml", tiny_grid("gpus", ["erm"], [0, 1, 2, 3], defaults={"epochs": 1},
+                                                     executor={"kind": "local"}))
+    cli("grid", "submit", spec, "--out", tmp_path / "grid")
+    grid = GridDir(tmp_path / "grid")
+    spans, used = [], []
+    for run_id in grid.run_ids():
+        events = read_attempts(grid.run(run_id))
+        start = next(e for e in events if e["event"] == "start")
+        spans.append((start["time"], next(e for e in events if e["event"] == "done")["time"]))
+        used.append(start["cuda_visible_devices"])
+    assert sorted(set(used)) == sorted(visible.split(","))  # every run one GPU, both GPUs used
+    for a, b, c in itertools.combinations(spans, 3):  # never three runs at once on two GPUs
+        assert max(a[0], b[0], c[0]) >= min(a[1], b[1], c[1])
+
+
+def test_gpu_shares_follow_the_device_setting(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,2")
+    assert ExecutorSettings().local_gpu_shares() == ["0", "2"]
+    assert ExecutorSettings().local_parallel(2) == 2 and ExecutorSettings(parallel=4).local_parallel(2) == 4
+    assert ExecutorSettings(device="cuda:1").local_gpu_shares() == ["0,2"]  # the index keeps its meaning
+    assert ExecutorSettings(device="cpu").local_gpu_shares() == []
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert ExecutorSettings().local_gpu_shares() == []
