@@ -55,7 +55,10 @@ from robustmtl.train.loop import make_optimizer, pick_device
 from robustmtl.train.step import Stepper, enable_tf32, make_scaler, resolve_precision
 
 SIZES = {"tiny": (128, 2, 2), "base": (768, 12, 12)}  # hidden, layers, heads
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, per GPU
+# Dense bf16 tensor-core peak per GPU (vendor datasheets, no sparsity); the first name found in the device's wins,
+# so variants precede their family (H100 PCIe before H100, A100 before A10, L40S before L4).
+PEAK_BF16_TFLOPS = (("H200", 989.0), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("B200", 2250.0),
+                    ("A100", 312.0), ("L40S", 362.0), ("A10", 125.0), ("L4", 121.0))
 DATASET = {"bert": "text_spurious", "vit": "mnist_spurious"}
 METHODS = ("erm", "mtl", "mtl_l1", "jtt", "gdro")
 TARGET_VS_ERM, TARGET_VS_REFERENCE = 1.15, 2.0
@@ -89,7 +92,7 @@ class Row:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("bert", "vit"), default="bert")
     parser.add_argument("--size", choices=tuple(SIZES), default="base")
     parser.add_argument("--hidden", type=int, help="overrides --size")
@@ -102,6 +105,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder (robustmtl rows)")
+    parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, for a GPU not in the table")
     args = parser.parse_args()
     hidden, layers, heads = SIZES[args.size]
     args.hidden, args.layers, args.heads = args.hidden or hidden, args.layers or layers, args.heads or heads
@@ -173,20 +177,26 @@ def example_flops(bench: Bench, aux: bool, logits_at: float) -> float:
 
 
 def timed(bench: Bench, name: str, step: Callable[[int], None], examples: int, flops: float) -> Row:
-    """Run `warmup` then `steps` steps, each timed with the device synchronised; the median resists
-    the spikes of a shared machine."""
+    """Run `warmup` then `steps` steps. On a GPU the steps run back to back and only the block is timed
+    (one synchronisation at the end, as in training, so a step's own host syncs cost what they cost
+    there); on a CPU each step is timed and the median resists the spikes of a shared machine."""
     for i in range(bench.args.warmup):
         step(i)
     sync(bench.device)
     if bench.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(bench.device)
-    times = []
-    for i in range(bench.args.steps):
         started = time.perf_counter()
-        step(bench.args.warmup + i)
+        for i in range(bench.args.steps):
+            step(bench.args.warmup + i)
         sync(bench.device)
-        times.append(time.perf_counter() - started)
-    seconds = statistics.median(times)
+        seconds = (time.perf_counter() - started) / bench.args.steps
+    else:
+        times = []
+        for i in range(bench.args.steps):
+            started = time.perf_counter()
+            step(bench.args.warmup + i)
+            times.append(time.perf_counter() - started)
+        seconds = statistics.median(times)
     peak = torch.cuda.max_memory_allocated(bench.device) / 2**20 if bench.device.type == "cuda" else None
     return Row(name, examples, seconds, flops, peak)
 
@@ -258,6 +268,7 @@ def reference_loss(bench: Bench, end: Batch, aux: Batch) -> torch.Tensor:
 
 
 def reference_row(bench: Bench, batch: int) -> Row:
+    """Timed in true fp32: TF32 matmuls, which the package turns on for its own rows, are off here."""
     method = make_method(bench, "mtl_l1", batch)
     optimizer = torch.optim.AdamW(bench.model.parameters(), lr=1e-5)
     data = batches(bench, method, batch, bench.args.warmup + bench.args.steps)
@@ -270,14 +281,19 @@ def reference_row(bench: Bench, batch: int) -> Row:
         optimizer.zero_grad()
 
     flops = batch * example_flops(bench, False, 0) + batch * example_flops(bench, True, 1.0)
-    return timed(bench, REFERENCE, step, 2 * batch, flops)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        return timed(bench, REFERENCE, step, 2 * batch, flops)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
 
-def peak_tflops(device: torch.device) -> float | None:
+def peak_tflops(device: torch.device, given: float | None) -> float | None:
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
+    return given or next((peak for key, peak in PEAK_BF16_TFLOPS if key in name), None)
 
 
 def device_name(device: torch.device) -> str:
@@ -291,7 +307,7 @@ def device_name(device: torch.device) -> str:
 def report(bench: Bench, rows: list[Row]) -> None:
     console = Console()
     a = bench.args
-    peak = peak_tflops(bench.device)
+    peak = peak_tflops(bench.device, a.peak_tflops)
     title = (f"{a.model} h{a.hidden} x{a.layers} layers, B={a.batch}, length {a.length}, {bench.precision}"
              f"{', compiled' if a.compile else ''} on {device_name(bench.device)}, {datetime.date.today()}")
     table = Table(title=title)
@@ -314,7 +330,7 @@ def report(bench: Bench, rows: list[Row]) -> None:
     console.print(f"{REFERENCE}: fp32, end-task and auxiliary batches as two encoder forwards, full-vocabulary "
                   "MLM logits at every position, L1 on all tokens, plain AdamW.")
     console.print("FLOPs are analytic (6 x encoder weights x tokens + attention + MLM/SimMIM head), see --help."
-                  + ("" if peak else " MFU: n/a (no GPU, or a GPU without an entry in the peak table)."))
+                  + ("" if peak else " MFU: n/a (no GPU, or a GPU not in the peak table: give --peak-tflops)."))
 
 
 def main() -> None:

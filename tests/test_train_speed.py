@@ -63,6 +63,27 @@ def test_resume_with_workers_is_exact(tmp_path):
     assert records[-3]["wall_s"] >= wall_at_checkpoint > 0
 
 
+def test_peak_memory_is_the_largest_over_attempts(tmp_path, monkeypatch):
+    """A resumed attempt that peaks lower must not overwrite the first attempt's peak (no GPU needed:
+    the per-attempt reading is stubbed, the checkpoint round trip is real)."""
+    import robustmtl.train.loop as loop
+
+    cfg = build_config("erm", "synthetic", 0, None, TINY, where="test")
+    rd = RunDir(tmp_path / "peaks")
+    prepare_run(rd, cfg, RunOptions(threads=1, checkpoint_every=2))
+    monkeypatch.setattr(loop, "peak_memory_mb", lambda device: 512.0)
+
+    def stop(step, total):
+        if step == 5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_run(rd, stop)
+    monkeypatch.setattr(loop, "peak_memory_mb", lambda device: 300.0)
+    assert train_run(rd)["peak_mem_mb"] == 512.0
+    assert read_records(rd.metrics)[-3]["peak_mem_mb"] == 512.0
+
+
 def test_cost_fields_on_cpu(tmp_path):
     rd, summary = run(tmp_path, "cost")
     train = [r for r in read_records(rd.metrics) if r["split"] == "train"]

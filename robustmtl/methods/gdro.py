@@ -57,10 +57,13 @@ class GroupDRO(Method):
         return torch.multinomial(self.sample_weights, len(self.ctx.train), replacement=True, generator=gen)
 
     def update_q(self, losses: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        """One exponentiated-gradient step on q from detached group losses; returns the new q."""
-        adjusted = losses.detach().float().cpu() + self.adjustment
-        factor = torch.where(present.cpu(), torch.exp(self.params.gdro_eta * adjusted), torch.ones_like(adjusted))
-        q = self.q * factor
+        """One exponentiated-gradient step on q from detached group losses; returns the new q.
+
+        q lives on the losses' device, so a GPU step never waits on a copy to the host."""
+        self.adjustment = self.adjustment.to(losses.device)
+        adjusted = losses.detach().float() + self.adjustment
+        factor = torch.where(present, torch.exp(self.params.gdro_eta * adjusted), torch.ones_like(adjusted))
+        q = self.q.to(losses.device) * factor
         self.q = q / q.sum()
         return self.q
 
@@ -68,12 +71,12 @@ class GroupDRO(Method):
         logits = model(batch).float()
         per_example = torch.nn.functional.cross_entropy(logits, batch["y"], reduction="none")
         losses, present = group_losses(per_example, batch["g"], self.ctx.info.n_train_groups)
-        q = self.update_q(losses, present).to(losses.device)
+        q = self.update_q(losses, present)
         robust = (q * losses).sum()  # absent groups have loss 0
         return Terms(total=robust, parts={"end": per_example.mean(), "robust": robust, "q_max": q.max()})
 
     def state_dict(self) -> dict[str, Any]:
-        return {"q": self.q.clone()}
+        return {"q": self.q.detach().cpu().clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "q" in state:

@@ -114,9 +114,10 @@ class Bert(Model):
                            self.mlm.config.vocab_size)
 
     def _mlm_loss(self, encoded: Encoded, ids: torch.Tensor, selected: torch.Tensor) -> AuxOutput:
-        """Cross-entropy of the vocabulary logits at the selected positions only."""
-        logits = getattr(self.mlm, self.head_name)(encoded.tokens[selected])
-        loss = nn.functional.cross_entropy(logits.float(), ids[selected], reduction="sum") / selected.sum().clamp(min=1)
+        """Cross-entropy of the vocabulary logits at the selected positions only (one host sync: their count)."""
+        at = selected.nonzero(as_tuple=True)
+        logits = getattr(self.mlm, self.head_name)(encoded.tokens[at])
+        loss = nn.functional.cross_entropy(logits.float(), ids[at], reduction="sum") / selected.sum().clamp(min=1)
         return AuxOutput(loss=loss, encoded=encoded)
 
     def aux_loss(self, batch: dict[str, torch.Tensor]) -> AuxOutput:

@@ -7,8 +7,8 @@ was never interrupted (bitwise on CPU). Batches are materialised by a DataLoader
 a plan computed here, so workers change the speed and never the batches.
 
 Cost is recorded with the metrics: train records and the DONE summary carry the precision used, the
-run's wall time across attempts (`wall_s`, evaluation included), `gpu_hours` and the attempt's peak
-GPU memory.
+run's wall time across attempts (`wall_s`, evaluation included), `gpu_hours` and the peak GPU
+memory of its largest attempt (each attempt's peak travels in the checkpoint).
 """
 
 from __future__ import annotations
@@ -146,6 +146,7 @@ class Trainer:
         self.val_correct = MetricsWriter(run_dir.artifact(VAL_CORRECT))
         self.val_groups_path = run_dir.artifact(VAL_GROUPS)
         self.epoch, self.batch_pos, self.step, self.elapsed, self.wall_before = 1, 0, 0, 0.0, 0.0
+        self.peak_before: float | None = None
         self.term_sums: dict[str, torch.Tensor] = {}
         self.term_count = 0
         self._restore()
@@ -161,6 +162,7 @@ class Trainer:
         checkpoint.set_rng_state(state["rng"])
         self.epoch, self.batch_pos, self.step = state["epoch"], state["batch_pos"], state["step"]
         self.elapsed, self.wall_before = state["elapsed"], state.get("wall_s", 0.0)
+        self.peak_before = state.get("peak_mem_mb")
         self.term_sums = {k: torch.tensor(v, dtype=torch.float64, device=self.device)
                           for k, v in state["term_sums"].items()}
         self.term_count = state["term_count"]
@@ -172,7 +174,8 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "method": self.method.state_dict(),
             "rng": checkpoint.rng_state(), "epoch": self.epoch, "batch_pos": self.batch_pos, "step": self.step,
-            "elapsed": self.elapsed, "wall_s": self.wall_s(), "term_count": self.term_count,
+            "elapsed": self.elapsed, "wall_s": self.wall_s(), "peak_mem_mb": self.peak_mem_mb(),
+            "term_count": self.term_count,
             "term_sums": {k: float(v) for k, v in self.term_sums.items()},
             "scaler": self.stepper.scaler.state_dict() if self.stepper.scaler is not None else {},
         })
@@ -181,11 +184,16 @@ class Trainer:
         """Wall time of the run so far: earlier attempts (as of their last checkpoint) plus this one."""
         return self.wall_before + time.perf_counter() - self.attempt_started
 
+    def peak_mem_mb(self) -> float | None:
+        """The largest peak GPU memory of this attempt and the ones before it (None off CUDA)."""
+        peaks = [p for p in (self.peak_before, peak_memory_mb(self.device)) if p is not None]
+        return max(peaks) if peaks else None
+
     def cost(self) -> dict[str, Any]:
         wall = self.wall_s()
         gpus = 1 if self.device.type == "cuda" else 0
         return {"precision": self.precision, "wall_s": round(wall, 3), "gpu_hours": round(wall / 3600 * gpus, 6),
-                "peak_mem_mb": peak_memory_mb(self.device)}
+                "peak_mem_mb": self.peak_mem_mb()}
 
     def epoch_plan(self, epoch: int) -> EpochPlan:
         """The epoch's end-task batches and, for multitask methods, the auxiliary task's independent shuffle."""

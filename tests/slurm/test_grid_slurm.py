@@ -224,9 +224,9 @@ LONG = {"epochs": 600, "n_train": 4000, "n_val": 100, "n_test": 100, "batch_size
 
 
 def test_small_timeout_requeues_until_the_run_finishes(cli, tmp_path, grids):
-    grid, _ = submit(cli, tmp_path, grids, spec_text("timeout", [0], LONG, "max_timeouts = 8", timeout_min=1))
+    grid, _ = submit(cli, tmp_path, grids, spec_text("timeout", [0], LONG, "max_timeouts = 20", timeout_min=1))
     run = grid.run(grid.run_ids()[0])
-    wait_for("the run to time out, requeue and finish", lambda: finished(run), grid.root, timeout=400)
+    wait_for("the run to time out, requeue and finish", lambda: finished(run), grid.root, timeout=900)
     events = [e["event"] for e in read_attempts(run)]
     assert events.count("timeout") >= 1 and events[-1] == "done", events
     assert events.count("start") == events.count("timeout") + 1
