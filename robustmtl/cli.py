@@ -50,7 +50,8 @@ def run(
     precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp16 on older GPUs, fp32 on CPU) | fp32 | "
                                                 "bf16 | fp16")] = "auto",
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the encoder.")] = False,
-    num_workers: Annotated[int, typer.Option(help="DataLoader worker processes building batches.")] = 0,
+    num_workers: Annotated[int, typer.Option(help="DataLoader worker processes building batches (-1: up to 4 "
+                                                   "on CUDA, as the CPUs allow; 0 on a CPU).")] = -1,
 ) -> None:
     """Train one run in this process (resumes from its checkpoint; a finished run just reports)."""
     from robustmtl.config import RunOptions, build_config

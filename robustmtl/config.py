@@ -45,7 +45,7 @@ class RunOptions:
     device: str = field(default="auto", metadata=DEVICE)
     threads: int = field(default=0, metadata=at_least(0))
     checkpoint_every: int = field(default=0, metadata=at_least(0))
-    num_workers: int = field(default=0, metadata=at_least(0))
+    num_workers: int = field(default=-1, metadata=at_least(-1))  # -1: auto (see train.batches.resolve_workers)
     keep_checkpoint: bool = False
     precision: str = field(default="auto", metadata=one_of("auto", "fp32", "bf16", "fp16"))
     compile: bool = False

@@ -221,3 +221,15 @@ def test_benchmark_runs_on_cpu_at_a_tiny_size(model):
     out = subprocess.run([sys.executable, str(script), *args], check=True, capture_output=True, text=True).stdout
     for row in ("erm (batch 4)", "mtl_l1", "jtt", "gdro", "reference-style", "mtl_l1 step / erm step"):
         assert row in out
+
+
+def test_auto_workers_only_on_cuda_and_only_from_spare_cpus():
+    from robustmtl.train.batches import resolve_workers
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert [resolve_workers(-1, cuda, cpus) for cpus in (1, 2, 3, 16)] == [0, 1, 2, 4]
+    assert resolve_workers(-1, cpu, 16) == 0
+    assert resolve_workers(3, cpu, 1) == 3  # an explicit count is kept
+    assert RunOptions().num_workers == -1
+    with pytest.raises(UserError, match="num_workers must be >= -1"):
+        RunOptions(num_workers=-2)

@@ -54,6 +54,10 @@ class Split(torch.utils.data.Dataset):
     def inputs(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def eval_order(self) -> torch.Tensor:
+        """The order evaluation batches the examples in: plain here; splits padded per batch sort by size."""
+        return torch.arange(len(self))
+
     def __getitem__(self, idx: torch.Tensor | list[int]) -> dict[str, torch.Tensor]:
         idx = torch.as_tensor(idx, dtype=torch.long)
         return {"idx": idx, "y": self.y[idx], "g": self.g[idx], **self.inputs(idx)}

@@ -45,6 +45,10 @@ class TokenSplit(Split):
         super().__init__(raw.name, raw.y, raw.g, membership=raw.membership)
         self.ids, self.offsets, self.type_ids, self.pad_id = ids, offsets, type_ids, pad_id
 
+    def eval_order(self) -> torch.Tensor:
+        """Shortest first, so each evaluation batch pads to about its own length, not the split's longest."""
+        return torch.argsort(self.offsets[1:] - self.offsets[:-1], stable=True)
+
     def inputs(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         starts = self.offsets[idx]
         lengths = self.offsets[idx + 1] - starts

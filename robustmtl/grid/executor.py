@@ -23,7 +23,7 @@ class ExecutorSettings:
     threads: int = field(default=0, metadata=at_least(0))
     device: str = field(default="auto", metadata=DEVICE)
     checkpoint_every: int = field(default=0, metadata=at_least(0))
-    num_workers: int = field(default=0, metadata=at_least(0))
+    num_workers: int = field(default=-1, metadata=at_least(-1))
     keep_checkpoint: bool = False
     precision: str = field(default="auto", metadata=one_of("auto", "fp32", "bf16", "fp16"))
     compile: bool = False

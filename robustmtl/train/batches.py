@@ -9,6 +9,7 @@ its saved position.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -79,6 +80,20 @@ class PairData(torch.utils.data.Dataset):
 def as_is(item: tuple[Batch, Batch | None]) -> tuple[Batch, Batch | None]:
     """Collate function: items already are whole batches."""
     return item
+
+
+MAX_AUTO_WORKERS = 4
+
+
+def resolve_workers(requested: int, device: torch.device, cpus: int | None = None) -> int:
+    """`-1` (auto): on CUDA, up to 4 workers from the CPUs this process may use, one kept for the step
+    itself (a 1-CPU SLURM task gets none); on a CPU none, since workers would take cores from the step."""
+    if requested >= 0:
+        return requested
+    if device.type != "cuda":
+        return 0
+    cpus = cpus if cpus is not None else len(os.sched_getaffinity(0))
+    return max(0, min(MAX_AUTO_WORKERS, cpus - 1))
 
 
 def make_loader(split: Split, sampler: PlanSampler, num_workers: int, pin_memory: bool) -> torch.utils.data.DataLoader:

@@ -29,16 +29,23 @@ class Predictions:
 @torch.no_grad()
 def predict(model: Model, split: Split, batch_size: int, device: torch.device,
             autocast: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext) -> Predictions:
-    """Eval-mode pass over a split; `autocast` is the training step's precision context (fp32: none)."""
+    """Eval-mode pass over a split; `autocast` is the training step's precision context (fp32: none).
+
+    Batches follow the split's `eval_order` (text: by length, so little padding); results come back in
+    example order, and the device is read once at the end rather than once per batch.
+    """
     was_training = model.training
     model.eval()
-    correct, loss_sum = [], 0.0
-    for start in range(0, len(split), batch_size):
-        batch = to_device(split[torch.arange(start, min(start + batch_size, len(split)))], device)
+    order = split.eval_order()
+    correct, loss_sum = [], torch.zeros((), dtype=torch.float64, device=device)
+    for idx in order.split(batch_size):
+        batch = to_device(split[idx], device)
         with autocast():
             logits = model(batch).float()
-        loss_sum += torch.nn.functional.cross_entropy(logits, batch["y"], reduction="sum").item()
-        correct.append((logits.argmax(dim=-1) == batch["y"]).cpu())
+        loss_sum += torch.nn.functional.cross_entropy(logits, batch["y"], reduction="sum")
+        correct.append(logits.argmax(dim=-1) == batch["y"])
     model.train(was_training)
-    all_correct = torch.cat(correct).numpy() if correct else np.zeros(0, dtype=bool)
-    return Predictions(correct=all_correct, loss=loss_sum / max(len(split), 1))
+    all_correct = np.zeros(len(split), dtype=bool)
+    if correct:
+        all_correct[order.numpy()] = torch.cat(correct).cpu().numpy()
+    return Predictions(correct=all_correct, loss=float(loss_sum) / max(len(split), 1))

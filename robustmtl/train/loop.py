@@ -36,7 +36,7 @@ from robustmtl.registry import dataset_entry, method_entry, method_plugin, model
 from robustmtl.rng import epoch_generator
 from robustmtl.rundir import load_run, required_run_dirs
 from robustmtl.train import checkpoint
-from robustmtl.train.batches import Batch, EpochPlan, PlanSampler, chunks, make_loader, to_device
+from robustmtl.train.batches import Batch, EpochPlan, PlanSampler, chunks, make_loader, resolve_workers, to_device
 from robustmtl.train.evaluate import Predictions, predict
 from robustmtl.train.step import Stepper, enable_tf32, make_scaler, resolve_precision
 
@@ -141,7 +141,8 @@ class Trainer:
         if self.opts.compile:
             self.model.compile_encoder()
         self.sampler = PlanSampler()
-        self.loader = make_loader(train, self.sampler, self.opts.num_workers, pin_memory=self.device.type == "cuda")
+        self.loader = make_loader(train, self.sampler, resolve_workers(self.opts.num_workers, self.device),
+                                  pin_memory=self.device.type == "cuda")
         self.writer = MetricsWriter(run_dir.metrics)
         self.val_correct = MetricsWriter(run_dir.artifact(VAL_CORRECT))
         self.val_groups_path = run_dir.artifact(VAL_GROUPS)
