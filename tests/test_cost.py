@@ -63,6 +63,22 @@ def test_dry_run_estimate_scales_finished_runs_to_the_runs_left(tmp_path: Path) 
     assert cells["mtl"].to_do == 3 and cells["mtl"].sampled == 0 and math.isnan(cells["mtl"].gpu_h)
 
 
+def test_dry_run_estimate_prices_epochs_and_ignores_cpu_runs_for_gpu_hours(tmp_path: Path) -> None:
+    """Runs still to do are twice as long as the finished ones; a CPU debug run must not make GPUs look free."""
+    spec = write_spec(tmp_path / "g.toml", tiny_grid("g", ["erm"], [0, 1], sweeps={"erm": {"epochs": [2, 4]}}))
+    runs = expand(load_spec(spec))
+    grid = GridDir(tmp_path / "out")
+    short = [r for r in runs if r.config.train.epochs == 2]
+    for run, (wall_h, gpu_h) in zip(short, ((1.0, 1.0), (0.1, 0.0)), strict=True):
+        run_dir = grid.run(run.run_id)
+        run_dir.root.mkdir(parents=True)
+        run_dir.done.write_text(json.dumps({"wall_s": wall_h * 3600, "gpu_hours": gpu_h, "peak_mem_mb": None}))
+    (cell,) = estimate(grid, runs)
+    assert (cell.to_do, cell.sampled) == (2, 2)
+    assert cell.gpu_h == pytest.approx(1.0 / 2 * 8)  # the GPU run's rate per epoch × 2 runs × 4 epochs
+    assert cell.wall_h == pytest.approx((0.5 + 0.05) / 2 * 8)
+
+
 def test_aggregate_show_cost_reports_every_finished_run_including_helper_runs(tmp_path: Path, cli) -> None:
     spec = write_spec(tmp_path / "g.toml", tiny_grid("g", ["erm", "jtt"], [0, 1], {"jtt_epochs": 1}))
     cli("grid", "submit", spec, "--out", tmp_path / "out")

@@ -1,9 +1,11 @@
 """`grid submit --dry-run`'s cost estimate: what the runs still to do will cost, from finished ones.
 
-Per (dataset, method), the mean GPU-hours and wall time of the finished runs in the grid directory
-(at most SAMPLE of them are read, so a huge grid stays fast) times the runs not done yet. Settings
-of one cell differ in cost (batch size, epochs); the mean over what has finished is an estimate, and
-the table says how many runs it rests on.
+Per (dataset, method), finished runs in the grid directory give a cost per epoch (their GPU-hours and
+wall time over their epochs), and each run still to do is priced at that rate times its own epochs,
+so a sweep over `epochs` is not priced at the mean run's length. Where some finished runs used a GPU,
+only those price GPU-hours (a debug run on a CPU records 0 and would make a GPU grid look free). At
+most SAMPLE finished runs per cell are read, spread evenly over the plan rather than its first
+settings, so a huge grid stays fast. The table says how many runs each estimate rests on.
 """
 
 from __future__ import annotations
@@ -28,34 +30,53 @@ class CellEstimate:
     method: str
     to_do: int
     sampled: int
-    gpu_h_per_run: float
-    wall_h_per_run: float
+    gpu_h: float  # NaN when no finished run could price it
+    wall_h: float
 
     @property
-    def gpu_h(self) -> float:
-        return self.to_do * self.gpu_h_per_run
-
-    @property
-    def wall_h(self) -> float:
-        return self.to_do * self.wall_h_per_run
+    def gpu_h_per_run(self) -> float:
+        return self.gpu_h / self.to_do
 
 
 def estimate(grid: GridDir, runs: list[PlannedRun]) -> list[CellEstimate]:
-    """One estimate per (dataset, method) with runs still to do; NaN per-run costs where none has finished."""
+    """One estimate per (dataset, method) with runs still to do; NaN costs where none has finished."""
     to_do: dict[tuple[str, str], int] = defaultdict(int)
-    gpu: dict[tuple[str, str], list[float]] = defaultdict(list)
-    wall: dict[tuple[str, str], list[float]] = defaultdict(list)
+    epochs_to_do: dict[tuple[str, str], int] = defaultdict(int)
+    finished: dict[tuple[str, str], list[PlannedRun]] = defaultdict(list)
     done = grid.done_run_ids()
     for run in runs:
         cell = (run.config.dataset, run.config.method)
-        if run.run_id not in done:
+        if run.run_id in done:
+            finished[cell].append(run)
+        else:
             to_do[cell] += 1
-        elif len(wall[cell]) < SAMPLE and (cost := run_cost(grid.run(run.run_id).root)) is not None \
-                and cost.wall_s is not None:
-            wall[cell].append(cost.wall_s / 3600)
-            gpu[cell].append(cost.gpu_hours or 0.0)
-    return [CellEstimate(d, m, n, len(wall[(d, m)]), _mean(gpu[(d, m)]), _mean(wall[(d, m)]))
-            for (d, m), n in sorted(to_do.items())]
+            epochs_to_do[cell] += run.config.train.epochs
+    cells = []
+    for cell, n in sorted(to_do.items()):
+        wall, gpu = _rates(grid, _spread(finished[cell], SAMPLE))
+        cells.append(CellEstimate(*cell, n, len(wall), _mean(gpu) * epochs_to_do[cell],
+                                  _mean(wall) * epochs_to_do[cell]))
+    return cells
+
+
+def _spread(runs: list[PlannedRun], k: int) -> list[PlannedRun]:
+    """At most k runs taken evenly across the list (every setting region, not only the first)."""
+    if len(runs) <= k:
+        return runs
+    return [runs[i * len(runs) // k] for i in range(k)]
+
+
+def _rates(grid: GridDir, runs: list[PlannedRun]) -> tuple[list[float], list[float]]:
+    """Wall hours and GPU-hours per epoch of the finished runs that recorded their cost."""
+    wall, gpu, cpu_only = [], [], []
+    for run in runs:
+        cost = run_cost(grid.run(run.run_id).root)
+        if cost is None or cost.wall_s is None:
+            continue
+        epochs = max(run.config.train.epochs, 1)
+        wall.append(cost.wall_s / 3600 / epochs)
+        (gpu if cost.gpu_hours else cpu_only).append((cost.gpu_hours or 0.0) / epochs)
+    return wall, gpu or cpu_only
 
 
 def _mean(values: list[float]) -> float:
