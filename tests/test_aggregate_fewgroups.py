@@ -79,3 +79,18 @@ def test_bad_fraction_is_a_user_error(grid):
 
     with pytest.raises(UserError, match="fraction"):
         aggregate([grid.root], select="few-groups", few_groups_fraction=0.0)
+
+
+def test_thin_groups_in_the_subset_are_named(grid):
+    """n_val = 100 with p_eval = 0.5: a 5% subset (5 examples) cannot hold 5 of each of the 4 groups."""
+    rd = grid.run(grid.run_ids()[0])
+    groups = json.loads(rd.artifact(VAL_GROUPS).read_text())
+    n = groups["n"]
+    membership = unpack_bools(groups["membership"], n * groups["n_groups"]).reshape(n, -1)
+    counts = membership[FewGroupsSelector(0.05, 0, {}).subset(n)].sum(axis=0)
+    thin = aggregate([grid.root], select="few-groups", few_groups_fraction=0.05).warnings
+    (warning,) = [w for w in thin if w.startswith("few-groups:")]
+    assert f"{len(FewGroupsSelector(0.05, 0, {}).subset(n))}-example subset of a {n}-example" in warning
+    assert all(f"group {g}: {c}" in warning for g, c in enumerate(counts) if c < 5)
+    full = aggregate([grid.root], select="few-groups", few_groups_fraction=1.0).warnings
+    assert not any(w.startswith("few-groups:") for w in full)  # 100 examples: every group has 5 or more

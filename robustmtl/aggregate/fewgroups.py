@@ -4,7 +4,9 @@ It models a researcher who can afford group labels for only a few validation exa
 drawn at aggregation time from each run's per-example validation correctness (`val_correct.jsonl`)
 and validation group membership (`val_groups.json`), with the same seed for every run of a dataset,
 so all runs are judged on the same examples and the fraction can be changed without retraining.
-Groups absent from the subset are ignored, as a researcher with that subset could not see them.
+Groups absent from the subset are ignored, as a researcher with that subset could not see them; a
+warning names every group the subset holds fewer than THIN examples of, since worst-group accuracy
+over 0-4 examples says little.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from robustmtl.errors import UserError
 from robustmtl.layout import VAL_CORRECT, VAL_GROUPS
 from robustmtl.metrics import group_metrics, unpack_bools
 
+THIN = 5
+
 
 @dataclass(frozen=True)
 class FewGroupsSelector(Selector):
@@ -32,6 +36,7 @@ class FewGroupsSelector(Selector):
     metric: str = "worst_group_acc"
     description: str = "worst-group accuracy on a random fraction of validation"
     upper_bound: bool = False
+    group_counts: dict[int, tuple[int, ...]] = field(default_factory=dict, compare=False)  # per validation size
 
     def __post_init__(self) -> None:
         if not 0 < self.fraction <= 1:
@@ -54,6 +59,7 @@ class FewGroupsSelector(Selector):
         n, n_groups = groups["n"], groups["n_groups"]
         membership = unpack_bools(groups["membership"], n * n_groups).reshape(n, n_groups)
         keep = self.subset(n)
+        self.group_counts.setdefault(n, tuple(int(c) for c in membership[keep].sum(axis=0)))
         scores = []
         for line in correct_path.read_text().splitlines():
             try:
@@ -64,6 +70,17 @@ class FewGroupsSelector(Selector):
             worst = group_metrics(correct[keep], membership[keep])["worst_group_acc"]
             scores.append((rec["epoch"], rec["step"], worst))
         return scores
+
+    def thin_group_warnings(self) -> list[str]:
+        """One warning per validation size whose subset holds fewer than THIN examples of some group."""
+        warnings = []
+        for n, counts in sorted(self.group_counts.items()):
+            thin = [f"group {g}: {c}" for g, c in enumerate(counts) if c < THIN]
+            if thin:
+                warnings.append(f"few-groups: the {len(self.subset(n))}-example subset of a {n}-example "
+                                f"validation split holds few examples of some groups ({', '.join(thin)}); worst-group "
+                                "accuracy over it ignores or barely sees them (raise --few-groups-fraction)")
+        return warnings
 
     def select_epochs(self, records: pd.DataFrame) -> pd.DataFrame:
         run_ids = records.loc[records["split"] == "val", "run_id"].unique()
