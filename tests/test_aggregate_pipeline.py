@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -435,3 +436,42 @@ def test_unreadable_grid_toml_falls_back_with_warning(tmp_path: Path) -> None:
     s = aggregate([g])
     assert any("grid.toml: malformed TOML" in w for w in s.warnings)
     assert cell(s, "worst_group_acc")["n_expected"] == 1
+
+
+def test_a_copied_run_directory_is_ignored_whatever_its_name(grid: Path) -> None:
+    """A backup beside the real run (here with better numbers) must neither replace nor join it."""
+    expected = aggregate([grid]).cells
+    real = grid / "runs" / sid("A/0")
+    for name in (f"{sid('A/0')}.old", "backup"):
+        copy = grid / "runs" / name
+        shutil.copytree(real, copy)
+        forged = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
+        lines = [json.dumps({**r, "avg_acc": 1.0, "worst_group_acc": 1.0}) for r in forged]
+        (copy / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    s = aggregate([grid])
+    pd.testing.assert_frame_equal(s.cells, expected)
+    assert s.counts.found == 6
+    assert len(s.warnings) == 2
+    for warning, name in zip(s.warnings, (f"{sid('A/0')}.old", "backup"), strict=True):
+        assert warning.startswith(f"{grid / 'runs' / name}: holds records of run {sid('A/0')}") and "ignored" in warning
+
+
+def test_records_naming_another_run_are_dropped_with_one_warning_per_file(grid: Path) -> None:
+    expected = aggregate([grid]).cells
+    path = grid / "runs" / sid("A/0") / "metrics.jsonl"
+    strays = [record("A", 1, 2, "test", (1.0, 1.0)), record("A", 1, 9, "val", (1.0, 1.0)),
+              record("A", 1, 9, "test", (1.0, 1.0))]
+    path.write_text(path.read_text() + "".join(json.dumps(r) + "\n" for r in strays))
+    s = aggregate([grid])
+    pd.testing.assert_frame_equal(s.cells, expected)
+    assert s.warnings == [f"{path}: 3 record(s) of other runs ({sid('A/1')}) dropped: the file belongs to run "
+                          f"{sid('A/0')}"]
+
+
+def test_a_run_found_in_two_grids_takes_its_records_from_the_kept_copy_only(tmp_path: Path) -> None:
+    g1, g2 = make_grid(tmp_path / "g1", seeds=(0,)), make_grid(tmp_path / "g2", seeds=(0,))
+    write_run(g1, "A", 0, [*SETTINGS["A"], {"val": (1.0, 1.0), "test": (0.0, 0.0)}])  # an epoch g2's copy lacks
+    write_run(g2, "A", 0, SETTINGS["A"])
+    s = aggregate([g1, g2])
+    assert s.chosen.iloc[0]["epochs"] == {0: 2}
+    assert s.warnings == [f"run {sid('A/0')} found twice; ignoring the copy in {g1 / 'runs' / sid('A/0')}"]

@@ -2,6 +2,8 @@
 
 Speed matters (a sweep is ~10^4 files, ~10^6 records), so records are parsed in bulk with pyarrow's
 JSON reader on concatenated file bytes; only a file that breaks the bulk parse is re-read line by line.
+A sentinel line after each file's bytes marks where the file ends, so every record is traced to its file
+and a record that claims another run (a stray or copied line) cannot change that run's numbers.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
 from robustmtl.errors import UserError
@@ -35,7 +38,9 @@ RECORD_SCHEMA = pa.schema(
         ("code", pa.string()),
     ]
 )
-_PARSE = pa_json.ParseOptions(explicit_schema=RECORD_SCHEMA, unexpected_field_behavior="ignore")
+_FILE = "_robustmtl_file"  # only on the sentinel line that ends each file's bytes: that file's index
+_PARSE_SCHEMA = RECORD_SCHEMA.append(pa.field(_FILE, pa.int64()))
+_PARSE = pa_json.ParseOptions(explicit_schema=_PARSE_SCHEMA, unexpected_field_behavior="ignore")
 _READ = pa_json.ReadOptions(block_size=8 << 20)
 _CHUNK_BYTES = 64 << 20  # parse in slices so peak memory stays ~2x a slice, not 2x the whole sweep
 # Run-level fields repeated on every record; read once per run from its first valid line.
@@ -80,11 +85,21 @@ class _RunFile:
     complete: bool
     data: bytes = b""
     meta: dict | None = None
+    index: int = 0  # position among all scanned files, written on the file's sentinel line
     issues: list[str] = field(default_factory=list)
 
     @property
     def path(self) -> str:
         return os.path.join(self.run_dir, "metrics.jsonl")
+
+    @property
+    def run_id(self) -> str:
+        """The run this file belongs to: its directory's name (a copy's records name another run)."""
+        return os.path.basename(self.run_dir)
+
+    @property
+    def sentinel(self) -> bytes:
+        return b'{"%s": %d}\n' % (_FILE.encode(), self.index)
 
 
 def _iter_lines(data: bytes) -> Iterator[bytes]:
@@ -111,11 +126,16 @@ def _valid_meta(line: bytes) -> dict | None:
     return {key: rec[key] for key in _META_TYPES}
 
 
-def _first_meta(lines: Iterator[bytes]) -> dict | None:
+def _first_meta(lines: Iterator[bytes], run_id: str) -> tuple[dict | None, str | None]:
+    """The metadata on the first valid line of this run; failing that, the first other run id seen (the file
+    is then a copy or backup of that run)."""
+    other = None
     for line in lines:
         if line.strip() and (meta := _valid_meta(line)) is not None:
-            return meta
-    return None
+            if meta["run_id"] == run_id:
+                return meta, None
+            other = other or meta["run_id"]
+    return None, other
 
 
 def _valid_record(rec: object) -> bool:
@@ -167,14 +187,14 @@ def _parse_slow(f: _RunFile) -> pa.Table:
     for rec in good:  # JSON ints in float columns: pyarrow will not cast them implicitly
         for k in METRICS:
             rec[k] = math.nan if rec[k] is None else float(rec[k])
-    return pa.Table.from_pylist(good, schema=RECORD_SCHEMA)
+    return pa.Table.from_pylist([*good, {_FILE: f.index}], schema=_PARSE_SCHEMA)
 
 
 def _parse(files: Sequence[_RunFile]) -> list[pa.Table]:
     """Bulk-parse; on failure bisect the files so one bad file costs ~2 extra passes, not a slow sweep."""
-    buf = b"".join(f.data for f in files)
-    if not buf or buf.isspace():
+    if not files:
         return []
+    buf = b"".join(part for f in files for part in (f.data, f.sentinel))
     try:
         return [pa_json.read_json(io.BytesIO(buf), read_options=_READ, parse_options=_PARSE)]
     except pa.ArrowException:
@@ -198,6 +218,7 @@ def _scan_and_parse(grid_dirs: Sequence[Path], include_running: bool,
     size = 0
     with ThreadPoolExecutor(max_workers=1) as pool:
         for f in (f for g in grid_dirs for f in _scan(g, include_running, warnings)):
+            f.index = len(files)
             files.append(f)
             if _in_scope(f, include_running):
                 chunk.append(f)
@@ -207,7 +228,7 @@ def _scan_and_parse(grid_dirs: Sequence[Path], include_running: bool,
                 chunk, size = [], 0
         parsing.append(pool.submit(_parse, chunk))
         tables = [table for job in parsing for table in job.result()]
-    return files, pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
+    return files, pa.concat_tables(tables) if tables else _PARSE_SCHEMA.empty_table()
 
 
 def _expected_seeds(grid_dir: Path, warnings: list[str]) -> int | None:
@@ -227,7 +248,7 @@ def _expected_seeds(grid_dir: Path, warnings: list[str]) -> int | None:
 
 def _scan(grid_dir: Path, include_running: bool, warnings: list[str]) -> Iterator[_RunFile]:
     """Run directories in name order, with the files the aggregation will use read (metadata only for
-    excluded runs)."""
+    excluded runs). A directory whose records belong to another run (a copy, a backup) is left out."""
     if not grid_dir.exists():
         raise UserError(f"grid directory does not exist: {grid_dir}")
     if not grid_dir.is_dir():
@@ -249,10 +270,14 @@ def _scan(grid_dir: Path, include_running: bool, warnings: list[str]) -> Iterato
             with open(f.path, "rb") as fh:
                 f.data = fh.read()
             _drop_torn_tail(f)
-            f.meta = _first_meta(_iter_lines(f.data))
+            f.meta, other = _first_meta(_iter_lines(f.data), entry.name)
         else:
             with open(f.path, "rb") as fh:
-                f.meta = _first_meta(line for line in fh if line.endswith(b"\n"))
+                f.meta, other = _first_meta((line for line in fh if line.endswith(b"\n")), entry.name)
+        if other is not None:
+            warnings.append(f"{entry.path}: holds records of run {other}, not of run {entry.name} "
+                            "(a copy or backup?); ignored")
+            continue
         found = True
         yield f
     if not found:
@@ -260,6 +285,7 @@ def _scan(grid_dir: Path, include_running: bool, warnings: list[str]) -> Iterato
 
 
 def _runs_frame(files: Sequence[_RunFile], include_running: bool, warnings: list[str]) -> pd.DataFrame:
+    """One row per run; a run id found in several grid directories keeps the last (its records too)."""
     rows = []
     for f in files:
         if f.meta is None:
@@ -296,14 +322,31 @@ def _add_expected(runs: pd.DataFrame, grid_dirs: Sequence[Path], warnings: list[
     return runs
 
 
+def _own_records(table: pa.Table, files: Sequence[_RunFile], kept_dirs: set[str]) -> pd.DataFrame:
+    """The records each kept file holds of its own run, vectorised; records naming another run are dropped,
+    noted in their file's issues."""
+    file_col = table[_FILE]
+    file_of = pc.fill_null_backward(file_col)  # a file's records precede its sentinel
+    owner = pa.array([f.run_id for f in files], pa.string()).take(file_of)
+    foreign = pc.and_kleene(pc.is_valid(table["run_id"]), pc.not_equal(table["run_id"], owner))
+    strays = table.select(["run_id"]).append_column("file", file_of).filter(foreign).to_pandas()
+    for index, group in strays.groupby("file", sort=True):
+        f = files[index]
+        f.issues.append(f"{len(group)} record(s) of other runs ({', '.join(sorted(set(group['run_id'])))}) "
+                        f"dropped: the file belongs to run {f.run_id}")
+    kept = pa.array([f.run_dir in kept_dirs for f in files], pa.bool_()).take(file_of)
+    keep = pc.and_kleene(kept, pc.invert(pc.or_kleene(foreign, pc.is_valid(file_col))))
+    return table.filter(keep).drop_columns([_FILE]).to_pandas()
+
+
 def load_runs(grid_dirs: Sequence[Path], include_running: bool = False) -> Loaded:
     """Scan every grid directory, parse the runs in scope, deduplicate records (last in file order wins)."""
     warnings: list[str] = []
     files, table = _scan_and_parse(grid_dirs, include_running, warnings)
     runs = _add_expected(_runs_frame(files, include_running, warnings), grid_dirs, warnings)
+    records = _own_records(table, files, set(runs["run_dir"]))
     warnings += [f"{f.path}: {'; '.join(f.issues)}" for f in files if f.issues]
 
-    records = table.to_pandas()
     missing = records[KEY].isna().any(axis=1)
     if missing.any():
         warnings.append(f"{int(missing.sum())} record(s) missing run_id/epoch/step/split dropped")
