@@ -475,3 +475,21 @@ def test_a_run_found_in_two_grids_takes_its_records_from_the_kept_copy_only(tmp_
     s = aggregate([g1, g2])
     assert s.chosen.iloc[0]["epochs"] == {0: 2}
     assert s.warnings == [f"run {sid('A/0')} found twice; ignoring the copy in {g1 / 'runs' / sid('A/0')}"]
+
+
+@pytest.mark.parametrize("slow", [False, True], ids=["bulk-parse", "line-by-line"])
+def test_records_without_metrics_are_skipped_not_selected_or_counted_as_code(grid: Path, slow: bool) -> None:
+    for name in ("A", "B"):
+        for seed in range(3):
+            shutil.rmtree(grid / "runs" / sid(f"{name}/{seed}"))
+            write_run(grid, name, seed, shifted(SETTINGS[name], seed), code="abc123")
+    expected = aggregate([grid]).cells
+    path = grid / "runs" / sid("A/0") / "metrics.jsonl"
+    bare = [{"run_id": sid("A/0"), "epoch": 2, "step": 20, "split": "val"},  # overwrites a complete record
+            {"run_id": sid("A/0"), "epoch": 4, "step": 40, "split": "val", "worst_group_acc": 0.99}]
+    path.write_text(path.read_text() + "".join(json.dumps(r) + "\n" for r in bare) + ("garbage\n" if slow else ""))
+    s = aggregate([grid])
+    pd.testing.assert_frame_equal(s.cells, expected)
+    assert set(s.cells["code"]) == {"abc123"}
+    assert len(s.warnings) == 1 and s.warnings[0].startswith(f"{path}: ")
+    assert ("3 corrupt line(s)" if slow else "2 incomplete record(s)") in s.warnings[0]

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -139,15 +139,12 @@ def _first_meta(lines: Iterator[bytes], run_id: str) -> tuple[dict | None, str |
 
 
 def _valid_record(rec: object) -> bool:
-    """The slow path's schema check: key fields typed as the bulk parser expects, metrics numeric or null."""
+    """The slow path's schema check: key fields typed as the bulk parser expects, both metrics numeric."""
     if not isinstance(rec, dict):
         return False
     ok_ints = all(isinstance(rec.get(k), int) and not isinstance(rec.get(k), bool) for k in ("epoch", "step"))
     ok_strs = isinstance(rec.get("run_id"), str) and isinstance(rec.get("split"), str)
-    ok_nums = all(
-        k in rec and (rec[k] is None or (isinstance(rec[k], int | float) and not isinstance(rec[k], bool)))
-        for k in METRICS
-    )
+    ok_nums = all(isinstance(rec.get(k), int | float) and not isinstance(rec.get(k), bool) for k in METRICS)
     ok_code = rec.get("code") is None or isinstance(rec.get("code"), str)
     return ok_ints and ok_strs and ok_nums and ok_code
 
@@ -186,7 +183,7 @@ def _parse_slow(f: _RunFile) -> pa.Table:
         f.issues.append(f"{len(bad)} corrupt line(s) skipped (first at line {bad[0]})")
     for rec in good:  # JSON ints in float columns: pyarrow will not cast them implicitly
         for k in METRICS:
-            rec[k] = math.nan if rec[k] is None else float(rec[k])
+            rec[k] = float(rec[k])
     return pa.Table.from_pylist([*good, {_FILE: f.index}], schema=_PARSE_SCHEMA)
 
 
@@ -323,19 +320,29 @@ def _add_expected(runs: pd.DataFrame, grid_dirs: Sequence[Path], warnings: list[
 
 
 def _own_records(table: pa.Table, files: Sequence[_RunFile], kept_dirs: set[str]) -> pd.DataFrame:
-    """The records each kept file holds of its own run, vectorised; records naming another run are dropped,
-    noted in their file's issues."""
+    """The records each kept file holds of its own run, vectorised. Records lacking a key field or a metric
+    (they would overwrite a good record, or count as a code version) and records naming another run are
+    dropped, each noted in its file's issues."""
     file_col = table[_FILE]
     file_of = pc.fill_null_backward(file_col)  # a file's records precede its sentinel
+    incomplete = pc.is_null(table["run_id"])
+    for name in [*KEY[1:], *METRICS]:
+        incomplete = pc.or_kleene(incomplete, pc.is_null(table[name]))
+    incomplete = pc.and_kleene(incomplete, pc.is_null(file_col))  # sentinel rows are not records
     owner = pa.array([f.run_id for f in files], pa.string()).take(file_of)
-    foreign = pc.and_kleene(pc.is_valid(table["run_id"]), pc.not_equal(table["run_id"], owner))
+    foreign = pc.and_kleene(pc.invert(incomplete), pc.not_equal(table["run_id"], owner))
+    per_file = np.bincount(pc.filter(file_of, incomplete).to_numpy(), minlength=len(files))
+    for n, f in zip(per_file, files, strict=True):
+        if n:
+            f.issues.append(f"{n} incomplete record(s) skipped (without run_id, epoch, step, split, avg_acc "
+                            "or worst_group_acc)")
     strays = table.select(["run_id"]).append_column("file", file_of).filter(foreign).to_pandas()
     for index, group in strays.groupby("file", sort=True):
         f = files[index]
         f.issues.append(f"{len(group)} record(s) of other runs ({', '.join(sorted(set(group['run_id'])))}) "
                         f"dropped: the file belongs to run {f.run_id}")
     kept = pa.array([f.run_dir in kept_dirs for f in files], pa.bool_()).take(file_of)
-    keep = pc.and_kleene(kept, pc.invert(pc.or_kleene(foreign, pc.is_valid(file_col))))
+    keep = pc.and_kleene(kept, pc.invert(pc.or_kleene(pc.or_kleene(incomplete, foreign), pc.is_valid(file_col))))
     return table.filter(keep).drop_columns([_FILE]).to_pandas()
 
 
@@ -346,11 +353,6 @@ def load_runs(grid_dirs: Sequence[Path], include_running: bool = False) -> Loade
     runs = _add_expected(_runs_frame(files, include_running, warnings), grid_dirs, warnings)
     records = _own_records(table, files, set(runs["run_dir"]))
     warnings += [f"{f.path}: {'; '.join(f.issues)}" for f in files if f.issues]
-
-    missing = records[KEY].isna().any(axis=1)
-    if missing.any():
-        warnings.append(f"{int(missing.sum())} record(s) missing run_id/epoch/step/split dropped")
-        records = records[~missing]
     records = records.drop_duplicates(KEY, keep="last").reset_index(drop=True)
 
     complete = sum(f.complete for f in files)
