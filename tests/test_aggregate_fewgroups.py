@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from robustmtl.aggregate import aggregate
 from robustmtl.aggregate.fewgroups import FewGroupsSelector
 from robustmtl.config import RunOptions, build_config
+from robustmtl.errors import UserError
 from robustmtl.layout import VAL_CORRECT, VAL_GROUPS, GridDir
 from robustmtl.metrics import group_metrics, unpack_bools
 from robustmtl.rundir import prepare_run
@@ -94,3 +96,41 @@ def test_thin_groups_in_the_subset_are_named(grid):
     assert all(f"group {g}: {c}" in warning for g, c in enumerate(counts) if c < 5)
     full = aggregate([grid.root], select="few-groups", few_groups_fraction=1.0).warnings
     assert not any(w.startswith("few-groups:") for w in full)  # 100 examples: every group has 5 or more
+
+
+DAMAGE = {
+    "truncated": (VAL_GROUPS, b'{"x'),
+    "binary": (VAL_GROUPS, bytes(range(256))),
+    "wrong-shape": (VAL_GROUPS, b"[1, 2, 3]"),
+    "bad-base64": (VAL_GROUPS, b'{"n": 100, "n_groups": 4, "membership": "!!"}'),
+    "correct-binary": (VAL_CORRECT, bytes(range(256)) * 4),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_an_unreadable_file_costs_its_run_the_few_groups_data_with_a_warning(grid, tmp_path, damage):
+    root = shutil.copytree(grid.root, tmp_path / "grid")
+    run_id = sorted(GridDir(root).run_ids())[0]
+    rd = GridDir(root).run(run_id)
+    name, content = DAMAGE[damage]
+    rd.artifact(name).write_bytes(content)
+    with pytest.raises(UserError, match=f"run {run_id} .* cannot use {rd.artifact(name)} .*few-groups rule"):
+        aggregate([root], select="few-groups", few_groups_fraction=1.0)
+
+    rd.done.unlink()  # a running run may just be early: left out with a warning naming the file
+    s = aggregate([root], select="few-groups", few_groups_fraction=1.0, include_running=True)
+    assert run_id not in set(s.per_seed["run_id"]) and len(s.per_seed) > 0
+    assert f"run {run_id} (incomplete) has no val records yet; skipped" in s.warnings
+    (warning,) = [w for w in s.warnings if str(rd.artifact(name)) in w]
+    assert "unreadable (" in warning and f"run {run_id} has no few-groups data" in warning
+
+
+def test_damaged_correctness_lines_are_skipped_with_one_warning(grid, tmp_path):
+    root = shutil.copytree(grid.root, tmp_path / "grid")
+    expected = aggregate([root], select="few-groups", few_groups_fraction=1.0).per_seed
+    path = GridDir(root).run(sorted(GridDir(root).run_ids())[0]).artifact(VAL_CORRECT)
+    path.write_bytes(path.read_bytes() + b'{"epoch": 9, "step": 90}\n\xff\xfe\n{"epoch": 9, "st')
+    s = aggregate([root], select="few-groups", few_groups_fraction=1.0)
+    assert s.per_seed.equals(expected)
+    (warning,) = [w for w in s.warnings if str(path) in w]
+    assert "3 unreadable line(s) skipped (first: line " in warning

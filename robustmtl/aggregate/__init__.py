@@ -74,7 +74,7 @@ def aggregate(
     sel = select_runs(loaded, selector)
     warnings = loaded.warnings + sel.warnings
     if isinstance(selector, FewGroupsSelector):
-        warnings += selector.thin_group_warnings()
+        warnings += selector.file_warnings + selector.thin_group_warnings()
     if sel.per_seed.empty:
         raise UserError(f"no run has a test record at its selected epoch ({select}); nothing to report")
     cells = build_cells(sel.per_seed, sel.chosen, select, ci, seed, run_codes(loaded.records))

@@ -6,7 +6,8 @@ and validation group membership (`val_groups.json`), with the same seed for ever
 so all runs are judged on the same examples and the fraction can be changed without retraining.
 Groups absent from the subset are ignored, as a researcher with that subset could not see them; a
 warning names every group the subset holds fewer than THIN examples of, since worst-group accuracy
-over 0-4 examples says little.
+over 0-4 examples says little. An unreadable file leaves its run without few-groups data, with a warning
+naming the file (a finished run without it stops the aggregation, naming the file).
 """
 
 from __future__ import annotations
@@ -26,6 +27,41 @@ from robustmtl.metrics import group_metrics, unpack_bools
 THIN = 5
 
 
+class _Unreadable(Exception):
+    """A per-run few-groups file that cannot be used; the message says why."""
+
+
+def _membership(path: Path) -> np.ndarray:
+    """val_groups.json as an [n, n_groups] boolean matrix; any damage or wrong shape raises _Unreadable."""
+    try:
+        groups = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or UTF-8
+        raise _Unreadable(f"{type(exc).__name__}: {exc}") from None
+    shape = isinstance(groups, dict) and isinstance(groups.get("membership"), str)
+    n, n_groups = (groups.get("n"), groups.get("n_groups")) if shape else (None, None)
+    if type(n) is not int or type(n_groups) is not int or n < 1 or n_groups < 1:
+        raise _Unreadable("not an object with positive integers n and n_groups and a membership string")
+    try:
+        bits = unpack_bools(groups["membership"], n * n_groups)
+    except ValueError:
+        raise _Unreadable("membership is not base64") from None
+    if len(bits) < n * n_groups:
+        raise _Unreadable(f"membership holds {len(bits)} of the {n * n_groups} bits n x n_groups needs")
+    return bits.reshape(n, n_groups)
+
+
+def _correctness(line: bytes, n: int) -> tuple[int, int, np.ndarray]:
+    """One val_correct.jsonl line as (epoch, step, per-example correctness); ValueError if damaged."""
+    rec = json.loads(line)  # ValueError on bad JSON or UTF-8
+    if not isinstance(rec, dict) or type(rec.get("epoch")) is not int or type(rec.get("step")) is not int \
+            or not isinstance(rec.get("correct"), str):
+        raise ValueError("not an object with integers epoch and step and a correct string")
+    correct = unpack_bools(rec["correct"], n)
+    if len(correct) < n:
+        raise ValueError(f"correct holds {len(correct)} of {n} examples")
+    return rec["epoch"], rec["step"], correct
+
+
 @dataclass(frozen=True)
 class FewGroupsSelector(Selector):
     fraction: float = 0.05
@@ -37,6 +73,8 @@ class FewGroupsSelector(Selector):
     description: str = "worst-group accuracy on a random fraction of validation"
     upper_bound: bool = False
     group_counts: dict[int, tuple[int, ...]] = field(default_factory=dict, compare=False)  # per validation size
+    missing: dict[str, str] = field(default_factory=dict, compare=False)  # run id -> why it has no scores
+    file_warnings: list[str] = field(default_factory=list, compare=False)  # one per damaged or unreadable file
 
     def __post_init__(self) -> None:
         if not 0 < self.fraction <= 1:
@@ -51,25 +89,42 @@ class FewGroupsSelector(Selector):
         size = max(1, round(self.fraction * n))
         return np.sort(np.random.default_rng(self.seed).permutation(n)[:size])
 
-    def _run_scores(self, run_dir: Path) -> list[tuple[int, int, float]]:
+    def _run_scores(self, run_id: str, run_dir: Path) -> list[tuple[int, int, float]]:
         groups_path, correct_path = run_dir / VAL_GROUPS, run_dir / VAL_CORRECT
-        if not groups_path.exists() or not correct_path.exists():
-            return []
-        groups = json.loads(groups_path.read_text())
-        n, n_groups = groups["n"], groups["n_groups"]
-        membership = unpack_bools(groups["membership"], n * n_groups).reshape(n, n_groups)
+        for path in (groups_path, correct_path):
+            if not path.exists():
+                self.missing[run_id] = f"has no {path.name} (trained before few-groups data was stored?)"
+                return []
+        try:
+            membership = _membership(groups_path)
+            lines = [line for line in correct_path.read_bytes().splitlines() if line.strip()]
+        except (_Unreadable, OSError) as exc:
+            return self._unreadable(run_id, groups_path if isinstance(exc, _Unreadable) else correct_path, str(exc))
+        n = len(membership)
         keep = self.subset(n)
         self.group_counts.setdefault(n, tuple(int(c) for c in membership[keep].sum(axis=0)))
-        scores = []
-        for line in correct_path.read_text().splitlines():
+        scores, bad = [], []
+        for lineno, line in enumerate(lines, start=1):
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
+                epoch, step, correct = _correctness(line, n)
+            except ValueError as exc:  # also bad JSON, UTF-8 and base64
+                bad.append(f"line {lineno}: {exc}")
                 continue
-            correct = unpack_bools(rec["correct"], n)
-            worst = group_metrics(correct[keep], membership[keep])["worst_group_acc"]
-            scores.append((rec["epoch"], rec["step"], worst))
+            scores.append((epoch, step, group_metrics(correct[keep], membership[keep])["worst_group_acc"]))
+        if bad and not scores:
+            return self._unreadable(run_id, correct_path, f"no usable line; {bad[0]}")
+        if bad:
+            self.file_warnings.append(f"{correct_path}: {len(bad)} unreadable line(s) skipped (first: {bad[0]})")
         return scores
+
+    def _unreadable(self, run_id: str, path: Path, why: str) -> list[tuple[int, int, float]]:
+        """No scores for this run: noted for the warnings and for the error if the run is finished."""
+        self.missing[run_id] = f"cannot use {path} ({why})"
+        self.file_warnings.append(f"{path}: unreadable ({why}); run {run_id} has no few-groups data")
+        return []
+
+    def missing_reason(self, run_id: str) -> str:
+        return self.missing.get(run_id) or super().missing_reason(run_id)
 
     def thin_group_warnings(self) -> list[str]:
         """One warning per validation size whose subset holds fewer than THIN examples of some group."""
@@ -85,7 +140,7 @@ class FewGroupsSelector(Selector):
     def select_epochs(self, records: pd.DataFrame) -> pd.DataFrame:
         run_ids = records.loc[records["split"] == "val", "run_id"].unique()
         rows = [(run_id, epoch, step, score) for run_id in run_ids if run_id in self.run_dirs
-                for epoch, step, score in self._run_scores(self.run_dirs[run_id])]
+                for epoch, step, score in self._run_scores(run_id, self.run_dirs[run_id])]
         pts = pd.DataFrame(rows, columns=["run_id", "epoch", "step", "score"]).dropna(subset=["score"])
         pts = pts.sort_values(["run_id", "score", "epoch", "step"], ascending=[True, False, True, True],
                               kind="mergesort")

@@ -36,6 +36,10 @@ class Selector(ABC):
     def select_epochs(self, records: pd.DataFrame) -> pd.DataFrame:
         """One row per run that has the data this rule needs: run_id, epoch, step, score."""
 
+    def missing_reason(self, run_id: str) -> str:
+        """Why select_epochs gave a run no row, for the error that stops a finished run being left out."""
+        return f"has no {self.split} records with {self.metric}"
+
 
 @dataclass(frozen=True)
 class MetricSelector(Selector):
@@ -92,8 +96,8 @@ def _check_missing(runs: pd.DataFrame, picked: pd.DataFrame, sel: Selector, warn
         more = f" (and {len(done) - 1} more run(s))" if len(done) > 1 else ""
         first = done.iloc[0]
         raise UserError(
-            f"run {first['run_id']} ({first['run_dir']}) has no {sel.split} records with {sel.metric}; "
-            f"the {sel.name} rule needs them{more}"
+            f"run {first['run_id']} ({first['run_dir']}) {sel.missing_reason(first['run_id'])}; "
+            f"the {sel.name} rule needs {sel.split} data{more}"
         )
     for run_id in missing["run_id"]:
         warnings.append(f"run {run_id} (incomplete) has no {sel.split} records yet; skipped")
