@@ -172,6 +172,9 @@ def key_owner(key: str, blocks: dict[str, type]) -> str | None:
     return next((section for section, block in blocks.items() if key in field_types(block)), None)
 
 
+MAX_SEED = 2**32 - 1
+
+
 def build_config(method: str, dataset: str, seed: int, model: str | None, values: dict[str, Any],
                  where: str, strict: bool = True) -> RunConfig:
     """Validate flat `values` into a RunConfig.
@@ -179,8 +182,8 @@ def build_config(method: str, dataset: str, seed: int, model: str | None, values
     With `strict=False`, keys that belong to no block of this combination are ignored: a grid's
     `[defaults]` may set `alpha_aux` for every method, and ERM simply has no such parameter.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise UserError(f"{where}: seed must be an integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UserError(f"{where}: seed must be an integer from 0 to 2**32 - 1 (numpy's range), got {seed!r}")
     data = dataset_plugin(dataset)
     model = model or data.default_model
     modalities = model_plugin(model).modalities

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import math
 import re
 import types
 import typing
@@ -64,6 +65,8 @@ def coerce(block: type, key: str, value: Any, where: str) -> Any:
         value = tuple(value)
     elif tp in (int, float, str, bool) and (type(value) is not tp):
         raise UserError(f"{where}: {key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{where}: {key} must be a finite number, got {value!r}")
     meta = field_metadata(block)[key]
     if "choices" in meta and value not in meta["choices"]:
         raise UserError(f"{where}: {key} must be one of {', '.join(map(str, meta['choices']))}, got {value!r}")

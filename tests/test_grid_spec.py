@@ -76,3 +76,11 @@ def test_bad_specs_are_rejected_with_file_and_key(tmp_path, text, fragment):
         expand(load_spec(path))
     message = str(info.value)
     assert fragment in message and str(path) in message and "\n" not in message
+
+
+def test_a_byte_order_mark_is_not_a_syntax_error(tmp_path):
+    """Some Windows editors start UTF-8 files with U+FEFF; TOML would call it an invalid statement."""
+    path = tmp_path / "bom.toml"
+    path.write_text("\ufeff" + ISSUE_EXAMPLE, encoding="utf-8")
+    plain = load_spec(write_spec(tmp_path / "plain.toml", ISSUE_EXAMPLE))
+    assert [r.run_id for r in expand(load_spec(path))] == [r.run_id for r in expand(plain)]

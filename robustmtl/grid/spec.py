@@ -65,7 +65,7 @@ def parse_toml(path: Path) -> tuple[str, dict[str, Any]]:
     except (IsADirectoryError, UnicodeDecodeError, PermissionError) as exc:
         raise UserError(f"cannot read grid file {path}: {exc}") from None
     try:
-        raw = tomllib.loads(_rename_top_level_lists(text))
+        raw = tomllib.loads(_rename_top_level_lists(text.removeprefix("\ufeff")))  # editors' byte-order mark
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: malformed TOML: {exc}") from None
     for key, alias in LIST_ALIASES.items():
@@ -137,8 +137,8 @@ def load_spec(path: Path) -> GridSpec:
     if not isinstance(seeds, list) or not seeds:
         raise UserError(f"{where}: `seeds` must be a non-empty list of integers, got {seeds!r}")
     for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-            raise UserError(f"{where}: `seeds` must hold non-negative integers, got {s!r}")
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= 2**32 - 1:
+            raise UserError(f"{where}: `seeds` must hold integers from 0 to 2**32 - 1, got {s!r}")
     model = raw.get("model")
     if model is not None and model not in MODELS:
         raise UserError(f"{where}: unknown model {model!r}{did_you_mean(str(model), MODELS)}; "
