@@ -107,8 +107,10 @@ def aggregate(
     from robustmtl.aggregate.cost import cost_table, render_cost_rich
     from robustmtl.aggregate.details import coverage_lines, render_differences_rich, render_hparams_rich
     from robustmtl.aggregate.export import render_rich
-    from robustmtl.aggregate.report import Sides, documents, resolve_format, write
+    from robustmtl.aggregate.report import Sides, check_output, documents, resolve_format, write
 
+    if output is not None:
+        check_output(output, grid_dirs)
     fmt = resolve_format(fmt, output)
     summary = run_aggregate(grid_dirs, select=select, include_running=include_running, ci=ci, baseline=baseline,
                             seed=seed, few_groups_fraction=few_groups_fraction, few_groups_seed=few_groups_seed)

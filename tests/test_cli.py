@@ -165,3 +165,24 @@ def test_machine_formats_on_stdout_are_clean_and_side_tables_are_files(cli, tmp_
                 '{"alpha_reg": ')
         else:
             assert all("\\toprule" in p.read_text() and "mtl\\_l1" in p.read_text() for p in sides.values())
+
+
+def test_aggregate_output_never_lands_in_a_grid_or_guesses_a_format(cli, tmp_path):
+    out = tmp_path / "grid"
+    cli("grid", "submit", write_spec(tmp_path / "g.toml", SMALL), "--out", out)
+    metrics = out / "runs" / GridDir(out).run_ids()[0] / "metrics.jsonl"
+    before = metrics.read_bytes()
+    for args, fragment in (
+        (["--output", metrics], "inside the grid directory"),
+        (["--output", tmp_path], "is a directory"),
+        (["--output", tmp_path / "t.xlsx"], "cannot tell the format"),
+        (["--output", tmp_path / "t.csv", "--format", "latex"], "looks like csv"),
+        (["--output", tmp_path / "file" / "t.md"], "cannot write --output"),
+    ):
+        if "file" in str(args[1]):
+            (tmp_path / "file").write_text("a file, not a folder")
+        result = cli("aggregate", out, "--quiet", *args, ok=False)
+        assert result.exit_code == 2 and fragment in result.output, result.output
+    assert metrics.read_bytes() == before
+    cli("aggregate", out, "--quiet", "--output", tmp_path / "T.CSV")
+    assert (tmp_path / "T.CSV").read_text().startswith("dataset,method,metric")

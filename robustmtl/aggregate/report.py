@@ -49,11 +49,30 @@ class Sides:
 
 
 def resolve_format(fmt: str | None, output: Path | None) -> str:
-    """--format wins; else the output file's suffix; else the terminal table."""
-    fmt = fmt or (SUFFIX_FORMATS.get(output.suffix, "table") if output else "table")
-    if fmt not in FORMATS:
+    """--format, else the output file's suffix (.md/.csv/.tex, any case), else the terminal table; a suffix
+    that contradicts --format, or one that names no format, is refused rather than guessed."""
+    if fmt is not None and fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    return fmt
+    if output is None:
+        return fmt or "table"
+    implied = SUFFIX_FORMATS.get(output.suffix.lower())
+    if implied is None and fmt is None:
+        raise UserError(f"--output {output}: cannot tell the format from its suffix; use .md, .csv or .tex, "
+                        "or give --format")
+    if implied is not None and fmt not in (None, implied, "table" if implied == "markdown" else None):
+        raise UserError(f"--output {output} looks like {implied}, but --format {fmt} was given; make them agree")
+    return fmt or implied or "table"
+
+
+def check_output(output: Path, grid_dirs: list[Path]) -> None:
+    """Tables are never written into a grid directory (they could replace a run's files) or over a folder."""
+    target = output.resolve()
+    for grid in grid_dirs:
+        if target.is_relative_to(grid.resolve()):
+            raise UserError(f"--output {output} is inside the grid directory {grid}; write tables elsewhere "
+                            "(e.g. aggregates/)")
+    if target.is_dir():
+        raise UserError(f"--output {output} is a directory; give a file name such as {output / 'table.md'}")
 
 
 def documents(summary: Summary, fmt: str, sides: Sides, small_intervals: bool = False) -> dict[str, str]:
@@ -92,12 +111,15 @@ def write(docs: dict[str, str], output: Path | None) -> list[Path]:
         sys.stdout.write(docs[""])
         sys.stdout.flush()
         return []
-    output.parent.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, text in docs.items():
-        path = side_path(output, name)
-        path.write_text(text)
-        paths.append(path)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        for name, text in docs.items():
+            path = side_path(output, name)
+            path.write_text(text)
+            paths.append(path)
+    except OSError as exc:
+        raise UserError(f"cannot write --output {output}: {exc.strerror or exc}") from None
     return paths
 
 
