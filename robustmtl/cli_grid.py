@@ -99,11 +99,14 @@ def grid_submit(
         "--require-clean", help="Refuse to submit from a checkout with uncommitted changes.")] = False,
 ) -> None:
     """Expand a grid file and execute (local) or queue (slurm) every run that is not done or queued."""
-    from robustmtl.grid.submit import plan, submit
+    from robustmtl.grid.submit import check_out, plan, submit
+    from robustmtl.layout import GridDir
 
     if dry_run:
         grid_spec, runs = plan(spec)
-        show_plan(grid_spec, runs, out or Path("runs") / grid_spec.name)
+        grid_dir = out or Path("runs") / grid_spec.name
+        check_out(GridDir(grid_dir))
+        show_plan(grid_spec, runs, grid_dir)
         return
     overrides = slurm_overrides(partition, account, qos, gpus, time, array_parallelism, pack)
     result = submit(spec, out, executor, force, console, overrides, require_clean=require_clean)

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from typing import Any
 from robustmtl.errors import UserError
 
 RUN_ID = re.compile(r"^[0-9a-f]{12}$")
+CONFIG = "config.json"
 DONE_MARKER = "DONE"
 FAILED_MARKER = "FAILED"
 METRICS = "metrics.jsonl"
@@ -75,13 +77,29 @@ def read_json(path: Path, what: str) -> Any:
                         "delete the run directory to rerun it") from None
 
 
+def claim_dir(path: Path, what: str, marker: str, extra: Collection[str] = ()) -> None:
+    """Refuse an output folder that is a file, lies under one, or holds files but not `marker` (nor only
+    `extra` ones): writing there would fail half-way or mix our files into a folder that is not ours."""
+    try:
+        names = set(os.listdir(path))
+    except FileNotFoundError:
+        names = set()
+    except NotADirectoryError:
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        raise UserError(f"{what} {path}: {blocker} is a file, not a folder; choose another path") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if names - set(extra) and marker not in names:
+        raise UserError(f"{what} {path} already holds other files and no {marker}; choose a new or empty folder")
+
+
 @dataclass(frozen=True)
 class RunDir:
     root: Path
 
     @property
     def config(self) -> Path:
-        return self.root / "config.json"
+        return self.root / CONFIG
 
     @property
     def options(self) -> Path:

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from robustmtl.config import RunConfig, RunOptions
 from robustmtl.errors import UserError
-from robustmtl.layout import RunDir, read_json
+from robustmtl.layout import CONFIG, RunDir, claim_dir, read_json
 from robustmtl.registry import method_plugin
 from robustmtl.rundir import prepare_run
 
@@ -25,11 +25,13 @@ def run_with_requirements(cfg: RunConfig, opts: RunOptions, out: Path, console: 
 
 
 def run_in_process(cfg: RunConfig, opts: RunOptions, out: Path, console: Console) -> dict[str, Any]:
+    """Train (or resume, or report) the run in `out`, refusing a folder that holds something else."""
     from robustmtl.provenance import record as record_provenance
     from robustmtl.train.attempts import write_failure
     from robustmtl.train.loop import train_run
 
     rd = RunDir(out)
+    claim_dir(out, "run directory", CONFIG)
     created = not rd.root.exists()
     prepare_run(rd, cfg, opts)
     if rd.done.exists():

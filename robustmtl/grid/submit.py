@@ -24,9 +24,9 @@ from robustmtl.grid import snapshot
 from robustmtl.grid.coverage import write_plan
 from robustmtl.grid.executor import ExecutorSettings, data_root_for, executor_settings
 from robustmtl.grid.expand import PlannedRun, data_roots, expand
-from robustmtl.grid.lock import submit_lock
+from robustmtl.grid.lock import LOCK_NAME, submit_lock
 from robustmtl.grid.spec import GridSpec, load_spec, parse_toml
-from robustmtl.layout import GridDir, RunDir, atomic_write_text
+from robustmtl.layout import GridDir, RunDir, atomic_write_text, claim_dir
 from robustmtl.rundir import prepare_run
 from robustmtl.trackers import check as check_trackers
 from robustmtl.trackers import write_choice as write_trackers
@@ -44,6 +44,11 @@ class SubmitResult:
 def plan(spec_path: Path) -> tuple[GridSpec, list[PlannedRun]]:
     spec = load_spec(spec_path)
     return spec, expand(spec)
+
+
+def check_out(grid: GridDir) -> None:
+    """The grid directory must be new, empty or a grid's (its grid.toml), so no grid spills into another folder."""
+    claim_dir(grid.root, "grid directory", grid.spec.name, {LOCK_NAME})
 
 
 def preflight(grid: GridDir) -> None:
@@ -84,9 +89,10 @@ def submit(spec_path: Path, out: Path | None, kind: str | None, force: bool, con
     settings = executor_settings(spec.executor, str(spec_path), {**(overrides or {}), "kind": kind})
     resolved = settings.resolved_kind()
     check_trackers(settings.trackers, f"{spec_path} [executor] trackers")
+    grid = GridDir(out or Path("runs") / spec.name)
+    check_out(grid)
     source = snapshot.source_state()
     check_clean(source, require_clean, console)
-    grid = GridDir(out or Path("runs") / spec.name)
     preflight(grid)
     with submit_lock(grid.root):
         try:
