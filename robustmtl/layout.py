@@ -10,6 +10,7 @@ GRID_DIR/runs/<run_id>/FAILED       the error of a failed attempt
 GRID_DIR/runs/<run_id>/attempts.jsonl  start / preempted / timeout / terminated / failed / done events
 GRID_DIR/runs/<run_id>/val_correct.jsonl  per-example validation correctness per evaluation (bit-packed)
 GRID_DIR/runs/<run_id>/val_groups.json    validation group membership (bit-packed), for `few-groups`
+GRID_DIR/runs/<run_id>/.train.lock  flock of the process training the run (train/runlock.py)
 GRID_DIR/submitit/                  submitit's pickles and logs
 GRID_DIR/manifest.jsonl             the SLURM job id of each queued run (last entry wins)
 GRID_DIR/.submit.lock               held while a grid submit/resume runs
@@ -91,6 +92,14 @@ def claim_dir(path: Path, what: str, marker: str, extra: Collection[str] = ()) -
         raise UserError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     if names - set(extra) and marker not in names:
         raise UserError(f"{what} {path} already holds other files and no {marker}; choose a new or empty folder")
+
+
+def make_dir(path: Path, what: str) -> None:
+    """Create the folder (and its parents), as one line when that is not possible."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {what} {path}: {exc.strerror or exc}") from None
 
 
 @dataclass(frozen=True)
