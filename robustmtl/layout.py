@@ -11,7 +11,7 @@ GRID_DIR/runs/<run_id>/attempts.jsonl  start / preempted / timeout / terminated 
 GRID_DIR/runs/<run_id>/val_correct.jsonl  per-example validation correctness per evaluation (bit-packed)
 GRID_DIR/runs/<run_id>/val_groups.json    validation group membership (bit-packed), for `few-groups`
 GRID_DIR/runs/<run_id>/.train.lock  flock of the process training the run (train/runlock.py)
-GRID_DIR/submitit/                  submitit's pickles and logs
+GRID_DIR/submitit/                  submitit's pickles and logs (start/<run_id>.log: a local job's shell)
 GRID_DIR/manifest.jsonl             the SLURM job id of each queued run (last entry wins)
 GRID_DIR/.submit.lock               held while a grid submit/resume runs
 """

@@ -77,6 +77,8 @@ CASES = [
      "already holds other files and no config.json"),
     ("grid into another folder", GOOD, ["grid", "submit", "{spec}", "--out", "{other}"],
      "already holds other files and no grid.toml"),
+    ("local python missing", spec_with('"debug"', '"local"') + 'python = "/nonexistent/python3"\n', SUBMIT,
+     "[executor] python '/nonexistent/python3' does not exist or is not executable"),
 ]
 
 

@@ -1,7 +1,7 @@
-"""The local executor on a GPU machine: one run per GPU at a time, each seeing only its own GPU.
-
-No GPU is needed: the runs record the CUDA_VISIBLE_DEVICES they were started with (attempts.jsonl)
-and, finding no CUDA device behind it, train on the CPU.
+"""Runs executed here. The local executor on a GPU machine: one run per GPU at a time, each seeing only
+its own GPU (no GPU needed: the runs record the CUDA_VISIBLE_DEVICES they were started with and, finding
+no CUDA device behind it, train on the CPU). Failures are named with their errors, and debug runs never open
+a debugger.
 """
 
 from __future__ import annotations
@@ -42,3 +42,28 @@ def test_gpu_shares_follow_the_device_setting(monkeypatch):
     assert ExecutorSettings(device="cpu").local_gpu_shares() == []
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert ExecutorSettings().local_gpu_shares() == []
+
+
+def test_debug_failure_never_opens_a_debugger_and_names_the_error(cli, tmp_path, monkeypatch):
+    import pdb
+
+    from robustmtl.train import loop
+
+    opened: list[int] = []
+    monkeypatch.setattr(pdb, "post_mortem", lambda *a, **k: opened.append(1))
+    monkeypatch.setattr(loop, "train_run", lambda rd, progress=None, stop_requested=None: 1 / 0)
+    spec = write_spec(tmp_path / "g.toml", tiny_grid("dbg", ["erm"], [0], defaults={"epochs": 1}))
+    result = cli("grid", "submit", spec, "--out", tmp_path / "grid", ok=False)
+    (run_id,) = GridDir(tmp_path / "grid").run_ids()
+    assert result.exit_code == 2 and not opened
+    assert f"1 run(s) failed: {run_id}: ZeroDivisionError: division by zero" in result.output
+
+
+def test_setup_failure_names_the_run_and_the_log_with_its_error(cli, tmp_path):
+    spec = write_spec(tmp_path / "g.toml", tiny_grid("setup", ["erm"], [0], defaults={"epochs": 1}, executor={
+        "kind": "local", "setup": ["echo module python/9 not found >&2", "false"]}))
+    result = cli("grid", "submit", spec, "--out", tmp_path / "grid", ok=False)
+    (run_id,) = GridDir(tmp_path / "grid").run_ids()
+    log = (tmp_path / "grid" / "submitit" / "start" / f"{run_id}.log").resolve()
+    assert result.exit_code == 2
+    assert f"{run_id}: module python/9 not found (log: {log})" in " ".join(result.output.split())

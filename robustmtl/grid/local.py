@@ -1,11 +1,16 @@
 """Runs executed on this machine: `local` (submitit's local executor, `parallel` at a time) and `debug`
 (in this process), with a live progress bar; the command returns when they end.
+
+A local job that fails before the training code runs (its setup lines, an interpreter that does not
+start) leaves no FAILED marker: its error is the last line of GRID_DIR/submitit/start/<run_id>.log, where
+the job's shell writes, or of submitit's own log of the job.
 """
 
 from __future__ import annotations
 
 import shlex
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -14,36 +19,31 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from robustmtl.errors import UserError
 from robustmtl.grid.executor import ExecutorSettings
 from robustmtl.grid.expand import PlannedRun
+from robustmtl.grid.status import failure_line
 from robustmtl.layout import GridDir, RunDir
 
-
-def _epochs_done(rd: RunDir) -> int:
-    try:
-        return rd.metrics.read_bytes().count(b'"split": "val"')
-    except FileNotFoundError:
-        return 0
+RESULT_WAIT_S = 2  # a local job's result file exists once its process has ended: no need for submitit's 15 s
+POLL_S = 0.5
 
 
 def run_here(grid: GridDir, todo: list[PlannedRun], settings: ExecutorSettings, kind: str,
-             console: Console) -> list[str]:
-    """Execute runs on this machine, required runs first, `parallel` at a time; returns failed run ids."""
+             console: Console) -> dict[str, str]:
+    """Execute runs on this machine, required runs first, `parallel` at a time; returns failed run id → why."""
     import submitit
 
     from robustmtl.train.job import TrainJob
 
     shares = settings.local_gpu_shares() if kind == "local" else []
     load = dict.fromkeys(shares, 0)  # runs on each GPU share now
-    if kind == "debug":
-        executor: Any = submitit.DebugExecutor(folder=grid.submitit / "%j")
-        parallel = 1
-    else:
+    if kind == "local":
         executor = submitit.LocalExecutor(folder=grid.submitit / "%j", python=settings.python)
-        executor.update_parameters(timeout_min=settings.timeout_min, setup=list(settings.setup))
-        parallel = settings.local_parallel(len(shares))
+        executor.update_parameters(timeout_min=settings.timeout_min)
+        start_logs(grid).mkdir(parents=True, exist_ok=True)
+    parallel = settings.local_parallel(len(shares)) if kind == "local" else 1
     waiting = list(todo)
     running: dict[str, Any] = {}
     share_of: dict[str, str] = {}
-    failed: list[str] = []
+    failed: dict[str, str] = {}
     total_epochs = sum(r.config.train.epochs for r in todo)
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("epochs"), TimeElapsedColumn())
@@ -55,37 +55,101 @@ def run_here(grid: GridDir, todo: list[PlannedRun], settings: ExecutorSettings, 
                     if len(running) >= parallel:
                         break
                     blockers = [r for r in run.requires if not grid.run(r).done.exists()]
-                    if any(b in failed for b in blockers):
+                    if failed_blocker := next((b for b in blockers if b in failed), None):
                         waiting.remove(run)
-                        failed.append(run.run_id)
+                        failed[run.run_id] = f"its required run {failed_blocker} failed"
                     elif not blockers:
                         waiting.remove(run)
+                        rd = grid.run(run.run_id)
+                        if kind == "debug":  # trained right here: show the progress before the next one
+                            if (error := train_here(rd)) is not None:
+                                failed[run.run_id] = error
+                            break
+                        setup = (f"exec >{shlex.quote(str(start_log(grid, run.run_id)))} 2>&1", *settings.setup)
+                        params: dict[str, Any] = {"setup": list(setup)}
                         if load:
                             share = share_of[run.run_id] = min(load, key=load.__getitem__)
                             load[share] += 1
-                            executor.update_parameters(**gpu_visibility(share, settings.setup))
-                        running[run.run_id] = executor.submit(TrainJob(), str(grid.run(run.run_id).root))
+                            params = gpu_visibility(share, setup)
+                        executor.update_parameters(**params)
+                        running[run.run_id] = executor.submit(TrainJob(), str(rd.root))
                 for run_id, job in list(running.items()):
-                    if kind == "debug" or job.done():
+                    if job.done():
                         del running[run_id]
                         if run_id in share_of:
                             load[share_of.pop(run_id)] -= 1
-                        try:
-                            job.result()
-                        except Exception:
-                            failed.append(run_id)
+                        if (error := job_error(grid, run_id, job)) is not None:
+                            failed[run_id] = error
                 done_epochs = sum(min(_epochs_done(grid.run(r.run_id)), r.config.train.epochs) for r in todo)
                 finished = sum(grid.run(r.run_id).done.exists() for r in todo)
                 progress.update(task, completed=done_epochs,
                                 description=f"runs {finished}/{len(todo)} done, {len(running)} running")
-                if running and kind != "debug":
-                    time.sleep(0.5)
+                if running:
+                    time.sleep(POLL_S)
         except KeyboardInterrupt:
             for job in running.values():
                 job.cancel(check=False)
             raise UserError("interrupted: running jobs were cancelled; their checkpoints stay, and the same "
                             "`grid submit` resumes them") from None
     return failed
+
+
+def train_here(rd: RunDir) -> str | None:
+    """Train a debug run in this process; its error line, or None when it finished.
+
+    Not through submitit's DebugExecutor: on a failure that opens pdb, a prompt that hangs the command.
+    """
+    from robustmtl.train.job import TrainJob, one_line
+
+    try:
+        TrainJob()(str(rd.root))
+    except Exception as exc:
+        return failure_line(rd) if rd.failed.exists() else one_line(exc)
+    return None
+
+
+def job_error(grid: GridDir, run_id: str, job: Any) -> str | None:
+    """None when the local job succeeded, else one line on why: the run's FAILED marker, or when the job
+    failed before training (nothing marked), the last line of the log holding its error, and where that is."""
+    job._results_timeout_s = RESULT_WAIT_S  # submitit's own tests shorten this wait the same way
+    try:
+        job.result()
+    except Exception:
+        pass
+    else:
+        return None
+    rd = grid.run(run_id)
+    if rd.failed.exists():
+        return failure_line(rd)
+    for log in (Path(job.paths.stderr), start_log(grid, run_id)):
+        if line := last_line(log):
+            return f"{line} (log: {log})"
+    return f"its setup lines or interpreter failed before training, logging nothing (log: {start_log(grid, run_id)})"
+
+
+def last_line(path: Path) -> str:
+    """The last non-blank line of a log ('' when there is none)."""
+    try:
+        lines = path.read_bytes().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1].strip() if lines else ""
+
+
+def start_logs(grid: GridDir) -> Path:
+    return grid.submitit / "start"
+
+
+def start_log(grid: GridDir, run_id: str) -> Path:
+    """What a local job's shell prints (setup lines, submitit's controller), rewritten at each start of the run."""
+    return start_logs(grid).resolve() / f"{run_id}.log"
+
+
+def _epochs_done(rd: RunDir) -> int:
+    try:
+        return rd.metrics.read_bytes().count(b'"split": "val"')
+    except FileNotFoundError:
+        return 0
 
 
 def gpu_visibility(share: str, setup: tuple[str, ...]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ class SubmitResult:
     planned: list[PlannedRun]
     already_done: int
     executed: int
-    failed: list[str]
+    failed: dict[str, str]  # run id → why (local and debug runs)
     kind: str
 
 
@@ -85,6 +85,8 @@ def submit(spec_path: Path, out: Path | None, kind: str | None, force: bool, con
     spec, runs = plan(spec_path)
     settings = executor_settings(spec.executor, str(spec_path), {**(overrides or {}), "kind": kind})
     resolved = settings.resolved_kind()
+    if resolved == "local":
+        settings.check_python(str(spec_path))
     check_trackers(settings.trackers, f"{spec_path} [executor] trackers")
     grid = GridDir(out or Path("runs") / spec.name)
     check_out(grid)
@@ -126,7 +128,7 @@ def execute(grid: GridDir, title: str, runs: list[PlannedRun], todo: list[Planne
     in_queue = f"{sum(r.run_id in active for r in runs)} queued or running, " if kind == "slurm" else ""
     console.print(f"[bold]{title}[/]: {len(runs)} runs, {done} already done, {in_queue}"
                   f"{len(to_run)} to run on [bold]{kind}[/] → {grid.root}")
-    failed: list[str] = []
+    failed: dict[str, str] = {}
     if to_run and kind in ("slurm", "local"):
         snap = snapshot.freeze(grid, source) if source else snapshot.for_jobs(grid, new_code=False)
         console.print(f"code {snap.version}: jobs import the snapshot {snap.root}", highlight=False)
