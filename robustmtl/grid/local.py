@@ -1,6 +1,8 @@
 """Runs executed on this machine: `local` (submitit's local executor, `parallel` at a time) and `debug`
 (in this process), with a live progress bar; the command returns when they end.
 
+Ctrl-C, SIGTERM and SIGHUP all stop the runs and end the command with one line: a submit killed
+quietly would leave its runs training unattended, where `grid resume` would start them a second time.
 A local job that fails before the training code runs (its setup lines, an interpreter that does not
 start) leaves no FAILED marker: its error is the last line of GRID_DIR/submitit/start/<run_id>.log, where
 the job's shell writes, or of submitit's own log of the job.
@@ -8,8 +10,13 @@ the job's shell writes, or of submitit's own log of the job.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +28,11 @@ from robustmtl.grid.executor import ExecutorSettings
 from robustmtl.grid.expand import PlannedRun
 from robustmtl.grid.status import failure_line
 from robustmtl.layout import GridDir, RunDir
+from robustmtl.train.runlock import locked
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 RESULT_WAIT_S = 2  # a local job's result file exists once its process has ended: no need for submitit's 15 s
+STOP_WAIT_S = 15.0  # how long cancelled runs get to let go of their run directories
 POLL_S = 0.5
 
 
@@ -47,7 +57,7 @@ def run_here(grid: GridDir, todo: list[PlannedRun], settings: ExecutorSettings, 
     total_epochs = sum(r.config.train.epochs for r in todo)
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("epochs"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
+    with Progress(*columns, console=console, transient=False) as progress, stop_signals_interrupt():
         task = progress.add_task("training", total=total_epochs)
         try:
             while waiting or running:
@@ -72,7 +82,8 @@ def run_here(grid: GridDir, todo: list[PlannedRun], settings: ExecutorSettings, 
                             load[share] += 1
                             params = gpu_visibility(share, setup)
                         executor.update_parameters(**params)
-                        running[run.run_id] = executor.submit(TrainJob(), str(rd.root))
+                        with signals_deferred():  # a job started, then lost to a signal, would train unattended
+                            running[run.run_id] = executor.submit(TrainJob(), str(rd.root))
                 for run_id, job in list(running.items()):
                     if job.done():
                         del running[run_id]
@@ -87,10 +98,15 @@ def run_here(grid: GridDir, todo: list[PlannedRun], settings: ExecutorSettings, 
                 if running:
                     time.sleep(POLL_S)
         except KeyboardInterrupt:
-            for job in running.values():
-                job.cancel(check=False)
+            still = list(running)
+            with contextlib.suppress(KeyboardInterrupt):  # a second signal only cuts the wait short
+                with signals_deferred():
+                    for job in running.values():
+                        cancel_local(job)
+                still = wait_stopped(grid, still)
             raise UserError("interrupted: running jobs were cancelled; their checkpoints stay, and the same "
-                            "`grid submit` resumes them") from None
+                            "`grid submit` resumes them"
+                            + (f" (still stopping: {', '.join(still)})" if still else "")) from None
     return failed
 
 
@@ -143,6 +159,61 @@ def start_logs(grid: GridDir) -> Path:
 def start_log(grid: GridDir, run_id: str) -> Path:
     """What a local job's shell prints (setup lines, submitit's controller), rewritten at each start of the run."""
     return start_logs(grid).resolve() / f"{run_id}.log"
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP (kill, a closed terminal) end this command as Ctrl-C does: KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C, SIGTERM and SIGHUP back for a block that must not be cut in half; delivered after it."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def cancel_local(job: Any) -> None:
+    """Stop a local job. submitit sends SIGINT only to the process it started, here the shell of the setup
+    lines, which dies without passing it on: its child, submitit's controller (which stops the run's
+    process), gets SIGINT directly."""
+    children = child_pids(int(job.job_id))
+    job.cancel(check=False)
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+
+
+def child_pids(pid: int) -> list[int]:
+    """The children of a process, as Linux lists them (none where /proc does not say)."""
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def wait_stopped(grid: GridDir, run_ids: list[str]) -> list[str]:
+    """Wait until no process trains these runs any more (at most STOP_WAIT_S); the runs still held."""
+    deadline = time.monotonic() + STOP_WAIT_S
+    while (held := [r for r in run_ids if locked(grid.run(r))]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return held
 
 
 def _epochs_done(rd: RunDir) -> int:
