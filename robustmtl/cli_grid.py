@@ -43,6 +43,7 @@ def slurm_overrides(partition: str | None, account: str | None, qos: str | None,
 DRY_RUN_ROWS = 100  # rich needs ~2.5 ms a row; the per-cell counts below cover the rest
 WATCH_MIN_S = 10.0  # a refresh is one squeue + at most one sacct: never more often than this
 RUN_LINES = 20  # per-run lines shown per section before "... and N more"
+FAILED_SHOWN = 5  # failed runs named, with their errors, in the one line a failed local grid ends with
 
 
 def show_plan(spec: Any, runs: list[Any], grid_dir: Path) -> None:
@@ -73,11 +74,12 @@ def show_plan(spec: Any, runs: list[Any], grid_dir: Path) -> None:
     console.print(f"{len(runs)} runs (dry run: nothing written)")
 
 
-def refuse_failures(failed: list[str]) -> None:
-    """Runs that failed under a local or debug executor make the command fail, pointing at their errors."""
+def refuse_failures(failed: dict[str, str]) -> None:
+    """Runs that failed under a local or debug executor make the command fail, with each one's error."""
     if failed:
-        raise UserError(f"{len(failed)} run(s) failed: {', '.join(failed)}; "
-                        "see `robustmtl grid status` for their errors")
+        shown = [f"{run_id}: {why}" for run_id, why in list(failed.items())[:FAILED_SHOWN]]
+        more = f"; ... and {len(failed) - FAILED_SHOWN} more" if len(failed) > FAILED_SHOWN else ""
+        raise UserError(f"{len(failed)} run(s) failed: {'; '.join(shown)}{more}")
 
 
 @grid_app.command("submit")
@@ -99,11 +101,14 @@ def grid_submit(
         "--require-clean", help="Refuse to submit from a checkout with uncommitted changes.")] = False,
 ) -> None:
     """Expand a grid file and execute (local) or queue (slurm) every run that is not done or queued."""
-    from robustmtl.grid.submit import plan, submit
+    from robustmtl.grid.submit import check_out, plan, submit
+    from robustmtl.layout import GridDir
 
     if dry_run:
         grid_spec, runs = plan(spec)
-        show_plan(grid_spec, runs, out or Path("runs") / grid_spec.name)
+        grid_dir = out or Path("runs") / grid_spec.name
+        check_out(GridDir(grid_dir))
+        show_plan(grid_spec, runs, grid_dir)
         return
     overrides = slurm_overrides(partition, account, qos, gpus, time, array_parallelism, pack)
     result = submit(spec, out, executor, force, console, overrides, require_clean=require_clean)

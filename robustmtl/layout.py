@@ -10,7 +10,8 @@ GRID_DIR/runs/<run_id>/FAILED       the error of a failed attempt
 GRID_DIR/runs/<run_id>/attempts.jsonl  start / preempted / timeout / terminated / failed / done events
 GRID_DIR/runs/<run_id>/val_correct.jsonl  per-example validation correctness per evaluation (bit-packed)
 GRID_DIR/runs/<run_id>/val_groups.json    validation group membership (bit-packed), for `few-groups`
-GRID_DIR/submitit/                  submitit's pickles and logs
+GRID_DIR/runs/<run_id>/.train.lock  flock of the process training the run (train/runlock.py)
+GRID_DIR/submitit/                  submitit's pickles and logs (start/<run_id>.log: a local job's shell)
 GRID_DIR/manifest.jsonl             the SLURM job id of each queued run (last entry wins)
 GRID_DIR/.submit.lock               held while a grid submit/resume runs
 """
@@ -21,6 +22,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from typing import Any
 from robustmtl.errors import UserError
 
 RUN_ID = re.compile(r"^[0-9a-f]{12}$")
+CONFIG = "config.json"
 DONE_MARKER = "DONE"
 FAILED_MARKER = "FAILED"
 METRICS = "metrics.jsonl"
@@ -75,13 +78,37 @@ def read_json(path: Path, what: str) -> Any:
                         "delete the run directory to rerun it") from None
 
 
+def claim_dir(path: Path, what: str, marker: str, extra: Collection[str] = ()) -> None:
+    """Refuse an output folder that is a file, lies under one, or holds files but not `marker` (nor only
+    `extra` ones): writing there would fail half-way or mix our files into a folder that is not ours."""
+    try:
+        names = set(os.listdir(path))
+    except FileNotFoundError:
+        names = set()
+    except NotADirectoryError:
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        raise UserError(f"{what} {path}: {blocker} is a file, not a folder; choose another path") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if names - set(extra) and marker not in names:
+        raise UserError(f"{what} {path} already holds other files and no {marker}; choose a new or empty folder")
+
+
+def make_dir(path: Path, what: str) -> None:
+    """Create the folder (and its parents), as one line when that is not possible."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {what} {path}: {exc.strerror or exc}") from None
+
+
 @dataclass(frozen=True)
 class RunDir:
     root: Path
 
     @property
     def config(self) -> Path:
-        return self.root / "config.json"
+        return self.root / CONFIG
 
     @property
     def options(self) -> Path:

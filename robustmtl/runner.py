@@ -11,9 +11,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from robustmtl.config import RunConfig, RunOptions
 from robustmtl.errors import UserError
-from robustmtl.layout import RunDir, read_json
+from robustmtl.layout import CONFIG, RunDir, claim_dir, make_dir, read_json
 from robustmtl.registry import method_plugin
 from robustmtl.rundir import prepare_run
+from robustmtl.train.runlock import LOCK_NAME, holding
 
 
 def run_with_requirements(cfg: RunConfig, opts: RunOptions, out: Path, console: Console) -> dict[str, Any]:
@@ -25,12 +26,20 @@ def run_with_requirements(cfg: RunConfig, opts: RunOptions, out: Path, console: 
 
 
 def run_in_process(cfg: RunConfig, opts: RunOptions, out: Path, console: Console) -> dict[str, Any]:
+    """Train (or resume, or report) the run in `out`, refusing a folder that holds something else."""
+    rd = RunDir(out)
+    claim_dir(out, "run directory", CONFIG, {LOCK_NAME})
+    created = not rd.root.exists()
+    make_dir(out, "run directory")
+    with holding(rd):  # before any write: another process training this run keeps it to itself
+        return _train_here(rd, cfg, opts, created, console)
+
+
+def _train_here(rd: RunDir, cfg: RunConfig, opts: RunOptions, created: bool, console: Console) -> dict[str, Any]:
     from robustmtl.provenance import record as record_provenance
     from robustmtl.train.attempts import write_failure
     from robustmtl.train.loop import train_run
 
-    rd = RunDir(out)
-    created = not rd.root.exists()
     prepare_run(rd, cfg, opts)
     if rd.done.exists():
         console.print(f"run {cfg.run_id} is already done ({rd.done}); nothing to do")

@@ -1,8 +1,8 @@
 """Every user mistake: one line that says what is wrong, exit code 2, no traceback, nothing written.
 
 Add a case by adding a row: (id, grid-file text or None, command args, expected fragment). In args,
-{spec} is the grid file, {out} a grid directory that must not be created, {grid} a finished grid, and
-{run} one of its run ids.
+{spec} is the grid file, {out} a grid directory that must not be created, {grid} a finished grid,
+{file} a file, {under_file} a path below it, and {other} a folder holding someone else's file.
 """
 
 from __future__ import annotations
@@ -70,6 +70,21 @@ CASES = [
      "--set expects key=value"),
     ("corrupt config.json", None, ["run", "--method", "erm", "--dataset", "synthetic", "--out", "{corrupt_run}"],
      "run config is corrupt"),
+    ("run into a file", None, ["run", "--method", "erm", "--dataset", "synthetic", "--out", "{file}"],
+     "is a file, not a folder"),
+    ("run under a file", None, ["run", "--method", "erm", "--dataset", "synthetic", "--out", "{under_file}"],
+     "afile is a file, not a folder"),
+    ("grid under a file", GOOD, ["grid", "submit", "{spec}", "--out", "{under_file}"], "afile is a file, not a folder"),
+    ("dry run under a file", GOOD, ["grid", "submit", "{spec}", "--out", "{under_file}", "--dry-run"],
+     "afile is a file"),
+    ("run into a grid root", None, ["run", "--method", "erm", "--dataset", "synthetic", "--out", "{grid}"],
+     "already holds other files and no config.json"),
+    ("run into another folder", None, ["run", "--method", "erm", "--dataset", "synthetic", "--out", "{other}"],
+     "already holds other files and no config.json"),
+    ("grid into another folder", GOOD, ["grid", "submit", "{spec}", "--out", "{other}"],
+     "already holds other files and no grid.toml"),
+    ("local python missing", spec_with('"debug"', '"local"') + 'python = "/nonexistent/python3"\n', SUBMIT,
+     "[executor] python '/nonexistent/python3' does not exist or is not executable"),
 ]
 
 
@@ -89,9 +104,13 @@ def test_user_mistake(tmp_path, finished_grid, text, args, fragment):
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / "config.json").write_text('{"method": "erm", "data')
+    (tmp_path / "afile").write_text("keep")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("keep")
     before = sorted(p.name for p in finished_grid.rglob("*"))
     places = {"{spec}": spec, "{out}": tmp_path / "new-grid", "{grid}": finished_grid,
-              "{out_existing}": tmp_path / "existing", "{corrupt_run}": corrupt}
+              "{out_existing}": tmp_path / "existing", "{corrupt_run}": corrupt, "{file}": tmp_path / "afile",
+              "{under_file}": tmp_path / "afile" / "sub", "{other}": tmp_path / "other"}
     argv = [str(places.get(a, a)) for a in args]
     proc = subprocess.run([sys.executable, "-m", "robustmtl", *argv], capture_output=True, text=True,
                           cwd=tmp_path)
@@ -101,6 +120,8 @@ def test_user_mistake(tmp_path, finished_grid, text, args, fragment):
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "new-grid").exists()
     assert sorted(p.name for p in finished_grid.rglob("*")) == before
+    assert (tmp_path / "afile").read_text() == "keep" and [p.name for p in (tmp_path / "other").iterdir()] == [
+        "notes.txt"]
 
 
 def test_corrupt_metrics_are_tolerated_with_a_warning(finished_grid, tmp_path):

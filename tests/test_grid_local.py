@@ -1,18 +1,26 @@
-"""The local executor on a GPU machine: one run per GPU at a time, each seeing only its own GPU.
-
-No GPU is needed: the runs record the CUDA_VISIBLE_DEVICES they were started with (attempts.jsonl)
-and, finding no CUDA device behind it, train on the CPU.
+"""Runs executed here. The local executor on a GPU machine: one run per GPU at a time, each seeing only
+its own GPU (no GPU needed: the runs record the CUDA_VISIBLE_DEVICES they were started with and, finding
+no CUDA device behind it, train on the CPU). Failures are named with their errors, debug runs never open
+a debugger, and a submit killed with SIGTERM or SIGHUP stops its runs instead of leaving them training.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from robustmtl.grid.executor import ExecutorSettings
 from robustmtl.layout import GridDir
 from robustmtl.train.attempts import read_attempts
+from robustmtl.train.runlock import locked
 from tests.conftest import tiny_grid, write_spec
 
 
@@ -42,3 +50,67 @@ def test_gpu_shares_follow_the_device_setting(monkeypatch):
     assert ExecutorSettings(device="cpu").local_gpu_shares() == []
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert ExecutorSettings().local_gpu_shares() == []
+
+
+def test_debug_failure_never_opens_a_debugger_and_names_the_error(cli, tmp_path, monkeypatch):
+    import pdb
+
+    from robustmtl.train import loop
+
+    opened: list[int] = []
+    monkeypatch.setattr(pdb, "post_mortem", lambda *a, **k: opened.append(1))
+    monkeypatch.setattr(loop, "train_run", lambda rd, progress=None, stop_requested=None: 1 / 0)
+    spec = write_spec(tmp_path / "g.toml", tiny_grid("dbg", ["erm"], [0], defaults={"epochs": 1}))
+    result = cli("grid", "submit", spec, "--out", tmp_path / "grid", ok=False)
+    (run_id,) = GridDir(tmp_path / "grid").run_ids()
+    assert result.exit_code == 2 and not opened
+    assert f"1 run(s) failed: {run_id}: ZeroDivisionError: division by zero" in result.output
+
+
+def test_setup_failure_names_the_run_and_the_log_with_its_error(cli, tmp_path):
+    spec = write_spec(tmp_path / "g.toml", tiny_grid("setup", ["erm"], [0], defaults={"epochs": 1}, executor={
+        "kind": "local", "setup": ["echo module python/9 not found >&2", "false"]}))
+    result = cli("grid", "submit", spec, "--out", tmp_path / "grid", ok=False)
+    (run_id,) = GridDir(tmp_path / "grid").run_ids()
+    log = (tmp_path / "grid" / "submitit" / "start" / f"{run_id}.log").resolve()
+    assert result.exit_code == 2
+    assert f"{run_id}: module python/9 not found (log: {log})" in " ".join(result.output.split())
+
+
+def running_here(marker: str) -> list[int]:
+    """Processes whose command line mentions `marker` (this test's folder): the jobs it started."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_killed_local_submit_stops_its_runs(tmp_path, signum):
+    spec = write_spec(tmp_path / "g.toml", tiny_grid("kill", ["erm"], [0], defaults={
+        "epochs": 400, "n_train": 2000}, executor={"kind": "local", "threads": 1}))
+    out = tmp_path / "grid"
+    proc = subprocess.Popen([sys.executable, "-m", "robustmtl", "grid", "submit", str(spec), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not list(out.glob("runs/*/checkpoint.pt")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (rd,) = [GridDir(out).run(r) for r in GridDir(out).run_ids()]
+        assert locked(rd), "the run should be training"
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2 and "interrupted: running jobs were cancelled" in err, err
+        assert len(err.strip().splitlines()) == 1 and not locked(rd)
+        size = rd.metrics.stat().st_size
+        time.sleep(2)
+        assert rd.metrics.stat().st_size == size and not running_here(str(tmp_path))
+    finally:
+        for pid in [proc.pid, *running_here(str(tmp_path))]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -14,7 +14,7 @@ from robustmtl.grid.coverage import coverage, write_plan
 from robustmtl.grid.expand import expand
 from robustmtl.grid.manifest import append_entries
 from robustmtl.grid.spec import load_spec
-from robustmtl.grid.status import grid_status, queued_runs
+from robustmtl.grid.status import failure_line, grid_status, queued_runs
 from robustmtl.layout import GridDir
 from tests.conftest import tiny_grid, write_spec
 
@@ -163,3 +163,34 @@ def test_coverage_lists_missing_seeds_and_settings_per_cell(tmp_path, slurm_call
     g.spec.write_text("not a grid file")
     assert [(x.method, x.missing) for x in coverage(g, {r.run_id for r in runs if g.run(r.run_id).done.exists()})] \
         == [("l1", [("alpha_reg=0.1", [1]), ("alpha_reg=0.2", [0, 1])])]
+
+
+def test_undecodable_and_ill_typed_lines_are_skipped_like_corrupt_ones(grid, slurm_calls, cli):
+    expected = {r: s.state for r, s in grid_status(grid).runs.items()}
+    manifest = grid.root / "manifest.jsonl"
+    garbage = [b"\xff\xfe\x00garbage", b'{"run_id": 5, "job_id": "1"}', b'["not", "an", "entry"]',
+               json.dumps({"run_id": rid(7), "job_id": "8", "submitted_at": "yesterday"}).encode(),
+               json.dumps({"run_id": rid(7), "job_id": ["8"]}).encode()]
+    manifest.write_bytes(manifest.read_bytes() + b"\n".join(garbage) + b"\n")
+    attempts = grid.run(rid(3)).attempts
+    attempts.write_bytes(attempts.read_bytes() + b'\x80\x81{"event": "start"}\n{"event": ["x"]}\n')
+    grid.run(rid(4)).failed.write_text(json.dumps({"error": 5}))
+    grid.run(rid(9)).failed.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    status = grid_status(grid)
+    assert {r: s.state for r, s in status.runs.items()} == expected
+    assert status.runs[rid(3)].attempts == {"start": 1}
+    assert dict(status.failed)[rid(4)] == "unknown error (FAILED marker unreadable)"
+    assert failure_line(grid.run(rid(9))) == "unknown error (FAILED marker unreadable)"
+    assert "unknown error" in cli("grid", "status", grid.root).output
+    logs = cli("grid", "logs", grid.root, rid(1), ok=False)
+    assert logs.exit_code == 2 and "no log yet" in logs.output
+
+
+@pytest.mark.parametrize("args", [["status"], ["logs", "{run}"], ["cancel"], ["resume", "--executor", "debug"]])
+def test_manifest_that_is_a_directory_is_one_line(grid, slurm_calls, cli, args):
+    manifest = grid.root / "manifest.jsonl"
+    manifest.unlink()
+    manifest.mkdir()
+    result = cli("grid", args[0], grid.root, *[a.replace("{run}", rid(1)) for a in args[1:]], ok=False)
+    assert result.exit_code == 2 and f"cannot read the grid's manifest {manifest}" in " ".join(result.output.split())
+    assert result.exception is None or isinstance(result.exception, SystemExit)

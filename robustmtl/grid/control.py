@@ -51,6 +51,8 @@ def resume(grid: GridDir, kind: str | None, failed_only: bool, overrides: dict[s
     _, raw = parse_toml(grid.spec)
     settings = executor_settings(raw.get("executor", {}), str(grid.spec), {**overrides, "kind": kind})
     resolved = settings.resolved_kind()
+    if resolved == "local":
+        settings.check_python(str(grid.spec))
     with submit_lock(grid.root):
         status = grid_status(grid)
         if resolved == "slurm" and not status.queue_known:

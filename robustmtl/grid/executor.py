@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,19 @@ class ExecutorSettings:
             raise UserError("executor kind 'slurm' needs SLURM's `sbatch` on PATH (not found); "
                             "run on a login node, or use --executor local")
         return self.kind
+
+    def check_python(self, where: str) -> None:
+        """A local job's `python` must start here, or every run would fail before training, logging nowhere
+        useful; a bare name is left to `setup` lines, which may put it on PATH (module load, activate)."""
+        if self.python is None:
+            return
+        try:
+            program = shlex.split(self.python)[0]
+        except (ValueError, IndexError):
+            raise UserError(f"{where}: [executor] python {self.python!r} is not a command") from None
+        if shutil.which(program) is None and ("/" in program or not self.setup):
+            raise UserError(f"{where}: [executor] python {program!r} does not exist or is not executable"
+                            + ("" if "/" in program else " (not on PATH)"))
 
     def local_gpu_shares(self) -> list[str]:
         """The CUDA_VISIBLE_DEVICES values a local grid hands its runs, one run per share at a time.

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from robustmtl.errors import UserError
 from robustmtl.train.attempts import append_durably
 
 
@@ -23,16 +24,35 @@ def append_entries(grid_root: Path, entries: list[dict[str, Any]]) -> None:
 
 
 def latest_entries(grid_root: Path) -> dict[str, dict[str, Any]]:
-    """run_id → its newest manifest entry; torn or corrupt lines are skipped."""
-    latest: dict[str, dict[str, Any]] = {}
+    """run_id → its newest manifest entry; torn, corrupt, undecodable or ill-typed lines are skipped."""
+    path = manifest_path(grid_root)
     try:
-        lines = manifest_path(grid_root).read_text().splitlines()
+        data = path.read_bytes()
     except FileNotFoundError:
-        return latest
-    for line in lines:
+        return {}
+    except OSError as exc:
+        raise UserError(f"cannot read the grid's manifest {path}: {exc.strerror or exc}; move it aside (it "
+                        "only records which SLURM job runs which run)") from None
+    latest: dict[str, dict[str, Any]] = {}
+    for line in data.splitlines():
         try:
             entry = json.loads(line)
-            latest[entry["run_id"]] = entry
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
             continue
+        if well_formed(entry):
+            latest[entry["run_id"]] = entry
     return latest
+
+
+def well_formed(entry: Any) -> bool:
+    """An entry whose fields have the types the readers rely on (anything else is damage, not data)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("run_id"), str):
+        return False
+    job_id, submitted, pack = entry.get("job_id"), entry.get("submitted_at", 0), entry.get("pack", [])
+    return ((job_id is None or _is(job_id, str | int)) and _is(submitted, int | float)
+            and isinstance(pack, list) and all(isinstance(r, str) for r in pack)
+            and isinstance(entry.get("not_submitted", ""), str))
+
+
+def _is(value: Any, types: Any) -> bool:
+    return isinstance(value, types) and not isinstance(value, bool)

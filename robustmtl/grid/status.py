@@ -81,11 +81,15 @@ class GridStatus:
 def failure_line(rd: RunDir) -> str:
     """The error of a FAILED marker, with why it was not retried when the job gave up on it."""
     try:
-        failure = json.loads(rd.failed.read_text())
-        line = failure["error"].splitlines()[-1]
-    except (OSError, json.JSONDecodeError, KeyError, IndexError, TypeError):
+        failure = json.loads(rd.failed.read_bytes())
+    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
+        failure = None
+    error = failure.get("error") if isinstance(failure, dict) else None
+    lines = error.strip().splitlines() if isinstance(error, str) else []
+    if not lines:
         return "unknown error (FAILED marker unreadable)"
-    return f"{line} ({failure['reason']})" if failure.get("reason") else line
+    reason = failure.get("reason")
+    return f"{lines[-1]} ({reason})" if isinstance(reason, str) and reason else lines[-1]
 
 
 def grid_status(grid: GridDir, accounting: bool = True) -> GridStatus:

@@ -1,6 +1,6 @@
 """`grid submit`: expand a spec, lay out the grid directory, and execute the runs that are not done.
 
-local/debug: runs execute here (local: submitit subprocesses, `parallel` at a time; debug: in this
+local/debug: runs execute here (grid/local.py: submitit subprocesses, `parallel` at a time, or in this
 process), with a live progress bar, and the command returns when they end. slurm: one array job per
 dependency level, submitted through submitit; the command returns once everything is queued.
 """
@@ -9,24 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shlex
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from robustmtl.errors import UserError
 from robustmtl.grid import snapshot
 from robustmtl.grid.coverage import write_plan
 from robustmtl.grid.executor import ExecutorSettings, data_root_for, executor_settings
 from robustmtl.grid.expand import PlannedRun, data_roots, expand
-from robustmtl.grid.lock import submit_lock
+from robustmtl.grid.lock import LOCK_NAME, submit_lock
 from robustmtl.grid.spec import GridSpec, load_spec, parse_toml
-from robustmtl.layout import GridDir, RunDir, atomic_write_text
+from robustmtl.layout import GridDir, atomic_write_text, claim_dir
 from robustmtl.rundir import prepare_run
 from robustmtl.trackers import check as check_trackers
 from robustmtl.trackers import write_choice as write_trackers
@@ -37,13 +34,18 @@ class SubmitResult:
     planned: list[PlannedRun]
     already_done: int
     executed: int
-    failed: list[str]
+    failed: dict[str, str]  # run id → why (local and debug runs)
     kind: str
 
 
 def plan(spec_path: Path) -> tuple[GridSpec, list[PlannedRun]]:
     spec = load_spec(spec_path)
     return spec, expand(spec)
+
+
+def check_out(grid: GridDir) -> None:
+    """The grid directory must be new, empty or a grid's (its grid.toml), so no grid spills into another folder."""
+    claim_dir(grid.root, "grid directory", grid.spec.name, {LOCK_NAME})
 
 
 def preflight(grid: GridDir) -> None:
@@ -83,10 +85,13 @@ def submit(spec_path: Path, out: Path | None, kind: str | None, force: bool, con
     spec, runs = plan(spec_path)
     settings = executor_settings(spec.executor, str(spec_path), {**(overrides or {}), "kind": kind})
     resolved = settings.resolved_kind()
+    if resolved == "local":
+        settings.check_python(str(spec_path))
     check_trackers(settings.trackers, f"{spec_path} [executor] trackers")
+    grid = GridDir(out or Path("runs") / spec.name)
+    check_out(grid)
     source = snapshot.source_state()
     check_clean(source, require_clean, console)
-    grid = GridDir(out or Path("runs") / spec.name)
     preflight(grid)
     with submit_lock(grid.root):
         try:
@@ -123,7 +128,7 @@ def execute(grid: GridDir, title: str, runs: list[PlannedRun], todo: list[Planne
     in_queue = f"{sum(r.run_id in active for r in runs)} queued or running, " if kind == "slurm" else ""
     console.print(f"[bold]{title}[/]: {len(runs)} runs, {done} already done, {in_queue}"
                   f"{len(to_run)} to run on [bold]{kind}[/] → {grid.root}")
-    failed: list[str] = []
+    failed: dict[str, str] = {}
     if to_run and kind in ("slurm", "local"):
         snap = snapshot.freeze(grid, source) if source else snapshot.for_jobs(grid, new_code=False)
         console.print(f"code {snap.version}: jobs import the snapshot {snap.root}", highlight=False)
@@ -137,89 +142,7 @@ def execute(grid: GridDir, title: str, runs: list[PlannedRun], todo: list[Planne
             submit_arrays(grid, to_run, settings, console, active)
         console.print(f"check on them with `robustmtl grid status {grid.root}`", highlight=False)
     else:
+        from robustmtl.grid.local import run_here
+
         failed = run_here(grid, to_run, settings, kind, console)
     return SubmitResult(planned=runs, already_done=done, executed=len(to_run), failed=failed, kind=kind)
-
-
-def _epochs_done(rd: RunDir) -> int:
-    try:
-        return rd.metrics.read_bytes().count(b'"split": "val"')
-    except FileNotFoundError:
-        return 0
-
-
-def run_here(grid: GridDir, todo: list[PlannedRun], settings: ExecutorSettings, kind: str,
-             console: Console) -> list[str]:
-    """Execute runs on this machine, required runs first, `parallel` at a time; returns failed run ids."""
-    import submitit
-
-    from robustmtl.train.job import TrainJob
-
-    shares = settings.local_gpu_shares() if kind == "local" else []
-    load = dict.fromkeys(shares, 0)  # runs on each GPU share now
-    if kind == "debug":
-        executor: Any = submitit.DebugExecutor(folder=grid.submitit / "%j")
-        parallel = 1
-    else:
-        executor = submitit.LocalExecutor(folder=grid.submitit / "%j", python=settings.python)
-        executor.update_parameters(timeout_min=settings.timeout_min, setup=list(settings.setup))
-        parallel = settings.local_parallel(len(shares))
-    waiting = list(todo)
-    running: dict[str, Any] = {}
-    share_of: dict[str, str] = {}
-    failed: list[str] = []
-    total_epochs = sum(r.config.train.epochs for r in todo)
-    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("epochs"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("training", total=total_epochs)
-        try:
-            while waiting or running:
-                for run in list(waiting):
-                    if len(running) >= parallel:
-                        break
-                    blockers = [r for r in run.requires if not grid.run(r).done.exists()]
-                    if any(b in failed for b in blockers):
-                        waiting.remove(run)
-                        failed.append(run.run_id)
-                    elif not blockers:
-                        waiting.remove(run)
-                        if load:
-                            share = share_of[run.run_id] = min(load, key=load.__getitem__)
-                            load[share] += 1
-                            executor.update_parameters(**gpu_visibility(share, settings.setup))
-                        running[run.run_id] = executor.submit(TrainJob(), str(grid.run(run.run_id).root))
-                for run_id, job in list(running.items()):
-                    if kind == "debug" or job.done():
-                        del running[run_id]
-                        if run_id in share_of:
-                            load[share_of.pop(run_id)] -= 1
-                        try:
-                            job.result()
-                        except Exception:
-                            failed.append(run_id)
-                done_epochs = sum(min(_epochs_done(grid.run(r.run_id)), r.config.train.epochs) for r in todo)
-                finished = sum(grid.run(r.run_id).done.exists() for r in todo)
-                progress.update(task, completed=done_epochs,
-                                description=f"runs {finished}/{len(todo)} done, {len(running)} running")
-                if running and kind != "debug":
-                    time.sleep(0.5)
-        except KeyboardInterrupt:
-            for job in running.values():
-                job.cancel(check=False)
-            raise UserError("interrupted: running jobs were cancelled; their checkpoints stay, and the same "
-                            "`grid submit` resumes them") from None
-    return failed
-
-
-def gpu_visibility(share: str, setup: tuple[str, ...]) -> dict[str, Any]:
-    """submitit LocalExecutor parameters that give one run CUDA_VISIBLE_DEVICES=`share`.
-
-    submitit sets the variable from integer `visible_gpus` only; GPU UUIDs and MIG ids are exported by
-    a setup line instead (it runs after submitit's own setting, in the job's shell).
-    """
-    ids = share.split(",")
-    if all(i.isdigit() for i in ids):
-        return {"visible_gpus": tuple(int(i) for i in ids), "gpus_per_node": len(ids), "setup": list(setup)}
-    return {"visible_gpus": (), "gpus_per_node": 0,
-            "setup": [*setup, f"export CUDA_VISIBLE_DEVICES={shlex.quote(share)}"]}

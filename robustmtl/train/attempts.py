@@ -38,16 +38,16 @@ def append_durably(path: Path, text: str) -> None:
 
 
 def read_attempts(rd: RunDir) -> list[dict[str, Any]]:
-    """Events of a run, oldest first; a torn last line is skipped."""
+    """Events of a run, oldest first; torn, corrupt or undecodable lines and events without a name are skipped."""
     try:
-        lines = rd.attempts.read_text().splitlines()
+        lines = rd.attempts.read_bytes().splitlines()
     except FileNotFoundError:
         return []
     events = []
     for line in lines:
-        with contextlib.suppress(json.JSONDecodeError):
+        with contextlib.suppress(ValueError):  # JSONDecodeError, or bytes that are not UTF-8
             event = json.loads(line)
-            if isinstance(event, dict):
+            if isinstance(event, dict) and isinstance(event.get("event"), str):
                 events.append(event)
     return events
 

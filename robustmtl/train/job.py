@@ -20,6 +20,9 @@ A pack (`[executor] pack = K`) is one array task running K runs: one after anoth
 side by side in child processes with one share of the task's GPUs each (`parallel`). Runs that are
 DONE, or that this job already gave up on, are skipped when a requeued pack restarts.
 
+A run is trained under its lock (train/runlock.py): a job that finds another process training it
+leaves the run's files alone and counts no crash; it fails with RunBusy once its other runs are through.
+
 Every start, interruption and end is appended to RUN/attempts.jsonl, which `grid status` counts:
 `start` (with whether a checkpoint was there), `preempted`, `timeout`, `terminated` (ended by SLURM,
 not requeued), `crashed` (with the step and the error), `failed` (given up, with the reason), `done`.
@@ -41,10 +44,12 @@ from typing import Any, NoReturn
 import submitit
 
 from robustmtl.layout import RunDir
+from robustmtl.train import runlock
 from robustmtl.train.attempts import read_attempts, record_attempt, write_failure
 from robustmtl.train.signals import StopFlag, interruption, requeue_self, under_slurm
 
-EXIT_CODES = {"done": 0, "failed": 1, "interrupted": 75, "retry": 76}  # a parallel pack member's outcome
+# a parallel pack member's outcome
+EXIT_CODES = {"done": 0, "failed": 1, "interrupted": 75, "retry": 76, "busy": 77}
 POLL_S = 0.2
 
 
@@ -53,7 +58,7 @@ class RequeueLimit(RuntimeError):
 
 
 class PackFailed(RuntimeError):
-    """Some runs of a pack failed for good (each has its own FAILED marker)."""
+    """Some runs of a pack failed for good (each has its own FAILED marker) or are trained by another process."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,7 @@ class Caps:
 @dataclass
 class Outcome:
     rd: RunDir
-    kind: str  # done | interrupted | retry | failed
+    kind: str  # done | interrupted | retry | failed | busy (another process trains the run)
     summary: dict[str, Any] | None = None
     error: BaseException | None = None
 
@@ -148,7 +153,15 @@ class TrainJob(submitit.helpers.Checkpointable):
         return outcomes
 
     def run_one(self, rd: RunDir, job_id: str | None, flag: StopFlag) -> Outcome:
-        """Train one run; a crash is recorded and judged (requeue or give up) here."""
+        """Train one run under its lock; a run another process is training is left untouched ("busy")."""
+        try:
+            with runlock.holding(rd):
+                return self._attempt(rd, job_id, flag)
+        except runlock.RunBusy as exc:
+            return Outcome(rd, "busy", error=exc)
+
+    def _attempt(self, rd: RunDir, job_id: str | None, flag: StopFlag) -> Outcome:
+        """One attempt at a run; a crash is recorded and judged (requeue or give up) here."""
         from robustmtl import provenance, trackers
         from robustmtl.train import loop
 
@@ -180,11 +193,17 @@ class TrainJob(submitit.helpers.Checkpointable):
                 give_up(rd, job_id, RuntimeError(f"could not requeue job {job_id}: {reason}"), "requeue failed")
                 next(o for o in outcomes if o.rd == rd).kind = "failed"
         failed = [o for o in outcomes if o.kind == "failed"]
-        if failed:
-            if single and failed[0].error is not None:
-                raise failed[0].error
-            raise PackFailed(f"{len(failed)} of {len(outcomes)} runs failed: "
-                             + ", ".join(o.rd.root.name for o in failed))
+        busy = [o for o in outcomes if o.kind == "busy"]  # not counted as crashes: the other trainer goes on
+        if failed or busy:
+            first = (failed or busy)[0]
+            if single and first.error is not None:
+                raise first.error
+            parts = []
+            if failed:
+                parts.append(f"{len(failed)} of {len(outcomes)} runs failed: {names(failed)}")
+            if busy:
+                parts.append(f"{len(busy)} of {len(outcomes)} runs are being trained by another process: {names(busy)}")
+            raise PackFailed("; ".join(parts))
         summaries = [o.summary for o in outcomes]
         return summaries[0] if single else summaries
 
@@ -215,6 +234,10 @@ class TrainJob(submitit.helpers.Checkpointable):
             for rd in survivors:
                 give_up(rd, job_id, RuntimeError(f"could not requeue job {job_id}: {reason}"), "requeue failed")
         sys.exit(EXIT_CODES["interrupted"])
+
+
+def names(outcomes: list[Outcome]) -> str:
+    return ", ".join(o.rd.root.name for o in outcomes)
 
 
 def gpu_shares(visible: str, n: int) -> list[str | None]:
@@ -272,6 +295,8 @@ def child_outcome(rd: RunDir, code: int, job_id: str | None, caps: Caps) -> Outc
         return Outcome(rd, kind)
     if kind == "failed":
         return Outcome(rd, "failed", error=RuntimeError(f"run {rd.root.name} failed; see its FAILED marker"))
+    if kind == "busy":
+        return Outcome(rd, "busy", error=runlock.RunBusy(f"run {rd.root} is being trained by another process"))
     exc = RuntimeError(f"the process of run {rd.root.name} exited with code {code}")
     return Outcome(rd, judge_crash(rd, job_id, None, exc, caps), error=exc)
 

@@ -35,7 +35,7 @@ from robustmtl.records import MetricsWriter
 from robustmtl.registry import dataset_entry, method_entry, method_plugin, model_entry
 from robustmtl.rng import epoch_generator
 from robustmtl.rundir import load_run, required_run_dirs
-from robustmtl.train import checkpoint
+from robustmtl.train import checkpoint, runlock
 from robustmtl.train.batches import Batch, EpochPlan, PlanSampler, chunks, make_loader, resolve_workers, to_device
 from robustmtl.train.evaluate import Predictions, predict
 from robustmtl.train.step import Stepper, enable_tf32, make_scaler, resolve_precision
@@ -289,9 +289,12 @@ class Trainer:
 
 def train_run(run_dir: RunDir, progress: Progress | None = None,
               stop_requested: StopRequested | None = None) -> dict[str, Any]:
-    """Run (or resume, or just report) the run in `run_dir`; returns its DONE summary."""
-    if run_dir.done.exists():
-        return read_json(run_dir.done, "DONE summary")
-    run_dir.failed.unlink(missing_ok=True)
-    run_dir.clear_stale_temps()
-    return Trainer(run_dir, progress, stop_requested).run()
+    """Run (or resume, or just report) the run in `run_dir`; returns its DONE summary.
+
+    The whole attempt holds the run's lock: RunBusy when another process is training it."""
+    with runlock.holding(run_dir):
+        if run_dir.done.exists():
+            return read_json(run_dir.done, "DONE summary")
+        run_dir.failed.unlink(missing_ok=True)
+        run_dir.clear_stale_temps()
+        return Trainer(run_dir, progress, stop_requested).run()
