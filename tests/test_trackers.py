@@ -63,13 +63,17 @@ def test_tensorboard_curves_equal_the_jsonl_across_a_resume(tmp_path):
     assert len(list((rd.root / "tensorboard").glob("events.out.tfevents.*"))) == 1
 
 
-def wandb_history(path: Path) -> tuple[str, list[dict[str, str]]]:
-    """The run id and history rows of a .wandb file (LevelDB-style log records of wandb's protobufs)."""
+def wandb_history(path: Path) -> tuple[set[str], list[str], list[dict[str, str]]]:
+    """The run ids, record types and history rows of a .wandb file (LevelDB-style log records of
+    wandb's protobufs)."""
     from wandb.proto import wandb_internal_pb2
 
     data = path.read_bytes()
     assert data[:4] == b":W&B"
-    block, pos, parts, run_id, rows = 32768, 7, b"", "", []
+    block, pos, parts = 32768, 7, b""
+    run_ids: set[str] = set()
+    kinds: list[str] = []
+    rows: list[dict[str, str]] = []
     while pos + 7 <= len(data):
         left = block - pos % block
         _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
@@ -82,11 +86,12 @@ def wandb_history(path: Path) -> tuple[str, list[dict[str, str]]]:
             record = wandb_internal_pb2.Record()
             record.ParseFromString(parts)
             parts = b""
-            if record.WhichOneof("record_type") == "run":
-                run_id = record.run.run_id
-            elif record.WhichOneof("record_type") == "history":
+            kinds.append(record.WhichOneof("record_type") or "?")
+            if kinds[-1] == "run" and record.run.run_id:  # an update record may leave the id out
+                run_ids.add(record.run.run_id)
+            elif kinds[-1] == "history":
                 rows.append({item.key or "/".join(item.nested_key): item.value_json for item in record.history.item})
-    return run_id, rows
+    return run_ids, kinds, rows
 
 
 def test_wandb_offline_run_is_one_run_with_every_step_once(tmp_path, monkeypatch):
@@ -97,8 +102,8 @@ def test_wandb_offline_run_is_one_run_with_every_step_once(tmp_path, monkeypatch
     assert len(files) == 2  # one per attempt
     got: dict[str, list[tuple[int, float]]] = {}
     for path in files:
-        run_id, rows = wandb_history(path)
-        assert run_id == rd.root.name
+        run_ids, kinds, rows = wandb_history(path)
+        assert path.name == f"run-{rd.root.name}.wandb" and run_ids <= {rd.root.name}, (path, run_ids, kinds)
         for row in rows:
             for tag, value in row.items():
                 if not tag.startswith("_"):
