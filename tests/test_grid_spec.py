@@ -48,6 +48,17 @@ def test_dataset_table_sets_dataset_parameters(tmp_path):
     assert {r.config.data_params.p_train for r in runs} == {0.9}
 
 
+def test_each_dataset_may_name_its_own_model_and_training_values(tmp_path):
+    text = ISSUE_EXAMPLE.replace('["synthetic"]', '["synthetic", "text_spurious"]').replace(
+        "[defaults]", "[datasets.synthetic]\nhidden_dim = 8\nepochs = 3\n[datasets.text_spurious]\nmodel = "
+                      "\"bert\"\nbert_pretrained = \"/models/minilm\"\n[defaults]")
+    runs = expand(load_spec(write_spec(tmp_path / "g.toml", text)))
+    by_dataset = {d: [r.config for r in runs if r.config.dataset == d] for d in ("synthetic", "text_spurious")}
+    assert {(c.model, c.train.epochs, c.model_params.hidden_dim) for c in by_dataset["synthetic"]} == {("mlp", 3, 8)}
+    assert {(c.model, c.train.epochs, c.model_params.bert_pretrained) for c in by_dataset["text_spurious"]} == {
+        ("bert", 20, "/models/minilm")}
+
+
 BAD_SPECS = [
     ("name = \"x\"\ndatasets = [\"synthetic\"]\nmethods = [\"erm\"\nseeds = [0]", "malformed TOML"),
     (ISSUE_EXAMPLE + "\nbogus = 1\n", "unknown [executor] key `bogus`"),
@@ -66,6 +77,18 @@ BAD_SPECS = [
     (ISSUE_EXAMPLE.replace("[methods.mtl_l1.sweep]", "[methods.jtt.sweep]"), "not listed in `methods`"),
     (ISSUE_EXAMPLE.replace("alpha_aux = [0.368, 1.0]", "alpah_aux = [0.368, 1.0]"), "did you mean 'alpha_aux'"),
     (ISSUE_EXAMPLE.replace('name = "demo"', 'name = "../up"'), "`name` must be a simple name"),
+    (ISSUE_EXAMPLE.replace("[defaults]", "[datasets.synthetic]\ndata_root = 5\n[defaults]"),
+     "[datasets.synthetic] data_root must be a folder path"),
+    (ISSUE_EXAMPLE.replace("[defaults]", "[datasets.synthetic]\nmodel = [\"mlp\"]\n[defaults]"),
+     "[datasets.synthetic] model must be a single value"),
+    (ISSUE_EXAMPLE.replace("[defaults]", "[datasets.synthetic]\nmodel = \"mpl\"\n[defaults]"), "did you mean 'mlp'"),
+    (ISSUE_EXAMPLE.replace("[defaults]", "[datasets.synthetic]\nmodel = \"bert\"\n[defaults]"),
+     "pick a vector model"),
+    (ISSUE_EXAMPLE.replace("[defaults]", "[datasets.synthetic]\nn_trian = 100\n[defaults]"),
+     "[datasets.synthetic] 'n_trian' is not a parameter of dataset 'synthetic'"),
+    (ISSUE_EXAMPLE.replace("[defaults]", "[datasets.synthetic]\np_train = [0.9, 0.8]\n[defaults]"),
+     "sweep values in [sweep]"),
+    (ISSUE_EXAMPLE.replace('seeds    = [0, 1, 2]', 'seeds    = [0]\nmodel = 3'), "`model` must be one model name"),
 ]
 
 

@@ -17,9 +17,7 @@ from robustmtl.config import RunConfig, blocks_for, build_config, key_owner
 from robustmtl.errors import UserError
 from robustmtl.grid.spec import GridSpec
 from robustmtl.params import did_you_mean, field_types
-from robustmtl.registry import dataset_plugin, method_plugin
-
-DATA_ROOT_KEY = "data_root"
+from robustmtl.registry import method_plugin
 
 
 @dataclass(slots=True)
@@ -40,8 +38,7 @@ def _product(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 def _check_keys_known(spec: GridSpec) -> None:
     """A key in [defaults]/[sweep] must belong to at least one (method, dataset, model) of the grid."""
-    combos = [blocks_for(m, d, spec.model or dataset_plugin(d).default_model)
-              for m in spec.methods for d in spec.datasets]
+    combos = [blocks_for(m, d, spec.model_for(d)) for m in spec.methods for d in spec.datasets]
     known = {k for blocks in combos for block in blocks.values() for k in field_types(block)}
     for table, keys in (("defaults", spec.defaults), ("sweep", spec.sweep)):
         for key in keys:
@@ -50,17 +47,25 @@ def _check_keys_known(spec: GridSpec) -> None:
                                 f"in this grid{did_you_mean(key, known)}")
     for m, table in spec.method_tables.items():
         method_known = {k for d in spec.datasets
-                        for block in blocks_for(m, d, spec.model or dataset_plugin(d).default_model).values()
+                        for block in blocks_for(m, d, spec.model_for(d)).values()
                         for k in field_types(block)}
         for section, keys in (("defaults", table.defaults), ("sweep", table.sweep)):
             for key in keys:
                 if key not in method_known:
                     raise UserError(f"{spec.path}: [methods.{m}.{section}] {key!r} is not a parameter of method "
                                     f"{m!r}{did_you_mean(key, method_known)}")
+    for d in spec.datasets:
+        data_known = {k for m in spec.methods for block in blocks_for(m, d, spec.model_for(d)).values()
+                      for k in field_types(block)}
+        for key in spec.data_values(d):
+            if key not in data_known:
+                hint = did_you_mean(key, data_known | {"data_root", "model"})
+                raise UserError(f"{spec.path}: [datasets.{d}] {key!r} is not a parameter of dataset {d!r}, its model "
+                                f"{spec.model_for(d)!r} or its runs{hint}")
 
 
 def data_roots(spec: GridSpec) -> dict[str, str | None]:
-    return {d: spec.dataset_tables.get(d, {}).get(DATA_ROOT_KEY) for d in spec.datasets}
+    return {d: spec.data_root(d) for d in spec.datasets}
 
 
 @contextlib.contextmanager
@@ -85,19 +90,20 @@ def expand(spec: GridSpec) -> list[PlannedRun]:
 def _expand(spec: GridSpec) -> list[PlannedRun]:
     planned: dict[str, PlannedRun] = {}
     for dataset in spec.datasets:
-        data_values = {k: v for k, v in spec.dataset_tables.get(dataset, {}).items() if k != DATA_ROOT_KEY}
+        data_values = spec.data_values(dataset)
+        model = spec.model_for(dataset)
         for method in spec.methods:
             table = spec.method_tables.get(method)
             method_axes = table.sweep if table else {}
             method_defaults = table.defaults if table else {}
-            blocks = blocks_for(method, dataset, spec.model or dataset_plugin(dataset).default_model)
+            blocks = blocks_for(method, dataset, model)
             global_axes = {k: v for k, v in spec.sweep.items() if key_owner(k, blocks)}
             for point in _product(global_axes):
                 for method_point in _product(method_axes):
                     values = {**spec.defaults, **data_values, **method_defaults, **point, **method_point}
                     where = f"{spec.path} ({method} on {dataset})"
                     relevant = {k: v for k, v in values.items() if key_owner(k, blocks)}
-                    base = build_config(method, dataset, spec.seeds[0], spec.model, relevant, where=where)
+                    base = build_config(method, dataset, spec.seeds[0], model, relevant, where=where)
                     swept = {**point, **method_point}
                     for seed in spec.seeds:
                         cfg = base.with_seed(seed)

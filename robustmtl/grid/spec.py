@@ -20,6 +20,8 @@ from robustmtl.registry import DATASETS, METHODS, MODELS
 
 TOP_KEYS = {"name", "datasets", "methods", "seeds", "model", "defaults", "sweep", "executor"}
 METHOD_TABLE_KEYS = {"defaults", "sweep"}
+DATA_ROOT_KEY = "data_root"
+MODEL_KEY = "model"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 LIST_ALIASES = {"methods": "__methods_list__", "datasets": "__datasets_list__"}
 
@@ -44,6 +46,19 @@ class GridSpec:
     method_tables: dict[str, MethodTable]
     dataset_tables: dict[str, dict[str, Any]]
     executor: dict[str, Any]
+
+    def model_for(self, dataset: str) -> str:
+        """A dataset's model: its [datasets.<d>] model, else the grid's `model`, else the dataset's default."""
+        chosen = self.dataset_tables.get(dataset, {}).get(MODEL_KEY) or self.model
+        return chosen or DATASETS[dataset].default_model
+
+    def data_values(self, dataset: str) -> dict[str, Any]:
+        """A dataset's [datasets.<d>] parameters (everything but where its files are and which model)."""
+        table = self.dataset_tables.get(dataset, {})
+        return {k: v for k, v in table.items() if k not in (DATA_ROOT_KEY, MODEL_KEY)}
+
+    def data_root(self, dataset: str) -> str | None:
+        return self.dataset_tables.get(dataset, {}).get(DATA_ROOT_KEY)
 
 
 def _rename_top_level_lists(text: str) -> str:
@@ -119,6 +134,30 @@ def _axes(table: dict[str, Any], where: str, key: str) -> dict[str, list[Any]]:
     return table
 
 
+def _model(value: Any, where: str, key: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise UserError(f"{where}: {key} must be one model name, got {value!r}; known: {', '.join(sorted(MODELS))}")
+    if value not in MODELS:
+        raise UserError(f"{where}: unknown model {value!r} in {key}{did_you_mean(value, MODELS)}; "
+                        f"known: {', '.join(sorted(MODELS))}")
+    return value
+
+
+def _dataset_table(table: dict[str, Any], where: str, dataset: str) -> dict[str, Any]:
+    """[datasets.<d>]: single values (a sweep belongs in [sweep]); `data_root` a path, `model` a model name."""
+    for k, v in table.items():
+        if isinstance(v, dict | list):
+            raise UserError(f"{where}: [datasets.{dataset}] {k} must be a single value, got {v!r} "
+                            f"(sweep values in [sweep] or [methods.<m>.sweep])")
+    root = table.get(DATA_ROOT_KEY)
+    if root is not None and (not isinstance(root, str) or not root.strip()):
+        raise UserError(f"{where}: [datasets.{dataset}] data_root must be a folder path as a string, got {root!r}")
+    _model(table.get(MODEL_KEY), where, f"[datasets.{dataset}] model")
+    return table
+
+
 def load_spec(path: Path) -> GridSpec:
     path = Path(path)
     where = str(path)
@@ -139,10 +178,7 @@ def load_spec(path: Path) -> GridSpec:
     for s in seeds:
         if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= 2**32 - 1:
             raise UserError(f"{where}: `seeds` must hold integers from 0 to 2**32 - 1, got {s!r}")
-    model = raw.get("model")
-    if model is not None and model not in MODELS:
-        raise UserError(f"{where}: unknown model {model!r}{did_you_mean(str(model), MODELS)}; "
-                        f"known: {', '.join(sorted(MODELS))}")
+    model = _model(raw.get("model"), where, "`model`")
     method_tables = {}
     for m, table in _table(raw.get("methods_tables"), where, "methods").items():
         if m not in methods:
@@ -160,7 +196,7 @@ def load_spec(path: Path) -> GridSpec:
         if d not in datasets:
             raise UserError(f"{where}: [datasets.{d}] is for a dataset not listed in `datasets`"
                             f"{did_you_mean(d, datasets)}")
-        dataset_tables[d] = _scalars(_table(table, where, f"datasets.{d}"), where, f"datasets.{d}")
+        dataset_tables[d] = _dataset_table(_table(table, where, f"datasets.{d}"), where, d)
     executor = _table(raw.get("executor"), where, "executor")
     executor_settings(executor, where)
     return GridSpec(path=path, text=text, name=name, datasets=datasets, methods=methods, seeds=seeds, model=model,
