@@ -43,6 +43,7 @@ def slurm_overrides(partition: str | None, account: str | None, qos: str | None,
 DRY_RUN_ROWS = 100  # rich needs ~2.5 ms a row; the per-cell counts below cover the rest
 WATCH_MIN_S = 10.0  # a refresh is one squeue + at most one sacct: never more often than this
 RUN_LINES = 20  # per-run lines shown per section before "... and N more"
+MAX_RUNS = 2000  # grid submit's default limit; the paper's largest grid is 620 runs
 FAILED_SHOWN = 5  # failed runs named, with their errors, in the one line a failed local grid ends with
 
 
@@ -99,6 +100,8 @@ def grid_submit(
     pack: PackOpt = None,
     require_clean: Annotated[bool, typer.Option(
         "--require-clean", help="Refuse to submit from a checkout with uncommitted changes.")] = False,
+    max_runs: Annotated[int, typer.Option(help="Refuse a grid of more runs than this (0: no limit), so a typo'd "
+                                               "sweep is caught before it is queued.", min=0)] = MAX_RUNS,
 ) -> None:
     """Expand a grid file and execute (local) or queue (slurm) every run that is not done or queued."""
     from robustmtl.grid.submit import check_out, plan, submit
@@ -111,7 +114,8 @@ def grid_submit(
         show_plan(grid_spec, runs, grid_dir)
         return
     overrides = slurm_overrides(partition, account, qos, gpus, time, array_parallelism, pack)
-    result = submit(spec, out, executor, force, console, overrides, require_clean=require_clean)
+    result = submit(spec, out, executor, force, console, overrides, require_clean=require_clean,
+                    max_runs=max_runs)
     refuse_failures(result.failed)
 
 

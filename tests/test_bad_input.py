@@ -83,6 +83,10 @@ CASES = [
      "already holds other files and no config.json"),
     ("grid into another folder", GOOD, ["grid", "submit", "{spec}", "--out", "{other}"],
      "already holds other files and no grid.toml"),
+    ("sweep over the run limit", spec_with("[0]", "[0, 1, 2]") + "[sweep]\nlr = [0.1, 0.01]\n",
+     [*SUBMIT, "--max-runs", "5"], "expands to 6 runs (seeds 3 × lr 2), more than --max-runs 5"),
+    ("data_root not a path", spec_with("[defaults]", "[datasets.synthetic]\ndata_root = 5\n[defaults]"), SUBMIT,
+     "data_root must be a folder path"),
     ("local python missing", spec_with('"debug"', '"local"') + 'python = "/nonexistent/python3"\n', SUBMIT,
      "[executor] python '/nonexistent/python3' does not exist or is not executable"),
 ]

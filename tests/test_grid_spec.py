@@ -5,6 +5,7 @@ import pytest
 from robustmtl.errors import UserError
 from robustmtl.grid.expand import expand
 from robustmtl.grid.spec import load_spec
+from robustmtl.grid.submit import check_size
 from tests.conftest import write_spec
 
 ISSUE_EXAMPLE = """
@@ -107,3 +108,13 @@ def test_a_byte_order_mark_is_not_a_syntax_error(tmp_path):
     path.write_text("\ufeff" + ISSUE_EXAMPLE, encoding="utf-8")
     plain = load_spec(write_spec(tmp_path / "plain.toml", ISSUE_EXAMPLE))
     assert [r.run_id for r in expand(load_spec(path))] == [r.run_id for r in expand(plain)]
+
+
+def test_run_limit_counts_every_planned_run_and_zero_lifts_it(tmp_path):
+    spec = load_spec(write_spec(tmp_path / "g.toml", ISSUE_EXAMPLE))
+    runs = expand(spec)
+    check_size(spec, runs, len(runs))
+    check_size(spec, runs, 0)
+    with pytest.raises(UserError, match=r"30 runs \(methods 2 × seeds 3 × lr 2 × mtl_l1.alpha_aux 2 × "
+                                        r"mtl_l1.alpha_reg 2\), more than --max-runs 29"):
+        check_size(spec, runs, 29)

@@ -43,6 +43,17 @@ def plan(spec_path: Path) -> tuple[GridSpec, list[PlannedRun]]:
     return spec, expand(spec)
 
 
+def check_size(spec: GridSpec, runs: list[PlannedRun], max_runs: int) -> None:
+    """Refuse a plan above `max_runs` (0: no limit) until confirmed: one typo'd axis can multiply a grid
+    a hundredfold, and thousands of queued GPU jobs are costly to notice late."""
+    if max_runs and len(runs) > max_runs:
+        axes = {"datasets": spec.datasets, "methods": spec.methods, "seeds": spec.seeds, **spec.sweep,
+                **{f"{m}.{k}": v for m, t in spec.method_tables.items() for k, v in t.sweep.items()}}
+        factors = " × ".join(f"{k} {len(v)}" for k, v in axes.items() if len(v) > 1)
+        raise UserError(f"{spec.path} expands to {len(runs)} runs ({factors}), more than --max-runs {max_runs}; "
+                        f"check the axes with --dry-run, then submit with --max-runs {len(runs)} (0: no limit)")
+
+
 def check_out(grid: GridDir) -> None:
     """The grid directory must be new, empty or a grid's (its grid.toml), so no grid spills into another folder."""
     claim_dir(grid.root, "grid directory", grid.spec.name, {LOCK_NAME})
@@ -80,9 +91,10 @@ def check_clean(source: dict[str, Any], require_clean: bool, console: Console) -
 
 
 def submit(spec_path: Path, out: Path | None, kind: str | None, force: bool, console: Console,
-           overrides: dict[str, Any] | None = None, require_clean: bool = False) -> SubmitResult:
+           overrides: dict[str, Any] | None = None, require_clean: bool = False, max_runs: int = 0) -> SubmitResult:
     """`overrides`: [executor] values from the command line (None: keep the file's)."""
     spec, runs = plan(spec_path)
+    check_size(spec, runs, max_runs)
     settings = executor_settings(spec.executor, str(spec_path), {**(overrides or {}), "kind": kind})
     resolved = settings.resolved_kind()
     if resolved == "local":
