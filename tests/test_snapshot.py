@@ -90,6 +90,22 @@ def test_resume_keeps_the_snapshot_unless_new_code(tmp_path, cli, monkeypatch):
     assert snapshot.current(grid).source["commit"] == "b" * 40 and "bbbbbbbbbbbb" in result.output
 
 
+@pytest.mark.parametrize("pointer", [b"0123456789abcdef\n", b"\xff\xfe\x00", b"", b"../../elsewhere\n"])
+def test_a_corrupt_current_pointer_is_one_line_not_a_new_snapshot(tmp_path, cli, pointer):
+    spec = write_spec(tmp_path / "g.toml", tiny_grid("g", ["erm"], [0], defaults={"epochs": 1}))
+    cli("grid", "submit", spec, "--out", tmp_path / "g")
+    grid = GridDir(tmp_path / "g")
+    for run in (grid.root / "runs").iterdir():
+        (run / "DONE").unlink()
+    taken = snapshot.freeze(grid, {"commit": "a" * 40, "dirty": False, "diff": None, "untracked": []})
+    (snapshot.code_dir(grid) / snapshot.CURRENT).write_bytes(pointer)
+    result = cli("grid", "resume", grid.root, "--executor", "local", ok=False)
+    assert result.exit_code == 2 and "CURRENT" in result.output and taken.root.name in result.output
+    assert "--new-code" in result.output and "Traceback" not in result.output
+    assert sorted(p.name for p in snapshot.code_dir(grid).iterdir()) == sorted([taken.root.name, snapshot.CURRENT])
+    assert snapshot.for_jobs(grid, new_code=True) == snapshot.current(grid)
+
+
 def test_resume_new_code_on_a_directory_that_is_no_grid_is_one_line(tmp_path, cli):
     result = cli("grid", "resume", tmp_path, "--new-code", ok=False)
     assert result.exit_code == 2 and "not a grid directory" in result.output

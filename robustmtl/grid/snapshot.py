@@ -73,13 +73,35 @@ def code_dir(grid: GridDir) -> Path:
 
 
 def current(grid: GridDir) -> Snapshot | None:
-    """The snapshot the grid's jobs use, if one was taken."""
+    """The snapshot the grid's jobs use, if one was taken. A CURRENT that names no snapshot is an error,
+    not "none yet": resuming would otherwise quietly run today's checkout instead of the grid's code."""
+    pointer = code_dir(grid) / CURRENT
     try:
-        name = (code_dir(grid) / CURRENT).read_text().strip()
+        name = pointer.read_text().strip()
     except FileNotFoundError:
         return None
-    snap = Snapshot(code_dir(grid) / name)
-    return snap if (snap.root / SOURCE_FILE).exists() else None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {pointer} ({exc}); {_pointer_fix(grid)}") from None
+    snap = Snapshot(code_dir(grid) / name) if name and "/" not in name and not name.startswith(".") else None
+    if snap is None or not (snap.root / SOURCE_FILE).is_file():
+        raise UserError(f"{pointer} names no snapshot ({name[:40]!r}); {_pointer_fix(grid)}")
+    return snap
+
+
+def _pointer_fix(grid: GridDir) -> str:
+    """How to repair CURRENT: the snapshots there are (newest first), or taking a new one."""
+    snaps = sorted((p for p in code_dir(grid).iterdir() if (p / SOURCE_FILE).is_file()),
+                   key=lambda p: (p / SOURCE_FILE).stat().st_mtime, reverse=True)
+    named = ", ".join(f"{p.name} ({_version_or_unreadable(Snapshot(p))})" for p in snaps[:5]) or "none"
+    return (f"write the snapshot to run into it (the grid has: {named}), or run `grid resume {grid.root} "
+            "--new-code` to run this checkout's code")
+
+
+def _version_or_unreadable(snap: Snapshot) -> str:
+    try:
+        return snap.version
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unreadable SOURCE.json"
 
 
 def source_state() -> dict[str, Any]:
