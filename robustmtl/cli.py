@@ -13,12 +13,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from robustmtl.cli_common import console, err_console, user_errors
+from robustmtl.cli_common import App, console, err_console, user_errors
 from robustmtl.cli_grid import grid_app
 from robustmtl.errors import UserError
 
-app = typer.Typer(help="Group-robustness fine-tuning experiments, from grid files to worst-group tables.",
-                  no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False)
+app = App(help="Group-robustness fine-tuning experiments, from grid files to worst-group tables.",
+          no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False)
 app.add_typer(grid_app, name="grid")
 
 def parse_sets(pairs: list[str]) -> dict[str, Any]:

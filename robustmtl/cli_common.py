@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -27,3 +28,35 @@ def user_errors(fn: F) -> F:
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+class App(typer.Typer):
+    """The Typer app, with click's usage errors (missing option, bad value, unknown option) as one red line
+    and exit code 2 like every other user mistake, instead of a usage banner and a boxed message.
+
+    Click's exceptions are recognised by their interface, not their class: Typer >= 0.20 ships its own
+    copy of click, older Typer uses click itself."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            code = super().__call__(*args, **{**kwargs, "standalone_mode": False})
+        except Exception as exc:
+            sys.exit(_usage_error_exit(exc))
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error_exit(exc: Exception) -> int:
+    """Print a click usage error as one line and return its exit code; anything else is re-raised."""
+    kind = type(exc).__name__
+    if kind == "NoArgsIsHelpError":
+        return 2  # Typer printed the help already
+    if kind == "Abort":
+        err_console.print("[bold red]error:[/] aborted", highlight=False)
+        return 1
+    message, code = getattr(exc, "format_message", None), getattr(exc, "exit_code", None)
+    if not callable(message) or not isinstance(code, int):
+        raise exc
+    ctx = getattr(exc, "ctx", None)
+    where, hint = (f"{ctx.command_path}: ", f" (see `{ctx.command_path} --help`)") if ctx else ("", "")
+    err_console.print(f"[bold red]error:[/] {escape(where + message() + hint)}", highlight=False, soft_wrap=True)
+    return code

@@ -93,6 +93,20 @@ def test_user_error_in_a_real_process_has_no_traceback(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("args, fragment", [
+    (["run", "--method", "erm"], "robustmtl run: Missing option '--dataset'"),
+    (["run", "--method", "erm", "--dataset", "synthetic", "--seed", "x"], "Invalid value for '--seed'"),
+    (["run", "--method", "erm", "--dataset", "synthetic", "--sed", "1"], "No such option: --sed"),
+    (["grid", "submitt", "g.toml"], "Did you mean 'submit'?"),
+    (["aggregate", "--format"], "'--format' requires an argument"),
+])
+def test_usage_mistakes_in_a_real_process_are_one_line_exit_2(args, fragment):
+    proc = subprocess.run([sys.executable, "-m", "robustmtl", *args], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("error: ") and fragment in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "╭" not in proc.stderr
+
+
 def test_submit_then_aggregate_every_format(cli, tmp_path):
     out = tmp_path / "grid"
     cli("grid", "submit", write_spec(tmp_path / "g.toml", SMALL), "--out", out)
