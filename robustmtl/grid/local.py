@@ -31,7 +31,6 @@ from robustmtl.layout import GridDir, RunDir
 from robustmtl.train.runlock import locked
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-RESULT_WAIT_S = 2  # a local job's result file exists once its process has ended: no need for submitit's 15 s
 STOP_WAIT_S = 15.0  # how long cancelled runs get to let go of their run directories
 POLL_S = 0.5
 
@@ -126,14 +125,17 @@ def train_here(rd: RunDir) -> str | None:
 
 def job_error(grid: GridDir, run_id: str, job: Any) -> str | None:
     """None when the local job succeeded, else one line on why: the run's FAILED marker, or when the job
-    failed before training (nothing marked), the last line of the log holding its error, and where that is."""
-    job._results_timeout_s = RESULT_WAIT_S  # submitit's own tests shorten this wait the same way
-    try:
-        job.result()
-    except Exception:
-        pass
-    else:
-        return None
+    failed before training (nothing marked), the last line of the log holding its error, and where that is.
+
+    A finished local job without its result file died before writing it: asking submitit for the result
+    then would only wait 15 s for a file that cannot appear."""
+    if Path(job.paths.result_pickle).exists():
+        try:
+            job.result()
+        except Exception:
+            pass
+        else:
+            return None
     rd = grid.run(run_id)
     if rd.failed.exists():
         return failure_line(rd)
