@@ -143,16 +143,30 @@ def aggregate(
 def plot(
     grid_dirs: Annotated[list[Path], typer.Argument(help="One or more grid directories.")],
     out: Annotated[Path, typer.Option(help="Folder for the figures.")] = Path("aggregates/figures"),
-    select: Annotated[str, typer.Option(help="worst-val | avg-val | oracle")] = "worst-val",
     method: Annotated[str, typer.Option(help="Method whose alpha_aux x alpha_reg sweep to map.")] = "mtl_l1",
+    select: Annotated[str, typer.Option(help="worst-val | avg-val | few-groups | oracle")] = "worst-val",
+    include_running: Annotated[bool, typer.Option(help="Include runs without DONE.")] = False,
+    ci: Annotated[str, typer.Option(help="t (Student-t) | bootstrap")] = "t",
+    few_groups_fraction: Annotated[float, typer.Option(help="Validation fraction for few-groups.")] = 0.05,
+    few_groups_seed: Annotated[int, typer.Option(help="Seed of the few-groups subset.")] = 0,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
 ) -> None:
-    """PNG/PDF figures: average vs worst-group trade-off, and worst-group accuracy across the alpha sweep."""
-    from robustmtl.aggregate.plot import sweep_heatmap, tradeoff_figure
+    """PNG/PDF figures: average vs worst-group trade-off, and worst-group accuracy across the alpha sweep.
 
-    paths = tradeoff_figure(grid_dirs, select, out, ("png", "pdf"))
-    try:
-        paths += sweep_heatmap(grid_dirs, select, out, ("png", "pdf"), method=method)
-    except UserError as exc:
-        err_console.print(f"[yellow]no sweep heatmap:[/] {escape(str(exc))}", highlight=False)
-    for path in paths:
-        console.print(f"wrote {path}")
+    Takes aggregate's selection options, so a figure shows exactly the numbers of the same aggregate table.
+    """
+    from robustmtl.aggregate.details import coverage_lines
+    from robustmtl.aggregate.plot import SelectOptions, plot_grids
+
+    opts = SelectOptions(select=select, include_running=include_running, ci=ci, seed=seed,
+                         few_groups_fraction=few_groups_fraction, few_groups_seed=few_groups_seed)
+    figures = plot_grids(grid_dirs, out, method, opts)
+    for warning in figures.warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    for line in coverage_lines(figures.summary):
+        err_console.print(f"[yellow]{escape(line)}[/]", highlight=False)
+    if figures.no_heatmap:
+        err_console.print(f"[yellow]no sweep heatmap:[/] {escape(figures.no_heatmap)}", highlight=False,
+                          soft_wrap=True)
+    for path in figures.paths:
+        console.print(f"wrote {escape(str(path))}", highlight=False, soft_wrap=True)

@@ -1,23 +1,93 @@
 """Figures of a grid: the average vs worst-group trade-off, and worst-group accuracy across the alpha sweep.
 
-Headless (matplotlib's Agg backend), written as PNG and PDF. Both figures use the same selection rule
-as the tables, so a figure never shows a number the table would not.
+Headless (matplotlib's Agg backend), written as PNG and PDF. Both figures come from the tables' own
+selection path, so a figure never shows a number the table would not: the trade-off plots aggregate()'s
+cells, and the heatmap runs select_runs with the same Selector on the method's runs, one cell per
+(alpha_aux, alpha_reg) pair instead of one per method.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from robustmtl.aggregate import aggregate
-from robustmtl.aggregate.load import load_runs
-from robustmtl.aggregate.select import get_selector
+from robustmtl.aggregate.load import Loaded, load_runs
+from robustmtl.aggregate.select import select_runs
+from robustmtl.aggregate.summary import Summary
 from robustmtl.errors import UserError
+from robustmtl.registry import method_plugin
 
 SWEEP_AXES = ("alpha_aux", "alpha_reg")
+FORMATS = ("png", "pdf")
+
+
+@dataclass(frozen=True)
+class SelectOptions:
+    """aggregate()'s selection options: plot takes the same ones, so its figures match the tables."""
+
+    select: str = "worst-val"
+    include_running: bool = False
+    ci: str = "t"
+    seed: int = 0
+    few_groups_fraction: float = 0.05
+    few_groups_seed: int = 0
+
+
+@dataclass
+class Figures:
+    """What plot wrote, and what the user must be told: the aggregation's warnings, why no heatmap."""
+
+    paths: list[Path]
+    summary: Summary
+    warnings: list[str]
+    no_heatmap: str | None
+
+
+class NoSweep(Exception):
+    """Why a method has no alpha sweep to map: a note, not an error (the trade-off figure still stands)."""
+
+
+def plot_grids(grid_dirs: Sequence[Path], out: Path, method: str, opts: SelectOptions = SelectOptions(),
+               formats: Sequence[str] = FORMATS) -> Figures:
+    """Both figures of the grids; the cheap mistakes (method name, --out, unstarted grids) fail before any
+    run is loaded or any figure written."""
+    method_plugin(method)
+    dirs = list(dict.fromkeys(Path(d) for d in grid_dirs))
+    _check_out(out)
+    _check_started(dirs)
+    summary = aggregate(dirs, **asdict(opts))
+    paths = tradeoff_figure(summary, out, formats)
+    try:
+        table, sweep_warnings = sweep_table(summary, dirs, method, opts.include_running)
+    except NoSweep as exc:
+        return Figures(paths, summary, summary.warnings, str(exc))
+    paths += sweep_heatmap(table, summary, method, out, formats)
+    extra = [w for w in sweep_warnings if w not in summary.warnings]
+    return Figures(paths, summary, summary.warnings + extra, None)
+
+
+def _check_out(out: Path) -> None:
+    """--out must be able to become a writable folder; checked before loading runs (minutes on a big grid)."""
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == out else f"is under {existing}, a file"
+        raise UserError(f"--out {out} {where}; give a folder for the figures")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {existing} is not writable")
+
+
+def _check_started(dirs: Sequence[Path]) -> None:
+    """A grid with no metrics yet is told how to start it (the loader only says what it did not find)."""
+    for d in dirs:
+        if d.is_dir() and next(d.glob("runs/*/metrics.jsonl"), None) is None:
+            raise UserError(f"no run under {d} has written metrics yet: start the grid with "
+                            f"`robustmtl grid submit SPEC --out {d}` (or see `robustmtl grid status {d}`)")
 
 
 def _pyplot() -> Any:
@@ -29,84 +99,149 @@ def _pyplot() -> Any:
     return plt
 
 
-def tradeoff_figure(grid_dirs: Sequence[Path], select: str, out: Path, formats: Sequence[str]) -> list[Path]:
-    """Per dataset: each method's mean test average vs worst-group accuracy with its interval bars."""
+def interval_note(summary: Summary) -> str:
+    """What the bars are; cells with one seed have none, and the title must not claim intervals for them."""
+    n = summary.cells["n"]
+    if (n < 2).all():
+        return "one seed per cell (n=1): no interval"
+    bars = f"mean over seeds, 95% {summary.ci} interval"
+    return f"{bars}; cells with n=1 have no bars" if (n < 2).any() else bars
+
+
+def _errorbar(row: pd.Series) -> list[list[float]] | None:
+    """Asymmetric bar lengths in percent, or None where the cell has no interval (one seed). Clipped at 0:
+    matplotlib refuses a negative length, which float rounding can give a zero-width interval."""
+    if pd.isna(row["lower"]) or pd.isna(row["upper"]):
+        return None
+    return [[max(0.0, 100 * (row["mean"] - row["lower"]))], [max(0.0, 100 * (row["upper"] - row["mean"]))]]
+
+
+def tradeoff_figure(summary: Summary, out: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Per dataset: each method's mean test average vs worst-group accuracy, with interval bars where n >= 2."""
     plt = _pyplot()
-    summary = aggregate(list(grid_dirs), select=select)
-    cells = summary.cells.pivot_table(index=["dataset", "method"], columns="metric",
-                                      values=["mean", "lower", "upper"], aggfunc="first")
     datasets = sorted(summary.cells["dataset"].unique())
     fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4.2), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
-        for method, row in cells.loc[dataset].iterrows():
-            x, y = 100 * row[("mean", "avg_acc")], 100 * row[("mean", "worst_group_acc")]
-            xerr = [[x - 100 * row[("lower", "avg_acc")]], [100 * row[("upper", "avg_acc")] - x]]
-            yerr = [[y - 100 * row[("lower", "worst_group_acc")]], [100 * row[("upper", "worst_group_acc")] - y]]
-            ax.errorbar(x, y, xerr=xerr if pd.notna(xerr[0][0]) else None,
-                        yerr=yerr if pd.notna(yerr[0][0]) else None, fmt="o", capsize=3, label=method)
-            ax.annotate(method, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        cells = summary.cells[summary.cells["dataset"] == dataset]
+        for method, cell in cells.groupby("method", sort=True):
+            avg, worst = (cell.set_index("metric").loc[m] for m in ("avg_acc", "worst_group_acc"))
+            x, y = 100 * avg["mean"], 100 * worst["mean"]
+            ax.errorbar(x, y, xerr=_errorbar(avg), yerr=_errorbar(worst), fmt="o", capsize=3)
+            ax.annotate(str(method), (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
         ax.set_title(dataset)
         ax.set_xlabel("test average accuracy (%)")
         ax.set_ylabel("test worst-group accuracy (%)")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Average vs worst-group accuracy ({summary.selector.label}; mean, 95% {summary.ci} interval)",
+    fig.suptitle(f"Average vs worst-group accuracy\nselection: {summary.selector.label}\n{interval_note(summary)}",
                  fontsize=10)
     fig.tight_layout()
     return _save(plt, fig, out / "tradeoff", formats)
 
 
-def sweep_table(grid_dirs: Sequence[Path], select: str, method: str) -> pd.DataFrame:
-    """Per (dataset, alpha_aux, alpha_reg): test worst-group accuracy (mean over seeds, at each run's selected
-    epoch) of the setting that the rule would choose among those with these alphas (other axes, e.g. lr,
-    are selected on validation like in the tables, not averaged)."""
-    loaded = load_runs(list(grid_dirs))
-    runs = loaded.runs[(loaded.runs["method"] == method) & loaded.runs["included"]]
-    if runs.empty:
-        raise UserError(f"no complete {method} runs to plot a sweep for")
-    records = loaded.records[loaded.records["run_id"].isin(runs["run_id"])]
-    picked = get_selector(select).select_epochs(records)
-    test = records.loc[records["split"] == "test", ["run_id", "epoch", "step", "worst_group_acc"]]
-    columns = ["run_id", "dataset", "setting_id", "hparams"]
-    per_run = picked.merge(test, on=["run_id", "epoch", "step"]).merge(runs[columns])
+def _why_out_of_scope(summary: Summary, runs: pd.DataFrame, method: str) -> str:
+    """Why none of the method's runs reach the tables: absent, unfinished, or helper runs."""
+    unfinished = int((~runs["included"]).sum())
+    if unfinished:
+        return f"{method} has no finished runs here ({unfinished} unfinished); --include-running plots them"
+    if len(runs):
+        return f"{method} runs are helper runs (report=false), never shown in the tables"
+    return f"{method} has no runs in these grids (methods there: {', '.join(sorted(summary.cells['method'].unique()))})"
+
+
+def _sweep_runs(summary: Summary, method: str) -> pd.DataFrame:
+    """The method's runs in the tables' scope, with their alphas; NoSweep says why there is nothing to map."""
+    assert summary.runs is not None  # aggregate() always sets it
+    runs = summary.runs[summary.runs["method"] == method]
+    scope = runs[runs["included"] & runs["report"]].copy()
+    if scope.empty:
+        raise NoSweep(_why_out_of_scope(summary, runs, method))
     for axis in SWEEP_AXES:
-        per_run[axis] = [h.get(axis) for h in per_run["hparams"]]
-    cell = ["dataset", *SWEEP_AXES]
-    per_setting = per_run.groupby([*cell, "setting_id"], as_index=False)[["score", "worst_group_acc"]].mean()
-    best = per_setting.sort_values([*cell, "score", "setting_id"], ascending=[True, True, True, False, True])
-    return best.drop_duplicates(cell, keep="first")[[*cell, "worst_group_acc"]].reset_index(drop=True)
+        scope[axis] = [h.get(axis) for h in scope["hparams"]]
+    if scope[list(SWEEP_AXES)].isna().all(axis=None):
+        raise NoSweep(f"{method} has no alpha_aux or alpha_reg hyperparameter to map")
+    if len(scope[list(SWEEP_AXES)].drop_duplicates()) < 2:
+        raise NoSweep(f"{method} ran at a single alpha_aux/alpha_reg setting; sweep them in the grid file "
+                      f"([methods.{method}.sweep]) to map it")
+    return scope
 
 
-def sweep_heatmap(grid_dirs: Sequence[Path], select: str, out: Path, formats: Sequence[str],
-                  method: str = "mtl_l1") -> list[Path]:
+def _pair_label(method: str, alphas: tuple[Any, ...]) -> str:
+    """The cell name the shared selection sees (and its warnings show): the method and its exact alphas."""
+    return ", ".join([method, *(f"{a}={v}" for a, v in zip(SWEEP_AXES, alphas, strict=True) if pd.notna(v))])
+
+
+def sweep_table(summary: Summary, dirs: Sequence[Path], method: str,
+                include_running: bool) -> tuple[pd.DataFrame, list[str]]:
+    """Per (dataset, alpha_aux, alpha_reg): mean test worst-group accuracy over seeds (n of them) of the
+    setting the tables' rule would choose among those with these alphas (other axes, e.g. lr, are selected
+    on validation like in the tables, not averaged); and the selection's warnings.
+
+    select_runs picks one setting per (dataset, method), so each alpha pair is made a "method" of its own.
+    Runs come from the tables' own load; records are read again (aggregate() keeps none).
+    """
+    runs = _sweep_runs(summary, method)
+    runs["method"] = [_pair_label(method, pair) for pair in runs[list(SWEEP_AXES)].itertuples(index=False, name=None)]
+    records = load_runs(dirs, include_running).records
+    try:
+        selection = select_runs(Loaded(records[records["run_id"].isin(runs["run_id"])], runs, summary.counts, []),
+                                summary.selector)
+    except UserError as exc:  # e.g. the method's runs are all too early to have validation records
+        raise NoSweep(str(exc)) from None
+    if selection.per_seed.empty:
+        raise NoSweep(f"no {method} run has a test record at its selected epoch")
+    means = selection.per_seed.groupby(["dataset", "method"], as_index=False).agg(
+        worst_group_acc=("worst_group_acc", "mean"), n=("worst_group_acc", "count"))
+    table = means.join(runs.drop_duplicates("method").set_index("method")[list(SWEEP_AXES)], on="method")
+    return table[["dataset", *SWEEP_AXES, "worst_group_acc", "n"]], selection.warnings
+
+
+def _tick(value: Any) -> str:
+    """An axis the method does not have (l1 has no alpha_aux) is one row or column labelled n/a."""
+    return "n/a" if pd.isna(value) else f"{value:.3g}"
+
+
+def _seeds_note(n: pd.Series) -> str:
+    """How many seeds each cell averages; the heatmap draws no intervals, so n is all a reader gets."""
+    low, high = int(n.min()), int(n.max())
+    return f"mean over n={low}{'' if high == low else f'-{high}'} seed(s)"
+
+
+def sweep_heatmap(table: pd.DataFrame, summary: Summary, method: str, out: Path,
+                  formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Per dataset: a sweep_table as an alpha_aux × alpha_reg grid of percentages."""
     plt = _pyplot()
-    table = sweep_table(grid_dirs, select, method)
     datasets = sorted(table["dataset"].unique())
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.8 * len(datasets), 4), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
         grid = table[table["dataset"] == dataset].pivot(index="alpha_aux", columns="alpha_reg",
                                                         values="worst_group_acc") * 100
-        image = ax.imshow(grid.to_numpy(), cmap="viridis", origin="lower", aspect="auto")
-        ax.set_xticks(range(len(grid.columns)), [f"{v:.3g}" for v in grid.columns])
-        ax.set_yticks(range(len(grid.index)), [f"{v:.3g}" for v in grid.index])
-        for (i, j), value in pd.DataFrame(grid.to_numpy()).stack().items():
+        image = ax.imshow(grid.to_numpy(dtype=float), cmap="viridis", origin="lower", aspect="auto")
+        ax.set_xticks(range(len(grid.columns)), [_tick(v) for v in grid.columns])
+        ax.set_yticks(range(len(grid.index)), [_tick(v) for v in grid.index])
+        for (i, j), value in pd.DataFrame(grid.to_numpy(dtype=float)).stack().items():
             ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=8,
                     bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.7, "linewidth": 0})
         ax.set_xlabel("alpha_reg")
         ax.set_ylabel("alpha_aux")
         ax.set_title(dataset)
         fig.colorbar(image, ax=ax, label="test worst-group accuracy (%)")
-    fig.suptitle(f"{method}: test worst-group accuracy across the sweep\n(selection: {select}; mean over seeds)",
-                 fontsize=10)
+    fig.suptitle(f"{method}: test worst-group accuracy across the sweep\nselection: {summary.selector.label}\n"
+                 f"{_seeds_note(table['n'])}", fontsize=10)
     fig.tight_layout()
     return _save(plt, fig, out / f"sweep_{method}", formats)
 
 
 def _save(plt: Any, fig: Any, stem: Path, formats: Sequence[str]) -> list[Path]:
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    """Write every format; a disk or permission failure is the user's to fix, so one line, not a traceback."""
     paths = []
-    for fmt in formats:
-        path = stem.with_suffix(f".{fmt}")
-        fig.savefig(path, dpi=150)
-        paths.append(path)
-    plt.close(fig)
+    try:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        for fmt in formats:
+            path = stem.with_suffix(f".{fmt}")
+            fig.savefig(path, dpi=150)
+            paths.append(path)
+    except OSError as exc:
+        raise UserError(f"cannot write figures to --out {stem.parent}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
     return paths
