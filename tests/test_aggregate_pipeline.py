@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-import robustmtl.aggregate.load as load_mod
+import robustmtl.aggregate.parse as parse_mod
 from robustmtl.aggregate import SELECTORS, Summary, aggregate, to_markdown
 from robustmtl.aggregate.load import load_runs
 from robustmtl.errors import UserError
@@ -250,7 +250,7 @@ def test_clean_files_never_take_the_line_by_line_path(grid: Path, monkeypatch: p
     def boom(f: object) -> None:
         raise AssertionError("slow path used on a clean file")
 
-    monkeypatch.setattr(load_mod, "_parse_slow", boom)
+    monkeypatch.setattr(parse_mod, "parse_slow", boom)
     loaded = load_runs([grid])
     assert len(loaded.records) == 6 * 3 * 3
 

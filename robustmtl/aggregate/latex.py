@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from robustmtl.aggregate.export import METRIC_LABELS, _columns, _layout, _Value, caption, code_note, footnotes
-from robustmtl.aggregate.load import METRICS
+from robustmtl.aggregate.parse import METRICS
 from robustmtl.aggregate.summary import Summary
 
 _LATEX_ESCAPES = {

@@ -1,61 +1,37 @@
-"""Read GRID_DIR/runs/*/metrics.jsonl into flat tables, fast and tolerant of torn or corrupt lines.
+"""Read GRID_DIR/runs/*/metrics.jsonl into flat tables: which run directories count, and their records.
 
-Speed matters (a sweep is ~10^4 files, ~10^6 records), so records are parsed in bulk with pyarrow's
-JSON reader on concatenated file bytes; only a file that breaks the bulk parse is re-read line by line.
-A sentinel line after each file's bytes marks where the file ends, so every record is traced to its file
-and a record that claims another run (a stray or copied line) cannot change that run's numbers.
+The scan decides which files the tables use (DONE runs, or all with --include-running; a copy of another
+run's directory is left out) and reads them; parse.py turns their bytes into records, on a worker thread
+while the scan reads on.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.json as pa_json
 
+from robustmtl.aggregate.parse import (
+    KEY,
+    META_TYPES,
+    PARSE_SCHEMA,
+    RunFile,
+    drop_torn_tail,
+    first_meta,
+    iter_lines,
+    own_records,
+    parse_files,
+)
 from robustmtl.errors import UserError
 from robustmtl.grid.spec import parse_toml
 
-KEY = ["run_id", "epoch", "step", "split"]
-METRICS = ["avg_acc", "worst_group_acc"]
-RECORD_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("epoch", pa.int64()),
-        ("step", pa.int64()),
-        ("split", pa.string()),
-        ("avg_acc", pa.float64()),
-        ("worst_group_acc", pa.float64()),
-        ("code", pa.string()),
-    ]
-)
-_FILE = "_robustmtl_file"  # only on the sentinel line that ends each file's bytes: that file's index
-_PARSE_SCHEMA = RECORD_SCHEMA.append(pa.field(_FILE, pa.int64()))
-_PARSE = pa_json.ParseOptions(explicit_schema=_PARSE_SCHEMA, unexpected_field_behavior="ignore")
-_READ = pa_json.ReadOptions(block_size=8 << 20)
 _CHUNK_BYTES = 64 << 20  # parse in slices so peak memory stays ~2x a slice, not 2x the whole sweep
-# Run-level fields repeated on every record; read once per run from its first valid line.
-_META_TYPES: dict[str, type | tuple[type, ...]] = {
-    "run_id": str,
-    "setting_id": str,
-    "method": str,
-    "dataset": str,
-    "model": str,
-    "seed": int,
-    "hparams": dict,
-    "uses_train_groups": bool,
-    "report": bool,
-}
-RUN_COLUMNS = [*_META_TYPES, "complete", "included", "run_dir", "grid_dir", "n_expected"]
+RUN_COLUMNS = [*META_TYPES, "complete", "included", "run_dir", "grid_dir", "n_expected"]
 
 
 @dataclass(frozen=True)
@@ -78,140 +54,17 @@ class Loaded:
     warnings: list[str]
 
 
-@dataclass
-class _RunFile:
-    grid_dir: Path
-    run_dir: str
-    complete: bool
-    data: bytes = b""
-    meta: dict | None = None
-    index: int = 0  # position among all scanned files, written on the file's sentinel line
-    issues: list[str] = field(default_factory=list)
-
-    @property
-    def path(self) -> str:
-        return os.path.join(self.run_dir, "metrics.jsonl")
-
-    @property
-    def run_id(self) -> str:
-        """The run this file belongs to: its directory's name (a copy's records name another run)."""
-        return os.path.basename(self.run_dir)
-
-    @property
-    def sentinel(self) -> bytes:
-        return b'{"%s": %d}\n' % (_FILE.encode(), self.index)
-
-
-def _iter_lines(data: bytes) -> Iterator[bytes]:
-    """Lazy line iterator: the first valid line is usually line 1, so splitting the whole file is waste."""
-    start = 0
-    while start < len(data):
-        end = data.find(b"\n", start)
-        end = len(data) if end < 0 else end
-        yield data[start:end]
-        start = end + 1
-
-
-def _valid_meta(line: bytes) -> dict | None:
-    try:
-        rec = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(rec, dict):
-        return None
-    for key, typ in _META_TYPES.items():
-        value = rec.get(key)
-        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-            return None
-    return {key: rec[key] for key in _META_TYPES}
-
-
-def _first_meta(lines: Iterator[bytes], run_id: str) -> tuple[dict | None, str | None]:
-    """The metadata on the first valid line of this run; failing that, the first other run id seen (the file
-    is then a copy or backup of that run)."""
-    other = None
-    for line in lines:
-        if line.strip() and (meta := _valid_meta(line)) is not None:
-            if meta["run_id"] == run_id:
-                return meta, None
-            other = other or meta["run_id"]
-    return None, other
-
-
-def _valid_record(rec: object) -> bool:
-    """The slow path's schema check: key fields typed as the bulk parser expects, both metrics numeric."""
-    if not isinstance(rec, dict):
-        return False
-    ok_ints = all(isinstance(rec.get(k), int) and not isinstance(rec.get(k), bool) for k in ("epoch", "step"))
-    ok_strs = isinstance(rec.get("run_id"), str) and isinstance(rec.get("split"), str)
-    ok_nums = all(isinstance(rec.get(k), int | float) and not isinstance(rec.get(k), bool) for k in METRICS)
-    ok_code = rec.get("code") is None or isinstance(rec.get("code"), str)
-    return ok_ints and ok_strs and ok_nums and ok_code
-
-
-def _drop_torn_tail(f: _RunFile) -> None:
-    """A job killed mid-write leaves a last line without newline; keep it only if it is whole JSON."""
-    data = f.data
-    if not data or data.endswith(b"\n"):
-        return
-    cut = data.rfind(b"\n") + 1
-    try:
-        json.loads(data[cut:])
-        f.data = data + b"\n"
-    except ValueError:
-        f.data = data[:cut]
-        f.issues.append("truncated last line dropped")
-
-
-def _parse_slow(f: _RunFile) -> pa.Table:
-    """Line-by-line fallback for a file the bulk parser rejected; counts the bad lines for the warning."""
-    good: list[dict] = []
-    bad: list[int] = []
-    for lineno, line in enumerate(_iter_lines(f.data), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            bad.append(lineno)
-            continue
-        if _valid_record(rec):
-            good.append({k: rec.get(k) for k in RECORD_SCHEMA.names})
-        else:
-            bad.append(lineno)
-    if bad:
-        f.issues.append(f"{len(bad)} corrupt line(s) skipped (first at line {bad[0]})")
-    for rec in good:  # JSON ints in float columns: pyarrow will not cast them implicitly
-        for k in METRICS:
-            rec[k] = float(rec[k])
-    return pa.Table.from_pylist([*good, {_FILE: f.index}], schema=_PARSE_SCHEMA)
-
-
-def _parse(files: Sequence[_RunFile]) -> list[pa.Table]:
-    """Bulk-parse; on failure bisect the files so one bad file costs ~2 extra passes, not a slow sweep."""
-    if not files:
-        return []
-    buf = b"".join(part for f in files for part in (f.data, f.sentinel))
-    try:
-        return [pa_json.read_json(io.BytesIO(buf), read_options=_READ, parse_options=_PARSE)]
-    except pa.ArrowException:
-        if len(files) == 1:
-            return [_parse_slow(files[0])]
-        mid = len(files) // 2
-        return _parse(files[:mid]) + _parse(files[mid:])
-
-
-def _in_scope(f: _RunFile, include_running: bool) -> bool:
+def _in_scope(f: RunFile, include_running: bool) -> bool:
     return f.meta is not None and (f.complete or include_running)
 
 
 def _scan_and_parse(grid_dirs: Sequence[Path], include_running: bool,
-                    warnings: list[str]) -> tuple[list[_RunFile], pa.Table]:
+                    warnings: list[str]) -> tuple[list[RunFile], pa.Table]:
     """Every run file, and the records of those in scope. Slices are parsed on a worker thread while the
     scan reads the next one: pyarrow releases the GIL, so reading and parsing overlap."""
-    files: list[_RunFile] = []
+    files: list[RunFile] = []
     parsing: list[Future[list[pa.Table]]] = []
-    chunk: list[_RunFile] = []
+    chunk: list[RunFile] = []
     size = 0
     with ThreadPoolExecutor(max_workers=1) as pool:
         for f in (f for g in grid_dirs for f in _scan(g, include_running, warnings)):
@@ -221,11 +74,11 @@ def _scan_and_parse(grid_dirs: Sequence[Path], include_running: bool,
                 chunk.append(f)
                 size += len(f.data)
             if size >= _CHUNK_BYTES:
-                parsing.append(pool.submit(_parse, chunk))
+                parsing.append(pool.submit(parse_files, chunk))
                 chunk, size = [], 0
-        parsing.append(pool.submit(_parse, chunk))
+        parsing.append(pool.submit(parse_files, chunk))
         tables = [table for job in parsing for table in job.result()]
-    return files, pa.concat_tables(tables) if tables else _PARSE_SCHEMA.empty_table()
+    return files, pa.concat_tables(tables) if tables else PARSE_SCHEMA.empty_table()
 
 
 def _expected_seeds(grid_dir: Path, warnings: list[str]) -> int | None:
@@ -243,7 +96,7 @@ def _expected_seeds(grid_dir: Path, warnings: list[str]) -> int | None:
     return None
 
 
-def _scan(grid_dir: Path, include_running: bool, warnings: list[str]) -> Iterator[_RunFile]:
+def _scan(grid_dir: Path, include_running: bool, warnings: list[str]) -> Iterator[RunFile]:
     """Run directories in name order, with the files the aggregation will use read (metadata only for
     excluded runs). A directory whose records belong to another run (a copy, a backup) is left out."""
     if not grid_dir.exists():
@@ -258,7 +111,7 @@ def _scan(grid_dir: Path, include_running: bool, warnings: list[str]) -> Iterato
             continue
         # Plain strings and os calls: pathlib's per-path overhead is a second at 10,000 runs.
         complete = os.path.exists(os.path.join(entry.path, "DONE"))
-        f = _RunFile(grid_dir, entry.path, complete)
+        f = RunFile(grid_dir, entry.path, complete)
         if not os.path.isfile(f.path):
             if complete:
                 warnings.append(f"{entry.path}: has DONE but no metrics.jsonl; skipped")
@@ -266,11 +119,11 @@ def _scan(grid_dir: Path, include_running: bool, warnings: list[str]) -> Iterato
         if complete or include_running:
             with open(f.path, "rb") as fh:
                 f.data = fh.read()
-            _drop_torn_tail(f)
-            f.meta, other = _first_meta(_iter_lines(f.data), entry.name)
+            drop_torn_tail(f)
+            f.meta, other = first_meta(iter_lines(f.data), entry.name)
         else:
             with open(f.path, "rb") as fh:
-                f.meta, other = _first_meta((line for line in fh if line.endswith(b"\n")), entry.name)
+                f.meta, other = first_meta((line for line in fh if line.endswith(b"\n")), entry.name)
         if other is not None:
             warnings.append(f"{entry.path}: holds records of run {other}, not of run {entry.name} "
                             "(a copy or backup?); ignored")
@@ -281,7 +134,7 @@ def _scan(grid_dir: Path, include_running: bool, warnings: list[str]) -> Iterato
         raise UserError(f"no runs found under {grid_dir}: expected {grid_dir}/runs/<run_id>/metrics.jsonl")
 
 
-def _runs_frame(files: Sequence[_RunFile], include_running: bool, warnings: list[str]) -> pd.DataFrame:
+def _runs_frame(files: Sequence[RunFile], include_running: bool, warnings: list[str]) -> pd.DataFrame:
     """One row per run; a run id found in several grid directories keeps the last (its records too)."""
     rows = []
     for f in files:
@@ -319,39 +172,12 @@ def _add_expected(runs: pd.DataFrame, grid_dirs: Sequence[Path], warnings: list[
     return runs
 
 
-def _own_records(table: pa.Table, files: Sequence[_RunFile], kept_dirs: set[str]) -> pd.DataFrame:
-    """The records each kept file holds of its own run, vectorised. Records lacking a key field or a metric
-    (they would overwrite a good record, or count as a code version) and records naming another run are
-    dropped, each noted in its file's issues."""
-    file_col = table[_FILE]
-    file_of = pc.fill_null_backward(file_col)  # a file's records precede its sentinel
-    incomplete = pc.is_null(table["run_id"])
-    for name in [*KEY[1:], *METRICS]:
-        incomplete = pc.or_kleene(incomplete, pc.is_null(table[name]))
-    incomplete = pc.and_kleene(incomplete, pc.is_null(file_col))  # sentinel rows are not records
-    owner = pa.array([f.run_id for f in files], pa.string()).take(file_of)
-    foreign = pc.and_kleene(pc.invert(incomplete), pc.not_equal(table["run_id"], owner))
-    per_file = np.bincount(pc.filter(file_of, incomplete).to_numpy(), minlength=len(files))
-    for n, f in zip(per_file, files, strict=True):
-        if n:
-            f.issues.append(f"{n} incomplete record(s) skipped (without run_id, epoch, step, split, avg_acc "
-                            "or worst_group_acc)")
-    strays = table.select(["run_id"]).append_column("file", file_of).filter(foreign).to_pandas()
-    for index, group in strays.groupby("file", sort=True):
-        f = files[index]
-        f.issues.append(f"{len(group)} record(s) of other runs ({', '.join(sorted(set(group['run_id'])))}) "
-                        f"dropped: the file belongs to run {f.run_id}")
-    kept = pa.array([f.run_dir in kept_dirs for f in files], pa.bool_()).take(file_of)
-    keep = pc.and_kleene(kept, pc.invert(pc.or_kleene(pc.or_kleene(incomplete, foreign), pc.is_valid(file_col))))
-    return table.filter(keep).drop_columns([_FILE]).to_pandas()
-
-
 def load_runs(grid_dirs: Sequence[Path], include_running: bool = False) -> Loaded:
     """Scan every grid directory, parse the runs in scope, deduplicate records (last in file order wins)."""
     warnings: list[str] = []
     files, table = _scan_and_parse(grid_dirs, include_running, warnings)
     runs = _add_expected(_runs_frame(files, include_running, warnings), grid_dirs, warnings)
-    records = _own_records(table, files, set(runs["run_dir"]))
+    records = own_records(table, files, set(runs["run_dir"]))
     warnings += [f"{f.path}: {'; '.join(f.issues)}" for f in files if f.issues]
     records = records.drop_duplicates(KEY, keep="last").reset_index(drop=True)
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from robustmtl.aggregate.load import METRICS, Loaded
+from robustmtl.aggregate.load import Loaded
+from robustmtl.aggregate.parse import METRICS
 from robustmtl.errors import UserError
 
 CELL = ["dataset", "method"]

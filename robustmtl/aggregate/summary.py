@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from robustmtl.aggregate.load import METRICS, RunCounts
+from robustmtl.aggregate.load import RunCounts
+from robustmtl.aggregate.parse import METRICS
 from robustmtl.aggregate.select import CELL, SELECTORS, Selector
 from robustmtl.aggregate.stats import cell_rng, interval, paired_difference
 from robustmtl.grid.coverage import CellGap
