@@ -173,7 +173,7 @@ def render_status(grid: GridDir, status: GridStatus) -> Group:
     lines += _capped([f"  {r.run_id} ({r.state}): {r.stops()}" for r in stopped])
     lines += _capped([Text.assemble(("failed ", "red"), f"{run_id}: {line}") for run_id, line in status.failed])
     lines += _capped([f"{r.state} {r.run_id}: {r.note}" for r in status.runs.values()
-                      if r.note and r.state in ("interrupted", "not submitted", "pending")])
+                      if r.note and r.state in ("running", "interrupted", "not submitted", "pending")])
     gaps = coverage(grid, {run_id for run_id, r in status.runs.items() if r.state == "done"})
     if gaps:
         expected, done = sum(g.expected for g in gaps), sum(g.done for g in gaps)

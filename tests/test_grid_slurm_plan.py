@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shlex
 import stat
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -152,6 +154,26 @@ def test_sbatch_script_has_array_throttle_dependency_and_flags(tmp_path, monkeyp
         assert f"#SBATCH {flag}\n" in text, text
     pickles = sorted(p.name for p in (grid.submitit / "4242_1").iterdir())
     assert "4242_1_submitted.pkl" in pickles
+
+
+def test_sbatch_script_starts_the_job_with_the_configured_python(tmp_path, monkeypatch):
+    """`[executor] python` is the command the script runs after the setup lines; unset, the submitting one."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    _executable(bin_dir / "sbatch", f'#!/bin/sh\ncp "$1" {scripts}/$$.sh\necho "Submitted batch job 4242"\n')
+    _executable(bin_dir / "srun", "#!/bin/sh\nexit 0\n")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    python = "/opt/envs/robust/bin/python3 -X faulthandler"
+    settings = ExecutorSettings(python=python, setup=("module load cuda",))
+    slurm.sbatch_array(GridDir(tmp_path / "grid"), [[run(rid(0))]], settings, [], 1001)
+    slurm.sbatch_array(GridDir(tmp_path / "other"), [[run(rid(0))]], ExecutorSettings(), [], 1001)
+    configured, default = sorted((p.read_text() for p in scripts.iterdir()), key=lambda t: "/opt/envs" not in t)
+    command = configured.splitlines()[-1]
+    assert f" {python} -u -m submitit.core._submit " in command, configured
+    assert configured.index("module load cuda") < configured.index(command)
+    assert f" {shlex.quote(sys.executable)} -u -m submitit.core._submit " in default.splitlines()[-1], default
 
 
 def test_rejected_sbatch_through_submitit_is_one_user_error(tmp_path, monkeypatch):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -33,8 +37,9 @@ def grid(tmp_path):
     g.run(rid(0)).done.write_text("{}")                                    # done
     for n in (4, 9):                                                       # failed attempt
         g.run(rid(n)).failed.write_text(json.dumps({"error": "Traceback\nValueError: boom"}))
-    g.run(rid(5)).metrics.write_text("{}\n")                               # started
-    (g.run(rid(3)).root / "attempts.jsonl").write_text(json.dumps({"event": "start", "job_id": "5_2"}) + "\n")
+    g.run(rid(5)).metrics.write_text("{}\n")                               # started by its job
+    for n, job in ((3, "5_2"), (5, "5_4")):
+        (g.run(rid(n)).root / "attempts.jsonl").write_text(json.dumps({"event": "start", "job_id": job}) + "\n")
     jobs = {0: "4_0", 1: "5_0", 2: "5_1", 3: "5_2", 4: "5_3", 5: "5_4", 6: "5_5", 8: "5_6", 9: "6"}
     append_entries(g.root, [{"run_id": rid(n), "job_id": j} for n, j in jobs.items()])
     return g
@@ -194,3 +199,77 @@ def test_manifest_that_is_a_directory_is_one_line(grid, slurm_calls, cli, args):
     result = cli("grid", args[0], grid.root, *[a.replace("{run}", rid(1)) for a in args[1:]], ok=False)
     assert result.exit_code == 2 and f"cannot read the grid's manifest {manifest}" in " ".join(result.output.split())
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+HOLD = ("import sys; from pathlib import Path; from robustmtl.layout import RunDir; "
+        "from robustmtl.train.runlock import holding\n"
+        "with holding(RunDir(Path(sys.argv[1]))):\n    print('held', flush=True); sys.stdin.read()")
+
+
+@pytest.fixture
+def trainer_elsewhere():
+    """Hold run directories' train locks in another process, as a `robustmtl run` by hand does; yields a
+    function that starts one and returns it (closing its stdin ends it)."""
+    procs: list[subprocess.Popen] = []
+
+    def hold(root: Path) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-c", HOLD, str(root)], cwd=Path(__file__).parents[1],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "held"
+        return proc
+
+    yield hold
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_run_trained_outside_the_grids_jobs_is_running_then_resumable(grid, slurm_calls, cli, trainer_elsewhere,
+                                                                         monkeypatch):
+    """A process holding the train lock makes the run running, with its pid, whatever SLURM says of the run's
+    job; once it ends, a run no job of the grid started is explained, not shown as merely `started`."""
+    grid.run(rid(7)).metrics.write_text("{}\n")  # never submitted, trained by hand
+    by_hand = trainer_elsewhere(grid.run(rid(7)).root)
+    beside_pending = trainer_elsewhere(grid.run(rid(2)).root)  # its job 5_1 is still pending
+    after_cancel = trainer_elsewhere(grid.run(rid(5)).root)  # its job 5_4 started it, then was cancelled
+    grid.run(rid(0)).root.joinpath(".train.lock").write_text("1\n")  # a done run's lock is never looked at
+
+    def no_probe(*args):
+        raise AssertionError("status must not take a run's lock: a job starting then would find its run busy")
+
+    monkeypatch.setattr(fcntl, "flock", no_probe)
+    status = grid_status(grid)
+    runs = status.runs
+    assert {r: runs[r].state for r in (rid(7), rid(2), rid(5))} == dict.fromkeys((rid(7), rid(2), rid(5)), "running")
+    assert runs[rid(7)].note == f"trained now by pid {by_hand.pid} on this machine, outside this grid's jobs"
+    assert runs[rid(2)].note.startswith(f"trained now by pid {beside_pending.pid} on this machine, outside")
+    assert "its queued job 5_1 will leave the run alone" in runs[rid(2)].note
+    assert runs[rid(5)].note == f"trained now by pid {after_cancel.pid} on this machine"
+    assert status.active == {rid(1): "5_0", rid(2): "5_1", rid(3): "5_2", rid(9): "6"}  # only jobs in the queue
+    assert status.counts["running"] == 5
+    shown = " ".join(cli("grid", "status", grid.root).output.split())
+    assert f"running {rid(7)}: trained now by pid {by_hand.pid} on this machine, outside this grid's jobs" in shown
+
+    for proc in (by_hand, beside_pending, after_cancel):
+        proc.communicate("")  # ends; the kernel drops its lock, the pid stays written in the lock file
+    runs = grid_status(grid).runs
+    assert runs[rid(7)].state == "interrupted" and runs[rid(7)].note.startswith("trained outside this grid's jobs")
+    assert "by no process on this machine now; `grid resume` continues it" in runs[rid(7)].note
+    assert runs[rid(5)].state == "interrupted" and runs[rid(5)].note == "job 5_4 CANCELLED"
+    assert runs[rid(2)].state == "pending"
+    out = " ".join(cli("grid", "status", grid.root).output.split())
+    assert f"interrupted {rid(7)}: trained outside this grid's jobs" in out
+
+
+def test_a_run_whose_job_left_the_queue_before_starting_it_names_that_job(grid, slurm_calls):
+    grid.run(rid(6)).metrics.write_text("{}\n")  # job 5_5 was cancelled while pending; the run was trained by hand
+    run = grid_status(grid).runs[rid(6)]
+    assert run.state == "interrupted" and "its job 5_5 CANCELLED before starting it" in run.note
+
+
+def test_no_lock_is_looked_up_when_no_unfinished_run_has_one(grid, slurm_calls, monkeypatch):
+    """Status stays one listing per run: /proc/locks is read only when some run not done has a lock file."""
+    grid.run(rid(0)).root.joinpath(".train.lock").write_text("1\n")
+    monkeypatch.setattr(status_module, "lock_holders", lambda: pytest.fail("read /proc/locks"))
+    assert grid_status(grid).runs[rid(0)].state == "done"

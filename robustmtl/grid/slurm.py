@@ -191,8 +191,11 @@ def sbatch_array(grid: GridDir, tasks: list[list[PlannedRun]], settings: Executo
     before = set(folder.iterdir())
     for attempt in range(len(RETRY_DELAYS_S) + 1):
         try:
+            # `python` is the command the sbatch script starts the job with (after the setup lines, which
+            # may put it on PATH); None keeps submitit's default, the interpreter submitting
             executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm",
-                                             slurm_max_num_timeout=settings.max_timeouts)
+                                             slurm_max_num_timeout=settings.max_timeouts,
+                                             slurm_python=settings.python)
             executor.update_parameters(**params)
             jobs = executor.map_array(TrainJob(caps, settings.pack_mode), args)
             return [str(j.job_id) for j in jobs]

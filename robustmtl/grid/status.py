@@ -3,6 +3,8 @@
 1. The run directories' markers: DONE is final; FAILED, a checkpoint or metrics say how far a run got.
 2. One `squeue` call for the manifest's job ids of the runs not done: queued or running right now.
 3. At most one `sacct` call for those that left the queue: cancelled, killed, timed out.
+4. One read of /proc/locks, when some run not done has a train lock (RUN/.train.lock): which process on
+   this machine trains it, also when no job of this grid does (`robustmtl run` by hand into the grid).
 Without SLURM (or without accounting) the markers alone still give a coarser answer. Whatever the
 grid's size, that is one squeue and at most one sacct call per `grid status` (or per `--watch` refresh).
 """
@@ -10,13 +12,16 @@ grid's size, that is one squeue and at most one sacct call per `grid status` (or
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from robustmtl.errors import UserError
 from robustmtl.grid import scheduler
 from robustmtl.grid.manifest import latest_entries
 from robustmtl.layout import ATTEMPTS, GridDir, RunDir, marker_state
+from robustmtl.train.runlock import LOCK_NAME
 
 # Shown always / only when some run is in them; in this order.
 CORE_STATES = ("done", "running", "pending", "requeued", "failed", "interrupted", "not submitted")
@@ -26,7 +31,8 @@ INTERRUPTED_BY = frozenset({"CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "R
 STATE_HELP = {
     "requeued": "pending again after a preemption or timeout",
     "interrupted": "started, then stopped without finishing; `grid resume` continues from its checkpoint",
-    "started": "started, not done; no SLURM job or no squeue to tell running from interrupted",
+    "started": "started, not done, trained by no process on this machine; no SLURM job or no squeue to tell "
+               "whether it runs elsewhere",
     "submitted": "queued once, not started (no SLURM here to tell whether it still is)",
     "unknown": "submitted, left the queue without a trace (no accounting record)",
     "not submitted": "never queued, or held back by a cluster limit; `grid resume` submits it",
@@ -41,6 +47,7 @@ class RunStatus:
     job_id: str | None = None
     note: str = ""
     attempts: Counter = field(default_factory=Counter)
+    queued: bool = False  # its job is in squeue's answer (a run trained by another process may not be)
 
     def stops(self) -> str:
         """`2 preempted, 1 crashed`: how often this run was stopped before it ended (empty if never)."""
@@ -67,8 +74,8 @@ class GridStatus:
 
     @property
     def active(self) -> dict[str, str]:
-        """run id → job id of the runs queued or running now."""
-        return {r.run_id: r.job_id for r in self.runs.values() if r.state in ACTIVE and r.job_id}
+        """run id → job id of the runs whose job is queued or running now: what to cancel or wait on."""
+        return {r.run_id: r.job_id for r in self.runs.values() if r.queued and r.job_id}
 
     def attempt_totals(self) -> Counter:
         return sum((r.attempts for r in self.runs.values()), Counter())
@@ -107,6 +114,9 @@ def grid_status(grid: GridDir, accounting: bool = True) -> GridStatus:
     markers = {rid: marker_state(names) for rid, names in listings.items()}
     job_of = {rid: str(e["job_id"]) for rid, e in entries.items() if e.get("job_id")}
     jobs = {rid: job_of[rid] for rid in run_ids if rid in job_of and markers[rid] != "done"}
+    locked = [rid for rid in run_ids if markers[rid] != "done" and LOCK_NAME in listings[rid]]
+    held = lock_holders() if locked else {}
+    trainers = {rid: pid for rid in locked if (pid := trainer(run_dirs[rid], held)) is not None}
     queue = scheduler.queue_states(jobs.values())
     gone = [j for j in jobs.values() if queue is not None and j not in queue]
     acct: dict[str, str] | None = None
@@ -119,37 +129,50 @@ def grid_status(grid: GridDir, accounting: bool = True) -> GridStatus:
         events = read_attempts(rd) if ATTEMPTS in listings[rid] else []
         job = jobs.get(rid)
         started = any(e.get("event") == "start" and e.get("job_id") == job for e in events)
-        state, note = classify(markers[rid], job, queue, acct, restarted=started)
-        if state == "running" and entries[rid].get("pack") and not started:
+        outside = not any(e.get("event") == "start" for e in events)  # `robustmtl run` records no attempts
+        holder = trainers.get(rid)
+        state, note = classify(markers[rid], job, queue, acct, restarted=started, holder=holder, outside=outside)
+        if state == "running" and holder is None and entries[rid].get("pack") and not started:
             state, note = "pending", f"waiting for its pack mates in task {job}"
         if state == "failed" and markers[rid] == "failed":
             note = failure_line(rd)
         if state == "not submitted" and rid in entries:
             note = f"held back: {entries[rid].get('not_submitted', 'no job id recorded')}"
-        runs[rid] = RunStatus(rid, state, job or job_of.get(rid), note, Counter(e.get("event") for e in events))
+        runs[rid] = RunStatus(rid, state, job or job_of.get(rid), note, Counter(e.get("event") for e in events),
+                              queued=queue is not None and job in queue)
     return GridStatus(runs=runs, queue_known=queue is not None,
                       accounting_known=acct is not None or not gone)
 
 
 def classify(marker: str, job: str | None, queue: dict[str, str] | None, acct: dict[str, str] | None,
-             restarted: bool = False) -> tuple[str, str]:
-    """(state, note) of one run from its marker (done|failed|started|new), its newest job and what SLURM says."""
+             restarted: bool = False, holder: int | None = None, outside: bool = False) -> tuple[str, str]:
+    """(state, note) of one run from its marker (done|failed|started|new), its newest job and what SLURM says.
+
+    `restarted`: that job recorded a start of the run; `holder`: the pid of a process on this machine
+    holding the run's train lock; `outside`: no job of this grid ever recorded a start of the run.
+    """
     if marker == "done":
         return "done", ""
-    if job is not None and queue is not None and job in queue:
-        slurm_state = queue[job]
-        if slurm_state in scheduler.RUNNING:
-            return "running", ""
-        if slurm_state.startswith("REQUEUE") or restarted:
+    queued = job is not None and queue is not None and job in queue
+    if queued and queue[job] in scheduler.RUNNING:
+        return "running", ""
+    if holder is not None:  # trained now, though SLURM shows no job of this grid running it
+        return "running", trained_by(holder, job if queue is not None and not restarted else None, queued, outside)
+    if queued:
+        if queue[job].startswith("REQUEUE") or restarted:
             return "requeued", ""
         return "pending", ""
     if marker == "failed":
         return "failed", ""
-    if job is None:  # never queued on SLURM: a local run, here or elsewhere, possibly still running
+    final = (acct or {}).get(job) if job is not None else None
+    if outside and marker == "started" and (job is None or queue is not None):
+        never = f"; its job {job} {final or 'left the queue'} before starting it" if job is not None else ""
+        return "interrupted", (f"trained outside this grid's jobs (e.g. `robustmtl run` by hand{never}), by no "
+                               "process on this machine now; `grid resume` continues it")
+    if job is None:  # never queued on SLURM: a local run, here or elsewhere, possibly still running elsewhere
         return ("started", "") if marker == "started" else ("not submitted", "")
     if queue is None:
         return ("started", "") if marker == "started" else ("submitted", f"job {job}")
-    final = (acct or {}).get(job)
     if marker == "started":
         return "interrupted", f"job {job} {final or 'left the queue'}"
     if final is None:
@@ -159,6 +182,55 @@ def classify(marker: str, job: str | None, queue: dict[str, str] | None, acct: d
     if final in INTERRUPTED_BY:
         return "interrupted", f"job {job} {final}"
     return "failed", f"job {job} ended {final} before training started (see `robustmtl grid logs --err`)"
+
+
+def trained_by(pid: int, other_than: str | None, queued: bool, outside: bool) -> str:
+    """Who trains a run that no running job of the grid accounts for; `other_than`: a job known not to be it."""
+    note = f"trained now by pid {pid} on this machine"
+    if outside:
+        note += ", outside this grid's jobs"
+    elif other_than is not None:
+        note += f", not by its job {other_than}"
+    if queued and other_than is not None:
+        note += f"; its queued job {other_than} will leave the run alone while another process trains it"
+    return note
+
+
+def lock_holders() -> dict[int, set[int]]:
+    """inode → pids holding an flock write lock on it on this machine, from one read of /proc/locks.
+
+    Read, never probed: taking the lock to test it, even for an instant, would make a job that starts
+    in that instant find its run busy and leave it untrained. Locks held on other machines (a shared
+    filesystem) are not listed.
+    """
+    try:
+        text = Path("/proc/locks").read_text(errors="replace")
+    except OSError:
+        return {}
+    held: dict[int, set[int]] = {}
+    for line in text.splitlines():
+        fields = line.split()  # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5308638 0 EOF"; waiters have "->" second
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[3] == "WRITE":
+            _, _, inode = fields[5].rpartition(":")
+            pid = fields[4]
+            if inode.isdigit() and pid.isdigit():
+                held.setdefault(int(inode), set()).add(int(pid))
+    return held
+
+
+def trainer(rd: RunDir, held: dict[int, set[int]]) -> int | None:
+    """The pid of the process on this machine that holds the run's train lock, if any.
+
+    Matched by inode and by the pid the holder wrote into the lock file, not by device number: /proc/locks
+    and stat() disagree on it for btrfs subvolumes and some overlay mounts.
+    """
+    path = rd.root / LOCK_NAME
+    try:
+        pids = held.get(os.stat(path).st_ino)
+        written = path.read_bytes()[:32].strip() if pids else b""
+    except OSError:
+        return None
+    return int(written) if written.isdigit() and int(written) in (pids or ()) else None
 
 
 def queued_runs(grid: GridDir) -> dict[str, str]:

@@ -133,6 +133,19 @@ def test_array_grid_runs_and_a_second_submit_queues_nothing(cli, tmp_path, grids
     assert unknown.exit_code == 2 and "unknown run id" in unknown.output
 
 
+def test_jobs_start_with_the_configured_python(cli, tmp_path, grids):
+    """`[executor] python`: a wrapper that notes its arguments, then runs the real interpreter, starts the job."""
+    calls = tmp_path / "python-calls"
+    wrapper = tmp_path / "bin" / "python-wrapper"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    grid, _ = submit(cli, tmp_path, grids, spec_text("py", [0], TINY, f'python = "{wrapper}"'))
+    wait_for("the run DONE", lambda: all_done(grid), grid.root)
+    assert "-m submitit.core._submit" in calls.read_text()
+    assert grid_status(grid).counts["done"] == 1
+
+
 INTERRUPT = {"usr2": ["scancel", "--signal=USR2"], "requeue": ["scontrol", "requeue"],
              "term": ["scancel", "--signal=TERM"]}  # term: a bare TERM, as clusters that preempt without a signal
 
