@@ -15,7 +15,9 @@ from robustmtl.layout import RunDir
 from robustmtl.train import job as job_module
 from robustmtl.train import loop, signals
 from robustmtl.train.attempts import read_attempts
-from robustmtl.train.job import Caps, PackFailed, RequeueLimit, TrainJob, gpu_shares
+from robustmtl.train.job import PackFailed, TrainJob
+from robustmtl.train.outcome import Caps, RequeueLimit
+from robustmtl.train.pack import gpu_shares
 
 
 class FakeSubmititHandler:

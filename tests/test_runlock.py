@@ -17,7 +17,9 @@ from robustmtl.layout import RunDir
 from robustmtl.rundir import prepare_run
 from robustmtl.train import loop
 from robustmtl.train.attempts import read_attempts
-from robustmtl.train.job import Caps, PackFailed, TrainJob, child_outcome
+from robustmtl.train.job import PackFailed, TrainJob
+from robustmtl.train.outcome import Caps
+from robustmtl.train.pack import child_outcome
 from robustmtl.train.runlock import RunBusy, holding, locked
 
 ROOT = Path(__file__).parents[1]

@@ -114,7 +114,8 @@ def train_here(rd: RunDir) -> str | None:
 
     Not through submitit's DebugExecutor: on a failure that opens pdb, a prompt that hangs the command.
     """
-    from robustmtl.train.job import TrainJob, one_line
+    from robustmtl.train.job import TrainJob
+    from robustmtl.train.outcome import one_line
 
     try:
         TrainJob()(str(rd.root))

@@ -172,7 +172,8 @@ def sbatch_array(grid: GridDir, tasks: list[list[PlannedRun]], settings: Executo
     import submitit
     from submitit.core.utils import FailedJobError, FailedSubmissionError
 
-    from robustmtl.train.job import Caps, TrainJob
+    from robustmtl.train.job import TrainJob
+    from robustmtl.train.outcome import Caps
 
     params = slurm_parameters(settings, f"robustmtl-{grid.root.resolve().name}")
     params["slurm_array_parallelism"] = settings.array_parallelism or max_size

@@ -10,14 +10,13 @@ job (it restarts by itself), SLURM ending it (`scancel`, time limit: the run sto
 continues it), or nobody ending it (a cluster that preempts with a bare TERM, `scancel
 --signal=TERM`): then the job requeues itself.
 
-A crash (an exception in the run) under SLURM requeues the job too, unless the run crashed at the
-same step as its previous crash (a deterministic failure: requeueing again would loop forever) or has
-used up `max_crashes`; then it ends FAILED with its error. Preemptions, timeouts and crashes are capped
-separately (`max_preemptions`, `max_timeouts`, `max_crashes`), counted per run within one job id, so a
-`grid resume` (a new job) starts a fresh budget.
+A crash (an exception in the run) under SLURM requeues the job too, unless train/outcome.py's crash
+policy gives up on the run (the same step crashed twice, or `max_crashes` used up). Preemptions,
+timeouts and crashes are capped separately (`max_preemptions`, `max_timeouts`, `max_crashes`), counted
+per run within one job id, so a `grid resume` (a new job) starts a fresh budget.
 
 A pack (`[executor] pack = K`) is one array task running K runs: one after another (`sequential`), or
-side by side in child processes with one share of the task's GPUs each (`parallel`). Runs that are
+side by side in child processes with one share of the task's GPUs each (`parallel`, train/pack.py). Runs that are
 DONE, or that this job already gave up on, are skipped when a requeued pack restarts.
 
 A run is trained under its lock (train/runlock.py): a job that finds another process training it
@@ -31,13 +30,9 @@ not requeued), `crashed` (with the step and the error), `failed` (given up, with
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
-import subprocess
 import sys
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -45,42 +40,14 @@ import submitit
 
 from robustmtl.layout import RunDir
 from robustmtl.train import runlock
-from robustmtl.train.attempts import read_attempts, record_attempt, write_failure
+from robustmtl.train.attempts import record_attempt
+from robustmtl.train.outcome import Caps, Outcome, RequeueLimit, finished_before, give_up, judge_crash
+from robustmtl.train.pack import EXIT_CODES, side_by_side
 from robustmtl.train.signals import StopFlag, interruption, requeue_self, under_slurm
-
-# a parallel pack member's outcome
-EXIT_CODES = {"done": 0, "failed": 1, "interrupted": 75, "retry": 76, "busy": 77}
-POLL_S = 0.2
-
-
-class RequeueLimit(RuntimeError):
-    """A run was interrupted more often than its cap allows within one job."""
 
 
 class PackFailed(RuntimeError):
     """Some runs of a pack failed for good (each has its own FAILED marker) or are trained by another process."""
-
-
-@dataclass(frozen=True)
-class Caps:
-    """How often one job may requeue a run after each kind of interruption."""
-
-    preemptions: int = 20
-    timeouts: int = 3
-    crashes: int = 2
-
-    def of(self, event: str) -> tuple[str, int] | None:
-        """(setting name, cap) for an event that requeues; None for events that do not."""
-        field = {"preempted": "preemptions", "timeout": "timeouts", "crashed": "crashes"}.get(event)
-        return (f"max_{field}", getattr(self, field)) if field else None
-
-
-@dataclass
-class Outcome:
-    rd: RunDir
-    kind: str  # done | interrupted | retry | failed | busy (another process trains the run)
-    summary: dict[str, Any] | None = None
-    error: BaseException | None = None
 
 
 class StepTracker:
@@ -105,7 +72,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         flag = StopFlag()
         with flag.installed() if under_slurm() else contextlib.nullcontext():
             if self.pack_mode == "parallel" and len(rds) > 1:
-                outcomes = self._side_by_side(rds, job_id, flag)
+                outcomes = side_by_side(rds, job_id, flag, self.caps)
             else:
                 outcomes = self._one_after_another(rds, job_id, flag)
         return self._conclude(outcomes, job_id, flag, single)
@@ -128,28 +95,6 @@ class TrainJob(submitit.helpers.Checkpointable):
             outcomes.append(outcome)
             if outcome.kind == "interrupted":
                 break
-        return outcomes
-
-    def _side_by_side(self, rds: list[RunDir], job_id: str | None, flag: StopFlag) -> list[Outcome]:
-        """One child process per unfinished run, each seeing its own share of the task's GPUs."""
-        outcomes = [o for rd in rds if (o := finished_before(rd, job_id)) is not None]
-        todo = [rd for rd in rds if all(o.rd != rd for o in outcomes)]
-        shares = gpu_shares(os.environ.get("CUDA_VISIBLE_DEVICES", ""), len(todo))
-        children = []
-        for rd, share in zip(todo, shares, strict=True):
-            env = dict(os.environ) if share is None else {**os.environ, "CUDA_VISIBLE_DEVICES": share}
-            cmd = [sys.executable, "-m", "robustmtl.train.job", json.dumps(asdict(self.caps)), str(rd.root)]
-            children.append((rd, subprocess.Popen(cmd, env=env)))
-        forwarded = False
-        while any(p.poll() is None for _, p in children):
-            if flag() and not forwarded:  # SLURM signals the whole step, but a forwarded copy costs nothing
-                for _, p in children:
-                    with contextlib.suppress(ProcessLookupError):
-                        p.send_signal(flag.signum or signal.SIGTERM)
-                forwarded = True
-            time.sleep(POLL_S)
-        for rd, p in children:
-            outcomes.append(child_outcome(rd, p.returncode, job_id, self.caps))
         return outcomes
 
     def run_one(self, rd: RunDir, job_id: str | None, flag: StopFlag) -> Outcome:
@@ -240,71 +185,6 @@ def names(outcomes: list[Outcome]) -> str:
     return ", ".join(o.rd.root.name for o in outcomes)
 
 
-def gpu_shares(visible: str, n: int) -> list[str | None]:
-    """Split the task's CUDA_VISIBLE_DEVICES into `n` equal shares (None: no GPUs, nothing to set)."""
-    devices = [d for d in visible.split(",") if d.strip()]
-    if not devices:
-        return [None] * n
-    per = max(1, len(devices) // n)
-    if len(devices) < n:
-        raise RuntimeError(f"pack of {n} runs side by side got {len(devices)} GPU(s) ({visible}); "
-                           "each run needs at least one")
-    return [",".join(devices[i * per:(i + 1) * per]) for i in range(n)]
-
-
-def finished_before(rd: RunDir, job_id: str | None) -> Outcome | None:
-    """A run a restarted pack must not rerun: DONE, or given up on by this job."""
-    if rd.done.exists():
-        return Outcome(rd, "done", json.loads(rd.done.read_text()))
-    events = [e for e in read_attempts(rd) if e.get("job_id") == job_id]
-    if job_id is not None and events and events[-1].get("event") == "failed":
-        return Outcome(rd, "failed", error=RuntimeError(f"run {rd.root.name} failed earlier in job {job_id}"))
-    return None
-
-
-def judge_crash(rd: RunDir, job_id: str | None, step: int | None, exc: BaseException, caps: Caps) -> str:
-    """"retry" (the job requeues) or "failed": never again after a crash at the same step, nor past the cap."""
-    error = one_line(exc)
-    if not under_slurm():  # no scheduler to requeue with: a crash is the end of this attempt
-        give_up(rd, job_id, exc, None)
-        return "failed"
-    earlier = [e for e in read_attempts(rd) if e.get("event") == "crashed" and e.get("job_id") == job_id]
-    record_attempt(rd, "crashed", job_id, step=step, error=error)
-    where = f"at step {step}" if step is not None else "before its first step"
-    if earlier and earlier[-1].get("step") == step:
-        give_up(rd, job_id, exc, f"crashed again {where}: not requeued")
-        return "failed"
-    if len(earlier) + 1 > caps.crashes:
-        give_up(rd, job_id, exc, f"crashed {len(earlier) + 1} times (max_crashes = {caps.crashes})")
-        return "failed"
-    write_failure(rd, exc, f"crashed {where}; requeued to retry")
-    return "retry"
-
-
-def give_up(rd: RunDir, job_id: str | None, exc: BaseException, reason: str | None) -> None:
-    write_failure(rd, exc, reason)
-    record_attempt(rd, "failed", job_id, error=one_line(exc), **({"reason": reason} if reason else {}))
-
-
-def child_outcome(rd: RunDir, code: int, job_id: str | None, caps: Caps) -> Outcome:
-    """The outcome of a parallel pack member from its exit code (a killed child counts as a crash)."""
-    kind = next((k for k, c in EXIT_CODES.items() if c == code), None)
-    if kind == "done":
-        return Outcome(rd, "done", json.loads(rd.done.read_text()))
-    if kind in ("interrupted", "retry"):
-        return Outcome(rd, kind)
-    if kind == "failed":
-        return Outcome(rd, "failed", error=RuntimeError(f"run {rd.root.name} failed; see its FAILED marker"))
-    if kind == "busy":
-        return Outcome(rd, "busy", error=runlock.RunBusy(f"run {rd.root} is being trained by another process"))
-    exc = RuntimeError(f"the process of run {rd.root.name} exited with code {code}")
-    return Outcome(rd, judge_crash(rd, job_id, None, exc, caps), error=exc)
-
-
-def one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".splitlines()[0]
-
-
 def current_job_id() -> str | None:
     """`<array>_<task>` for array tasks (as in the manifest), else the executor's job id."""
     try:
@@ -313,14 +193,3 @@ def current_job_id() -> str | None:
         return None
 
 
-def _member(caps_json: str, run_dir: str) -> NoReturn:
-    """A parallel pack member's process: one run, its outcome as the exit code."""
-    job = TrainJob(Caps(**json.loads(caps_json)))
-    flag = StopFlag()
-    with flag.installed():
-        outcome = job.run_one(RunDir(Path(run_dir)), current_job_id(), flag)
-    sys.exit(EXIT_CODES[outcome.kind])
-
-
-if __name__ == "__main__":
-    _member(*sys.argv[1:3])

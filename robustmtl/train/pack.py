@@ -1,0 +1,90 @@
+"""Packs run side by side (`[executor] pack_mode = "parallel"`): one child process per run of an array
+task, each seeing its own share of the task's GPUs, its outcome passed back as its exit code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import NoReturn
+
+from robustmtl.layout import RunDir
+from robustmtl.train import runlock
+from robustmtl.train.outcome import Caps, Outcome, finished_before, judge_crash
+from robustmtl.train.signals import StopFlag
+
+# a parallel pack member's outcome
+EXIT_CODES = {"done": 0, "failed": 1, "interrupted": 75, "retry": 76, "busy": 77}
+POLL_S = 0.2
+
+
+def side_by_side(rds: list[RunDir], job_id: str | None, flag: StopFlag, caps: Caps) -> list[Outcome]:
+    """One child process per unfinished run, each seeing its own share of the task's GPUs."""
+    outcomes = [o for rd in rds if (o := finished_before(rd, job_id)) is not None]
+    todo = [rd for rd in rds if all(o.rd != rd for o in outcomes)]
+    shares = gpu_shares(os.environ.get("CUDA_VISIBLE_DEVICES", ""), len(todo))
+    children = []
+    for rd, share in zip(todo, shares, strict=True):
+        env = dict(os.environ) if share is None else {**os.environ, "CUDA_VISIBLE_DEVICES": share}
+        cmd = [sys.executable, "-m", "robustmtl.train.pack", json.dumps(asdict(caps)), str(rd.root)]
+        children.append((rd, subprocess.Popen(cmd, env=env)))
+    forwarded = False
+    while any(p.poll() is None for _, p in children):
+        if flag() and not forwarded:  # SLURM signals the whole step, but a forwarded copy costs nothing
+            for _, p in children:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(flag.signum or signal.SIGTERM)
+            forwarded = True
+        time.sleep(POLL_S)
+    for rd, p in children:
+        outcomes.append(child_outcome(rd, p.returncode, job_id, caps))
+    return outcomes
+
+
+def gpu_shares(visible: str, n: int) -> list[str | None]:
+    """Split the task's CUDA_VISIBLE_DEVICES into `n` equal shares (None: no GPUs, nothing to set)."""
+    devices = [d for d in visible.split(",") if d.strip()]
+    if not devices:
+        return [None] * n
+    per = max(1, len(devices) // n)
+    if len(devices) < n:
+        raise RuntimeError(f"pack of {n} runs side by side got {len(devices)} GPU(s) ({visible}); "
+                           "each run needs at least one")
+    return [",".join(devices[i * per:(i + 1) * per]) for i in range(n)]
+
+
+def child_outcome(rd: RunDir, code: int, job_id: str | None, caps: Caps) -> Outcome:
+    """The outcome of a parallel pack member from its exit code (a killed child counts as a crash)."""
+    kind = next((k for k, c in EXIT_CODES.items() if c == code), None)
+    if kind == "done":
+        return Outcome(rd, "done", json.loads(rd.done.read_text()))
+    if kind in ("interrupted", "retry"):
+        return Outcome(rd, kind)
+    if kind == "failed":
+        return Outcome(rd, "failed", error=RuntimeError(f"run {rd.root.name} failed; see its FAILED marker"))
+    if kind == "busy":
+        return Outcome(rd, "busy", error=runlock.RunBusy(f"run {rd.root} is being trained by another process"))
+    exc = RuntimeError(f"the process of run {rd.root.name} exited with code {code}")
+    return Outcome(rd, judge_crash(rd, job_id, None, exc, caps), error=exc)
+
+
+def _member(caps_json: str, run_dir: str) -> NoReturn:
+    """A parallel pack member's process: one run, its outcome as the exit code."""
+    from robustmtl.train.job import TrainJob, current_job_id
+
+    job = TrainJob(Caps(**json.loads(caps_json)))
+    flag = StopFlag()
+    with flag.installed():
+        outcome = job.run_one(RunDir(Path(run_dir)), current_job_id(), flag)
+    sys.exit(EXIT_CODES[outcome.kind])
+
+
+if __name__ == "__main__":
+    _member(*sys.argv[1:3])
