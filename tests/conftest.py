@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,30 @@ from robustmtl.cli import app
 
 TINY = {"epochs": 3, "n_train": 200, "n_val": 100, "n_test": 100, "batch_size": 32}
 TIMING_KEYS = ("time_s", "wall_s", "gpu_hours")  # record keys that differ between identical runs
+REPO = Path(__file__).parents[1]
+LOCK_HOLDER = ("import sys; from pathlib import Path; from robustmtl.layout import RunDir; "
+               "from robustmtl.train.runlock import holding\n"
+               "with holding(RunDir(Path(sys.argv[1]))):\n    print('held', flush=True); sys.stdin.read()")
+
+
+@pytest.fixture
+def lock_holder() -> Iterator[Callable[[Path], subprocess.Popen]]:
+    """Start processes that hold a run directory's train lock, as another trainer (`robustmtl run` by hand)
+    would; each holds it until its stdin is closed or it is killed, and all are killed at teardown."""
+    procs: list[subprocess.Popen] = []
+
+    def hold(root: Path) -> subprocess.Popen:
+        root.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(root)], cwd=REPO, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "held"
+        return proc
+
+    yield hold
+    for proc in procs:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture

@@ -134,15 +134,26 @@ def _executable(path: Path, text: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
 
 
-def test_sbatch_script_has_array_throttle_dependency_and_flags(tmp_path, monkeypatch):
-    """Through submitit with a fake `sbatch` that keeps the script: the flags the cluster would see."""
+def _fake_sbatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> None:
+    """Put an `sbatch` running the shell lines `body` (and a no-op `srun`) first on PATH."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    scripts = tmp_path / "scripts"
-    scripts.mkdir()
-    _executable(bin_dir / "sbatch", f'#!/bin/sh\ncp "$1" {scripts}/$$.sh\necho "Submitted batch job 4242"\n')
+    _executable(bin_dir / "sbatch", "#!/bin/sh\n" + body)
     _executable(bin_dir / "srun", "#!/bin/sh\nexit 0\n")
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+def _sbatch_keeping_scripts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fake `sbatch` that accepts every job as 4242 and keeps its script in the folder returned."""
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    _fake_sbatch(tmp_path, monkeypatch, f'cp "$1" {scripts}/$$.sh\necho "Submitted batch job 4242"\n')
+    return scripts
+
+
+def test_sbatch_script_has_array_throttle_dependency_and_flags(tmp_path, monkeypatch):
+    """Through submitit with a fake `sbatch` that keeps the script: the flags the cluster would see."""
+    scripts = _sbatch_keeping_scripts(tmp_path, monkeypatch)
     grid = GridDir(tmp_path / "grid")
     runs = [run(rid(i)) for i in range(3)]
     settings = ExecutorSettings(partition="debug", array_parallelism=2, max_timeouts=5, extra=("--begin=now+60",))
@@ -158,13 +169,7 @@ def test_sbatch_script_has_array_throttle_dependency_and_flags(tmp_path, monkeyp
 
 def test_sbatch_script_starts_the_job_with_the_configured_python(tmp_path, monkeypatch):
     """`[executor] python` is the command the script runs after the setup lines; unset, the submitting one."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    scripts = tmp_path / "scripts"
-    scripts.mkdir()
-    _executable(bin_dir / "sbatch", f'#!/bin/sh\ncp "$1" {scripts}/$$.sh\necho "Submitted batch job 4242"\n')
-    _executable(bin_dir / "srun", "#!/bin/sh\nexit 0\n")
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    scripts = _sbatch_keeping_scripts(tmp_path, monkeypatch)
     python = "/opt/envs/robust/bin/python3 -X faulthandler"
     settings = ExecutorSettings(python=python, setup=("module load cuda",))
     slurm.sbatch_array(GridDir(tmp_path / "grid"), [[run(rid(0))]], settings, [], 1001)
@@ -177,12 +182,8 @@ def test_sbatch_script_starts_the_job_with_the_configured_python(tmp_path, monke
 
 
 def test_rejected_sbatch_through_submitit_is_one_user_error(tmp_path, monkeypatch):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    _executable(bin_dir / "sbatch", "#!/bin/sh\necho 'sbatch: error: Batch job submission failed: "
-                                    "Invalid account or account/partition combination specified' >&2\nexit 1\n")
-    _executable(bin_dir / "srun", "#!/bin/sh\nexit 0\n")
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    _fake_sbatch(tmp_path, monkeypatch, "echo 'sbatch: error: Batch job submission failed: Invalid account or "
+                                        "account/partition combination specified' >&2\nexit 1\n")
     grid = GridDir(tmp_path / "grid")
     with pytest.raises(UserError, match=r"^sbatch rejected the job: Batch job submission failed: Invalid account"):
         slurm.sbatch_array(grid, [[run(rid(0))], [run(rid(1))]], ExecutorSettings(account="nosuch"), [], 1001)
@@ -273,17 +274,12 @@ def test_without_accounting_only_the_controller_limits_apply(monkeypatch):
         "user's size and/or time limits)", 1),
 ])
 def test_transient_sbatch_errors_are_retried_permanent_ones_are_not(tmp_path, monkeypatch, failures, error, calls):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
     count = tmp_path / "count"
-    _executable(bin_dir / "sbatch", f"""#!/bin/sh
-echo x >> {count}
+    _fake_sbatch(tmp_path, monkeypatch, f"""echo x >> {count}
 if [ $(wc -l < {count}) -le {failures} ]; then echo "{error}" >&2; exit 1; fi
 grep -o 'comment=.*' "$1" > {tmp_path}/comment
 echo "Submitted batch job 4242"
 """)
-    _executable(bin_dir / "srun", "#!/bin/sh\nexit 0\n")
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setattr(slurm, "RETRY_DELAYS_S", (0.0, 0.0, 0.0))
     looked_for: list[str] = []
     monkeypatch.setattr(slurm, "jobs_with_comment", lambda token: looked_for.append(token) or [])

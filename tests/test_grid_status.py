@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -201,38 +198,14 @@ def test_manifest_that_is_a_directory_is_one_line(grid, slurm_calls, cli, args):
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
-HOLD = ("import sys; from pathlib import Path; from robustmtl.layout import RunDir; "
-        "from robustmtl.train.runlock import holding\n"
-        "with holding(RunDir(Path(sys.argv[1]))):\n    print('held', flush=True); sys.stdin.read()")
-
-
-@pytest.fixture
-def trainer_elsewhere():
-    """Hold run directories' train locks in another process, as a `robustmtl run` by hand does; yields a
-    function that starts one and returns it (closing its stdin ends it)."""
-    procs: list[subprocess.Popen] = []
-
-    def hold(root: Path) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-c", HOLD, str(root)], cwd=Path(__file__).parents[1],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        procs.append(proc)
-        assert proc.stdout.readline().strip() == "held"
-        return proc
-
-    yield hold
-    for proc in procs:
-        proc.kill()
-        proc.wait()
-
-
-def test_a_run_trained_outside_the_grids_jobs_is_running_then_resumable(grid, slurm_calls, cli, trainer_elsewhere,
+def test_a_run_trained_outside_the_grids_jobs_is_running_then_resumable(grid, slurm_calls, cli, lock_holder,
                                                                          monkeypatch):
     """A process holding the train lock makes the run running, with its pid, whatever SLURM says of the run's
     job; once it ends, a run no job of the grid started is explained, not shown as merely `started`."""
     grid.run(rid(7)).metrics.write_text("{}\n")  # never submitted, trained by hand
-    by_hand = trainer_elsewhere(grid.run(rid(7)).root)
-    beside_pending = trainer_elsewhere(grid.run(rid(2)).root)  # its job 5_1 is still pending
-    after_cancel = trainer_elsewhere(grid.run(rid(5)).root)  # its job 5_4 started it, then was cancelled
+    by_hand = lock_holder(grid.run(rid(7)).root)
+    beside_pending = lock_holder(grid.run(rid(2)).root)  # its job 5_1 is still pending
+    after_cancel = lock_holder(grid.run(rid(5)).root)  # its job 5_4 started it, then was cancelled
     grid.run(rid(0)).root.joinpath(".train.lock").write_text("1\n")  # a done run's lock is never looked at
 
     def no_probe(*args):

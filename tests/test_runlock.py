@@ -21,38 +21,16 @@ from robustmtl.train.job import PackFailed, TrainJob
 from robustmtl.train.outcome import Caps
 from robustmtl.train.pack import child_outcome
 from robustmtl.train.runlock import RunBusy, holding, locked
-
-ROOT = Path(__file__).parents[1]
-HOLD = "import sys, time; from pathlib import Path; from robustmtl.layout import RunDir; " \
-       "from robustmtl.train.runlock import holding\n" \
-       "with holding(RunDir(Path(sys.argv[1]))):\n    print('held', flush=True); time.sleep(600)"
-
-
-@pytest.fixture
-def held(tmp_path):
-    """Hold a run directory's lock in another process; yields (run dir, that process)."""
-    procs = []
-
-    def hold(root: Path) -> subprocess.Popen:
-        root.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.Popen([sys.executable, "-c", HOLD, str(root)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        procs.append(proc)
-        assert proc.stdout.readline().strip() == "held"
-        return proc
-
-    yield hold
-    for proc in procs:
-        proc.kill()
-        proc.wait()
+from tests.conftest import REPO
 
 
 def snapshot_files(root: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(root.iterdir()) if p.is_file()}
 
 
-def test_lock_is_exclusive_across_processes_and_freed_when_the_holder_dies(tmp_path, held):
+def test_lock_is_exclusive_across_processes_and_freed_when_the_holder_dies(tmp_path, lock_holder):
     rd = RunDir(tmp_path / "run")
-    proc = held(rd.root)
+    proc = lock_holder(rd.root)
     assert locked(rd)
     with pytest.raises(RunBusy, match=f"pid {proc.pid}"), holding(rd):
         pass
@@ -63,14 +41,14 @@ def test_lock_is_exclusive_across_processes_and_freed_when_the_holder_dies(tmp_p
         assert (rd.root / ".train.lock").read_text().strip() == str(os.getpid())
 
 
-def test_run_on_a_run_another_process_trains_is_one_line_and_touches_nothing(tmp_path, held):
+def test_run_on_a_run_another_process_trains_is_one_line_and_touches_nothing(tmp_path, lock_holder):
     args = ["--method", "erm", "--dataset", "synthetic", "--set", "epochs=1", "--set", "n_train=100"]
     out = tmp_path / "run"
     cfg = build_config("erm", "synthetic", 0, None, {"epochs": 1, "n_train": 100}, where="--set")
     prepare_run(RunDir(out), cfg, RunOptions())
-    proc = held(out)
+    proc = lock_holder(out)
     before = snapshot_files(out)
-    result = subprocess.run([sys.executable, "-m", "robustmtl", "run", *args, "--out", str(out)], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "robustmtl", "run", *args, "--out", str(out)], cwd=REPO,
                             capture_output=True, text=True)
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"being trained by another process (pid {proc.pid})" in result.stderr
@@ -78,13 +56,13 @@ def test_run_on_a_run_another_process_trains_is_one_line_and_touches_nothing(tmp
     assert snapshot_files(out) == before
 
 
-def test_a_job_on_a_run_another_process_trains_records_nothing(tmp_path, held, monkeypatch):
+def test_a_job_on_a_run_another_process_trains_records_nothing(tmp_path, lock_holder, monkeypatch):
     trained: list[str] = []
     monkeypatch.setattr(loop, "train_run", lambda rd, progress=None, stop_requested=None: trained.append(
         rd.root.name) or {"run": rd.root.name})
     busy, free = tmp_path / "a", tmp_path / "b"
     free.mkdir()
-    held(busy)
+    lock_holder(busy)
     with pytest.raises(RunBusy):
         TrainJob()(str(busy))
     with pytest.raises(PackFailed, match="1 of 2 runs are being trained by another process: a"):
@@ -100,12 +78,12 @@ def test_second_trainer_refused_while_the_first_runs_and_none_after_its_sigkill(
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "robustmtl", "run", "--method", "erm", "--dataset", "synthetic", "--set",
            "epochs=400", "--set", "n_train=2000", "--threads", "1", "--out", str(out)]
-    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
         while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         assert second.returncode == 2 and f"(pid {first.pid})" in second.stderr, second.stderr
         assert first.poll() is None
     finally:
