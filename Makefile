@@ -25,7 +25,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/slurm-cluster.sh up
-	ROBUSTMTL_REQUIRE_SLURM=1 $(PY) -m pytest -q
+	ROBUSTMTL_REQUIRE_SLURM=1 $(PY) -m pytest -q --durations=15
 
 # Regenerates the exported tables and figures of the shipped CPU grids (runs that are done are skipped).
 aggregates: $(STAMP)
