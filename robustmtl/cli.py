@@ -93,8 +93,8 @@ def aggregate(
     show_hparams: Annotated[bool, typer.Option(help="Show the chosen hyperparameters per cell.")] = False,
     show_cost: Annotated[bool, typer.Option(help="Show wall time, GPU-hours and peak GPU memory per cell.")] = False,
     few_groups_fraction: Annotated[float, typer.Option(help="Validation fraction for few-groups.")] = 0.05,
-    few_groups_seed: Annotated[int, typer.Option(help="Seed of the few-groups subset.")] = 0,
-    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    few_groups_seed: Annotated[int, typer.Option(help="Seed of the few-groups subset.", min=0)] = 0,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.", min=0)] = 0,
     small_intervals: Annotated[bool, typer.Option(help="LaTeX: set intervals in \\scriptsize.")] = False,
     quiet: Annotated[bool, typer.Option(help="Do not print the terminal table.")] = False,
 ) -> None:
@@ -148,8 +148,8 @@ def plot(
     include_running: Annotated[bool, typer.Option(help="Include runs without DONE.")] = False,
     ci: Annotated[str, typer.Option(help="t (Student-t) | bootstrap")] = "t",
     few_groups_fraction: Annotated[float, typer.Option(help="Validation fraction for few-groups.")] = 0.05,
-    few_groups_seed: Annotated[int, typer.Option(help="Seed of the few-groups subset.")] = 0,
-    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    few_groups_seed: Annotated[int, typer.Option(help="Seed of the few-groups subset.", min=0)] = 0,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.", min=0)] = 0,
 ) -> None:
     """PNG/PDF figures: average vs worst-group trade-off, and worst-group accuracy across the alpha sweep.
 

@@ -24,10 +24,11 @@ grid_app = typer.Typer(help="Expand, submit and follow grids of runs.", no_args_
 PartitionOpt = Annotated[str | None, typer.Option(help="SLURM partition (overrides the grid file).")]
 AccountOpt = Annotated[str | None, typer.Option(help="SLURM account (overrides the grid file).")]
 QosOpt = Annotated[str | None, typer.Option(help="SLURM QOS (overrides the grid file).")]
-GpusOpt = Annotated[int | None, typer.Option(help="GPUs per run (overrides the grid file).")]
-TimeOpt = Annotated[int | None, typer.Option("--time", "--timeout",
+GpusOpt = Annotated[int | None, typer.Option(help="GPUs per run (overrides the grid file).", min=0)]
+TimeOpt = Annotated[int | None, typer.Option("--time", "--timeout", min=2,
                                              help="Job time limit in minutes (overrides the grid file).")]
-ParallelismOpt = Annotated[int | None, typer.Option(help="Array tasks running at once (overrides the grid file).")]
+ParallelismOpt = Annotated[int | None, typer.Option(help="Array tasks running at once (overrides the grid file; "
+                                                         "0: no limit).", min=0)]
 PackOpt = Annotated[int | None, typer.Option(help="Runs per SLURM array task (overrides the grid file's pack).",
                                              min=1)]
 ExecutorOpt = Annotated[str | None, typer.Option(help="auto | local | slurm | debug (overrides the file).")]
@@ -107,13 +108,18 @@ def grid_submit(
     from robustmtl.grid.submit import check_out, plan, submit
     from robustmtl.layout import GridDir
 
+    overrides = slurm_overrides(partition, account, qos, gpus, time, array_parallelism, pack)
     if dry_run:
+        from robustmtl.grid.executor import executor_settings
+
         grid_spec, runs = plan(spec)
+        executor_settings(grid_spec.executor, str(spec), {**overrides, "kind": executor})
         grid_dir = out or Path("runs") / grid_spec.name
         check_out(GridDir(grid_dir))
         show_plan(grid_spec, runs, grid_dir)
+        if max_runs and len(runs) > max_runs:
+            console.print(f"[yellow]note:[/] more than --max-runs {max_runs}: submit it with --max-runs {len(runs)}")
         return
-    overrides = slurm_overrides(partition, account, qos, gpus, time, array_parallelism, pack)
     result = submit(spec, out, executor, force, console, overrides, require_clean=require_clean,
                     max_runs=max_runs)
     refuse_failures(result.failed)

@@ -32,8 +32,10 @@ def test_dry_run_prints_the_table_and_writes_nothing(cli, tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     spec = write_spec(tmp_path / "g.toml", SMALL)
     result = cli("grid", "submit", spec, "--dry-run")
-    assert "6 runs" in result.output and "alpha_reg" in result.output
+    assert "6 runs" in result.output and "alpha_reg" in result.output and "--max-runs" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.toml"]
+    over = " ".join(cli("grid", "submit", spec, "--dry-run", "--max-runs", "5").output.split())
+    assert "6 runs (dry run: nothing written)" in over and "more than --max-runs 5: submit it with --max-runs 6" in over
 
 
 def test_grid_submit_status_and_resubmit(cli, tmp_path):

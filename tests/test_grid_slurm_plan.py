@@ -110,7 +110,7 @@ def test_rejected_sbatch_leaves_no_entries_for_runs_not_queued(tmp_path, fake_sb
 
 
 def test_parameters_from_settings():
-    settings = ExecutorSettings(partition="gpu", account="lab", qos="high", gpus=2, cpus=4, mem_gb=8, timeout_min=1,
+    settings = ExecutorSettings(partition="gpu", account="lab", qos="high", gpus=2, cpus=4, mem_gb=8, timeout_min=2,
                                 constraint="a100", extra=("--begin=now+60", "--exclusive"))
     params = slurm.slurm_parameters(settings, "robustmtl-x")
     assert params["slurm_partition"] == "gpu" and params["slurm_account"] == "lab" and params["slurm_qos"] == "high"

@@ -35,7 +35,8 @@ class ExecutorSettings:
     gpus: int = field(default=0, metadata=at_least(0))
     cpus: int = field(default=1, metadata=positive())
     mem_gb: float | None = None
-    timeout_min: int = field(default=60, metadata=positive())
+    # SLURM sends the warning signal up to a minute early: in a 1-minute job it can come before Python catches it
+    timeout_min: int = field(default=60, metadata=at_least(2))
     array_parallelism: int = field(default=0, metadata=at_least(0))
     max_preemptions: int = field(default=20, metadata=at_least(0))
     max_timeouts: int = field(default=3, metadata=at_least(0))

@@ -233,11 +233,12 @@ def test_jtt_stage_two_array_waits_for_stage_one(cli, tmp_path, grids):
 
 
 # Minutes of training: outlasts the 1-minute limit.
-LONG = {"epochs": 600, "n_train": 4000, "n_val": 100, "n_test": 100, "batch_size": 32}
+# ~4 min of training here: more than one 2-minute job (at most 90 s of training each) even on a machine 2.5x as fast
+LONG = {"epochs": 480, "n_train": 4000, "n_val": 100, "n_test": 100, "batch_size": 32}
 
 
 def test_small_timeout_requeues_until_the_run_finishes(cli, tmp_path, grids):
-    grid, _ = submit(cli, tmp_path, grids, spec_text("timeout", [0], LONG, "max_timeouts = 20", timeout_min=1))
+    grid, _ = submit(cli, tmp_path, grids, spec_text("timeout", [0], LONG, "max_timeouts = 20", timeout_min=2))
     run = grid.run(grid.run_ids()[0])
     wait_for("the run to time out, requeue and finish", lambda: finished(run), grid.root, timeout=900)
     events = [e["event"] for e in read_attempts(run)]
