@@ -232,7 +232,6 @@ def test_jtt_stage_two_array_waits_for_stage_one(cli, tmp_path, grids):
     assert len(starts_2) == 2 and min(starts_2) > done_1
 
 
-# Minutes of training: outlasts the 1-minute limit.
 # ~4 min of training here: more than one 2-minute job (at most 90 s of training each) even on a machine 2.5x as fast
 LONG = {"epochs": 480, "n_train": 4000, "n_val": 100, "n_test": 100, "batch_size": 32}
 
