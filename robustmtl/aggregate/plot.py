@@ -25,6 +25,7 @@ from robustmtl.registry import method_plugin
 
 SWEEP_AXES = ("alpha_aux", "alpha_reg")
 FORMATS = ("png", "pdf")
+MARKERS = "osD^vP*Xh<>p"  # with matplotlib's 10 colours, 60 methods before a style repeats
 
 
 @dataclass(frozen=True)
@@ -117,21 +118,28 @@ def _errorbar(row: pd.Series) -> list[list[float]] | None:
 
 
 def tradeoff_figure(summary: Summary, out: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
-    """Per dataset: each method's mean test average vs worst-group accuracy, with interval bars where n >= 2."""
+    """Per dataset: each method's mean test average vs worst-group accuracy, with interval bars where n >= 2.
+
+    Methods are told apart by colour and marker, named in one legend: methods often land on top of each
+    other (the group-balanced ones do), where labels beside the points would overprint."""
     plt = _pyplot()
     datasets = sorted(summary.cells["dataset"].unique())
+    methods = sorted(summary.cells["method"].unique())
+    style = {m: {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)]} for i, m in enumerate(methods)}
     fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4.2), squeeze=False)
+    handles = {}
     for ax, dataset in zip(axes[0], datasets, strict=True):
         cells = summary.cells[summary.cells["dataset"] == dataset]
         for method, cell in cells.groupby("method", sort=True):
             avg, worst = (cell.set_index("metric").loc[m] for m in ("avg_acc", "worst_group_acc"))
             x, y = 100 * avg["mean"], 100 * worst["mean"]
-            ax.errorbar(x, y, xerr=_errorbar(avg), yerr=_errorbar(worst), fmt="o", capsize=3)
-            ax.annotate(str(method), (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+            handles[method] = ax.errorbar(x, y, xerr=_errorbar(avg), yerr=_errorbar(worst), linestyle="none",
+                                          capsize=3, markersize=6, alpha=0.85, **style[method])
         ax.set_title(dataset)
         ax.set_xlabel("test average accuracy (%)")
         ax.set_ylabel("test worst-group accuracy (%)")
         ax.grid(alpha=0.3)
+    fig.legend([handles[m] for m in methods], methods, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.suptitle(f"Average vs worst-group accuracy\nselection: {summary.selector.label}\n{interval_note(summary)}",
                  fontsize=10)
     fig.tight_layout()
@@ -238,7 +246,7 @@ def _save(plt: Any, fig: Any, stem: Path, formats: Sequence[str]) -> list[Path]:
         stem.parent.mkdir(parents=True, exist_ok=True)
         for fmt in formats:
             path = stem.with_suffix(f".{fmt}")
-            fig.savefig(path, dpi=150)
+            fig.savefig(path, dpi=150, bbox_inches="tight")  # keeps the legend beside the axes
             paths.append(path)
     except OSError as exc:
         raise UserError(f"cannot write figures to --out {stem.parent}: {exc.strerror or exc}") from None
