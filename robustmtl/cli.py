@@ -21,6 +21,14 @@ app = App(help="Group-robustness fine-tuning experiments, from grid files to wor
           no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False)
 app.add_typer(grid_app, name="grid")
 
+# The selection options `aggregate` and `plot` share, so a figure can always match a table.
+SelectOpt = Annotated[str, typer.Option(help="worst-val | avg-val | few-groups | oracle")]
+IncludeRunningOpt = Annotated[bool, typer.Option(help="Include runs without DONE.")]
+CiOpt = Annotated[str, typer.Option(help="t (Student-t) | bootstrap")]
+FewGroupsFractionOpt = Annotated[float, typer.Option(help="Validation fraction for few-groups.")]
+FewGroupsSeedOpt = Annotated[int, typer.Option(help="Seed of the few-groups subset.", min=0)]
+BootstrapSeedOpt = Annotated[int, typer.Option(help="Bootstrap seed.", min=0)]
+
 def parse_sets(pairs: list[str]) -> dict[str, Any]:
     from robustmtl.params import parse_cli_value
 
@@ -80,21 +88,31 @@ def show_summary(summary: dict[str, Any]) -> None:
     console.print(f"{summary['epochs']} epochs, {summary['steps']} steps, {summary['time_s']:.1f} s of training")
 
 
+def print_notices(warnings: list[str], summary: Any) -> None:
+    """The aggregation's warnings and the cells with runs not done, on stderr (stdout may be a table)."""
+    from robustmtl.aggregate.details import coverage_lines
+
+    for warning in warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    for line in coverage_lines(summary):
+        err_console.print(f"[yellow]{escape(line)}[/]", highlight=False)
+
+
 @app.command()
 @user_errors
 def aggregate(
     grid_dirs: Annotated[list[Path], typer.Argument(help="One or more grid directories.")],
-    select: Annotated[str, typer.Option(help="worst-val | avg-val | few-groups | oracle")] = "worst-val",
+    select: SelectOpt = "worst-val",
     fmt: Annotated[str | None, typer.Option("--format", help="table | markdown | csv | latex")] = None,
     output: Annotated[Path | None, typer.Option(help="Write the table to this file.")] = None,
-    include_running: Annotated[bool, typer.Option(help="Include runs without DONE.")] = False,
-    ci: Annotated[str, typer.Option(help="t (Student-t) | bootstrap")] = "t",
+    include_running: IncludeRunningOpt = False,
+    ci: CiOpt = "t",
     baseline: Annotated[str | None, typer.Option(help="Paired difference of every method to this one.")] = None,
     show_hparams: Annotated[bool, typer.Option(help="Show the chosen hyperparameters per cell.")] = False,
     show_cost: Annotated[bool, typer.Option(help="Show wall time, GPU-hours and peak GPU memory per cell.")] = False,
-    few_groups_fraction: Annotated[float, typer.Option(help="Validation fraction for few-groups.")] = 0.05,
-    few_groups_seed: Annotated[int, typer.Option(help="Seed of the few-groups subset.", min=0)] = 0,
-    seed: Annotated[int, typer.Option(help="Bootstrap seed.", min=0)] = 0,
+    few_groups_fraction: FewGroupsFractionOpt = 0.05,
+    few_groups_seed: FewGroupsSeedOpt = 0,
+    seed: BootstrapSeedOpt = 0,
     small_intervals: Annotated[bool, typer.Option(help="LaTeX: set intervals in \\scriptsize.")] = False,
     quiet: Annotated[bool, typer.Option(help="Do not print the terminal table.")] = False,
 ) -> None:
@@ -105,7 +123,7 @@ def aggregate(
     """
     from robustmtl.aggregate import aggregate as run_aggregate
     from robustmtl.aggregate.cost import cost_table, render_cost_rich
-    from robustmtl.aggregate.details import coverage_lines, render_differences_rich, render_hparams_rich
+    from robustmtl.aggregate.details import render_differences_rich, render_hparams_rich
     from robustmtl.aggregate.export import render_rich
     from robustmtl.aggregate.report import Sides, check_output, documents, resolve_format, write
 
@@ -114,10 +132,7 @@ def aggregate(
     fmt = resolve_format(fmt, output)
     summary = run_aggregate(grid_dirs, select=select, include_running=include_running, ci=ci, baseline=baseline,
                             seed=seed, few_groups_fraction=few_groups_fraction, few_groups_seed=few_groups_seed)
-    for warning in summary.warnings:
-        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
-    for line in coverage_lines(summary):
-        err_console.print(f"[yellow]{escape(line)}[/]", highlight=False)
+    print_notices(summary.warnings, summary)
     costs = cost_table(summary.runs) if show_cost and summary.runs is not None else None
     screen = err_console if output is None and fmt != "table" else console  # stdout stays machine-readable
     if not quiet:
@@ -144,27 +159,23 @@ def plot(
     grid_dirs: Annotated[list[Path], typer.Argument(help="One or more grid directories.")],
     out: Annotated[Path, typer.Option(help="Folder for the figures.")] = Path("aggregates/figures"),
     method: Annotated[str, typer.Option(help="Method whose alpha_aux x alpha_reg sweep to map.")] = "mtl_l1",
-    select: Annotated[str, typer.Option(help="worst-val | avg-val | few-groups | oracle")] = "worst-val",
-    include_running: Annotated[bool, typer.Option(help="Include runs without DONE.")] = False,
-    ci: Annotated[str, typer.Option(help="t (Student-t) | bootstrap")] = "t",
-    few_groups_fraction: Annotated[float, typer.Option(help="Validation fraction for few-groups.")] = 0.05,
-    few_groups_seed: Annotated[int, typer.Option(help="Seed of the few-groups subset.", min=0)] = 0,
-    seed: Annotated[int, typer.Option(help="Bootstrap seed.", min=0)] = 0,
+    select: SelectOpt = "worst-val",
+    include_running: IncludeRunningOpt = False,
+    ci: CiOpt = "t",
+    few_groups_fraction: FewGroupsFractionOpt = 0.05,
+    few_groups_seed: FewGroupsSeedOpt = 0,
+    seed: BootstrapSeedOpt = 0,
 ) -> None:
     """PNG/PDF figures: average vs worst-group trade-off, and worst-group accuracy across the alpha sweep.
 
     Takes aggregate's selection options, so a figure shows exactly the numbers of the same aggregate table.
     """
-    from robustmtl.aggregate.details import coverage_lines
     from robustmtl.aggregate.plot import SelectOptions, plot_grids
 
     opts = SelectOptions(select=select, include_running=include_running, ci=ci, seed=seed,
                          few_groups_fraction=few_groups_fraction, few_groups_seed=few_groups_seed)
     figures = plot_grids(grid_dirs, out, method, opts)
-    for warning in figures.warnings:
-        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
-    for line in coverage_lines(figures.summary):
-        err_console.print(f"[yellow]{escape(line)}[/]", highlight=False)
+    print_notices(figures.warnings, figures.summary)
     if figures.no_heatmap:
         err_console.print(f"[yellow]no sweep heatmap:[/] {escape(figures.no_heatmap)}", highlight=False,
                           soft_wrap=True)

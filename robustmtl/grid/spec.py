@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from robustmtl.config import MAX_SEED
 from robustmtl.errors import UserError
 from robustmtl.grid.executor import executor_settings
 from robustmtl.params import did_you_mean
@@ -176,7 +177,7 @@ def load_spec(path: Path) -> GridSpec:
     if not isinstance(seeds, list) or not seeds:
         raise UserError(f"{where}: `seeds` must be a non-empty list of integers, got {seeds!r}")
     for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= 2**32 - 1:
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
             raise UserError(f"{where}: `seeds` must hold integers from 0 to 2**32 - 1, got {s!r}")
     model = _model(raw.get("model"), where, "`model`")
     method_tables = {}
