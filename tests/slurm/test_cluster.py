@@ -148,7 +148,9 @@ def test_submitit_autoexecutor_runs_function(tmp_path):
     cloudpickle.register_pickle_by_value(module)
     try:
         executor = submitit.AutoExecutor(folder=tmp_path, cluster="slurm")
-        executor.update_parameters(timeout_min=2, slurm_partition="debug")
+        # submitit's warning signal (USR2, 90 s before the limit) may come up to a minute early: a 2-minute
+        # limit let it arrive at the start and kill the job before Python could catch it
+        executor.update_parameters(timeout_min=10, slurm_partition="debug")
         job = executor.submit(add, 2, 3)
     finally:
         cloudpickle.unregister_pickle_by_value(module)
