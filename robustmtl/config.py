@@ -15,7 +15,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from robustmtl.errors import UserError
-from robustmtl.params import DEVICE, at_least, coerce, did_you_mean, field_types, one_of, positive
+from robustmtl.params import (
+    DEVICE,
+    added_later,
+    at_least,
+    coerce,
+    did_you_mean,
+    field_types,
+    omittable_defaults,
+    one_of,
+    positive,
+)
 from robustmtl.registry import dataset_plugin, method_plugin, model_plugin
 
 CONFIG_VERSION = 1
@@ -35,6 +45,18 @@ class TrainParams:
     warmup_frac: float = field(default=0.0, metadata=at_least(0.0))
     grad_clip: float = field(default=0.0, metadata=at_least(0.0))
     eval_every: int = field(default=0, metadata=at_least(0))
+    # The pre-training stage (0 epochs: none): a shared `pretrain` run trains the encoder on the model's
+    # own auxiliary objective, and this run fine-tunes from its weights (see robustmtl/requirements.py).
+    pretrain_epochs: int = field(default=0, metadata=added_later(at_least(0)))
+    pretrain_lr: float = field(default=1e-3, metadata=added_later(positive()))
+    pretrain_batch_size: int = field(default=64, metadata=added_later(positive()))
+    pretrain_seed: int = field(default=0, metadata=added_later(at_least(0)))
+
+    def __post_init__(self) -> None:
+        if self.pretrain_epochs == 0:  # no stage: its settings mean nothing, so they never split run ids
+            for name, default in omittable_defaults(TrainParams).items():
+                if name.startswith("pretrain_"):
+                    object.__setattr__(self, name, default)
 
 
 @dataclass(frozen=True)
@@ -125,9 +147,9 @@ class RunConfig:
         return _sha(self.canonical_json(with_seed=False))
 
     def hparams(self) -> dict[str, Any]:
-        """Every hyperparameter as one flat dict (for records and tables)."""
-        d = self.to_dict()
-        return {**d["train"], **d["method_params"], **d["data_params"], **d["model_params"]}
+        """Every hyperparameter as one flat dict (for records and tables), defaults of `added_later` fields included."""
+        return {**_all_fields(self.train), **_all_fields(self.method_params), **_all_fields(self.data_params),
+                **_all_fields(self.model_params)}
 
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with flat keys changed (e.g. `epochs=5`), validated like user input."""
@@ -135,9 +157,16 @@ class RunConfig:
                             where="internal")
 
 
-def _fields(block: Any) -> dict[str, Any]:
+def _all_fields(block: Any) -> dict[str, Any]:
     """A parameter block as a dict (fields are scalars or tuples: no deep copy needed)."""
     return {name: getattr(block, name) for name in field_types(type(block))}
+
+
+def _fields(block: Any) -> dict[str, Any]:
+    """The block as it enters a run's identity: `added_later` fields only where they differ from their default."""
+    omittable = omittable_defaults(type(block))
+    return {name: value for name, value in _all_fields(block).items()
+            if name not in omittable or value != omittable[name]}
 
 
 def _json_any(obj: Any) -> str:

@@ -108,3 +108,21 @@ DEVICE = {"pattern": r"auto|cpu|mps|cuda(:\d+)?", "example": "auto, cpu, cuda, c
 
 def one_of(*choices: Any) -> dict[str, Any]:
     return {"choices": choices}
+
+
+OMIT_AT_DEFAULT = "omit_at_default"
+
+
+def added_later(*checks: dict[str, Any]) -> dict[str, Any]:
+    """Metadata of a field added after run ids were in use: while it holds its default it is left out of
+    the run's identity (canonical JSON, config.json), so every existing config keeps its run id."""
+    merged: dict[str, Any] = {OMIT_AT_DEFAULT: True}
+    for check in checks:
+        merged.update(check)
+    return merged
+
+
+@functools.cache
+def omittable_defaults(block: type) -> dict[str, Any]:
+    """The `added_later` fields of a block and their defaults."""
+    return {f.name: f.default for f in dataclasses.fields(block) if f.metadata.get(OMIT_AT_DEFAULT)}

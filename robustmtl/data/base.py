@@ -88,6 +88,7 @@ class Splits:
     train: Split
     val: Split
     test: Split
+    pretrain: Split | None = None  # the pre-training stage's own input pool, where the dataset offers one
 
     def by_name(self) -> dict[str, Split]:
         return {"train": self.train, "val": self.val, "test": self.test}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from robustmtl.params import at_least, between, positive
+from robustmtl.params import added_later, at_least, between, positive
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,13 @@ class SyntheticParams:
     p_train: float = field(default=0.95, metadata=between(0.0, 1.0))
     p_eval: float = field(default=0.5, metadata=between(0.0, 1.0))
     data_seed: int = field(default=0, metadata=at_least(0))
+    # > 0: rescale spurious_mean and spurious_std together (the spurious block's separability stays) so the
+    # spurious block's leading-direction variance is this multiple of the core block's (robustmtl/data/regime.py).
+    spurious_variance_ratio: float = field(default=0.0, metadata=added_later(at_least(0.0)))
+    # The pre-training stage's input pool: 0 = the training split's inputs; N > 0 = N unlabeled examples of
+    # their own, whose spurious attribute agrees with the label at rate pretrain_p_agree.
+    pretrain_n: int = field(default=0, metadata=added_later(at_least(0)))
+    pretrain_p_agree: float = field(default=0.5, metadata=added_later(between(0.0, 1.0)))
 
 
 @dataclass(frozen=True)
