@@ -76,7 +76,7 @@ def describe(p: SyntheticParams) -> list[BlockSummary]:
 
 
 def variance_ratio(p: SyntheticParams) -> float:
-    """Spurious-block over core-block leading-direction variance: ≤ 1 is the regime where the paper expects MTL to help."""
+    """Spurious over core leading-direction variance: ≤ 1 is where the paper expects MTL to help."""
     s_mean, s_std = spurious_mean_std(p)
     return leading_variance(p.spurious_dim, s_mean, s_std) / leading_variance(p.core_dim, p.core_mean, p.core_std)
 
