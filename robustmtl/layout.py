@@ -10,6 +10,7 @@ GRID_DIR/runs/<run_id>/FAILED       the error of a failed attempt
 GRID_DIR/runs/<run_id>/attempts.jsonl  start / preempted / timeout / terminated / failed / done events
 GRID_DIR/runs/<run_id>/val_correct.jsonl  per-example validation correctness per evaluation (bit-packed)
 GRID_DIR/runs/<run_id>/val_groups.json    validation group membership (bit-packed), for `few-groups`
+GRID_DIR/runs/<run_id>/encoder.pt   a pre-training run's final weights but the head, for the runs fine-tuning from it
 GRID_DIR/runs/<run_id>/.train.lock  flock of the process training the run (train/runlock.py)
 GRID_DIR/submitit/                  submitit's pickles and logs (start/<run_id>.log: a local job's shell)
 GRID_DIR/manifest.jsonl             the SLURM job id of each queued run (last entry wins)
@@ -38,6 +39,7 @@ CHECKPOINT = "checkpoint.pt"
 ATTEMPTS = "attempts.jsonl"
 VAL_CORRECT = "val_correct.jsonl"
 VAL_GROUPS = "val_groups.json"
+PRETRAINED_ENCODER = "encoder.pt"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

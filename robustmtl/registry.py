@@ -94,6 +94,7 @@ METHODS: dict[str, MethodPlugin] = {
     "rwg": _method("balancing:RwG"),
     "rwy": _method("balancing:RwY"),
     "ldro": _method("ldro:LookaheadDRO", "LDROParams"),
+    "pretrain": _method("pretrain:Pretrain"),
 }
 
 DATASETS: dict[str, DatasetPlugin] = {

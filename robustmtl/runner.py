@@ -12,15 +12,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from robustmtl.config import RunConfig, RunOptions
 from robustmtl.errors import UserError
 from robustmtl.layout import CONFIG, RunDir, claim_dir, make_dir, read_json
-from robustmtl.registry import method_plugin
+from robustmtl.requirements import with_transitive
 from robustmtl.rundir import prepare_run
 from robustmtl.train.runlock import LOCK_NAME, holding
 
 
 def run_with_requirements(cfg: RunConfig, opts: RunOptions, out: Path, console: Console) -> dict[str, Any]:
-    """Required runs (JTT stage 1) go beside `out`, so a later run with the same requirement reuses them."""
-    for role, required in method_plugin(cfg.method).requires(cfg).items():
-        console.print(f"{cfg.method} needs its {role} run {required.run_id} first")
+    """Required runs (pre-training, JTT stage 1) go beside `out`, so a later run with the same requirement
+    reuses them."""
+    for required in with_transitive(cfg):
+        console.print(f"{cfg.method} needs the {required.method} run {required.run_id} first")
         run_in_process(required, opts, out.parent / required.run_id, console)
     return run_in_process(cfg, opts, out, console)
 

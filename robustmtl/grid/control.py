@@ -24,7 +24,7 @@ from robustmtl.grid.status import ACTIVE, grid_status
 from robustmtl.grid.submit import SubmitResult, execute
 from robustmtl.layout import GridDir
 from robustmtl.params import did_you_mean
-from robustmtl.registry import method_plugin
+from robustmtl.requirements import required_runs
 
 FOLLOW_POLL_S = 2.0
 
@@ -37,7 +37,7 @@ def planned_from_dir(grid: GridDir) -> list[PlannedRun]:
     for run_id in grid.run_ids():
         cfg, _ = load_run(grid.run(run_id))
         runs.append(PlannedRun(config=cfg, swept={},
-                               requires=[c.run_id for c in method_plugin(cfg.method).requires(cfg).values()]))
+                               requires=[c.run_id for c in required_runs(cfg).values()]))
     return runs
 
 

@@ -1,7 +1,8 @@
 """GridSpec → the runs it asks for: datasets × methods × seeds × global sweep × the method's sweep.
 
 Runs that are the same config (a sweep axis a method has no use for) collapse into one by run id.
-Runs a method requires (JTT's stage 1) join the plan ahead of the runs that need them.
+Runs that others require (pre-training, JTT's stage 1; `robustmtl/requirements.py`) join the plan
+ahead of the runs that need them, each once.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from robustmtl.config import RunConfig, blocks_for, build_config, key_owner
 from robustmtl.errors import UserError
 from robustmtl.grid.spec import GridSpec
 from robustmtl.params import did_you_mean, field_types
-from robustmtl.registry import method_plugin
+from robustmtl.requirements import required_runs
 
 
 @dataclass(slots=True)
@@ -52,7 +53,7 @@ def _check_keys_known(spec: GridSpec) -> None:
         for section, keys in (("defaults", table.defaults), ("sweep", table.sweep)):
             for key in keys:
                 if key not in method_known:
-                    raise UserError(f"{spec.path}: [methods.{m}.{section}] {key!r} is not a parameter of method "
+                    raise UserError(f"{spec.path}: [method.{m}.{section}] {key!r} is not a parameter of method "
                                     f"{m!r}{did_you_mean(key, method_known)}")
     for d in spec.datasets:
         data_known = {k for m in spec.methods for block in blocks_for(m, d, spec.model_for(d)).values()
@@ -60,7 +61,7 @@ def _check_keys_known(spec: GridSpec) -> None:
         for key in spec.data_values(d):
             if key not in data_known:
                 hint = did_you_mean(key, data_known | {"data_root", "model"})
-                raise UserError(f"{spec.path}: [datasets.{d}] {key!r} is not a parameter of dataset {d!r}, its model "
+                raise UserError(f"{spec.path}: [dataset.{d}] {key!r} is not a parameter of dataset {d!r}, its model "
                                 f"{spec.model_for(d)!r} or its runs{hint}")
 
 
@@ -113,11 +114,18 @@ def _expand(spec: GridSpec) -> list[PlannedRun]:
 
 
 def _with_requirements(planned: dict[str, PlannedRun]) -> list[PlannedRun]:
-    """Required runs first (deduplicated: one stage-1 run serves every stage-2 run that shares it)."""
+    """Required runs first, transitively and deduplicated: one pre-training or stage-1 run serves every
+    run that shares it, and every run comes after the runs it needs."""
     required: dict[str, PlannedRun] = {}
-    for run in planned.values():
-        for cfg in method_plugin(run.config.method).requires(run.config).values():
+
+    def add_requirements(run: PlannedRun) -> None:
+        for cfg in required_runs(run.config).values():
             run.requires.append(cfg.run_id)
             if cfg.run_id not in planned and cfg.run_id not in required:
-                required[cfg.run_id] = PlannedRun(cfg, {})
+                needed = PlannedRun(cfg, {})
+                add_requirements(needed)  # its own requirements enter `required` before it
+                required[cfg.run_id] = needed
+
+    for run in planned.values():
+        add_requirements(run)
     return [*required.values(), *planned.values()]

@@ -41,6 +41,8 @@ class Method:
     uses_train_groups: ClassVar[bool] = False
     uses_aux_batch: ClassVar[bool] = False
     report: ClassVar[bool] = True
+    trains_on_pool: ClassVar[bool] = False  # train on the dataset's pre-training pool (Splits.pretrain) if any
+    leaves_encoder: ClassVar[bool] = False  # the loop saves the final encoder weights for runs that need them
 
     def __init__(self, params: Any, ctx: MethodContext) -> None:
         self.params = params

@@ -64,6 +64,17 @@ class Model(nn.Module):
         encoder = self.encoder_module()
         encoder.forward = torch.compile(encoder.forward)
 
+    def encoder_state(self) -> dict[str, torch.Tensor]:
+        """Every weight but the classification head's: what a pre-training run hands to its fine-tuning runs."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("head.")}
+
+    def load_encoder_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Start from pre-trained weights, keeping this run's freshly initialised classification head."""
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        wrong = [k for k in missing if not k.startswith("head.")] + list(unexpected)
+        if wrong:
+            raise ValueError(f"pre-trained weights do not fit this model: {', '.join(wrong[:5])}")
+
     def classify(self, encoded: Encoded) -> torch.Tensor:
         return self.head(encoded.h)
 

@@ -54,3 +54,11 @@ def load(path: Path) -> dict[str, Any] | None:
     except Exception as exc:
         raise UserError(f"checkpoint {path} cannot be read ({type(exc).__name__}); delete it to restart the run "
                         "from scratch") from None
+
+
+def load_tensors(path: Path) -> dict[str, Any]:
+    """A saved state dict that must exist (a required run's weights)."""
+    state = load(path)
+    if state is None:
+        raise UserError(f"{path} is missing: the run that should have left it is not done; rerun it")
+    return state

@@ -26,13 +26,14 @@ import torch
 
 from robustmtl.config import RunConfig
 from robustmtl.errors import UserError
-from robustmtl.layout import VAL_CORRECT, VAL_GROUPS, RunDir, read_json, write_json
+from robustmtl.layout import PRETRAINED_ENCODER, VAL_CORRECT, VAL_GROUPS, RunDir, read_json, write_json
 from robustmtl.methods.base import Method, MethodContext
 from robustmtl.metrics import pack_bools
 from robustmtl.models.base import Model, param_groups
 from robustmtl.provenance import code_version
 from robustmtl.records import MetricsWriter
-from robustmtl.registry import dataset_entry, method_entry, method_plugin, model_entry
+from robustmtl.registry import dataset_entry, method_entry, model_entry
+from robustmtl.requirements import required_runs
 from robustmtl.rng import epoch_generator
 from robustmtl.rundir import load_run, required_run_dirs
 from robustmtl.train import checkpoint, runlock
@@ -126,9 +127,12 @@ class Trainer:
         self.data = model.prepare(raw, data_cache_dir())
         self.model = model.to(self.device)
         method_cls: type[Method] = method_entry(self.cfg.method)
-        train = self.data.train if method_cls.uses_train_groups else self.data.train.hide_groups()
-        ctx = MethodContext(config=self.cfg, info=self.data.info, train=train, run_dir=run_dir,
-                            required=required_run_dirs(run_dir, method_plugin(self.cfg.method).requires(self.cfg)))
+        pool = self.data.pretrain if method_cls.trains_on_pool and self.data.pretrain is not None else self.data.train
+        train = pool if method_cls.uses_train_groups else pool.hide_groups()
+        required = required_run_dirs(run_dir, required_runs(self.cfg))
+        if "pretrain" in required:
+            self.model.load_encoder_state(checkpoint.load_tensors(required["pretrain"].artifact(PRETRAINED_ENCODER)))
+        ctx = MethodContext(config=self.cfg, info=self.data.info, train=train, run_dir=run_dir, required=required)
         self.method = method_cls(self.cfg.method_params, ctx)
         self.train_split = train
         self.steps_per_epoch = len(chunks(self.method.epoch_indices(1, epoch_generator(seed, 1, 0)),
@@ -276,6 +280,8 @@ class Trainer:
             self.term_sums, self.term_count = {}, 0
             self.save_checkpoint()
         extra = self.method.after_training(self.model, self.predict)
+        if self.method.leaves_encoder:
+            checkpoint.save(self.run_dir.artifact(PRETRAINED_ENCODER), self.model.encoder_state())
         summary = {
             "run_id": self.cfg.run_id, "method": self.cfg.method, "dataset": self.cfg.dataset, "seed": self.cfg.seed,
             "epochs": t.epochs, "steps": self.step, "time_s": round(self.elapsed, 3), **self.cost(),

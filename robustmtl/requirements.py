@@ -1,0 +1,52 @@
+"""The runs a run needs before it can start, by role: the one planning rule for grids, jobs and `robustmtl run`.
+
+- `pretrain`: with `pretrain_epochs` > 0, a run of method `pretrain` trains the encoder on the model's own
+  auxiliary objective alone, and this run fine-tunes from its encoder weights with a fresh classification
+  head. Its identity holds only what shapes those weights (the data and model parameters and the
+  `pretrain_*` settings, with `pretrain_seed` as its seed), so every run that shares them (all seeds,
+  learning rates, methods of a sweep) shares one pre-training run, like one public checkpoint.
+- the method's own requirements (JTT's stage 1, `methods/params.py`), which inherit the training
+  parameters and so require the same pre-training run.
+
+Torch-free: a grid plans 100,000 runs without importing a model.
+"""
+
+from __future__ import annotations
+
+from robustmtl.config import RunConfig, build_config
+from robustmtl.registry import method_plugin
+
+PRETRAIN_METHOD = "pretrain"
+
+
+def pretrain_config(config: RunConfig) -> RunConfig:
+    """The pre-training run that `config` fine-tunes from."""
+    d = config.to_dict()
+    t = config.train
+    values = {**d["data_params"], **d["model_params"], "epochs": t.pretrain_epochs, "lr": t.pretrain_lr,
+              "batch_size": t.pretrain_batch_size}
+    return build_config(PRETRAIN_METHOD, config.dataset, t.pretrain_seed, config.model, values,
+                        where=f"pre-training run of {config.run_id}")
+
+
+def required_runs(config: RunConfig) -> dict[str, RunConfig]:
+    """Runs that must be done before `config` starts, by role name; each may require runs of its own."""
+    required: dict[str, RunConfig] = {}
+    if config.train.pretrain_epochs and config.method != PRETRAIN_METHOD:
+        required["pretrain"] = pretrain_config(config)
+    required.update(method_plugin(config.method).requires(config))
+    return required
+
+
+def with_transitive(config: RunConfig) -> list[RunConfig]:
+    """`config`'s required runs and theirs, each once, every run after the runs it needs."""
+    ordered: dict[str, RunConfig] = {}
+
+    def visit(cfg: RunConfig) -> None:
+        for needed in required_runs(cfg).values():
+            if needed.run_id not in ordered:
+                visit(needed)
+                ordered[needed.run_id] = needed
+
+    visit(config)
+    return list(ordered.values())
