@@ -120,3 +120,18 @@ def test_cli_runs_minilm_on_text_spurious(cli, tmp_path, monkeypatch):
     bad = cli("run", "--method", "erm", "--dataset", "text_spurious", "--set", "bert_pretrained=org/missing",
               "--out", tmp_path / "bad", ok=False)
     assert bad.exit_code == 2
+
+
+def test_prepare_tokenises_a_pretraining_pool_and_keys_the_cache_by_it(model, raw, tmp_path):
+    from robustmtl.data.base import Splits
+    from robustmtl.data.text import TextSplit, cache_key
+
+    pool = TextSplit("pretrain", ["an unlabeled snippet", "another one, a little longer"], torch.zeros(2),
+                     torch.zeros(2), n_groups=4)
+    with_pool = Splits(raw.info, raw.train, raw.val, raw.test, pretrain=pool)
+    data = model.prepare(with_pool, tmp_path)
+    assert model.prepare(raw, tmp_path).pretrain is None
+    assert cache_key(with_pool, "t", 32) != cache_key(raw, "t", 32)
+    expected = model.tokenizer(pool.texts[1], truncation=True, max_length=32)["input_ids"]
+    assert data.pretrain[torch.tensor([1])]["input_ids"][0].tolist() == expected
+    assert model.prepare(with_pool, tmp_path).pretrain.ids.tolist() == data.pretrain.ids.tolist()  # from the cache

@@ -106,3 +106,16 @@ def test_mtl_l1_on_coloured_mnist_end_to_end(tmp_path):
     prepare_run(run_dir, cfg, RunOptions(threads=1))
     summary = train_run(run_dir)
     assert summary["steps"] == 3 and cfg.model == "vit"
+
+
+def test_prepare_serves_the_pretraining_pool_like_the_other_splits():
+    from robustmtl.registry import dataset_entry
+
+    values = {"mnist_n_train": 64, "mnist_n_val": 32, "mnist_n_test": 32, "mnist_pretrain_n": 48}
+    cfg = build_config("erm", "mnist_spurious", 0, None, {**values, "vit_image_size": 32}, where="test")
+    raw = dataset_entry("mnist_spurious").build(cfg.data_params, None)
+    data = ViT.build(cfg.model_params, raw.info).prepare(raw, None)
+    assert len(data.pretrain) == 48
+    batch, train_batch = data.pretrain[torch.arange(4)], data.train[torch.arange(4)]
+    assert batch["pixel_values"].shape == train_batch["pixel_values"].shape == (4, 3, 32, 32)
+    assert batch["pixel_values"].min() == train_batch["pixel_values"].min() == -1  # same normalisation

@@ -87,7 +87,7 @@ def _encode(split: TextSplit, tokenizer: Any, max_length: int) -> dict[str, torc
 def cache_key(splits: Splits, tokenizer_id: str, max_length: int) -> str:
     """Content hash of everything the token ids depend on (the texts themselves, not dataset params)."""
     digest = hashlib.sha256(f"v{CACHE_VERSION}\0{tokenizer_id}\0{max_length}".encode())
-    for name, split in splits.by_name().items():
+    for name, split in with_pool(splits).items():
         digest.update(f"\0split {name} {len(split.texts)} {split.second is not None}\0".encode())
         for text in split.texts:
             digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
@@ -96,17 +96,25 @@ def cache_key(splits: Splits, tokenizer_id: str, max_length: int) -> str:
     return digest.hexdigest()[:24]
 
 
+def with_pool(splits: Splits) -> dict[str, Split]:
+    """The three splits, and the pre-training pool where the dataset has one (absent: keys stay as they were)."""
+    named = splits.by_name()
+    if splits.pretrain is not None:
+        named["pretrain"] = splits.pretrain
+    return named
+
+
 def tokenize_splits(splits: Splits, tokenizer: Any, tokenizer_id: str, max_length: int,
                     cache_dir: Path | None) -> Splits:
     """TextSplits → TokenSplits; read from / written to `cache_dir/tokens/<hash>.pt` when a cache dir is given."""
     path = cache_dir / "tokens" / f"{cache_key(splits, tokenizer_id, max_length)}.pt" if cache_dir else None
     encoded = torch.load(path, weights_only=True) if path is not None and path.is_file() else None
     if encoded is None:
-        encoded = {name: _encode(split, tokenizer, max_length) for name, split in splits.by_name().items()}
+        encoded = {name: _encode(split, tokenizer, max_length) for name, split in with_pool(splits).items()}
         if path is not None:
             buffer = io.BytesIO()
             torch.save(encoded, buffer)
             atomic_write_bytes(path, buffer.getvalue())
     made = {name: TokenSplit(split, pad_id=tokenizer.pad_token_id, **encoded[name])
-            for name, split in splits.by_name().items()}
-    return Splits(splits.info, made["train"], made["val"], made["test"])
+            for name, split in with_pool(splits).items()}
+    return Splits(splits.info, made["train"], made["val"], made["test"], pretrain=made.get("pretrain"))

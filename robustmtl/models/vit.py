@@ -111,13 +111,14 @@ class ViT(Model):
         return cls(p, info)
 
     def prepare(self, splits: Splits, cache_dir: Path | None) -> Splits:
-        """Serve every split at this model's size and normalisation."""
-        made = {}
-        for name, split in splits.by_name().items():
-            if not isinstance(split, ImageSplit):
+        """Serve every split (and the pre-training pool, if any) at this model's size and normalisation."""
+        named = {**splits.by_name(), "pretrain": splits.pretrain}
+        made: dict[str, ImageSplit | None] = {}
+        for name, split in named.items():
+            if split is not None and not isinstance(split, ImageSplit):
                 raise TypeError(f"the vit model needs ImageSplit inputs, got {type(split).__name__}")
-            made[name] = split.transformed(self.size, self.mean, self.std)
-        return Splits(splits.info, made["train"], made["val"], made["test"])
+            made[name] = split.transformed(self.size, self.mean, self.std) if split is not None else None
+        return Splits(splits.info, made["train"], made["val"], made["test"], pretrain=made["pretrain"])
 
     def _encode(self, pixels: torch.Tensor, mask: torch.Tensor | None) -> Encoded:
         tokens = self.vit(pixel_values=pixels, bool_masked_pos=mask, interpolate_pos_encoding=self.interpolate)
