@@ -93,9 +93,33 @@ def test_thin_groups_in_the_subset_are_named(grid):
     thin = aggregate([grid.root], select="few-groups", few_groups_fraction=0.05).warnings
     (warning,) = [w for w in thin if w.startswith("few-groups:")]
     assert f"{len(FewGroupsSelector(0.05, 0, {}).subset(n))}-example subset of a {n}-example" in warning
+    assert f"({len(grid.run_ids())} run(s))" in warning
     assert all(f"group {g}: {c}" in warning for g, c in enumerate(counts) if c < 5)
     full = aggregate([grid.root], select="few-groups", few_groups_fraction=1.0).warnings
     assert not any(w.startswith("few-groups:") for w in full)  # 100 examples: every group has 5 or more
+
+
+
+def test_runs_of_one_validation_size_with_other_group_labels_are_each_checked(grid, tmp_path):
+    """Same n, other labels: the second run's subset is thin in group 3 although the first run's is not."""
+    from robustmtl.metrics import pack_bools
+
+    root = shutil.copytree(grid.root, tmp_path / "grid")
+    first, second = sorted(GridDir(root).run_ids())[:2]
+    path = GridDir(root).run(second).artifact(VAL_GROUPS)
+    groups = json.loads(path.read_text())
+    n, k = groups["n"], groups["n_groups"]
+    membership = unpack_bools(groups["membership"], n * k).reshape(n, k).copy()
+    in_last = np.flatnonzero(membership[:, k - 1])
+    membership[in_last[2:], k - 1], membership[in_last[2:], 0] = False, True  # two examples left in group k-1
+    path.write_text(json.dumps({**groups, "membership": pack_bools(membership.reshape(-1))}))
+    dirs = {r: GridDir(root).run(r).root for r in (first, second)}
+    selector = FewGroupsSelector(1.0, 0, dirs)
+    import pandas as pd
+
+    selector.select_epochs(pd.DataFrame({"run_id": [first, second], "split": "val"}))
+    (warning,) = selector.thin_group_warnings()
+    assert f"of a {n}-example validation split (1 run(s))" in warning and f"group {k - 1}: 2" in warning
 
 
 DAMAGE = {

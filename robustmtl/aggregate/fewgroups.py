@@ -72,7 +72,9 @@ class FewGroupsSelector(Selector):
     metric: str = "worst_group_acc"
     description: str = "worst-group accuracy on a random fraction of validation"
     upper_bound: bool = False
-    group_counts: dict[int, tuple[int, ...]] = field(default_factory=dict, compare=False)  # per validation size
+    # (validation size, examples of each group in its subset) → runs seen with it: runs of one size may
+    # carry other group labels (another dataset, other data parameters), so each is checked
+    group_counts: dict[tuple[int, tuple[int, ...]], int] = field(default_factory=dict, compare=False)
     missing: dict[str, str] = field(default_factory=dict, compare=False)  # run id -> why it has no scores
     file_warnings: list[str] = field(default_factory=list, compare=False)  # one per damaged or unreadable file
 
@@ -102,7 +104,8 @@ class FewGroupsSelector(Selector):
             return self._unreadable(run_id, groups_path if isinstance(exc, _Unreadable) else correct_path, str(exc))
         n = len(membership)
         keep = self.subset(n)
-        self.group_counts.setdefault(n, tuple(int(c) for c in membership[keep].sum(axis=0)))
+        counts = (n, tuple(int(c) for c in membership[keep].sum(axis=0)))
+        self.group_counts[counts] = self.group_counts.get(counts, 0) + 1
         scores, bad = [], []
         for lineno, line in enumerate(lines, start=1):
             try:
@@ -127,14 +130,16 @@ class FewGroupsSelector(Selector):
         return self.missing.get(run_id) or super().missing_reason(run_id)
 
     def thin_group_warnings(self) -> list[str]:
-        """One warning per validation size whose subset holds fewer than THIN examples of some group."""
+        """One warning per validation split (size and group labels) whose subset holds fewer than THIN
+        examples of some group."""
         warnings = []
-        for n, counts in sorted(self.group_counts.items()):
+        for (n, counts), runs in sorted(self.group_counts.items()):
             thin = [f"group {g}: {c}" for g, c in enumerate(counts) if c < THIN]
             if thin:
                 warnings.append(f"few-groups: the {len(self.subset(n))}-example subset of a {n}-example "
-                                f"validation split holds few examples of some groups ({', '.join(thin)}); worst-group "
-                                "accuracy over it ignores or barely sees them (raise --few-groups-fraction)")
+                                f"validation split ({runs} run(s)) holds few examples of some groups "
+                                f"({', '.join(thin)}); worst-group accuracy over it ignores or barely sees them "
+                                "(raise --few-groups-fraction)")
         return warnings
 
     def select_epochs(self, records: pd.DataFrame) -> pd.DataFrame:

@@ -17,6 +17,8 @@ from robustmtl.aggregate.parse import METRICS
 from robustmtl.errors import UserError
 
 CELL = ["dataset", "method"]
+# Scores are accuracies in [0, 1] averaged over seeds: a difference this small is summation order, not skill
+TIE_TOLERANCE = 1e-9
 
 
 class Selector(ABC):
@@ -107,27 +109,33 @@ def _check_missing(runs: pd.DataFrame, picked: pd.DataFrame, sel: Selector, warn
 def _choose_settings(per_run: pd.DataFrame, warnings: list[str]) -> pd.DataFrame:
     """Per cell, the best mean score over seeds among the settings with the most seeds.
 
-    A setting with fewer finished seeds does not compete (one lucky seed must not beat a complete
-    setting); a warning names it when it scored higher. Scores are compared rounded to 1e-9, so settings
-    whose means differ only by float summation order tie; ties go to the smallest setting_id.
+    Seeds counted are the finished runs' (with `--include-running`, unfinished runs count as seeds too).
+    A setting with fewer seeds does not compete (one lucky seed must not beat a complete setting); a
+    warning names it when it scored higher. Means within TIE_TOLERANCE of the best tie (settings whose
+    means differ only by float summation order must not be told apart by it); ties go to the smallest
+    setting_id.
     """
     scores = per_run.groupby([*CELL, "setting_id"], as_index=False).agg(
         score=("score", "mean"), n_seeds=("seed", "nunique")
     )
-    scores["rank_score"] = scores["score"].round(9)
-    scores = scores.sort_values([*CELL, "rank_score", "setting_id"], ascending=[True, True, False, True],
-                                kind="mergesort")
     competing = scores[scores["n_seeds"] == scores.groupby(CELL)["n_seeds"].transform("max")]
-    chosen = competing.drop_duplicates(CELL, keep="first").set_index(CELL)
-    for r in scores.drop_duplicates(CELL, keep="first").itertuples():
+    chosen = _best_within_tolerance(competing).set_index(CELL)
+    for r in _best_within_tolerance(scores).itertuples():
         pick = chosen.loc[(r.dataset, r.method)]
-        if r.setting_id != pick["setting_id"] and r.rank_score > pick["rank_score"]:
+        if r.setting_id != pick["setting_id"] and r.score > pick["score"] + TIE_TOLERANCE:
             warnings.append(
                 f"{r.dataset}/{r.method}: setting {r.setting_id} has the higher selection score ({r.score:.4f} vs "
                 f"{pick['score']:.4f}) but {r.n_seeds} seed(s) done against {pick['n_seeds']} for the chosen "
                 f"{pick['setting_id']}; settings compete on the most seeds any of them has (finish its runs)"
             )
-    return chosen.reset_index().drop(columns="rank_score")
+    return chosen.reset_index()
+
+
+def _best_within_tolerance(scores: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell: the smallest setting_id among those within TIE_TOLERANCE of the cell's best score."""
+    best = scores.groupby(CELL)["score"].transform("max")
+    tied = scores[scores["score"] >= best - TIE_TOLERANCE]
+    return tied.sort_values([*CELL, "setting_id"], kind="mergesort").drop_duplicates(CELL, keep="first")
 
 
 def _searched(per_setting: pd.DataFrame, dataset: str, method: str, hparams: dict) -> dict:
