@@ -46,7 +46,7 @@ seeds = {list(range(10))}
 lr = {values}
 warmup_frac = {[round(0.01 * i, 3) for i in range(side)]}
 alpha_aux = {[round(0.1 * (i + 1), 3) for i in range(side)]}
-[methods.mtl_l1.sweep]
+[method.mtl_l1.sweep]
 alpha_reg = {[round(0.01 * (i + 1), 4) for i in range(side)]}
 [executor]
 kind = "debug"

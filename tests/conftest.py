@@ -66,7 +66,7 @@ def tiny_grid(name: str, methods: list[str], seeds: list[int], defaults: dict | 
     lines = [f'name = "{name}"', 'datasets = ["synthetic"]', f"methods = {json.dumps(methods)}",
              f"seeds = {json.dumps(seeds)}", "[defaults]", *(f"{k} = {json.dumps(v)}" for k, v in defaults.items())]
     for method, axes in (sweeps or {}).items():
-        lines += [f"[methods.{method}.sweep]", *(f"{k} = {json.dumps(v)}" for k, v in axes.items())]
+        lines += [f"[method.{method}.sweep]", *(f"{k} = {json.dumps(v)}" for k, v in axes.items())]
     lines += ["[executor]", *(f"{k} = {json.dumps(v)}" for k, v in {"kind": "debug", **(executor or {})}.items())]
     return "\n" + "\n".join(lines) + "\n"
 

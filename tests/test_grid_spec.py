@@ -1,12 +1,17 @@
 from __future__ import annotations
 
+import re
+import tomllib
+from pathlib import Path
+
 import pytest
 
 from robustmtl.errors import UserError
 from robustmtl.grid.expand import expand
 from robustmtl.grid.spec import load_spec
 from robustmtl.grid.submit import check_size
-from tests.conftest import write_spec
+from robustmtl.layout import GridDir
+from tests.conftest import tiny_grid, write_spec
 
 ISSUE_EXAMPLE = """
 name = "demo"
@@ -17,7 +22,7 @@ seeds    = [0, 1, 2]
 epochs = 20
 [sweep]                    # axes crossed for every method
 lr = [1e-3, 3e-4]
-[methods.mtl_l1.sweep]     # axes crossed for one method only
+[method.mtl_l1.sweep]     # axes crossed for one method only
 alpha_aux = [0.368, 1.0]
 alpha_reg = [0.368, 1.0]
 [executor]                 # where and how runs execute
@@ -44,14 +49,14 @@ def test_axes_a_method_does_not_have_collapse(tmp_path):
 
 
 def test_dataset_table_sets_dataset_parameters(tmp_path):
-    text = ISSUE_EXAMPLE.replace("[defaults]", "[datasets.synthetic]\np_train = 0.9\n[defaults]")
+    text = ISSUE_EXAMPLE.replace("[defaults]", "[dataset.synthetic]\np_train = 0.9\n[defaults]")
     runs = expand(load_spec(write_spec(tmp_path / "g.toml", text)))
     assert {r.config.data_params.p_train for r in runs} == {0.9}
 
 
 def test_each_dataset_may_name_its_own_model_and_training_values(tmp_path):
     text = ISSUE_EXAMPLE.replace('["synthetic"]', '["synthetic", "text_spurious"]').replace(
-        "[defaults]", "[datasets.synthetic]\nhidden_dim = 8\nepochs = 3\n[datasets.text_spurious]\nmodel = "
+        "[defaults]", "[dataset.synthetic]\nhidden_dim = 8\nepochs = 3\n[dataset.text_spurious]\nmodel = "
                       "\"bert\"\nbert_pretrained = \"/models/minilm\"\n[defaults]")
     runs = expand(load_spec(write_spec(tmp_path / "g.toml", text)))
     by_dataset = {d: [r.config for r in runs if r.config.dataset == d] for d in ("synthetic", "text_spurious")}
@@ -75,19 +80,19 @@ BAD_SPECS = [
     (ISSUE_EXAMPLE.replace("epochs = 20", "epoch = 20"), "did you mean 'epochs'"),
     (ISSUE_EXAMPLE.replace("alpha_reg = [0.368, 1.0]", "alpha_reg = [-1.0]"), "alpha_reg must be >= 0"),
     (ISSUE_EXAMPLE.replace('kind = "local"', 'kind = "kubernetes"'), "kind must be one of"),
-    (ISSUE_EXAMPLE.replace("[methods.mtl_l1.sweep]", "[methods.jtt.sweep]"), "not listed in `methods`"),
+    (ISSUE_EXAMPLE.replace("[method.mtl_l1.sweep]", "[method.jtt.sweep]"), "not listed in `methods`"),
     (ISSUE_EXAMPLE.replace("alpha_aux = [0.368, 1.0]", "alpah_aux = [0.368, 1.0]"), "did you mean 'alpha_aux'"),
     (ISSUE_EXAMPLE.replace('name = "demo"', 'name = "../up"'), "`name` must be a simple name"),
-    (ISSUE_EXAMPLE.replace("[defaults]", "[datasets.synthetic]\ndata_root = 5\n[defaults]"),
-     "[datasets.synthetic] data_root must be a folder path"),
-    (ISSUE_EXAMPLE.replace("[defaults]", "[datasets.synthetic]\nmodel = [\"mlp\"]\n[defaults]"),
-     "[datasets.synthetic] model must be a single value"),
-    (ISSUE_EXAMPLE.replace("[defaults]", "[datasets.synthetic]\nmodel = \"mpl\"\n[defaults]"), "did you mean 'mlp'"),
-    (ISSUE_EXAMPLE.replace("[defaults]", "[datasets.synthetic]\nmodel = \"bert\"\n[defaults]"),
+    (ISSUE_EXAMPLE.replace("[defaults]", "[dataset.synthetic]\ndata_root = 5\n[defaults]"),
+     "[dataset.synthetic] data_root must be a folder path"),
+    (ISSUE_EXAMPLE.replace("[defaults]", "[dataset.synthetic]\nmodel = [\"mlp\"]\n[defaults]"),
+     "[dataset.synthetic] model must be a single value"),
+    (ISSUE_EXAMPLE.replace("[defaults]", "[dataset.synthetic]\nmodel = \"mpl\"\n[defaults]"), "did you mean 'mlp'"),
+    (ISSUE_EXAMPLE.replace("[defaults]", "[dataset.synthetic]\nmodel = \"bert\"\n[defaults]"),
      "pick a vector model"),
-    (ISSUE_EXAMPLE.replace("[defaults]", "[datasets.synthetic]\nn_trian = 100\n[defaults]"),
-     "[datasets.synthetic] 'n_trian' is not a parameter of dataset 'synthetic'"),
-    (ISSUE_EXAMPLE.replace("[defaults]", "[datasets.synthetic]\np_train = [0.9, 0.8]\n[defaults]"),
+    (ISSUE_EXAMPLE.replace("[defaults]", "[dataset.synthetic]\nn_trian = 100\n[defaults]"),
+     "[dataset.synthetic] 'n_trian' is not a parameter of dataset 'synthetic'"),
+    (ISSUE_EXAMPLE.replace("[defaults]", "[dataset.synthetic]\np_train = [0.9, 0.8]\n[defaults]"),
      "sweep values in [sweep]"),
     (ISSUE_EXAMPLE.replace('seeds    = [0, 1, 2]', 'seeds    = [0]\nmodel = 3'), "`model` must be one model name"),
 ]
@@ -118,3 +123,96 @@ def test_run_limit_counts_every_planned_run_and_zero_lifts_it(tmp_path):
     with pytest.raises(UserError, match=r"30 runs \(methods 2 × seeds 3 × lr 2 × mtl_l1.alpha_aux 2 × "
                                         r"mtl_l1.alpha_reg 2\), more than --max-runs 29"):
         check_size(spec, runs, 29)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_GRIDS = sorted((ROOT / "jobs").rglob("*.toml"))
+TOML_FENCE = re.compile(r"^```toml\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+def doc_snippets() -> list[tuple[str, str]]:
+    """Every ```toml block of the README and docs/, named by file and block number."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    return [(f"{page.relative_to(ROOT)}#{i}", block) for page in pages if page.is_file()
+            for i, block in enumerate(TOML_FENCE.findall(page.read_text()), 1)]
+
+
+def test_grids_are_shipped():
+    assert {p.name for p in SHIPPED_GRIDS} >= {"demo.toml", "synthetic.toml", "waterbirds.toml"}
+
+
+@pytest.mark.parametrize("path", SHIPPED_GRIDS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_shipped_grid_is_plain_toml_and_loads(path):
+    with path.open("rb") as f:
+        raw = tomllib.load(f)
+    spec = load_spec(path)
+    assert spec.methods == raw["methods"] and spec.datasets == raw["datasets"]
+    assert {m: t.sweep for m, t in spec.method_tables.items()} == {
+        m: t.get("sweep", {}) for m, t in raw.get("method", {}).items()}
+    assert expand(spec)
+
+
+@pytest.mark.parametrize("name, block", doc_snippets(), ids=[n for n, _ in doc_snippets()])
+def test_every_toml_snippet_in_the_docs_is_plain_toml(name, block):
+    tomllib.loads(block)
+
+
+OLD_SHAPE = ISSUE_EXAMPLE.replace("[method.mtl_l1.sweep]", "[methods.mtl_l1.sweep]").replace(
+    "[defaults]", "[datasets.synthetic]\np_train = 0.9\n[defaults]")
+
+
+def test_the_older_shape_is_refused_with_the_new_spelling(tmp_path):
+    path = write_spec(tmp_path / "old.toml", OLD_SHAPE)
+    with pytest.raises(UserError) as info:
+        load_spec(path)
+    message = str(info.value)
+    assert f"{path}:6: [datasets.synthetic]" in message and "write [dataset.synthetic]" in message
+    assert f"robustmtl grid migrate {path}" in message and "\n" not in message
+
+
+def test_a_list_of_tables_under_the_plural_key_is_refused_with_the_new_spelling(tmp_path):
+    text = ISSUE_EXAMPLE.replace('methods  = ["erm", "mtl_l1"]\n', "").replace('name = "demo"', 'name = "demo"\n'
+                                                                                 'methods = { erm = {} }')
+    with pytest.raises(UserError, match=r"`methods` must be a list of names.*\[method.<name>\] table"):
+        load_spec(write_spec(tmp_path / "g.toml", text))
+
+
+def test_migrate_rewrites_only_the_headers_and_keeps_the_plan(cli, tmp_path):
+    path = write_spec(tmp_path / "old.toml", OLD_SHAPE)
+    path.chmod(0o640)
+    printed = cli("grid", "migrate", path, "--stdout").output
+    assert path.read_text() == OLD_SHAPE
+    cli("grid", "migrate", path)
+    new = path.read_text()
+    assert new == printed and (path.stat().st_mode & 0o777) == 0o640
+    assert [a for a in OLD_SHAPE.splitlines() if a not in new.splitlines()] == [
+        "[datasets.synthetic]", "[methods.mtl_l1.sweep]     # axes crossed for one method only"]
+    tomllib.loads(new)
+    expected = load_spec(write_spec(tmp_path / "new.toml", ISSUE_EXAMPLE.replace(
+        "[defaults]", "[dataset.synthetic]\np_train = 0.9\n[defaults]")))
+    assert [r.run_id for r in expand(load_spec(path))] == [r.run_id for r in expand(expected)]
+    assert "already in the current shape" in " ".join(cli("grid", "migrate", path).output.split())
+    assert path.read_text() == new
+
+
+def test_migrate_never_writes_a_file_it_cannot_read_back(cli, tmp_path):
+    text = OLD_SHAPE + "\n[method.mtl_l1.sweep]\nlr = [1.0]\n"  # the rewrite would define the table twice
+    path = write_spec(tmp_path / "mixed.toml", text)
+    result = cli("grid", "migrate", path, ok=False)
+    assert result.exit_code == 2 and "would not be valid TOML" in " ".join(result.output.split())
+    assert path.read_text() == text
+
+
+def test_an_old_shape_spec_saved_in_a_grid_directory_still_reads(cli, tmp_path):
+    """Grid directories keep the spec they were submitted with; one from before the format change still
+    resumes, reports its status and its coverage, and a resubmit of the migrated file extends it."""
+    old = tiny_grid("g", ["erm", "mtl_l1"], [0], sweeps={"mtl_l1": {"alpha_aux": [0.5, 1.0]}})
+    out = tmp_path / "grid"
+    spec = write_spec(tmp_path / "g.toml", old)
+    cli("grid", "submit", spec, "--out", out)
+    saved = GridDir(out).spec
+    saved.write_text(saved.read_text().replace("[method.", "[methods."))
+    (out / "plan.jsonl").unlink(missing_ok=True)  # coverage then expands the saved spec
+    assert "done" in cli("grid", "status", out).output
+    assert "0 to run" in cli("grid", "resume", out).output
+    assert "3 already done, 0 to run" in cli("grid", "submit", spec, "--out", out).output

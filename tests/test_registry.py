@@ -22,7 +22,7 @@ def test_dry_run_of_a_grid_with_every_plugin_never_imports_torch(tmp_path: Path)
     spec = tmp_path / "all.toml"
     spec.write_text("\n".join([
         'name = "all"', f"datasets = {json.dumps(sorted(DATASETS))}", f"methods = {json.dumps(sorted(METHODS))}",
-        "seeds = [0, 1]", "[sweep]", "lr = [0.001, 0.0001]", "[methods.jtt.sweep]", "jtt_upweight = [2, 5]",
+        "seeds = [0, 1]", "[sweep]", "lr = [0.001, 0.0001]", "[method.jtt.sweep]", "jtt_upweight = [2, 5]",
         "[executor]", 'kind = "debug"']))
     probe = ("import sys\nfrom robustmtl.cli import app\n"
              f"try:\n    app(['grid', 'submit', {str(spec)!r}, '--dry-run'])\nexcept SystemExit as exc:\n"

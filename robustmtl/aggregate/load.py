@@ -87,7 +87,7 @@ def _expected_seeds(grid_dir: Path, warnings: list[str]) -> int | None:
     if not spec.is_file():
         return None
     try:
-        seeds = parse_toml(spec)[1].get("seeds")
+        seeds = parse_toml(spec, saved=True)[1].get("seeds")
     except UserError as exc:
         warnings.append(f"{exc}; expected seeds taken as the most any setting has")
         return None

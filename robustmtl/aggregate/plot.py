@@ -169,7 +169,7 @@ def _sweep_runs(summary: Summary, method: str) -> pd.DataFrame:
         raise NoSweep(f"{method} has no alpha_aux or alpha_reg hyperparameter to map")
     if len(scope[list(SWEEP_AXES)].drop_duplicates()) < 2:
         raise NoSweep(f"{method} ran at a single alpha_aux/alpha_reg setting; sweep them in the grid file "
-                      f"([methods.{method}.sweep]) to map it")
+                      f"([method.{method}.sweep]) to map it")
     return scope
 
 

@@ -1,6 +1,6 @@
 """Finding a benchmark's files under the data root and reading its tables, with one-line errors.
 
-The data root (`--data-root`, a grid's `[datasets.<name>] data_root`, else `$ROBUSTMTL_DATA`) may be
+The data root (`--data-root`, a grid's `[dataset.<name>] data_root`, else `$ROBUSTMTL_DATA`) may be
 the dataset's own directory or a directory holding one folder per dataset: a loader looks for its
 marker file in `data_root`, then `data_root/<name>`, then `data_root/<the folder name the dataset
 ships as>` (e.g. `waterbird_complete95_forest2water2`). So one `$ROBUSTMTL_DATA` serves every dataset.
@@ -25,7 +25,7 @@ def dataset_dir(name: str, data_root: Path | None, markers: Sequence[str], folde
     """(dataset directory, the marker file found in it): the first candidate holding one of `markers`."""
     if data_root is None:
         raise UserError(f"dataset {name!r} is read from disk: set --data-root (or data_root in the grid's "
-                        f"datasets.{name} table, or $ROBUSTMTL_DATA) to the directory holding {markers[0]}; "
+                        f"dataset.{name} table, or $ROBUSTMTL_DATA) to the directory holding {markers[0]}; "
                         f"get the dataset from {source}")
     candidates = [data_root, *(data_root / folder for folder in (name, *folders))]
     for candidate in candidates:

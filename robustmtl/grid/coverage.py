@@ -52,7 +52,7 @@ def _planned(grid: GridDir) -> list[dict[str, Any]] | None:
     from robustmtl.grid.spec import load_spec
 
     try:
-        return [_entry(r) for r in expand(load_spec(grid.spec))]
+        return [_entry(r) for r in expand(load_spec(grid.spec, saved=True))]
     except UserError:
         return None
 

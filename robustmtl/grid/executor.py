@@ -136,6 +136,6 @@ def _check_printable(key: str, value: Any, where: str) -> None:
 
 
 def data_root_for(configured: str | None) -> str | None:
-    """A grid's [datasets.<name>] data_root, else $ROBUSTMTL_DATA; absolute so jobs find it from anywhere."""
+    """A grid's [dataset.<name>] data_root, else $ROBUSTMTL_DATA; absolute so jobs find it from anywhere."""
     root = configured or os.environ.get("ROBUSTMTL_DATA")
     return str(Path(root).expanduser().resolve()) if root else None

@@ -1,8 +1,28 @@
 """Grid files: TOML → a validated GridSpec. Every error names the file and the key.
 
-A grid file is TOML with one allowance: the top-level lists `methods = [...]` and `datasets = [...]`
-may sit beside `[methods.<name>...]` / `[datasets.<name>...]` tables (strict TOML forbids a key and
-a table of the same name; users write it this way, so it is read as meant).
+A grid file is plain TOML 1.0 (tomllib, taplo and editors read it as robustmtl does):
+
+    name     = "demo"                       # the grid directory defaults to runs/<name>
+    datasets = ["synthetic"]                # what runs: the cross product of these lists ...
+    methods  = ["erm", "mtl_l1"]
+    seeds    = [0, 1, 2]
+    model    = "mlp"                        # optional; else each dataset's default model
+    [defaults]                              # values for every run
+    epochs = 20
+    [sweep]                                 # ... and of these axes, for every method
+    lr = [1e-3, 3e-4]
+    [method.mtl_l1.defaults]                # values for one method's runs
+    [method.mtl_l1.sweep]                   # axes for one method's runs
+    alpha_aux = [0.368, 1.0]
+    [dataset.synthetic]                     # one dataset's parameters, plus its `model` and `data_root`
+    p_train = 0.95
+    [executor]                              # where runs execute: kind = "auto" | "local" | "slurm" | "debug"
+
+The plural lists say what the grid runs; a singular table `[method.<m>]` / `[dataset.<d>]` configures
+the runs whose `method` / `dataset` is that name (as the run configs spell the fields). TOML forbids a
+table named like a key, so `methods = [...]` cannot sit beside `[methods.<m>]`: a file in that older
+shape is refused with the new spelling, and `robustmtl grid migrate FILE` rewrites it. A spec saved in
+an existing grid directory (GRID_DIR/grid.toml) is read through the same rewrite, so old grids keep working.
 """
 
 from __future__ import annotations
@@ -19,12 +39,15 @@ from robustmtl.grid.executor import executor_settings
 from robustmtl.params import did_you_mean
 from robustmtl.registry import DATASETS, METHODS, MODELS
 
-TOP_KEYS = {"name", "datasets", "methods", "seeds", "model", "defaults", "sweep", "executor"}
+TOP_KEYS = {"name", "datasets", "methods", "seeds", "model", "defaults", "sweep", "method", "dataset",
+            "executor"}
 METHOD_TABLE_KEYS = {"defaults", "sweep"}
 DATA_ROOT_KEY = "data_root"
 MODEL_KEY = "model"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-LIST_ALIASES = {"methods": "__methods_list__", "datasets": "__datasets_list__"}
+PER_NAME_TABLES = {"methods": "method", "datasets": "dataset"}  # the list's key → its per-name table's key
+OLD_SHAPE_HEADER = re.compile(r"^([ \t]*\[[ \t]*)(methods|datasets)([ \t]*\.)", re.MULTILINE)
+BYTE_ORDER_MARK = "\ufeff"  # some editors write it; TOML does not allow it
 
 
 @dataclass(frozen=True)
@@ -49,12 +72,12 @@ class GridSpec:
     executor: dict[str, Any]
 
     def model_for(self, dataset: str) -> str:
-        """A dataset's model: its [datasets.<d>] model, else the grid's `model`, else the dataset's default."""
+        """A dataset's model: its [dataset.<d>] model, else the grid's `model`, else the dataset's default."""
         chosen = self.dataset_tables.get(dataset, {}).get(MODEL_KEY) or self.model
         return chosen or DATASETS[dataset].default_model
 
     def data_values(self, dataset: str) -> dict[str, Any]:
-        """A dataset's [datasets.<d>] parameters (everything but where its files are and which model)."""
+        """A dataset's [dataset.<d>] parameters (everything but where its files are and which model)."""
         table = self.dataset_tables.get(dataset, {})
         return {k: v for k, v in table.items() if k not in (DATA_ROOT_KEY, MODEL_KEY)}
 
@@ -62,35 +85,53 @@ class GridSpec:
         return self.dataset_tables.get(dataset, {}).get(DATA_ROOT_KEY)
 
 
-def _rename_top_level_lists(text: str) -> str:
-    """Rename `methods =` / `datasets =` before the first table header, so tables of the same name parse."""
-    lines = text.splitlines(keepends=True)
-    for i, line in enumerate(lines):
-        if line.lstrip().startswith("["):
-            break
-        for key, alias in LIST_ALIASES.items():
-            lines[i] = re.sub(rf"^(\s*){key}(\s*=)", rf"\g<1>{alias}\g<2>", lines[i])
-    return "".join(lines)
+def migrate_text(text: str) -> str:
+    """The older shape's `[methods.<m>...]` / `[datasets.<d>]` headers spelled `[method.<m>...]` / `[dataset.<d>]`;
+    everything else (values, comments, layout) is kept as written."""
+    return OLD_SHAPE_HEADER.sub(lambda m: m.group(1) + PER_NAME_TABLES[m.group(2)] + m.group(3), text)
 
 
-def parse_toml(path: Path) -> tuple[str, dict[str, Any]]:
+def _old_shape_header(text: str) -> tuple[int, str] | None:
+    """The line number and text of the first header in the older shape, if any."""
+    match = OLD_SHAPE_HEADER.search(text)
+    if match is None:
+        return None
+    line_start = text.rfind("\n", 0, match.start()) + 1
+    line_end = text.find("\n", match.start())
+    line = text[line_start:line_end if line_end >= 0 else None]
+    return text.count("\n", 0, match.start()) + 1, line.split("]")[0].strip() + "]"
+
+
+def read_text(path: Path) -> str:
     try:
-        text = path.read_text()
+        return path.read_text()
     except FileNotFoundError:
         raise UserError(f"grid file not found: {path}") from None
     except (IsADirectoryError, UnicodeDecodeError, PermissionError) as exc:
         raise UserError(f"cannot read grid file {path}: {exc}") from None
+
+
+def parse_toml(path: Path, *, saved: bool = False) -> tuple[str, dict[str, Any]]:
+    """A grid file's text and its TOML. `saved`: a spec kept in a grid directory, which may predate the
+    current shape and is read through `migrate_text` (a file the user edits is refused instead)."""
+    text = read_text(path)
+    body = text.removeprefix(BYTE_ORDER_MARK)
+    old = _old_shape_header(body)
+    if old is not None and not saved:
+        line, header = old
+        raise UserError(f"{path}:{line}: {header} is the older grid shape (TOML forbids a table named like a list); "
+                        f"write {migrate_text(header)}, or rewrite the file with `robustmtl grid migrate {path}`")
     try:
-        raw = tomllib.loads(_rename_top_level_lists(text.removeprefix("\ufeff")))  # editors' byte-order mark
+        raw = tomllib.loads(migrate_text(body) if old is not None else body)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: malformed TOML: {exc}") from None
-    for key, alias in LIST_ALIASES.items():
-        if alias in raw:
-            table = raw.get(key, {})
-            raw[key] = raw.pop(alias)
-            raw[f"{key}_tables"] = table
-        elif isinstance(raw.get(key), dict):
-            raise UserError(f"{path}: `{key}` must be a list of names before any table, e.g. {key} = [\"...\"]")
+    for plural, singular in PER_NAME_TABLES.items():
+        if isinstance(raw.get(plural), dict):
+            raise UserError(f"{path}: `{plural}` must be a list of names, e.g. {plural} = [\"...\"]; "
+                            f"one {singular}'s settings go in a [{singular}.<name>] table")
+        if singular in raw and not isinstance(raw[singular], dict):
+            raise UserError(f"{path}: `{singular}` is the table of per-{singular} settings ([{singular}.<name>]); "
+                            f"list what the grid runs in `{plural} = [...]`")
     return text, raw
 
 
@@ -147,25 +188,25 @@ def _model(value: Any, where: str, key: str) -> str | None:
 
 
 def _dataset_table(table: dict[str, Any], where: str, dataset: str) -> dict[str, Any]:
-    """[datasets.<d>]: single values (a sweep belongs in [sweep]); `data_root` a path, `model` a model name."""
+    """[dataset.<d>]: single values (a sweep belongs in [sweep]); `data_root` a path, `model` a model name."""
     for k, v in table.items():
         if isinstance(v, dict | list):
-            raise UserError(f"{where}: [datasets.{dataset}] {k} must be a single value, got {v!r} "
-                            f"(sweep values in [sweep] or [methods.<m>.sweep])")
+            raise UserError(f"{where}: [dataset.{dataset}] {k} must be a single value, got {v!r} "
+                            f"(sweep values in [sweep] or [method.<m>.sweep])")
     root = table.get(DATA_ROOT_KEY)
     if root is not None and (not isinstance(root, str) or not root.strip()):
-        raise UserError(f"{where}: [datasets.{dataset}] data_root must be a folder path as a string, got {root!r}")
-    _model(table.get(MODEL_KEY), where, f"[datasets.{dataset}] model")
+        raise UserError(f"{where}: [dataset.{dataset}] data_root must be a folder path as a string, got {root!r}")
+    _model(table.get(MODEL_KEY), where, f"[dataset.{dataset}] model")
     return table
 
 
-def load_spec(path: Path) -> GridSpec:
+def load_spec(path: Path, *, saved: bool = False) -> GridSpec:
+    """`saved`: see parse_toml."""
     path = Path(path)
     where = str(path)
-    text, raw = parse_toml(path)
-    known_top = TOP_KEYS | {"methods_tables", "datasets_tables"}
+    text, raw = parse_toml(path, saved=saved)
     for key in raw:
-        if key not in known_top:
+        if key not in TOP_KEYS:
             raise UserError(f"{where}: unknown top-level key `{key}`{did_you_mean(key, TOP_KEYS)}; "
                             f"valid: {', '.join(sorted(TOP_KEYS))}")
     name = raw.get("name")
@@ -181,26 +222,40 @@ def load_spec(path: Path) -> GridSpec:
             raise UserError(f"{where}: `seeds` must hold integers from 0 to 2**32 - 1, got {s!r}")
     model = _model(raw.get("model"), where, "`model`")
     method_tables = {}
-    for m, table in _table(raw.get("methods_tables"), where, "methods").items():
+    for m, table in _table(raw.get("method"), where, "method").items():
         if m not in methods:
-            raise UserError(f"{where}: [methods.{m}] is for a method not listed in `methods`{did_you_mean(m, methods)}")
-        table = _table(table, where, f"methods.{m}")
+            raise UserError(f"{where}: [method.{m}] is for a method not listed in `methods`{did_you_mean(m, methods)}")
+        table = _table(table, where, f"method.{m}")
         for k in table:
             if k not in METHOD_TABLE_KEYS:
-                raise UserError(f"{where}: unknown key `{k}` in [methods.{m}]; valid: defaults, sweep")
+                raise UserError(f"{where}: unknown key `{k}` in [method.{m}]; valid: defaults, sweep")
         method_tables[m] = MethodTable(
-            defaults=_scalars(_table(table.get("defaults"), where, f"methods.{m}.defaults"), where,
-                              f"methods.{m}.defaults"),
-            sweep=_axes(_table(table.get("sweep"), where, f"methods.{m}.sweep"), where, f"methods.{m}.sweep"))
+            defaults=_scalars(_table(table.get("defaults"), where, f"method.{m}.defaults"), where,
+                              f"method.{m}.defaults"),
+            sweep=_axes(_table(table.get("sweep"), where, f"method.{m}.sweep"), where, f"method.{m}.sweep"))
     dataset_tables = {}
-    for d, table in _table(raw.get("datasets_tables"), where, "datasets").items():
+    for d, table in _table(raw.get("dataset"), where, "dataset").items():
         if d not in datasets:
-            raise UserError(f"{where}: [datasets.{d}] is for a dataset not listed in `datasets`"
+            raise UserError(f"{where}: [dataset.{d}] is for a dataset not listed in `datasets`"
                             f"{did_you_mean(d, datasets)}")
-        dataset_tables[d] = _dataset_table(_table(table, where, f"datasets.{d}"), where, d)
+        dataset_tables[d] = _dataset_table(_table(table, where, f"dataset.{d}"), where, d)
     executor = _table(raw.get("executor"), where, "executor")
     executor_settings(executor, where)
     return GridSpec(path=path, text=text, name=name, datasets=datasets, methods=methods, seeds=seeds, model=model,
                     defaults=_scalars(_table(raw.get("defaults"), where, "defaults"), where, "defaults"),
                     sweep=_axes(_table(raw.get("sweep"), where, "sweep"), where, "sweep"),
                     method_tables=method_tables, dataset_tables=dataset_tables, executor=executor)
+
+
+def migrated(path: Path) -> str | None:
+    """A grid file's text in the current shape (None when it is in it already); refused when the rewrite
+    would not be valid TOML, so a file is never replaced by one that cannot be read."""
+    text = read_text(path)
+    new = migrate_text(text)
+    if new == text:
+        return None
+    try:
+        tomllib.loads(new.removeprefix(BYTE_ORDER_MARK))
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: the rewritten file would not be valid TOML ({exc}); edit it by hand") from None
+    return new

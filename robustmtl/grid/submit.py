@@ -73,7 +73,7 @@ def preflight(grid: GridDir) -> None:
 
 def record_spec(grid: GridDir, spec: GridSpec, force: bool) -> None:
     if grid.spec.exists():
-        _, old = parse_toml(grid.spec)
+        _, old = parse_toml(grid.spec, saved=True)
         _, new = parse_toml(spec.path)
         if old != new and not force:
             raise UserError(f"{grid.root} was created by a different grid spec (see {grid.spec}); "

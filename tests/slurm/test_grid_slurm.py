@@ -216,7 +216,7 @@ def test_rejected_sbatch_is_one_line_and_records_nothing(cli, tmp_path, grids, f
 
 @pytest.mark.skipif("jtt" not in METHODS, reason="needs the jtt method")
 def test_jtt_stage_two_array_waits_for_stage_one(cli, tmp_path, grids):
-    text = spec_text("jtt", [0], TINY, method="jtt", extra="jtt_epochs = 1\n[methods.jtt.sweep]\njtt_upweight = [1, 2]")
+    text = spec_text("jtt", [0], TINY, method="jtt", extra="jtt_epochs = 1\n[method.jtt.sweep]\njtt_upweight = [1, 2]")
     grid, output = submit(cli, tmp_path, grids, text)
     assert output.count("run(s) as job") == 2 and "queued 1 run(s)" in output and "queued 2 run(s)" in output
     entries = latest_entries(grid.root)
