@@ -14,12 +14,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from robustmtl.cli_common import App, console, err_console, user_errors
+from robustmtl.cli_data import data_app
 from robustmtl.cli_grid import grid_app
 from robustmtl.errors import UserError
 
 app = App(help="Group-robustness fine-tuning experiments, from grid files to worst-group tables.",
           no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False)
 app.add_typer(grid_app, name="grid")
+app.add_typer(data_app, name="data")
 
 # The selection options `aggregate` and `plot` share, so a figure can always match a table.
 SelectOpt = Annotated[str, typer.Option(help="worst-val | avg-val | few-groups | oracle")]
