@@ -36,7 +36,7 @@ from robustmtl.registry import dataset_entry, method_entry, model_entry
 from robustmtl.requirements import required_runs
 from robustmtl.rng import epoch_generator
 from robustmtl.rundir import load_run, required_run_dirs
-from robustmtl.train import checkpoint, runlock
+from robustmtl.train import checkpoint, mechanism, runlock
 from robustmtl.train.batches import Batch, EpochPlan, PlanSampler, chunks, make_loader, resolve_workers, to_device
 from robustmtl.train.evaluate import Predictions, predict
 from robustmtl.train.step import Stepper, enable_tf32, make_scaler, resolve_precision
@@ -237,6 +237,9 @@ class Trainer:
             if name == "val":
                 self._write_val_correct(predictions, split)
             record = {**base, "split": name, **metrics}
+            if name == "test" and "blocks" in self.data.info.extra:
+                record.update(mechanism.measure(self.model, self.data.val, split, self.data.info.n_attrs,
+                                                self.data.info.extra["blocks"], self.device))
             if name == "train" and self.term_count:
                 record["terms"] = {k: float(v) / self.term_count for k, v in self.term_sums.items()}
             if name == "train":
