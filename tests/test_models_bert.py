@@ -135,3 +135,24 @@ def test_prepare_tokenises_a_pretraining_pool_and_keys_the_cache_by_it(model, ra
     expected = model.tokenizer(pool.texts[1], truncation=True, max_length=32)["input_ids"]
     assert data.pretrain[torch.tensor([1])]["input_ids"][0].tolist() == expected
     assert model.prepare(with_pool, tmp_path).pretrain.ids.tolist() == data.pretrain.ids.tolist()  # from the cache
+
+
+def test_mean_pooling_averages_real_tokens_only_and_feeds_the_classifier(raw, tmp_path):
+    torch.manual_seed(0)
+    model = Bert.build(config(bert_pool="mean").model_params, raw.info)
+    model.eval()
+    data = model.prepare(raw, tmp_path)
+    batch = data.val[torch.arange(4)]
+    encoded = model.encode(batch)
+    lengths = batch["attention_mask"].sum(dim=1)
+    assert lengths.min() < lengths.max()  # some rows are padded
+    for row, n in enumerate(lengths.tolist()):
+        alone = model.encode(data.val[torch.tensor([row])])
+        assert torch.allclose(encoded.h[row], encoded.tokens[row, :n].mean(dim=0), atol=1e-6)
+        assert torch.allclose(encoded.h[row], alone.h[0], atol=1e-5)  # padding leaves h as it was
+    wide = model.encode(model.at_full_length(batch))
+    assert wide.tokens.shape[1] == 32 and torch.allclose(wide.h, encoded.h, atol=1e-5)
+    assert torch.allclose(model.classify(encoded), model.head(encoded.h))
+    paired, _ = model.encode_pair(batch, data.train[torch.arange(3)])
+    assert torch.allclose(paired.h, encoded.h, atol=1e-5)
+    assert not torch.allclose(encoded.h, encoded.tokens[:, 0])

@@ -8,29 +8,57 @@ L_aux is the model's own pre-training objective (MLM / masked-image / masked-fea
 computed on an auxiliary batch drawn from an independently shuffled pass over the training split,
 as the reference code does; both batches go through the encoder in one forward (`encode_pair`).
 The L1 term is computed on the representations the step already has:
-`reg_target="cls"` (the paper) is the batch mean of ||h||_1 over the CLS embedding; `"tokens"` (the
-official code) is the mean absolute activation of the whole last hidden state. With an auxiliary
+`reg_target="cls"` (the paper) is the batch mean of ||h||_1 over `h` (the CLS embedding, or the
+pooled one a model's settings choose); `"tokens"` is the mean absolute activation of the whole last
+hidden state, averaged over this batch's own elements; `"tokens_ref"` is that term exactly as the
+official code computes it: every batch padded to the model's maximum length (text; images have one
+size already) and the sum of |activation| over all positions, padding included, divided by the
+element count of the run's first end-task batch, frozen (a checkpoint keeps it). With an auxiliary
 batch, the term is summed over the end-task and auxiliary batches, like the reference.
+
+"tokens" and "tokens_ref" differ on text: robustmtl pads each batch only to its own longest example,
+so "tokens" averages over the real tokens and a little padding, while on short texts the reference's
+average is mostly over padding outputs: the two terms differ in value and in the direction of their
+encoder gradients, so an alpha_reg tuned for one is not the same penalty under the other.
+"tokens_ref" pays for the padded positions' compute too. On a last, smaller batch its frozen
+normaliser also weighs the term less than a per-batch mean would.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from robustmtl.methods.base import Method, Terms, cross_entropy
+from robustmtl.methods.base import Method, MethodContext, Terms, cross_entropy
 from robustmtl.models.base import Encoded, Model
 
+REFERENCE_TOKENS = "tokens_ref"
 
-def l1_penalty(encoded: Encoded, target: str) -> torch.Tensor:
+
+def l1_penalty(encoded: Encoded, target: str, normaliser: int | None = None) -> torch.Tensor:
+    """The L1 term of one batch; `tokens_ref` divides the sum by the frozen `normaliser` instead of its own size."""
     if target == "cls":
         return encoded.h.float().abs().sum(dim=-1).mean()
+    if target == REFERENCE_TOKENS:
+        if normaliser is None:
+            raise ValueError("tokens_ref needs the frozen normaliser")
+        return encoded.tokens.float().abs().sum() / normaliser
     return encoded.tokens.float().abs().mean()
 
 
 class _Multitask(Method):
     """Shared loss of the three variants; each subclass only fixes which terms exist."""
 
+    def __init__(self, params: Any, ctx: MethodContext) -> None:
+        super().__init__(params, ctx)
+        self.reference_l1 = getattr(params, "reg_target", None) == REFERENCE_TOKENS
+        self.l1_normaliser: int | None = None  # tokens_ref: element count of the first end-task batch
+
     def loss(self, model: Model, batch: dict[str, torch.Tensor], aux_batch: dict[str, torch.Tensor] | None) -> Terms:
+        if self.reference_l1:
+            batch = model.at_full_length(batch)
+            aux_batch = model.at_full_length(aux_batch) if aux_batch is not None else None
         aux = None
         if aux_batch is None:
             encoded = model.encode(batch)
@@ -43,12 +71,21 @@ class _Multitask(Method):
             parts["aux"] = aux.loss
             total = total + self.params.alpha_aux * aux.loss
         if hasattr(self.params, "alpha_reg"):
-            reg = l1_penalty(encoded, self.params.reg_target)
+            if self.reference_l1 and self.l1_normaliser is None:
+                self.l1_normaliser = encoded.tokens.numel()
+            target, normaliser = self.params.reg_target, self.l1_normaliser
+            reg = l1_penalty(encoded, target, normaliser)
             if aux is not None:
-                reg = reg + l1_penalty(aux.encoded, self.params.reg_target)
+                reg = reg + l1_penalty(aux.encoded, target, normaliser)
             parts["reg"] = reg
             total = total + self.params.alpha_reg * reg
         return Terms(total=total, parts=parts)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"l1_normaliser": self.l1_normaliser} if self.l1_normaliser is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.l1_normaliser = state.get("l1_normaliser", self.l1_normaliser)
 
 
 class MTL(_Multitask):

@@ -22,13 +22,13 @@ class MTLParams:
 class MTLL1Params:
     alpha_aux: float = field(default=1.0, metadata=at_least(0.0))
     alpha_reg: float = field(default=math.exp(-1), metadata=at_least(0.0))
-    reg_target: str = field(default="cls", metadata=one_of("cls", "tokens"))
+    reg_target: str = field(default="cls", metadata=one_of("cls", "tokens", "tokens_ref"))
 
 
 @dataclass(frozen=True)
 class L1Params:
     alpha_reg: float = field(default=math.exp(-1), metadata=at_least(0.0))
-    reg_target: str = field(default="cls", metadata=one_of("cls", "tokens"))
+    reg_target: str = field(default="cls", metadata=one_of("cls", "tokens", "tokens_ref"))
 
 
 @dataclass(frozen=True)

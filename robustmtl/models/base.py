@@ -52,6 +52,11 @@ class Model(nn.Module):
         """`(encode(batch), aux_loss(aux_batch))`, in one forward where the model can batch them together."""
         return self.encode(batch), self.aux_loss(aux_batch)
 
+    def at_full_length(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch at the width the reference code feeds every batch (text: padded to the maximum length);
+        models whose inputs always have one size return it unchanged."""
+        return batch
+
     def encoder_module(self) -> nn.Module:
         """The module that runs every token (what `compile_encoder` compiles and FLOP counts read)."""
         raise NotImplementedError

@@ -5,10 +5,18 @@ on a CPU). The model is loaded with its MLM head (`AutoModelForMaskedLM`), so ML
 pretrained head where the checkpoint has one (all-MiniLM-L6-v2 has none: its head is newly
 initialised, with the decoder tied to the word embeddings).
 
-`h` is the CLS embedding (last hidden state at position 0) and the classifier is dropout + linear on
-it. The reference classifies the pooler output instead (a dense + tanh layer on the CLS embedding);
-robustmtl uses the CLS embedding itself because that is the representation the paper's L1 penalty
-is on, and MLM checkpoints such as MiniLM's load without a pooler.
+`h` is the CLS embedding (last hidden state at position 0) with `bert_pool = "cls"`, or with
+`"mean"` the mean of the last hidden state over the real tokens (attention mask 1, [CLS] and [SEP]
+included, padding never), as sentence-transformers pools all-MiniLM-L6-v2, whose CLS embedding was
+never trained as a sentence representation. The classifier is dropout + linear on `h`, and the L1
+`cls` target reads the same `h`. The reference classifies the pooler output instead (a dense + tanh
+layer on the CLS embedding); robustmtl uses `h` itself because that is the representation the
+paper's L1 penalty is on, and MLM checkpoints such as MiniLM's load without a pooler.
+
+Batches are padded to their own longest example; `at_full_length` pads one to `bert_max_length`, as
+the reference pads every batch, for the L1 term that averages over padding too (`reg_target =
+"tokens_ref"`). Padding changes no real token's output (the attention mask hides it), so `h` and both
+losses are the same either way; only the padding positions' outputs are added.
 
 MLM follows the standard collator: each non-special, non-padding token is selected with probability
 `mlm_probability`; of those, 80% become [MASK], 10% a random token, 10% stay; cross-entropy on the
@@ -46,6 +54,14 @@ def pad_to(batch: dict[str, torch.Tensor], ids: torch.Tensor, width: int, pad_id
         if key in batch:
             padded[key] = nn.functional.pad(batch[key], (0, extra), value=0)
     return padded
+
+
+def pool(tokens: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
+    """`h` from the last hidden state: the CLS position, or the mean over real (unmasked) tokens."""
+    if how == "cls":
+        return tokens[:, 0]
+    weights = attention_mask.to(tokens.dtype)[:, :, None]
+    return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
 
 
 def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, probability: float, mask_id: int, vocab_size: int,
@@ -99,10 +115,17 @@ class Bert(Model):
     def _encode_ids(self, batch: dict[str, torch.Tensor], input_ids: torch.Tensor) -> Encoded:
         extra = {k: batch[k] for k in ("attention_mask", "token_type_ids") if k in batch}
         tokens = self.mlm.base_model(input_ids=input_ids, **extra).last_hidden_state
-        return Encoded(h=tokens[:, 0], tokens=tokens)
+        return self._encoded(tokens, batch["attention_mask"])
+
+    def _encoded(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
+        return Encoded(h=pool(tokens, attention_mask, self.params.bert_pool), tokens=tokens)
 
     def encode(self, batch: dict[str, torch.Tensor]) -> Encoded:
         return self._encode_ids(batch, batch["input_ids"])
+
+    def at_full_length(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch right-padded to `bert_max_length` columns, as the reference pads every batch."""
+        return {**batch, **pad_to(batch, batch["input_ids"], self.params.bert_max_length, self.tokenizer.pad_token_id)}
 
     def encoder_module(self) -> nn.Module:
         return self.mlm.base_model
@@ -136,5 +159,5 @@ class Bert(Model):
         inputs = {k: torch.cat([halves[0][k], halves[1][k]]) for k in halves[0]}
         tokens = self.mlm.base_model(**inputs).last_hidden_state
         end, aux = tokens[:n, :end_width], tokens[n:, :aux_width]
-        return Encoded(h=end[:, 0], tokens=end), self._mlm_loss(Encoded(h=aux[:, 0], tokens=aux),
-                                                                aux_batch["input_ids"], selected)
+        return self._encoded(end, batch["attention_mask"]), self._mlm_loss(
+            self._encoded(aux, aux_batch["attention_mask"]), aux_batch["input_ids"], selected)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from robustmtl.models.hub import MINILM
-from robustmtl.params import at_least, between, positive
+from robustmtl.params import added_later, at_least, between, one_of, positive
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,9 @@ class BertParams:
     bert_max_length: int = field(default=128, metadata=positive())
     mlm_probability: float = field(default=0.15, metadata=between(0.01, 1.0))
     bert_dropout: float = field(default=0.1, metadata=between(0.0, 0.99))
+    # h, the representation the classifier and the L1 "cls" target read: the CLS embedding, or the mean of the
+    # last hidden state over real tokens (what sentence encoders such as all-MiniLM-L6-v2 were trained with).
+    bert_pool: str = field(default="cls", metadata=added_later(one_of("cls", "mean")))
 
 
 @dataclass(frozen=True)
