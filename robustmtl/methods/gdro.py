@@ -17,7 +17,11 @@ C > 0 their weight still grows by the adjustment term); here absent groups are l
 issue specifies.
 
 Logged parts: `end` (plain batch-mean cross-entropy, comparable across methods), `robust` (the
-weighted loss that is optimised) and `q_max` (largest group weight).
+weighted loss that is optimised, Σ q_g ℓ_g) and `q_max` (largest group weight). With C > 0 the
+reference adds the adjustment into the group losses before weighting them, so the loss it reports
+is higher than `robust` by Σ_g q_g · C/√n_g (over all groups, as it adds the adjustment to every
+group); the adjustment is a constant, so q and the gradients are the same. That value is logged
+too, as `robust_adjusted` (only with C > 0, where it differs).
 """
 
 from __future__ import annotations
@@ -73,7 +77,10 @@ class GroupDRO(Method):
         losses, present = group_losses(per_example, batch["g"], self.ctx.info.n_train_groups)
         q = self.update_q(losses, present)
         robust = (q * losses).sum()  # absent groups have loss 0
-        return Terms(total=robust, parts={"end": per_example.mean(), "robust": robust, "q_max": q.max()})
+        parts = {"end": per_example.mean(), "robust": robust, "q_max": q.max()}
+        if self.params.gdro_c > 0:
+            parts["robust_adjusted"] = robust.detach() + (q * self.adjustment).sum()
+        return Terms(total=robust, parts=parts)
 
     def state_dict(self) -> dict[str, Any]:
         return {"q": self.q.detach().cpu().clone()}

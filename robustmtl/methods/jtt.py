@@ -16,9 +16,11 @@ grid expander schedules it first and deduplicates it by run id: every run of a `
 (pretrained) model again — the loop builds every run's model from its seed, so it starts from the
 same weights as stage 1 — on an upsampled training set: each epoch visits every training example
 once plus every error-set example `jtt_upweight` more times, i.e. an error example appears
-**`1 + jtt_upweight` times per epoch**, in one order shuffled with the epoch's generator. This
-follows the issue's convention; the reference implementation instead repeats an error example
-λ_up times in all (its λ_up = our `jtt_upweight + 1`, so its text default λ_up = 6 is our 5).
+**`1 + jtt_upweight` times per epoch**, in one order shuffled with the epoch's generator. Mapping
+settings from other code: the JTT authors' scripts append the error set `--up_weight` extra times to
+the training set, the same convention, so their `--up_weight k` is `jtt_upweight = k`; the MTL
+paper's reference code repeats an error example λ_up times in all, so its λ_up is
+`jtt_upweight + 1` (its text default λ_up = 6 is `jtt_upweight = 5`).
 The loss is plain ERM. Neither stage reads training group labels.
 """
 
