@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -14,6 +15,7 @@ from robustmtl.grid import status as status_module
 from robustmtl.grid.coverage import coverage, write_plan
 from robustmtl.grid.expand import expand
 from robustmtl.grid.manifest import append_entries
+from robustmtl.grid.scheduler import JobEnd
 from robustmtl.grid.spec import load_spec
 from robustmtl.grid.status import failure_line, grid_status, queued_runs
 from robustmtl.layout import GridDir
@@ -46,7 +48,8 @@ def grid(tmp_path):
 def slurm_calls(monkeypatch):
     calls: dict[str, list] = {"squeue": [], "sacct": []}
     answers = {"squeue": {"5_0": "RUNNING", "5_1": "PENDING", "5_2": "PENDING", "6": "COMPLETING"},
-               "sacct": {"5_3": "FAILED", "5_4": "CANCELLED", "5_5": "CANCELLED", "5_6": "FAILED"}}
+               "sacct": {"5_3": JobEnd("FAILED"), "5_4": JobEnd("CANCELLED", by_uid=0),
+                         "5_5": JobEnd("CANCELLED", by_uid=0), "5_6": JobEnd("FAILED")}}
 
     def squeue(job_ids):
         calls["squeue"].append(set(job_ids))
@@ -71,9 +74,10 @@ def test_states_from_markers_one_squeue_and_one_sacct(grid, slurm_calls):
     assert calls["squeue"] == [{"5_0", "5_1", "5_2", "5_3", "5_4", "5_5", "5_6", "6"}]  # not the done run's job
     assert calls["sacct"] == [{"5_3", "5_4", "5_5", "5_6"}]  # only jobs that left the queue
     failed = dict(status.failed)
-    assert failed[rid(4)] == "ValueError: boom" and "FAILED" in failed[rid(8)]
+    assert failed[rid(4)] == "ValueError: boom" and "failed before training started" in failed[rid(8)]
     assert status.active == {rid(1): "5_0", rid(2): "5_1", rid(3): "5_2", rid(9): "6"}
-    assert status.runs[rid(5)].note == "job 5_4 CANCELLED"
+    assert status.runs[rid(5)].note == "job 5_4 cancelled by root"
+    assert status.runs[rid(6)].note == "job 5_5 cancelled by root before it started"
 
 
 def test_markers_alone_without_slurm(grid, slurm_calls):
@@ -98,6 +102,10 @@ def test_cli_table_and_failed_lines(grid, slurm_calls, cli):
     out = cli("grid", "status", grid.root).output
     for fragment in ("running", "requeued", "not submitted", "cancelled", f"{rid(4)}: ValueError: boom"):
         assert fragment in out, out
+    flat = " ".join(out.split())
+    for state in status_module.CORE_STATES:  # every row says what its state means, also with no run in it
+        assert " ".join(status_module.STATE_HELP[state].split()[:3]) in flat, state
+    assert f"cancelled {rid(6)}: job 5_5 cancelled by root before it started" in flat
 
 
 def test_watch_refreshes_until_nothing_is_queued(grid, slurm_calls, cli, monkeypatch):
@@ -229,7 +237,7 @@ def test_a_run_trained_outside_the_grids_jobs_is_running_then_resumable(grid, sl
     runs = grid_status(grid).runs
     assert runs[rid(7)].state == "interrupted" and runs[rid(7)].note.startswith("trained outside this grid's jobs")
     assert "by no process on this machine now; `grid resume` continues it" in runs[rid(7)].note
-    assert runs[rid(5)].state == "interrupted" and runs[rid(5)].note == "job 5_4 CANCELLED"
+    assert runs[rid(5)].state == "interrupted" and runs[rid(5)].note == "job 5_4 cancelled by root"
     assert runs[rid(2)].state == "pending"
     out = " ".join(cli("grid", "status", grid.root).output.split())
     assert f"interrupted {rid(7)}: trained outside this grid's jobs" in out
@@ -238,7 +246,7 @@ def test_a_run_trained_outside_the_grids_jobs_is_running_then_resumable(grid, sl
 def test_a_run_whose_job_left_the_queue_before_starting_it_names_that_job(grid, slurm_calls):
     grid.run(rid(6)).metrics.write_text("{}\n")  # job 5_5 was cancelled while pending; the run was trained by hand
     run = grid_status(grid).runs[rid(6)]
-    assert run.state == "interrupted" and "its job 5_5 CANCELLED before starting it" in run.note
+    assert run.state == "interrupted" and "its job 5_5 cancelled by root before starting it" in run.note
 
 
 def test_no_lock_is_looked_up_when_no_unfinished_run_has_one(grid, slurm_calls, monkeypatch):
@@ -246,3 +254,70 @@ def test_no_lock_is_looked_up_when_no_unfinished_run_has_one(grid, slurm_calls, 
     grid.run(rid(0)).root.joinpath(".train.lock").write_text("1\n")
     monkeypatch.setattr(status_module, "lock_holders", lambda: pytest.fail("read /proc/locks"))
     assert grid_status(grid).runs[rid(0)].state == "done"
+
+
+# sacct's answers as the live cluster gives them: task records, an array's record for tasks that never
+# started (`2_[0-2]`), a dependency that can never be met, a cancel by root, a step killed by SIGKILL
+SACCT = """1_0|FAILED|None|3:0
+1_0.batch|FAILED||3:0
+1_1|COMPLETED|None|0:0
+2_[0-2]|CANCELLED|Dependency|0:0
+3_[0-3%2]|CANCELLED by 0|JobHeldUser|0:0
+4|CANCELLED by 0|None|0:0
+4.batch|CANCELLED||0:15
+6|FAILED|None|9:0
+6.batch|FAILED||9:0
+6.0|CANCELLED||0:9
+7|PREEMPTED|None|0:0
+"""
+
+
+def test_accounting_reads_array_records_reasons_and_signals():
+    wanted = {"1_0", "1_1", "2_1", "3_3", "4", "6", "7", "8"}
+    ends = scheduler.parse_accounting(SACCT, wanted)
+    assert set(ends) == wanted - {"8"}  # no record at all: the one case that stays unknown
+    assert ends["2_1"].by_dependency and ends["2_1"].array_record and not ends["1_0"].array_record
+    described = {j: e.describe() for j, e in ends.items()}
+    assert described == {"1_0": "failed", "1_1": "completed",
+                         "2_1": "cancelled by SLURM: a job it depends on did not succeed",
+                         "3_3": "cancelled by root", "4": "cancelled by root",
+                         "6": "killed by signal 9 (SIGKILL)", "7": "preempted and not requeued"}
+    assert scheduler.array_tasks("12_[0-2,5%2]") == ["12_0", "12_1", "12_2", "12_5"]
+    assert scheduler.array_tasks("12_4") == []
+
+
+def chain_grid(tmp_path, pretrain: bool):
+    """A JTT run, its stage-1 run and (with `pretrain`) the pre-training run both require, laid out as a grid."""
+    from robustmtl.config import RunOptions, build_config
+    from robustmtl.requirements import with_transitive
+    from robustmtl.rundir import prepare_run
+
+    values = {"epochs": 2, "n_train": 200, "n_val": 100, "n_test": 100, **({"pretrain_epochs": 1} if pretrain else {})}
+    jtt = build_config("jtt", "synthetic", 0, None, values, where="t")
+    chain = [*with_transitive(jtt), jtt]
+    g = GridDir(tmp_path / "chain")
+    g.root.mkdir()
+    g.spec.write_text('name = "chain"\n')
+    for cfg in chain:
+        prepare_run(g.run(cfg.run_id), cfg, RunOptions())
+    return g, [c.run_id for c in chain]
+
+
+@pytest.mark.parametrize("pretrain", [False, True])
+def test_a_failed_required_run_blocks_only_its_dependents_and_is_named(tmp_path, monkeypatch, pretrain, cli):
+    """The first run of the chain failed; SLURM cancelled the others' jobs (their dependency can never be met)."""
+    g, chain = chain_grid(tmp_path, pretrain)
+    first, rest = chain[0], chain[1:]
+    g.run(first).failed.write_text(json.dumps({"error": "Traceback\nRuntimeError: out of disk"}))
+    jobs = {first: "10", **{r: f"{11 + i}_0" for i, r in enumerate(rest)}}
+    append_entries(g.root, [{"run_id": r, "job_id": j} for r, j in jobs.items()])
+    sacct = "10|FAILED|None|1:0\n" + "".join(f"{11 + i}_[0]|CANCELLED|Dependency|0:0\n" for i in range(len(rest)))
+    monkeypatch.setattr(scheduler, "_call", lambda cmd: SimpleNamespace(
+        returncode=0, stdout=sacct if cmd[0] == "sacct" else "", stderr=""))
+    status = grid_status(g)
+    assert status.runs[first].state == "failed"
+    assert [status.runs[r].state for r in rest] == ["blocked"] * len(rest)
+    assert status.runs[rest[0]].note == f"waiting on run {first} (failed: RuntimeError: out of disk)"
+    assert all(f"run {first} (failed: RuntimeError" in status.runs[r].note for r in rest)  # the cause, named
+    out = " ".join(cli("grid", "status", g.root).output.split())
+    assert f"blocked {rest[-1]}: waiting on run" in out and "`grid resume` submits both" in out

@@ -162,22 +162,123 @@ def queue_states(job_ids: Iterable[str]) -> dict[str, str] | None:
     return states
 
 
-def accounting_states(job_ids: Iterable[str], since: float) -> dict[str, str] | None:
-    """job id → final sacct state (first word: `CANCELLED by 0` → CANCELLED); None without accounting."""
+@dataclass(frozen=True)
+class JobEnd:
+    """How a job (or array task) left the queue, from its accounting record.
+
+    `state`: sacct's first word (CANCELLED, FAILED, PREEMPTED, ...); `reason`: sacct's Reason (Dependency
+    for a job SLURM cancelled because its dependency can never be met); `by_uid`: who cancelled it;
+    `signal`: the signal that killed its step, if one did; `array_record`: the record is the whole
+    array's (tasks cancelled while pending have no record of their own).
+    """
+
+    state: str
+    reason: str = ""
+    by_uid: int | None = None
+    signal: int | None = None
+    array_record: bool = False
+
+    @property
+    def by_dependency(self) -> bool:
+        return self.state == "CANCELLED" and self.reason.startswith("Dependency")
+
+    def describe(self) -> str:
+        """`cancelled by root`, `killed by signal 9 (SIGKILL)`, `preempted and not requeued`, ..."""
+        if self.by_dependency:
+            return "cancelled by SLURM: a job it depends on did not succeed"
+        if self.state == "CANCELLED":
+            if self.signal is not None and self.by_uid is None:
+                return f"killed by signal {_signal_name(self.signal)}"
+            return f"cancelled by {_user(self.by_uid)}" if self.by_uid is not None else "cancelled by the cluster"
+        if self.signal is not None:
+            return f"killed by signal {_signal_name(self.signal)}"
+        words = {"PREEMPTED": "preempted and not requeued", "TIMEOUT": "reached its time limit",
+                 "NODE_FAIL": "lost its node (NODE_FAIL)", "BOOT_FAIL": "could not boot its node (BOOT_FAIL)",
+                 "OUT_OF_MEMORY": "ran out of memory", "DEADLINE": "reached its deadline", "FAILED": "failed",
+                 "COMPLETED": "completed", "REQUEUED": "was requeued"}
+        described = words.get(self.state, f"ended {self.state}")
+        return f"{described} ({self.reason})" if self.reason and self.reason != "None" else described
+
+
+def _user(uid: int | None) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name if uid is not None else "unknown"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _signal_name(number: int) -> str:
+    import signal
+
+    try:
+        return f"{number} ({signal.Signals(number).name})"
+    except ValueError:
+        return str(number)
+
+
+ARRAY_RECORD = re.compile(r"^(\d+)_\[([0-9,\-]+)(?:%\d+)?\]$")
+
+
+def array_tasks(record_id: str) -> list[str]:
+    """`12_[0-2,5%2]` (an array's record for tasks without their own) → `12_0`, `12_1`, `12_2`, `12_5`."""
+    match = ARRAY_RECORD.match(record_id)
+    if not match:
+        return []
+    tasks = []
+    for part in match.group(2).split(","):
+        first, _, last = part.partition("-")
+        if first.isdigit() and (not last or last.isdigit()):
+            tasks += [f"{match.group(1)}_{i}" for i in range(int(first), int(last or first) + 1)]
+    return tasks
+
+
+def accounting_states(job_ids: Iterable[str], since: float) -> dict[str, JobEnd] | None:
+    """job id → how it ended, from one sacct call; None without accounting.
+
+    Tasks of an array that were cancelled before they started have no record of their own, only the
+    array's (`12_[3-9]`): they take its state. A step killed by a signal (exit code `0:9`) names it.
+    """
     wanted = set(job_ids)
     if not wanted:
         return {}
     start = datetime.datetime.fromtimestamp(since - 86400).strftime("%Y-%m-%dT%H:%M:%S")
-    proc = _call(["sacct", "--noheader", "--parsable2", "--allocations", "--format=JobID,State",
+    proc = _call(["sacct", "--noheader", "--parsable2", "--format=JobID,State,Reason,ExitCode",
                   f"--starttime={start}", "--jobs=" + ",".join(array_ids(wanted))])
     if proc is None or proc.returncode != 0:
         return None
-    states = {}
-    for line in proc.stdout.splitlines():
-        job_id, _, state = line.strip().partition("|")
-        if job_id in wanted and state:
-            states[job_id] = state.split()[0]
-    return states
+    return parse_accounting(proc.stdout, wanted)
+
+
+def parse_accounting(text: str, wanted: set[str]) -> dict[str, JobEnd]:
+    """sacct's `JobID|State|Reason|ExitCode` lines (jobs and their steps) → JobEnd of each wanted job."""
+    ends: dict[str, JobEnd] = {}
+    signals: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) != 4 or not parts[1]:
+            continue
+        record, state, reason, exit_code = parts
+        job, dot, _step = record.partition(".")
+        _, _, sig = exit_code.partition(":")
+        if dot:  # a step (`.batch`, `.0`): only its signal matters
+            if sig.isdigit() and int(sig) and job not in signals:
+                signals[job] = int(sig)
+            continue
+        words = state.split()
+        by = int(words[2]) if len(words) == 3 and words[1] == "by" and words[2].isdigit() else None
+        end = JobEnd(words[0], reason, by)
+        if record in wanted:
+            ends[record] = end
+        for task in array_tasks(record):
+            if task in wanted and task not in ends:
+                ends[task] = JobEnd(end.state, reason, by, array_record=True)
+    for job, sig in signals.items():
+        if job in ends:
+            e = ends[job]
+            ends[job] = JobEnd(e.state, e.reason, e.by_uid, sig, e.array_record)
+    return ends
 
 
 def cancel(job_ids: list[str]) -> None:

@@ -5,6 +5,8 @@
 3. At most one `sacct` call for those that left the queue: cancelled, killed, timed out.
 4. One read of /proc/locks, when some run not done has a train lock (RUN/.train.lock): which process on
    this machine trains it, also when no job of this grid does (`robustmtl run` by hand into the grid).
+5. The configs of the runs whose job ended without starting them: a run whose required run (JTT's stage
+   1, a pre-training run) is not done is `blocked`, naming the run it waits on (and what became of it).
 Without SLURM (or without accounting) the markers alone still give a coarser answer. Whatever the
 grid's size, that is one squeue and at most one sacct call per `grid status` (or per `--watch` refresh).
 """
@@ -25,18 +27,25 @@ from robustmtl.train.runlock import LOCK_NAME
 
 # Shown always / only when some run is in them; in this order.
 CORE_STATES = ("done", "running", "pending", "requeued", "failed", "interrupted", "not submitted")
-EXTRA_STATES = ("cancelled", "started", "submitted", "unknown")
+EXTRA_STATES = ("blocked", "cancelled", "started", "submitted", "unknown")
 ACTIVE = frozenset({"running", "pending", "requeued"})
-INTERRUPTED_BY = frozenset({"CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "REQUEUED", "DEADLINE"})
 STATE_HELP = {
-    "requeued": "pending again after a preemption or timeout",
-    "interrupted": "started, then stopped without finishing; `grid resume` continues from its checkpoint",
+    "done": "finished (DONE written)",
+    "running": "training now",
+    "pending": "queued, waiting for resources or for the runs it requires",
+    "requeued": "pending again after a preemption, timeout or crash",
+    "failed": "stopped for good with an error (the line below); `grid resume` tries again",
+    "interrupted": "started, then stopped without finishing (reason below); `grid resume` continues from its "
+                   "checkpoint",
+    "not submitted": "never queued, or held back by a cluster limit; `grid resume` submits it",
+    "blocked": "waits on a required run that is not done (named below); `grid resume` submits both",
+    "cancelled": "its job was cancelled before it started the run (by whom below); `grid resume` submits it",
     "started": "started, not done, trained by no process on this machine; no SLURM job or no squeue to tell "
                "whether it runs elsewhere",
     "submitted": "queued once, not started (no SLURM here to tell whether it still is)",
-    "unknown": "submitted, left the queue without a trace (no accounting record)",
-    "not submitted": "never queued, or held back by a cluster limit; `grid resume` submits it",
+    "unknown": "submitted, left the queue, and SLURM's accounting holds no record of its job",
 }
+NOTED_STATES = frozenset(STATE_HELP) - {"done", "failed"}  # states whose runs are listed with their note
 STOPS = (("preempted", "preempted"), ("timeout", "timed out"), ("crashed", "crashed"))  # counted per run
 
 
@@ -140,11 +149,14 @@ def grid_status(grid: GridDir, accounting: bool = True) -> GridStatus:
             note = f"held back: {entries[rid].get('not_submitted', 'no job id recorded')}"
         runs[rid] = RunStatus(rid, state, job or job_of.get(rid), note, Counter(e.get("event") for e in events),
                               queued=queue is not None and job in queue)
+    ended = {rid for rid, r in runs.items() if r.state in UNSTARTED_ENDS
+             or (acct is not None and jobs.get(rid) in acct and acct[jobs[rid]].by_dependency)}
+    mark_blocked(runs, {rid: run_dirs[rid] for rid in ended})
     return GridStatus(runs=runs, queue_known=queue is not None,
                       accounting_known=acct is not None or not gone)
 
 
-def classify(marker: str, job: str | None, queue: dict[str, str] | None, acct: dict[str, str] | None,
+def classify(marker: str, job: str | None, queue: dict[str, str] | None, acct: dict[str, scheduler.JobEnd] | None,
              restarted: bool = False, holder: int | None = None, outside: bool = False) -> tuple[str, str]:
     """(state, note) of one run from its marker (done|failed|started|new), its newest job and what SLURM says.
 
@@ -165,8 +177,9 @@ def classify(marker: str, job: str | None, queue: dict[str, str] | None, acct: d
     if marker == "failed":
         return "failed", ""
     final = (acct or {}).get(job) if job is not None else None
+    ended = final.describe() if final is not None else "left the queue"
     if outside and marker == "started" and (job is None or queue is not None):
-        never = f"; its job {job} {final or 'left the queue'} before starting it" if job is not None else ""
+        never = f"; its job {job} {ended} before starting it" if job is not None else ""
         return "interrupted", (f"trained outside this grid's jobs (e.g. `robustmtl run` by hand{never}), by no "
                                "process on this machine now; `grid resume` continues it")
     if job is None:  # never queued on SLURM: a local run, here or elsewhere, possibly still running elsewhere
@@ -174,14 +187,47 @@ def classify(marker: str, job: str | None, queue: dict[str, str] | None, acct: d
     if queue is None:
         return ("started", "") if marker == "started" else ("submitted", f"job {job}")
     if marker == "started":
-        return "interrupted", f"job {job} {final or 'left the queue'}"
+        return "interrupted", f"job {job} {ended}"
     if final is None:
-        return "unknown", f"job {job}"
-    if final == "CANCELLED":
-        return "cancelled", f"job {job} cancelled before it started"
-    if final in INTERRUPTED_BY:
-        return "interrupted", f"job {job} {final}"
-    return "failed", f"job {job} ended {final} before training started (see `robustmtl grid logs --err`)"
+        return "unknown", f"job {job}: no accounting record"
+    if final.state == "CANCELLED":
+        return "cancelled", f"job {job} {ended} before it started"
+    if final.state == "FAILED" and final.signal is None:
+        return "failed", f"job {job} failed before training started (see `robustmtl grid logs --err`)"
+    return "interrupted", f"job {job} {ended} before it started the run"
+
+
+# states of a run whose job ended without training it: the run may be waiting on a required run
+UNSTARTED_ENDS = frozenset({"cancelled", "unknown"})
+
+
+def mark_blocked(runs: dict[str, RunStatus], candidates: dict[str, RunDir]) -> None:
+    """Runs among `candidates` with a required run not done become `blocked`, naming the run they wait on.
+
+    A chain (pre-training → JTT stage 1 → JTT) names the first run of it that is not blocked itself: the
+    one whose failure or interruption holds back the rest.
+    """
+    from robustmtl.requirements import required_runs
+    from robustmtl.rundir import load_run
+
+    waits_on: dict[str, str] = {}
+    for rid, rd in candidates.items():
+        try:
+            needed = [c.run_id for c in required_runs(load_run(rd)[0]).values()]
+        except (UserError, OSError, ValueError):  # a damaged config: the run keeps the state SLURM gave it
+            continue
+        missing = [q for q in needed if q in runs and runs[q].state != "done"]
+        if missing:
+            waits_on[rid] = missing[0]
+    for rid, q in waits_on.items():
+        root, seen = q, {rid}
+        while root in waits_on and root not in seen:
+            seen.add(root)
+            root = waits_on[root]
+        cause = runs[root]
+        what = f"{cause.state}: {cause.note}" if cause.note else cause.state
+        via = f", itself waiting on run {root}" if root != q else ""
+        runs[rid].state, runs[rid].note = "blocked", f"waiting on run {q}{via} ({what})"
 
 
 def trained_by(pid: int, other_than: str | None, queued: bool, outside: bool) -> str:
