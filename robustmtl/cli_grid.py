@@ -155,7 +155,7 @@ def grid_status_cmd(
 def render_status(grid: GridDir, status: GridStatus) -> Group:
     """The counts table, attempt totals, per-run interruption counts, failed runs, and the spec's coverage."""
     from robustmtl.grid.coverage import coverage, gap_lines
-    from robustmtl.grid.status import STATE_HELP
+    from robustmtl.grid.status import NOTED_STATES, STATE_HELP
 
     grid_dir = grid.root
 
@@ -165,7 +165,7 @@ def render_status(grid: GridDir, status: GridStatus) -> Group:
     table.add_column("runs", justify="right")
     table.add_column("meaning")
     for state in status.shown_states():
-        table.add_row(state, str(counts.get(state, 0)), STATE_HELP.get(state, "") if counts.get(state) else "")
+        table.add_row(state, str(counts.get(state, 0)), STATE_HELP[state])
     lines: list[Any] = [table]
     totals = status.attempt_totals()
     if totals:
@@ -179,7 +179,7 @@ def render_status(grid: GridDir, status: GridStatus) -> Group:
     lines += _capped([f"  {r.run_id} ({r.state}): {r.stops()}" for r in stopped])
     lines += _capped([Text.assemble(("failed ", "red"), f"{run_id}: {line}") for run_id, line in status.failed])
     lines += _capped([f"{r.state} {r.run_id}: {r.note}" for r in status.runs.values()
-                      if r.note and r.state in ("running", "interrupted", "not submitted", "pending")])
+                      if r.note and r.state in NOTED_STATES])
     gaps = coverage(grid, {run_id for run_id, r in status.runs.items() if r.state == "done"})
     if gaps:
         expected, done = sum(g.expected for g in gaps), sum(g.done for g in gaps)
