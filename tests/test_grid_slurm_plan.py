@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import stat
@@ -82,23 +83,32 @@ def fake_sbatch(monkeypatch):
     return SimpleNamespace(calls=calls, fail_on=fail_on, room=room)
 
 
-def test_one_array_per_level_chunked_with_afterok(tmp_path, fake_sbatch):
+def test_each_run_waits_only_on_its_own_required_tasks_in_chunked_arrays(tmp_path, fake_sbatch):
+    """Stage-2 runs are grouped by the stage-1 tasks they need: one failed task can cancel only its own group."""
     grid = GridDir(tmp_path)
     stage1 = [run(rid(1)), run(rid(2))]
-    stage2 = [run(rid(10 + i), rid(1 + i % 2)) for i in range(3)]
+    stage2 = [run(rid(10), rid(1)), run(rid(11), rid(2)), run(rid(12), rid(1)), run(rid(13), rid(1))]
     queued_req = run(rid(20), rid(30))  # requirement already queued as job 99_4
     n = slurm.submit_arrays(grid, [*stage2, *stage1, queued_req], ExecutorSettings(), Console(quiet=True),
                             queued={rid(30): "99_4"})
-    assert n == 6
+    assert n == 7
     assert fake_sbatch.calls == [
         ([rid(1), rid(2)], []),
         ([rid(20)], ["99_4"]),
-        ([rid(10), rid(11)], ["101_0", "101_1"]),
-        ([rid(12)], ["101_0"]),
+        ([rid(10), rid(12)], ["101_0"]),  # MaxArraySize 2: the group of three is split
+        ([rid(13)], ["101_0"]),
+        ([rid(11)], ["101_1"]),
     ]
     entries = latest_entries(tmp_path)
-    assert entries[rid(1)]["job_id"] == "101_0" and entries[rid(12)]["job_id"] == "104"
+    assert entries[rid(1)]["job_id"] == "101_0" and entries[rid(12)]["job_id"] == "103_1"
+    assert entries[rid(11)]["job_id"] == "105"
     assert all(isinstance(e["submitted_at"], float) for e in entries.values())
+
+
+def test_runs_whose_requirements_are_done_share_one_array_without_dependency(tmp_path, fake_sbatch):
+    runs = [run(rid(10), rid(1)), run(rid(11), rid(2)), run(rid(12))]  # rid(1), rid(2): done, not in the plan
+    slurm.submit_arrays(GridDir(tmp_path), runs, ExecutorSettings(pack=3), Console(quiet=True))
+    assert fake_sbatch.calls == [([rid(10), rid(11), rid(12)], [])]
 
 
 def test_rejected_sbatch_leaves_no_entries_for_runs_not_queued(tmp_path, fake_sbatch):
@@ -176,7 +186,7 @@ def test_sbatch_script_starts_the_job_with_the_configured_python(tmp_path, monke
     slurm.sbatch_array(GridDir(tmp_path / "other"), [[run(rid(0))]], ExecutorSettings(), [], 1001)
     configured, default = sorted((p.read_text() for p in scripts.iterdir()), key=lambda t: "/opt/envs" not in t)
     command = configured.splitlines()[-1]
-    assert f" {python} -u -m submitit.core._submit " in command, configured
+    assert f" {slurm.SIGNAL_SAFE_START} {python} -u -m submitit.core._submit " in command, configured
     assert configured.index("module load cuda") < configured.index(command)
     assert f" {shlex.quote(sys.executable)} -u -m submitit.core._submit " in default.splitlines()[-1], default
 
@@ -200,7 +210,7 @@ def test_a_submit_limit_queues_what_fits_and_records_the_rest(tmp_path, fake_sba
     assert slurm.submit_arrays(GridDir(tmp_path), [*stage1, *stage2], ExecutorSettings(), out) == 3
     assert [c[0] for c in fake_sbatch.calls] == [[rid(1), rid(2)], [rid(10)]]
     entries = latest_entries(tmp_path)
-    assert [r for r, e in entries.items() if e["job_id"] is None] == [rid(11), rid(12)]
+    assert sorted(r for r, e in entries.items() if e["job_id"] is None) == [rid(11), rid(12)]
     assert "MaxSubmitJobs" in entries[rid(11)]["not_submitted"]
     text = out.export_text()
     assert "2 run(s) not submitted" in text and "MaxSubmitJobs of association root/lab = 5" in text
@@ -293,3 +303,52 @@ echo "Submitted batch job 4242"
         # before each retry: a job the failed call queued anyway would be found by the same comment
         assert len(looked_for) == 2 and (tmp_path / "comment").read_text().strip() == f"comment={looked_for[0]}"
     assert len(count.read_text().splitlines()) == calls
+
+
+def test_a_job_queued_by_an_sbatch_that_timed_out_is_cancelled_before_the_retry(tmp_path, monkeypatch):
+    """The first sbatch queues its job (4241) and then reports a socket timeout: the retry's job (4242) is the
+    only one left queued, found through the real squeue call (by the submission's comment) and scancel."""
+    queue, cancelled, count = tmp_path / "queue", tmp_path / "cancelled", tmp_path / "count"
+    queue.touch()
+    _fake_sbatch(tmp_path, monkeypatch, f"""echo x >> {count}
+comment=$(sed -n 's/^#SBATCH --comment=//p' "$1")
+if [ $(wc -l < {count}) -eq 1 ]; then
+  echo "4241|$comment" >> {queue}
+  echo "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation" >&2; exit 1
+fi
+echo "4242|$comment" >> {queue}
+echo "Submitted batch job 4242"
+""")
+    bin_dir = tmp_path / "bin"
+    _executable(bin_dir / "squeue", f"#!/bin/sh\ncat {queue}\n")
+    _executable(bin_dir / "scancel", f"""#!/bin/sh
+echo "$@" >> {cancelled}
+for j in "$@"; do grep -v "^$j|" {queue} > {queue}.new; mv {queue}.new {queue}; done
+""")
+    monkeypatch.setattr(slurm, "RETRY_DELAYS_S", (0.0, 0.0))
+    assert slurm.sbatch_array(GridDir(tmp_path / "grid"), [[run(rid(0))]], ExecutorSettings(), [], 1001) == ["4242"]
+    assert cancelled.read_text().split() == ["4241"]
+    assert [line.split("|")[0] for line in queue.read_text().splitlines()] == ["4242"]  # nothing queued twice
+
+
+@pytest.mark.parametrize("safe", [True, False])
+def test_a_preemption_signal_while_the_interpreter_starts_does_not_kill_the_job(safe):
+    """USR2 and TERM every 20 ms from the job's first milliseconds on, as srun would start its command."""
+    import signal
+    import subprocess
+    import time
+
+    program = ["-c", "import time; time.sleep(0.6); print('alive')"]
+    argv = [*shlex.split(slurm.signal_safe(None)), *program] if safe else [sys.executable, *program]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    time.sleep(0.005)  # the shell's first instruction (its trap) runs within a millisecond
+    while proc.poll() is None:
+        for sig in (signal.SIGUSR2, signal.SIGTERM):
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
+        time.sleep(0.02)
+    out = proc.stdout.read() if proc.stdout else ""
+    if safe:
+        assert (proc.returncode, out.strip()) == (0, "alive")
+    else:  # the control: without it, the first signal kills the interpreter
+        assert proc.returncode in (-signal.SIGUSR2, -signal.SIGTERM)

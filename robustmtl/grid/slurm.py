@@ -1,18 +1,34 @@
 """Submitting a grid to SLURM as array jobs through submitit: submit, record, exit.
 
-As few sbatch calls as possible: one array per dependency level (JTT's stage-1 runs before the
-stage-2 runs that read them), split where a level is larger than the cluster's MaxArraySize. A
-level waits (`afterok`) only on the jobs of the required runs that are not done yet. With `pack = K`
-one array task runs K runs of one level.
+Dependencies and job states. A run waits only on the runs it requires (JTT's stage 1, a pre-training
+run), by their own array task ids: `--dependency=afterok:<array>_<task>`. A dependency list belongs to a
+whole sbatch submission, so the runs of one dependency level are grouped by the set of required jobs
+they wait on, one array per group (split where larger than the cluster's MaxArraySize); runs whose
+requirements are all done share one array without a dependency. With `--kill-on-invalid-dep=yes`, SLURM
+cancels only the arrays whose own requirement failed (accounting records them as CANCELLED, reason
+Dependency; `grid status` shows those runs `blocked`, naming the run they wait on, and `grid resume`
+submits both again). Why not the alternatives: `afterok` on a whole stage-1 array lets one failed task
+cancel every stage-2 run; `aftercorr` needs stage 2 laid out task for task like stage 1, which packs,
+chunks and requirements queued by an earlier submission break; a stage-2 job that starts only to find
+its stage 1 missing spends an allocation (a GPU, on a busy cluster hours of waiting) on nothing. The
+cost: a JTT grid makes one sbatch call per stage-1 run still queued, instead of one per level.
+
+Preemption from the first instruction: every job starts under `/bin/sh -c 'trap "" USR2 TERM; exec
+...'`, so the interpreter inherits those signals ignored. A preemption or warning signal that comes
+while Python starts and imports (before submitit's handlers are installed) is then dropped instead of
+killing the job: the job goes on (a preemption that means it follows with SIGKILL, and SLURM's own
+requeue, if any, restarts it); from submitit's handlers on, USR2 checkpoints and requeues.
 
 Never past a limit: MaxArraySize, MaxJobCount and the association's and QOS's submit limits (with the
-jobs already queued) decide how many tasks go in; the rest are recorded as not submitted.
+jobs already queued) decide how many tasks go in; the rest are recorded as not submitted. With
+`pack = K` one array task runs K runs of one level that wait on the same jobs.
 """
-
 from __future__ import annotations
 
 import contextlib
 import re
+import shlex
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -89,6 +105,14 @@ def dependencies(runs: list[PlannedRun], job_of: dict[str, str]) -> list[str]:
     return sorted({job_of[q] for r in runs for q in r.requires if q in job_of})
 
 
+def by_dependencies(runs: list[PlannedRun], job_of: dict[str, str]) -> list[tuple[list[str], list[PlannedRun]]]:
+    """Runs grouped by the jobs they wait on (in the order the groups first appear): one array per group."""
+    groups: dict[tuple[str, ...], list[PlannedRun]] = {}
+    for r in runs:
+        groups.setdefault(tuple(dependencies([r], job_of)), []).append(r)
+    return [(list(deps), members) for deps, members in groups.items()]
+
+
 def with_requirements(todo: list[PlannedRun], everything: list[PlannedRun], skip: set[str]) -> list[PlannedRun]:
     """`todo` plus the runs it requires (transitively) that are neither done nor queued (`skip`)."""
     by_id = {r.run_id: r for r in everything}
@@ -118,32 +142,44 @@ def submit_arrays(grid: GridDir, todo: list[PlannedRun], settings: ExecutorSetti
     for level in levels(todo):
         held_ids = {r.run_id for r in held}
         blocked = [r for r in level if any(q in held_ids for q in r.requires)]
-        tasks = packed([r for r in level if r not in blocked], settings.pack)
+        groups = [(deps, packed(members, settings.pack))
+                  for deps, members in by_dependencies([r for r in level if r not in blocked], job_of)]
         if left is not None:
-            tasks, rest = tasks[:left], tasks[left:]
-            left -= len(tasks)
-            blocked += [r for t in rest for r in t]
+            fitting = []
+            for deps, tasks in groups:
+                fitting.append((deps, tasks[:left]))
+                blocked += [r for t in tasks[left:] for r in t]
+                left -= len(fitting[-1][1])
+            groups = [(deps, tasks) for deps, tasks in fitting if tasks]
         held += blocked
-        for chunk in chunked(tasks, room.max_array_size):
-            runs = [r for task in chunk for r in task]
-            try:
-                job_ids = sbatch_array(grid, chunk, settings, dependencies(runs, job_of), room.max_array_size)
-            except UserError as exc:
-                if submitted:
-                    raise UserError(f"{exc} ({submitted} runs were queued before this; they are in "
-                                    f"{grid.root / 'manifest.jsonl'})") from None
-                raise
-            entries = [{"run_id": r.run_id, "job_id": j, **({"pack": [q.run_id for q in task]} if len(task) > 1
-                                                            else {})}
-                       for task, j in zip(chunk, job_ids, strict=True) for r in task]
-            append_entries(grid.root, entries)
-            job_of.update({e["run_id"]: e["job_id"] for e in entries})
-            submitted += len(runs)
-            in_tasks = f" in {len(chunk)} task(s)" if settings.pack > 1 else ""
-            console.print(f"queued {len(runs)} run(s){in_tasks} as job {job_ids[0].split('_')[0]}", highlight=False)
+        for deps, tasks in groups:
+            for chunk in chunked(tasks, room.max_array_size):
+                submitted += queue_chunk(grid, chunk, settings, deps, room.max_array_size, job_of, submitted,
+                                         console)
     if held:
         report_held(grid, held, room, console)
     return submitted
+
+
+def queue_chunk(grid: GridDir, chunk: list[list[PlannedRun]], settings: ExecutorSettings, deps: list[str],
+                max_size: int, job_of: dict[str, str], submitted: int, console: Console) -> int:
+    """One sbatch call for `chunk`; its manifest entries are written at once. Returns the runs queued."""
+    runs = [r for task in chunk for r in task]
+    try:
+        job_ids = sbatch_array(grid, chunk, settings, deps, max_size)
+    except UserError as exc:
+        if submitted:
+            raise UserError(f"{exc} ({submitted} runs were queued before this; they are in "
+                            f"{grid.root / 'manifest.jsonl'})") from None
+        raise
+    entries = [{"run_id": r.run_id, "job_id": j, **({"pack": [q.run_id for q in task]} if len(task) > 1 else {})}
+               for task, j in zip(chunk, job_ids, strict=True) for r in task]
+    append_entries(grid.root, entries)
+    job_of.update({e["run_id"]: e["job_id"] for e in entries})
+    in_tasks = f" in {len(chunk)} task(s)" if settings.pack > 1 else ""
+    waits = f", after {', '.join(deps)}" if deps else ""
+    console.print(f"queued {len(runs)} run(s){in_tasks} as job {job_ids[0].split('_')[0]}{waits}", highlight=False)
+    return len(runs)
 
 
 def report_held(grid: GridDir, held: list[PlannedRun], room: SubmitRoom, console: Console) -> None:
@@ -196,7 +232,7 @@ def sbatch_array(grid: GridDir, tasks: list[list[PlannedRun]], settings: Executo
             # may put it on PATH); None keeps submitit's default, the interpreter submitting
             executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm",
                                              slurm_max_num_timeout=settings.max_timeouts,
-                                             slurm_python=settings.python)
+                                             slurm_python=signal_safe(settings.python))
             executor.update_parameters(**params)
             jobs = executor.map_array(TrainJob(caps, settings.pack_mode), args)
             return [str(j.job_id) for j in jobs]
@@ -213,6 +249,17 @@ def sbatch_array(grid: GridDir, tasks: list[list[PlannedRun]], settings: Executo
                 cancel(jobs_with_comment(token))
             time.sleep(RETRY_DELAYS_S[attempt])
     raise AssertionError("unreachable")
+
+
+# SIGUSR2 (submitit's preemption and time-limit warning) and SIGTERM stay ignored through exec until
+# submitit's own handlers replace them: one arriving while the interpreter starts is dropped, not fatal
+SIGNAL_SAFE_START = """/bin/sh -c 'trap "" USR2 TERM; exec "$@"' robustmtl-job"""
+
+
+def signal_safe(python: str | None) -> str:
+    """The command the sbatch script starts the job's interpreter with: `python` (default: this
+    interpreter) behind a shell that ignores preemption signals until Python handles them."""
+    return f"{SIGNAL_SAFE_START} {python or shlex.quote(sys.executable)}"
 
 
 def _absolute(grid: GridDir, run: PlannedRun) -> Path:
