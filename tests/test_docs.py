@@ -21,6 +21,7 @@ import robustmtl.models.params
 from robustmtl.config import TrainParams
 from robustmtl.grid.executor import ExecutorSettings
 from robustmtl.grid.spec import load_spec
+from robustmtl.grid.status import CORE_STATES, EXTRA_STATES
 from robustmtl.params import NoParams, field_types
 from robustmtl.registry import DATASETS, METHODS, MODELS
 
@@ -28,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 GRID_FILES_PAGE = ROOT / "docs" / "grid-files.md"
+CLI_PAGE = ROOT / "docs" / "cli.md"
 README_MAX_BYTES = 12 * 1024
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 TEST_REF = re.compile(r"(tests/[\w/]+\.py)::(\w+)")
@@ -140,6 +142,13 @@ def test_parameter_reference_matches_the_dataclasses(name):
         expected_values = values_text(f.metadata, hints[key])
         assert values_cell == expected_values, f"{name}.{key}: values {values_cell!r}, expected {expected_values!r}"
         assert meaning, f"{name}.{key}: no meaning given"
+
+
+def test_every_run_state_grid_status_shows_is_documented():
+    text = CLI_PAGE.read_text()
+    table = text[text.index("| state | meaning |"):]
+    documented = re.findall(r"^\| `([a-z ]+)` \|", table[:table.index("\n\n")], re.MULTILINE)
+    assert documented == [*CORE_STATES, *EXTRA_STATES], "docs/cli.md's state table differs from grid/status.py"
 
 
 def toml_snippets() -> list[tuple[str, str]]:
