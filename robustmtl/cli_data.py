@@ -19,23 +19,15 @@ data_app = typer.Typer(help="Check the datasets runs read, and prepare downloade
 
 NameArg = Annotated[str, typer.Argument(help="Dataset name, e.g. waterbirds, synthetic.")]
 DataRootOpt = Annotated[str | None, typer.Option(help="Data root (else $ROBUSTMTL_DATA).")]
+FROM_HELP = "The downloaded archive, folder or file (repeatable; with --url: where to save the download)."
+URL_HELP = "Download this first (resumable), to --from or DATA_ROOT/downloads/."
 
 
 def data_params_from_sets(name: str, pairs: list[str]) -> Any:
-    """The dataset's parameter block exactly as a run with these `--set` values gets it; other keys are refused."""
     from robustmtl.cli import parse_sets
-    from robustmtl.config import build_config
-    from robustmtl.params import field_types
-    from robustmtl.registry import dataset_plugin
+    from robustmtl.data.check import dataset_params
 
-    values = parse_sets(pairs)
-    known = field_types(dataset_plugin(name).params)
-    for key in values:
-        if key not in known:
-            listed = ", ".join(sorted(known)) or "none"
-            raise UserError(f"--set: {key!r} is not a parameter of dataset {name!r} (data check reads only dataset "
-                            f"parameters; {name}'s: {listed})")
-    return build_config("erm", name, 0, None, values, where="--set").data_params
+    return dataset_params(name, parse_sets(pairs))
 
 
 def report_findings(report: CheckReport) -> None:
@@ -82,3 +74,32 @@ def check(
     params = data_params_from_sets(name, set_ or [])
     root = data_root_for(data_root)
     show_report(check_dataset(name, params, Path(root) if root else None, images), fmt)
+
+
+@data_app.command()
+@user_errors
+def prepare(
+    name: NameArg,
+    from_: Annotated[list[Path] | None, typer.Option("--from", help=FROM_HELP)] = None,
+    url: Annotated[str | None, typer.Option(help=URL_HELP)] = None,
+    data_root: DataRootOpt = None,
+    sha256: Annotated[str | None, typer.Option(help="Refuse the archive unless its SHA-256 is this.")] = None,
+    images: Annotated[int, typer.Option(help="Image files the closing check opens per split (0: all).", min=0)] = 64,
+) -> None:
+    """Unpack what you downloaded into DATA_ROOT/NAME, the layout the loader reads, then run `data check`.
+
+    Atomic (an interrupted prepare leaves no folder that looks complete) and idempotent (a second prepare of
+    the same archive does nothing). docs/datasets-setup.md says where each archive comes from.
+    """
+    from robustmtl.data.check import check_dataset
+    from robustmtl.data.prepare import prepare_dataset
+    from robustmtl.grid.executor import data_root_for
+
+    root = data_root_for(data_root)
+    if root is None:
+        raise UserError("data prepare needs a data root: give --data-root DIR or set $ROBUSTMTL_DATA")
+    prepared = prepare_dataset(name, from_ or [], Path(root), url=url, sha256=sha256,
+                               say=lambda line: console.print(escape(line), highlight=False, soft_wrap=True))
+    if prepared.fresh:
+        console.print(f"prepared {escape(name)} in {escape(str(prepared.target))}", highlight=False, soft_wrap=True)
+    show_report(check_dataset(name, data_params_from_sets(name, []), Path(root), images), "table")

@@ -8,6 +8,7 @@ import json
 import pandas as pd
 import pytest
 
+from robustmtl.data.check import TINY_GROUP
 from robustmtl.data.params import SyntheticParams
 from robustmtl.data.regime import describe, variance_ratio
 from tests.test_data_benchmarks import make, make_civilcomments, make_waterbirds
@@ -65,7 +66,7 @@ def test_benchmark_group_counts_match_its_files(cli, tmp_path, name):
     make(name, tmp_path / name)
     report = as_json(check(cli, name, "--data-root", tmp_path, "--format", "json"))
     assert report["ok"]
-    assert any(" train examples (its accuracy moves in steps" in w for w in report["warnings"])  # tiny fixture
+    assert any(f"fewer than {TINY_GROUP} train examples" in w for w in report["warnings"])  # a tiny fixture
     table = counts(report)
     assert {s: sum(g.values()) for s, g in table.items()} == {"train": 16, "val": 8, "test": 8}
     if name == "waterbirds":
@@ -140,7 +141,7 @@ def test_repeated_texts_are_a_warning(cli, tmp_path):
 
 
 @pytest.mark.parametrize(("args", "fragment"), [
-    (["synthetic", "--set", "lr=0.1"], "'lr' is not a parameter of dataset 'synthetic'"),
+    (["synthetic", "--set", "lr=0.1"], "'lr' is not a parameter of dataset 'synthetic' (its parameters: core_dim"),
     (["synthetic", "--set", "n_train=-3"], "n_train must be > 0"),
     (["synthetic", "--format", "latex"], "--format must be one of table, markdown, csv, json"),
     (["imagenet"], "unknown dataset 'imagenet'"),

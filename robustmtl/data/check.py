@@ -23,7 +23,8 @@ from robustmtl.data.images import FileImages, ImageSplit
 from robustmtl.data.regime import BlockSummary, describe, variance_ratio
 from robustmtl.data.text import TextSplit
 from robustmtl.errors import UserError
-from robustmtl.registry import dataset_entry
+from robustmtl.params import coerce, did_you_mean, field_types
+from robustmtl.registry import dataset_entry, dataset_plugin
 
 TINY_GROUP = 20  # below this a group's accuracy moves in steps of more than 5 points
 IMAGE_SAMPLE = 64  # image files opened per split by default (0: all)
@@ -93,6 +94,18 @@ class CheckReport:
         return out
 
 
+def dataset_params(name: str, values: dict[str, Any], where: str = "--set") -> Any:
+    """The dataset's parameter block as a run with these values gets it (checked the same way); other keys
+    (a method's, a model's) are refused: a dataset check reads only the dataset's own."""
+    block = dataset_plugin(name).params
+    known = field_types(block)
+    for key in values:
+        if key not in known:
+            raise UserError(f"{where}: {key!r} is not a parameter of dataset {name!r} (its parameters: "
+                            f"{', '.join(sorted(known)) or 'none'}){did_you_mean(key, known)}")
+    return block(**{key: coerce(block, key, value, where) for key, value in values.items()})
+
+
 def build_splits(name: str, data_params: Any, data_root: Path | None) -> Splits:
     """The dataset as a run builds it (the registry's builder, the run's parameter block)."""
     return dataset_entry(name).build(data_params, data_root)
@@ -133,13 +146,14 @@ def agreement(split: Split, info: DataInfo) -> Agreement:
 
 
 def group_findings(tables: list[GroupTable]) -> tuple[list[str], list[str]]:
-    """(problems, warnings) about empty and tiny groups."""
+    """(problems, warnings) about empty and tiny groups; tiny groups are one warning per table and split."""
     problems, warnings = [], []
     main = tables[0]  # the groups `g` holds: every one must be trainable and measurable
     for table in tables:
         for split, counts in table.counts.items():
             if split == "pretrain":
                 continue
+            tiny = []
             for name, n in zip(table.names, counts, strict=True):
                 if n == 0 and table is main and split in ("train", *EVALUATED):
                     problems.append(f"group {name!r} has no {split} examples: "
@@ -149,8 +163,11 @@ def group_findings(tables: list[GroupTable]) -> tuple[list[str], list[str]]:
                     problems.append(f"evaluation group {name!r} has no {split} examples: worst-group accuracy "
                                     "ignores it")
                 elif 0 < n < TINY_GROUP:
-                    warnings.append(f"group {name!r} has only {n} {split} examples (its accuracy moves in steps of "
-                                    f"{100 / n:.0f} points)")
+                    tiny.append((n, name))
+            if tiny:
+                shown = [f"{name!r} ({n})" for n, name in sorted(tiny)]
+                warnings.append(f"{len(tiny)} group(s) have fewer than {TINY_GROUP} {split} examples, so their "
+                                f"accuracy moves in steps of 100/n points: {_quoted(shown)}")
     return problems, warnings
 
 
