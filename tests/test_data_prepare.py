@@ -94,6 +94,25 @@ def celeba_kaggle_archive(tmp: Path) -> tuple[Path, list[Path]]:
     return tree, [zip_folder(tree, tmp / "archive.zip")]
 
 
+def celeba_original_edition(tmp: Path) -> tuple[Path, list[Path]]:
+    """CelebA's own download: Img/img_align_celeba.zip, Anno/list_attr_celeba.txt, Eval/list_eval_partition.txt
+    (space-aligned TXT, the attribute file headed by the image count and the attribute names)."""
+    tree = make_celeba(tmp / "orig")
+    attrs = pd.read_csv(tree / "list_attr_celeba.csv")
+    parts = pd.read_csv(tree / "list_eval_partition.csv")
+    got = tmp / "celeba_drive"
+    for folder in ("Img", "Anno", "Eval"):
+        (got / folder).mkdir(parents=True)
+    zip_folder(tree / "img_align_celeba" / "img_align_celeba", got / "Img" / "img_align_celeba.zip", "img_align_celeba")
+    names = list(attrs.columns[1:])
+    rows = [f"{r[0]} " + " ".join(f"{v:2d}" for v in r[1:]) for r in attrs.itertuples(index=False)]
+    (got / "Anno" / "list_attr_celeba.txt").write_text("\n".join([str(len(attrs)), " ".join(names), *rows]) + "\n")
+    (got / "Eval" / "list_eval_partition.txt").write_text("".join(f"{r[0]} {r[1]}\n" for r in parts.itertuples(
+        index=False)))
+    return tree, [got / "Img" / "img_align_celeba.zip", got / "Anno" / "list_attr_celeba.txt",
+                  got / "Eval" / "list_eval_partition.txt"]
+
+
 def multinli_glue_zip(tmp: Path) -> tuple[Path, list[Path]]:
     """GLUE's MNLI.zip (MNLI/*.tsv) and group DRO's metadata_random.csv, given separately."""
     tree = make_multinli(tmp / "orig")
@@ -110,6 +129,7 @@ LAYOUTS = {
     "waterbirds": waterbirds_tar,
     "celeba-folder": celeba_kaggle_folder,
     "celeba-archive": celeba_kaggle_archive,
+    "celeba-original": celeba_original_edition,
     "multinli": multinli_glue_zip,
     "civilcomments": civilcomments_tar,
 }
@@ -162,7 +182,7 @@ def test_prepare_makes_the_loaders_layout(cli, tmp_path, layout):
     data_root = tmp_path / "data"
     result = prepare(cli, name, data_root, *sources)
     assert f"prepared {name} in {data_root / name}" in result.stdout and "all examples" in result.stdout
-    assert left_in(data_root) == [name]
+    assert left_in(data_root) == [name] and not (data_root / name / ".raw").exists()
     same_data(build(name, data_root), build(name, tree))
     record = json.loads((data_root / name / RECORD).read_text())
     assert [s["name"] for s in record["sources"]] == [s.name for s in sources]

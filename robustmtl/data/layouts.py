@@ -8,15 +8,32 @@ are exactly what the loaders (waterbirds.py, celeba.py, multinli.py, civilcommen
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from robustmtl.data import celeba, civilcomments, multinli, waterbirds
 from robustmtl.data.archives import Member
 from robustmtl.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-Plan = dict[str, Member]
+CELEBA_TABLES = {"list_attr_celeba.csv": "list_attr_celeba.txt", "list_eval_partition.csv": "list_eval_partition.txt"}
+
+
+@dataclass(frozen=True)
+class Converted:
+    """A member that is rewritten on the way: `convert(unpacked file, destination)`."""
+
+    member: Member
+    convert: Callable[[Path, Path], None]
+
+
+Plan = dict[str, Member | Converted]
+
+
+def member_of(item: Member | Converted) -> Member:
+    return item.member if isinstance(item, Converted) else item
 
 
 def _usable(member: Member) -> bool:
@@ -71,11 +88,41 @@ def plan_waterbirds(members: list[Member]) -> Plan:
     return plan
 
 
+def _whitespace_table(raw: Path, dest: Path, header: list[str] | None) -> None:
+    """CelebA's original TXT annotations (space-aligned; the attribute file starts with a count and the names)
+    as the CSV edition the loader reads."""
+    lines = raw.read_text().splitlines()
+    if header is None:
+        if len(lines) < 2:
+            raise UserError(f"celeba: {raw.name} is too short to be CelebA's attribute list")
+        header, lines = ["image_id", *lines[1].split()], lines[2:]
+    with dest.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for number, line in enumerate(lines, start=1):
+            fields = line.split()
+            if fields and len(fields) != len(header):
+                raise UserError(f"celeba: {raw.name} row {number} has {len(fields)} fields, not {len(header)}")
+            if fields:
+                writer.writerow(fields)
+
+
+TXT_CONVERTERS: dict[str, Callable[[Path, Path], None]] = {
+    "list_attr_celeba.csv": lambda raw, dest: _whitespace_table(raw, dest, None),
+    "list_eval_partition.csv": lambda raw, dest: _whitespace_table(raw, dest, ["image_id", "partition"]),
+}
+
+
 def plan_celeba(members: list[Member]) -> Plan:
-    """The two CSV files, and the aligned images flattened into img_align_celeba/ (Kaggle nests it twice)."""
+    """The two CSV files (made from the original TXT edition when that is what was given), and the aligned
+    images flattened into img_align_celeba/ (Kaggle's archive nests the folder twice)."""
     expects = LAYOUTS["celeba"].expects
-    tables = ("list_attr_celeba.csv", "list_eval_partition.csv")
-    plan = {name: _one(members, name, "celeba", expects) for name in tables}
+    plan: Plan = {}
+    for table, txt in CELEBA_TABLES.items():
+        if not named(members, table) and named(members, txt):
+            plan[table] = Converted(_one(members, txt, "celeba", expects), TXT_CONVERTERS[table])
+        else:
+            plan[table] = _one(members, table, "celeba", expects)
     for m in members:
         if "img_align_celeba" in m.path.parts[:-1] and m.path.suffix.lower() in IMAGE_SUFFIXES and _usable(m):
             plan.setdefault(f"img_align_celeba/{m.path.name}", m)
@@ -109,8 +156,9 @@ LAYOUTS: dict[str, Layout] = {
     "waterbirds": Layout("waterbirds", "metadata.csv",
                          f"waterbird_complete95_forest2water2.tar.gz (from {waterbirds.SOURCE})", plan_waterbirds),
     "celeba": Layout("celeba", "list_attr_celeba.csv",
-                     "Kaggle's CelebA files: img_align_celeba.zip (or its folder), list_attr_celeba.csv and "
-                     f"list_eval_partition.csv, or the one archive holding them ({celeba.SOURCE})", plan_celeba),
+                     "CelebA's img_align_celeba.zip (or its folder) with list_attr_celeba.csv and "
+                     "list_eval_partition.csv (Kaggle's CSV edition, or the one archive holding them) or the original "
+                     f"list_attr_celeba.txt and list_eval_partition.txt ({celeba.SOURCE})", plan_celeba),
     "multinli": Layout("multinli", "metadata_random.csv",
                        f"GLUE's MNLI folder or MNLI.zip, and metadata_random.csv (from {multinli.SOURCE})",
                        plan_multinli),

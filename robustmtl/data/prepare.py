@@ -34,7 +34,7 @@ from typing import Any
 from robustmtl.data.archives import Source, gather
 from robustmtl.data.download import download, file_name
 from robustmtl.data.images import FileImages, ImageSplit
-from robustmtl.data.layouts import LAYOUTS, Plan, plan_for
+from robustmtl.data.layouts import LAYOUTS, Converted, Plan, member_of, plan_for
 from robustmtl.errors import UserError
 from robustmtl.layout import write_json
 from robustmtl.registry import dataset_plugin
@@ -130,11 +130,19 @@ def check_sha256(paths: list[Path], sources: list[dict[str, Any]], expected: str
 
 
 def unpack(plan: Plan, staging: Path) -> None:
+    """Each source read once; converted members go through `staging/.raw/` and are rewritten into place."""
+    raw = staging / ".raw"
     by_source: dict[Source, dict[str, Path]] = {}
-    for target, member in plan.items():
-        by_source.setdefault(member.source, {})[member.name] = staging / target
+    for target, item in plan.items():
+        member = member_of(item)
+        dest = raw / target if isinstance(item, Converted) else staging / target
+        by_source.setdefault(member.source, {})[member.name] = dest
     for source, wanted in by_source.items():
         source.extract(wanted)
+    for target, item in plan.items():
+        if isinstance(item, Converted):
+            item.convert(raw / target, staging / target)
+    shutil.rmtree(raw, ignore_errors=True)
 
 
 def verify_loads(name: str, staging: Path, sources: list[Path]) -> None:
@@ -196,12 +204,13 @@ def prepare_dataset(name: str, paths: list[Path], data_root: Path, url: str | No
         staging = data_root / f".{name}.partial"
         shutil.rmtree(staging, ignore_errors=True)  # a killed earlier prepare's leftovers (we hold the lock)
         try:
-            say(f"unpacking {len(plan)} files ({sum(m.size for m in plan.values()) / 1e6:.1f} MB) into {target}")
+            size = sum(member_of(item).size for item in plan.values())
+            say(f"unpacking {len(plan)} files ({size / 1e6:.1f} MB) into {target}")
             unpack(plan, staging)
             verify_loads(name, staging, paths)
             write_json(staging / RECORD, {
                 "dataset": name, "sources": sources, "files": len(plan),
-                "bytes": sum(m.size for m in plan.values()),
+                "bytes": size,
                 "prepared_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")})
             os.rename(staging, target)
             _fsync_dir(data_root)
