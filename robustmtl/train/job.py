@@ -8,7 +8,9 @@ only raise a flag: the loop checkpoints at the next step boundary, and only then
 `scontrol requeue`, exit). After TERM one `scontrol show job` says who sent it: SLURM requeueing the
 job (it restarts by itself), SLURM ending it (`scancel`, time limit: the run stops, `grid resume`
 continues it), or nobody ending it (a cluster that preempts with a bare TERM, `scancel
---signal=TERM`): then the job requeues itself.
+--signal=TERM`): then the job requeues itself. Before any of this is installed, while the interpreter
+starts, the job runs with USR2 and TERM ignored (grid/slurm.py starts it so): a signal then is dropped,
+never fatal. From submitit's handlers on (before the run's files are touched), USR2 requeues.
 
 A crash (an exception in the run) under SLURM requeues the job too, unless train/outcome.py's crash
 policy gives up on the run (the same step crashed twice, or `max_crashes` used up). Preemptions,
