@@ -88,8 +88,8 @@ def prepare(
 ) -> None:
     """Unpack what you downloaded into DATA_ROOT/NAME, the layout the loader reads, then run `data check`.
 
-    Atomic (an interrupted prepare leaves no folder that looks complete) and idempotent (a second prepare of
-    the same archive does nothing). docs/datasets-setup.md says where each archive comes from.
+    Atomic: an interrupted prepare leaves no folder that looks complete. Idempotent: preparing the same
+    files again does nothing. Where each archive comes from: docs/datasets-setup.md.
     """
     from robustmtl.data.check import check_dataset
     from robustmtl.data.prepare import prepare_dataset

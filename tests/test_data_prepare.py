@@ -125,6 +125,12 @@ def civilcomments_tar(tmp: Path) -> tuple[Path, list[Path]]:
     return tree, [tar_folder(tree, tmp / "civilcomments_v1.0.tar.gz", "civilcomments_v1.0")]
 
 
+def civilcomments_wilds_blob(tmp: Path) -> tuple[Path, list[Path]]:
+    """What the `wilds` package downloads: the folder's files at the archive's top, named ./file."""
+    tree = make_civilcomments_complete(tmp / "orig" / "civilcomments_v1.0")
+    return tree, [tar_folder(tree, tmp / "archive.tar.gz", ".")]
+
+
 LAYOUTS = {
     "waterbirds": waterbirds_tar,
     "celeba-folder": celeba_kaggle_folder,
@@ -132,6 +138,7 @@ LAYOUTS = {
     "celeba-original": celeba_original_edition,
     "multinli": multinli_glue_zip,
     "civilcomments": civilcomments_tar,
+    "civilcomments-blob": civilcomments_wilds_blob,
 }
 
 
