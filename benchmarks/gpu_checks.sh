@@ -3,8 +3,8 @@
 #   here:  bash scripts/device-bundle.sh        (wheels + MiniLM tokenizer into .device/)
 #   there: bash benchmarks/gpu_checks.sh        (carry .device; COMPILE=1 adds the torch.compile rows)
 # DEVICE=cpu SIZE=tiny BENCH_ARGS='--steps 2 --warmup 1' runs the same wiring on a CPU (a smoke test of this script, not figures).
-# Writes at most 6 files under $OUT (default build/gpu-checks): gpu.txt, bert_base.txt, vit_base.txt,
-# [bert_compiled.txt], cuda_runs.txt, tests.txt. Each step has its own time limit; one failing step
+# Writes at most 7 files under $OUT (default build/gpu-checks): gpu.txt, bert_base.txt, vit_base.txt,
+# [bert_compiled.txt], cuda_runs.txt, gpu_tests.txt, tests.txt. Each step has its own time limit; one failing step
 # does not stop the others, and the script's exit status says whether any failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -56,6 +56,9 @@ if [ "${COMPILE:-0}" = 1 ]; then
   step bert_compiled "${bench[@]}" --model bert --length 256 --tokenizer "$tokenizer" --compile
 fi
 step cuda_runs bash -c cuda_runs
+# The CUDA paths no CPU runs (tests/test_gpu.py, marker gpu): precision under autocast and the GradScaler, TF32,
+# fused AdamW, peak memory and gpu_hours in the records, a local grid handing its runs the GPU.
+step gpu_tests "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/
 step tests "$PY" -m pytest -q -p no:cacheprovider tests/test_models_timm.py tests/test_train_speed.py \
   tests/test_evaluate.py tests/test_methods_gdro.py
 if [ ${#failed[@]} -gt 0 ]; then

@@ -4,17 +4,19 @@ user mistake one line with exit code 2."""
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from robustmtl.aggregate import aggregate
 from robustmtl.aggregate.plot import interval_note, sweep_table
 from robustmtl.grid.submit import submit
-from tests.conftest import tiny_grid, write_spec
+from tests.conftest import read_records, tiny_grid, write_spec
 
 SPEC = tiny_grid("plots", ["erm", "mtl_l1"], [0],
                  sweeps={"mtl_l1": {"alpha_aux": [0.5, 1.0], "alpha_reg": [0.01, 0.1]}})
@@ -148,3 +150,132 @@ def test_user_mistakes_are_one_line_and_exit_2(cli, grid, tmp_path, case):
     assert expected in one_line_error(cli("plot", *args, ok=False))
     assert not (tmp_path / "figs").exists()
     assert not (tmp_path / "taken").is_dir()
+
+
+# The plotted numbers against numbers derived here from the run files alone (records, val_correct.jsonl,
+# val_groups.json): the selection rule and its few-groups subset, the chosen setting, the means and the bars.
+TWO_SEEDS = tiny_grid("plots2", ["erm", "mtl_l1"], [0, 1], sweeps={"mtl_l1": {"alpha_reg": [0.01, 0.1]}})
+
+
+@pytest.fixture(scope="module")
+def two_seed_grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two seeds per cell, so the bars exist: erm, and mtl_l1 at two alpha_reg (6 tiny runs)."""
+    from rich.console import Console
+
+    root = tmp_path_factory.mktemp("plots2")
+    submit(write_spec(root / "g.toml", TWO_SEEDS), root / "grid", None, False, Console(quiet=True))
+    return root / "grid"
+
+
+@pytest.fixture
+def drawn(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict]:
+    """What each figure shows, read off the figure as plot saves it (matplotlib's savefig still writes the file)."""
+    from matplotlib.figure import Figure
+
+    shown: dict[str, dict] = {}
+    save = Figure.savefig
+
+    def savefig(fig, path, *args, **kwargs):
+        shown[Path(path).stem] = figure_values(fig)
+        return save(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return shown
+
+
+def figure_values(fig) -> dict:
+    """Trade-off: per legend entry the point and its bar ends (percent). Heatmap: per (alpha_aux, alpha_reg) tick
+    labels the cell's value. Plus the title."""
+    ax = fig.axes[0]
+    values: dict = {"title": fig._suptitle.get_text()}
+    if ax.images:
+        rows, cols = ([t.get_text() for t in ticks] for ticks in (ax.get_yticklabels(), ax.get_xticklabels()))
+        grid = ax.images[0].get_array()
+        values["cells"] = {(r, c): float(grid[i, j]) for i, r in enumerate(rows) for j, c in enumerate(cols)}
+        return values
+    values["points"] = {}
+    for method, container in zip([t.get_text() for t in fig.legends[0].get_texts()], ax.containers, strict=True):
+        line, _, bars = container.lines
+        x, y = line.get_xydata()[0]
+        ends = [tuple(sorted(float(p[k]) for p in bar.get_segments()[0])) for bar, k in zip(bars, (0, 1), strict=True)]
+        values["points"][method] = ((float(x), float(y)), *ends) if ends else ((float(x), float(y)),)
+    return values
+
+
+def _bits(text: str, count: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))[:count].astype(bool)
+
+
+def _run_scores(run: Path, few: tuple[float, int] | None) -> list[tuple[float, int, int]]:
+    """(score, epoch, step) per validation point: the val record's worst-group accuracy, or the worst-group
+    accuracy over the few-groups subset (a seeded draw of round(fraction·n) validation examples)."""
+    if few is None:
+        return [(r["worst_group_acc"], r["epoch"], r["step"]) for r in read_records(run / "metrics.jsonl")
+                if r["split"] == "val"]
+    groups = json.loads((run / "val_groups.json").read_text())
+    n, n_groups = groups["n"], groups["n_groups"]
+    keep = np.sort(np.random.default_rng(few[1]).permutation(n)[:max(1, round(few[0] * n))])
+    member = _bits(groups["membership"], n * n_groups).reshape(n, n_groups)[keep]
+    scores = []
+    for line in (run / "val_correct.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        correct = _bits(rec["correct"], n)[keep]
+        scores.append((min(correct[member[:, k]].mean() for k in range(n_groups) if member[:, k].any()),
+                       rec["epoch"], rec["step"]))
+    return scores
+
+
+def derive(grid: Path, few: tuple[float, int] | None) -> dict:
+    """Per method the chosen setting's per-seed test (avg, worst) at each run's best epoch, and per mtl_l1
+    alpha_reg the mean test worst-group accuracy (the heatmap's cells)."""
+    per_setting: dict[tuple[str, str], list[dict]] = {}
+    for run in sorted((grid / "runs").iterdir()):
+        records = read_records(run / "metrics.jsonl")
+        score, epoch, step = max(_run_scores(run, few), key=lambda s: (s[0], -s[1], -s[2]))
+        test = next(r for r in records if r["split"] == "test" and (r["epoch"], r["step"]) == (epoch, step))
+        first = records[0]
+        per_setting.setdefault((first["method"], first["setting_id"]), []).append(
+            {"score": score, "avg": test["avg_acc"], "worst": test["worst_group_acc"], "hparams": first["hparams"]})
+    chosen: dict[str, list[dict]] = {}
+    for (method, _), runs in sorted(per_setting.items()):
+        mean = round(float(np.mean([r["score"] for r in runs])), 9)
+        best = chosen.get(method)
+        if best is None or mean > round(float(np.mean([r["score"] for r in best])), 9):
+            chosen[method] = runs
+    cells = {f"{runs[0]['hparams']['alpha_reg']:.3g}": 100 * float(np.mean([r["worst"] for r in runs]))
+             for (method, _), runs in per_setting.items() if method == "mtl_l1"}
+    return {"chosen": chosen, "cells": cells}
+
+
+def test_plotted_numbers_follow_few_groups_options_and_bootstrap_bars(cli, two_seed_grid, tmp_path, drawn):
+    cli("plot", two_seed_grid, "--out", tmp_path / "figs", "--select", "few-groups", "--few-groups-fraction", "0.2",
+        "--few-groups-seed", "5", "--ci", "bootstrap", "--seed", "3")
+    expected, default = derive(two_seed_grid, (0.2, 5)), derive(two_seed_grid, None)
+    other_subset = derive(two_seed_grid, (0.2, 6))
+    assert expected != default and expected != other_subset  # ignoring any of the options changes the figure
+    points = drawn["tradeoff"]["points"]
+    assert sorted(points) == ["erm", "mtl_l1"] and "95% bootstrap interval" in drawn["tradeoff"]["title"]
+    for method, runs in expected["chosen"].items():
+        avg, worst = (100 * np.array([r[k] for r in runs]) for k in ("avg", "worst"))
+        (x, y), xbar, ybar = points[method]
+        assert (x, y) == pytest.approx((avg.mean(), worst.mean()))
+        # Two seeds: each 2.5% tail of the 10,000 resample means holds only the all-one-seed resamples (1/4 each),
+        # so the percentile bootstrap ends exactly on the two seeds' values whatever its seed.
+        assert xbar == pytest.approx((avg.min(), avg.max())) and ybar == pytest.approx((worst.min(), worst.max()))
+    heat = drawn["sweep_mtl_l1"]
+    assert "few-groups (20% of validation, seed 5)" in heat["title"]
+    assert {c: v for (_, c), v in heat["cells"].items()} == pytest.approx(expected["cells"])
+
+
+def test_t_bars_are_the_student_t_interval_of_the_seeds(cli, two_seed_grid, tmp_path, drawn):
+    from scipy.stats import t
+
+    cli("plot", two_seed_grid, "--out", tmp_path / "figs")
+    assert "95% t interval" in drawn["tradeoff"]["title"]
+    for method, runs in derive(two_seed_grid, None)["chosen"].items():
+        (x, y), xbar, ybar = drawn["tradeoff"]["points"][method]
+        for values, centre, bar in ((100 * np.array([r[k] for r in runs]), c, b)
+                                    for k, c, b in (("avg", x, xbar), ("worst", y, ybar))):
+            half = t.ppf(0.975, df=1) * values.std(ddof=1) / np.sqrt(2)
+            assert centre == pytest.approx(values.mean())
+            assert bar == pytest.approx((values.mean() - half, values.mean() + half))
