@@ -21,6 +21,8 @@ NameArg = Annotated[str, typer.Argument(help="Dataset name, e.g. waterbirds, syn
 DataRootOpt = Annotated[str | None, typer.Option(help="Data root (else $ROBUSTMTL_DATA).")]
 FROM_HELP = "The downloaded archive, folder or file (repeatable; with --url: where to save the download)."
 URL_HELP = "Download this first (resumable), to --from or DATA_ROOT/downloads/."
+IMAGE_SAMPLE = 64  # image files `data check` opens per split unless told otherwise
+ImagesOpt = Annotated[int, typer.Option(help="Image files opened per split (0: all).", min=0)]
 
 
 def data_params_from_sets(name: str, pairs: list[str]) -> Any:
@@ -60,7 +62,7 @@ def check(
     data_root: DataRootOpt = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Dataset parameter key=value (repeatable).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table | markdown | csv | json")] = "table",
-    images: Annotated[int, typer.Option(help="Image files opened per split (0: all).", min=0)] = 64,
+    images: ImagesOpt = IMAGE_SAMPLE,
 ) -> None:
     """Load a dataset as a run would (no model), print examples per group and split, and check it.
 
@@ -84,7 +86,7 @@ def prepare(
     url: Annotated[str | None, typer.Option(help=URL_HELP)] = None,
     data_root: DataRootOpt = None,
     sha256: Annotated[str | None, typer.Option(help="Refuse the archive unless its SHA-256 is this.")] = None,
-    images: Annotated[int, typer.Option(help="Image files the closing check opens per split (0: all).", min=0)] = 64,
+    images: ImagesOpt = IMAGE_SAMPLE,
 ) -> None:
     """Unpack what you downloaded into DATA_ROOT/NAME, the layout the loader reads, then run `data check`.
 

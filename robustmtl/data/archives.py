@@ -59,11 +59,11 @@ def _copy(reader: IO[bytes], dest: Path, member: Member) -> None:
     try:
         with dest.open("wb") as out:
             shutil.copyfileobj(reader, out, CHUNK)
+            written = out.tell()
     except OSError as exc:
         if exc.errno in NO_SPACE:
             raise UserError(f"no space left writing {dest} ({exc.strerror}); free space and prepare again") from None
         raise
-    written = dest.stat().st_size
     if written != member.size:
         raise UserError(f"{member.source.path}: {member.name} unpacked to {written} bytes but the archive declares "
                         f"{member.size}; the archive is damaged, download it again")

@@ -27,7 +27,6 @@ from robustmtl.params import coerce, did_you_mean, field_types
 from robustmtl.registry import dataset_entry, dataset_plugin
 
 TINY_GROUP = 20  # below this a group's accuracy moves in steps of more than 5 points
-IMAGE_SAMPLE = 64  # image files opened per split by default (0: all)
 EXAMPLES_SHOWN = 2  # file names quoted in a problem line
 EVALUATED = ("val", "test")  # splits whose every group must be present for worst-group accuracy to mean anything
 
@@ -196,7 +195,7 @@ def _quoted(items: list[str]) -> str:
     return shown + (f" and {len(items) - EXAMPLES_SHOWN} more" if len(items) > EXAMPLES_SHOWN else "")
 
 
-def image_findings(splits: Splits, sample: int = IMAGE_SAMPLE) -> list[str]:
+def image_findings(splits: Splits, sample: int) -> list[str]:
     """Problems: sampled image files the loader cannot read (the run would stop there), and files listed twice."""
     problems = []
     seen: dict[Path, list[str]] = {}
@@ -248,7 +247,7 @@ def text_findings(splits: Splits) -> list[str]:
 
 
 def check_splits(name: str, data_params: Any, data_root: Path | None, splits: Splits,
-                 image_sample: int = IMAGE_SAMPLE) -> CheckReport:
+                 image_sample: int) -> CheckReport:
     tables = group_tables(splits)
     problems, warnings = group_findings(tables)
     problems += value_findings(splits)
@@ -260,7 +259,8 @@ def check_splits(name: str, data_params: Any, data_root: Path | None, splits: Sp
                        problems=problems, warnings=warnings)
 
 
-def check_dataset(name: str, data_params: Any, data_root: Path | None, image_sample: int = IMAGE_SAMPLE) -> CheckReport:
-    """Load `name` as a run would and check it; a layout the loader refuses raises its one-line UserError."""
+def check_dataset(name: str, data_params: Any, data_root: Path | None, image_sample: int) -> CheckReport:
+    """Load `name` as a run would and check it (opening `image_sample` image files per split, 0: all); a layout
+    the loader refuses raises its one-line UserError."""
     splits = build_splits(name, data_params, data_root)
     return check_splits(name, data_params, data_root, splits, image_sample)
