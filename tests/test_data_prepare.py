@@ -282,6 +282,18 @@ def test_wrong_checksum_is_refused_before_unpacking(cli, tmp_path):
     assert left_in(data_root) == ["waterbirds"]
 
 
+def test_too_little_space_is_refused_before_unpacking(cli, tmp_path, monkeypatch):
+    _, (archive,) = waterbirds_tar(tmp_path)
+    with tarfile.open(archive) as tf:
+        needed = sum(m.size for m in tf.getmembers() if m.isfile())
+    monkeypatch.setattr("robustmtl.data.prepare.free_bytes", lambda path: needed - 1)
+    data_root = tmp_path / "data"
+    assert_refused(prepare(cli, "waterbirds", data_root, archive, ok=False), "free space or choose another --data-root")
+    assert left_in(data_root) == []
+    monkeypatch.setattr("robustmtl.data.prepare.free_bytes", lambda path: needed)
+    prepare(cli, "waterbirds", data_root, archive)
+
+
 def test_archive_of_another_dataset_is_named(cli, tmp_path):
     _, (archive,) = civilcomments_tar(tmp_path)
     data_root = tmp_path / "data"

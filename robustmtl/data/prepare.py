@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from robustmtl.data.archives import Source, gather
+from robustmtl.data.archives import DirSource, FileSource, Source, gather
 from robustmtl.data.download import download, file_name
 from robustmtl.data.images import FileImages, ImageSplit
 from robustmtl.data.layouts import LAYOUTS, Converted, Plan, member_of, plan_for
@@ -177,6 +177,51 @@ def refuse_generated(name: str) -> None:
                         f"`robustmtl data check {name}` shows it")
 
 
+def bytes_to_write(plan: Plan, data_root: Path) -> int:
+    """What unpacking adds to the data root's filesystem (files of a folder on that filesystem are hard-linked)."""
+    device = data_root.stat().st_dev
+    total = 0
+    for item in plan.values():
+        member = member_of(item)
+        source = member.source
+        linked = (not isinstance(item, Converted) and isinstance(source, DirSource | FileSource)
+                  and source.path.stat().st_dev == device)
+        total += 0 if linked else member.size
+    return total
+
+
+def free_bytes(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+def check_space(plan: Plan, data_root: Path) -> None:
+    need, free = bytes_to_write(plan, data_root), free_bytes(data_root)
+    if need > free:
+        raise UserError(f"unpacking needs {need / 1e9:.2f} GB on {data_root} but {free / 1e9:.2f} GB are free; free "
+                        "space or choose another --data-root (nothing was unpacked)")
+
+
+def build(name: str, plan: Plan, data_root: Path, paths: list[Path], sources: list[dict[str, Any]], say: Say) -> Path:
+    """Unpack into the staging folder, verify, record and rename it into place; on any failure, leave nothing."""
+    target = data_root / name
+    staging = data_root / f".{name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)  # a killed earlier prepare's leftovers (the caller holds the lock)
+    size = sum(member_of(item).size for item in plan.values())
+    try:
+        say(f"unpacking {len(plan)} files ({size / 1e6:.1f} MB) into {target}")
+        unpack(plan, staging)
+        verify_loads(name, staging, paths)
+        write_json(staging / RECORD, {
+            "dataset": name, "sources": sources, "files": len(plan), "bytes": size,
+            "prepared_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")})
+        os.rename(staging, target)
+        _fsync_dir(data_root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
 def prepare_dataset(name: str, paths: list[Path], data_root: Path, url: str | None = None,
                     sha256: str | None = None, say: Say = lambda _: None) -> Prepared:
     refuse_generated(name)
@@ -199,22 +244,6 @@ def prepare_dataset(name: str, paths: list[Path], data_root: Path, url: str | No
         sources = describe_sources(paths, hashed=True)
         if sha256 is not None:
             check_sha256(paths, sources, sha256)
-        members = [m for source in gather(paths) for m in source.members()]
-        plan = plan_for(name, members)
-        staging = data_root / f".{name}.partial"
-        shutil.rmtree(staging, ignore_errors=True)  # a killed earlier prepare's leftovers (we hold the lock)
-        try:
-            size = sum(member_of(item).size for item in plan.values())
-            say(f"unpacking {len(plan)} files ({size / 1e6:.1f} MB) into {target}")
-            unpack(plan, staging)
-            verify_loads(name, staging, paths)
-            write_json(staging / RECORD, {
-                "dataset": name, "sources": sources, "files": len(plan),
-                "bytes": size,
-                "prepared_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")})
-            os.rename(staging, target)
-            _fsync_dir(data_root)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-    return Prepared(target, fresh=True)
+        plan = plan_for(name, [m for source in gather(paths) for m in source.members()])
+        check_space(plan, data_root)
+        return Prepared(build(name, plan, data_root, paths, sources, say), fresh=True)
