@@ -25,8 +25,9 @@ demo: $(STAMP)
 	$(PY) -m robustmtl aggregate runs/demo --format markdown --output runs/demo.md --quiet
 
 test: $(STAMP)
+	bash scripts/test-deps.sh
 	bash scripts/slurm-cluster.sh up
-	ROBUSTMTL_REQUIRE_SLURM=1 $(PY) -m pytest -q --durations=15
+	ROBUSTMTL_REQUIRE_SLURM=1 ROBUSTMTL_REQUIRE_LATEX=1 $(PY) -m pytest -q --durations=15
 
 # Regenerates the exported tables and figures of the shipped CPU grids, the only target that writes
 # aggregates/ (runs that are done are skipped; from scratch about 50 minutes on 2 cores).

@@ -30,6 +30,8 @@ CiOpt = Annotated[str, typer.Option(help="t (Student-t) | bootstrap")]
 FewGroupsFractionOpt = Annotated[float, typer.Option(help="Validation fraction for few-groups.")]
 FewGroupsSeedOpt = Annotated[int, typer.Option(help="Seed of the few-groups subset.", min=0)]
 BootstrapSeedOpt = Annotated[int, typer.Option(help="Bootstrap seed.", min=0)]
+RawNamesOpt = Annotated[bool, typer.Option("--raw-names", help="Print method and dataset keys (mtl_l1), not display "
+                                                               "names (MTL+ℓ1; a grid's [display] table overrides).")]
 
 def parse_sets(pairs: list[str]) -> dict[str, Any]:
     from robustmtl.params import parse_cli_value
@@ -116,6 +118,7 @@ def aggregate(
     few_groups_seed: FewGroupsSeedOpt = 0,
     seed: BootstrapSeedOpt = 0,
     small_intervals: Annotated[bool, typer.Option(help="LaTeX: set intervals in \\scriptsize.")] = False,
+    raw_names: RawNamesOpt = False,
     quiet: Annotated[bool, typer.Option(help="Do not print the terminal table.")] = False,
 ) -> None:
     """Worst-group tables with confidence intervals over seeds.
@@ -127,6 +130,7 @@ def aggregate(
     from robustmtl.aggregate.cost import cost_table, render_cost_rich
     from robustmtl.aggregate.details import render_differences_rich, render_hparams_rich
     from robustmtl.aggregate.export import render_rich
+    from robustmtl.aggregate.names import display_names
     from robustmtl.aggregate.report import Sides, check_output, documents, resolve_format, write
 
     if output is not None:
@@ -134,7 +138,8 @@ def aggregate(
     fmt = resolve_format(fmt, output)
     summary = run_aggregate(grid_dirs, select=select, include_running=include_running, ci=ci, baseline=baseline,
                             seed=seed, few_groups_fraction=few_groups_fraction, few_groups_seed=few_groups_seed)
-    print_notices(summary.warnings, summary)
+    names, name_warnings = display_names(grid_dirs, raw_names)
+    print_notices(summary.warnings + name_warnings, summary)
     costs = cost_table(summary.runs) if show_cost and summary.runs is not None else None
     screen = err_console if output is None and fmt != "table" else console  # stdout stays machine-readable
     if not quiet:
@@ -145,7 +150,7 @@ def aggregate(
             screen.print(render_differences_rich(summary))
         if costs is not None:
             screen.print(render_cost_rich(costs))
-    docs = documents(summary, fmt, Sides(show_hparams, baseline is not None, costs), small_intervals)
+    docs = documents(summary, fmt, Sides(show_hparams, baseline is not None, costs), small_intervals, names)
     if output is None and fmt == "table":
         return
     for path in write(docs, output):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from robustmtl.errors import UserError
@@ -35,6 +35,8 @@ def _import(path: str) -> Any:
 class Plugin:
     implementation_path: str
     params_path: str = NO_PARAMS
+    display: str = field(default="", kw_only=True)  # the name tables and figures print (else the key); a grid
+    # may override it ([display] in its file)
 
     @property
     def params(self) -> type:
@@ -66,15 +68,15 @@ class ModelPlugin(Plugin):
     modalities: tuple[str, ...] = ()
 
 
-def _method(impl: str, params: str | None = None, requires: str | None = None) -> MethodPlugin:
+def _method(impl: str, params: str | None = None, requires: str | None = None, *, display: str) -> MethodPlugin:
     return MethodPlugin(f"robustmtl.methods.{impl}",
                         f"robustmtl.methods.params:{params}" if params else NO_PARAMS,
-                        f"robustmtl.methods.params:{requires}" if requires else None)
+                        f"robustmtl.methods.params:{requires}" if requires else None, display=display)
 
 
-def _dataset(impl: str, params: str | None, modality: str, default_model: str) -> DatasetPlugin:
+def _dataset(impl: str, params: str | None, modality: str, default_model: str, *, display: str) -> DatasetPlugin:
     return DatasetPlugin(f"robustmtl.data.{impl}", f"robustmtl.data.params:{params}" if params else NO_PARAMS,
-                         modality, default_model)
+                         modality, default_model, display=display)
 
 
 def _model(impl: str, params: str, *modalities: str) -> ModelPlugin:
@@ -82,29 +84,31 @@ def _model(impl: str, params: str, *modalities: str) -> ModelPlugin:
 
 
 METHODS: dict[str, MethodPlugin] = {
-    "erm": _method("erm:ERM"),
-    "mtl": _method("mtl:MTL", "MTLParams"),
-    "mtl_l1": _method("mtl:MTLL1", "MTLL1Params"),
-    "l1": _method("mtl:L1", "L1Params"),
-    "jtt": _method("jtt:JTT", "JTTParams", requires="jtt_requires"),
-    "jtt_stage1": _method("jtt:JTTStage1"),
-    "gdro": _method("gdro:GroupDRO", "GDROParams"),
-    "subg": _method("balancing:SubG"),
-    "suby": _method("balancing:SubY"),
-    "rwg": _method("balancing:RwG"),
-    "rwy": _method("balancing:RwY"),
-    "ldro": _method("ldro:LookaheadDRO", "LDROParams"),
-    "pretrain": _method("pretrain:Pretrain"),
+    "erm": _method("erm:ERM", display="ERM"),
+    "mtl": _method("mtl:MTL", "MTLParams", display="MTL"),
+    "mtl_l1": _method("mtl:MTLL1", "MTLL1Params", display="MTL+ℓ1"),
+    "l1": _method("mtl:L1", "L1Params", display="ℓ1"),
+    "jtt": _method("jtt:JTT", "JTTParams", requires="jtt_requires", display="JTT"),
+    "jtt_stage1": _method("jtt:JTTStage1", display="JTT stage 1"),
+    "gdro": _method("gdro:GroupDRO", "GDROParams", display="Group DRO"),
+    "subg": _method("balancing:SubG", display="SUBG"),
+    "suby": _method("balancing:SubY", display="SUBY"),
+    "rwg": _method("balancing:RwG", display="RWG"),
+    "rwy": _method("balancing:RwY", display="RWY"),
+    "ldro": _method("ldro:LookaheadDRO", "LDROParams", display="L-DRO"),
+    "pretrain": _method("pretrain:Pretrain", display="Pre-training"),
 }
 
 DATASETS: dict[str, DatasetPlugin] = {
-    "synthetic": _dataset("synthetic:Synthetic", "SyntheticParams", "vector", "mlp"),
-    "text_spurious": _dataset("injected:TextSpurious", "TextSpuriousParams", "text", "bert"),
-    "mnist_spurious": _dataset("injected:MNISTSpurious", "MNISTSpuriousParams", "image", "vit"),
-    "waterbirds": _dataset("waterbirds:Waterbirds", None, "image", "vit"),
-    "celeba": _dataset("celeba:CelebA", "CelebAParams", "image", "vit"),
-    "multinli": _dataset("multinli:MultiNLI", None, "text", "bert"),
-    "civilcomments": _dataset("civilcomments:CivilComments", None, "text", "bert"),
+    "synthetic": _dataset("synthetic:Synthetic", "SyntheticParams", "vector", "mlp", display="Synthetic"),
+    "text_spurious": _dataset("injected:TextSpurious", "TextSpuriousParams", "text", "bert",
+                              display="Rotten Tomatoes (spoiler)"),
+    "mnist_spurious": _dataset("injected:MNISTSpurious", "MNISTSpuriousParams", "image", "vit",
+                               display="Colored MNIST"),
+    "waterbirds": _dataset("waterbirds:Waterbirds", None, "image", "vit", display="Waterbirds"),
+    "celeba": _dataset("celeba:CelebA", "CelebAParams", "image", "vit", display="CelebA"),
+    "multinli": _dataset("multinli:MultiNLI", None, "text", "bert", display="MultiNLI"),
+    "civilcomments": _dataset("civilcomments:CivilComments", None, "text", "bert", display="CivilComments"),
 }
 
 MODELS: dict[str, ModelPlugin] = {

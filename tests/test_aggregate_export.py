@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -25,7 +26,9 @@ from robustmtl.aggregate import (
 from robustmtl.aggregate.details import hparams_to_markdown
 from robustmtl.aggregate.export import MISSING, method_order
 from robustmtl.aggregate.latex import latex_escape
+from robustmtl.aggregate.names import RAW_NAMES, DisplayNames
 from robustmtl.aggregate.summary import CELL_COLUMNS
+from robustmtl.registry import DATASETS, METHODS
 
 # (method, dataset) -> (avg mean, worst mean, half-width, n, n_expected, uses_train_groups)
 Spec = dict[tuple[str, str], tuple[float, float, float, int, int, bool]]
@@ -120,16 +123,16 @@ def test_markdown_shape_bold_and_markers() -> None:
     assert len({len(r) for r in table}) == 1
     assert table[0] == [
         "Method",
-        "civil\\_comments avg",
+        "civil\\_comments avg",  # not a registered dataset: printed as its key
         "civil\\_comments worst",
-        "waterbirds avg",
-        "waterbirds worst",
+        "Waterbirds avg",
+        "Waterbirds worst",
     ]
-    assert [r[0] for r in table[2:]] == ["erm", "gdro\\*", "mtl\\_l1"]
+    assert [r[0] for r in table[2:]] == ["ERM", "Group DRO\\*", "MTL+ℓ1"]
     body = {r[0]: r[1:] for r in table[2:]}
-    assert body["erm"][0] == "**92.0** ± 1.0"
-    assert body["gdro\\*"][3] == "**85.0** ± 2.0"
-    assert body["mtl\\_l1"][2] == "**91.0** ± 1.5"
+    assert body["ERM"][0] == "**92.0** ± 1.0"
+    assert body["Group DRO\\*"][3] == "**85.0** ± 2.0"
+    assert body["MTL+ℓ1"][2] == "**91.0** ± 1.5"
     assert sum("**" in c for r in body.values() for c in r) == 4  # exactly one best per column
     assert "n = 3 seeds per cell" in md and "worst-val" in md and "Student-t" in md
     assert "uses training group labels" in md
@@ -138,7 +141,7 @@ def test_markdown_shape_bold_and_markers() -> None:
 
 def test_markdown_ties_bold_both_and_varying_n_gets_columns() -> None:
     spec = {**BASE, ("erm", "waterbirds"): (0.90, 0.85, 0.0, 1, 3, False)}  # ties gdro's 85.0 worst
-    table = md_table(to_markdown(make_summary(spec)))
+    table = md_table(to_markdown(make_summary(spec), RAW_NAMES))
     assert len(table[0]) == 1 + 3 * 2 and table[0][3] == "civil\\_comments n"
     body = {r[0]: r[1:] for r in table[2:]}
     assert body["erm"][4] == "**85.0**†"  # n = 1: no ±; fewer seeds: †
@@ -148,7 +151,7 @@ def test_markdown_ties_bold_both_and_varying_n_gets_columns() -> None:
 
 def test_missing_cell_is_a_dash() -> None:
     spec = {k: v for k, v in BASE.items() if k != ("gdro", "civil_comments")}
-    body = {r[0]: r[1:] for r in md_table(to_markdown(make_summary(spec)))[2:]}
+    body = {r[0]: r[1:] for r in md_table(to_markdown(make_summary(spec), RAW_NAMES))[2:]}
     assert body["gdro\\*"][:2] == [MISSING, MISSING]
     assert "--" in to_latex(make_summary(spec))
 
@@ -179,7 +182,7 @@ def _tabular_rows(tex: str) -> tuple[int, list[int]]:
 @pytest.mark.parametrize("vary_n", [False, True])
 def test_latex_structure(vary_n: bool) -> None:
     spec = {**BASE, ("we&ird_%#", "waterbirds"): (0.5, 0.4, 0.1, 2 if vary_n else 3, 3, False)}
-    tex = to_latex(make_summary(spec))
+    tex = to_latex(make_summary(spec), names=RAW_NAMES)
     assert _braces_balanced(tex)
     assert tex.isascii()  # no ± or † glyphs: they need font/encoding setup in older TeX installs
     ncols, widths = _tabular_rows(tex)
@@ -212,23 +215,36 @@ def test_latex_escape() -> None:
     )
 
 
-@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed")
-@pytest.mark.parametrize(("ci", "select"), [("t", "worst-val"), ("bootstrap", "oracle")])
-def test_latex_compiles(tmp_path: Path, ci: str, select: str) -> None:
+@pytest.fixture
+def pdflatex() -> str:
+    """pdflatex, or a skip; `make test` sets ROBUSTMTL_REQUIRE_LATEX=1 (after scripts/test-deps.sh installs it),
+    so there a missing pdflatex fails instead of silently skipping the compile."""
+    found = shutil.which("pdflatex")
+    if found is None:
+        if os.environ.get("ROBUSTMTL_REQUIRE_LATEX") == "1":
+            pytest.fail("pdflatex required (ROBUSTMTL_REQUIRE_LATEX=1) but not installed: run scripts/test-deps.sh")
+        pytest.skip("pdflatex not installed (scripts/test-deps.sh installs it)")
+    return found
+
+
+@pytest.mark.parametrize(("ci", "select", "names"), [("t", "worst-val", RAW_NAMES),
+                                                     ("bootstrap", "oracle", DisplayNames())])
+def test_latex_compiles(pdflatex: str, tmp_path: Path, ci: str, select: str, names: DisplayNames) -> None:
     odd = "[we&ird]_%#~^\\{x}"
     spec = {
         **BASE,
         (odd, "water_birds"): (0.5, 0.4, 0.1, 2, 3, False),
         ("erm", "one_seed"): (0.5, 0.4, 0, 1, 1, 0),
+        **{(m, "celeba"): (0.5, 0.4, 0.1, 3, 3, False) for m in METHODS},  # every display name
     }
     doc = (
         "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
-        + to_latex(make_summary(spec, ci=ci, select=select))
+        + to_latex(make_summary(spec, ci=ci, select=select), names=names)
         + "\\end{document}\n"
     )
     (tmp_path / "t.tex").write_text(doc)
     proc = subprocess.run(
-        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"],
+        [pdflatex, "-interaction=nonstopmode", "-halt-on-error", "t.tex"],
         cwd=tmp_path,
         capture_output=True,
         check=False,
@@ -293,8 +309,8 @@ def test_latex_small_intervals_keep_structure() -> None:
 def test_cells_from_several_code_versions_are_flagged_and_the_code_is_named():
     summary = make_summary(BASE, codes={("gdro", "waterbirds"): "0a1b2c3d4e5f; 9f8e7d6c5b4a+dirty.1234abcd"})
     md = to_markdown(summary)
-    gdro = next(line for line in md.splitlines() if line.startswith("| gdro"))
-    erm = next(line for line in md.splitlines() if line.startswith("| erm"))
+    gdro = next(line for line in md.splitlines() if line.startswith("| Group DRO"))
+    erm = next(line for line in md.splitlines() if line.startswith("| ERM"))
     assert gdro.count("‡") == 2 and "‡" not in erm  # both metrics of the mixed cell, nothing else
     assert "‡ runs from more than one code version" in md
     assert "Code: 0a1b2c3d4e5f, 9f8e7d6c5b4a+dirty.1234abcd." in md
@@ -302,3 +318,22 @@ def test_cells_from_several_code_versions_are_flagged_and_the_code_is_named():
     assert tex.count(r"$^{\ddagger}$") == 3 and "Code: 0a1b2c3d4e5f, 9f8e7d6c5b4a+dirty.1234abcd" in tex
     plain = make_summary(BASE)
     assert "‡" not in to_markdown(plain) and "Code: 0a1b2c3d4e5f." in to_markdown(plain)
+
+
+def test_tables_print_display_names_raw_keys_on_request_and_grid_overrides():
+    summary = make_summary(BASE)
+    tex = to_latex(summary)
+    assert r"MTL+$\ell_{1}$" in tex and "Group DRO$^{*}$" in tex and r"\multicolumn{2}{c}{Waterbirds}" in tex
+    assert r"mtl\_l1" not in tex and "{waterbirds}" not in tex
+    raw = to_latex(summary, names=RAW_NAMES)
+    assert r"mtl\_l1" in raw and "gdro$^{*}$" in raw and "{waterbirds}" in raw
+    ours = DisplayNames(methods={"mtl_l1": "Ours"}, datasets={"waterbirds": "WB"})
+    rows = [r[0] for r in md_table(to_markdown(summary, ours))]
+    assert rows[2:] == ["ERM", "Group DRO\\*", "Ours"] and md_table(to_markdown(summary, ours))[0][3] == "WB avg"
+    assert "mtl_l1" in to_csv(summary) and "Ours" not in to_csv(summary)  # CSV is for scripts: keys
+
+
+def test_every_plugin_declares_a_display_name():
+    assert all(p.display for p in (*METHODS.values(), *DATASETS.values()))
+    assert {k: METHODS[k].display for k in ("gdro", "ldro", "l1", "mtl_l1")} == {
+        "gdro": "Group DRO", "ldro": "L-DRO", "l1": "ℓ1", "mtl_l1": "MTL+ℓ1"}

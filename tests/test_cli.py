@@ -124,7 +124,7 @@ def test_submit_then_aggregate_every_format(cli, tmp_path):
     cli("grid", "submit", write_spec(tmp_path / "g.toml", SMALL), "--out", out)
     table = cli("aggregate", out)
     assert "erm" in table.output and "mtl_l1" in table.output and "worst" in table.output
-    for suffix, marker in ((".tex", "\\toprule"), (".md", "| erm"), (".csv", "dataset,method,metric")):
+    for suffix, marker in ((".tex", "\\toprule"), (".md", "| ERM"), (".csv", "dataset,method,metric")):
         target = tmp_path / f"table{suffix}"
         cli("aggregate", out, "--output", target, "--quiet")
         assert marker in target.read_text()

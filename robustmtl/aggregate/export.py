@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from rich.table import Table
 from rich.text import Text
 
+from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames
 from robustmtl.aggregate.parse import METRICS
 from robustmtl.aggregate.stats import CI_TYPES
 from robustmtl.aggregate.summary import Summary
@@ -201,14 +202,14 @@ def _md_escape(s: str) -> str:
     return s.replace("\\", "\\\\").replace("|", "\\|").replace("*", "\\*").replace("_", "\\_")
 
 
-def to_markdown(summary: Summary) -> str:
+def to_markdown(summary: Summary, names: DisplayNames = REGISTRY_NAMES) -> str:
     """Pipe table followed by the caption and footnotes (Markdown tables have no caption syntax)."""
     layout = _layout(summary)
     cols = _columns(layout)
-    header = ["Method", *(f"{_md_escape(d)} {METRIC_LABELS.get(m, m)}" for d, m in cols)]
+    header = ["Method", *(f"{_md_escape(names.dataset(d))} {METRIC_LABELS.get(m, m)}" for d, m in cols)]
     lines = ["| " + " | ".join(header) + " |", "|:--" + "|--:" * len(cols) + "|"]
     for method in layout.methods:
-        row = [_md_escape(method) + ("\\*" if method in layout.train_groups else "")]
+        row = [_md_escape(names.method(method)) + ("\\*" if method in layout.train_groups else "")]
         for d, m in cols:
             v = layout.values.get((method, d, m))
             if m == "n":

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 from robustmtl.aggregate.export import METRIC_LABELS, _columns, _layout, _Value, caption, code_note, footnotes
+from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames
 from robustmtl.aggregate.parse import METRICS
 from robustmtl.aggregate.summary import Summary
 
@@ -22,12 +24,14 @@ _LATEX_ESCAPES = {
     "±": r"$\pm$",
     "\u2013": "--",
     "×": r"$\times$",
+    "ℓ": r"$\ell$",
 }
+_ELL_INDEX = re.compile(r"\$\\ell\$(\d+)")  # ℓ1 is set as the norm's symbol, $\ell_{1}$
 
 
 def latex_escape(s: str) -> str:
-    """Escape TeX specials in user-chosen names (method/dataset strings like mtl_l1)."""
-    return "".join(_LATEX_ESCAPES.get(c, c) for c in s)
+    """Escape TeX specials in user-chosen names (method/dataset strings like mtl_l1, display names like ℓ1)."""
+    return _ELL_INDEX.sub(r"$\\ell_{\1}$", "".join(_LATEX_ESCAPES.get(c, c) for c in s))
 
 
 def _tex_value(v: _Value | None, small_intervals: bool) -> str:
@@ -40,7 +44,7 @@ def _tex_value(v: _Value | None, small_intervals: bool) -> str:
     return mean + (f" {interval}" if interval else "") + marks
 
 
-def to_latex(summary: Summary, small_intervals: bool = False) -> str:
+def to_latex(summary: Summary, small_intervals: bool = False, names: DisplayNames = REGISTRY_NAMES) -> str:
     """A complete `table` float using booktabs (\\usepackage{booktabs}); numbers are never truncated.
 
     `small_intervals` sets the intervals in \\scriptsize, as many papers do to keep wide tables readable.
@@ -48,7 +52,7 @@ def to_latex(summary: Summary, small_intervals: bool = False) -> str:
     layout = _layout(summary, pm=r"$\pm$")
     per = len(METRICS) + (layout.uniform_n is None)
     spec = "l" + "".join(" " + "c" * per for _ in layout.datasets)
-    heads = [rf"\multicolumn{{{per}}}{{c}}{{{latex_escape(d)}}}" for d in layout.datasets]
+    heads = [rf"\multicolumn{{{per}}}{{c}}{{{latex_escape(names.dataset(d))}}}" for d in layout.datasets]
     rules = " ".join(
         rf"\cmidrule(lr){{{2 + i * per}-{1 + (i + 1) * per}}}" for i in range(len(layout.datasets))
     )
@@ -68,7 +72,8 @@ def to_latex(summary: Summary, small_intervals: bool = False) -> str:
         r"\midrule",
     ]
     for method in layout.methods:
-        name = "{}" * method.startswith("[") + latex_escape(method)  # `\\ [` would read as a row skip
+        shown = names.method(method)
+        name = "{}" * shown.startswith("[") + latex_escape(shown)  # `\\ [` would read as a row skip
         row = [name + (r"$^{*}$" if method in layout.train_groups else "")]
         for d, m in _columns(layout):
             row.append(

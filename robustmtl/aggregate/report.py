@@ -32,6 +32,7 @@ from robustmtl.aggregate.details import (
 )
 from robustmtl.aggregate.export import to_csv, to_markdown
 from robustmtl.aggregate.latex import latex_tabular, to_latex
+from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames
 from robustmtl.aggregate.summary import Summary
 from robustmtl.errors import UserError
 
@@ -75,17 +76,19 @@ def check_output(output: Path, grid_dirs: list[Path]) -> None:
         raise UserError(f"--output {output} is a directory; give a file name such as {output / 'table.md'}")
 
 
-def documents(summary: Summary, fmt: str, sides: Sides, small_intervals: bool = False) -> dict[str, str]:
-    """Document name → text; "" is the main table, the others are the side tables of one-table formats."""
+def documents(summary: Summary, fmt: str, sides: Sides, small_intervals: bool = False,
+              names: DisplayNames = REGISTRY_NAMES) -> dict[str, str]:
+    """Document name → text; "" is the main table, the others are the side tables of one-table formats.
+    `names`: what the main table prints for methods and datasets (CSV always keeps the keys, for scripts)."""
     if fmt in ("markdown", "table"):
-        parts = [to_markdown(summary)]
+        parts = [to_markdown(summary, names)]
         parts += [hparams_to_markdown(summary)] if sides.hparams else []
         parts += [differences_to_markdown(summary)] if sides.differences else []
         parts += [cost_to_markdown(sides.costs)] if sides.costs is not None else []
         parts += [coverage_to_markdown(summary)] if summary.gaps else []
         return {"": "\n".join(parts)}
-    main: Callable[[Summary], str] = to_csv if fmt == "csv" else functools.partial(to_latex,
-                                                                                    small_intervals=small_intervals)
+    main: Callable[[Summary], str] = to_csv if fmt == "csv" else functools.partial(
+        to_latex, small_intervals=small_intervals, names=names)
     docs = {"": main(summary)}
     if sides.hparams:
         docs["hparams"] = _hparams_csv(summary) if fmt == "csv" else latex_tabular(

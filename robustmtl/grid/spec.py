@@ -16,6 +16,8 @@ A grid file is plain TOML 1.0 (tomllib, taplo and editors read it as robustmtl d
     alpha_aux = [0.368, 1.0]
     [dataset.synthetic]                     # one dataset's parameters, plus its `model` and `data_root`
     p_train = 0.95
+    [display.method]                        # optional: names tables and figures print (else the registry's)
+    mtl_l1 = "Ours"
     [executor]                              # where runs execute: kind = "auto" | "local" | "slurm" | "debug"
 
 The plural lists say what the grid runs; a singular table `[method.<m>]` / `[dataset.<d>]` configures
@@ -40,7 +42,8 @@ from robustmtl.params import did_you_mean
 from robustmtl.registry import DATASETS, METHODS, MODELS
 
 TOP_KEYS = {"name", "datasets", "methods", "seeds", "model", "defaults", "sweep", "method", "dataset",
-            "executor"}
+            "display", "executor"}
+DISPLAY_KINDS = {"method": METHODS, "dataset": DATASETS}  # [display.<kind>] <key> = "printed name"
 METHOD_TABLE_KEYS = {"defaults", "sweep"}
 DATA_ROOT_KEY = "data_root"
 MODEL_KEY = "model"
@@ -70,6 +73,7 @@ class GridSpec:
     method_tables: dict[str, MethodTable]
     dataset_tables: dict[str, dict[str, Any]]
     executor: dict[str, Any]
+    display: dict[str, dict[str, str]] = field(default_factory=dict)  # see display_table
 
     def model_for(self, dataset: str) -> str:
         """A dataset's model: its [dataset.<d>] model, else the grid's `model`, else the dataset's default."""
@@ -200,6 +204,24 @@ def _dataset_table(table: dict[str, Any], where: str, dataset: str) -> dict[str,
     return table
 
 
+def display_table(raw: Any, where: str) -> dict[str, dict[str, str]]:
+    """[display]: `[display.method]` / `[display.dataset]` tables of known key → the name tables print."""
+    names: dict[str, dict[str, str]] = {}
+    for kind, table in _table(raw, where, "display").items():
+        known = DISPLAY_KINDS.get(kind)
+        if known is None:
+            raise UserError(f"{where}: unknown key `{kind}` in [display]{did_you_mean(kind, DISPLAY_KINDS)}; "
+                            f"valid: {', '.join(DISPLAY_KINDS)}")
+        for key, name in _table(table, where, f"display.{kind}").items():
+            if key not in known:
+                raise UserError(f"{where}: [display.{kind}] {key!r} is not a {kind}{did_you_mean(key, known)}; "
+                                f"known: {', '.join(sorted(known))}")
+            if not isinstance(name, str) or not name.strip():
+                raise UserError(f"{where}: [display.{kind}] {key} must be a name to print, got {name!r}")
+        names[kind] = dict(table)
+    return names
+
+
 def load_spec(path: Path, *, saved: bool = False) -> GridSpec:
     """`saved`: see parse_toml."""
     path = Path(path)
@@ -244,7 +266,8 @@ def load_spec(path: Path, *, saved: bool = False) -> GridSpec:
     return GridSpec(path=path, text=text, name=name, datasets=datasets, methods=methods, seeds=seeds, model=model,
                     defaults=_scalars(_table(raw.get("defaults"), where, "defaults"), where, "defaults"),
                     sweep=_axes(_table(raw.get("sweep"), where, "sweep"), where, "sweep"),
-                    method_tables=method_tables, dataset_tables=dataset_tables, executor=executor)
+                    method_tables=method_tables, dataset_tables=dataset_tables, executor=executor,
+                    display=display_table(raw.get("display"), where))
 
 
 def migrated(path: Path) -> str | None:

@@ -75,6 +75,7 @@ def record_spec(grid: GridDir, spec: GridSpec, force: bool) -> None:
     if grid.spec.exists():
         _, old = parse_toml(grid.spec, saved=True)
         _, new = parse_toml(spec.path)
+        old.pop("display", None), new.pop("display", None)  # printed names define no run: renaming is no new spec
         if old != new and not force:
             raise UserError(f"{grid.root} was created by a different grid spec (see {grid.spec}); "
                             "use another --out, or --force to extend it with this spec")
