@@ -24,7 +24,7 @@ from robustmtl.aggregate import (
     to_markdown,
 )
 from robustmtl.aggregate.details import hparams_to_markdown
-from robustmtl.aggregate.export import MISSING, method_order
+from robustmtl.aggregate.export import MISSING, caption, method_order
 from robustmtl.aggregate.latex import latex_escape
 from robustmtl.aggregate.names import RAW_NAMES, DisplayNames
 from robustmtl.aggregate.summary import CELL_COLUMNS
@@ -277,6 +277,16 @@ def test_rich_table_content_and_no_truncation() -> None:
     assert "…" not in narrow
     first_column = "".join(ln.split("│")[1].strip() for ln in narrow.splitlines() if ln.startswith("│"))
     assert "a_really_long_method_name_x" in first_column  # folded over lines, never cut
+
+
+def test_rich_caption_is_printed_at_the_terminal_width_not_the_table_width() -> None:
+    s = make_summary({("erm", "synthetic"): (0.7, 0.4, 0.03, 3, 3, False)})
+    lines = _rich_text(render_rich(s), width=100).splitlines()
+    table_width = max(len(ln) for ln in lines if ln.startswith(("┏", "│", "└")))
+    below = lines[next(i for i, ln in enumerate(lines) if ln.startswith("└")) + 1:]
+    assert below[0].startswith("Test accuracy (%) at the epoch") and table_width < 40
+    assert max(len(ln) for ln in below) > table_width and len(below) <= 4  # caption, code note
+    assert " ".join(" ".join(below).split()).startswith(caption(s))
 
 
 def test_rich_bold_marks_best() -> None:

@@ -10,6 +10,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
@@ -165,16 +166,14 @@ def _columns(layout: _Layout) -> list[tuple[str, str]]:
 # --- terminal ---------------------------------------------------------------------------------------
 
 
-def render_rich(summary: Summary) -> Table:
-    """Terminal table; Text objects (not markup) so names with brackets print literally."""
+def render_rich(summary: Summary) -> Group:
+    """Terminal table, then its caption and notes at the terminal's width (a table's own caption wraps to
+    the table's, often narrow, width). Text objects (not markup) so names with brackets print literally."""
     layout = _layout(summary)
     notes = [f"{m} {t}" for m, t in footnotes(layout)] + [code_note(layout)]
     if summary.counts.excluded_incomplete:
         notes.append(f"{summary.counts.excluded_incomplete} incomplete run(s) excluded (--include-running)")
-    table = Table(
-        title=Text(f"Selection: {summary.selector.label}"),
-        caption=Text("\n".join([caption(summary, layout), *notes])),
-    )
+    table = Table(title=Text(f"Selection: {summary.selector.label}"))
     table.add_column("method", overflow="fold")
     for d, m in _columns(layout):
         table.add_column(Text(f"{d}\n{METRIC_LABELS.get(m, m)}"), justify="right", overflow="fold")
@@ -192,7 +191,7 @@ def render_rich(summary: Summary) -> Table:
             cell.append((" " + v.interval if v.interval else "") + v.marks, style="not bold")
             row.append(cell)
         table.add_row(*row)
-    return table
+    return Group(table, Text("\n".join([caption(summary, layout), *notes])))
 
 
 # --- markdown / csv ---------------------------------------------------------------------------------
