@@ -11,7 +11,7 @@ import pytest
 from robustmtl.data.check import TINY_GROUP
 from robustmtl.data.params import SyntheticParams
 from robustmtl.data.regime import describe, variance_ratio
-from tests.test_data_benchmarks import make, make_civilcomments, make_waterbirds
+from tests.test_data_benchmarks import make, make_celeba, make_civilcomments, make_waterbirds
 
 SPLIT_NAMES = {0: "train", 1: "val", 2: "test"}
 
@@ -153,6 +153,16 @@ def test_user_mistakes_are_one_line(cli, monkeypatch, args, fragment):
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == one_line_errors(result)
     assert len(one_line_errors(result)) == 1 and fragment in result.stderr
+
+
+def test_repeated_celeba_ids_are_one_line(cli, tmp_path):
+    make_celeba(tmp_path)
+    parts = pd.read_csv(tmp_path / "list_eval_partition.csv")
+    parts.loc[1, "image_id"] = parts.loc[0, "image_id"]
+    parts.to_csv(tmp_path / "list_eval_partition.csv", index=False)
+    result = check(cli, "celeba", "--data-root", tmp_path, ok=False)
+    assert result.exit_code == 2 and "lists 1 image ids more than once (e.g. '000001.jpg')" in result.stderr
+    assert len(one_line_errors(result)) == 1
 
 
 def test_layout_errors_come_from_the_loader(cli, tmp_path):

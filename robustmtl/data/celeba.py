@@ -33,6 +33,11 @@ class CelebA:
         part_path = root / "list_eval_partition.csv"
         attrs = read_table(attr_path, ["image_id", p.celeba_target, p.celeba_attr], "celeba", SOURCE)
         parts = read_table(part_path, ["image_id", "partition"], "celeba", SOURCE)
+        for path, listed in ((attr_path, attrs), (part_path, parts)):
+            repeated = listed["image_id"][listed["image_id"].duplicated()]
+            if len(repeated):
+                raise UserError(f"celeba: {path} lists {len(repeated)} image ids more than once (e.g. "
+                                f"{repeated.iloc[0]!r}); each image must have one row")
         table = attrs.merge(parts, on="image_id", how="inner", validate="one_to_one")
         if len(table) != len(attrs):
             raise UserError(f"celeba: {len(attrs) - len(table)} image ids of {attr_path} are missing from {part_path}")
