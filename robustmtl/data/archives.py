@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bz2
 import errno
+import functools
 import gzip
 import lzma
 import os
@@ -38,8 +39,8 @@ class Member:
     name: str  # posix path inside the source
     size: int
 
-    @property
-    def path(self) -> PurePosixPath:
+    @functools.cached_property
+    def path(self) -> PurePosixPath:  # cached: layouts look at every member's path several times
         return PurePosixPath(self.name)
 
 

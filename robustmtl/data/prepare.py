@@ -7,7 +7,8 @@ line and leaving nothing behind:
    these archives has a published checksum, see docs/datasets-setup.md);
 3. the sources are listed (a truncated or damaged archive fails here) and the dataset's layout
    (layouts.py) picks its files;
-4. they are unpacked into `DATA_ROOT/.NAME.partial/`, each file's size checked against the archive's;
+4. if the data root has the space, they are unpacked into `DATA_ROOT/.NAME.partial/`, each file's size
+   checked against the archive's;
 5. the dataset's own loader must build from that folder and find every image file it names;
 6. a record of the sources (`.robustmtl-prepared.json`) is written and the folder renamed to
    `DATA_ROOT/NAME` in one step, so a folder of that name is always complete.
@@ -241,6 +242,9 @@ def prepare_dataset(name: str, paths: list[Path], data_root: Path, url: str | No
             return Prepared(target, fresh=False)
         if url is not None:
             download(url, paths[0], say)
+        for path in paths:
+            if not path.exists():
+                raise UserError(f"--from {path}: no such file or folder")
         sources = describe_sources(paths, hashed=True)
         if sha256 is not None:
             check_sha256(paths, sources, sha256)
