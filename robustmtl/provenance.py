@@ -6,7 +6,9 @@ grid's code snapshot (`grid/snapshot.py`) reads all of that from the snapshot's 
 submit time, instead of asking git about a checkout that may have moved on since.
 
 Each start of a run appends one JSON line to RUN/provenance.jsonl; `code_version()` is the compact
-form that every metrics record carries in its `code` field.
+form that every metrics record carries in its `code` field. CPU results are bitwise reproducible only
+at a fixed torch thread count (reductions split differently), so each attempt also records the CPU
+model and the intra-op and inter-op thread counts it trains with.
 """
 
 from __future__ import annotations
@@ -146,6 +148,41 @@ def _driver_version() -> str | None:
     return out.splitlines()[0].strip() if out.strip() else None
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (x86's `model name`, ARM's `Hardware` / `CPU part` in /proc/cpuinfo), else the
+    platform's processor string; None where neither says."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for key in ("model name", "Hardware", "Processor", "cpu model", "CPU part"):
+        match = re.search(rf"^{key}\s*:\s*(.+)$", text, re.MULTILINE)
+        if match and match.group(1).strip():
+            return match.group(1).strip()
+    return platform.processor() or None
+
+
+def cpu_info(threads: int) -> dict[str, Any]:
+    """The CPU and the thread counts a run trains with: `threads` when its options set one (the loop
+    applies it), else torch's default for this process (from OMP_NUM_THREADS or the usable cores)."""
+    import torch
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "cpus_usable": usable,
+            "torch_threads": threads or torch.get_num_threads(),
+            "torch_interop_threads": torch.get_num_interop_threads()}
+
+
+def _run_threads(rd: RunDir) -> int:
+    """The run's `threads` option (0: torch's default); a run without options asks for none."""
+    from robustmtl.config import options_from_dict
+    from robustmtl.layout import read_json
+
+    if not rd.options.exists():
+        return 0
+    return options_from_dict(read_json(rd.options, "run options"), where=str(rd.options)).threads
+
+
 def machine_info() -> dict[str, Any]:
     """Software versions, CUDA, the driver and the GPUs this process sees."""
     import torch
@@ -203,7 +240,7 @@ def record(rd: RunDir, job_id: str | None) -> dict[str, Any]:
         "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", 0)),
         "code": info["code"], "commit": info["commit"], "dirty": info["dirty"], "diff_file": _saved_diff(rd, info),
         "snapshot": info["snapshot"], "source_hash": info["source_hash"], "source_path": info["source_path"],
-        **machine_info(),
+        **machine_info(), **cpu_info(_run_threads(rd)),
     }
     append_durably(rd.root / PROVENANCE, json.dumps(entry, sort_keys=True) + "\n")
     check_snapshot()

@@ -96,3 +96,32 @@ def test_version_strings():
     assert provenance.version_string("0123456789abcdef", False, "f" * 64) == "0123456789ab"
     assert provenance.version_string("0123456789abcdef", True, "e" * 64) == "0123456789ab+dirty.eeeeeeee"
     assert provenance.version_string(None, None, "d" * 64) == "source:dddddddddddd"
+
+
+def first_cpuinfo_model() -> str | None:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), None)
+
+
+@pytest.mark.parametrize("threads", [1, 0])
+def test_each_attempt_records_the_cpu_and_the_thread_count_it_trains_with(tmp_path, cli, threads):
+    """CPU numbers are bitwise reproducible only at a fixed thread count, so the count is part of provenance:
+    the grid's `threads` when set, else torch's default in the process that trains."""
+    executor = {"threads": threads} if threads else {}
+    spec = write_spec(tmp_path / "g.toml", tiny_grid("g", ["erm"], [0], defaults={"epochs": 1}, executor=executor))
+    default = torch.get_num_threads()
+    try:
+        cli("grid", "submit", spec, "--out", tmp_path / "g")
+    finally:
+        torch.set_num_threads(default)  # the debug executor trains in this process
+    grid = GridDir(tmp_path / "g")
+    (entry,) = provenance.read_provenance(grid.run(grid.run_ids()[0]))
+    assert entry["torch_threads"] == (threads or default)
+    assert entry["torch_interop_threads"] == torch.get_num_interop_threads()
+    assert entry["cpu_count"] == os.cpu_count() and 1 <= entry["cpus_usable"] <= os.cpu_count()
+    model = first_cpuinfo_model()
+    if model is not None:
+        assert entry["cpu_model"] == model
