@@ -455,6 +455,21 @@ def test_download_restarts_when_the_server_ignores_ranges(cli, tmp_path, serve):
     assert dest.read_bytes() == payload and (tmp_path / "d" / "waterbirds" / "metadata.csv").is_file()
 
 
+@pytest.mark.parametrize(("kept", "requests"), [
+    ("all", 1),  # killed between the last byte and the rename: the 416 says nothing is left
+    ("too much", 2),  # longer than the server's file (another file's bytes): fetched again from the start
+])
+def test_a_part_file_the_server_has_no_more_bytes_for(cli, tmp_path, serve, kept, requests):
+    _, (archive,) = waterbirds_tar(tmp_path)
+    payload = archive.read_bytes()
+    server = serve(payload)
+    dest = tmp_path / "w.tar.gz"
+    dest.with_name(dest.name + ".part").write_bytes(payload if kept == "all" else payload + b"junk")
+    cli("data", "prepare", "waterbirds", "--url", server.url, "--from", dest, "--data-root", tmp_path / "d")
+    assert dest.read_bytes() == payload and len(server.requests) == requests
+    assert not dest.with_name(dest.name + ".part").exists()
+
+
 def test_download_checks_the_checksum(cli, tmp_path, serve):
     _, (archive,) = waterbirds_tar(tmp_path)
     server = serve(archive.read_bytes())
