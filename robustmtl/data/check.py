@@ -165,7 +165,8 @@ def group_findings(tables: list[GroupTable]) -> tuple[list[str], list[str]]:
                     tiny.append((n, name))
             if tiny:
                 shown = [f"{name!r} ({n})" for n, name in sorted(tiny)]
-                warnings.append(f"{len(tiny)} group(s) have fewer than {TINY_GROUP} {split} examples, so their "
+                kind = "group(s)" if table is main else "evaluation group(s)"
+                warnings.append(f"{len(tiny)} {kind} have fewer than {TINY_GROUP} {split} examples, so their "
                                 f"accuracy moves in steps of 100/n points: {_quoted(shown)}")
     return problems, warnings
 
@@ -248,6 +249,7 @@ def text_findings(splits: Splits) -> list[str]:
 
 def check_splits(name: str, data_params: Any, data_root: Path | None, splits: Splits,
                  image_sample: int) -> CheckReport:
+    """The report on splits already built (by `build_splits`)."""
     tables = group_tables(splits)
     problems, warnings = group_findings(tables)
     problems += value_findings(splits)
