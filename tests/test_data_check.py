@@ -56,6 +56,15 @@ def test_synthetic_table_names_the_regime(cli):
     assert "y=1/a=0" in shown and "a = y for" in shown
 
 
+@pytest.mark.parametrize(("name", "prefix"), [("text_spurious", "text_"), ("mnist_spurious", "mnist_")])
+def test_packaged_datasets_are_checked(cli, name, prefix):
+    sizes = {"train": 400, "val": 100, "test": 100}
+    sets = [arg for split, n in sizes.items() for arg in ("--set", f"{prefix}n_{split}={n}")]
+    report = as_json(check(cli, name, *sets, "--format", "json"))
+    assert {split: sum(groups.values()) for split, groups in counts(report).items()} == sizes
+    assert report["ok"] and report["agreement"]["equal_rate"] > 0.8  # p_train = 0.95 by default
+
+
 def test_synthetic_pretrain_pool_is_a_column(cli):
     report = as_json(check(cli, "synthetic", "--set", "pretrain_n=50", "--format", "json"))
     assert sum(counts(report)["pretrain"].values()) == 50
