@@ -108,3 +108,41 @@ def test_paired_difference_matches_ttest_rel_and_pairs_by_seed() -> None:
 def test_paired_difference_single_pair_has_no_interval() -> None:
     d = paired_difference({0: 0.7}, {0: 0.6, 1: 0.5})
     assert d.n == 1 and d.mean == pytest.approx(0.1) and math.isnan(d.lower)
+
+
+def test_no_seed_is_all_nan_with_n_zero() -> None:
+    for iv in (t_interval([]), t_interval([math.nan]), bootstrap_interval([], np.random.default_rng(0))):
+        assert iv.n == 0 and all(math.isnan(v) for v in (iv.mean, iv.lower, iv.upper, iv.half_width))
+
+
+def test_negative_bootstrap_seed_is_one_clear_line() -> None:
+    with pytest.raises(UserError, match=r"^bootstrap seed must be >= 0, got -1$"):
+        cell_rng(-1, "wb", "erm", "avg_acc")
+
+
+SPREAD = [0.61, 0.66, 0.58, 0.7, 0.64, 0.59, 0.73, 0.68]
+
+
+def test_bootstrap_bounds_are_the_tail_percentiles_of_the_resampled_means() -> None:
+    iv = bootstrap_interval(SPREAD, np.random.default_rng(5))
+    arr = np.array(SPREAD)
+    means = arr[np.random.default_rng(5).integers(0, len(arr), size=(10_000, len(arr)))].mean(axis=1)
+    assert (iv.lower, iv.upper) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])))
+    assert iv.n == len(SPREAD) and iv.mean == pytest.approx(arr.mean())
+
+
+def test_interval_uses_the_given_generator_and_seed_zero_without_one() -> None:
+    given = interval(SPREAD, "bootstrap", np.random.default_rng(7))
+    assert given == bootstrap_interval(SPREAD, np.random.default_rng(7))
+    assert interval(SPREAD, "bootstrap") == bootstrap_interval(SPREAD, np.random.default_rng(0))
+    assert given != interval(SPREAD, "bootstrap")  # 8 distinct seeds: the generator shows in the bounds
+
+
+def test_paired_difference_drops_a_seed_missing_on_either_side_and_takes_its_confidence() -> None:
+    values, baseline = {0: math.nan, 1: 0.5, 2: 0.6, 3: 0.55}, {0: 0.4, 1: 0.3, 2: 0.2, 3: math.nan}
+    diff = paired_difference(values, baseline, confidence=0.9)
+    assert diff.seeds == (1, 2) and diff.n == 2
+    expected = t_interval([0.2, 0.4], confidence=0.9)
+    assert (diff.mean, diff.lower, diff.upper, diff.half_width) == pytest.approx(
+        (expected.mean, expected.lower, expected.upper, expected.half_width))
+    assert diff.half_width == pytest.approx(stats.t.ppf(0.95, 1) * np.std([0.2, 0.4], ddof=1) / math.sqrt(2))

@@ -23,7 +23,7 @@ from robustmtl.data.synthetic import Synthetic
 
 N = 20_000
 P = SyntheticParams(n_train=N, n_val=N, n_test=N, core_dim=3, spurious_dim=4, noise_dim=2, core_mean=0.4,
-                    core_std=1.5, spurious_mean=0.9, spurious_std=0.6, noise_std=2.0, p_train=0.9, p_eval=0.3,
+                    core_std=1.5, spurious_mean=0.9, spurious_std=2.0, noise_std=1.7, p_train=0.9, p_eval=0.3,
                     data_seed=7)
 
 
@@ -44,12 +44,15 @@ def leading_variance(x: torch.Tensor) -> float:
     return float(torch.linalg.eigvalsh(torch.cov(x.T)).max())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def splits():
+    """Built per test (a fraction of a second), so mutation testing sees every test exercise the generator."""
     return Synthetic.build(P, None)
 
 
 def test_layout_names_and_sizes(splits):
+    assert (splits.info.modality, splits.info.n_classes, splits.info.n_attrs) == ("vector", 2, 2)
+    assert [s.name for s in splits.by_name().values()] == ["train", "val", "test"]
     assert splits.info.input_dim == splits.train.x.shape[1] == 9
     assert splits.info.extra["blocks"] == {"core": (0, 3), "spurious": (3, 7), "noise": (7, 9)}
     assert splits.info.group_names == ("y=0/a=0", "y=0/a=1", "y=1/a=0", "y=1/a=1")
@@ -78,6 +81,17 @@ def test_each_block_is_centred_on_its_variable_with_its_spread(splits, name, sig
     assert spread.tolist() == pytest.approx([std] * x.shape[1], rel=5 * math.sqrt(0.5 / N))
 
 
+def test_the_summaries_describe_the_configured_blocks():
+    core, spurious, noise = describe(P)
+    assert spurious_mean_std(P) == (P.spurious_mean, P.spurious_std)  # no variance ratio asked: unscaled
+    assert (core.block, core.dims, core.mean, core.std) == ("core", 3, P.core_mean, P.core_std)
+    assert (spurious.block, spurious.dims, spurious.mean, spurious.std) == ("spurious", 4, 0.9, 2.0)
+    assert (noise.block, noise.dims, noise.mean, noise.std, noise.leading_variance) == ("noise", 2, 0.0, 1.7, 1.7**2)
+    assert noise.separability == noise.label_accuracy_train == 0.5
+    sep = norm.cdf(math.sqrt(4) * 0.9 / 2.0)
+    assert spurious.label_accuracy_train == pytest.approx(0.9 * sep + 0.1 * (1 - sep))
+
+
 def test_leading_direction_variance_per_block_is_the_regimes(splits):
     """The block's largest covariance eigenvalue is d·mean² + std² (noise: std²); the ratio is variance_ratio."""
     summaries = {s.block: s for s in describe(P)}
@@ -102,12 +116,14 @@ def test_separability_is_the_bayes_accuracy_of_each_blocks_own_variable(splits):
     assert accuracy(core_rule, split.y) == pytest.approx(summaries["core"].separability, abs=tolerance)
     assert accuracy(spurious_rule, attribute(split)) == pytest.approx(summaries["spurious"].separability, abs=tolerance)
     assert summaries["core"].separability == pytest.approx(norm.cdf(math.sqrt(3) * 0.4 / 1.5))
-    assert summaries["spurious"].separability == pytest.approx(norm.cdf(math.sqrt(4) * 0.9 / 0.6))
+    assert summaries["spurious"].separability == pytest.approx(norm.cdf(math.sqrt(4) * 0.9 / 2.0))
     assert summaries["noise"].separability == 0.5
     train_rule = (block(splits.train, "spurious", P).sum(1) > 0).long()
     assert accuracy(train_rule, splits.train.y) == pytest.approx(summaries["spurious"].label_accuracy_train,
                                                                  abs=tolerance)
     assert accuracy(core_rule, split.y) == pytest.approx(summaries["core"].label_accuracy_train, abs=tolerance)
+    noise_rule = (block(splits.train, "noise", P).sum(1) > 0).long()
+    assert accuracy(noise_rule, splits.train.y) == pytest.approx(summaries["noise"].label_accuracy_train, abs=tolerance)
 
 
 @pytest.mark.parametrize(("name", "rate"), [("train", P.p_train), ("val", P.p_eval), ("test", P.p_eval)])
@@ -141,7 +157,7 @@ def test_the_data_depend_on_data_seed_only_and_a_pretraining_pool_leaves_the_spl
         assert torch.equal(split.x, again.by_name()[name].x) and torch.equal(split.g, pooled.by_name()[name].g)
         assert torch.equal(split.x, pooled.by_name()[name].x)
         assert not torch.equal(split.x, other.by_name()[name].x)
-    assert pooled.pretrain is not None and len(pooled.pretrain) == 500
+    assert pooled.pretrain is not None and len(pooled.pretrain) == 500 and pooled.pretrain.name == "pretrain"
     agree = accuracy(attribute(pooled.pretrain), pooled.pretrain.y)
     assert agree == pytest.approx(0.8, abs=5 * math.sqrt(0.8 * 0.2 / 500))
 
@@ -152,3 +168,10 @@ def test_without_noise_dimensions_there_is_no_noise_block():
     assert splits.train.x.shape[1] == 7 and "noise" not in block_slices(p)
     assert [s.block for s in describe(p)] == ["core", "spurious"]
     assert np.isfinite(splits.train.x.numpy()).all()
+
+
+def test_every_split_has_a_membership_column_per_group_even_when_groups_are_missing():
+    """With the attribute never agreeing (a = 1 - y), groups 0 and 3 are empty but still evaluated columns."""
+    splits = Synthetic.build(replace(P, n_train=50, n_val=50, n_test=50, p_train=0.0, p_eval=0.0), None)
+    for split in splits.by_name().values():
+        assert set(split.g.tolist()) == {1, 2} and split.membership.shape == (50, 4)

@@ -85,7 +85,7 @@ def test_peak_memory_is_the_largest_over_attempts(tmp_path, monkeypatch):
 
 
 def test_cost_fields_on_cpu(tmp_path):
-    rd, summary = run(tmp_path, "cost")
+    rd, summary = run(tmp_path, "cost", device="cpu")  # pinned: on a GPU machine auto would pick CUDA
     train = [r for r in read_records(rd.metrics) if r["split"] == "train"]
     for record in [*train, summary, json.loads(rd.done.read_text())]:
         assert record["precision"] == "fp32"
@@ -204,8 +204,21 @@ def test_compiled_encoder_trains_to_the_same_numbers(tmp_path):
     counters.clear()
     compiled, _ = run(tmp_path, "compiled", compile=True)
     assert counters["frames"]["ok"] > 0
-    for a, b in zip(read_records(eager.metrics), read_records(compiled.metrics), strict=True):
-        assert a["avg_acc"] == pytest.approx(b["avg_acc"], abs=0.05)
+    # Inductor fuses kernels and reorders float reductions, so losses and weights agree to float32 rounding (seen:
+    # 1e-7 relative), not bitwise; that is far from flipping a prediction here, so every accuracy is equal exactly.
+    accuracies = ("avg_acc", "worst_group_acc", "group_acc", "group_n")
+    for a, b in zip(comparable(read_records(eager.metrics)), comparable(read_records(compiled.metrics)), strict=True):
+        rounded = [k for k, v in a.items() if k not in accuracies and (isinstance(v, float) or (
+            isinstance(v, dict) and v and all(isinstance(x, float) for x in v.values())))]  # losses, loss terms
+        assert a.keys() == b.keys() and {k: v for k, v in a.items() if k not in rounded} == {
+            k: v for k, v in b.items() if k not in rounded}
+        for key in rounded:
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
+    eager_weights, compiled_weights = (torch.load(rd.checkpoint, weights_only=True)["model"]
+                                       for rd in (eager, compiled))
+    assert eager_weights.keys() == compiled_weights.keys()
+    for name, weight in eager_weights.items():
+        torch.testing.assert_close(compiled_weights[name], weight, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow
