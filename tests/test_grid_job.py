@@ -234,3 +234,32 @@ def test_torn_attempts_line_is_skipped(tmp_path):
     assert [e["event"] for e in read_attempts(rd)] == ["start"]
     job_module.record_attempt(rd, "done", "1")  # the torn line does not swallow the next event
     assert [e["event"] for e in read_attempts(rd)] == ["start", "done"]
+
+
+@pytest.mark.parametrize("run_time, limit, submitit_says, event", [
+    ("00:50:00", "01:00:00", True, "preempted"),   # submitit counts anything past 80% of the limit as a timeout
+    ("00:58:40", "01:00:00", False, "timeout"),    # within the 90 s warning (and SLURM's minute of slack)
+    ("00:00:40", "00:02:00", True, "timeout"),     # a 2-minute job: 80 s left, the warning (30 s) may come early
+    ("00:00:20", "00:10:00", True, "preempted"),   # submitit: every USR2 of a 10-minute job is a timeout
+    ("1-00:00:00", "2-00:00:00", False, "preempted"),
+])
+def test_usr2_is_a_timeout_only_near_slurms_time_limit(tmp_path, monkeypatch, slurm_env, run_time, limit,
+                                                       submitit_says, event):
+    handler = FakeSubmititHandler(submitit_says)
+    signal.signal(signal.SIGUSR2, handler.checkpoint_and_try_requeue)
+    delay = "30" if limit == "00:02:00" else "90"
+    monkeypatch.setenv(signals.WARNING_ENV, delay)
+    monkeypatch.setattr(signals, "_scontrol_job", lambda: f"JobId=77 JobState=RUNNING RunTime={run_time} "
+                                                          f"TimeLimit={limit} TimeMin=N/A")
+    signalled_loop(monkeypatch, signal.SIGUSR2, [])
+    with pytest.raises(SystemExit):
+        TrainJob()(str(tmp_path))
+    assert [e["event"] for e in read_attempts(RunDir(tmp_path))] == ["start", event]
+
+
+def test_without_slurms_view_the_timeout_guess_is_submitits(monkeypatch, slurm_env):
+    monkeypatch.setenv(signals.WARNING_ENV, "90")
+    monkeypatch.setattr(signals, "_scontrol_job", lambda: "JobId=77 TimeLimit=UNLIMITED RunTime=00:01:00")
+    assert signals.near_time_limit() is None
+    monkeypatch.delenv(signals.WARNING_ENV)
+    assert signals.near_time_limit() is None

@@ -42,22 +42,29 @@ from robustmtl.grid.expand import PlannedRun
 from robustmtl.grid.manifest import append_entries
 from robustmtl.grid.scheduler import SubmitRoom, cancel, jobs_with_comment, sbatch_message, submit_room
 from robustmtl.layout import GridDir
+from robustmtl.train.signals import WARNING_ENV
 
 # sbatch errors worth another try: the controller was busy or briefly unreachable
 TRANSIENT = re.compile(r"socket timed out|timed out|try again|temporarily unavailable|temporarily unable|"
                        r"unable to contact slurm controller|connection refused|connection reset", re.IGNORECASE)
 RETRY_DELAYS_S = (2.0, 5.0, 15.0, 30.0)
+# submitit would stop requeueing after its own count of timeouts, judged by the share of the limit used (every
+# USR2 of a job of 10 minutes or less is a "timeout" to it); the job's caps (train/outcome.py) decide instead
+NO_SUBMITIT_TIMEOUT_CAP = 1_000_000
 
 
 def slurm_parameters(settings: ExecutorSettings, job_name: str) -> dict[str, Any]:
     """AutoExecutor parameters from the [executor] settings (with CLI overrides already applied)."""
     side_by_side = settings.pack if settings.pack_mode == "parallel" else 1  # runs of a task at once
+    # a short job gets its warning signal early enough to checkpoint; 90 s (submitit's default) otherwise
+    warning_s = min(90, max(30, settings.timeout_min * 15))
     params: dict[str, Any] = {
         "timeout_min": settings.timeout_min, "cpus_per_task": settings.cpus * side_by_side, "slurm_job_name": job_name,
-        # a short job gets its warning signal early enough to checkpoint; 90 s (submitit's default) otherwise
-        "slurm_signal_delay_s": min(90, max(30, settings.timeout_min * 15)),
-        # torch would otherwise start one thread per core of the whole node
-        "slurm_setup": [f"export OMP_NUM_THREADS={settings.cpus}", *settings.setup],
+        "slurm_signal_delay_s": warning_s,
+        # torch would otherwise start one thread per core of the whole node; the job tells a time-limit
+        # warning from a preemption by the delay
+        "slurm_setup": [f"export OMP_NUM_THREADS={settings.cpus}", f"export {WARNING_ENV}={warning_s}",
+                        *settings.setup],
     }
     optional = {"slurm_partition": settings.partition, "slurm_account": settings.account,
                 "slurm_qos": settings.qos, "slurm_constraint": settings.constraint,
@@ -231,7 +238,7 @@ def sbatch_array(grid: GridDir, tasks: list[list[PlannedRun]], settings: Executo
             # `python` is the command the sbatch script starts the job with (after the setup lines, which
             # may put it on PATH); None keeps submitit's default, the interpreter submitting
             executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm",
-                                             slurm_max_num_timeout=settings.max_timeouts,
+                                             slurm_max_num_timeout=NO_SUBMITIT_TIMEOUT_CAP,
                                              slurm_python=signal_safe(settings.python))
             executor.update_parameters(**params)
             jobs = executor.map_array(TrainJob(caps, settings.pack_mode), args)

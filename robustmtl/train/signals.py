@@ -52,8 +52,10 @@ def interruption(flag: StopFlag) -> tuple[str, str | None]:
     """(event, who requeues: "submitit" | "self" | None) for the signal that stopped the loop."""
     if flag.signum == signal.SIGUSR2:
         handler = flag.previous.get(signal.SIGUSR2)
-        has_timed_out = getattr(getattr(handler, "__self__", None), "has_timed_out", None)  # submitit's SignalHandler
-        timed_out = bool(has_timed_out and has_timed_out())
+        timed_out = near_time_limit()
+        if timed_out is None:  # SLURM cannot say: submitit's guess (past 80% of the limit, or 10 minutes before it)
+            has_timed_out = getattr(getattr(handler, "__self__", None), "has_timed_out", None)
+            timed_out = bool(has_timed_out and has_timed_out())
         return ("timeout" if timed_out else "preempted"), ("submitit" if callable(handler) else "self")
     state, requeued = slurm_job_view()
     if requeued:  # scontrol requeue, PreemptMode=REQUEUE: the next start resumes from the checkpoint
@@ -63,19 +65,55 @@ def interruption(flag: StopFlag) -> tuple[str, str | None]:
     return "terminated", None  # scancel, time limit: `grid resume` continues it
 
 
+# SLURM sends the warning signal `--signal=USR2@<delay>` up to a minute before that delay; the submitting
+# side exports the delay as WARNING_ENV
+WARNING_ENV = "ROBUSTMTL_SIGNAL_DELAY_S"
+WARNING_EARLY_S = 60
+
+
+def near_time_limit() -> bool | None:
+    """Whether this job is in its time-limit warning window (its remaining time at most the warning delay plus
+    a minute), from SLURM's own RunTime and TimeLimit; None when that cannot be read. A preemption at 50
+    minutes of a 60-minute job is a preemption, whatever share of the limit it has used."""
+    delay = os.environ.get(WARNING_ENV, "")
+    if not delay.isdigit():
+        return None
+    view = _scontrol_job()
+    run_time, limit = (_seconds(re.search(rf"\b{key}=(\S+)", view)) for key in ("RunTime", "TimeLimit"))
+    if run_time is None or limit is None:
+        return None
+    return limit - run_time <= int(delay) + WARNING_EARLY_S
+
+
+def _seconds(match: re.Match[str] | None) -> int | None:
+    """`[D-]HH:MM:SS` (or MM:SS) → seconds; None for UNLIMITED or anything else."""
+    found = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", match.group(1)) if match else None
+    if not found:
+        return None
+    days, hours, minutes, seconds = (int(g or 0) for g in found.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def _scontrol_job() -> str:
+    try:
+        proc = subprocess.run(["scontrol", "show", "job", os.environ["SLURM_JOB_ID"]], capture_output=True,
+                              text=True, timeout=5)
+    except (OSError, KeyError, subprocess.TimeoutExpired):
+        return ""
+    return proc.stdout
+
+
 def under_slurm() -> bool:
     return os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and "SLURM_JOB_ID" in os.environ
 
 
 def slurm_job_view() -> tuple[str | None, bool]:
     """(JobState, whether SLURM is requeueing this job: its restart count is past the one this start got)."""
-    try:
-        proc = subprocess.run(["scontrol", "show", "job", os.environ["SLURM_JOB_ID"]], capture_output=True,
-                              text=True, timeout=5)
-    except (OSError, KeyError, subprocess.TimeoutExpired):
+    view = _scontrol_job()
+    if not view:
         return None, False
-    state = re.search(r"\bJobState=(\S+)", proc.stdout)
-    restarts = re.search(r"\bRestarts=(\d+)", proc.stdout)
+    state = re.search(r"\bJobState=(\S+)", view)
+    restarts = re.search(r"\bRestarts=(\d+)", view)
     requeued = bool(restarts) and int(restarts.group(1)) > int(os.environ.get("SLURM_RESTART_COUNT", 0))
     return (state.group(1) if state else None), requeued
 
