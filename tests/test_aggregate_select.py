@@ -1,0 +1,145 @@
+"""Model selection on its own: the epoch each rule picks within a run, the setting it picks across runs, and what it
+tells the user, on hand-written runs whose answers are known (select_runs on the loaded grid, no table rendering)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from robustmtl.aggregate.load import load_runs
+from robustmtl.aggregate.select import SELECTORS, get_selector, select_runs
+from robustmtl.errors import UserError
+from tests.test_aggregate_pipeline import make_grid, record, sid, write_run
+
+
+def select(grid: Path, rule: str = "worst-val", include_running: bool = False):
+    return select_runs(load_runs([grid], include_running), get_selector(rule))
+
+
+def write_points(grid: Path, setting: str, seed: int, points: list[tuple[int, int, str, float, float]]) -> None:
+    """A finished run from (epoch, step, split, avg_acc, worst_group_acc) records."""
+    run_dir = grid / "runs" / sid(f"{setting}/{seed}")
+    run_dir.mkdir()
+    lines = []
+    for epoch, step, split, avg, worst in points:
+        lines.append(json.dumps({**record(setting, seed, epoch, split, (avg, worst)), "step": step}))
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (run_dir / "DONE").write_text("{}")
+
+
+def test_the_best_score_wins_and_ties_go_to_the_earliest_epoch_then_step(tmp_path):
+    grid = make_grid(tmp_path / "g", seeds=(0,))
+    write_points(grid, "A", 0, [
+        (1, 10, "val", 0.9, 0.6), (1, 10, "test", 0.9, 0.1),
+        (2, 25, "val", 0.8, 0.7), (2, 25, "test", 0.8, 0.2),
+        (2, 20, "val", 0.8, 0.7), (2, 20, "test", 0.8, 0.3),  # same epoch and score, earlier step: chosen
+        (3, 30, "val", 0.7, 0.7), (3, 30, "test", 0.7, 0.4),
+    ])
+    chosen = select(grid).per_seed.iloc[0]
+    assert (chosen["epoch"], chosen["step"], chosen["score"], chosen["worst_group_acc"]) == (2, 20, 0.7, 0.3)
+    avg = select(grid, "avg-val").per_seed.iloc[0]
+    assert (avg["epoch"], avg["step"], avg["score"], avg["avg_acc"]) == (1, 10, 0.9, 0.9)
+    oracle = select(grid, "oracle").per_seed.iloc[0]
+    assert (oracle["epoch"], oracle["step"], oracle["worst_group_acc"]) == (3, 30, 0.4)
+
+
+def test_the_rules_and_their_labels():
+    assert list(SELECTORS) == ["worst-val", "avg-val", "oracle"]
+    assert [(s.split, s.metric, s.upper_bound) for s in SELECTORS.values()] == [
+        ("val", "worst_group_acc", False), ("val", "avg_acc", False), ("test", "worst_group_acc", True)]
+    assert [s.label for s in SELECTORS.values()] == ["worst-val", "avg-val", "oracle (upper bound)"]
+    valid = "worst-val, avg-val, oracle, few-groups"
+    with pytest.raises(UserError, match=rf"^unknown selection rule 'best'; valid: {valid}$"):
+        get_selector("best")
+
+
+def two_settings(tmp_path: Path, seeds_b: int = 2) -> Path:
+    """A: validation 0.6 on both seeds; B: 0.5 and 0.8 at its second epoch (mean 0.65), its last seeds_b seeds
+    finished."""
+    grid = make_grid(tmp_path / "g", seeds=(0, 1))
+    for seed in (0, 1):
+        write_run(grid, "A", seed, [{"val": (0.9, 0.6), "test": (0.9, 0.3 + seed / 10)}],
+                  hparams={"lr": 1e-5, "epochs": 3, "name": "A"})
+    for seed, val in zip((0, 1), (0.5, 0.8), strict=True):
+        write_run(grid, "B", seed, [{"val": (0.9, 0.45), "test": (0.9, 0.1)}, {"val": (0.9, val), "test": (0.8, 0.2)}],
+                  done=seed >= 2 - seeds_b, hparams={"lr": 2e-5, "epochs": 3, "name": "B"})
+    return grid
+
+
+def test_the_setting_with_the_best_mean_score_is_chosen_and_described(tmp_path):
+    selection = select(two_settings(tmp_path))
+    chosen = selection.chosen.iloc[0]
+    assert chosen["setting_id"] == sid("B") and chosen["score"] == pytest.approx(0.65)
+    assert (chosen["n_seeds"], chosen["n_expected"], chosen["model"], chosen["uses_train_groups"]) == (2, 2, "bert",
+                                                                                                     False)
+    assert chosen["epochs"] == {0: 2, 1: 2}
+    assert chosen["hparams"] == {"lr": 2e-5, "epochs": 3, "name": "B"}
+    assert chosen["searched"] == {"lr": 2e-5, "name": "B"}  # epochs is the same in both settings
+    per_seed = selection.per_seed
+    assert list(per_seed["seed"]) == [0, 1] and list(per_seed["score"]) == [0.5, 0.8]
+    assert list(per_seed["run_id"]) == [sid("B/0"), sid("B/1")] and per_seed["complete"].all()
+    assert list(per_seed["worst_group_acc"]) == [0.2, 0.2] and selection.warnings == []
+
+
+def test_a_setting_with_fewer_finished_seeds_does_not_compete_and_is_named(tmp_path):
+    selection = select(two_settings(tmp_path, seeds_b=1), include_running=False)
+    assert selection.chosen.iloc[0]["setting_id"] == sid("A")
+    assert selection.warnings == [
+        f"wb/erm: setting {sid('B')} has the higher selection score (0.8000 vs 0.6000) but 1 seed(s) done against 2 "
+        f"for the chosen {sid('A')}; settings compete on the most seeds any of them has (finish its runs)"]
+    assert list(selection.per_seed["worst_group_acc"]) == [0.3, 0.4]
+
+
+def test_a_finished_run_without_the_rules_split_is_an_error_naming_it(tmp_path):
+    grid = make_grid(tmp_path / "g", seeds=(0,))
+    write_run(grid, "A", 0, [{"test": (0.8, 0.5)}])
+    write_run(grid, "B", 0, [{"test": (0.8, 0.5)}])
+    first = sorted([sid("A/0"), sid("B/0")])[0]
+    run_dir = grid / "runs" / first
+    with pytest.raises(UserError, match=rf"^run {first} \({run_dir}\) has no val records with worst_group_acc; "
+                                        r"the worst-val rule needs val data \(and 1 more run\(s\)\)$"):
+        select(grid)
+
+
+def test_a_running_run_without_the_split_is_skipped_with_a_warning(tmp_path):
+    grid = make_grid(tmp_path / "g", seeds=(0,))
+    write_run(grid, "A", 0, [{"val": (0.8, 0.6), "test": (0.8, 0.5)}])
+    write_run(grid, "B", 0, [{"test": (0.8, 0.5)}], done=False)
+    selection = select(grid, include_running=True)
+    assert selection.warnings == [f"run {sid('B/0')} (incomplete) has no val records yet; skipped"]
+    assert list(selection.per_seed["run_id"]) == [sid("A/0")]
+
+
+def test_a_selected_epoch_without_a_test_record_drops_that_seed_with_a_warning(tmp_path):
+    grid = make_grid(tmp_path / "g", seeds=(0, 1))
+    write_run(grid, "A", 0, [{"val": (0.8, 0.6), "test": (0.8, 0.5)}])
+    write_run(grid, "A", 1, [{"val": (0.8, 0.6)}])
+    selection = select(grid)
+    assert selection.warnings == [f"run {sid('A/1')}: no test record at selected epoch 1 (step 10); dropped"]
+    assert list(selection.per_seed["seed"]) == [0]
+
+
+def test_only_helper_runs_or_no_validation_at_all_is_an_error(tmp_path):
+    grid = make_grid(tmp_path / "g", seeds=(0,))
+    write_run(grid, "S", 0, [{"val": (0.8, 0.6), "test": (0.8, 0.5)}], report=False)
+    with pytest.raises(UserError, match=r"^no reportable runs in scope: only helper runs"):
+        select(grid)
+    running = make_grid(tmp_path / "r", seeds=(0,))
+    write_run(running, "A", 0, [{"test": (0.8, 0.5)}], done=False)
+    with pytest.raises(UserError, match=r"^no run in scope has val records yet; nothing to select with worst-val$"):
+        select(running, include_running=True)
+
+
+def test_a_second_run_of_the_same_setting_and_seed_is_ignored_with_a_warning(tmp_path):
+    grid = make_grid(tmp_path / "g", seeds=(0,))
+    write_run(grid, "A", 0, [{"val": (0.8, 0.6), "test": (0.8, 0.5)}])
+    copy = grid / "runs" / sid("A/0-copy")
+    copy.mkdir()
+    lines = (grid / "runs" / sid("A/0") / "metrics.jsonl").read_text().replace(sid("A/0"), sid("A/0-copy"))
+    (copy / "metrics.jsonl").write_text(lines)
+    (copy / "DONE").write_text("{}")
+    selection = select(grid)
+    assert len(selection.per_seed) == 1 and len(selection.warnings) == 1
+    assert "repeats a (setting, seed) pair of a later run; ignored" in selection.warnings[0]
