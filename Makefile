@@ -41,6 +41,7 @@ aggregates: $(STAMP)
 	$(PY) -m robustmtl aggregate runs/synthetic --output aggregates/synthetic.csv --quiet
 	$(PY) -m robustmtl aggregate runs/synthetic --baseline erm --format markdown --output aggregates/synthetic_vs_erm.md
 	$(PY) -m robustmtl plot runs/synthetic --out aggregates/figures/synthetic
+	$(PY) -m robustmtl plot runs/synthetic --curves --out aggregates/figures/synthetic
 	$(PY) -m robustmtl grid submit jobs/text_demo.toml --out runs/text_demo
 	$(PY) -m robustmtl aggregate runs/text_demo --output aggregates/text_demo.tex --quiet
 	$(PY) -m robustmtl aggregate runs/text_demo --format markdown --output aggregates/text_demo.md --quiet

@@ -172,17 +172,24 @@ def plot(
     few_groups_fraction: FewGroupsFractionOpt = 0.05,
     few_groups_seed: FewGroupsSeedOpt = 0,
     seed: BootstrapSeedOpt = 0,
+    curves: Annotated[bool, typer.Option("--curves", help="Learning curves instead: per cell at its selected "
+                                                          "setting, val/test accuracy by epoch over seeds.")] = False,
+    raw_names: RawNamesOpt = False,
 ) -> None:
-    """PNG/PDF figures: average vs worst-group trade-off, and worst-group accuracy across the alpha sweep.
+    """PNG/PDF figures: average vs worst-group trade-off, and worst-group accuracy across the alpha sweep;
+    with --curves, one figure per dataset of each method's accuracy by epoch (plus its numbers as CSV).
 
     Takes aggregate's selection options, so a figure shows exactly the numbers of the same aggregate table.
     """
-    from robustmtl.aggregate.plot import SelectOptions, plot_grids
+    from robustmtl.aggregate.names import display_names
+    from robustmtl.aggregate.plot import SelectOptions, plot_curves, plot_grids
 
     opts = SelectOptions(select=select, include_running=include_running, ci=ci, seed=seed,
                          few_groups_fraction=few_groups_fraction, few_groups_seed=few_groups_seed)
-    figures = plot_grids(grid_dirs, out, method, opts)
-    print_notices(figures.warnings, figures.summary)
+    names, name_warnings = display_names(grid_dirs, raw_names)
+    figures = plot_curves(grid_dirs, out, opts, names) if curves else plot_grids(grid_dirs, out, method, opts,
+                                                                                   names=names)
+    print_notices(figures.warnings + name_warnings, figures.summary)
     if figures.no_heatmap:
         err_console.print(f"[yellow]no sweep heatmap:[/] {escape(figures.no_heatmap)}", highlight=False,
                           soft_wrap=True)

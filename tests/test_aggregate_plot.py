@@ -16,6 +16,7 @@ import pytest
 from robustmtl.aggregate import aggregate
 from robustmtl.aggregate.plot import interval_note, sweep_table
 from robustmtl.grid.submit import submit
+from robustmtl.registry import METHODS
 from tests.conftest import read_records, tiny_grid, write_spec
 
 SPEC = tiny_grid("plots", ["erm", "mtl_l1"], [0],
@@ -254,10 +255,10 @@ def test_plotted_numbers_follow_few_groups_options_and_bootstrap_bars(cli, two_s
     other_subset = derive(two_seed_grid, (0.2, 6))
     assert expected != default and expected != other_subset  # ignoring any of the options changes the figure
     points = drawn["tradeoff"]["points"]
-    assert sorted(points) == ["erm", "mtl_l1"] and "95% bootstrap interval" in drawn["tradeoff"]["title"]
+    assert sorted(points) == ["ERM", "MTL+ℓ1"] and "95% bootstrap interval" in drawn["tradeoff"]["title"]
     for method, runs in expected["chosen"].items():
         avg, worst = (100 * np.array([r[k] for r in runs]) for k in ("avg", "worst"))
-        (x, y), xbar, ybar = points[method]
+        (x, y), xbar, ybar = points[METHODS[method].display]  # the legend names methods as the tables do
         assert (x, y) == pytest.approx((avg.mean(), worst.mean()))
         # Two seeds: each 2.5% tail of the 10,000 resample means holds only the all-one-seed resamples (1/4 each),
         # so the percentile bootstrap ends exactly on the two seeds' values whatever its seed.
@@ -270,7 +271,7 @@ def test_plotted_numbers_follow_few_groups_options_and_bootstrap_bars(cli, two_s
 def test_t_bars_are_the_student_t_interval_of_the_seeds(cli, two_seed_grid, tmp_path, drawn):
     from scipy.stats import t
 
-    cli("plot", two_seed_grid, "--out", tmp_path / "figs")
+    cli("plot", two_seed_grid, "--out", tmp_path / "figs", "--raw-names")
     assert "95% t interval" in drawn["tradeoff"]["title"]
     for method, runs in derive(two_seed_grid, None)["chosen"].items():
         (x, y), xbar, ybar = drawn["tradeoff"]["points"][method]

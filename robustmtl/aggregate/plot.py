@@ -18,6 +18,7 @@ import pandas as pd
 
 from robustmtl.aggregate import aggregate
 from robustmtl.aggregate.load import Loaded, load_runs
+from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames
 from robustmtl.aggregate.select import select_runs
 from robustmtl.aggregate.summary import Summary
 from robustmtl.errors import UserError
@@ -55,15 +56,13 @@ class NoSweep(Exception):
 
 
 def plot_grids(grid_dirs: Sequence[Path], out: Path, method: str, opts: SelectOptions = SelectOptions(),
-               formats: Sequence[str] = FORMATS) -> Figures:
+               formats: Sequence[str] = FORMATS, names: DisplayNames = REGISTRY_NAMES) -> Figures:
     """Both figures of the grids; the cheap mistakes (method name, --out, unstarted grids) fail before any
     run is loaded or any figure written."""
     method_plugin(method)
-    dirs = list(dict.fromkeys(Path(d) for d in grid_dirs))
-    _check_out(out)
-    _check_started(dirs)
+    dirs = _checked_dirs(grid_dirs, out)
     summary = aggregate(dirs, **asdict(opts))
-    paths = tradeoff_figure(summary, out, formats)
+    paths = tradeoff_figure(summary, out, formats, names)
     try:
         table, sweep_warnings = sweep_table(summary, dirs, method, opts.include_running)
     except NoSweep as exc:
@@ -71,6 +70,24 @@ def plot_grids(grid_dirs: Sequence[Path], out: Path, method: str, opts: SelectOp
     paths += sweep_heatmap(table, summary, method, out, formats)
     extra = [w for w in sweep_warnings if w not in summary.warnings]
     return Figures(paths, summary, summary.warnings + extra, None)
+
+
+def plot_curves(grid_dirs: Sequence[Path], out: Path, opts: SelectOptions = SelectOptions(),
+                names: DisplayNames = REGISTRY_NAMES) -> Figures:
+    """The learning-curve figures (aggregate/curves.py) of every cell at the tables' chosen setting."""
+    from robustmtl.aggregate.curves import curve_figures, curve_table
+
+    dirs = _checked_dirs(grid_dirs, out)
+    summary = aggregate(dirs, **asdict(opts))
+    paths = curve_figures(curve_table(summary, dirs, opts.include_running), summary, out, names)
+    return Figures(paths, summary, summary.warnings, None)
+
+
+def _checked_dirs(grid_dirs: Sequence[Path], out: Path) -> list[Path]:
+    dirs = list(dict.fromkeys(Path(d) for d in grid_dirs))
+    _check_out(out)
+    _check_started(dirs)
+    return dirs
 
 
 def _check_out(out: Path) -> None:
@@ -117,7 +134,8 @@ def _errorbar(row: pd.Series) -> list[list[float]] | None:
     return [[max(0.0, 100 * (row["mean"] - row["lower"]))], [max(0.0, 100 * (row["upper"] - row["mean"]))]]
 
 
-def tradeoff_figure(summary: Summary, out: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
+def tradeoff_figure(summary: Summary, out: Path, formats: Sequence[str] = FORMATS,
+                    names: DisplayNames = REGISTRY_NAMES) -> list[Path]:
     """Per dataset: each method's mean test average vs worst-group accuracy, with interval bars where n >= 2.
 
     Methods are told apart by colour and marker, named in one legend: methods often land on top of each
@@ -135,11 +153,12 @@ def tradeoff_figure(summary: Summary, out: Path, formats: Sequence[str] = FORMAT
             x, y = 100 * avg["mean"], 100 * worst["mean"]
             handles[method] = ax.errorbar(x, y, xerr=_errorbar(avg), yerr=_errorbar(worst), linestyle="none",
                                           capsize=3, markersize=6, alpha=0.85, **style[method])
-        ax.set_title(dataset)
+        ax.set_title(names.dataset(dataset))
         ax.set_xlabel("test average accuracy (%)")
         ax.set_ylabel("test worst-group accuracy (%)")
         ax.grid(alpha=0.3)
-    fig.legend([handles[m] for m in methods], methods, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.legend([handles[m] for m in methods], [names.method(m) for m in methods], loc="center left",
+               bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.suptitle(f"Average vs worst-group accuracy\nselection: {summary.selector.label}\n{interval_note(summary)}",
                  fontsize=10)
     fig.tight_layout()

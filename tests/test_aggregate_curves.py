@@ -1,0 +1,74 @@
+"""`robustmtl plot --curves`: the drawn curves are the seeds' mean accuracy per epoch at the chosen setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from robustmtl.aggregate import aggregate
+from robustmtl.aggregate.curves import curve_figure, curve_table
+from tests.conftest import read_records, tiny_grid, write_spec
+
+SPEC = tiny_grid("curves", ["erm", "mtl_l1"], [0, 1, 2], defaults={"epochs": 4},
+                 sweeps={"mtl_l1": {"alpha_aux": [0.5, 2.0]}})
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """erm and mtl_l1 (two alpha_aux settings), three seeds, four epochs: 9 tiny runs."""
+    from rich.console import Console
+
+    from robustmtl.grid.submit import submit
+
+    root = tmp_path_factory.mktemp("curves")
+    submit(write_spec(root / "g.toml", SPEC), root / "grid", None, False, Console(quiet=True))
+    return root / "grid"
+
+
+def expected_curve(grid: Path, run_ids: list[str], split: str, metric: str) -> dict[int, tuple[float, float]]:
+    """Epoch → (mean, 95% t half-width) in percent over the runs, straight from their metrics.jsonl."""
+    values: dict[int, list[float]] = {}
+    for run_id in run_ids:
+        for r in read_records(grid / "runs" / run_id / "metrics.jsonl"):
+            if r["split"] == split:
+                values.setdefault(r["epoch"], []).append(100 * r[metric])
+    return {e: (float(np.mean(v)), float(stats.t.ppf(0.975, len(v) - 1) * np.std(v, ddof=1) / np.sqrt(len(v))))
+            for e, v in values.items()}
+
+
+def test_the_drawn_curves_are_the_chosen_settings_seed_means_by_epoch(grid):
+    summary = aggregate([grid])
+    table = curve_table(summary, [grid], include_running=False)
+    fig = curve_figure(table, summary, "synthetic")
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_visible() and ax.get_title()}
+    assert set(panels) == {"ERM (n=3)", "MTL+ℓ1 (n=3)"}
+    for method, title in (("erm", "ERM (n=3)"), ("mtl_l1", "MTL+ℓ1 (n=3)")):
+        chosen = summary.per_seed[summary.per_seed["method"] == method]
+        assert chosen["setting_id"].nunique() == 1 and len(chosen) == 3
+        lines = {line.get_label(): line for line in panels[title].get_lines()}
+        for split in ("val", "test"):
+            for metric in ("avg_acc", "worst_group_acc"):
+                expected = expected_curve(grid, list(chosen["run_id"]), split, metric)
+                line = lines[f"{split} {metric}"]
+                assert list(line.get_xdata()) == sorted(expected) == [1, 2, 3, 4]
+                assert np.allclose(line.get_ydata(), [expected[e][0] for e in sorted(expected)])
+                band = table[(table["method"] == method) & (table["split"] == split) & (table["metric"] == metric)]
+                assert np.allclose(band["upper"] - band["mean"], [expected[e][1] for e in sorted(expected)])
+        marked = sorted(ln.get_xdata()[0] for ln in panels[title].get_lines() if ln.get_label() == "_selected epoch")
+        assert marked == sorted(set(chosen["epoch"]))
+
+
+def test_plot_curves_writes_one_figure_per_dataset_with_its_numbers(cli, grid, tmp_path):
+    out = tmp_path / "figs"
+    result = cli("plot", grid, "--curves", "--out", out, "--raw-names")
+    assert sorted(p.name for p in out.iterdir()) == ["curves_synthetic.csv", "curves_synthetic.pdf",
+                                                    "curves_synthetic.png"], result.output
+    written = pd.read_csv(out / "curves_synthetic.csv")
+    summary = aggregate([grid])
+    pd.testing.assert_frame_equal(written, curve_table(summary, [grid], False).reset_index(drop=True),
+                                  check_exact=False, rtol=1e-5, check_dtype=False)
+    assert (out / "curves_synthetic.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
