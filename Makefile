@@ -63,7 +63,6 @@ mutation: $(STAMP)
 mutation-ci: $(STAMP)
 	$(PY) scripts/mutation.py --ci
 
-
 slurm-up:
 	bash scripts/slurm-cluster.sh up
 

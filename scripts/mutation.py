@@ -95,14 +95,15 @@ def score(module: str, work: Path, known: dict[str, str]) -> Score:
     return Score(module, killed, survived, equivalent)
 
 
-def run(module: str, tests: list[str], children: int, known: dict[str, str]) -> Score:
+def run(module: str, tests: list[str], children: int, known: dict[str, str], mutants: list[str]) -> Score:
+    """Mutate `module` (only the mutants matching the `mutants` globs, if any) against `tests`."""
     work = prepare(module, tests)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     mutmut = str(Path(sys.executable).with_name("mutmut"))
     log = work / "mutmut.log"
     with log.open("w") as out:
-        proc = subprocess.run([mutmut, "run", "--max-children", str(children)], cwd=work, env=env, stdout=out,
-                              stderr=subprocess.STDOUT, check=False)
+        proc = subprocess.run([mutmut, "run", "--max-children", str(children), *mutants], cwd=work, env=env,
+                              stdout=out, stderr=subprocess.STDOUT, check=False)
     if proc.returncode != 0 or not (work / "mutants" / f"{module}.meta").exists():
         sys.exit(f"mutmut failed on {module} (exit {proc.returncode}); see {log}")
     return score(module, work, known)
@@ -124,7 +125,9 @@ def main() -> None:
     if args.tests and len(chosen) != 1:
         sys.exit("--tests needs exactly one module")
     known = equivalents()
-    scores = [run(m, args.tests or modules[m], args.children, known) for m in chosen]
+    subset = conf.get("ci_subset", {}) if args.ci else {}
+    scores = [run(m, args.tests or subset.get(m, {}).get("tests") or modules[m], args.children, known,
+                  subset.get(m, {}).get("mutants", [])) for m in chosen]
     for s in scores:
         print(s.line())
         for name in s.survived:
