@@ -31,13 +31,14 @@ from tests.slurm.test_grid_slurm import all_done, submit, wait_for, without_time
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
-# ~7 s of training per run on one core; stage 1 (jtt_epochs) ~2 s
-PARAMS = {"epochs": 20, "n_train": 2000, "n_val": 100, "n_test": 100, "batch_size": 32, "jtt_epochs": 4}
+# ~4 s of training per run on an idle core (a job's start-up takes about as long); stage 1 (jtt_epochs) ~1 s
+PARAMS = {"epochs": 14, "n_train": 1500, "n_val": 100, "n_test": 100, "batch_size": 32, "jtt_epochs": 4}
 SEEDS = [0, 1, 2]
-STORM_S = 100  # events stop after this long, or once the queue is empty
+STORM_S = 80  # events stop after this long, or once the queue is empty
 MAX_EVENTS = 16
 MAX_KILLS = 2
-EARLY_HITS = 3  # jobs signalled within their first second of RUNNING
+EARLY_HITS = 4  # jobs signalled in their first seconds of RUNNING: batch script, srun, interpreter start-up
+EARLY_S = 2.5
 REFERENCE_SEED = 0
 
 
@@ -121,26 +122,26 @@ class Storm:
         deadline, next_hit = time.monotonic() + STORM_S, time.monotonic() + 1.0
         while time.monotonic() < deadline and len(self.events) < MAX_EVENTS:
             jobs = {str(e["job_id"]) for e in latest_entries(self.grid.root).values() if e.get("job_id")}
-            queue = scheduler.queue_states(jobs) or {}
-            if not queue:
+            queue = scheduler.queue_states(jobs)
+            if queue == {}:
                 return
             now = time.monotonic()
-            running = sorted(j for j, state in queue.items() if state == "RUNNING")
+            running = sorted(j for j, state in (queue or {}).items() if state == "RUNNING")
             self.first_seen = {j: self.first_seen.get(j, now) for j in running}  # a restart is seen anew
             early_done = sum(e[2] for e in self.events)
             for j in running:
                 if j not in self.early_at and self.first_seen[j] == now and early_done < EARLY_HITS:
-                    self.early_at[j] = now + self.rng.uniform(0.0, 0.8)
+                    self.early_at[j] = now + self.rng.uniform(0.0, EARLY_S)
             for j, when in list(self.early_at.items()):
-                if when <= now and j in running and now - self.first_seen[j] < 1.0:
+                if when <= now and j in running and now - self.first_seen[j] < EARLY_S:
                     self.hit(self.rng.choice(["usr2", "usr2", "requeue"]), j, early=True)
                     self.early_at[j] = float("inf")  # once per job id
             if running and now >= next_hit:
                 kills = sum(e[0] == "kill" for e in self.events)
                 kind = self.rng.choices(["usr2", "requeue", "kill"], weights=[5, 3, 2 if kills < MAX_KILLS else 0])[0]
-                self.hit(kind, self.rng.choice(running), early=False)
-                next_hit = now + self.rng.uniform(0.5, 2.5)
-            time.sleep(0.15)
+                if self.hit(kind, self.rng.choice(running), early=False):
+                    next_hit = now + self.rng.uniform(0.3, 1.5)
+            time.sleep(0.1)
 
 
 def raw_keys(rd: RunDir) -> list[tuple]:
@@ -157,7 +158,8 @@ def test_storm_then_one_resume_finishes_every_run_identically(cli, tmp_path, gri
     storm.run()
     kinds = [e[0] for e in storm.events]
     assert kinds.count("usr2") >= 2 and kinds.count("requeue") >= 1 and kinds.count("kill") >= 1, storm.events
-    assert sum(e[2] for e in storm.events) >= 1, storm.events  # some job was hit in its first second
+    assert sum(e[2] for e in storm.events) >= 2, storm.events  # jobs hit in their first seconds
+    print("storm:", storm.events)
 
     status = wait_for("the queue to drain", lambda: (s := grid_status(grid)).active == {} and s, grid.root,
                       timeout=240)
@@ -181,6 +183,9 @@ def test_storm_then_one_resume_finishes_every_run_identically(cli, tmp_path, gri
     assert f"{len(left)} to run on slurm" in " ".join(resumed.split())
     wait_for("every run DONE after one resume", lambda: all_done(grid), grid.root, timeout=240)
     assert grid_status(grid).counts["done"] == 9
+    stops = [e["event"] for r in run_ids for e in read_attempts(grid.run(r)) if e["event"] not in ("start", "done")]
+    # USR2 went through the job's own checkpoint-then-requeue path, as a preemption (10 minutes from the limit)
+    assert "preempted" in stops and "timeout" not in stops, stops
     for r in run_ids:
         rd = grid.run(r)
         keys = raw_keys(rd)
