@@ -128,7 +128,7 @@ def grid_status(grid: GridDir, accounting: bool = True) -> GridStatus:
     trainers = {rid: pid for rid in locked if (pid := trainer(run_dirs[rid], held)) is not None}
     queue = scheduler.queue_states(jobs.values())
     gone = [j for j in jobs.values() if queue is not None and j not in queue]
-    acct: dict[str, str] | None = None
+    acct: dict[str, scheduler.JobEnd] | None = None
     if accounting and gone:
         since = min(float(entries[rid].get("submitted_at", 0)) for rid, j in jobs.items() if j in gone)
         acct = scheduler.accounting_states(gone, since)
