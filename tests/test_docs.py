@@ -189,6 +189,9 @@ def test_every_test_named_in_the_docs_exists():
     missing = [f"{file}::{test}" for file, test in sorted(named)
                if not (ROOT / file).is_file() or test not in defined_tests(ROOT / file)]
     assert not missing, f"the docs name tests that do not exist: {missing}"
+    bare = [f"{page.relative_to(ROOT)}: {m.group(0)}" for page in PAGES
+             for m in re.finditer(r"(?<![\w/.])::\w+", page.read_text())]
+    assert not bare, f"name a test with its file (tests/test_x.py::test_name), so it can be checked: {bare}"
 
 
 def test_every_tested_claim_names_its_test():
