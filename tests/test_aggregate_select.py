@@ -81,6 +81,10 @@ def test_the_setting_with_the_best_mean_score_is_chosen_and_described(tmp_path):
     assert list(per_seed["seed"]) == [0, 1] and list(per_seed["score"]) == [0.5, 0.8]
     assert list(per_seed["run_id"]) == [sid("B/0"), sid("B/1")] and per_seed["complete"].all()
     assert list(per_seed["worst_group_acc"]) == [0.2, 0.2] and selection.warnings == []
+    assert list(per_seed.columns) == ["dataset", "method", "setting_id", "run_id", "seed", "epoch", "step", "score",
+                                      "complete", "avg_acc", "worst_group_acc"]
+    assert list(per_seed.index) == [0, 1]
+    assert selection.chosen["uses_train_groups"].dtype == bool and selection.chosen["n_expected"].dtype == int
 
 
 def test_a_setting_with_fewer_finished_seeds_does_not_compete_and_is_named(tmp_path):
@@ -100,6 +104,14 @@ def test_a_finished_run_without_the_rules_split_is_an_error_naming_it(tmp_path):
     run_dir = grid / "runs" / first
     with pytest.raises(UserError, match=rf"^run {first} \({run_dir}\) has no val records with worst_group_acc; "
                                         r"the worst-val rule needs val data \(and 1 more run\(s\)\)$"):
+        select(grid)
+
+
+def test_one_finished_run_without_the_split_is_named_alone(tmp_path):
+    grid = make_grid(tmp_path / "g", seeds=(0,))
+    write_run(grid, "A", 0, [{"test": (0.8, 0.5)}])
+    write_run(grid, "B", 0, [{"val": (0.8, 0.6), "test": (0.8, 0.5)}])
+    with pytest.raises(UserError, match=rf"^run {sid('A/0')} .* the worst-val rule needs val data$"):
         select(grid)
 
 
@@ -132,6 +144,24 @@ def test_only_helper_runs_or_no_validation_at_all_is_an_error(tmp_path):
         select(running, include_running=True)
 
 
+def test_settings_tied_within_the_tolerance_go_to_the_smallest_id_without_a_warning(tmp_path):
+    grid = make_grid(tmp_path / "g", seeds=(0,))
+    for name, score in (("A", 0.6), ("B", 0.6 + 5e-10), ("C", 0.6)):
+        write_run(grid, name, 0, [{"val": (0.8, score), "test": (0.8, 0.5)}])
+    selection = select(grid)
+    assert list(selection.chosen["setting_id"]) == [min(sid("A"), sid("B"), sid("C"))] and selection.warnings == []
+
+
+def test_searched_names_what_varied_within_the_cell_only(tmp_path):
+    """Other cells' settings do not count; a key only some settings have (a field added later) varied."""
+    grid = make_grid(tmp_path / "g", seeds=(0,))
+    write_run(grid, "A", 0, [{"val": (0.8, 0.7), "test": (0.8, 0.5)}], hparams={"lr": 1e-5})
+    write_run(grid, "B", 0, [{"val": (0.8, 0.6), "test": (0.8, 0.5)}], hparams={"lr": 1e-5, "extra": 2})
+    write_run(grid, "G", 0, [{"val": (0.8, 0.6), "test": (0.8, 0.5)}], hparams={"lr": 3e-5}, method="gdro")
+    chosen = select(grid).chosen.set_index("method")
+    assert chosen.loc["erm", "searched"] == {"extra": None} and chosen.loc["gdro", "searched"] == {}
+
+
 def test_a_second_run_of_the_same_setting_and_seed_is_ignored_with_a_warning(tmp_path):
     grid = make_grid(tmp_path / "g", seeds=(0,))
     write_run(grid, "A", 0, [{"val": (0.8, 0.6), "test": (0.8, 0.5)}])
@@ -141,5 +171,6 @@ def test_a_second_run_of_the_same_setting_and_seed_is_ignored_with_a_warning(tmp
     (copy / "metrics.jsonl").write_text(lines)
     (copy / "DONE").write_text("{}")
     selection = select(grid)
-    assert len(selection.per_seed) == 1 and len(selection.warnings) == 1
-    assert "repeats a (setting, seed) pair of a later run; ignored" in selection.warnings[0]
+    earlier, later = sorted([sid("A/0"), sid("A/0-copy")])  # runs are compared in run-id order
+    assert list(selection.per_seed["run_id"]) == [later]
+    assert selection.warnings == [f"run {earlier} repeats a (setting, seed) pair of a later run; ignored"]
