@@ -69,9 +69,13 @@ def mutmut_table(module: str, tests: list[str]) -> str:
             "use_git_change_detection = false\n")
 
 
+def work_dir(module: str) -> Path:
+    return WORK / module.removesuffix(".py").replace("/", ".")
+
+
 def prepare(module: str, tests: list[str]) -> Path:
     """A fresh copy of the package, the tests and a pyproject.toml naming this module and its tests."""
-    work = WORK / module.removesuffix(".py").replace("/", ".")
+    work = work_dir(module)
     shutil.rmtree(work, ignore_errors=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(REPO / "robustmtl", work / "robustmtl", ignore=ignore)
@@ -116,6 +120,8 @@ def main() -> None:
     parser.add_argument("--ci", action="store_true", help="only the CI subset; fail below its threshold")
     parser.add_argument("--children", type=int, default=2, help="mutants tested in parallel")
     parser.add_argument("--tests", nargs="+", help="test files to use instead of the configured ones (one module)")
+    parser.add_argument("--report", action="store_true", help="score the last runs again (after editing the "
+                        "equivalents) without mutating anything")
     args = parser.parse_args()
     modules = conf["modules"]
     chosen = args.modules or (conf["ci"] if args.ci else list(modules))
@@ -126,14 +132,17 @@ def main() -> None:
         sys.exit("--tests needs exactly one module")
     known = equivalents()
     subset = conf.get("ci_subset", {}) if args.ci else {}
-    scores = [run(m, args.tests or subset.get(m, {}).get("tests") or modules[m], args.children, known,
-                  subset.get(m, {}).get("mutants", [])) for m in chosen]
+    if args.report:
+        scores = [score(m, work_dir(m), known) for m in chosen if (work_dir(m) / "mutants" / f"{m}.meta").exists()]
+    else:
+        scores = [run(m, args.tests or subset.get(m, {}).get("tests") or modules[m], args.children, known,
+                      subset.get(m, {}).get("mutants", [])) for m in chosen]
     for s in scores:
         print(s.line())
         for name in s.survived:
             print(f"  survived: {name}")
         if s.survived:
-            print(f"  (see one: cd {WORK / s.module.removesuffix('.py').replace('/', '.')} && mutmut show NAME)")
+            print(f"  (see one: cd {work_dir(s.module)} && mutmut show NAME)")
     if args.ci:
         low = [s for s in scores if s.value < conf["ci_threshold"]]
         if low:

@@ -174,3 +174,14 @@ def test_a_second_run_of_the_same_setting_and_seed_is_ignored_with_a_warning(tmp
     earlier, later = sorted([sid("A/0"), sid("A/0-copy")])  # runs are compared in run-id order
     assert list(selection.per_seed["run_id"]) == [later]
     assert selection.warnings == [f"run {earlier} repeats a (setting, seed) pair of a later run; ignored"]
+
+
+def test_a_rule_with_its_own_data_explains_a_missing_run_in_its_own_words(tmp_path):
+    from robustmtl.aggregate.fewgroups import FewGroupsSelector
+
+    grid = make_grid(tmp_path / "g", seeds=(0,))
+    run_dir = write_run(grid, "A", 0, [{"val": (0.8, 0.6), "test": (0.8, 0.5)}])
+    rule = FewGroupsSelector(fraction=0.5, seed=0, run_dirs={sid("A/0"): run_dir})
+    with pytest.raises(UserError, match=r"has no val_groups\.json \(trained before few-groups data was stored\?\); "
+                                        r"the few-groups rule needs val data$"):
+        select_runs(load_runs([grid]), rule)
