@@ -125,7 +125,8 @@ def test_parameters_from_settings():
     params = slurm.slurm_parameters(settings, "robustmtl-x")
     assert params["slurm_partition"] == "gpu" and params["slurm_account"] == "lab" and params["slurm_qos"] == "high"
     assert params["slurm_gpus_per_node"] == 2 and params["cpus_per_task"] == 4 and params["mem_gb"] == 8
-    assert params["slurm_signal_delay_s"] == 30 and params["slurm_setup"] == ["export OMP_NUM_THREADS=4", "export ROBUSTMTL_SIGNAL_DELAY_S=30"]
+    assert params["slurm_signal_delay_s"] == 30
+    assert params["slurm_setup"] == ["export OMP_NUM_THREADS=4", "export ROBUSTMTL_SIGNAL_DELAY_S=30"]
     assert params["slurm_additional_parameters"] == {"begin": "now+60", "exclusive": True}
     assert slurm.slurm_parameters(ExecutorSettings(), "x")["slurm_signal_delay_s"] == 90
     with pytest.raises(UserError, match="--name=value"):
