@@ -120,7 +120,7 @@ def test_negative_bootstrap_seed_is_one_clear_line() -> None:
         cell_rng(-1, "wb", "erm", "avg_acc")
 
 
-SPREAD = [0.61, 0.66, 0.58, 0.7, 0.64, 0.59, 0.73, 0.68]
+SPREAD = [0.6131, 0.6647, 0.5821, 0.7049, 0.6436, 0.5913, 0.7342, 0.6878]  # irregular: resample means seldom tie
 
 
 def test_bootstrap_bounds_are_the_tail_percentiles_of_the_resampled_means() -> None:

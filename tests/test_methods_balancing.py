@@ -8,7 +8,7 @@ import torch
 from robustmtl.config import build_config
 from robustmtl.data.base import DataInfo, VectorSplit
 from robustmtl.layout import RunDir
-from robustmtl.methods.balancing import SubG, SubY
+from robustmtl.methods.balancing import SubG, SubY, balanced_subset
 from robustmtl.methods.base import MethodContext
 from robustmtl.registry import method_entry
 
@@ -87,3 +87,43 @@ def test_reweighting_order_is_a_function_of_the_generator(tmp_path):
     b = method.epoch_indices(1, torch.Generator().manual_seed(5))
     c = method.epoch_indices(2, torch.Generator().manual_seed(6))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("name", ["subg", "suby"])
+def test_subsample_order_is_a_function_of_the_generator_alone(tmp_path, name):
+    """The global RNG is no part of it, so a resumed run replays the same epochs."""
+    method, _ = make(tmp_path, name)
+    torch.manual_seed(1)
+    a = method.epoch_indices(1, torch.Generator().manual_seed(5))
+    torch.manual_seed(2)
+    b = method.epoch_indices(1, torch.Generator().manual_seed(5))
+    c = method.epoch_indices(1, torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c) and torch.equal(a.sort().values, method.subset)
+
+
+@pytest.mark.parametrize(("keys", "size"), [
+    ([0, 0, 2, 2, 2], 2),  # key 1 absent: it neither sets the size nor appears
+    ([0, 1, 1, 1], 1),  # a key with one example keeps it, and every other key is cut to one
+])
+def test_balanced_subset_takes_the_smallest_present_count_from_each_present_key(keys, size):
+    keys = torch.tensor(keys)
+    subset = balanced_subset(keys, torch.Generator().manual_seed(0))
+    present = sorted(set(keys.tolist()))
+    assert len(subset) == size * len(present)
+    assert torch.bincount(keys[subset]).tolist() == [size if k in present else 0 for k in range(max(present) + 1)]
+    assert subset.tolist() == sorted(set(subset.tolist()))  # sorted, without repeats
+
+
+@pytest.mark.parametrize(("name", "hidden", "what"), [("subg", "g", "groups"), ("rwg", "g", "groups"),
+                                                      ("suby", "y", "labels"), ("rwy", "y", "labels")])
+def test_balancing_without_its_key_is_refused_by_name(tmp_path, name, hidden, what):
+    cfg = build_config(name, "synthetic", 0, None, {}, where="test")
+    cls = method_entry(name)
+    info = DataInfo(modality="vector", n_classes=2, n_attrs=2, group_names=("0", "1", "2", "3"), input_dim=20)
+    full = imbalanced_train()
+    y, g = full.y.clone(), full.g.clone()
+    (g if hidden == "g" else y)[:5] = -1
+    train = VectorSplit("train", full.x, y, g, n_groups=4)
+    ctx = MethodContext(config=cfg, info=info, train=train, run_dir=RunDir(tmp_path), required={})
+    with pytest.raises(ValueError, match=rf"^{cls.__name__} needs training {what}$"):
+        cls(cfg.method_params, ctx)
