@@ -167,3 +167,36 @@ def test_q_covers_training_groups_not_evaluation_groups(tmp_path):
     method = GroupDRO(cfg.method_params, MethodContext(config=cfg, info=info, train=train,
                                                        run_dir=RunDir(tmp_path), required={}))
     assert method.q.shape == (4,) and torch.allclose(method.q.sum(), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("c", [0.0, 0.3, 2.0])
+def test_logged_parts_and_the_references_adjusted_loss(tmp_path, c):
+    """`robust_adjusted` = Σ q_g ℓ_g + Σ_g q_g C/√n_g over every group, logged only where C > 0 makes it differ."""
+    method = make(tmp_path, gdro_eta=0.2, gdro_c=c)
+    terms = method.loss(Logits(), batch(FIRST), None)
+    q = method.q.tolist()
+    assert set(terms.parts) == ({"end", "robust", "q_max"} | ({"robust_adjusted"} if c > 0 else set()))
+    assert float(terms.parts["q_max"]) == pytest.approx(max(q)) and terms.parts["robust"] is terms.total
+    if c > 0:
+        adjustment = sum(qg * c / math.sqrt(n) for qg, n in zip(q, COUNTS, strict=True))
+        assert float(terms.parts["robust_adjusted"]) == pytest.approx(float(terms.total) + adjustment, rel=1e-6)
+
+
+def test_a_group_without_training_examples_still_has_a_weight_and_an_adjustment(tmp_path):
+    """The last group empty in training: q and the adjustment still span every group of the dataset."""
+    g = torch.cat([torch.full((n,), k) for k, n in enumerate([16, 4, 9])])
+    train = VectorSplit("train", torch.zeros(len(g), 2), g // 2, g, n_groups=4)
+    cfg = build_config("gdro", "synthetic", 0, None, {"gdro_eta": 0.1, "gdro_c": 1.0}, where="test")
+    ctx = MethodContext(config=cfg, info=INFO, train=train, run_dir=RunDir(tmp_path), required={})
+    method = GroupDRO(cfg.method_params, ctx)
+    assert method.group_counts.tolist() == [16, 4, 9, 0] and method.adjustment.shape == (4,)
+    method.loss(Logits(), batch([(0, 0.0), (1, 0.0)]), None)
+    assert method.q.shape == (4,) and method.q[2] == method.q[3]  # absent from the batch: left alone
+
+
+def test_a_plain_shuffle_is_a_function_of_the_epoch_generator_alone(tmp_path):
+    method = make(tmp_path, gdro_balanced=False)
+    torch.manual_seed(1)
+    a = method.epoch_indices(1, torch.Generator().manual_seed(5))
+    torch.manual_seed(2)
+    assert torch.equal(a, method.epoch_indices(1, torch.Generator().manual_seed(5)))
