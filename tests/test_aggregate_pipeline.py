@@ -186,7 +186,7 @@ def test_cells_per_dataset_and_method_and_train_group_flag(tmp_path: Path) -> No
     assert cell(s, "worst_group_acc", "gdro", "celeba")["mean"] == pytest.approx(0.6)
     assert cell(s, "worst_group_acc", "gdro", "celeba")["uses_train_groups"]
     assert not cell(s, "worst_group_acc", "erm", "wb")["uses_train_groups"]
-    assert "gdro\\*" in to_markdown(s)
+    assert "Group DRO\\*" in to_markdown(s)  # the display name, marked as using group labels
 
 
 def test_single_seed_has_no_interval(tmp_path: Path) -> None:
