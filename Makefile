@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint mutation mutation-ci aggregates slurm-up slurm-down clean
+.PHONY: install demo test test-fast lint mutation mutation-ci aggregates slurm-up slurm-down clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: $(STAMP)
 	bash scripts/test-deps.sh
 	bash scripts/slurm-cluster.sh up
 	ROBUSTMTL_REQUIRE_SLURM=1 ROBUSTMTL_REQUIRE_LATEX=1 $(PY) -m pytest -q --durations=15
+
+# The edit-test loop: every test that needs no SLURM cluster and no root set-up, without the ones marked
+# slow (several seconds of training each); under 3 minutes on 2 cores. `make test` stays the full suite.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" --ignore=tests/slurm --durations=5
 
 # Regenerates the exported tables and figures of the shipped CPU grids, the only target that writes
 # aggregates/ (runs that are done are skipped; from scratch about 50 minutes on 2 cores).

@@ -109,6 +109,7 @@ def digit_images(split) -> list[bytes]:
     return [bytes(image.sum(dim=0).to(torch.uint8).flatten().tolist()) for image in split.source.pixels]
 
 
+@pytest.mark.slow  # several seconds: left out of make test-fast
 def test_mnist_pretrain_pool_is_colour_independent_outside_val_and_test():
     base = build("mnist_spurious", mnist_p_train=0.9)
     assert base.pretrain is None

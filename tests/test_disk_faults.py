@@ -46,6 +46,7 @@ def assert_one_line(proc: subprocess.CompletedProcess, fragment: str) -> None:
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+@pytest.mark.slow  # several seconds: left out of make test-fast
 def test_filling_up_mid_submit_is_one_line_and_resumable(tiny_fs, tmp_path):
     spec = write_spec(tmp_path / "g.toml", SPEC)
     out = tiny_fs / "grid"

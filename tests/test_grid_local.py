@@ -24,6 +24,7 @@ from robustmtl.train.runlock import locked
 from tests.conftest import tiny_grid, write_spec
 
 
+@pytest.mark.slow  # several seconds: left out of make test-fast
 @pytest.mark.parametrize("visible", ["3,5", "GPU-1f2e,MIG-9a8b"])
 def test_local_runs_get_one_gpu_each_and_never_more_runs_than_gpus(cli, tmp_path, monkeypatch, visible):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)

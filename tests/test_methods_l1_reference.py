@@ -56,6 +56,7 @@ def encoder_grads(model: Bert, value: torch.Tensor) -> torch.Tensor:
                                                                                               strict=True)])
 
 
+@pytest.mark.slow  # several seconds: left out of make test-fast
 def test_value_and_encoder_gradient_equal_the_padded_to_max_length_computation(setup):
     model, raw, data = setup
     idx = data.train.eval_order()[:8]  # the shortest snippets: mostly padding at the maximum length

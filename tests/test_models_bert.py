@@ -111,6 +111,7 @@ def test_unavailable_checkpoint_is_a_one_line_user_error(raw, name, message):
     assert "\n" not in str(err.value) and "bert_pretrained" in str(err.value)
 
 
+@pytest.mark.slow  # several seconds: left out of make test-fast
 def test_cli_runs_minilm_on_text_spurious(cli, tmp_path, monkeypatch):
     monkeypatch.setenv("ROBUSTMTL_CACHE", str(tmp_path / "cache"))
     sets = [f"--set={k}={v}" for k, v in {**TINY_TEXT, "epochs": 1, "batch_size": 8, "lr": 1e-5}.items()]

@@ -99,6 +99,7 @@ def test_pretrained_directory_loads_and_missing_one_is_a_user_error(tmp_path):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow  # several seconds: left out of make test-fast
 def test_mtl_l1_on_coloured_mnist_end_to_end(tmp_path):
     values = {"epochs": 1, "batch_size": 32, "mnist_n_train": 96, "mnist_n_val": 32, "mnist_n_test": 32}
     cfg = build_config("mtl_l1", "mnist_spurious", 0, None, values, where="test")

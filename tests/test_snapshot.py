@@ -124,6 +124,7 @@ def test_slurm_job_variables_are_hidden_while_submitting(monkeypatch):
     assert {k: os.environ.get(k) for k in inside} == inside
 
 
+@pytest.mark.slow  # several seconds: left out of make test-fast
 def test_local_executor_jobs_run_the_snapshot(tmp_path, cli):
     spec = write_spec(tmp_path / "g.toml", tiny_grid("g", ["erm"], [0], defaults={"epochs": 1},
                                                      executor={"kind": "local", "threads": 1}))
