@@ -264,7 +264,7 @@ def test_plotted_numbers_follow_few_groups_options_and_bootstrap_bars(cli, two_s
         # so the percentile bootstrap ends exactly on the two seeds' values whatever its seed.
         assert xbar == pytest.approx((avg.min(), avg.max())) and ybar == pytest.approx((worst.min(), worst.max()))
     heat = drawn["sweep_mtl_l1"]
-    assert "few-groups (20% of validation, seed 5)" in heat["title"]
+    assert "few-groups (20% of validation, seed 5)" in heat["title"] and heat["title"].startswith("MTL+ℓ1: ")
     assert {c: v for (_, c), v in heat["cells"].items()} == pytest.approx(expected["cells"])
 
 

@@ -67,7 +67,7 @@ def plot_grids(grid_dirs: Sequence[Path], out: Path, method: str, opts: SelectOp
         table, sweep_warnings = sweep_table(summary, dirs, method, opts.include_running)
     except NoSweep as exc:
         return Figures(paths, summary, summary.warnings, str(exc))
-    paths += sweep_heatmap(table, summary, method, out, formats)
+    paths += sweep_heatmap(table, summary, method, out, formats, names)
     extra = [w for w in sweep_warnings if w not in summary.warnings]
     return Figures(paths, summary, summary.warnings + extra, None)
 
@@ -234,7 +234,7 @@ def _seeds_note(n: pd.Series) -> str:
 
 
 def sweep_heatmap(table: pd.DataFrame, summary: Summary, method: str, out: Path,
-                  formats: Sequence[str] = FORMATS) -> list[Path]:
+                  formats: Sequence[str] = FORMATS, names: DisplayNames = REGISTRY_NAMES) -> list[Path]:
     """Per dataset: a sweep_table as an alpha_aux × alpha_reg grid of percentages."""
     plt = _pyplot()
     datasets = sorted(table["dataset"].unique())
@@ -250,10 +250,10 @@ def sweep_heatmap(table: pd.DataFrame, summary: Summary, method: str, out: Path,
                     bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.7, "linewidth": 0})
         ax.set_xlabel("alpha_reg")
         ax.set_ylabel("alpha_aux")
-        ax.set_title(dataset)
+        ax.set_title(names.dataset(dataset))
         fig.colorbar(image, ax=ax, label="test worst-group accuracy (%)")
-    fig.suptitle(f"{method}: test worst-group accuracy across the sweep\nselection: {summary.selector.label}\n"
-                 f"{_seeds_note(table['n'])}", fontsize=10)
+    fig.suptitle(f"{names.method(method)}: test worst-group accuracy across the sweep\n"
+                 f"selection: {summary.selector.label}\n{_seeds_note(table['n'])}", fontsize=10)
     fig.tight_layout()
     return _save(plt, fig, out / f"sweep_{method}", formats)
 
