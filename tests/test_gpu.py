@@ -34,8 +34,8 @@ def train(tmp_path, method: str, precision: str) -> tuple[RunDir, list[dict], di
     return rd, read_records(rd.metrics), json.loads(rd.done.read_text())
 
 
-@pytest.mark.parametrize(("method", "precision"), [("mtl_l1", "bf16"), ("gdro", "bf16"), ("erm", "fp16"),
-                                                   ("mtl_l1", "fp32"), ("mtl_l1", "auto")])
+@pytest.mark.parametrize(("method", "precision"), [("mtl_l1", "bf16"), ("gdro", "bf16"), ("ldro", "bf16"),
+                                                   ("erm", "fp16"), ("mtl_l1", "fp32"), ("mtl_l1", "auto")])
 def test_a_cuda_run_records_its_precision_gpu_hours_and_peak_memory(tmp_path, method, precision):
     _, records, done = train(tmp_path, method, precision)
     expected = resolve_precision(precision, CUDA)
