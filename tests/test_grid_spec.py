@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import re
 import tomllib
 from pathlib import Path
 
@@ -127,14 +126,6 @@ def test_run_limit_counts_every_planned_run_and_zero_lifts_it(tmp_path):
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_GRIDS = sorted((ROOT / "jobs").rglob("*.toml"))
-TOML_FENCE = re.compile(r"^```toml\n(.*?)^```", re.MULTILINE | re.DOTALL)
-
-
-def doc_snippets() -> list[tuple[str, str]]:
-    """Every ```toml block of the README and docs/, named by file and block number."""
-    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-    return [(f"{page.relative_to(ROOT)}#{i}", block) for page in pages if page.is_file()
-            for i, block in enumerate(TOML_FENCE.findall(page.read_text()), 1)]
 
 
 def test_grids_are_shipped():
@@ -150,11 +141,6 @@ def test_every_shipped_grid_is_plain_toml_and_loads(path):
     assert {m: t.sweep for m, t in spec.method_tables.items()} == {
         m: t.get("sweep", {}) for m, t in raw.get("method", {}).items()}
     assert expand(spec)
-
-
-@pytest.mark.parametrize("name, block", doc_snippets(), ids=[n for n, _ in doc_snippets()])
-def test_every_toml_snippet_in_the_docs_is_plain_toml(name, block):
-    tomllib.loads(block)
 
 
 OLD_SHAPE = ISSUE_EXAMPLE.replace("[method.mtl_l1.sweep]", "[methods.mtl_l1.sweep]").replace(
