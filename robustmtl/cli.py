@@ -31,7 +31,7 @@ FewGroupsFractionOpt = Annotated[float, typer.Option(help="Validation fraction f
 FewGroupsSeedOpt = Annotated[int, typer.Option(help="Seed of the few-groups subset.", min=0)]
 BootstrapSeedOpt = Annotated[int, typer.Option(help="Bootstrap seed.", min=0)]
 RawNamesOpt = Annotated[bool, typer.Option("--raw-names", help="Print method and dataset keys (mtl_l1), not display "
-                                                               "names (MTL+ℓ1; a grid's [display] table overrides).")]
+                                                               "names (MTL+ℓ1; a grid's \\[display] table overrides).")]
 
 def parse_sets(pairs: list[str]) -> dict[str, Any]:
     from robustmtl.params import parse_cli_value

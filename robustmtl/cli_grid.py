@@ -271,10 +271,10 @@ def grid_migrate(
     stdout: Annotated[bool, typer.Option("--stdout", help="Print the rewritten file instead of replacing it "
                                                           "(one file only).")] = False,
 ) -> None:
-    """Rewrite grid files from the older shape (`[methods.<m>.sweep]`, `[datasets.<d>]` beside the lists of the
-    same name, which TOML forbids) to the current one (`[method.<m>.sweep]`, `[dataset.<d>]`), in place.
+    r"""Rewrite grid files from the older shape (`\[methods.<m>.sweep]`, `\[datasets.<d>]` beside the lists of
+    the same name, which TOML forbids) to the current one (`\[method.<m>.sweep]`, `\[dataset.<d>]`), in place.
     Only the table headers change: values, comments and layout are kept. Files already in the current shape
-    are left as they are."""
+    are left as they are."""  # help text is rich markup: `\[` prints a bracket
     from robustmtl.grid.spec import migrated
     from robustmtl.layout import atomic_write_text
 
