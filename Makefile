@@ -28,6 +28,7 @@ test: $(STAMP)
 	bash scripts/test-deps.sh
 	bash scripts/slurm-cluster.sh up
 	ROBUSTMTL_REQUIRE_SLURM=1 ROBUSTMTL_REQUIRE_LATEX=1 $(PY) -m pytest -q --durations=15
+	$(MAKE) mutation-ci
 
 # The edit-test loop: every test that needs no SLURM cluster and no root set-up, without the ones marked
 # slow (several seconds of training each); under 3 minutes on 2 cores. `make test` stays the full suite.

@@ -185,3 +185,13 @@ def test_a_rule_with_its_own_data_explains_a_missing_run_in_its_own_words(tmp_pa
     with pytest.raises(UserError, match=r"has no val_groups\.json \(trained before few-groups data was stored\?\); "
                                         r"the few-groups rule needs val data$"):
         select_runs(load_runs([grid]), rule)
+
+
+def test_a_setting_with_fewer_seeds_that_only_ties_the_chosen_one_is_not_warned_about(tmp_path):
+    grid = make_grid(tmp_path / "g", seeds=(0, 1))
+    assert sid("C") < sid("A")  # C comes first among tied settings, but has fewer seeds
+    for seed in (0, 1):
+        write_run(grid, "A", seed, [{"val": (0.8, 0.6), "test": (0.8, 0.5)}])
+    write_run(grid, "C", 0, [{"val": (0.8, 0.6), "test": (0.8, 0.5)}])
+    selection = select(grid)
+    assert list(selection.chosen["setting_id"]) == [sid("A")] and selection.warnings == []
