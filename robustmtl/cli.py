@@ -30,6 +30,8 @@ CiOpt = Annotated[str, typer.Option(help="t (Student-t) | bootstrap")]
 FewGroupsFractionOpt = Annotated[float, typer.Option(help="Validation fraction for few-groups.")]
 FewGroupsSeedOpt = Annotated[int, typer.Option(help="Seed of the few-groups subset.", min=0)]
 BootstrapSeedOpt = Annotated[int, typer.Option(help="Bootstrap seed.", min=0)]
+ByOpt = Annotated[list[str] | None, typer.Option(help="A condition parameter (repeatable): one row group per "
+                                                      "value, selected within each, e.g. spurious_variance_ratio.")]
 RawNamesOpt = Annotated[bool, typer.Option("--raw-names", help="Print method and dataset keys (mtl_l1), not display "
                                                                "names (MTL+ℓ1; a grid's \\[display] table overrides).")]
 
@@ -120,12 +122,18 @@ def aggregate(
     small_intervals: Annotated[bool, typer.Option(help="LaTeX: set intervals in \\scriptsize.")] = False,
     raw_names: RawNamesOpt = False,
     quiet: Annotated[bool, typer.Option(help="Do not print the terminal table.")] = False,
+    by: ByOpt = None,
 ) -> None:
     """Worst-group tables with confidence intervals over seeds.
 
     CSV and LaTeX to standard output carry the main table only (the terminal tables go to stderr); with
     --output, each side table asked for is a file beside it (table.csv -> table.differences.csv).
     """
+    if by:
+        from robustmtl.cli_conditions import aggregate_by
+
+        return aggregate_by(grid_dirs, by, select, baseline, include_running, fmt, output, quiet, console,
+                            err_console)
     from robustmtl.aggregate import aggregate as run_aggregate
     from robustmtl.aggregate.cost import cost_table, render_cost_rich
     from robustmtl.aggregate.details import render_differences_rich, render_hparams_rich
@@ -172,6 +180,7 @@ def plot(
     few_groups_fraction: FewGroupsFractionOpt = 0.05,
     few_groups_seed: FewGroupsSeedOpt = 0,
     seed: BootstrapSeedOpt = 0,
+    by: ByOpt = None,
     curves: Annotated[bool, typer.Option("--curves", help="Learning curves instead: per cell at its selected "
                                                           "setting, val/test accuracy by epoch over seeds.")] = False,
     raw_names: RawNamesOpt = False,
@@ -181,6 +190,10 @@ def plot(
 
     Takes aggregate's selection options, so a figure shows exactly the numbers of the same aggregate table.
     """
+    if by:
+        from robustmtl.cli_conditions import plot_by
+
+        return plot_by(grid_dirs, by, out, select, include_running, console, err_console)
     from robustmtl.aggregate.names import display_names
     from robustmtl.aggregate.plot import SelectOptions, plot_curves, plot_grids
 

@@ -27,6 +27,11 @@ def group_metrics(correct: np.ndarray, membership: np.ndarray) -> dict[str, Any]
     }
 
 
+# Mechanism fields of a test record on block-structured inputs (written by train/mechanism.py).
+MECHANISM_BLOCKS = ("core", "spurious", "noise")
+MECHANISM_FIELDS = ("probe_y_acc", "probe_a_acc", *(f"reliance_{b}" for b in MECHANISM_BLOCKS), "active_units")
+
+
 def pack_bools(values: np.ndarray) -> str:
     """A boolean array as compact base64 text (one bit per value) for JSON files."""
     import base64

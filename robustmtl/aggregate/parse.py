@@ -21,6 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
+from robustmtl.metrics import MECHANISM_FIELDS
+
 KEY = ["run_id", "epoch", "step", "split"]
 METRICS = ["avg_acc", "worst_group_acc"]
 RECORD_SCHEMA = pa.schema(
@@ -32,6 +34,7 @@ RECORD_SCHEMA = pa.schema(
         ("avg_acc", pa.float64()),
         ("worst_group_acc", pa.float64()),
         ("code", pa.string()),
+        *((name, pa.float64()) for name in MECHANISM_FIELDS),  # present on test records of block-structured data
     ]
 )
 _FILE = "_robustmtl_file"  # only on the sentinel line that ends each file's bytes: that file's index
@@ -155,8 +158,11 @@ def parse_slow(f: RunFile) -> pa.Table:
     if bad:
         f.issues.append(f"{len(bad)} corrupt line(s) skipped (first at line {bad[0]})")
     for rec in good:  # JSON ints in float columns: pyarrow will not cast them implicitly
-        for k in METRICS:
-            rec[k] = float(rec[k])
+        for k in (*METRICS, *MECHANISM_FIELDS):
+            if isinstance(rec[k], int | float) and not isinstance(rec[k], bool):
+                rec[k] = float(rec[k])
+            elif k not in METRICS:
+                rec[k] = None
     return pa.Table.from_pylist([*good, {_FILE: f.index}], schema=PARSE_SCHEMA)
 
 

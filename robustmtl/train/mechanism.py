@@ -1,5 +1,7 @@
 """What the shared representation relies on: the paper's mechanism measured, not only its outcome.
 
+The field names the tables read are listed in `robustmtl/metrics.py` (MECHANISM_FIELDS).
+
 For datasets whose inputs are named blocks (`DataInfo.extra["blocks"]`: the synthetic task's core,
 spurious and noise columns), every evaluation adds to the test record:
 

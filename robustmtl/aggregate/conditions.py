@@ -1,0 +1,180 @@
+"""Tables by condition: `aggregate --by KEY`, for studies that vary the data or the training regime.
+
+A swept parameter that describes the experiment's condition (the synthetic task's variance ratio,
+pre-training or not) must not be selected over like a hyperparameter: each of its values is a row
+group of its own. Here the runs are split by the values of the `--by` keys (read from each run's
+hparams), every group goes through the same selection as `aggregate` (epoch, then setting per
+method), and each cell reports its test average and worst-group accuracy with intervals over seeds,
+the paired difference against a baseline method within the same condition, and the mechanism
+fields (robustmtl/metrics.py: MECHANISM_FIELDS) at the selected epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from robustmtl.aggregate.export import method_order
+from robustmtl.aggregate.load import Loaded, load_runs
+from robustmtl.aggregate.parse import METRICS
+from robustmtl.aggregate.select import get_selector, select_runs
+from robustmtl.aggregate.stats import paired_difference, t_interval
+from robustmtl.errors import UserError
+from robustmtl.metrics import MECHANISM_FIELDS
+
+
+@dataclass
+class ConditionTable:
+    """cells: one row per (dataset, condition, method). Accuracies in %, intervals are 95% Student-t over seeds."""
+
+    by: list[str]
+    cells: pd.DataFrame
+    baseline: str | None
+    select: str
+    warnings: list[str]
+
+    @property
+    def mechanism(self) -> list[str]:
+        return [f for f in MECHANISM_FIELDS if f"{f}_mean" in self.cells and self.cells[f"{f}_mean"].notna().any()]
+
+
+def _condition_values(loaded: Loaded, by: Sequence[str]) -> pd.DataFrame:
+    runs = loaded.runs[loaded.runs["included"] & loaded.runs["report"]].copy()
+    for key in by:
+        values = runs["hparams"].map(lambda h, k=key: h.get(k))
+        if values.isna().all():
+            known = sorted({k for h in runs["hparams"] for k in h})
+            raise UserError(f"--by {key!r}: no run has that parameter; parameters: {', '.join(known)}")
+        runs[key] = values
+    return runs
+
+
+def _json_key(values: tuple[Any, ...]) -> str:
+    return json.dumps(values, sort_keys=True)
+
+
+def condition_table(grid_dirs: Sequence[Path], by: Sequence[str], select: str = "worst-val",
+                    baseline: str | None = "erm", include_running: bool = False) -> ConditionTable:
+    by = list(dict.fromkeys(by))
+    selector = get_selector(select)
+    loaded = load_runs(list(grid_dirs), include_running)
+    runs = _condition_values(loaded, by)
+    warnings = list(loaded.warnings)
+    rows: list[dict[str, Any]] = []
+    mechanism_cols = [f for f in MECHANISM_FIELDS if f in loaded.records]
+    test = loaded.records.loc[loaded.records["split"] == "test", ["run_id", "epoch", "step", *mechanism_cols]]
+    for _, group in runs.groupby([runs[k].map(lambda v: _json_key((v,))) for k in by], sort=False):
+        condition = {k: group[k].iloc[0] for k in by}
+        ids = set(group["run_id"])
+        sub = Loaded(loaded.records[loaded.records["run_id"].isin(ids)], loaded.runs[loaded.runs["run_id"].isin(ids)],
+                     loaded.counts, [])
+        sel = select_runs(sub, selector)
+        warnings += [f"{_describe(condition)}: {w}" for w in sel.warnings]
+        per_seed = sel.per_seed.merge(test, on=["run_id", "epoch", "step"], how="left")
+        for (dataset, method), cell in per_seed.groupby(["dataset", "method"], sort=True):
+            row: dict[str, Any] = {"dataset": dataset, **condition, "method": method, "n": int(cell["seed"].nunique())}
+            for metric in METRICS:
+                iv = t_interval(100 * cell[metric].to_numpy())
+                row[f"{metric}_mean"], row[f"{metric}_hw"] = iv.mean, iv.half_width
+            for f in mechanism_cols:
+                iv = t_interval(cell[f].dropna().to_numpy())
+                row[f"{f}_mean"], row[f"{f}_hw"] = iv.mean, iv.half_width
+            if baseline is not None:
+                base = per_seed[(per_seed["dataset"] == dataset) & (per_seed["method"] == baseline)]
+                for metric in METRICS:
+                    d = paired_difference(dict(zip(cell["seed"], 100 * cell[metric], strict=True)),
+                                          dict(zip(base["seed"], 100 * base[metric], strict=True)))
+                    row[f"{metric}_diff"], row[f"{metric}_diff_lo"], row[f"{metric}_diff_hi"] = d.mean, d.lower, d.upper
+            rows.append(row)
+    if not rows:
+        raise UserError("no reportable runs with test records in scope; nothing to tabulate")
+    cells = pd.DataFrame(rows)
+    order = {m: i for i, m in enumerate(method_order(cells["method"]))}
+    cells = cells.sort_values(["dataset", *by, "method"], key=lambda c: c.map(order) if c.name == "method" else c,
+                              kind="mergesort").reset_index(drop=True)
+    return ConditionTable(by, cells, baseline, select, warnings)
+
+
+def _describe(condition: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in condition.items())
+
+
+def _num(x: float, digits: int = 1) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _pm(mean: float, hw: float, digits: int = 1) -> str:
+    return _num(mean, digits) if hw is None or math.isnan(hw) else f"{_num(mean, digits)} ± {_num(hw, digits)}"
+
+
+def _diff(row: pd.Series, metric: str) -> str:
+    if f"{metric}_diff" not in row or row["method"] == "" or math.isnan(row[f"{metric}_diff"]):
+        return "–"
+    return f"{row[f'{metric}_diff']:+.1f} [{row[f'{metric}_diff_lo']:+.1f}, {row[f'{metric}_diff_hi']:+.1f}]"
+
+
+SHORT = {"spurious_variance_ratio": "σ²spur/σ²core", "pretrain_epochs": "pre-train ep.", "probe_y_acc": "probe y",
+         "probe_a_acc": "probe a", "reliance_core": "rel. core", "reliance_spurious": "rel. spur.",
+         "reliance_noise": "rel. noise", "active_units": "units"}
+
+
+def table_rows(table: ConditionTable, intervals: bool = True) -> tuple[list[str], list[list[str]]]:
+    """Header and text cells shared by every format, so the terminal and Markdown never disagree.
+    Without `intervals` (the terminal), mechanism fields show their means only."""
+    datasets = table.cells["dataset"].nunique() > 1
+    header = [*(["dataset"] if datasets else []), *(SHORT.get(k, k) for k in table.by), "method", "n", "avg", "worst"]
+    if table.baseline is not None:
+        header.append(f"Δworst vs {table.baseline}")
+    header += [SHORT.get(f, f) for f in table.mechanism]
+    rows = []
+    for _, r in table.cells.iterrows():
+        cells = [*([str(r["dataset"])] if datasets else []), *(str(r[k]) for k in table.by), str(r["method"]),
+                 str(r["n"]), _pm(r["avg_acc_mean"], r["avg_acc_hw"]),
+                 _pm(r["worst_group_acc_mean"], r["worst_group_acc_hw"])]
+        if table.baseline is not None:
+            cells.append("–" if r["method"] == table.baseline else _diff(r, "worst_group_acc"))
+        for f in table.mechanism:
+            digits = 0 if f == "active_units" else 2
+            cells.append(_pm(r[f"{f}_mean"], r[f"{f}_hw"], digits) if intervals else _num(r[f"{f}_mean"], digits))
+        rows.append(cells)
+    return header, rows
+
+
+def caption(table: ConditionTable) -> str:
+    parts = [f"Test accuracy (%) per condition ({', '.join(table.by)}) at the epoch and setting chosen by the "
+             f"{table.select} rule within each condition; mean ± half-width of the 95% Student-t interval over seeds."]
+    if table.baseline is not None:
+        parts.append(f"Δworst: paired difference in worst-group accuracy against {table.baseline} over the same "
+                     "seeds, with its 95% interval.")
+    if table.mechanism:
+        parts.append("Mechanism fields at the same epochs (robustmtl/train/mechanism.py): linear-probe accuracy for "
+                     "y and a from h (probe y, probe a), each input block's share of the margin's gradient × input "
+                     "(rel.), active units of h.")
+    return " ".join(parts)
+
+
+def to_markdown(table: ConditionTable) -> str:
+    header, rows = table_rows(table)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n\n" + caption(table) + "\n"
+
+
+def to_csv(table: ConditionTable) -> str:
+    return table.cells.to_csv(index=False)
+
+
+def render_rich(table: ConditionTable) -> Any:
+    from rich.table import Table
+
+    header, rows = table_rows(table, intervals=False)
+    out = Table(*header, title="by " + ", ".join(table.by), padding=(0, 1))
+    for r in rows:
+        out.add_row(*r)
+    return out

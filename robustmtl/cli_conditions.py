@@ -1,0 +1,63 @@
+"""`aggregate --by KEY` and `plot --by KEY`: tables and figures with one row group per condition."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+
+from robustmtl.errors import UserError
+
+FORMATS = {"table", "markdown", "csv"}
+SUFFIX_FORMATS = {".md": "markdown", ".csv": "csv"}
+
+
+def _format(fmt: str | None, output: Path | None) -> str:
+    if fmt is None:
+        fmt = SUFFIX_FORMATS.get(output.suffix.lower(), "") if output is not None else "table"
+        if not fmt:
+            raise UserError(f"--output {output}: give a .md or .csv file (or --format) for a --by table")
+    if fmt not in FORMATS:
+        raise UserError(f"--by tables are table, markdown or csv, not {fmt!r}")
+    return fmt
+
+
+def aggregate_by(grid_dirs: Sequence[Path], by: Sequence[str], select: str, baseline: str | None,
+                 include_running: bool, fmt: str | None, output: Path | None, quiet: bool,
+                 console: Console, err_console: Console) -> None:
+    from robustmtl.aggregate.conditions import caption, condition_table, render_rich, to_csv, to_markdown
+
+    fmt = _format(fmt, output)
+    table = condition_table(grid_dirs, by, select=select, baseline=baseline or "erm",
+                            include_running=include_running)
+    for warning in table.warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    if not quiet:
+        (console if output is not None or fmt == "table" else err_console).print(render_rich(table))
+        (console if output is not None or fmt == "table" else err_console).print(caption(table), soft_wrap=True)
+    if fmt == "table":
+        return
+    text = to_markdown(table) if fmt == "markdown" else to_csv(table)
+    if output is None:
+        console.print(text, end="", highlight=False, markup=False, soft_wrap=True)
+        return
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text)
+    except OSError as exc:
+        raise UserError(f"cannot write --output {output}: {exc.strerror or exc}") from None
+    console.print(f"wrote {escape(str(output))}", highlight=False, soft_wrap=True)
+
+
+def plot_by(grid_dirs: Sequence[Path], by: Sequence[str], out: Path, select: str, include_running: bool,
+            console: Console, err_console: Console) -> None:
+    from robustmtl.aggregate.conditions import condition_table
+    from robustmtl.aggregate.conditions_plot import condition_figures
+
+    table = condition_table(grid_dirs, by, select=select, baseline="erm", include_running=include_running)
+    for warning in table.warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    for path in condition_figures(table, out):
+        console.print(f"wrote {escape(str(path))}", highlight=False, soft_wrap=True)
