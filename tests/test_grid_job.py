@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 import pytest
 
@@ -263,3 +264,16 @@ def test_without_slurms_view_the_timeout_guess_is_submitits(monkeypatch, slurm_e
     assert signals.near_time_limit() is None
     monkeypatch.delenv(signals.WARNING_ENV)
     assert signals.near_time_limit() is None
+
+
+def test_a_signal_held_since_start_up_reaches_the_flag_once_it_is_installed(slurm_env):
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
+    try:
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR2)  # pending, as the job's start leaves it
+        flag = signals.StopFlag()
+        assert not flag()
+        with flag.installed():
+            assert flag() and flag.signum == signal.SIGUSR2
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR2})
+    assert signal.SIGUSR2 not in signal.pthread_sigmask(signal.SIG_BLOCK, [])

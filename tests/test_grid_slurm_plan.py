@@ -353,3 +353,29 @@ def test_a_preemption_signal_while_the_interpreter_starts_does_not_kill_the_job(
         assert (proc.returncode, out.strip()) == (0, "alive")
     else:  # the control: without it, the first signal kills the interpreter
         assert proc.returncode in (-signal.SIGUSR2, -signal.SIGTERM)
+
+
+HANDLER_AFTER_START_UP = """
+import signal, sys, time
+held = signal.SIGUSR2 in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+time.sleep(0.8)  # start-up and imports: the signal comes now
+got = []
+signal.signal(signal.SIGUSR2, lambda s, f: got.append(s))
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR2})  # what the job's stop flag does
+print(held, bool(got))
+"""
+
+
+@pytest.mark.parametrize("configured, seen", [(None, "True True"), (sys.executable, "False False")])
+def test_a_signal_during_start_up_is_held_for_the_job_unless_python_is_configured(configured, seen):
+    """The default start holds the signal until the job's handler is in place; a configured python drops it."""
+    import signal
+    import subprocess
+    import time
+
+    argv = [*shlex.split(slurm.signal_safe(configured)), "-c", HANDLER_AFTER_START_UP]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    time.sleep(0.4)
+    proc.send_signal(signal.SIGUSR2)
+    out, _ = proc.communicate(timeout=30)
+    assert (proc.returncode, out.strip()) == (0, seen)

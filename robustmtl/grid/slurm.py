@@ -13,11 +13,12 @@ chunks and requirements queued by an earlier submission break; a stage-2 job tha
 its stage 1 missing spends an allocation (a GPU, on a busy cluster hours of waiting) on nothing. The
 cost: a JTT grid makes one sbatch call per stage-1 run still queued, instead of one per level.
 
-Preemption from the first instruction: every job starts under `/bin/sh -c 'trap "" USR2 TERM; exec
-...'`, so the interpreter inherits those signals ignored. A preemption or warning signal that comes
-while Python starts and imports (before submitit's handlers are installed) is then dropped instead of
-killing the job: the job goes on (a preemption that means it follows with SIGKILL, and SLURM's own
-requeue, if any, restarts it); from submitit's handlers on, USR2 checkpoints and requeues.
+Preemption from the first instruction: a job starts as `/bin/sh -c 'trap "" USR2 TERM; exec "$@"'`
+(microseconds), then a bare `python -S` that blocks both signals and execs the job's interpreter, which
+inherits the mask: a preemption or time-limit signal while Python starts and imports stays pending until
+the job's stop flag is installed, and then stops the loop at its first step boundary (checkpoint,
+requeue). With a configured `[executor] python` (a wrapper, a container) only the shell runs first: such
+a signal is dropped, never fatal.
 
 Never past a limit: MaxArraySize, MaxJobCount and the association's and QOS's submit limits (with the
 jobs already queued) decide how many tasks go in; the rest are recorded as not submitted. With
@@ -42,7 +43,7 @@ from robustmtl.grid.expand import PlannedRun
 from robustmtl.grid.manifest import append_entries
 from robustmtl.grid.scheduler import SubmitRoom, cancel, jobs_with_comment, sbatch_message, submit_room
 from robustmtl.layout import GridDir
-from robustmtl.train.signals import WARNING_ENV
+from robustmtl.train.signals import HOLD_SIGNALS, WARNING_ENV
 
 # sbatch errors worth another try: the controller was busy or briefly unreachable
 TRANSIENT = re.compile(r"socket timed out|timed out|try again|temporarily unavailable|temporarily unable|"
@@ -264,9 +265,17 @@ SIGNAL_SAFE_START = """/bin/sh -c 'trap "" USR2 TERM; exec "$@"' robustmtl-job""
 
 
 def signal_safe(python: str | None) -> str:
-    """The command the sbatch script starts the job's interpreter with: `python` (default: this
-    interpreter) behind a shell that ignores preemption signals until Python handles them."""
-    return f"{SIGNAL_SAFE_START} {python or shlex.quote(sys.executable)}"
+    """The command the sbatch script starts the job's interpreter with.
+
+    By default this interpreter, behind a shell that ignores USR2 and TERM for its first microseconds and
+    a bare `python -S` that blocks them (held, not lost) and execs the job; the job unblocks them once its
+    stop flag is in place. A configured `python` (a wrapper, a container) gets the shell alone: a signal
+    while it starts is dropped, never fatal.
+    """
+    if python is not None:
+        return f"{SIGNAL_SAFE_START} {python}"
+    interpreter = shlex.quote(sys.executable)
+    return f"{SIGNAL_SAFE_START} {interpreter} -S -c {shlex.quote(HOLD_SIGNALS)} {interpreter}"
 
 
 def _absolute(grid: GridDir, run: PlannedRun) -> Path:

@@ -16,6 +16,13 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+# The job's interpreter runs this first (`python -S -c HOLD_SIGNALS command...`, grid/slurm.py): USR2 and TERM
+# blocked at their default action, then exec the real command, which inherits the mask. A signal that comes
+# while Python starts and imports stays pending, and StopFlag.installed delivers it to the loop's flag.
+HOLD_SIGNALS = ("import os, signal, sys; held = {signal.SIGUSR2, signal.SIGTERM}; "
+                "signal.pthread_sigmask(signal.SIG_BLOCK, held); "
+                "[signal.signal(s, signal.SIG_DFL) for s in held]; os.execvp(sys.argv[1], sys.argv[1:])")
+
 
 class StopFlag:
     """Callable for the loop's `stop_requested`: true once a preemption signal has arrived."""
@@ -41,6 +48,7 @@ class StopFlag:
         self.previous = {s: signal.getsignal(s) for s in self.SIGNALS}
         for s in self.SIGNALS:
             signal.signal(s, self._note)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)  # one held since start-up arrives now
         try:
             yield
         finally:
