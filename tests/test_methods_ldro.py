@@ -190,3 +190,18 @@ def test_head_parameters_the_loss_never_reaches_count_as_zero_gradients(tmp_path
     terms = method.loss(UnusedHeadPart(), train[torch.arange(4)], None)
     assert set(terms.parts) == {"end", "robust", "w_max", "w_entropy"} and terms.parts["robust"] is terms.total
     assert torch.isfinite(terms.total)
+
+
+def test_one_solver_step_is_the_documented_mirror_descent_step():
+    """w1 = normalise(w0 · exp(-s0 · ∇F(w0))), s0 = √(2 log G) / spread(∇F), from uniform w0; with ldro_steps=1
+    the solver returns w1 when it lowers F, and uniform with ldro_steps=0."""
+    losses, gram, eta, tau = LOSSES, GRAM, 1.0, 0.05
+    w0 = torch.full((2,), 0.5, dtype=D)
+    predicted = losses - eta * gram @ w0
+    grad = tau * torch.log(w0) - eta * gram[int(predicted.argmax())]
+    z = torch.log(w0) - math.sqrt(2 * math.log(2)) / float(grad.max() - grad.min()) * grad
+    w1 = torch.softmax(z, 0)
+    assert objective(w1, losses, gram, eta, tau) < objective(w0, losses, gram, eta, tau)  # the step helps here
+    assert lookahead_weights(losses, gram, eta, tau, 1).tolist() == pytest.approx(w1.tolist(), rel=1e-12)
+    assert lookahead_weights(losses, gram, eta, tau, 0).tolist() == [0.5, 0.5]
+    assert lookahead_weights(losses[:1], gram[:1, :1], eta, tau, 5).dtype == D  # one group: weight 1, float64 too
