@@ -74,7 +74,7 @@ def references(tmp_path_factory):
 
 
 def job_pids(job: str) -> list[int]:
-    """The job's Python processes (the submitit runner; its start-up shell has exec'd into it)."""
+    """The job's Python processes (the submitit runner, once its start-up shell has exec'd into it)."""
     raw = subprocess.run(["squeue", "-h", "-j", job, "-o", "%A"], capture_output=True, text=True).stdout.split()
     if not raw:
         return []
@@ -87,7 +87,8 @@ def job_pids(job: str) -> list[int]:
                 cmdline = Path(f"/proc/{fields[0]}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b"submitit.core._submit" in cmdline and b"python" in cmdline and not cmdline.startswith(b"/bin/sh"):
+            program = cmdline.split(b"\0")[0].rsplit(b"/", 1)[-1]  # not srun, whose arguments name the same
+            if program.startswith(b"python") and b"submitit.core._submit" in cmdline:
                 pids.append(int(fields[0]))
     return pids
 
