@@ -9,7 +9,8 @@ Every robustmtl row times the package's own code path: the method's `loss` under
 `Stepper` (autocast, GradScaler for fp16, fused AdamW on CUDA, `zero_grad(set_to_none=True)`), on
 synthetic data served by the package's own splits (token batches padded per batch). Rows: `erm`,
 `erm` at twice the batch (what an MTL step should be compared with: an MTL step processes B end-task
-+ B auxiliary examples), `mtl`, `mtl_l1`, `jtt` stage 2 (upweighted ERM: the same step), `gdro`, and
++ B auxiliary examples), `mtl`, `mtl_l1`, `jtt` stage 2 (upweighted ERM: the same step), `gdro`,
+`pretrain` (the pre-training stage: the auxiliary objective alone on B examples), and
 `reference`: the reference implementation's MTL step written out here (fp32, end-task and auxiliary
 batches as two separate encoder forwards, MLM logits over the full vocabulary at every position, L1
 on all tokens of both batches, plain AdamW).
@@ -62,7 +63,8 @@ SIZES = {"tiny": (128, 2, 2), "base": (768, 12, 12)}  # hidden, layers, heads
 PEAK_BF16_TFLOPS = (("H200", 989.0), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("B200", 2250.0),
                     ("A100", 312.0), ("L40S", 362.0), ("A10", 125.0), ("L4", 121.0))
 DATASET = {"bert": "text_spurious", "vit": "mnist_spurious"}
-METHODS = ("erm", "mtl", "mtl_l1", "jtt", "gdro")
+METHODS = ("erm", "mtl", "mtl_l1", "jtt", "gdro", "pretrain")
+TARGET_PRETRAIN_VS_ERM = 1.0
 TARGET_VS_ERM, TARGET_VS_REFERENCE = 1.15, 2.0
 GROUPS = ("0/0", "0/1", "1/0", "1/1")
 PATCH = 16
@@ -248,6 +250,8 @@ def method_row(bench: Bench, name: str, batch: int, label: str) -> Row:
 
     aux = method.uses_aux_batch
     flops = batch * example_flops(bench, False, 0) + (batch * example_flops(bench, True, 0.15) if aux else 0)
+    if name == "pretrain":  # the auxiliary objective alone, on the end-task batch's inputs
+        flops = batch * example_flops(bench, True, 0.15)
     return timed(bench, label, step, batch * (2 if aux else 1), flops)
 
 
@@ -331,6 +335,9 @@ def report(bench: Bench, rows: list[Row]) -> None:
                   f"{'PASS' if vs_erm <= TARGET_VS_ERM else 'FAIL'}")
     console.print(f"mtl_l1 examples/s / reference-style: {vs_ref:.2f}x (target >= {TARGET_VS_REFERENCE}) "
                   f"{'PASS' if vs_ref >= TARGET_VS_REFERENCE else 'FAIL'}")
+    vs_pretrain = by_name["pretrain"].seconds / by_name["erm"].seconds
+    console.print(f"pretrain step / erm step at batch {a.batch}: {vs_pretrain:.2f}x "
+                  f"(target <= {TARGET_PRETRAIN_VS_ERM}) {'PASS' if vs_pretrain <= TARGET_PRETRAIN_VS_ERM else 'FAIL'}")
     console.print(f"{REFERENCE}: fp32, end-task and auxiliary batches as two encoder forwards, full-vocabulary "
                   "MLM logits at every position, L1 on all tokens, plain AdamW.")
     console.print("FLOPs are analytic (6 x encoder weights x tokens + attention + MLM/SimMIM head), see --help."
