@@ -35,6 +35,8 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" --ignore=tests/slurm --durations=5
 
+REGIMES := --by spurious_variance_ratio --by pretrain_epochs --baseline erm
+
 # Regenerates the exported tables and figures of the shipped CPU grids, the only target that writes
 # aggregates/ (runs that are done are skipped; from scratch about 50 minutes on 2 cores).
 aggregates: $(STAMP)
@@ -48,6 +50,14 @@ aggregates: $(STAMP)
 	$(PY) -m robustmtl aggregate runs/synthetic --baseline erm --format markdown --output aggregates/synthetic_vs_erm.md
 	$(PY) -m robustmtl plot runs/synthetic --out aggregates/figures/synthetic
 	$(PY) -m robustmtl plot runs/synthetic --curves --out aggregates/figures/synthetic
+	$(PY) -m robustmtl grid submit jobs/synthetic_contrast.toml --out runs/synthetic_contrast
+	$(PY) -m robustmtl aggregate runs/synthetic_contrast --output aggregates/synthetic_contrast.md --show-hparams --quiet
+	$(PY) -m robustmtl aggregate runs/synthetic_contrast --output aggregates/synthetic_contrast.csv --quiet
+	$(PY) -m robustmtl aggregate runs/synthetic_contrast --baseline erm --format markdown --output aggregates/synthetic_contrast_vs_erm.md
+	$(PY) -m robustmtl grid submit jobs/synthetic_regimes.toml --out runs/synthetic_regimes
+	$(PY) -m robustmtl aggregate runs/synthetic_regimes $(REGIMES) --output aggregates/synthetic_regimes.md --quiet
+	$(PY) -m robustmtl aggregate runs/synthetic_regimes $(REGIMES) --output aggregates/synthetic_regimes.csv --quiet
+	$(PY) -m robustmtl plot runs/synthetic_regimes $(REGIMES) --out aggregates/figures/synthetic_regimes
 	$(PY) -m robustmtl grid submit jobs/text_demo.toml --out runs/text_demo
 	$(PY) -m robustmtl aggregate runs/text_demo --output aggregates/text_demo.tex --quiet
 	$(PY) -m robustmtl aggregate runs/text_demo --format markdown --output aggregates/text_demo.md --quiet

@@ -201,7 +201,7 @@ def _capped(lines: list[Any]) -> list[Any]:
 @user_errors
 def grid_resume(
     grid_dir: GridDirArg,
-    failed_only: Annotated[bool, typer.Option("--failed-only", help="Only the runs that failed.")] = False,
+    failed_only: Annotated[bool, typer.Option("--failed-only", help="Failed runs and those they block.")] = False,
     executor: ExecutorOpt = None,
     partition: PartitionOpt = None,
     account: AccountOpt = None,

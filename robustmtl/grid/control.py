@@ -43,7 +43,8 @@ def planned_from_dir(grid: GridDir) -> list[PlannedRun]:
 
 def resume(grid: GridDir, kind: str | None, failed_only: bool, overrides: dict[str, Any],
            console: Console) -> SubmitResult:
-    """Run again every run that is not done and not queued (only the failed ones with `failed_only`)."""
+    """Run again every run that is not done and not queued (with `failed_only`: the failed ones, and the runs
+    blocked behind a failed requirement, which cannot run until it does)."""
     from robustmtl.grid.slurm import with_requirements
 
     if not grid.spec.exists():
@@ -60,7 +61,8 @@ def resume(grid: GridDir, kind: str | None, failed_only: bool, overrides: dict[s
                             "resubmitted (retry when SLURM responds)")
         runs = planned_from_dir(grid)
         keep = {rid for rid, r in status.runs.items() if r.state in ACTIVE or r.state == "done"}
-        chosen = [r for r in runs if (status.runs[r.run_id].state == "failed" if failed_only else r.run_id not in keep)]
+        retry = {rid for rid, r in status.runs.items() if r.state in ("failed", "blocked")}
+        chosen = [r for r in runs if (r.run_id in retry if failed_only else r.run_id not in keep)]
         todo = with_requirements(chosen, runs, keep)
         return execute(grid, grid.root.name, runs, todo, settings, resolved, console)
 
