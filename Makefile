@@ -43,6 +43,7 @@ aggregates: $(STAMP)
 	$(PY) -m robustmtl grid submit jobs/demo.toml --out runs/demo
 	$(PY) -m robustmtl aggregate runs/demo --output aggregates/demo.tex --quiet
 	$(PY) -m robustmtl aggregate runs/demo --format markdown --output aggregates/demo.md --quiet
+	$(PY) -m robustmtl aggregate runs/demo --baseline erm --format markdown --output aggregates/demo_vs_erm.md --quiet
 	$(PY) -m robustmtl grid submit jobs/synthetic.toml --out runs/synthetic
 	$(PY) -m robustmtl aggregate runs/synthetic --output aggregates/synthetic.md --show-hparams --quiet
 	$(PY) -m robustmtl aggregate runs/synthetic --output aggregates/synthetic.tex --quiet
