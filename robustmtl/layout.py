@@ -1,20 +1,6 @@
 """Where a grid's and a run's files live, atomic writes, and run state read from markers.
 
-GRID_DIR/grid.toml                 the spec as submitted
-GRID_DIR/runs/<run_id>/config.json the RunConfig (hashed part) + run_id
-GRID_DIR/runs/<run_id>/options.json RunOptions (not hashed)
-GRID_DIR/runs/<run_id>/metrics.jsonl
-GRID_DIR/runs/<run_id>/checkpoint.pt
-GRID_DIR/runs/<run_id>/DONE         JSON summary, written atomically last
-GRID_DIR/runs/<run_id>/FAILED       the error of a failed attempt
-GRID_DIR/runs/<run_id>/attempts.jsonl  start / preempted / timeout / terminated / failed / done events
-GRID_DIR/runs/<run_id>/val_correct.jsonl  per-example validation correctness per evaluation (bit-packed)
-GRID_DIR/runs/<run_id>/val_groups.json    validation group membership (bit-packed), for `few-groups`
-GRID_DIR/runs/<run_id>/encoder.pt   a pre-training run's final weights but the head, for the runs fine-tuning from it
-GRID_DIR/runs/<run_id>/.train.lock  flock of the process training the run (train/runlock.py)
-GRID_DIR/submitit/                  submitit's pickles and logs (start/<run_id>.log: a local job's shell)
-GRID_DIR/manifest.jsonl             the SLURM job id of each queued run (last entry wins)
-GRID_DIR/.submit.lock               held while a grid submit/resume runs
+The file names are the constants below; what each file holds is described once, in docs/run-layout.md.
 """
 
 from __future__ import annotations
