@@ -32,10 +32,14 @@ def test_text_spurious_injects_the_token_exactly_on_a1():
     assert 0.45 < splits.train.y.float().mean() < 0.7  # fresh / rotten, roughly as in the corpus
 
 
-def test_text_spurious_depends_on_its_data_seed_only():
-    a, b = build("text_spurious"), build("text_spurious")
+@pytest.mark.parametrize("shortcut", ["prefix", "word"])
+def test_text_spurious_depends_on_its_data_seed_only(shortcut: str):
+    torch.manual_seed(1)  # the global generator, which a run's seed sets, must not reach the data
+    a = build("text_spurious", text_shortcut=shortcut)
+    torch.manual_seed(2)
+    b = build("text_spurious", text_shortcut=shortcut)
     assert a.train.texts == b.train.texts and torch.equal(a.train.g, b.train.g)
-    c = build("text_spurious", text_data_seed=1)
+    c = build("text_spurious", text_shortcut=shortcut, text_data_seed=1)
     assert c.train.texts != a.train.texts
 
 
