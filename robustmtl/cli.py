@@ -132,6 +132,8 @@ def aggregate(
     if by:
         from robustmtl.cli_conditions import aggregate_by
 
+        if ci != "t" or show_hparams or show_cost:
+            raise UserError("--by tables take Student-t intervals and no --show-hparams/--show-cost")
         return aggregate_by(grid_dirs, by, select, baseline, include_running, fmt, output, quiet, console,
                             err_console)
     from robustmtl.aggregate import aggregate as run_aggregate

@@ -24,11 +24,17 @@ def _format(fmt: str | None, output: Path | None) -> str:
     return fmt
 
 
+def _check_select(select: str) -> None:
+    if select == "few-groups":
+        raise UserError("--by tables select with worst-val, avg-val or oracle; few-groups is for plain tables")
+
+
 def aggregate_by(grid_dirs: Sequence[Path], by: Sequence[str], select: str, baseline: str | None,
                  include_running: bool, fmt: str | None, output: Path | None, quiet: bool,
                  console: Console, err_console: Console) -> None:
     from robustmtl.aggregate.conditions import caption, condition_table, render_rich, to_csv, to_markdown
 
+    _check_select(select)
     fmt = _format(fmt, output)
     table = condition_table(grid_dirs, by, select=select, baseline=baseline or "erm",
                             include_running=include_running)
@@ -56,6 +62,7 @@ def plot_by(grid_dirs: Sequence[Path], by: Sequence[str], out: Path, select: str
     from robustmtl.aggregate.conditions import condition_table
     from robustmtl.aggregate.conditions_plot import condition_figures
 
+    _check_select(select)
     table = condition_table(grid_dirs, by, select=select, baseline="erm", include_running=include_running)
     for warning in table.warnings:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)

@@ -97,3 +97,10 @@ def test_unknown_condition_key_is_one_line(grid: Path, cli):
     result = cli("aggregate", grid, "--by", "spurious_ratio", ok=False)
     assert result.exit_code == 2
     assert "no run has that parameter" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args", [["--format", "latex"], ["--select", "few-groups"], ["--ci", "bootstrap"],
+                                  ["--show-cost"]])
+def test_options_a_condition_table_does_not_take_are_one_line(grid: Path, cli, args: list[str]):
+    result = cli("aggregate", grid, "--by", "spurious_variance_ratio", *args, ok=False)
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1

@@ -114,7 +114,7 @@ def _pm(mean: float, hw: float, digits: int = 1) -> str:
 
 
 def _diff(row: pd.Series, metric: str) -> str:
-    if f"{metric}_diff" not in row or row["method"] == "" or math.isnan(row[f"{metric}_diff"]):
+    if f"{metric}_diff" not in row or math.isnan(row[f"{metric}_diff"]):
         return "–"
     return f"{row[f'{metric}_diff']:+.1f} [{row[f'{metric}_diff_lo']:+.1f}, {row[f'{metric}_diff_hi']:+.1f}]"
 
