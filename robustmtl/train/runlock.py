@@ -4,7 +4,8 @@ Two trainers on one run would both append to its metrics.jsonl and write its one
 trainer holds an exclusive fcntl.flock on the lock file for its whole attempt (the pid it writes there
 is only for messages). The kernel drops the lock when the process dies, even SIGKILLed, so a dead
 trainer never leaves a stale lock, and a requeued SLURM job, which starts after the old process died,
-finds it free. On a filesystem without flock (some Lustre mounts) runs train unlocked, as before.
+finds it free. On a filesystem without flock (some Lustre mounts) runs train without the lock,
+since there is nothing to hold it with, and only the scheduler keeps two trainers apart.
 """
 
 from __future__ import annotations
