@@ -54,7 +54,8 @@ from robustmtl.models.base import Model
 from robustmtl.models.bert import mask_tokens
 from robustmtl.registry import method_entry, model_entry
 from robustmtl.train.batches import Batch, to_device
-from robustmtl.train.loop import make_optimizer, pick_device
+from robustmtl.train.loop import pick_device
+from robustmtl.train.optim import make_optimizer
 from robustmtl.train.step import Stepper, enable_tf32, make_scaler, resolve_precision
 
 SIZES = {"tiny": (128, 2, 2), "base": (768, 12, 12)}  # hidden, layers, heads

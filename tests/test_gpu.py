@@ -15,7 +15,8 @@ import torch
 from robustmtl.config import RunOptions, build_config
 from robustmtl.layout import GridDir, RunDir
 from robustmtl.rundir import prepare_run
-from robustmtl.train.loop import make_optimizer, peak_memory_mb
+from robustmtl.train.loop import peak_memory_mb
+from robustmtl.train.optim import make_optimizer
 from robustmtl.train.step import Stepper, enable_tf32, make_scaler, resolve_precision
 from tests.conftest import TINY, read_records, tiny_grid, write_spec
 

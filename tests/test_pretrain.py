@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from robustmtl.config import RunOptions, build_config
+from robustmtl.errors import UserError
 from robustmtl.grid.expand import expand
 from robustmtl.grid.spec import load_spec
 from robustmtl.layout import PRETRAINED_ENCODER, RunDir
@@ -68,7 +69,8 @@ def test_fine_tunes_with_one_pretraining_config_share_one_pretraining_run(tmp_pa
 
 def test_fine_tuning_starts_from_the_pretrained_encoder_with_a_fresh_head(tmp_path: Path):
     fine = cfg()
-    rd = train(pretrain_config(fine), tmp_path) and RunDir(tmp_path / fine.run_id)
+    train(pretrain_config(fine), tmp_path)
+    rd = RunDir(tmp_path / fine.run_id)
     prepare_run(rd, fine, RunOptions(threads=1))
     pretrained = torch.load(tmp_path / pretrain_config(fine).run_id / PRETRAINED_ENCODER, weights_only=True)
     started = Trainer(rd).model.state_dict()
@@ -80,6 +82,17 @@ def test_fine_tuning_starts_from_the_pretrained_encoder_with_a_fresh_head(tmp_pa
     heads = [k for k in started if k.startswith("head.")]
     assert heads and all(torch.equal(started[k], scratch[k]) for k in heads)  # the seed's own fresh head
     assert not all(torch.equal(started[k], scratch[k]) for k in pretrained)
+
+
+def test_pretrained_weights_that_do_not_fit_are_one_clear_error(tmp_path: Path):
+    fine = cfg()
+    train(pretrain_config(fine), tmp_path)
+    encoder = tmp_path / pretrain_config(fine).run_id / PRETRAINED_ENCODER
+    torch.save({"encoder.9.weight": torch.zeros(1)}, encoder)
+    rd = RunDir(tmp_path / fine.run_id)
+    prepare_run(rd, fine, RunOptions(threads=1))
+    with pytest.raises(UserError, match=r"do not fit this model.*delete the pre-training run"):
+        Trainer(rd)
 
 
 def first_train_loss(rd: RunDir) -> float:

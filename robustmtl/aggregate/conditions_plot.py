@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from robustmtl.aggregate.conditions import ConditionTable
-from robustmtl.aggregate.plot import FORMATS, _pyplot, _save
+from robustmtl.aggregate.plot import FORMATS, pyplot, save_figure
 
 MECHANISM_LABELS = {"probe_y_acc": "probe accuracy for y", "probe_a_acc": "probe accuracy for a",
                     "reliance_core": "margin reliance on core", "reliance_spurious": "margin reliance on spurious",
@@ -34,7 +34,7 @@ def _methods(cells: pd.DataFrame, skip: str | None) -> list[str]:
 
 def gain_figure(table: ConditionTable, out: Path) -> list[Path]:
     """Δ worst-group accuracy over the baseline (paired, 95% interval) against the first --by key."""
-    plt = _pyplot()
+    plt = pyplot()
     x_key = table.by[0]
     panels = _panels(table)
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False, sharey=True)
@@ -58,7 +58,7 @@ def gain_figure(table: ConditionTable, out: Path) -> list[Path]:
     axes[0][0].set_ylabel(f"test worst-group accuracy − {table.baseline} (points)")
     axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle("Paired difference over seeds, 95% Student-t interval")
-    return _save(plt, fig, out / f"gain_by_{x_key}", FORMATS)
+    return save_figure(plt, fig, out / f"gain_by_{x_key}", FORMATS)
 
 
 def mechanism_figure(table: ConditionTable, out: Path) -> list[Path]:
@@ -66,7 +66,7 @@ def mechanism_figure(table: ConditionTable, out: Path) -> list[Path]:
     fields = [f for f in ("reliance_core", "reliance_spurious", "probe_a_acc", "active_units") if f in table.mechanism]
     if not fields:
         return []
-    plt = _pyplot()
+    plt = pyplot()
     x_key = table.by[0]
     panels = _panels(table)
     fig, axes = plt.subplots(len(panels), len(fields), figsize=(4.2 * len(fields), 3.4 * len(panels)),
@@ -84,7 +84,7 @@ def mechanism_figure(table: ConditionTable, out: Path) -> list[Path]:
             ax.set_title(f"{MECHANISM_LABELS.get(f, f)}" + (f"\n{title}" if title else ""), fontsize=9)
             ax.set_xlabel(x_key)
     axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5))
-    return _save(plt, fig, out / f"mechanism_by_{x_key}", FORMATS)
+    return save_figure(plt, fig, out / f"mechanism_by_{x_key}", FORMATS)
 
 
 def condition_figures(table: ConditionTable, out: Path) -> list[Path]:

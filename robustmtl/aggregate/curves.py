@@ -59,9 +59,9 @@ def curve_figure(table: pd.DataFrame, summary: Summary, dataset: str, names: Dis
     Lines carry their (split, metric) as the label `<split> <metric>`, so the drawn data can be read back."""
     from matplotlib.lines import Line2D
 
-    from robustmtl.aggregate.plot import _pyplot
+    from robustmtl.aggregate.plot import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     rows = table[table["dataset"] == dataset]
     methods = method_order(rows["method"].unique())
     ncols = min(PANELS_PER_ROW, len(methods))
@@ -99,12 +99,12 @@ def curve_figure(table: pd.DataFrame, summary: Summary, dataset: str, names: Dis
 def curve_figures(table: pd.DataFrame, summary: Summary, out: Path, names: DisplayNames = REGISTRY_NAMES,
                   formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
     """`curves_<dataset>.{png,pdf,csv}` for every dataset of the table."""
-    from robustmtl.aggregate.plot import _pyplot, _save
+    from robustmtl.aggregate.plot import pyplot, save_figure
 
     paths = []
     for dataset in sorted(table["dataset"].unique()):
         fig = curve_figure(table, summary, dataset, names)
-        paths += _save(_pyplot(), fig, out / f"curves_{dataset}", formats)
+        paths += save_figure(pyplot(), fig, out / f"curves_{dataset}", formats)
         csv = out / f"curves_{dataset}.csv"
         table[table["dataset"] == dataset].to_csv(csv, index=False, float_format="%.6g")
         paths.append(csv)

@@ -108,7 +108,7 @@ def _check_started(dirs: Sequence[Path]) -> None:
                             f"`robustmtl grid submit SPEC --out {d}` (or see `robustmtl grid status {d}`)")
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -140,7 +140,7 @@ def tradeoff_figure(summary: Summary, out: Path, formats: Sequence[str] = FORMAT
 
     Methods are told apart by colour and marker, named in one legend: methods often land on top of each
     other (the group-balanced ones do), where labels beside the points would overprint."""
-    plt = _pyplot()
+    plt = pyplot()
     datasets = sorted(summary.cells["dataset"].unique())
     methods = sorted(summary.cells["method"].unique())
     style = {m: {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)]} for i, m in enumerate(methods)}
@@ -162,7 +162,7 @@ def tradeoff_figure(summary: Summary, out: Path, formats: Sequence[str] = FORMAT
     fig.suptitle(f"Average vs worst-group accuracy\nselection: {summary.selector.label}\n{interval_note(summary)}",
                  fontsize=10)
     fig.tight_layout()
-    return _save(plt, fig, out / "tradeoff", formats)
+    return save_figure(plt, fig, out / "tradeoff", formats)
 
 
 def _why_out_of_scope(summary: Summary, runs: pd.DataFrame, method: str) -> str:
@@ -236,7 +236,7 @@ def _seeds_note(n: pd.Series) -> str:
 def sweep_heatmap(table: pd.DataFrame, summary: Summary, method: str, out: Path,
                   formats: Sequence[str] = FORMATS, names: DisplayNames = REGISTRY_NAMES) -> list[Path]:
     """Per dataset: a sweep_table as an alpha_aux × alpha_reg grid of percentages."""
-    plt = _pyplot()
+    plt = pyplot()
     datasets = sorted(table["dataset"].unique())
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.8 * len(datasets), 4), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
@@ -255,10 +255,10 @@ def sweep_heatmap(table: pd.DataFrame, summary: Summary, method: str, out: Path,
     fig.suptitle(f"{names.method(method)}: test worst-group accuracy across the sweep\n"
                  f"selection: {summary.selector.label}\n{_seeds_note(table['n'])}", fontsize=10)
     fig.tight_layout()
-    return _save(plt, fig, out / f"sweep_{method}", formats)
+    return save_figure(plt, fig, out / f"sweep_{method}", formats)
 
 
-def _save(plt: Any, fig: Any, stem: Path, formats: Sequence[str]) -> list[Path]:
+def save_figure(plt: Any, fig: Any, stem: Path, formats: Sequence[str]) -> list[Path]:
     """Write every format; a disk or permission failure is the user's to fix, so one line, not a traceback."""
     paths = []
     try:

@@ -13,7 +13,6 @@ memory of its largest attempt (each attempt's peak travels in the checkpoint).
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import time
@@ -24,12 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from robustmtl.config import RunConfig
 from robustmtl.errors import UserError
 from robustmtl.layout import PRETRAINED_ENCODER, VAL_CORRECT, VAL_GROUPS, RunDir, read_json, write_json
 from robustmtl.methods.base import Method, MethodContext
 from robustmtl.metrics import pack_bools
-from robustmtl.models.base import Model, param_groups
+from robustmtl.models.base import Model
 from robustmtl.provenance import code_version
 from robustmtl.records import MetricsWriter
 from robustmtl.registry import dataset_entry, method_entry, model_entry
@@ -39,6 +37,7 @@ from robustmtl.rundir import load_run, required_run_dirs
 from robustmtl.train import checkpoint, mechanism, runlock
 from robustmtl.train.batches import Batch, EpochPlan, PlanSampler, chunks, make_loader, resolve_workers, to_device
 from robustmtl.train.evaluate import Predictions, predict
+from robustmtl.train.optim import make_optimizer, make_scheduler
 from robustmtl.train.step import Stepper, enable_tf32, make_scaler, resolve_precision
 
 Progress = Callable[[int, int], None]
@@ -66,38 +65,11 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_optimizer(model: Model, cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW is fused (one kernel for all parameters) on CUDA; the CPU keeps the reference implementation."""
-    t = cfg.train
-    groups = param_groups(model, t.weight_decay)
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
-    return torch.optim.AdamW(groups, lr=t.lr, fused=device.type == "cuda")
-
-
 def peak_memory_mb(device: torch.device) -> float | None:
     """Peak GPU memory allocated since the attempt started; None off CUDA."""
     if device.type != "cuda":
         return None
     return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig,
-                   total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    warmup = int(cfg.train.warmup_frac * total_steps)
-    kind = cfg.train.scheduler
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(total_steps - warmup, 1)
-        if kind == "linear":
-            return max(0.0, 1.0 - progress)
-        if kind == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 class Trainer:
@@ -131,7 +103,11 @@ class Trainer:
         train = pool if method_cls.uses_train_groups else pool.hide_groups()
         required = required_run_dirs(run_dir, required_runs(self.cfg))
         if "pretrain" in required:
-            self.model.load_encoder_state(checkpoint.load_tensors(required["pretrain"].artifact(PRETRAINED_ENCODER)))
+            encoder = required["pretrain"].artifact(PRETRAINED_ENCODER)
+            try:
+                self.model.load_encoder_state(checkpoint.load_tensors(encoder))
+            except ValueError as exc:
+                raise UserError(f"{encoder}: {exc}; delete the pre-training run to redo it") from None
         ctx = MethodContext(config=self.cfg, info=self.data.info, train=train, run_dir=run_dir, required=required)
         self.method = method_cls(self.cfg.method_params, ctx)
         self.train_split = train

@@ -1,0 +1,37 @@
+"""The optimiser and the learning-rate schedule of a run, from its training parameters."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from robustmtl.config import RunConfig
+from robustmtl.models.base import Model, param_groups
+
+
+def make_optimizer(model: Model, cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW is fused (one kernel for all parameters) on CUDA; the CPU keeps the reference implementation."""
+    t = cfg.train
+    groups = param_groups(model, t.weight_decay)
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
+    return torch.optim.AdamW(groups, lr=t.lr, fused=device.type == "cuda")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig,
+                   total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup = int(cfg.train.warmup_frac * total_steps)
+    kind = cfg.train.scheduler
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(total_steps - warmup, 1)
+        if kind == "linear":
+            return max(0.0, 1.0 - progress)
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
