@@ -25,6 +25,7 @@ demo: $(STAMP)
 	$(PY) -m robustmtl aggregate runs/demo --format markdown --output runs/demo.md --quiet
 
 test: $(STAMP)
+	$(MAKE) lint
 	bash scripts/test-deps.sh
 	bash scripts/slurm-cluster.sh up
 	ROBUSTMTL_REQUIRE_SLURM=1 ROBUSTMTL_REQUIRE_LATEX=1 $(PY) -m pytest -q --durations=15
@@ -70,6 +71,7 @@ aggregates: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(PY) -m mypy
 
 # Mutation testing (scripts/mutation.py; scores and reviewed survivors in docs/mutation.md): every module
 # that carries results, one at a time, against the tests that exercise it (about half an hour on 2 cores).

@@ -157,14 +157,16 @@ class RunConfig:
                             where="internal")
 
 
-def _all_fields(block: Any) -> dict[str, Any]:
+def _all_fields(block: object) -> dict[str, Any]:
     """A parameter block as a dict (fields are scalars or tuples: no deep copy needed)."""
-    return {name: getattr(block, name) for name in field_types(type(block))}
+    block_type: type = type(block)
+    return {name: getattr(block, name) for name in field_types(block_type)}
 
 
-def _fields(block: Any) -> dict[str, Any]:
+def _fields(block: object) -> dict[str, Any]:
     """The block as it enters a run's identity: `added_later` fields only where they differ from their default."""
-    omittable = omittable_defaults(type(block))
+    block_type: type = type(block)
+    omittable = omittable_defaults(block_type)
     return {name: value for name, value in _all_fields(block).items()
             if name not in omittable or value != omittable[name]}
 

@@ -36,7 +36,7 @@ def pack_bools(values: np.ndarray) -> str:
     """A boolean array as compact base64 text (one bit per value) for JSON files."""
     import base64
 
-    return base64.b64encode(np.packbits(np.asarray(values, dtype=bool).ravel())).decode()
+    return base64.b64encode(np.packbits(np.asarray(values, dtype=bool).ravel()).tobytes()).decode()
 
 
 def unpack_bools(text: str, count: int) -> np.ndarray:

@@ -143,7 +143,7 @@ class WandbMirror:
         self.run.finish()
 
 
-MIRRORS = {"tensorboard": TensorBoardMirror, "wandb": WandbMirror}
+MIRRORS: dict[str, type[TensorBoardMirror | WandbMirror]] = {"tensorboard": TensorBoardMirror, "wandb": WandbMirror}
 
 
 @contextlib.contextmanager

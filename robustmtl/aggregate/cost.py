@@ -67,7 +67,7 @@ def _gpu_hours(value: float) -> str:
 
 
 def cost_rows(costs: pd.DataFrame) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for r in costs.itertuples():
         runs = f"{r.runs}" + (f" ({r.without_cost} without cost)" if r.without_cost else "")
         peak = "\u2013" if math.isnan(r.peak_mem_gib) else f"{r.peak_mem_gib:.2f} GiB"

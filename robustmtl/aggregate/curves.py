@@ -24,7 +24,7 @@ from robustmtl.aggregate.summary import Summary
 SPLITS = ("val", "test")
 METRICS = ("avg_acc", "worst_group_acc")
 METRIC_COLORS = {"avg_acc": "C0", "worst_group_acc": "C3"}
-SPLIT_STYLES = {"val": "--", "test": "-"}
+SPLIT_STYLES: dict[str, Any] = {"val": "--", "test": "-"}  # Any: matplotlib types styles as literals
 LABELS = {"avg_acc": "average", "worst_group_acc": "worst-group"}
 COLUMNS = ["dataset", "method", "split", "metric", "epoch", "mean", "lower", "upper", "n"]
 PANELS_PER_ROW = 4

@@ -49,13 +49,15 @@ DIFFERENCE_HEADER = ("dataset", "method", "metric", "difference", "n")
 
 def difference_rows(summary: Summary) -> list[tuple[str, ...]]:
     """Paired differences vs the baseline in percentage points, in method order."""
+    if summary.differences is None:
+        return []
     diffs = summary.differences.copy()
     diffs["_order"] = diffs["method"].map({m: i for i, m in enumerate(method_order(diffs["method"]))})
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for r in diffs.sort_values(["dataset", "_order", "metric"]).itertuples():
         hw = "" if math.isnan(r.half_width) else f" ± {_pct(r.half_width)}"
-        rows.append((r.dataset, r.method, METRIC_LABELS.get(r.metric, r.metric), f"{100 * r.mean_diff:+.1f}{hw}",
-                     str(r.n)))
+        rows.append((str(r.dataset), str(r.method), METRIC_LABELS.get(r.metric, r.metric),
+                     f"{100 * r.mean_diff:+.1f}{hw}", str(r.n)))
     return rows
 
 

@@ -235,7 +235,7 @@ def text_findings(splits: Splits) -> list[str]:
     for name, split in splits.by_name().items():
         if not isinstance(split, TextSplit):
             return []
-        second = split.second or [None] * len(split.texts)
+        second: list[str | None] = list(split.second) if split.second else [None] * len(split.texts)
         for pair in zip(split.texts, second, strict=True):
             counts[pair] += 1
             where.setdefault(pair, set()).add(name)

@@ -46,9 +46,9 @@ class FileImages:
     def load_one(self, path: Path, size: int) -> torch.Tensor:
         short = max(size, round(size * self.resize_ratio))
         try:
-            with Image.open(path) as img:
-                img.draft("RGB", (short, short))  # JPEG: decode at a reduced scale when that is enough
-                img = img.convert("RGB")
+            with Image.open(path) as opened:
+                opened.draft("RGB", (short, short))  # JPEG: decode at a reduced scale when that is enough
+                img = opened.convert("RGB")
                 w, h = img.size
                 scale = short / min(w, h)
                 resized = (max(short, round(w * scale)), max(short, round(h * scale)))

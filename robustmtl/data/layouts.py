@@ -82,7 +82,8 @@ def plan_waterbirds(members: list[Member]) -> Plan:
         return sum(rel.lower().endswith(IMAGE_SUFFIXES) for rel, _ in _under(members, meta))
 
     meta = max(found, key=lambda m: (images_beside(m), -len(m.path.parts)))
-    plan = {rel: m for rel, m in _under(members, meta) if rel == "metadata.csv" or rel.lower().endswith(IMAGE_SUFFIXES)}
+    plan: Plan = {rel: m for rel, m in _under(members, meta)
+                  if rel == "metadata.csv" or rel.lower().endswith(IMAGE_SUFFIXES)}
     if len(plan) == 1:
         raise UserError(f"waterbirds: {meta.source.path} has {meta.name} but no images beside it; expected {expects}")
     return plan
@@ -135,7 +136,7 @@ def plan_celeba(members: list[Member]) -> Plan:
 def plan_multinli(members: list[Member]) -> Plan:
     """group DRO's metadata_random.csv at the top, GLUE's three MNLI files under glue_data/MNLI/."""
     expects = LAYOUTS["multinli"].expects
-    plan = {"metadata_random.csv": _one(members, "metadata_random.csv", "multinli", expects)}
+    plan: Plan = {"metadata_random.csv": _one(members, "metadata_random.csv", "multinli", expects)}
     for file in multinli.GLUE_FILES:
         found = named(members, file)
         in_mnli = [m for m in found if "MNLI" in m.path.parts[:-1]]

@@ -87,7 +87,7 @@ def _encode(split: TextSplit, tokenizer: Any, max_length: int) -> dict[str, torc
 def cache_key(splits: Splits, tokenizer_id: str, max_length: int) -> str:
     """Content hash of everything the token ids depend on (the texts themselves, not dataset params)."""
     digest = hashlib.sha256(f"v{CACHE_VERSION}\0{tokenizer_id}\0{max_length}".encode())
-    for name, split in with_pool(splits).items():
+    for name, split in _raw_texts(splits).items():
         digest.update(f"\0split {name} {len(split.texts)} {split.second is not None}\0".encode())
         for text in split.texts:
             digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
@@ -104,13 +104,23 @@ def with_pool(splits: Splits) -> dict[str, Split]:
     return named
 
 
+def _raw_texts(splits: Splits) -> dict[str, TextSplit]:
+    """with_pool's splits, each checked to hold raw text (what tokenising reads)."""
+    named: dict[str, TextSplit] = {}
+    for name, split in with_pool(splits).items():
+        if not isinstance(split, TextSplit):
+            raise TypeError(f"split {name!r} is a {type(split).__name__}, not raw text")
+        named[name] = split
+    return named
+
+
 def tokenize_splits(splits: Splits, tokenizer: Any, tokenizer_id: str, max_length: int,
                     cache_dir: Path | None) -> Splits:
     """TextSplits → TokenSplits; read from / written to `cache_dir/tokens/<hash>.pt` when a cache dir is given."""
     path = cache_dir / "tokens" / f"{cache_key(splits, tokenizer_id, max_length)}.pt" if cache_dir else None
     encoded = torch.load(path, weights_only=True) if path is not None and path.is_file() else None
     if encoded is None:
-        encoded = {name: _encode(split, tokenizer, max_length) for name, split in with_pool(splits).items()}
+        encoded = {name: _encode(split, tokenizer, max_length) for name, split in _raw_texts(splits).items()}
         if path is not None:
             buffer = io.BytesIO()
             torch.save(encoded, buffer)

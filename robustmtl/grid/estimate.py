@@ -68,7 +68,9 @@ def _spread(runs: list[PlannedRun], k: int) -> list[PlannedRun]:
 
 def _rates(grid: GridDir, runs: list[PlannedRun]) -> tuple[list[float], list[float]]:
     """Wall hours and GPU-hours per epoch of the finished runs that recorded their cost."""
-    wall, gpu, cpu_only = [], [], []
+    wall: list[float] = []
+    gpu: list[float] = []
+    cpu_only: list[float] = []
     for run in runs:
         cost = run_cost(grid.run(run.run_id).root)
         if cost is None or cost.wall_s is None:

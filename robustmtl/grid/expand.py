@@ -46,11 +46,11 @@ def _check_keys_known(spec: GridSpec) -> None:
             if key not in known:
                 raise UserError(f"{spec.path}: [{table}] {key!r} is not a parameter of any method, dataset or model "
                                 f"in this grid{did_you_mean(key, known)}")
-    for m, table in spec.method_tables.items():
+    for m, method_table in spec.method_tables.items():
         method_known = {k for d in spec.datasets
                         for block in blocks_for(m, d, spec.model_for(d)).values()
                         for k in field_types(block)}
-        for section, keys in (("defaults", table.defaults), ("sweep", table.sweep)):
+        for section, keys in (("defaults", method_table.defaults), ("sweep", method_table.sweep)):
             for key in keys:
                 if key not in method_known:
                     raise UserError(f"{spec.path}: [method.{m}.{section}] {key!r} is not a parameter of method "

@@ -274,10 +274,10 @@ def parse_accounting(text: str, wanted: set[str]) -> dict[str, JobEnd]:
         for task in array_tasks(record):
             if task in wanted and task not in ends:
                 ends[task] = JobEnd(end.state, reason, by, array_record=True)
-    for job, sig in signals.items():
+    for job, signum in signals.items():
         if job in ends:
             e = ends[job]
-            ends[job] = JobEnd(e.state, e.reason, e.by_uid, sig, e.array_record)
+            ends[job] = JobEnd(e.state, e.reason, e.by_uid, signum, e.array_record)
     return ends
 
 

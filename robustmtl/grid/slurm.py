@@ -180,8 +180,9 @@ def queue_chunk(grid: GridDir, chunk: list[list[PlannedRun]], settings: Executor
             raise UserError(f"{exc} ({submitted} runs were queued before this; they are in "
                             f"{grid.root / 'manifest.jsonl'})") from None
         raise
-    entries = [{"run_id": r.run_id, "job_id": j, **({"pack": [q.run_id for q in task]} if len(task) > 1 else {})}
-               for task, j in zip(chunk, job_ids, strict=True) for r in task]
+    entries: list[dict[str, Any]] = [
+        {"run_id": r.run_id, "job_id": j, **({"pack": [q.run_id for q in task]} if len(task) > 1 else {})}
+        for task, j in zip(chunk, job_ids, strict=True) for r in task]
     append_entries(grid.root, entries)
     job_of.update({e["run_id"]: e["job_id"] for e in entries})
     in_tasks = f" in {len(chunk)} task(s)" if settings.pack > 1 else ""

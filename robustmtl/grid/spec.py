@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,8 @@ from robustmtl.registry import DATASETS, METHODS, MODELS
 
 TOP_KEYS = {"name", "datasets", "methods", "seeds", "model", "defaults", "sweep", "method", "dataset",
             "display", "executor"}
-DISPLAY_KINDS = {"method": METHODS, "dataset": DATASETS}  # [display.<kind>] <key> = "printed name"
+# [display.<kind>] <key> = "printed name"
+DISPLAY_KINDS: dict[str, Mapping[str, object]] = {"method": METHODS, "dataset": DATASETS}
 METHOD_TABLE_KEYS = {"defaults", "sweep"}
 DATA_ROOT_KEY = "data_root"
 MODEL_KEY = "model"
@@ -139,7 +141,7 @@ def parse_toml(path: Path, *, saved: bool = False) -> tuple[str, dict[str, Any]]
     return text, raw
 
 
-def _names(raw: dict[str, Any], key: str, known: dict[str, str], where: str) -> list[str]:
+def _names(raw: dict[str, Any], key: str, known: Mapping[str, object], where: str) -> list[str]:
     value = raw.get(key)
     if value is None:
         raise UserError(f"{where}: missing `{key}` (a list of names, e.g. {key} = [\"{next(iter(known))}\"])")

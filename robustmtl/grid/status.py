@@ -165,13 +165,14 @@ def classify(marker: str, job: str | None, queue: dict[str, str] | None, acct: d
     """
     if marker == "done":
         return "done", ""
-    queued = job is not None and queue is not None and job in queue
-    if queued and queue[job] in scheduler.RUNNING:
+    queued_state = queue.get(job) if job is not None and queue is not None else None
+    queued = queued_state is not None
+    if queued_state in scheduler.RUNNING:
         return "running", ""
     if holder is not None:  # trained now, though SLURM shows no job of this grid running it
         return "running", trained_by(holder, job if queue is not None and not restarted else None, queued, outside)
-    if queued:
-        if queue[job].startswith("REQUEUE") or restarted:
+    if queued_state is not None:
+        if queued_state.startswith("REQUEUE") or restarted:
             return "requeued", ""
         return "pending", ""
     if marker == "failed":

@@ -47,8 +47,9 @@ def check_size(spec: GridSpec, runs: list[PlannedRun], max_runs: int) -> None:
     """Refuse a plan above `max_runs` (0: no limit) until confirmed: one typo'd axis can multiply a grid
     a hundredfold, and thousands of queued GPU jobs are costly to notice late."""
     if max_runs and len(runs) > max_runs:
-        axes = {"datasets": spec.datasets, "methods": spec.methods, "seeds": spec.seeds, **spec.sweep,
-                **{f"{m}.{k}": v for m, t in spec.method_tables.items() for k, v in t.sweep.items()}}
+        axes: dict[str, list[Any]] = {
+            "datasets": spec.datasets, "methods": spec.methods, "seeds": spec.seeds, **spec.sweep,
+            **{f"{m}.{k}": v for m, t in spec.method_tables.items() for k, v in t.sweep.items()}}
         factors = " × ".join(f"{k} {len(v)}" for k, v in axes.items() if len(v) > 1)
         raise UserError(f"{spec.path} expands to {len(runs)} runs ({factors}), more than --max-runs {max_runs}; "
                         f"check the axes with --dry-run, then submit with --max-runs {len(runs)} (0: no limit)")

@@ -89,7 +89,8 @@ class Model(nn.Module):
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups with no decay on biases and normalisation weights (the reference inverts these)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue

@@ -80,6 +80,8 @@ def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, probability: flo
 
 
 class Bert(Model):
+    special_ids: torch.Tensor  # a buffer: the tokenizer's special token ids
+
     def __init__(self, p: BertParams, info: DataInfo) -> None:
         super().__init__()
         from transformers import AutoModelForMaskedLM, AutoTokenizer
@@ -98,9 +100,10 @@ class Bert(Model):
                             f"positions of {p.bert_pretrained!r}")
         self.params = p
         self.source = resolve(p.bert_pretrained, key)
-        self.head = nn.Sequential(nn.Dropout(p.bert_dropout), nn.Linear(config.hidden_size, info.n_classes))
-        nn.init.normal_(self.head[1].weight, std=getattr(config, "initializer_range", 0.02))
-        nn.init.zeros_(self.head[1].bias)
+        classifier = nn.Linear(config.hidden_size, info.n_classes)
+        nn.init.normal_(classifier.weight, std=getattr(config, "initializer_range", 0.02))
+        nn.init.zeros_(classifier.bias)
+        self.head = nn.Sequential(nn.Dropout(p.bert_dropout), classifier)
         self.register_buffer("special_ids", torch.tensor(self.tokenizer.all_special_ids), persistent=False)
 
     @classmethod

@@ -82,10 +82,6 @@ class TimmViT(ViT):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
-    @classmethod
-    def build(cls, p: TimmViTParams, info: DataInfo) -> TimmViT:
-        return cls(p, info)
-
     def encoder_module(self) -> nn.Module:
         return self.vit.blocks
 

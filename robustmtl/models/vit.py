@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustmtl.data.base import DataInfo, Splits
+from robustmtl.data.base import DataInfo, Split, Splits
 from robustmtl.data.images import ImageSplit
 from robustmtl.errors import UserError
 from robustmtl.models.base import AuxOutput, Encoded, Model
@@ -112,13 +112,13 @@ class ViT(Model):
 
     def prepare(self, splits: Splits, cache_dir: Path | None) -> Splits:
         """Serve every split (and the pre-training pool, if any) at this model's size and normalisation."""
-        named = {**splits.by_name(), "pretrain": splits.pretrain}
-        made: dict[str, ImageSplit | None] = {}
-        for name, split in named.items():
-            if split is not None and not isinstance(split, ImageSplit):
+        def served(split: Split) -> ImageSplit:
+            if not isinstance(split, ImageSplit):
                 raise TypeError(f"the vit model needs ImageSplit inputs, got {type(split).__name__}")
-            made[name] = split.transformed(self.size, self.mean, self.std) if split is not None else None
-        return Splits(splits.info, made["train"], made["val"], made["test"], pretrain=made["pretrain"])
+            return split.transformed(self.size, self.mean, self.std)
+
+        pool = served(splits.pretrain) if splits.pretrain is not None else None
+        return Splits(splits.info, served(splits.train), served(splits.val), served(splits.test), pretrain=pool)
 
     def _encode(self, pixels: torch.Tensor, mask: torch.Tensor | None) -> Encoded:
         tokens = self.vit(pixel_values=pixels, bool_masked_pos=mask, interpolate_pos_encoding=self.interpolate)

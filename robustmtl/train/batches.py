@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -77,7 +78,7 @@ class PairData(torch.utils.data.Dataset):
         return self.split[end], None if aux is None else self.split[aux]
 
 
-def as_is(item: tuple[Batch, Batch | None]) -> tuple[Batch, Batch | None]:
+def as_is(item: Any) -> Any:
     """Collate function: items already are whole batches."""
     return item
 

@@ -69,7 +69,7 @@ class TrainJob(submitit.helpers.Checkpointable):
 
     def __call__(self, run_dirs: str | list[str]) -> Any:
         single = isinstance(run_dirs, str)
-        rds = [RunDir(Path(p)) for p in ([run_dirs] if single else run_dirs)]
+        rds = [RunDir(Path(p)) for p in ([run_dirs] if isinstance(run_dirs, str) else run_dirs)]
         job_id = current_job_id()
         flag = StopFlag()
         with flag.installed() if under_slurm() else contextlib.nullcontext():

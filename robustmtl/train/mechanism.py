@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from robustmtl.data.base import Split
+from robustmtl.data.base import Split, VectorSplit
 from robustmtl.models.base import Model
 from robustmtl.train.batches import to_device
 
@@ -95,6 +95,8 @@ def measure(model: Model, val: Split, test: Split, n_attrs: int, blocks: dict[st
         model.train(was_training)
     y_val, y_test = val.y.numpy(), test.y.numpy()
     a_val, a_test = val.g.numpy() % n_attrs, test.g.numpy() % n_attrs
+    if not isinstance(test, VectorSplit):
+        raise TypeError(f"mechanism fields need block-structured vectors, not a {type(test).__name__}")
     shares = reliance_shares(grad, test.x.numpy(), blocks)
     return {"probe_y_acc": probe_accuracy(h_val, y_val, h_test, y_test),
             "probe_a_acc": probe_accuracy(h_val, a_val, h_test, a_test),

@@ -52,8 +52,8 @@ class StopFlag:
         try:
             yield
         finally:
-            for s, handler in self.previous.items():
-                signal.signal(s, handler)
+            for signum, handler in self.previous.items():
+                signal.signal(signum, handler)
 
 
 def interruption(flag: StopFlag) -> tuple[str, str | None]:
@@ -122,7 +122,7 @@ def slurm_job_view() -> tuple[str | None, bool]:
         return None, False
     state = re.search(r"\bJobState=(\S+)", view)
     restarts = re.search(r"\bRestarts=(\d+)", view)
-    requeued = bool(restarts) and int(restarts.group(1)) > int(os.environ.get("SLURM_RESTART_COUNT", 0))
+    requeued = restarts is not None and int(restarts.group(1)) > int(os.environ.get("SLURM_RESTART_COUNT", 0))
     return (state.group(1) if state else None), requeued
 
 
