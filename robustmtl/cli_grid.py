@@ -120,9 +120,9 @@ def grid_submit(
         if max_runs and len(runs) > max_runs:
             console.print(f"[yellow]note:[/] more than --max-runs {max_runs}: submit it with --max-runs {len(runs)}")
         return
-    result = submit(spec, out, executor, force, console, overrides, require_clean=require_clean,
+    failed = submit(spec, out, executor, force, console, overrides, require_clean=require_clean,
                     max_runs=max_runs)
-    refuse_failures(result.failed)
+    refuse_failures(failed)
 
 
 @grid_app.command("status")
@@ -221,8 +221,7 @@ def grid_resume(
     if new_code:
         renew(GridDir(grid_dir), console)
     overrides = slurm_overrides(partition, account, qos, gpus, time, array_parallelism, pack)
-    result = resume(GridDir(grid_dir), executor, failed_only, overrides, console)
-    refuse_failures(result.failed)
+    refuse_failures(resume(GridDir(grid_dir), executor, failed_only, overrides, console))
 
 
 @grid_app.command("cancel")

@@ -138,10 +138,6 @@ class RunDir:
         except FileNotFoundError:
             return frozenset()
 
-    def state(self) -> str:
-        """done | failed | started | new — from the markers alone."""
-        return marker_state(self.listing())
-
 
 def marker_state(names: frozenset[str]) -> str:
     """done | failed | started | new, from a run directory's listing."""
@@ -189,3 +185,29 @@ class GridDir:
             return set()
         base = str(self.runs)
         return {n for n in names if RUN_ID.match(n) and os.path.exists(os.path.join(base, n, DONE_MARKER))}
+
+
+def append_durably(path: Path, text: str) -> None:
+    """Append whole lines and fsync; a line torn by an earlier kill is closed first so this one stays whole."""
+    with open(path, "a+b") as f:
+        if f.seek(0, os.SEEK_END):
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                text = "\n" + text
+        f.write(text.encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def failure_line(rd: RunDir) -> str:
+    """The error of a FAILED marker, with why it was not retried when the job gave up on it."""
+    try:
+        failure = json.loads(rd.failed.read_bytes())
+    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
+        failure = None
+    error = failure.get("error") if isinstance(failure, dict) else None
+    lines = error.strip().splitlines() if isinstance(error, str) else []
+    if not lines:
+        return "unknown error (FAILED marker unreadable)"
+    reason = failure.get("reason")
+    return f"{lines[-1]} ({reason})" if isinstance(reason, str) and reason else lines[-1]

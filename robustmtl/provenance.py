@@ -231,7 +231,7 @@ def read_provenance(rd: RunDir) -> list[dict[str, Any]]:
 def record(rd: RunDir, job_id: str | None) -> dict[str, Any]:
     """Append this attempt's provenance to RUN/provenance.jsonl (fsynced) and return it; a job that should
     run a code snapshot but imported another copy of robustmtl fails here, after saying so in the entry."""
-    from robustmtl.train.attempts import append_durably
+    from robustmtl.layout import append_durably
 
     info = code_info()
     entry = {

@@ -71,7 +71,7 @@ class ModelPlugin(Plugin):
 def _method(impl: str, params: str | None = None, requires: str | None = None, *, display: str) -> MethodPlugin:
     return MethodPlugin(f"robustmtl.methods.{impl}",
                         f"robustmtl.methods.params:{params}" if params else NO_PARAMS,
-                        f"robustmtl.methods.params:{requires}" if requires else None, display=display)
+                        f"robustmtl.requirements:{requires}" if requires else None, display=display)
 
 
 def _dataset(impl: str, params: str | None, modality: str, default_model: str, *, display: str) -> DatasetPlugin:
@@ -83,18 +83,19 @@ def _model(impl: str, params: str, *modalities: str) -> ModelPlugin:
     return ModelPlugin(f"robustmtl.models.{impl}", f"robustmtl.models.params:{params}", modalities)
 
 
+# In the order tables list them (the baseline first, then the paper's order).
 METHODS: dict[str, MethodPlugin] = {
     "erm": _method("erm:ERM", display="ERM"),
-    "mtl": _method("mtl:MTL", "MTLParams", display="MTL"),
-    "mtl_l1": _method("mtl:MTLL1", "MTLL1Params", display="MTL+ℓ1"),
-    "l1": _method("mtl:L1", "L1Params", display="ℓ1"),
-    "jtt": _method("jtt:JTT", "JTTParams", requires="jtt_requires", display="JTT"),
+    "jtt": _method("jtt:JTT", "JTTParams", requires="jtt_stage1", display="JTT"),
     "jtt_stage1": _method("jtt:JTTStage1", display="JTT stage 1"),
     "gdro": _method("gdro:GroupDRO", "GDROParams", display="Group DRO"),
     "subg": _method("balancing:SubG", display="SUBG"),
     "suby": _method("balancing:SubY", display="SUBY"),
     "rwg": _method("balancing:RwG", display="RWG"),
     "rwy": _method("balancing:RwY", display="RWY"),
+    "l1": _method("mtl:L1", "L1Params", display="ℓ1"),
+    "mtl": _method("mtl:MTL", "MTLParams", display="MTL"),
+    "mtl_l1": _method("mtl:MTLL1", "MTLL1Params", display="MTL+ℓ1"),
     "ldro": _method("ldro:LookaheadDRO", "LDROParams", display="L-DRO"),
     "pretrain": _method("pretrain:Pretrain", display="Pre-training"),
 }

@@ -5,8 +5,8 @@
   head. Its identity holds only what shapes those weights (the data and model parameters and the
   `pretrain_*` settings, with `pretrain_seed` as its seed), so every run that shares them (all seeds,
   learning rates, methods of a sweep) shares one pre-training run, like one public checkpoint.
-- the method's own requirements (JTT's stage 1, `methods/params.py`), which inherit the training
-  parameters and so require the same pre-training run.
+- the method's own requirements, named by its registry entry (`requires=`, a rule below: JTT's stage 1),
+  which inherit the training parameters and so require the same pre-training run.
 
 Torch-free: a grid plans 100,000 runs without importing a model.
 """
@@ -50,3 +50,12 @@ def with_transitive(config: RunConfig) -> list[RunConfig]:
 
     visit(config)
     return list(ordered.values())
+
+
+def jtt_stage1(config: RunConfig) -> dict[str, RunConfig]:
+    """JTT's stage-1 run: ERM for `jtt_epochs` epochs, every other training, data and model parameter the same."""
+    d = config.to_dict()
+    values = {**d["train"], **d["data_params"], **d["model_params"], "epochs": config.method_params.jtt_epochs}
+    stage1 = build_config("jtt_stage1", config.dataset, config.seed, config.model, values,
+                          where=f"jtt stage 1 of {config.run_id}")
+    return {"stage1": stage1}

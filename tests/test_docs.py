@@ -101,9 +101,10 @@ def same_default(documented: Any, actual: Any) -> bool:
     return type(documented) is type(actual) and documented == actual
 
 
-def reference_tables(text: str, names: set[str]) -> dict[str, list[list[str]]]:
-    """Block name → the rows of the table under the heading that names it in backticks."""
+def reference_tables(text: str, names: set[str]) -> tuple[dict[str, list[list[str]]], dict[str, str]]:
+    """Block name → the rows of the table under the heading that names it in backticks, and that section's text."""
     tables: dict[str, list[list[str]]] = {}
+    sections: dict[str, str] = {}
     current = None
     for line in text.splitlines():
         if line.startswith("#"):
@@ -112,10 +113,12 @@ def reference_tables(text: str, names: set[str]) -> dict[str, list[list[str]]]:
             current = named[0] if named else None
             if current is not None:
                 assert current not in tables, f"{current} is documented twice"
-                tables[current] = []
-        elif current is not None and line.startswith("| `"):
-            tables[current].append([cell.strip() for cell in line.strip().strip("|").split("|")])
-    return tables
+                tables[current], sections[current] = [], ""
+        elif current is not None:
+            sections[current] += line + "\n"
+            if line.startswith("| `"):
+                tables[current].append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return tables, sections
 
 
 BLOCKS = parameter_blocks()
@@ -124,10 +127,15 @@ BLOCKS = parameter_blocks()
 @pytest.mark.parametrize("name", sorted(BLOCKS))
 def test_parameter_reference_matches_the_dataclasses(name):
     block = BLOCKS[name]
-    tables = reference_tables(GRID_FILES_PAGE.read_text(), set(BLOCKS))
+    tables, sections = reference_tables(GRID_FILES_PAGE.read_text(), set(BLOCKS))
     assert name in tables, f"docs/grid-files.md has no table under a heading naming `{name}`"
     rows = {row[0].strip("`"): row for row in tables[name]}
-    fields = {f.name: f for f in dataclasses.fields(block)}
+    # Each key is documented once, under the block that defines it; a composed block names its bases.
+    own = set(vars(block).get("__annotations__", {}))
+    for base in block.__mro__[1:]:
+        if base.__name__ in BLOCKS:
+            assert f"`{base.__name__}`" in sections[name], f"{name}: its section does not name its base {base.__name__}"
+    fields = {f.name: f for f in dataclasses.fields(block) if f.name in own}
     assert set(rows) == set(fields), (f"{name}: undocumented {sorted(set(fields) - set(rows))}, "
                                       f"documented but not fields {sorted(set(rows) - set(fields))}")
     hints = field_types(block)

@@ -17,8 +17,8 @@ from robustmtl.grid.expand import expand
 from robustmtl.grid.manifest import append_entries
 from robustmtl.grid.scheduler import JobEnd
 from robustmtl.grid.spec import load_spec
-from robustmtl.grid.status import failure_line, grid_status, queued_runs
-from robustmtl.layout import GridDir
+from robustmtl.grid.status import grid_status, queued_runs
+from robustmtl.layout import GridDir, failure_line
 from tests.conftest import tiny_grid, write_spec
 
 

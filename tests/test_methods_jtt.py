@@ -14,8 +14,8 @@ from robustmtl.grid.spec import load_spec
 from robustmtl.layout import GridDir, RunDir, write_json
 from robustmtl.methods.base import MethodContext
 from robustmtl.methods.jtt import ERROR_SET, JTT, JTTStage1
-from robustmtl.methods.params import jtt_requires
 from robustmtl.registry import dataset_entry, method_entry, model_entry
+from robustmtl.requirements import jtt_stage1
 from robustmtl.rundir import prepare_run
 from robustmtl.train.evaluate import Predictions, predict
 from robustmtl.train.loop import train_run
@@ -23,7 +23,7 @@ from tests.conftest import TINY, read_records, tiny_grid, write_spec
 
 
 def stage1_run(tmp_path, **extra):
-    cfg = jtt_requires(build_config("jtt", "synthetic", 0, None, {**TINY, **extra}, where="test"))["stage1"]
+    cfg = jtt_stage1(build_config("jtt", "synthetic", 0, None, {**TINY, **extra}, where="test"))["stage1"]
     rd = RunDir(tmp_path / cfg.run_id)
     prepare_run(rd, cfg, RunOptions(threads=1, keep_checkpoint=True))
     return cfg, rd
@@ -32,7 +32,7 @@ def stage1_run(tmp_path, **extra):
 def test_stage1_config_is_erm_for_jtt_epochs_with_everything_else_equal():
     cfg = build_config("jtt", "synthetic", 3, None, {**TINY, "lr": 3e-4, "dropout": 0.2, "jtt_epochs": 1,
                                                     "jtt_upweight": 7, "p_train": 0.9}, where="test")
-    stage1 = jtt_requires(cfg)["stage1"]
+    stage1 = jtt_stage1(cfg)["stage1"]
     assert stage1.method == "jtt_stage1" and stage1.seed == 3 and stage1.model == cfg.model
     assert stage1.train.epochs == 1
     assert {**stage1.to_dict()["train"], "epochs": cfg.train.epochs} == cfg.to_dict()["train"]
@@ -149,7 +149,7 @@ def test_jtt_end_to_end_through_the_cli(cli, tmp_path):
         "--threads", "1", "--out", out)
     cfg = build_config("jtt", "synthetic", 0, None, {"epochs": 2, "n_train": 200, "n_val": 100, "n_test": 100,
                                                      "jtt_epochs": 1, "jtt_upweight": 3}, where="test")
-    stage1 = RunDir(tmp_path / "runs" / jtt_requires(cfg)["stage1"].run_id)
+    stage1 = RunDir(tmp_path / "runs" / jtt_stage1(cfg)["stage1"].run_id)
     assert stage1.done.exists()
     saved = json.loads(stage1.artifact(ERROR_SET).read_text())
     assert saved["count"] == len(saved["indices"]) == json.loads(stage1.done.read_text())["error_set_size"]

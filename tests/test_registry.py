@@ -53,3 +53,31 @@ def test_declared_modality_is_what_the_dataset_builds(dataset: str) -> None:
 def test_every_dataset_has_a_default_model_that_takes_its_modality() -> None:
     for name, plugin in DATASETS.items():
         assert plugin.modality in MODELS[plugin.default_model].modalities, name
+
+
+def test_each_parameter_key_is_defined_in_one_block() -> None:
+    """Keys are flat across blocks: one definition each (shared keys come from a common base block)."""
+    from robustmtl.config import TrainParams
+
+    blocks = {TrainParams, *(p.params for table in (METHODS, DATASETS, MODELS) for p in table.values())}
+    owners: dict[str, list[str]] = {}
+    for block in blocks:
+        for key in vars(block).get("__annotations__", {}):
+            owners.setdefault(key, []).append(block.__name__)
+    assert {k: v for k, v in owners.items() if len(v) > 1} == {}
+    assert len(owners) > 40  # the blocks were read: every training, method, data and model key
+
+
+def test_shared_keys_keep_their_defaults_and_run_ids() -> None:
+    """Composed blocks (MTL+L1 from MTL and L1, the ViTs' SimMIM masking) keep keys, defaults and run ids."""
+    from robustmtl.config import build_config
+    from robustmtl.methods.params import L1Params, MTLL1Params, MTLParams
+
+    names = [f.name for f in dataclasses.fields(MTLL1Params)]
+    assert sorted(names) == ["alpha_aux", "alpha_reg", "reg_target"]
+    assert MTLL1Params() == MTLL1Params(alpha_aux=MTLParams().alpha_aux, alpha_reg=L1Params().alpha_reg,
+                                        reg_target=L1Params().reg_target)
+    # golden ids from before the blocks were composed
+    assert build_config("mtl_l1", "synthetic", 0, None, {}, where="test").run_id == "50c89e890f37"
+    assert build_config("mtl", "mnist_spurious", 0, None, {}, where="test").run_id == "158e3aae3b0e"
+    assert build_config("mtl", "mnist_spurious", 0, "timm_vit", {}, where="test").run_id == "c0f56d6f8737"

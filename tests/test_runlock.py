@@ -18,7 +18,7 @@ from robustmtl.rundir import prepare_run
 from robustmtl.train import loop
 from robustmtl.train.attempts import read_attempts
 from robustmtl.train.job import PackFailed, TrainJob
-from robustmtl.train.outcome import Caps
+from robustmtl.train.outcome import Caps, End
 from robustmtl.train.pack import child_outcome
 from robustmtl.train.runlock import RunBusy, holding, locked
 from tests.conftest import REPO
@@ -70,7 +70,7 @@ def test_a_job_on_a_run_another_process_trains_records_nothing(tmp_path, lock_ho
     assert trained == ["b"]
     assert sorted(p.name for p in busy.iterdir()) == [".train.lock"]  # no attempt, no FAILED, no crash counted
     outcome = child_outcome(RunDir(busy), 77, "9_1", Caps())  # a parallel pack member that found it busy
-    assert outcome.kind == "busy" and read_attempts(RunDir(busy)) == []
+    assert outcome.end is End.BUSY and read_attempts(RunDir(busy)) == []
 
 
 @pytest.mark.slow

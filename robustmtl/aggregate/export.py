@@ -18,8 +18,8 @@ from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames
 from robustmtl.aggregate.parse import METRICS
 from robustmtl.aggregate.stats import CI_TYPES
 from robustmtl.aggregate.summary import Summary
+from robustmtl.registry import METHODS
 
-METHOD_ORDER = ["erm", "jtt", "gdro", "subg", "suby", "rwg", "rwy", "l1", "mtl", "mtl_l1", "ldro"]
 METRIC_LABELS = {"avg_acc": "avg", "worst_group_acc": "worst"}
 TRAIN_GROUPS_NOTE = "uses training group labels"
 SHORT_NOTE = "fewer seeds than the grid asked for"
@@ -29,9 +29,9 @@ MISSING = "\u2013"  # en dash
 
 
 def method_order(methods: Iterable[str]) -> list[str]:
-    """Baseline first, then the usual paper order, then anything new alphabetically (stable across runs)."""
+    """The registry's order (baseline first, then the paper's), then anything unknown alphabetically."""
     unique = set(methods)
-    known = [m for m in METHOD_ORDER if m in unique]
+    known = [m for m in METHODS if m in unique]
     return known + sorted(unique - set(known))
 
 

@@ -21,7 +21,7 @@ from robustmtl.grid.lock import submit_lock
 from robustmtl.grid.manifest import latest_entries
 from robustmtl.grid.spec import parse_toml
 from robustmtl.grid.status import ACTIVE, grid_status
-from robustmtl.grid.submit import SubmitResult, execute
+from robustmtl.grid.submit import execute
 from robustmtl.layout import GridDir
 from robustmtl.params import did_you_mean
 from robustmtl.requirements import required_runs
@@ -42,7 +42,7 @@ def planned_from_dir(grid: GridDir) -> list[PlannedRun]:
 
 
 def resume(grid: GridDir, kind: str | None, failed_only: bool, overrides: dict[str, Any],
-           console: Console) -> SubmitResult:
+           console: Console) -> dict[str, str]:
     """Run again every run that is not done and not queued (with `failed_only`: the failed ones, and the runs
     blocked behind a failed requirement, which cannot run until it does)."""
     from robustmtl.grid.slurm import with_requirements

@@ -26,8 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from robustmtl.errors import UserError
 from robustmtl.grid.executor import ExecutorSettings
 from robustmtl.grid.expand import PlannedRun
-from robustmtl.grid.status import failure_line
-from robustmtl.layout import GridDir, RunDir
+from robustmtl.layout import GridDir, RunDir, failure_line
 from robustmtl.train.runlock import locked
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from robustmtl.errors import UserError
-from robustmtl.train.attempts import append_durably
+from robustmtl.layout import append_durably
 
 
 def manifest_path(grid_root: Path) -> Path:

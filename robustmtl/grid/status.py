@@ -13,7 +13,6 @@ grid's size, that is one squeue and at most one sacct call per `grid status` (or
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from pathlib import Path
 from robustmtl.errors import UserError
 from robustmtl.grid import scheduler
 from robustmtl.grid.manifest import latest_entries
-from robustmtl.layout import ATTEMPTS, GridDir, RunDir, marker_state
+from robustmtl.layout import ATTEMPTS, GridDir, RunDir, failure_line, marker_state
 from robustmtl.train.runlock import LOCK_NAME
 
 # Shown always / only when some run is in them; in this order.
@@ -92,20 +91,6 @@ class GridStatus:
     def shown_states(self) -> list[str]:
         counts = self.counts
         return [*CORE_STATES, *(s for s in EXTRA_STATES if counts.get(s))]
-
-
-def failure_line(rd: RunDir) -> str:
-    """The error of a FAILED marker, with why it was not retried when the job gave up on it."""
-    try:
-        failure = json.loads(rd.failed.read_bytes())
-    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
-        failure = None
-    error = failure.get("error") if isinstance(failure, dict) else None
-    lines = error.strip().splitlines() if isinstance(error, str) else []
-    if not lines:
-        return "unknown error (FAILED marker unreadable)"
-    reason = failure.get("reason")
-    return f"{lines[-1]} ({reason})" if isinstance(reason, str) and reason else lines[-1]
 
 
 def grid_status(grid: GridDir, accounting: bool = True) -> GridStatus:

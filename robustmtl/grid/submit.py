@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +26,6 @@ from robustmtl.layout import GridDir, atomic_write_text, claim_dir
 from robustmtl.rundir import prepare_run
 from robustmtl.trackers import check as check_trackers
 from robustmtl.trackers import write_choice as write_trackers
-
-
-@dataclass
-class SubmitResult:
-    planned: list[PlannedRun]
-    already_done: int
-    executed: int
-    failed: dict[str, str]  # run id → why (local and debug runs)
-    kind: str
 
 
 def plan(spec_path: Path) -> tuple[GridSpec, list[PlannedRun]]:
@@ -93,7 +83,7 @@ def check_clean(source: dict[str, Any], require_clean: bool, console: Console) -
 
 
 def submit(spec_path: Path, out: Path | None, kind: str | None, force: bool, console: Console,
-           overrides: dict[str, Any] | None = None, require_clean: bool = False, max_runs: int = 0) -> SubmitResult:
+           overrides: dict[str, Any] | None = None, require_clean: bool = False, max_runs: int = 0) -> dict[str, str]:
     """`overrides`: [executor] values from the command line (None: keep the file's)."""
     spec, runs = plan(spec_path)
     check_size(spec, runs, max_runs)
@@ -125,7 +115,7 @@ def submit(spec_path: Path, out: Path | None, kind: str | None, force: bool, con
 
 
 def execute(grid: GridDir, title: str, runs: list[PlannedRun], todo: list[PlannedRun], settings: ExecutorSettings,
-            kind: str, console: Console, source: dict[str, Any] | None = None) -> SubmitResult:
+            kind: str, console: Console, source: dict[str, Any] | None = None) -> dict[str, str]:
     """Run or queue `todo` (the caller holds the submit lock); on SLURM, runs already queued are left alone.
 
     SLURM and local jobs run the grid's code snapshot: a new one of the checkout in `source` (what
@@ -159,4 +149,4 @@ def execute(grid: GridDir, title: str, runs: list[PlannedRun], todo: list[Planne
         from robustmtl.grid.local import run_here
 
         failed = run_here(grid, to_run, settings, kind, console)
-    return SubmitResult(planned=runs, already_done=done, executed=len(to_run), failed=failed, kind=kind)
+    return failed

@@ -10,7 +10,7 @@ The set is written atomically to `error_set.json` in its run directory (`indices
 `n_train`), and its size is a DONE-summary field (`error_set_size`). It is a helper run
 (`report = False`): tables leave it out, so stage-2 model selection never looks at stage-1 epochs.
 
-`jtt` declares the stage-1 run as its requirement (`jtt_requires` in `methods/params.py`), so the
+`jtt` declares the stage-1 run as its requirement (`jtt_stage1` in `requirements.py`), so the
 grid expander schedules it first and deduplicates it by run id: every run of a `jtt_upweight` sweep
 (and anything else that only changes stage-2 method parameters) shares one stage-1 run. Stage 2 trains from the initial
 (pretrained) model again — the loop builds every run's model from its seed, so it starts from the

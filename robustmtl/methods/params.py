@@ -1,4 +1,4 @@
-"""Parameter blocks of the methods, and the runs a method requires: everything a grid needs, without torch.
+"""Parameter blocks of the methods: what a grid validates, without torch.
 
 The implementations (`methods/*.py`) import torch; the grid validator and expander read only this
 module (through `registry.py`), so a 100,000-run `grid submit --dry-run` never pays torch's import.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from robustmtl.config import RunConfig, build_config
 from robustmtl.params import at_least, one_of, positive
 
 
@@ -19,16 +18,14 @@ class MTLParams:
 
 
 @dataclass(frozen=True)
-class MTLL1Params:
-    alpha_aux: float = field(default=1.0, metadata=at_least(0.0))
+class L1Params:
     alpha_reg: float = field(default=math.exp(-1), metadata=at_least(0.0))
     reg_target: str = field(default="cls", metadata=one_of("cls", "tokens", "tokens_ref"))
 
 
 @dataclass(frozen=True)
-class L1Params:
-    alpha_reg: float = field(default=math.exp(-1), metadata=at_least(0.0))
-    reg_target: str = field(default="cls", metadata=one_of("cls", "tokens", "tokens_ref"))
+class MTLL1Params(L1Params, MTLParams):
+    """Both terms; each key keeps its one definition above."""
 
 
 @dataclass(frozen=True)
@@ -49,12 +46,3 @@ class LDROParams:
     ldro_lookahead_lr: float = field(default=0.01, metadata=at_least(0.0))
     ldro_tau: float = field(default=0.1, metadata=positive())
     ldro_steps: int = field(default=100, metadata=positive())
-
-
-def jtt_requires(config: RunConfig) -> dict[str, RunConfig]:
-    """JTT's stage-1 run: ERM for `jtt_epochs` epochs, every other training, data and model parameter the same."""
-    d = config.to_dict()
-    values = {**d["train"], **d["data_params"], **d["model_params"], "epochs": config.method_params.jtt_epochs}
-    stage1 = build_config("jtt_stage1", config.dataset, config.seed, config.model, values,
-                          where=f"jtt stage 1 of {config.run_id}")
-    return {"stage1": stage1}

@@ -30,21 +30,25 @@ class BertParams:
 
 
 @dataclass(frozen=True)
-class ViTParams:
+class MIMParams:
+    """SimMIM's masking, shared by the image encoders."""
+
+    mim_mask_ratio: float = field(default=0.6, metadata=between(0.01, 1.0))
+    mim_mask_scale: int = field(default=2, metadata=positive())
+
+
+@dataclass(frozen=True)
+class ViTParams(MIMParams):
     vit_pretrained: str = ""
     vit_image_size: int = field(default=0, metadata=at_least(0))
     vit_patch_size: int = field(default=4, metadata=positive())
     vit_hidden_dim: int = field(default=128, metadata=positive())
     vit_depth: int = field(default=4, metadata=positive())
     vit_heads: int = field(default=4, metadata=positive())
-    mim_mask_ratio: float = field(default=0.6, metadata=between(0.01, 1.0))
-    mim_mask_scale: int = field(default=2, metadata=positive())
 
 
 @dataclass(frozen=True)
-class TimmViTParams:
+class TimmViTParams(MIMParams):
     timm_name: str = "vit_base_patch16_224"
     timm_weights: str = ""
     timm_image_size: int = field(default=0, metadata=at_least(0))
-    mim_mask_ratio: float = field(default=0.6, metadata=between(0.01, 1.0))
-    mim_mask_scale: int = field(default=2, metadata=positive())

@@ -11,10 +11,9 @@ import os
 import socket
 import time
 import traceback
-from pathlib import Path
 from typing import Any
 
-from robustmtl.layout import RunDir, atomic_write_text
+from robustmtl.layout import RunDir, append_durably, atomic_write_text
 
 
 def record_attempt(rd: RunDir, event: str, job_id: str | None, **extra: Any) -> int:
@@ -23,18 +22,6 @@ def record_attempt(rd: RunDir, event: str, job_id: str | None, **extra: Any) -> 
              "time": time.time(), "host": socket.gethostname(), **extra}
     append_durably(rd.attempts, json.dumps(entry, sort_keys=True) + "\n")
     return sum(1 for e in read_attempts(rd) if e.get("event") == event and e.get("job_id") == job_id)
-
-
-def append_durably(path: Path, text: str) -> None:
-    """Append whole lines and fsync; a line torn by an earlier kill is closed first so this one stays whole."""
-    with open(path, "a+b") as f:
-        if f.seek(0, os.SEEK_END):
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                text = "\n" + text
-        f.write(text.encode())
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def read_attempts(rd: RunDir) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ not requeued), `crashed` (with the step and the error), `failed` (given up, with
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -43,8 +44,8 @@ import submitit
 from robustmtl.layout import RunDir
 from robustmtl.train import runlock
 from robustmtl.train.attempts import record_attempt
-from robustmtl.train.outcome import Caps, Outcome, RequeueLimit, finished_before, give_up, judge_crash
-from robustmtl.train.pack import EXIT_CODES, side_by_side
+from robustmtl.train.outcome import Caps, End, Outcome, RequeueLimit, finished_before, give_up, judge_crash
+from robustmtl.train.pack import side_by_side
 from robustmtl.train.signals import StopFlag, interruption, requeue_self, under_slurm
 
 
@@ -89,13 +90,13 @@ class TrainJob(submitit.helpers.Checkpointable):
                 outcomes.append(skipped)
                 continue
             if flag():  # the signal came between two runs: this one has not started
-                outcomes.append(Outcome(rd, "interrupted"))
+                outcomes.append(Outcome(rd, End.INTERRUPTED))
                 break
             if len(rds) > 1:
                 print(f"=== robustmtl run {rd.root.name} (pack member {i + 1}/{len(rds)})", flush=True)
             outcome = self.run_one(rd, job_id, flag)
             outcomes.append(outcome)
-            if outcome.kind == "interrupted":
+            if outcome.end is End.INTERRUPTED:
                 break
         return outcomes
 
@@ -105,7 +106,7 @@ class TrainJob(submitit.helpers.Checkpointable):
             with runlock.holding(rd):
                 return self._attempt(rd, job_id, flag)
         except runlock.RunBusy as exc:
-            return Outcome(rd, "busy", error=exc)
+            return Outcome(rd, End.BUSY, error=exc)
 
     def _attempt(self, rd: RunDir, job_id: str | None, flag: StopFlag) -> Outcome:
         """One attempt at a run; a crash is recorded and judged (requeue or give up) here."""
@@ -121,26 +122,26 @@ class TrainJob(submitit.helpers.Checkpointable):
             with trackers.mirroring(rd):
                 summary = loop.train_run(rd, progress=steps, stop_requested=flag)
         except loop.Interrupted:
-            return Outcome(rd, "interrupted")
+            return Outcome(rd, End.INTERRUPTED)
         except Exception as exc:
             return Outcome(rd, judge_crash(rd, job_id, steps.step, exc, self.caps), error=exc)
         record_attempt(rd, "done", job_id)
-        return Outcome(rd, "done", summary)
+        return Outcome(rd, End.DONE, summary)
 
     def _conclude(self, outcomes: list[Outcome], job_id: str | None, flag: StopFlag, single: bool) -> Any:
-        interrupted = [o.rd for o in outcomes if o.kind == "interrupted"]
+        interrupted = [o.rd for o in outcomes if o.end is End.INTERRUPTED]
         if interrupted:
             self._stop(interrupted, job_id, flag)
-        retry = [o.rd for o in outcomes if o.kind == "retry"]
+        retry = [o.rd for o in outcomes if o.end is End.RETRY]
         if retry:
             reason = requeue_self(job_id)
             if reason is None:
-                sys.exit(EXIT_CODES["retry"])
+                sys.exit(End.RETRY.value)
             for rd in retry:  # the job cannot requeue itself: these runs end here
                 give_up(rd, job_id, RuntimeError(f"could not requeue job {job_id}: {reason}"), "requeue failed")
-                next(o for o in outcomes if o.rd == rd).kind = "failed"
-        failed = [o for o in outcomes if o.kind == "failed"]
-        busy = [o for o in outcomes if o.kind == "busy"]  # not counted as crashes: the other trainer goes on
+            outcomes = [dataclasses.replace(o, end=End.FAILED) if o.end is End.RETRY else o for o in outcomes]
+        failed = [o for o in outcomes if o.end is End.FAILED]
+        busy = [o for o in outcomes if o.end is End.BUSY]  # not counted as crashes: the other trainer goes on
         if failed or busy:
             first = (failed or busy)[0]
             if single and first.error is not None:
@@ -169,18 +170,18 @@ class TrainJob(submitit.helpers.Checkpointable):
             else:
                 survivors.append(rd)
         if how is None:  # SLURM requeues the job itself, or ends it: nothing to do but leave
-            sys.exit(EXIT_CODES["interrupted"])
+            sys.exit(End.INTERRUPTED.value)
         if not survivors:
             raise limits[0] if len(limits) == 1 else RequeueLimit(f"job {job_id}: every interrupted run reached its "
                                                                   "cap; see their FAILED markers")
         if how == "submitit":
             flag.previous[signal.SIGUSR2](signal.SIGUSR2, None)  # submitit: checkpoint(), dump, requeue, exit
-            sys.exit(EXIT_CODES["interrupted"])  # it returns only in a task that is not the job's first
+            sys.exit(End.INTERRUPTED.value)  # it returns only in a task that is not the job's first
         reason = requeue_self(job_id)
         if reason is not None:
             for rd in survivors:
                 give_up(rd, job_id, RuntimeError(f"could not requeue job {job_id}: {reason}"), "requeue failed")
-        sys.exit(EXIT_CODES["interrupted"])
+        sys.exit(End.INTERRUPTED.value)
 
 
 def names(outcomes: list[Outcome]) -> str:

@@ -7,6 +7,7 @@ ends FAILED with its error. Outside SLURM a crash ends the attempt: there is no 
 
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -34,10 +35,24 @@ class Caps:
         return (f"max_{field}", getattr(self, field)) if field else None
 
 
-@dataclass
+class End(enum.Enum):
+    """How an attempt at a run ended; the value is a pack member process's exit code."""
+
+    DONE = 0
+    FAILED = 1
+    INTERRUPTED = 75  # checkpointed on a signal: requeue
+    RETRY = 76  # crashed, to be retried by requeueing the job
+    BUSY = 77  # another process trains the run
+
+    @classmethod
+    def from_exit_code(cls, code: int) -> End | None:
+        return next((end for end in cls if end.value == code), None)
+
+
+@dataclass(frozen=True)
 class Outcome:
     rd: RunDir
-    kind: str  # done | interrupted | retry | failed | busy (another process trains the run)
+    end: End
     summary: dict[str, Any] | None = None
     error: BaseException | None = None
 
@@ -45,30 +60,30 @@ class Outcome:
 def finished_before(rd: RunDir, job_id: str | None) -> Outcome | None:
     """A run a restarted pack must not rerun: DONE, or given up on by this job."""
     if rd.done.exists():
-        return Outcome(rd, "done", json.loads(rd.done.read_text()))
+        return Outcome(rd, End.DONE, json.loads(rd.done.read_text()))
     events = [e for e in read_attempts(rd) if e.get("job_id") == job_id]
     if job_id is not None and events and events[-1].get("event") == "failed":
-        return Outcome(rd, "failed", error=RuntimeError(f"run {rd.root.name} failed earlier in job {job_id}"))
+        return Outcome(rd, End.FAILED, error=RuntimeError(f"run {rd.root.name} failed earlier in job {job_id}"))
     return None
 
 
-def judge_crash(rd: RunDir, job_id: str | None, step: int | None, exc: BaseException, caps: Caps) -> str:
-    """"retry" (the job requeues) or "failed": never again after a crash at the same step, nor past the cap."""
+def judge_crash(rd: RunDir, job_id: str | None, step: int | None, exc: BaseException, caps: Caps) -> End:
+    """RETRY (the job requeues) or FAILED: never again after a crash at the same step, nor past the cap."""
     error = one_line(exc)
     if not under_slurm():  # no scheduler to requeue with: a crash is the end of this attempt
         give_up(rd, job_id, exc, None)
-        return "failed"
+        return End.FAILED
     earlier = [e for e in read_attempts(rd) if e.get("event") == "crashed" and e.get("job_id") == job_id]
     record_attempt(rd, "crashed", job_id, step=step, error=error)
     where = f"at step {step}" if step is not None else "before its first step"
     if earlier and earlier[-1].get("step") == step:
         give_up(rd, job_id, exc, f"crashed again {where}: not requeued")
-        return "failed"
+        return End.FAILED
     if len(earlier) + 1 > caps.crashes:
         give_up(rd, job_id, exc, f"crashed {len(earlier) + 1} times (max_crashes = {caps.crashes})")
-        return "failed"
+        return End.FAILED
     write_failure(rd, exc, f"crashed {where}; requeued to retry")
-    return "retry"
+    return End.RETRY
 
 
 def give_up(rd: RunDir, job_id: str | None, exc: BaseException, reason: str | None) -> None:

@@ -17,11 +17,10 @@ from typing import NoReturn
 
 from robustmtl.layout import RunDir
 from robustmtl.train import runlock
-from robustmtl.train.outcome import Caps, Outcome, finished_before, judge_crash
+from robustmtl.train.outcome import Caps, End, Outcome, finished_before, judge_crash
 from robustmtl.train.signals import StopFlag
 
 # a parallel pack member's outcome
-EXIT_CODES = {"done": 0, "failed": 1, "interrupted": 75, "retry": 76, "busy": 77}
 POLL_S = 0.2
 
 
@@ -62,15 +61,15 @@ def gpu_shares(visible: str, n: int) -> list[str | None]:
 
 def child_outcome(rd: RunDir, code: int, job_id: str | None, caps: Caps) -> Outcome:
     """The outcome of a parallel pack member from its exit code (a killed child counts as a crash)."""
-    kind = next((k for k, c in EXIT_CODES.items() if c == code), None)
-    if kind == "done":
-        return Outcome(rd, "done", json.loads(rd.done.read_text()))
-    if kind in ("interrupted", "retry"):
-        return Outcome(rd, kind)
-    if kind == "failed":
-        return Outcome(rd, "failed", error=RuntimeError(f"run {rd.root.name} failed; see its FAILED marker"))
-    if kind == "busy":
-        return Outcome(rd, "busy", error=runlock.RunBusy(f"run {rd.root} is being trained by another process"))
+    end = End.from_exit_code(code)
+    if end is End.DONE:
+        return Outcome(rd, end, json.loads(rd.done.read_text()))
+    if end in (End.INTERRUPTED, End.RETRY):
+        return Outcome(rd, end)
+    if end is End.FAILED:
+        return Outcome(rd, end, error=RuntimeError(f"run {rd.root.name} failed; see its FAILED marker"))
+    if end is End.BUSY:
+        return Outcome(rd, end, error=runlock.RunBusy(f"run {rd.root} is being trained by another process"))
     exc = RuntimeError(f"the process of run {rd.root.name} exited with code {code}")
     return Outcome(rd, judge_crash(rd, job_id, None, exc, caps), error=exc)
 
@@ -83,7 +82,7 @@ def _member(caps_json: str, run_dir: str) -> NoReturn:
     flag = StopFlag()
     with flag.installed():
         outcome = job.run_one(RunDir(Path(run_dir)), current_job_id(), flag)
-    sys.exit(EXIT_CODES[outcome.kind])
+    sys.exit(outcome.end.value)
 
 
 if __name__ == "__main__":
