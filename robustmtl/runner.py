@@ -14,7 +14,7 @@ from robustmtl.errors import UserError
 from robustmtl.layout import CONFIG, RunDir, claim_dir, make_dir, read_json
 from robustmtl.requirements import with_transitive
 from robustmtl.rundir import prepare_run
-from robustmtl.train.runlock import LOCK_NAME, holding
+from robustmtl.train.runlock import LOCK_NAME
 
 
 def run_with_requirements(cfg: RunConfig, opts: RunOptions, out: Path, console: Console) -> dict[str, Any]:
@@ -28,21 +28,15 @@ def run_with_requirements(cfg: RunConfig, opts: RunOptions, out: Path, console: 
 
 def run_in_process(cfg: RunConfig, opts: RunOptions, out: Path, console: Console) -> dict[str, Any]:
     """Train (or resume, or report) the run in `out`, refusing a folder that holds something else."""
+    from robustmtl.train.attempt import attempt
+    from robustmtl.train.outcome import Caps, End
+
     rd = RunDir(out)
     claim_dir(out, "run directory", CONFIG, {LOCK_NAME})
     created = not rd.root.exists()
     make_dir(out, "run directory")
-    with holding(rd):  # before any write: another process training this run keeps it to itself
-        return _train_here(rd, cfg, opts, created, console)
-
-
-def _train_here(rd: RunDir, cfg: RunConfig, opts: RunOptions, created: bool, console: Console) -> dict[str, Any]:
-    from robustmtl.provenance import record as record_provenance
-    from robustmtl.train.attempts import write_failure
-    from robustmtl.train.loop import train_run
-
-    prepare_run(rd, cfg, opts)
     if rd.done.exists():
+        prepare_run(rd, cfg, opts)  # refuses a config that is not this run's
         console.print(f"run {cfg.run_id} is already done ({rd.done}); nothing to do")
         return read_json(rd.done, "DONE summary")
     columns = (TextColumn(f"{cfg.method} on {cfg.dataset} seed {cfg.seed}"), BarColumn(), MofNCompleteColumn(),
@@ -53,13 +47,11 @@ def _train_here(rd: RunDir, cfg: RunConfig, opts: RunOptions, created: bool, con
         def update(step: int, total: int) -> None:
             progress.update(task, completed=step, total=total)
 
-        try:
-            record_provenance(rd, None)
-            return train_run(rd, update)
-        except UserError:
-            if created and not rd.metrics.exists():
-                shutil.rmtree(rd.root)  # a mistake found before training (data, model): leave nothing behind
-            raise
-        except Exception as exc:
-            write_failure(rd, exc)
-            raise
+        # the lock is held before prepare_run's first write: another process training this run keeps it
+        outcome = attempt(rd, None, Caps(), progress=update, prepare=lambda: prepare_run(rd, cfg, opts),
+                          via="run")
+    if outcome.end is End.DONE and outcome.summary is not None:
+        return outcome.summary
+    if isinstance(outcome.error, UserError) and created and not rd.metrics.exists():
+        shutil.rmtree(rd.root)  # a mistake found before training (data, model): leave nothing behind
+    raise outcome.error if outcome.error is not None else RuntimeError(f"run {cfg.run_id} ended {outcome.end.name}")

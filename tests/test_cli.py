@@ -26,6 +26,8 @@ def test_run_then_rerun_reports_without_training(cli, tmp_path):
                  "--out", out)
     assert "already done" in second.output
     assert len(read_records(out / "metrics.jsonl")) == 6
+    events = [json.loads(line) for line in (out / "attempts.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["job_id"], e.get("via")) for e in events] == [("start", None, "run"), ("done", None, None)]
 
 
 def test_dry_run_prints_the_table_and_writes_nothing(cli, tmp_path, monkeypatch):

@@ -19,6 +19,7 @@ from robustmtl.grid.scheduler import JobEnd
 from robustmtl.grid.spec import load_spec
 from robustmtl.grid.status import grid_status, queued_runs
 from robustmtl.layout import GridDir, failure_line
+from robustmtl.train.attempts import record_attempt
 from tests.conftest import tiny_grid, write_spec
 
 
@@ -210,7 +211,8 @@ def test_a_run_trained_outside_the_grids_jobs_is_running_then_resumable(grid, sl
                                                                          monkeypatch):
     """A process holding the train lock makes the run running, with its pid, whatever SLURM says of the run's
     job; once it ends, a run no job of the grid started is explained, not shown as merely `started`."""
-    grid.run(rid(7)).metrics.write_text("{}\n")  # never submitted, trained by hand
+    grid.run(rid(7)).metrics.write_text("{}\n")  # never submitted, trained by hand (`robustmtl run` logs its start)
+    record_attempt(grid.run(rid(7)), "start", None, checkpoint=False, via="run")
     by_hand = lock_holder(grid.run(rid(7)).root)
     beside_pending = lock_holder(grid.run(rid(2)).root)  # its job 5_1 is still pending
     after_cancel = lock_holder(grid.run(rid(5)).root)  # its job 5_4 started it, then was cancelled

@@ -37,8 +37,10 @@ def test_lock_is_exclusive_across_processes_and_freed_when_the_holder_dies(tmp_p
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not locked(rd)
-    with holding(rd), holding(rd):  # nested holders in one process share the lock
+    with holding(rd):
         assert (rd.root / ".train.lock").read_text().strip() == str(os.getpid())
+        with pytest.raises(RunBusy), holding(rd):  # one holder per attempt, within one process too
+            pass
 
 
 def test_run_on_a_run_another_process_trains_is_one_line_and_touches_nothing(tmp_path, lock_holder):

@@ -123,7 +123,7 @@ def grid_status(grid: GridDir, accounting: bool = True) -> GridStatus:
         events = read_attempts(rd) if ATTEMPTS in listings[rid] else []
         job = jobs.get(rid)
         started = any(e.get("event") == "start" and e.get("job_id") == job for e in events)
-        outside = not any(e.get("event") == "start" for e in events)  # `robustmtl run` records no attempts
+        outside = not any(e.get("event") == "start" and "via" not in e for e in events)  # grid jobs only
         holder = trainers.get(rid)
         state, note = classify(markers[rid], job, queue, acct, restarted=started, holder=holder, outside=outside)
         if state == "running" and holder is None and entries[rid].get("pack") and not started:

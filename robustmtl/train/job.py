@@ -21,8 +21,8 @@ A pack (`[executor] pack = K`) is one array task running K runs: one after anoth
 side by side in child processes with one share of the task's GPUs each (`parallel`, train/pack.py). Runs that are
 DONE, or that this job already gave up on, are skipped when a requeued pack restarts.
 
-A run is trained under its lock (train/runlock.py): a job that finds another process training it
-leaves the run's files alone and counts no crash; it fails with RunBusy once its other runs are through.
+Each run is one attempt (train/attempt.py) under its lock: a job that finds another process training
+it leaves the run's files alone and counts no crash; it fails with RunBusy once its other runs are through.
 
 Every start, interruption and end is appended to RUN/attempts.jsonl, which `grid status` counts:
 `start` (with whether a checkpoint was there), `preempted`, `timeout`, `terminated` (ended by SLURM,
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import signal
 import sys
 from pathlib import Path
@@ -42,25 +41,15 @@ from typing import Any, NoReturn
 import submitit
 
 from robustmtl.layout import RunDir
-from robustmtl.train import runlock
+from robustmtl.train.attempt import attempt
 from robustmtl.train.attempts import record_attempt
-from robustmtl.train.outcome import Caps, End, Outcome, RequeueLimit, finished_before, give_up, judge_crash
+from robustmtl.train.outcome import Caps, End, Outcome, RequeueLimit, finished_before, give_up
 from robustmtl.train.pack import side_by_side
 from robustmtl.train.signals import StopFlag, interruption, requeue_self, under_slurm
 
 
 class PackFailed(RuntimeError):
     """Some runs of a pack failed for good (each has its own FAILED marker) or are trained by another process."""
-
-
-class StepTracker:
-    """The loop's progress callback: the last step completed, so a crash knows where it happened."""
-
-    def __init__(self) -> None:
-        self.step: int | None = None
-
-    def __call__(self, step: int, total: int) -> None:
-        self.step = step
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -101,32 +90,8 @@ class TrainJob(submitit.helpers.Checkpointable):
         return outcomes
 
     def run_one(self, rd: RunDir, job_id: str | None, flag: StopFlag) -> Outcome:
-        """Train one run under its lock; a run another process is training is left untouched ("busy")."""
-        try:
-            with runlock.holding(rd):
-                return self._attempt(rd, job_id, flag)
-        except runlock.RunBusy as exc:
-            return Outcome(rd, End.BUSY, error=exc)
-
-    def _attempt(self, rd: RunDir, job_id: str | None, flag: StopFlag) -> Outcome:
-        """One attempt at a run; a crash is recorded and judged (requeue or give up) here."""
-        from robustmtl import provenance, trackers
-        from robustmtl.train import loop
-
-        devices = os.environ.get("CUDA_VISIBLE_DEVICES")
-        record_attempt(rd, "start", job_id, checkpoint=rd.checkpoint.exists(),
-                       **({"cuda_visible_devices": devices} if devices is not None else {}))
-        steps = StepTracker()
-        try:
-            provenance.record(rd, job_id)
-            with trackers.mirroring(rd):
-                summary = loop.train_run(rd, progress=steps, stop_requested=flag)
-        except loop.Interrupted:
-            return Outcome(rd, End.INTERRUPTED)
-        except Exception as exc:
-            return Outcome(rd, judge_crash(rd, job_id, steps.step, exc, self.caps), error=exc)
-        record_attempt(rd, "done", job_id)
-        return Outcome(rd, End.DONE, summary)
+        """Train one run (train/attempt.py); a run another process is training is left untouched (BUSY)."""
+        return attempt(rd, job_id, self.caps, stop_requested=flag)
 
     def _conclude(self, outcomes: list[Outcome], job_id: str | None, flag: StopFlag, single: bool) -> Any:
         interrupted = [o.rd for o in outcomes if o.end is End.INTERRUPTED]

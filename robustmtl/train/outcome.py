@@ -70,7 +70,7 @@ def finished_before(rd: RunDir, job_id: str | None) -> Outcome | None:
 def judge_crash(rd: RunDir, job_id: str | None, step: int | None, exc: BaseException, caps: Caps) -> End:
     """RETRY (the job requeues) or FAILED: never again after a crash at the same step, nor past the cap."""
     error = one_line(exc)
-    if not under_slurm():  # no scheduler to requeue with: a crash is the end of this attempt
+    if job_id is None or not under_slurm():  # no job to requeue (`robustmtl run`, no SLURM): the attempt ends
         give_up(rd, job_id, exc, None)
         return End.FAILED
     earlier = [e for e in read_attempts(rd) if e.get("event") == "crashed" and e.get("job_id") == job_id]

@@ -21,7 +21,6 @@ from robustmtl.layout import RunDir
 
 LOCK_NAME = ".train.lock"
 UNSUPPORTED = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP})
-_held: set[str] = set()  # lock files this process holds: nested holders (job, then loop) share the lock
 
 
 class RunBusy(UserError):
@@ -46,12 +45,9 @@ def _try_lock(fd: int) -> bool:
 
 @contextlib.contextmanager
 def holding(rd: RunDir) -> Iterator[None]:
-    """Hold the run's lock for the block (re-entrant in this process); RunBusy when another process has it."""
-    path = _path(rd)
-    if path in _held:
-        yield
-        return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    """Hold the run's lock for the block (train/attempt.py takes it once per attempt); RunBusy when another
+    process, or another holder in this one, has it."""
+    fd = os.open(_path(rd), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         if not _try_lock(fd):
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
@@ -59,11 +55,9 @@ def holding(rd: RunDir) -> Iterator[None]:
                           "to finish, or stop that process first")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        _held.add(path)
         try:
             yield
         finally:
-            _held.discard(path)
             fcntl.flock(fd, fcntl.LOCK_UN)  # also for DataLoader workers forked with this descriptor
     finally:
         os.close(fd)
