@@ -60,10 +60,10 @@ class TrainParams:
 
 
 @dataclass(frozen=True)
-class RunOptions:
-    """How and where a run executes: never part of its identity."""
+class Execution:
+    """How a run executes on its machine, defined once for `robustmtl run`, a run's options.json and
+    a grid's [executor] table (both compose it); never part of a run's identity."""
 
-    data_root: str | None = None
     device: str = field(default="auto", metadata=DEVICE)
     threads: int = field(default=0, metadata=at_least(0))
     checkpoint_every: int = field(default=0, metadata=at_least(0))
@@ -71,6 +71,13 @@ class RunOptions:
     keep_checkpoint: bool = False
     precision: str = field(default="auto", metadata=one_of("auto", "fp32", "bf16", "fp16"))
     compile: bool = False
+
+
+@dataclass(frozen=True)
+class RunOptions(Execution):
+    """How and where a run executes: never part of its identity."""
+
+    data_root: str | None = None
 
     def __post_init__(self) -> None:
         for name in field_types(RunOptions):

@@ -18,7 +18,7 @@ import pytest
 import robustmtl.data.params
 import robustmtl.methods.params
 import robustmtl.models.params
-from robustmtl.config import TrainParams
+from robustmtl.config import Execution, TrainParams
 from robustmtl.grid.executor import ExecutorSettings
 from robustmtl.grid.spec import load_spec
 from robustmtl.grid.status import CORE_STATES, EXTRA_STATES
@@ -41,7 +41,7 @@ LINK = re.compile(r"\]\(([^)\s]+)\)")
 def parameter_blocks() -> dict[str, type]:
     """Every parameter dataclass a grid file can set: the registered plug-ins' blocks, every dataclass of the
     three params modules (a block not registered yet is documented too), training, and [executor]."""
-    blocks: set[type] = {TrainParams, ExecutorSettings}
+    blocks: set[type] = {TrainParams, ExecutorSettings, Execution}
     for table in (METHODS, DATASETS, MODELS):
         blocks |= {plugin.params for plugin in table.values() if plugin.params is not NoParams}
     for module in (robustmtl.methods.params, robustmtl.data.params, robustmtl.models.params):

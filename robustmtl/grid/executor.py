@@ -10,24 +10,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from robustmtl.config import RunOptions
+from robustmtl.config import Execution, RunOptions
 from robustmtl.errors import UserError
-from robustmtl.params import DEVICE, at_least, coerce, did_you_mean, one_of, positive
+from robustmtl.params import at_least, coerce, did_you_mean, one_of, positive
 
 KINDS = ("auto", "local", "slurm", "debug")
 
 
 @dataclass(frozen=True)
-class ExecutorSettings:
+class ExecutorSettings(Execution):
+    """[executor]: where the runs execute (these fields), and how each does (`Execution`'s)."""
+
     kind: str = field(default="auto", metadata=one_of(*KINDS))
     parallel: int = field(default=0, metadata=at_least(0))
-    threads: int = field(default=0, metadata=at_least(0))
-    device: str = field(default="auto", metadata=DEVICE)
-    checkpoint_every: int = field(default=0, metadata=at_least(0))
-    num_workers: int = field(default=-1, metadata=at_least(-1))
-    keep_checkpoint: bool = False
-    precision: str = field(default="auto", metadata=one_of("auto", "fp32", "bf16", "fp16"))
-    compile: bool = False
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
@@ -99,9 +94,8 @@ class ExecutorSettings:
 
     def run_options(self, data_root: str | None, kind: str, gpu_shares: int = 0) -> RunOptions:
         threads = self.threads or (1 if kind == "local" and self.local_parallel(gpu_shares) > 1 else 0)
-        return RunOptions(data_root=data_root, device=self.device, threads=threads,
-                          checkpoint_every=self.checkpoint_every, num_workers=self.num_workers,
-                          keep_checkpoint=self.keep_checkpoint, precision=self.precision, compile=self.compile)
+        how = {f.name: getattr(self, f.name) for f in dataclasses.fields(Execution)}
+        return RunOptions(**{**how, "threads": threads}, data_root=data_root)
 
 
 def executor_settings(table: dict[str, Any], where: str, overrides: dict[str, Any] | None = None) -> ExecutorSettings:
