@@ -46,9 +46,8 @@ from robustmtl.data.base import DataInfo, Split
 from robustmtl.data.images import ImageSplit, TensorImages
 from robustmtl.data.text import TokenSplit
 from robustmtl.errors import UserError
-from robustmtl.layout import RunDir, write_json
+from robustmtl.layout import ERROR_SET, RunDir, write_json
 from robustmtl.methods.base import Method, MethodContext
-from robustmtl.methods.jtt import ERROR_SET
 from robustmtl.methods.mtl import l1_penalty
 from robustmtl.models.base import Model
 from robustmtl.models.bert import mask_tokens

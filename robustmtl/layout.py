@@ -26,6 +26,18 @@ ATTEMPTS = "attempts.jsonl"
 VAL_CORRECT = "val_correct.jsonl"
 VAL_GROUPS = "val_groups.json"
 PRETRAINED_ENCODER = "encoder.pt"
+OPTIONS = "options.json"
+PROVENANCE = "provenance.jsonl"
+TRAIN_LOCK = ".train.lock"
+TRACKERS_FILE = "trackers.json"
+ERROR_SET = "error_set.json"  # JTT stage 1's artifact
+# a grid directory
+GRID_SPEC = "grid.toml"
+PLAN = "plan.jsonl"
+MANIFEST = "manifest.jsonl"
+SUBMIT_LOCK = ".submit.lock"
+RUNS = "runs"
+SUBMITIT = "submitit"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -100,7 +112,7 @@ class RunDir:
 
     @property
     def options(self) -> Path:
-        return self.root / "options.json"
+        return self.root / OPTIONS
 
     @property
     def metrics(self) -> Path:
@@ -156,15 +168,23 @@ class GridDir:
 
     @property
     def spec(self) -> Path:
-        return self.root / "grid.toml"
+        return self.root / GRID_SPEC
+
+    @property
+    def plan(self) -> Path:
+        return self.root / PLAN
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / MANIFEST
 
     @property
     def runs(self) -> Path:
-        return self.root / "runs"
+        return self.root / RUNS
 
     @property
     def submitit(self) -> Path:
-        return self.root / "submitit"
+        return self.root / SUBMITIT
 
     def run(self, run_id: str) -> RunDir:
         if not RUN_ID.match(run_id):

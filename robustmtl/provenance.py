@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import robustmtl
-from robustmtl.layout import RunDir
+from robustmtl.layout import PROVENANCE, RunDir
 
 SOURCE_FILE = "SOURCE.json"  # beside a snapshot's robustmtl/ folder: the code's git provenance
 DIFF_FILE = "diff.patch"
-PROVENANCE = "provenance.jsonl"
 CODE_ENV = "ROBUSTMTL_CODE"  # set for jobs that must import robustmtl from this snapshot directory
 GIT_TIMEOUT_S = 20
 

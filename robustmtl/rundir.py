@@ -11,7 +11,7 @@ from typing import Any
 
 from robustmtl.config import RunConfig, RunOptions, config_from_dict, options_from_dict
 from robustmtl.errors import UserError
-from robustmtl.layout import RunDir, read_json, write_json
+from robustmtl.layout import DONE_MARKER, RunDir, read_json, write_json
 
 
 def prepare_run(run_dir: RunDir, cfg: RunConfig, opts: RunOptions) -> None:
@@ -69,7 +69,7 @@ def _number(value: Any) -> float | None:
 def run_cost(run_dir: Path) -> RunCost | None:
     """The cost fields of a finished run's DONE summary (None when the run is not done or DONE is unreadable)."""
     try:
-        summary = json.loads((run_dir / "DONE").read_text())
+        summary = json.loads((run_dir / DONE_MARKER).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(summary, dict):

@@ -11,10 +11,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from robustmtl.config import RunConfig, RunOptions
 from robustmtl.errors import UserError
-from robustmtl.layout import CONFIG, RunDir, claim_dir, make_dir, read_json
+from robustmtl.layout import CONFIG, TRAIN_LOCK, RunDir, claim_dir, make_dir, read_json
 from robustmtl.requirements import with_transitive
 from robustmtl.rundir import prepare_run
-from robustmtl.train.runlock import LOCK_NAME
 
 
 def run_with_requirements(cfg: RunConfig, opts: RunOptions, out: Path, console: Console) -> dict[str, Any]:
@@ -32,7 +31,7 @@ def run_in_process(cfg: RunConfig, opts: RunOptions, out: Path, console: Console
     from robustmtl.train.outcome import Caps, End
 
     rd = RunDir(out)
-    claim_dir(out, "run directory", CONFIG, {LOCK_NAME})
+    claim_dir(out, "run directory", CONFIG, {TRAIN_LOCK})
     created = not rd.root.exists()
     make_dir(out, "run directory")
     if rd.done.exists():

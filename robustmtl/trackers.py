@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from robustmtl.errors import UserError
-from robustmtl.layout import RunDir, read_json, write_json
+from robustmtl.layout import TRACKERS_FILE, RunDir, read_json, write_json
 from robustmtl.params import did_you_mean
 from robustmtl.records import listening
 
 TRACKERS = ("tensorboard", "wandb")
-TRACKERS_FILE = "trackers.json"
 TENSORBOARD_DIR = "tensorboard"
 WANDB_DIR = "wandb"
 WANDB_PROJECT = "robustmtl"

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from robustmtl.grid import lock
+from robustmtl.layout import SUBMIT_LOCK
 from tests.conftest import tiny_grid, write_spec
 
 SPEC = tiny_grid("locked", ["erm"], [0], defaults={"epochs": 1, "n_train": 100, "n_val": 50, "n_test": 50})
@@ -34,6 +35,6 @@ def test_second_submit_is_refused_while_the_first_holds_the_lock(cli, tmp_path, 
     finally:
         holder.kill()  # a killed holder releases the lock (the file stays)
         holder.wait()
-    assert (out / lock.LOCK_NAME).exists()
+    assert (out / SUBMIT_LOCK).exists()
     done = cli("grid", "submit", spec, "--out", out)
     assert "0 already done, 1 to run" in done.output

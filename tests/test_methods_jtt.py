@@ -11,9 +11,9 @@ from robustmtl.config import RunOptions, build_config
 from robustmtl.errors import UserError
 from robustmtl.grid.expand import expand
 from robustmtl.grid.spec import load_spec
-from robustmtl.layout import GridDir, RunDir, write_json
+from robustmtl.layout import ERROR_SET, GridDir, RunDir, write_json
 from robustmtl.methods.base import MethodContext
-from robustmtl.methods.jtt import ERROR_SET, JTT, JTTStage1
+from robustmtl.methods.jtt import JTT, JTTStage1
 from robustmtl.registry import dataset_entry, method_entry, model_entry
 from robustmtl.requirements import jtt_stage1
 from robustmtl.rundir import prepare_run

@@ -29,6 +29,7 @@ from robustmtl.aggregate.parse import (
 )
 from robustmtl.errors import UserError
 from robustmtl.grid.spec import parse_toml
+from robustmtl.layout import DONE_MARKER, GRID_SPEC
 
 _CHUNK_BYTES = 64 << 20  # parse in slices so peak memory stays ~2x a slice, not 2x the whole sweep
 RUN_COLUMNS = [*META_TYPES, "complete", "included", "run_dir", "grid_dir", "n_expected"]
@@ -83,7 +84,7 @@ def _scan_and_parse(grid_dirs: Sequence[Path], include_running: bool,
 
 def _expected_seeds(grid_dir: Path, warnings: list[str]) -> int | None:
     """Seeds per setting the grid asked for, from grid.toml's top-level `seeds` list (None if unknown)."""
-    spec = grid_dir / "grid.toml"
+    spec = grid_dir / GRID_SPEC
     if not spec.is_file():
         return None
     try:
@@ -110,7 +111,7 @@ def _scan(grid_dir: Path, include_running: bool, warnings: list[str]) -> Iterato
         if not entry.is_dir():
             continue
         # Plain strings and os calls: pathlib's per-path overhead is a second at 10,000 runs.
-        complete = os.path.exists(os.path.join(entry.path, "DONE"))
+        complete = os.path.exists(os.path.join(entry.path, DONE_MARKER))
         f = RunFile(grid_dir, entry.path, complete)
         if not os.path.isfile(f.path):
             if complete:

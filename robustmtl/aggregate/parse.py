@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
+from robustmtl import layout
 from robustmtl.metrics import MECHANISM_FIELDS
 
 KEY = ["run_id", "epoch", "step", "split"]
@@ -66,7 +67,7 @@ class RunFile:
 
     @property
     def path(self) -> str:
-        return os.path.join(self.run_dir, "metrics.jsonl")
+        return os.path.join(self.run_dir, layout.METRICS)
 
     @property
     def run_id(self) -> str:

@@ -92,7 +92,7 @@ def cancel(grid: GridDir, run_id: str | None = None) -> list[str]:
     if run_id is not None:
         run_id = find_run(grid, run_id)
         if status.runs[run_id].job_id is None:
-            raise UserError(f"run {run_id} was never submitted to SLURM (no entry in {grid.root / 'manifest.jsonl'})")
+            raise UserError(f"run {run_id} was never submitted to SLURM (no entry in {grid.manifest})")
     if not status.queue_known:
         raise UserError("squeue did not answer, so which jobs are still queued is unknown; nothing was cancelled")
     jobs = sorted({job for rid, job in status.active.items() if run_id is None or rid == run_id})
@@ -114,7 +114,7 @@ def log_path(grid: GridDir, run_id: str, err: bool) -> tuple[str, Path]:
     run_id = find_run(grid, run_id)
     entry = latest_entries(grid.root).get(run_id)
     if entry is None or not entry.get("job_id"):
-        raise UserError(f"run {run_id} has no SLURM job in {grid.root / 'manifest.jsonl'} (never submitted to "
+        raise UserError(f"run {run_id} has no SLURM job in {grid.manifest} (never submitted to "
                         "SLURM); its files are in " + str(grid.run(run_id).root))
     job_id = str(entry["job_id"])
     paths = JobPaths(grid.submitit.resolve() / "%j", job_id=job_id, task_id=0)

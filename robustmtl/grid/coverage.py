@@ -17,8 +17,6 @@ from typing import Any
 from robustmtl.errors import UserError
 from robustmtl.layout import GridDir, atomic_write_text
 
-PLAN = "plan.jsonl"
-
 
 @dataclass
 class CellGap:
@@ -39,13 +37,13 @@ def _entry(run: Any) -> dict[str, Any]:
 
 
 def write_plan(grid: GridDir, runs: list[Any]) -> None:
-    atomic_write_text(grid.root / PLAN, "".join(json.dumps(_entry(r), sort_keys=True) + "\n" for r in runs))
+    atomic_write_text(grid.plan, "".join(json.dumps(_entry(r), sort_keys=True) + "\n" for r in runs))
 
 
 def _planned(grid: GridDir) -> list[dict[str, Any]] | None:
     """The saved plan; else the spec expanded again; None when neither can be read."""
     try:
-        return [json.loads(line) for line in (grid.root / PLAN).read_text().splitlines() if line.strip()]
+        return [json.loads(line) for line in (grid.plan).read_text().splitlines() if line.strip()]
     except (OSError, ValueError):
         pass
     from robustmtl.grid.expand import expand

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from robustmtl.errors import UserError
+from robustmtl.layout import SUBMIT_LOCK
 
-LOCK_NAME = ".submit.lock"
 WAIT_S = 5.0
 POLL_S = 0.2
 
@@ -24,7 +24,7 @@ POLL_S = 0.2
 def submit_lock(grid_root: Path) -> Iterator[None]:
     """Hold the grid's submit lock; wait up to WAIT_S for another holder, then refuse clearly."""
     grid_root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(grid_root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(grid_root / SUBMIT_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         deadline = time.monotonic() + WAIT_S
         while True:

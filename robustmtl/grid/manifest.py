@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from robustmtl.errors import UserError
-from robustmtl.layout import append_durably
+from robustmtl.layout import GridDir, append_durably
 
 
 def manifest_path(grid_root: Path) -> Path:
-    return grid_root / "manifest.jsonl"
+    return GridDir(grid_root).manifest
 
 
 def append_entries(grid_root: Path, entries: list[dict[str, Any]]) -> None:

@@ -178,7 +178,7 @@ def queue_chunk(grid: GridDir, chunk: list[list[PlannedRun]], settings: Executor
     except UserError as exc:
         if submitted:
             raise UserError(f"{exc} ({submitted} runs were queued before this; they are in "
-                            f"{grid.root / 'manifest.jsonl'})") from None
+                            f"{grid.manifest})") from None
         raise
     entries: list[dict[str, Any]] = [
         {"run_id": r.run_id, "job_id": j, **({"pack": [q.run_id for q in task]} if len(task) > 1 else {})}

@@ -21,8 +21,7 @@ from pathlib import Path
 from robustmtl.errors import UserError
 from robustmtl.grid import scheduler
 from robustmtl.grid.manifest import latest_entries
-from robustmtl.layout import ATTEMPTS, GridDir, RunDir, failure_line, marker_state
-from robustmtl.train.runlock import LOCK_NAME
+from robustmtl.layout import ATTEMPTS, TRAIN_LOCK, GridDir, RunDir, failure_line, marker_state
 
 # Shown always / only when some run is in them; in this order.
 CORE_STATES = ("done", "running", "pending", "requeued", "failed", "interrupted", "not submitted")
@@ -108,7 +107,7 @@ def grid_status(grid: GridDir, accounting: bool = True) -> GridStatus:
     markers = {rid: marker_state(names) for rid, names in listings.items()}
     job_of = {rid: str(e["job_id"]) for rid, e in entries.items() if e.get("job_id")}
     jobs = {rid: job_of[rid] for rid in run_ids if rid in job_of and markers[rid] != "done"}
-    locked = [rid for rid in run_ids if markers[rid] != "done" and LOCK_NAME in listings[rid]]
+    locked = [rid for rid in run_ids if markers[rid] != "done" and TRAIN_LOCK in listings[rid]]
     held = lock_holders() if locked else {}
     trainers = {rid: pid for rid in locked if (pid := trainer(run_dirs[rid], held)) is not None}
     queue = scheduler.queue_states(jobs.values())
@@ -256,7 +255,7 @@ def trainer(rd: RunDir, held: dict[int, set[int]]) -> int | None:
     Matched by inode and by the pid the holder wrote into the lock file, not by device number: /proc/locks
     and stat() disagree on it for btrfs subvolumes and some overlay mounts.
     """
-    path = rd.root / LOCK_NAME
+    path = rd.root / TRAIN_LOCK
     try:
         pids = held.get(os.stat(path).st_ino)
         written = path.read_bytes()[:32].strip() if pids else b""

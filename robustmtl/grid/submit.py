@@ -20,9 +20,9 @@ from robustmtl.grid import snapshot
 from robustmtl.grid.coverage import write_plan
 from robustmtl.grid.executor import ExecutorSettings, data_root_for, executor_settings
 from robustmtl.grid.expand import PlannedRun, data_roots, expand
-from robustmtl.grid.lock import LOCK_NAME, submit_lock
+from robustmtl.grid.lock import submit_lock
 from robustmtl.grid.spec import GridSpec, load_spec, parse_toml
-from robustmtl.layout import GridDir, atomic_write_text, claim_dir
+from robustmtl.layout import SUBMIT_LOCK, GridDir, atomic_write_text, claim_dir
 from robustmtl.rundir import prepare_run
 from robustmtl.trackers import check as check_trackers
 from robustmtl.trackers import write_choice as write_trackers
@@ -47,7 +47,7 @@ def check_size(spec: GridSpec, runs: list[PlannedRun], max_runs: int) -> None:
 
 def check_out(grid: GridDir) -> None:
     """The grid directory must be new, empty or a grid's (its grid.toml), so no grid spills into another folder."""
-    claim_dir(grid.root, "grid directory", grid.spec.name, {LOCK_NAME})
+    claim_dir(grid.root, "grid directory", grid.spec.name, {SUBMIT_LOCK})
 
 
 def preflight(grid: GridDir) -> None:

@@ -31,13 +31,11 @@ from typing import Any
 import torch
 
 from robustmtl.errors import UserError
-from robustmtl.layout import read_json, write_json
+from robustmtl.layout import ERROR_SET, read_json, write_json
 from robustmtl.methods.base import MethodContext
 from robustmtl.methods.erm import ERM
 from robustmtl.methods.params import JTTParams
 from robustmtl.models.base import Model
-
-ERROR_SET = "error_set.json"
 
 
 class JTTStage1(ERM):

@@ -17,9 +17,8 @@ import os
 from collections.abc import Iterator
 
 from robustmtl.errors import UserError
-from robustmtl.layout import RunDir
+from robustmtl.layout import TRAIN_LOCK, RunDir
 
-LOCK_NAME = ".train.lock"
 UNSUPPORTED = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP})
 
 
@@ -28,7 +27,7 @@ class RunBusy(UserError):
 
 
 def _path(rd: RunDir) -> str:
-    return os.path.abspath(rd.root / LOCK_NAME)
+    return os.path.abspath(rd.root / TRAIN_LOCK)
 
 
 def _try_lock(fd: int) -> bool:
