@@ -25,9 +25,12 @@ def sid(name: str) -> str:
 
 
 def make_grid(root: Path, seeds: tuple[int, ...] | None = (0, 1, 2)) -> Path:
+    """A grid directory; with `seeds`, the plan `grid submit` saves (what expected seed counts come from)."""
     (root / "runs").mkdir(parents=True)
     if seeds is not None:
-        (root / "grid.toml").write_text(f"seeds = {list(seeds)}\nmethods = ['erm']\n")
+        (root / "plan.jsonl").write_text("".join(
+            json.dumps({"run_id": sid(f"A/{s}"), "dataset": "wb", "method": "erm", "seed": s, "setting": "defaults"})
+            + "\n" for s in seeds))
     return root
 
 
@@ -305,7 +308,7 @@ def test_settings_equal_up_to_float_rounding_tie_to_the_smallest_id() -> None:
     assert _choose_settings(per_run, warnings).iloc[0]["setting_id"] == "bbb"
 
 
-def test_expected_seeds_default_to_most_seen_without_grid_toml(tmp_path: Path) -> None:
+def test_expected_seeds_default_to_most_seen_without_a_plan(tmp_path: Path) -> None:
     g = make_grid(tmp_path / "g", seeds=None)
     for seed in range(3):
         write_run(g, "A", seed, SETTINGS["A"], method="erm")
@@ -429,12 +432,12 @@ def test_files_without_any_valid_record(tmp_path: Path) -> None:
     assert cell(s, "worst_group_acc")["n"] == 1
 
 
-def test_unreadable_grid_toml_falls_back_with_warning(tmp_path: Path) -> None:
+def test_unreadable_plan_falls_back_with_warning(tmp_path: Path) -> None:
     g = make_grid(tmp_path / "g", seeds=None)
-    (g / "grid.toml").write_text("seeds = [0, 1\n")
+    (g / "plan.jsonl").write_text('{"run_id": "a", "seed": 0\n')
     write_run(g, "A", 0, SETTINGS["A"])
     s = aggregate([g])
-    assert any("grid.toml: malformed TOML" in w for w in s.warnings)
+    assert any("plan.jsonl: unreadable" in w for w in s.warnings)
     assert cell(s, "worst_group_acc")["n_expected"] == 1
 
 

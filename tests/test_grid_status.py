@@ -159,6 +159,7 @@ def test_coverage_lists_missing_seeds_and_settings_per_cell(tmp_path, slurm_call
     g = GridDir(tmp_path / "cov")
     g.root.mkdir()
     g.spec.write_text(spec.read_text())
+    write_plan(g, runs)  # what grid submit saves: the one record coverage reads
     for r in runs:
         g.run(r.run_id).root.mkdir(parents=True)
         done = r.config.method == "erm" or (r.swept.get("alpha_reg") == 0.1 and r.config.seed == 0)
@@ -170,10 +171,11 @@ def test_coverage_lists_missing_seeds_and_settings_per_cell(tmp_path, slurm_call
         ("synthetic", "l1", 4, 1, [("alpha_reg=0.1", [1]), ("alpha_reg=0.2", [0, 1])])]
     out = cli("grid", "status", g.root).output
     assert "synthetic/l1 (1/4 done): alpha_reg=0.1: seed 1; alpha_reg=0.2: seeds 0, 1" in out
-    write_plan(g, runs)  # what grid submit saves: coverage reads it instead of expanding the spec again
-    g.spec.write_text("not a grid file")
+    g.spec.write_text("not a grid file")  # the spec is not read again
     assert [(x.method, x.missing) for x in coverage(g, {r.run_id for r in runs if g.run(r.run_id).done.exists()})] \
         == [("l1", [("alpha_reg=0.1", [1]), ("alpha_reg=0.2", [0, 1])])]
+    g.plan.unlink()
+    assert coverage(g, set()) is None
 
 
 def test_undecodable_and_ill_typed_lines_are_skipped_like_corrupt_ones(grid, slurm_calls, cli):

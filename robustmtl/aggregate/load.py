@@ -28,8 +28,8 @@ from robustmtl.aggregate.parse import (
     parse_files,
 )
 from robustmtl.errors import UserError
-from robustmtl.grid.spec import parse_toml
-from robustmtl.layout import DONE_MARKER, GRID_SPEC
+from robustmtl.grid.coverage import read_plan
+from robustmtl.layout import DONE_MARKER, GridDir
 
 _CHUNK_BYTES = 64 << 20  # parse in slices so peak memory stays ~2x a slice, not 2x the whole sweep
 RUN_COLUMNS = [*META_TYPES, "complete", "included", "run_dir", "grid_dir", "n_expected"]
@@ -83,18 +83,14 @@ def _scan_and_parse(grid_dirs: Sequence[Path], include_running: bool,
 
 
 def _expected_seeds(grid_dir: Path, warnings: list[str]) -> int | None:
-    """Seeds per setting the grid asked for, from grid.toml's top-level `seeds` list (None if unknown)."""
-    spec = grid_dir / GRID_SPEC
-    if not spec.is_file():
+    """Seeds per setting the grid asked for, from its plan (None if it has none)."""
+    grid = GridDir(grid_dir)
+    plan = read_plan(grid)
+    if plan is None:
+        if grid.plan.exists():
+            warnings.append(f"{grid.plan}: unreadable; expected seeds taken as the most any setting has")
         return None
-    try:
-        seeds = parse_toml(spec, saved=True)[1].get("seeds")
-    except UserError as exc:
-        warnings.append(f"{exc}; expected seeds taken as the most any setting has")
-        return None
-    if isinstance(seeds, list) and seeds:
-        return len(set(map(str, seeds)))
-    return None
+    return len({e["seed"] for e in plan}) or None
 
 
 def _scan(grid_dir: Path, include_running: bool, warnings: list[str]) -> Iterator[RunFile]:

@@ -1,11 +1,11 @@
-"""Coverage: the runs the saved spec (GRID_DIR/grid.toml) asks for against the runs that are done.
-
-Per (dataset, method) cell, which settings and seeds are still missing, so a table with a short cell
-says what to rerun, and `grid status` says what is left. Used by `grid status` and `aggregate`.
+"""The grid's plan, and coverage: the runs it asks for against the runs that are done.
 
 `grid submit` saves the expanded spec as GRID_DIR/plan.jsonl (one line per run: id, dataset, method,
-seed, setting), so coverage reads a file instead of expanding the spec again, which would import
-every plug-in (and torch). Grid directories from before the plan file are expanded from grid.toml.
+seed, setting): the one record of what a grid is that status, coverage and aggregation read, so none
+of them expands the spec again (which would import every plug-in, and torch).
+
+Coverage: per (dataset, method) cell, which settings and seeds are still missing, so a table with a
+short cell says what to rerun, and `grid status` says what is left.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from robustmtl.errors import UserError
 from robustmtl.layout import GridDir, atomic_write_text
 
 
@@ -40,24 +39,19 @@ def write_plan(grid: GridDir, runs: list[Any]) -> None:
     atomic_write_text(grid.plan, "".join(json.dumps(_entry(r), sort_keys=True) + "\n" for r in runs))
 
 
-def _planned(grid: GridDir) -> list[dict[str, Any]] | None:
-    """The saved plan; else the spec expanded again; None when neither can be read."""
+def read_plan(grid: GridDir) -> list[dict[str, Any]] | None:
+    """The saved plan, one dict per run; None when the grid has none or it cannot be read."""
     try:
-        return [json.loads(line) for line in (grid.plan).read_text().splitlines() if line.strip()]
+        entries = [json.loads(line) for line in grid.plan.read_text().splitlines() if line.strip()]
     except (OSError, ValueError):
-        pass
-    from robustmtl.grid.expand import expand
-    from robustmtl.grid.spec import load_spec
-
-    try:
-        return [_entry(r) for r in expand(load_spec(grid.spec, saved=True))]
-    except UserError:
         return None
+    fields = ("run_id", "dataset", "method", "seed", "setting")
+    return entries if all(isinstance(e, dict) and all(k in e for k in fields) for e in entries) else None
 
 
 def coverage(grid: GridDir, done: set[str]) -> list[CellGap] | None:
-    """Cells of the saved spec with runs not in `done`; None when the spec cannot be read any more."""
-    planned = _planned(grid)
+    """Cells of the plan with runs not in `done`; None when there is no readable plan."""
+    planned = read_plan(grid)
     if planned is None:
         return None
     cells: dict[tuple[str, str], list[tuple[str, int, bool]]] = {}
