@@ -45,7 +45,7 @@ from robustmtl.train.attempt import attempt
 from robustmtl.train.attempts import record_attempt
 from robustmtl.train.outcome import Caps, End, Outcome, RequeueLimit, finished_before, give_up
 from robustmtl.train.pack import side_by_side
-from robustmtl.train.signals import StopFlag, interruption, requeue_self, under_slurm
+from robustmtl.train.signals import StopFlag, current_job_id, interruption, requeue_self, under_slurm
 
 
 class PackFailed(RuntimeError):
@@ -83,15 +83,11 @@ class TrainJob(submitit.helpers.Checkpointable):
                 break
             if len(rds) > 1:
                 print(f"=== robustmtl run {rd.root.name} (pack member {i + 1}/{len(rds)})", flush=True)
-            outcome = self.run_one(rd, job_id, flag)
+            outcome = attempt(rd, job_id, self.caps, stop_requested=flag)  # BUSY if another process trains it
             outcomes.append(outcome)
             if outcome.end is End.INTERRUPTED:
                 break
         return outcomes
-
-    def run_one(self, rd: RunDir, job_id: str | None, flag: StopFlag) -> Outcome:
-        """Train one run (train/attempt.py); a run another process is training is left untouched (BUSY)."""
-        return attempt(rd, job_id, self.caps, stop_requested=flag)
 
     def _conclude(self, outcomes: list[Outcome], job_id: str | None, flag: StopFlag, single: bool) -> Any:
         interrupted = [o.rd for o in outcomes if o.end is End.INTERRUPTED]
@@ -151,13 +147,3 @@ class TrainJob(submitit.helpers.Checkpointable):
 
 def names(outcomes: list[Outcome]) -> str:
     return ", ".join(o.rd.root.name for o in outcomes)
-
-
-def current_job_id() -> str | None:
-    """`<array>_<task>` for array tasks (as in the manifest), else the executor's job id."""
-    try:
-        return str(submitit.JobEnvironment().job_id)
-    except Exception:  # not inside a submitit job (in-process runs)
-        return None
-
-

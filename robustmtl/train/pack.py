@@ -18,7 +18,7 @@ from typing import NoReturn
 from robustmtl.layout import RunDir
 from robustmtl.train import runlock
 from robustmtl.train.outcome import Caps, End, Outcome, finished_before, judge_crash
-from robustmtl.train.signals import StopFlag
+from robustmtl.train.signals import StopFlag, current_job_id
 
 # a parallel pack member's outcome
 POLL_S = 0.2
@@ -76,12 +76,11 @@ def child_outcome(rd: RunDir, code: int, job_id: str | None, caps: Caps) -> Outc
 
 def _member(caps_json: str, run_dir: str) -> NoReturn:
     """A parallel pack member's process: one run, its outcome as the exit code."""
-    from robustmtl.train.job import TrainJob, current_job_id
+    from robustmtl.train.attempt import attempt
 
-    job = TrainJob(Caps(**json.loads(caps_json)))
     flag = StopFlag()
     with flag.installed():
-        outcome = job.run_one(RunDir(Path(run_dir)), current_job_id(), flag)
+        outcome = attempt(RunDir(Path(run_dir)), current_job_id(), Caps(**json.loads(caps_json)), stop_requested=flag)
     sys.exit(outcome.end.value)
 
 

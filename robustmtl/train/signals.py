@@ -136,3 +136,13 @@ def requeue_self(job_id: str | None) -> str | None:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return str(exc)
     return None if proc.returncode == 0 else (proc.stderr.strip() or f"exit {proc.returncode}")
+
+
+def current_job_id() -> str | None:
+    """`<array>_<task>` for array tasks (as in the manifest), else the executor's job id."""
+    import submitit
+
+    try:
+        return str(submitit.JobEnvironment().job_id)
+    except Exception:  # not inside a submitit job (in-process runs)
+        return None
