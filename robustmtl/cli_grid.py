@@ -110,10 +110,10 @@ def grid_submit(
 
     overrides = slurm_overrides(partition, account, qos, gpus, time, array_parallelism, pack)
     if dry_run:
-        from robustmtl.grid.executor import executor_settings
+        from robustmtl.grid.executor import with_overrides
 
         grid_spec, runs = plan(spec)
-        executor_settings(grid_spec.executor, str(spec), {**overrides, "kind": executor})
+        with_overrides(grid_spec.executor, {**overrides, "kind": executor}, str(spec))
         grid_dir = out or Path("runs") / grid_spec.name
         check_out(GridDir(grid_dir))
         show_plan(grid_spec, runs, grid_dir)

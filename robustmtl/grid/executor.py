@@ -99,8 +99,18 @@ class ExecutorSettings(Execution):
 
 
 def executor_settings(table: dict[str, Any], where: str, overrides: dict[str, Any] | None = None) -> ExecutorSettings:
+    """An [executor] table, validated, with the command line's `overrides` (None values: keep the table's)."""
+    return with_overrides(ExecutorSettings(**_checked(_split_max_requeues(table, where), where)), overrides, where)
+
+
+def with_overrides(settings: ExecutorSettings, overrides: dict[str, Any] | None, where: str) -> ExecutorSettings:
+    """`settings` with the command line's non-None values, validated like the file's."""
+    chosen = {k: v for k, v in (overrides or {}).items() if v is not None}
+    return dataclasses.replace(settings, **_checked(chosen, where)) if chosen else settings
+
+
+def _checked(values: dict[str, Any], where: str) -> dict[str, Any]:
     known = {f.name for f in dataclasses.fields(ExecutorSettings)}
-    values = {**_split_max_requeues(table, where), **{k: v for k, v in (overrides or {}).items() if v is not None}}
     clean = {}
     for key, value in values.items():
         if key not in known:
@@ -108,7 +118,7 @@ def executor_settings(table: dict[str, Any], where: str, overrides: dict[str, An
                             f"valid: {', '.join(sorted(known))}")
         clean[key] = coerce(ExecutorSettings, key, value, f"{where} [executor]")
         _check_printable(key, clean[key], where)
-    return ExecutorSettings(**clean)
+    return clean
 
 
 def _split_max_requeues(table: dict[str, Any], where: str) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from typing import Any
 
 from robustmtl.config import MAX_SEED
 from robustmtl.errors import UserError
-from robustmtl.grid.executor import executor_settings
+from robustmtl.grid.executor import ExecutorSettings, executor_settings
 from robustmtl.params import did_you_mean
 from robustmtl.registry import DATASETS, METHODS, MODELS
 
@@ -65,6 +65,7 @@ class MethodTable:
 class GridSpec:
     path: Path
     text: str
+    raw: dict[str, Any]  # the parsed file (what a re-submit compares with the saved spec)
     name: str
     datasets: list[str]
     methods: list[str]
@@ -74,7 +75,7 @@ class GridSpec:
     sweep: dict[str, list[Any]]
     method_tables: dict[str, MethodTable]
     dataset_tables: dict[str, dict[str, Any]]
-    executor: dict[str, Any]
+    executor: ExecutorSettings  # validated once, here
     display: dict[str, dict[str, str]] = field(default_factory=dict)  # see display_table
 
     def model_for(self, dataset: str) -> str:
@@ -263,9 +264,9 @@ def load_spec(path: Path, *, saved: bool = False) -> GridSpec:
             raise UserError(f"{where}: [dataset.{d}] is for a dataset not listed in `datasets`"
                             f"{did_you_mean(d, datasets)}")
         dataset_tables[d] = _dataset_table(_table(table, where, f"dataset.{d}"), where, d)
-    executor = _table(raw.get("executor"), where, "executor")
-    executor_settings(executor, where)
-    return GridSpec(path=path, text=text, name=name, datasets=datasets, methods=methods, seeds=seeds, model=model,
+    executor = executor_settings(_table(raw.get("executor"), where, "executor"), where)
+    return GridSpec(path=path, text=text, raw=raw, name=name, datasets=datasets, methods=methods, seeds=seeds,
+                    model=model,
                     defaults=_scalars(_table(raw.get("defaults"), where, "defaults"), where, "defaults"),
                     sweep=_axes(_table(raw.get("sweep"), where, "sweep"), where, "sweep"),
                     method_tables=method_tables, dataset_tables=dataset_tables, executor=executor,

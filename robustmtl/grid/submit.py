@@ -18,7 +18,7 @@ from rich.console import Console
 from robustmtl.errors import UserError
 from robustmtl.grid import snapshot
 from robustmtl.grid.coverage import write_plan
-from robustmtl.grid.executor import ExecutorSettings, data_root_for, executor_settings
+from robustmtl.grid.executor import ExecutorSettings, data_root_for, with_overrides
 from robustmtl.grid.expand import PlannedRun, data_roots, expand
 from robustmtl.grid.lock import submit_lock
 from robustmtl.grid.spec import GridSpec, load_spec, parse_toml
@@ -65,12 +65,15 @@ def preflight(grid: GridDir) -> None:
 def record_spec(grid: GridDir, spec: GridSpec, force: bool) -> None:
     if grid.spec.exists():
         _, old = parse_toml(grid.spec, saved=True)
-        _, new = parse_toml(spec.path)
-        old.pop("display", None), new.pop("display", None)  # printed names define no run: renaming is no new spec
-        if old != new and not force:
+        # printed names define no run: renaming them is no new spec
+        if _without_display(old) != _without_display(spec.raw) and not force:
             raise UserError(f"{grid.root} was created by a different grid spec (see {grid.spec}); "
                             "use another --out, or --force to extend it with this spec")
     atomic_write_text(grid.spec, spec.text)
+
+
+def _without_display(raw: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in raw.items() if k != "display"}
 
 
 def check_clean(source: dict[str, Any], require_clean: bool, console: Console) -> None:
@@ -87,7 +90,7 @@ def submit(spec_path: Path, out: Path | None, kind: str | None, force: bool, con
     """`overrides`: [executor] values from the command line (None: keep the file's)."""
     spec, runs = plan(spec_path)
     check_size(spec, runs, max_runs)
-    settings = executor_settings(spec.executor, str(spec_path), {**(overrides or {}), "kind": kind})
+    settings = with_overrides(spec.executor, {**(overrides or {}), "kind": kind}, str(spec_path))
     resolved = settings.resolved_kind()
     if resolved == "local":
         settings.check_python(str(spec_path))
