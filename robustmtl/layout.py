@@ -9,7 +9,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,3 +231,26 @@ def failure_line(rd: RunDir) -> str:
         return "unknown error (FAILED marker unreadable)"
     reason = failure.get("reason")
     return f"{lines[-1]} ({reason})" if isinstance(reason, str) and reason else lines[-1]
+
+
+def is_object(entry: Any) -> bool:
+    return isinstance(entry, dict)
+
+
+def read_jsonl(path: Path, keep: Callable[[Any], bool] = is_object) -> list[Any]:
+    """The values of an append-only JSON-lines log, oldest first: torn, corrupt and undecodable lines, and
+    values `keep` rejects (by default anything but an object), are skipped; a missing file is empty (other
+    read errors are raised)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    entries = []
+    for line in data.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
+            continue
+        if keep(entry):
+            entries.append(entry)
+    return entries

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import robustmtl
-from robustmtl.layout import PROVENANCE, RunDir
+from robustmtl.layout import PROVENANCE, RunDir, read_jsonl
 
 SOURCE_FILE = "SOURCE.json"  # beside a snapshot's robustmtl/ folder: the code's git provenance
 DIFF_FILE = "diff.patch"
@@ -213,18 +213,8 @@ def _saved_diff(rd: RunDir, info: dict[str, Any]) -> str | None:
 
 
 def read_provenance(rd: RunDir) -> list[dict[str, Any]]:
-    """Every attempt's entry, oldest first; a torn last line is skipped."""
-    try:
-        lines = (rd.root / PROVENANCE).read_text().splitlines()
-    except FileNotFoundError:
-        return []
-    entries = []
-    for line in lines:
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return entries
+    """Every attempt's entry, oldest first; unreadable lines (a torn last one) are skipped."""
+    return read_jsonl(rd.root / PROVENANCE)
 
 
 def record(rd: RunDir, job_id: str | None) -> dict[str, Any]:

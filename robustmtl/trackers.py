@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from robustmtl.errors import UserError
-from robustmtl.layout import TRACKERS_FILE, RunDir, read_json, write_json
+from robustmtl.layout import TRACKERS_FILE, RunDir, read_json, read_jsonl, write_json
 from robustmtl.params import did_you_mean
 from robustmtl.records import listening
 
@@ -71,16 +71,8 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records on disk; a torn last line (the writer repairs it when the loop starts) is skipped."""
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        return []
-    out = []
-    for line in lines:
-        with contextlib.suppress(json.JSONDecodeError):
-            out.append(json.loads(line))
-    return out
+    """The records on disk; unreadable lines (a torn last one, which the writer repairs) are skipped."""
+    return read_jsonl(path)
 
 
 def record_key(record: dict[str, Any]) -> list[Any]:
@@ -123,7 +115,7 @@ class WandbMirror:
         root = rd.root / WANDB_DIR
         root.mkdir(parents=True, exist_ok=True)
         self.logged_path = root / "mirrored.jsonl"
-        logged = {tuple(k) for k in read_metrics(self.logged_path)}
+        logged = {tuple(k) for k in read_jsonl(self.logged_path, lambda k: isinstance(k, list))}
         self.run = wandb.init(project=WANDB_PROJECT, id=config["run_id"], name=config["run_id"], resume="allow",
                               dir=str(rd.root), mode="offline", config=config, save_code=False,
                               settings=wandb.Settings(silent=True, console="off"))

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from robustmtl.errors import UserError
-from robustmtl.layout import GridDir, append_durably
+from robustmtl.layout import GridDir, append_durably, read_jsonl
 
 
 def manifest_path(grid_root: Path) -> Path:
@@ -27,21 +27,11 @@ def latest_entries(grid_root: Path) -> dict[str, dict[str, Any]]:
     """run_id → its newest manifest entry; torn, corrupt, undecodable or ill-typed lines are skipped."""
     path = manifest_path(grid_root)
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return {}
+        entries = read_jsonl(path, well_formed)
     except OSError as exc:
         raise UserError(f"cannot read the grid's manifest {path}: {exc.strerror or exc}; move it aside (it "
                         "only records which SLURM job runs which run)") from None
-    latest: dict[str, dict[str, Any]] = {}
-    for line in data.splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
-            continue
-        if well_formed(entry):
-            latest[entry["run_id"]] = entry
-    return latest
+    return {entry["run_id"]: entry for entry in entries}
 
 
 def well_formed(entry: Any) -> bool:

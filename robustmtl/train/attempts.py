@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -13,7 +12,7 @@ import time
 import traceback
 from typing import Any
 
-from robustmtl.layout import RunDir, append_durably, atomic_write_text
+from robustmtl.layout import RunDir, append_durably, atomic_write_text, read_jsonl
 
 
 def record_attempt(rd: RunDir, event: str, job_id: str | None, **extra: Any) -> int:
@@ -25,18 +24,8 @@ def record_attempt(rd: RunDir, event: str, job_id: str | None, **extra: Any) -> 
 
 
 def read_attempts(rd: RunDir) -> list[dict[str, Any]]:
-    """Events of a run, oldest first; torn, corrupt or undecodable lines and events without a name are skipped."""
-    try:
-        lines = rd.attempts.read_bytes().splitlines()
-    except FileNotFoundError:
-        return []
-    events = []
-    for line in lines:
-        with contextlib.suppress(ValueError):  # JSONDecodeError, or bytes that are not UTF-8
-            event = json.loads(line)
-            if isinstance(event, dict) and isinstance(event.get("event"), str):
-                events.append(event)
-    return events
+    """Events of a run, oldest first; unreadable lines and events without a name are skipped."""
+    return read_jsonl(rd.attempts, lambda e: isinstance(e, dict) and isinstance(e.get("event"), str))
 
 
 def write_failure(rd: RunDir, exc: BaseException, reason: str | None = None) -> None:
