@@ -6,6 +6,7 @@ A UserError anywhere becomes one red line and exit code 2.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,9 +14,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from robustmtl.cli_common import App, console, err_console, user_errors
+from robustmtl.cli_common import App, console, err_console, execution_options, user_errors
 from robustmtl.cli_data import data_app
 from robustmtl.cli_grid import grid_app
+from robustmtl.config import Execution
 from robustmtl.errors import UserError
 
 app = App(help="Group-robustness fine-tuning experiments, from grid files to worst-group tables.",
@@ -49,6 +51,7 @@ def parse_sets(pairs: list[str]) -> dict[str, Any]:
 
 @app.command()
 @user_errors
+@execution_options
 def run(
     method: Annotated[str, typer.Option(help="Method name, e.g. erm, mtl_l1.")],
     dataset: Annotated[str, typer.Option(help="Dataset name, e.g. synthetic.")],
@@ -57,15 +60,8 @@ def run(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Hyperparameter key=value (repeatable).")] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/single/<run_id>).")] = None,
     data_root: Annotated[str | None, typer.Option(help="Dataset directory (else $ROBUSTMTL_DATA).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
-    threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default).")] = 0,
-    checkpoint_every: Annotated[int, typer.Option(help="Also checkpoint every N steps (0: per epoch).")] = 0,
-    keep_checkpoint: Annotated[bool, typer.Option(help="Keep the final checkpoint after the run is done.")] = False,
-    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp16 on older GPUs, fp32 on CPU) | fp32 | "
-                                                "bf16 | fp16")] = "auto",
-    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the encoder.")] = False,
-    num_workers: Annotated[int, typer.Option(help="DataLoader worker processes building batches (-1: up to 4 "
-                                                   "on CUDA, as the CPUs allow; 0 on a CPU).")] = -1,
+    *,
+    execution: Execution,  # the execution options, generated from its fields
 ) -> None:
     """Train one run in this process (resumes from its checkpoint; a finished run just reports)."""
     from robustmtl.config import RunOptions, build_config
@@ -76,9 +72,7 @@ def run(
     if data_root is None:
         data_root = values.pop("data_root", None)
     cfg = build_config(method, dataset, seed, model, values, where="--set")
-    opts = RunOptions(data_root=data_root_for(data_root), device=device, threads=threads,
-                      checkpoint_every=checkpoint_every, keep_checkpoint=keep_checkpoint, precision=precision,
-                      compile=compile_, num_workers=num_workers)
+    opts = RunOptions(**dataclasses.asdict(execution), data_root=data_root_for(data_root))
     summary = run_with_requirements(cfg, opts, out or Path("runs") / "single" / cfg.run_id, console)
     show_summary(summary)
 

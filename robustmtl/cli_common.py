@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -28,6 +30,30 @@ def user_errors(fn: F) -> F:
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def execution_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`command` takes `execution: Execution`; its command-line options are generated from Execution's
+    fields (name, type, default, and `help` from the field's metadata), so they are defined once."""
+    from robustmtl.config import Execution
+    from robustmtl.params import field_types
+
+    hints = field_types(Execution)
+    knobs = dataclasses.fields(Execution)
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "execution"]
+    generated = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                   annotation=Annotated[hints[f.name], typer.Option(help=f.metadata["help"])])
+                 for f in knobs]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        execution = Execution(**{f.name: kwargs.pop(f.name) for f in knobs})
+        return command(**kwargs, execution=execution)
+
+    parameters = [*own, *generated]
+    wrapper.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+    return wrapper
 
 
 class App(typer.Typer):

@@ -61,16 +61,22 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class Execution:
-    """How a run executes on its machine, defined once for `robustmtl run`, a run's options.json and
-    a grid's [executor] table (both compose it); never part of a run's identity."""
+    """How a run executes on its machine, defined once for `robustmtl run` (its options are generated from
+    these fields, `help` their text), a run's options.json and a grid's [executor] table; never part of a
+    run's identity."""
 
-    device: str = field(default="auto", metadata=DEVICE)
-    threads: int = field(default=0, metadata=at_least(0))
-    checkpoint_every: int = field(default=0, metadata=at_least(0))
-    num_workers: int = field(default=-1, metadata=at_least(-1))  # -1: auto (see train.batches.resolve_workers)
-    keep_checkpoint: bool = False
-    precision: str = field(default="auto", metadata=one_of("auto", "fp32", "bf16", "fp16"))
-    compile: bool = False
+    device: str = field(default="auto", metadata={**DEVICE, "help": "auto, cpu, cuda, cuda:1 ..."})
+    threads: int = field(default=0, metadata={**at_least(0), "help": "torch CPU threads (0: torch's default)."})
+    checkpoint_every: int = field(default=0, metadata={**at_least(0),
+                                                       "help": "Also checkpoint every N steps (0: per epoch)."})
+    num_workers: int = field(default=-1, metadata={  # -1: see train.batches.resolve_workers
+        **at_least(-1), "help": "DataLoader worker processes building batches (-1: up to 4 on CUDA, as the CPUs "
+                                "allow; 0 on a CPU)."})
+    keep_checkpoint: bool = field(default=False, metadata={"help": "Keep the final checkpoint after the run is done."})
+    precision: str = field(default="auto", metadata={**one_of("auto", "fp32", "bf16", "fp16"),
+                                                     "help": "auto (bf16 on CUDA, fp16 on older GPUs, fp32 on CPU) | "
+                                                             "fp32 | bf16 | fp16"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the encoder."})
 
 
 @dataclass(frozen=True)
