@@ -60,10 +60,10 @@ aggregates: $(STAMP)
 	$(PY) -m robustmtl aggregate runs/synthetic_regimes $(REGIMES) --baseline erm --output aggregates/synthetic_regimes.md --quiet
 	$(PY) -m robustmtl aggregate runs/synthetic_regimes $(REGIMES) --baseline erm --output aggregates/synthetic_regimes.csv --quiet
 	$(PY) -m robustmtl plot runs/synthetic_regimes $(REGIMES) --out aggregates/figures/synthetic_regimes
-	$(PY) -m robustmtl grid submit jobs/text_demo.toml --out runs/text_demo
-	$(PY) -m robustmtl aggregate runs/text_demo --output aggregates/text_demo.tex --quiet
-	$(PY) -m robustmtl aggregate runs/text_demo --format markdown --output aggregates/text_demo.md --quiet
-	$(PY) -m robustmtl aggregate runs/text_demo --output aggregates/text_demo.csv --quiet
+	$(PY) -m robustmtl grid submit jobs/text_spurious.toml --out runs/text_spurious
+	$(PY) -m robustmtl aggregate runs/text_spurious --by pretrain_epochs --baseline erm --output aggregates/text_spurious.md --quiet
+	$(PY) -m robustmtl aggregate runs/text_spurious --by pretrain_epochs --baseline erm --output aggregates/text_spurious.csv --quiet
+	$(PY) -m robustmtl plot runs/text_spurious --by pretrain_epochs --out aggregates/figures/text_spurious
 	$(PY) -m robustmtl grid submit jobs/vision_demo.toml --out runs/vision_demo
 	$(PY) -m robustmtl aggregate runs/vision_demo --output aggregates/vision_demo.tex --quiet
 	$(PY) -m robustmtl aggregate runs/vision_demo --format markdown --output aggregates/vision_demo.md --quiet
