@@ -91,13 +91,17 @@ def running_here(marker: str) -> list[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
-def test_a_killed_local_submit_stops_its_runs(tmp_path, signum):
+@pytest.mark.parametrize(("signum", "sigint"), [(signal.SIGTERM, signal.SIG_DFL), (signal.SIGHUP, signal.SIG_DFL),
+                                                (signal.SIGTERM, signal.SIG_IGN)])
+def test_a_killed_local_submit_stops_its_runs(tmp_path, signum, sigint):
+    """SIG_IGN: started as `nohup robustmtl grid submit ... &` from a script, which ignores SIGINT in it and in
+    every process it starts, unless the command gives its jobs SIGINT back."""
     spec = write_spec(tmp_path / "g.toml", tiny_grid("kill", ["erm"], [0], defaults={
         "epochs": 400, "n_train": 2000}, executor={"kind": "local", "threads": 1}))
     out = tmp_path / "grid"
     proc = subprocess.Popen([sys.executable, "-m", "robustmtl", "grid", "submit", str(spec), "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
     try:
         deadline = time.monotonic() + 90
         while not list(out.glob("runs/*/checkpoint.pt")) and time.monotonic() < deadline:

@@ -80,8 +80,8 @@ def run_here(grid: GridDir, todo: list[PlannedRun], settings: ExecutorSettings, 
                             load[share] += 1
                             params = gpu_visibility(share, setup)
                         executor.update_parameters(**params)
-                        with signals_deferred():  # a job started, then lost to a signal, would train unattended
-                            running[run.run_id] = executor.submit(TrainJob(), str(rd.root))
+                        with signals_deferred(), sigint_for_children():  # a job started, then lost to a signal,
+                            running[run.run_id] = executor.submit(TrainJob(), str(rd.root))  # would train unattended
                 for run_id, job in list(running.items()):
                     if job.done():
                         del running[run_id]
@@ -189,6 +189,25 @@ def signals_deferred() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+@contextlib.contextmanager
+def sigint_for_children() -> Iterator[None]:
+    """Processes started in this block get SIGINT at its default action, even where this command ignores it.
+
+    A script's `robustmtl grid submit ... &` (and `nohup` from one) starts the command with SIGINT ignored,
+    which every process it starts inherits: submitit's controller would then never hear the SIGINT that
+    cancels a local job (`cancel_local`), and its run would train on after the command stopped. Hold the
+    stop signals (`signals_deferred`) around it: this process is briefly at SIGINT's default too.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def cancel_local(job: Any) -> None:
