@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from robustmtl.config import build_config
-from robustmtl.data.injected import RT_FILE, content_key, package_file
+from robustmtl.data.injected import RT_FILE, content_key, insert_word, package_file, take_distinct, take_sizes
 from robustmtl.errors import UserError
 from robustmtl.registry import dataset_entry
 
@@ -148,3 +148,38 @@ def test_mnist_spurious_colours_the_digit_by_the_attribute():
 def test_sizes_beyond_the_source_are_a_user_error():
     with pytest.raises(UserError, match="mnist_n_train"):
         build("mnist_spurious", mnist_n_train=4500)
+
+
+def test_take_distinct_takes_every_distinct_key_when_asked_for_exactly_that_many():
+    keys = ["a", "b", "a", "c", "b", "d"]  # four distinct
+    order = torch.arange(len(keys))
+    first, second = take_distinct(order, keys, (3, 1), "n_x + n_y")
+    # entry 2 repeats entry 0: the next entry past the four taken (4 repeats 1) with a new key, 5, takes its place
+    assert first.tolist() == [0, 1, 5] and second.tolist() == [3]
+    with pytest.raises(UserError, match=r"^n_x \+ n_y ask for 5 examples but the source has 4 distinct ones"):
+        take_distinct(order, keys, (4, 1), "n_x + n_y")
+
+
+def test_take_sizes_names_the_sizes_and_the_source_when_it_is_too_small():
+    assert [p.tolist() for p in take_sizes(torch.arange(5), (2, 3), "n")] == [[0, 1], [2, 3, 4]]
+    with pytest.raises(UserError, match=r"^n_a \+ n_b ask for 6 examples but the source has 5; lower them$"):
+        take_sizes(torch.arange(5), (2, 4), "n_a + n_b")
+
+
+def test_a_missing_package_or_package_file_names_what_to_install():
+    with pytest.raises(UserError, match=r"^package 'no_such_package_zz' is not installed; pip install it$"):
+        package_file("no_such_package_zz", "x.csv", "pip install it")
+    with pytest.raises(UserError, match=r"no/such\.csv is missing from the installed 'pandas' package; reinstall it "
+                                        r"\(pip install pandas\)$"):
+        package_file("pandas", "no/such.csv", "pip install pandas")
+
+
+def test_insert_word_draws_word_and_position_from_the_generator_it_is_given():
+    torch.manual_seed(0)
+    a = [insert_word("one two three four", ("x", "y", "z"), torch.Generator().manual_seed(5)) for _ in range(3)]
+    torch.manual_seed(1)
+    b = [insert_word("one two three four", ("x", "y", "z"), torch.Generator().manual_seed(5)) for _ in range(3)]
+    assert a == b
+    gen = torch.Generator().manual_seed(0)
+    seen = {insert_word("one two", ("x", "y"), gen) for _ in range(200)}
+    assert seen == {f"{w} one two" for w in "xy"} | {f"one {w} two" for w in "xy"} | {f"one two {w}" for w in "xy"}
