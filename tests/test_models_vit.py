@@ -48,6 +48,26 @@ def test_loss_only_sees_masked_pixels():
     assert simmim_loss(pixels, changed, mask, patch=4) == loss
     expected = (reconstruction - pixels).abs()[pixel_mask].mean()  # mean over masked pixels and channels
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+    squared = simmim_loss(pixels, reconstruction, mask, patch=4, kind="l2")
+    assert squared.item() == pytest.approx((reconstruction - pixels).square()[pixel_mask].mean().item(), rel=1e-4)
+    assert simmim_loss(pixels, changed, mask, patch=4, kind="l2") == squared
+
+
+def test_the_squared_mim_loss_reaches_the_model_and_keeps_existing_run_ids():
+    from robustmtl.config import build_config
+
+    l1, l2 = vit(), vit(mim_loss="l2")  # the same weights: the same reconstruction, scored two ways
+    pixels = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(0))
+    mask = simmim_mask(2, l1.grid, 2, 0.6, torch.device("cpu"), generator=torch.Generator().manual_seed(1))
+    reconstruction = {}
+    l1.decoder.register_forward_hook(lambda module, args, out: reconstruction.setdefault("out", out.detach()))
+    assert l1.reconstruct(pixels, mask).loss == simmim_loss(pixels, reconstruction["out"], mask, 4, "l1")
+    assert l2.reconstruct(pixels, mask).loss.item() == pytest.approx(
+        simmim_loss(pixels, reconstruction["out"], mask, 4, "l2").item(), rel=1e-5)
+    plain = build_config("mtl", "mnist_spurious", 0, "vit", {}, where="test")
+    stated = build_config("mtl", "mnist_spurious", 0, "vit", {"mim_loss": "l1"}, where="test")
+    assert stated.run_id == plain.run_id != build_config("mtl", "mnist_spurious", 0, "vit", {"mim_loss": "l2"},
+                                                         where="test").run_id
 
 
 def test_masked_patches_are_hidden_from_the_encoder_and_only_their_reconstruction_counts():

@@ -35,6 +35,7 @@ class MIMParams:
 
     mim_mask_ratio: float = field(default=0.6, metadata=between(0.01, 1.0))
     mim_mask_scale: int = field(default=2, metadata=positive())
+    mim_loss: str = field(default="l1", metadata=added_later(one_of("l1", "l2")))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,9 @@ SimMIM (Xie et al., 2022): square mask patches of `mim_mask_scale` × the model'
 chosen at random, `mim_mask_ratio` of them per image (rounded up); their patch embeddings are
 replaced by a learned mask token (ViTModel's `bool_masked_pos`); a light decoder (1×1 conv to
 patch²·3 channels + pixel shuffle) reconstructs the image from the patch tokens, and the loss is
-the L1 error on the masked pixels only, divided by the channels. The reference also augments the
+the L1 error on the masked pixels only, divided by the channels (`mim_loss = "l2"`: the squared error,
+for images that are mostly one background value, such as MNIST, where the L1 optimum of an uninformed
+decoder is the background itself, a minimum SimMIM does not leave). The reference also augments the
 auxiliary view (random resized crop, flip); robustmtl does not (documented difference).
 
 `encode_pair` runs the end-task images and the masked auxiliary images as one batch: the end-task
@@ -57,10 +59,13 @@ def simmim_mask(batch: int, grid: int, scale: int, ratio: float, device: torch.d
     return mask.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)[:, :grid, :grid]
 
 
-def simmim_loss(pixels: torch.Tensor, reconstruction: torch.Tensor, mask: torch.Tensor, patch: int) -> torch.Tensor:
-    """Mean L1 error over masked pixels, divided by the channels (SimMIM's normalisation)."""
+def simmim_loss(pixels: torch.Tensor, reconstruction: torch.Tensor, mask: torch.Tensor, patch: int,
+                kind: str = "l1") -> torch.Tensor:
+    """Mean error over masked pixels, divided by the channels (SimMIM's normalisation): absolute ("l1",
+    SimMIM's and the reference's) or squared ("l2")."""
     pixel_mask = mask.repeat_interleave(patch, dim=1).repeat_interleave(patch, dim=2)[:, None].to(pixels.dtype)
-    error = (reconstruction.float() - pixels.float()).abs() * pixel_mask
+    difference = reconstruction.float() - pixels.float()
+    error = (difference.abs() if kind == "l1" else difference.square()) * pixel_mask
     return error.sum() / (pixel_mask.sum() + 1e-5) / pixels.shape[1]
 
 
@@ -102,7 +107,7 @@ class ViT(Model):
         if size % patch:
             raise UserError(f"image size {size} must be a multiple of the patch size {patch}")
         self.patch, self.size, self.grid = patch, size, size // patch
-        self.mask_ratio, self.mask_scale = p.mim_mask_ratio, p.mim_mask_scale
+        self.mask_ratio, self.mask_scale, self.mim_loss = p.mim_mask_ratio, p.mim_mask_scale, p.mim_loss
         self.decoder = nn.Sequential(nn.Conv2d(dim, patch**2 * CHANNELS, kernel_size=1), nn.PixelShuffle(patch))
         self.head = nn.Linear(dim, info.n_classes)
 
@@ -138,7 +143,8 @@ class ViT(Model):
     def _simmim(self, encoded: Encoded, pixels: torch.Tensor, mask: torch.Tensor) -> AuxOutput:
         """Decode the patch tokens back to pixels; L1 on the masked ones."""
         features = encoded.tokens[:, 1:].transpose(1, 2).reshape(len(pixels), -1, self.grid, self.grid)
-        return AuxOutput(loss=simmim_loss(pixels, self.decoder(features), mask, self.patch), encoded=encoded)
+        loss = simmim_loss(pixels, self.decoder(features), mask, self.patch, self.mim_loss)
+        return AuxOutput(loss=loss, encoded=encoded)
 
     def _draw_mask(self, pixels: torch.Tensor) -> torch.Tensor:
         return simmim_mask(len(pixels), self.grid, self.mask_scale, self.mask_ratio, pixels.device)
