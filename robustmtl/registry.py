@@ -2,9 +2,10 @@
 
 Each entry is a plug-in's declaration: where its implementation lives, its parameter block, and the
 traits a grid needs before anything trains (a dataset's modality and default model, a model's
-modalities, a method's required runs). Parameter blocks and requirements live in the torch-free
-`methods/params.py`, `data/params.py` and `models/params.py`, so checking and expanding a
-100,000-run grid never imports torch; the implementation (which does) is imported only to train.
+modalities, a method's required runs). Checking and expanding a 100,000-run grid reads the parameter
+blocks and never imports torch: a method's block sits in its own module, which defers torch to its
+first use (`robustmtl/lazy.py`); datasets' and models' blocks live in the torch-free `data/params.py`
+and `models/params.py`, their implementations (which import torch) are imported only to train.
 Everything is named by import path and resolved on first use, so `robustmtl --help` imports nothing
 and a typo gets a "did you mean" instead of an import error.
 """
@@ -69,8 +70,10 @@ class ModelPlugin(Plugin):
 
 
 def _method(impl: str, params: str | None = None, requires: str | None = None, *, display: str) -> MethodPlugin:
+    """`impl` is "module:Class" under robustmtl.methods; `params` names its block in the same module."""
+    module = impl.split(":")[0]
     return MethodPlugin(f"robustmtl.methods.{impl}",
-                        f"robustmtl.methods.params:{params}" if params else NO_PARAMS,
+                        f"robustmtl.methods.{module}:{params}" if params else NO_PARAMS,
                         f"robustmtl.requirements:{requires}" if requires else None, display=display)
 
 

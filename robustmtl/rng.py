@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import torch
+from robustmtl.lazy import torch
 
 
 def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:

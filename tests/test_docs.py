@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib
 import math
 import re
 import tomllib
@@ -15,8 +16,8 @@ from typing import Any
 
 import pytest
 
+import robustmtl
 import robustmtl.data.params
-import robustmtl.methods.params
 import robustmtl.models.params
 from robustmtl.config import Execution, TrainParams
 from robustmtl.grid.executor import ExecutorSettings
@@ -40,13 +41,16 @@ LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 def parameter_blocks() -> dict[str, type]:
     """Every parameter dataclass a grid file can set: the registered plug-ins' blocks, every dataclass of the
-    three params modules (a block not registered yet is documented too), training, and [executor]."""
+    parameter modules (a block not registered yet is documented too), training, and [executor]."""
     blocks: set[type] = {TrainParams, ExecutorSettings, Execution}
     for table in (METHODS, DATASETS, MODELS):
         blocks |= {plugin.params for plugin in table.values() if plugin.params is not NoParams}
-    for module in (robustmtl.methods.params, robustmtl.data.params, robustmtl.models.params):
+    method_modules = [importlib.import_module(f"robustmtl.methods.{p.stem}")
+                      for p in sorted(Path(robustmtl.__file__).parent.joinpath("methods").glob("*.py"))]
+    for module in (*method_modules, robustmtl.data.params, robustmtl.models.params):
         blocks |= {obj for obj in vars(module).values()
-                   if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == module.__name__}
+                   if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == module.__name__
+                   and obj.__dataclass_params__.frozen}  # type: ignore[attr-defined]
     return {block.__name__: block for block in blocks}
 
 

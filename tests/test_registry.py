@@ -71,7 +71,7 @@ def test_each_parameter_key_is_defined_in_one_block() -> None:
 def test_shared_keys_keep_their_defaults_and_run_ids() -> None:
     """Composed blocks (MTL+L1 from MTL and L1, the ViTs' SimMIM masking) keep keys, defaults and run ids."""
     from robustmtl.config import build_config
-    from robustmtl.methods.params import L1Params, MTLL1Params, MTLParams
+    from robustmtl.methods.mtl import L1Params, MTLL1Params, MTLParams
 
     names = [f.name for f in dataclasses.fields(MTLL1Params)]
     assert sorted(names) == ["alpha_aux", "alpha_reg", "reg_target"]

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
-
+from robustmtl.lazy import torch
 from robustmtl.methods.base import MethodContext
 from robustmtl.methods.erm import ERM
 from robustmtl.rng import epoch_generator

@@ -3,21 +3,23 @@
 A method decides (1) which training examples each epoch visits, in which order and how often
 (`epoch_indices`: subsampling, reweighting, JTT's upsampling) and (2) the loss of one step from the
 model's outputs (`loss`). Its parameter block and the runs it needs first (JTT's stage 1) are
-declared torch-free in `methods/params.py` and `registry.py`. The loop owns everything else —
+declared in the method's own module (a frozen dataclass, read by grids without importing torch: `lazy.py`) and
+one line of `registry.py`. The loop owns everything else —
 optimisation, evaluation, checkpoints, records — so no method copies it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
-
-import torch
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from robustmtl.config import RunConfig
-from robustmtl.data.base import DataInfo, Split
 from robustmtl.layout import RunDir
-from robustmtl.models.base import Model
+from robustmtl.lazy import torch
+
+if TYPE_CHECKING:
+    from robustmtl.data.base import DataInfo, Split
+    from robustmtl.models.base import Model
 
 
 @dataclass

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
+from robustmtl.lazy import torch
 from robustmtl.methods.base import Method, Terms, cross_entropy
-from robustmtl.models.base import Model
+
+if TYPE_CHECKING:
+    from robustmtl.models.base import Model
 
 
 class ERM(Method):

@@ -26,14 +26,23 @@ too, as `robust_adjusted` (only with C > 0, where it differs).
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from robustmtl.lazy import torch
 from robustmtl.methods.balancing import inverse_frequency_weights
 from robustmtl.methods.base import Method, MethodContext, Terms
-from robustmtl.methods.params import GDROParams
-from robustmtl.models.base import Model
+from robustmtl.params import at_least
+
+if TYPE_CHECKING:
+    from robustmtl.models.base import Model
+
+
+@dataclass(frozen=True)
+class GDROParams:
+    gdro_eta: float = field(default=0.01, metadata=at_least(0.0))
+    gdro_c: float = field(default=0.0, metadata=at_least(0.0))
+    gdro_balanced: bool = True
 
 
 def group_losses(per_example: torch.Tensor, g: torch.Tensor, n_groups: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,16 +26,24 @@ The loss is plain ERM. Neither stage reads training group labels.
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from robustmtl.errors import UserError
 from robustmtl.layout import ERROR_SET, read_json, write_json
+from robustmtl.lazy import torch
 from robustmtl.methods.base import MethodContext
 from robustmtl.methods.erm import ERM
-from robustmtl.methods.params import JTTParams
-from robustmtl.models.base import Model
+from robustmtl.params import at_least, positive
+
+if TYPE_CHECKING:
+    from robustmtl.models.base import Model
+
+
+@dataclass(frozen=True)
+class JTTParams:
+    jtt_epochs: int = field(default=2, metadata=positive())
+    jtt_upweight: int = field(default=5, metadata=at_least(0))
 
 
 class JTTStage1(ERM):

@@ -53,13 +53,26 @@ Logged parts: `end` (plain batch-mean cross-entropy), `robust` (Σ w_g ℓ_g, op
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
+from robustmtl.lazy import torch
 from robustmtl.methods.base import Method, Terms
 from robustmtl.methods.gdro import group_losses
-from robustmtl.models.base import Model
+from robustmtl.params import at_least, positive
+
+if TYPE_CHECKING:
+    from robustmtl.models.base import Model
+
+
+@dataclass(frozen=True)
+class LDROParams:
+    ldro_lookahead_lr: float = field(default=0.01, metadata=at_least(0.0))
+    ldro_tau: float = field(default=0.1, metadata=positive())
+    ldro_steps: int = field(default=100, metadata=positive())
+
 
 WEIGHT_FLOOR = 1e-12
 

@@ -26,12 +26,33 @@ normaliser also weighs the term less than a per-batch mean would.
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from robustmtl.lazy import torch
 from robustmtl.methods.base import Method, MethodContext, Terms, cross_entropy
-from robustmtl.models.base import Encoded, Model
+from robustmtl.params import at_least, one_of
+
+if TYPE_CHECKING:
+    from robustmtl.models.base import Encoded, Model
+
+
+@dataclass(frozen=True)
+class MTLParams:
+    alpha_aux: float = field(default=1.0, metadata=at_least(0.0))
+
+
+@dataclass(frozen=True)
+class L1Params:
+    alpha_reg: float = field(default=math.exp(-1), metadata=at_least(0.0))
+    reg_target: str = field(default="cls", metadata=one_of("cls", "tokens", "tokens_ref"))
+
+
+@dataclass(frozen=True)
+class MTLL1Params(L1Params, MTLParams):
+    """Both terms; each key keeps its one definition above."""
+
 
 REFERENCE_TOKENS = "tokens_ref"
 

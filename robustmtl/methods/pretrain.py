@@ -8,10 +8,13 @@ classification head) for the runs that fine-tune from them.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
+from robustmtl.lazy import torch
 from robustmtl.methods.base import Method, Terms
-from robustmtl.models.base import Model
+
+if TYPE_CHECKING:
+    from robustmtl.models.base import Model
 
 
 class Pretrain(Method):
