@@ -1,4 +1,4 @@
-"""`robustmtl grid ...`: submit, status, resume, cancel, logs, migrate (thin: parse, call grid/, render)."""
+"""`robustmtl grid ...`: submit, status, resume, cancel, logs (thin: parse, call grid/, render)."""
 
 from __future__ import annotations
 
@@ -262,32 +262,3 @@ def grid_logs(
     with contextlib.suppress(KeyboardInterrupt):
         show_log(GridDir(grid_dir), run_id, err, follow, write)
 
-
-@grid_app.command("migrate")
-@user_errors
-def grid_migrate(
-    files: Annotated[list[Path], typer.Argument(help="Grid files (TOML) to rewrite, e.g. jobs/*.toml.")],
-    stdout: Annotated[bool, typer.Option("--stdout", help="Print the rewritten file instead of replacing it "
-                                                          "(one file only).")] = False,
-) -> None:
-    r"""Rewrite grid files from the older shape (`\[methods.<m>.sweep]`, `\[datasets.<d>]` beside the lists of
-    the same name, which TOML forbids) to the current one (`\[method.<m>.sweep]`, `\[dataset.<d>]`), in place.
-    Only the table headers change: values, comments and layout are kept. Files already in the current shape
-    are left as they are."""  # help text is rich markup: `\[` prints a bracket
-    from robustmtl.grid.spec import migrated
-    from robustmtl.layout import atomic_write_text
-
-    if stdout and len(files) != 1:
-        raise UserError(f"--stdout prints one file; got {len(files)}")
-    for path in files:
-        new = migrated(path)
-        if stdout:
-            typer.echo(new if new is not None else path.read_text(), nl=False)
-        elif new is None:
-            console.print(f"{path}: already in the current shape", highlight=False)
-        else:
-            target = path.resolve()  # a linked grid file is rewritten where it lives, the link kept
-            mode = target.stat().st_mode & 0o7777
-            atomic_write_text(target, new)
-            target.chmod(mode)
-            console.print(f"{path}: rewritten", highlight=False)

@@ -209,11 +209,11 @@ def test_gpu_shares_split_the_task_devices():
         gpu_shares("0", 2)
 
 
-def test_max_requeues_is_read_as_both_interruption_caps():
-    settings = executor_settings({"max_requeues": 7}, "g.toml")
-    assert (settings.max_preemptions, settings.max_timeouts, settings.max_crashes) == (7, 7, 2)
-    with pytest.raises(UserError, match="old name"):
-        executor_settings({"max_requeues": 7, "max_timeouts": 1}, "g.toml")
+def test_each_interruption_cap_is_its_own_key():
+    settings = executor_settings({"max_preemptions": 7, "max_timeouts": 3}, "g.toml")
+    assert (settings.max_preemptions, settings.max_timeouts, settings.max_crashes) == (7, 3, 2)
+    with pytest.raises(UserError, match=r"unknown \[executor\] key `max_requeue`.*max_preemptions"):
+        executor_settings({"max_requeue": 7}, "g.toml")
 
 
 def test_done_and_checkpoint_submission(tmp_path, monkeypatch):

@@ -9,8 +9,7 @@ from robustmtl.errors import UserError
 from robustmtl.grid.expand import expand
 from robustmtl.grid.spec import load_spec
 from robustmtl.grid.submit import check_size
-from robustmtl.layout import GridDir
-from tests.conftest import tiny_grid, write_spec
+from tests.conftest import write_spec
 
 ISSUE_EXAMPLE = """
 name = "demo"
@@ -143,61 +142,9 @@ def test_every_shipped_grid_is_plain_toml_and_loads(path):
     assert expand(spec)
 
 
-OLD_SHAPE = ISSUE_EXAMPLE.replace("[method.mtl_l1.sweep]", "[methods.mtl_l1.sweep]").replace(
-    "[defaults]", "[datasets.synthetic]\np_train = 0.9\n[defaults]")
-
-
-def test_the_older_shape_is_refused_with_the_new_spelling(tmp_path):
-    path = write_spec(tmp_path / "old.toml", OLD_SHAPE)
-    with pytest.raises(UserError) as info:
-        load_spec(path)
-    message = str(info.value)
-    assert f"{path}:6: [datasets.synthetic]" in message and "write [dataset.synthetic]" in message
-    assert f"robustmtl grid migrate {path}" in message and "\n" not in message
-
-
 def test_a_list_of_tables_under_the_plural_key_is_refused_with_the_new_spelling(tmp_path):
     text = ISSUE_EXAMPLE.replace('methods  = ["erm", "mtl_l1"]\n', "").replace('name = "demo"', 'name = "demo"\n'
                                                                                  'methods = { erm = {} }')
     with pytest.raises(UserError, match=r"`methods` must be a list of names.*\[method.<name>\] table"):
         load_spec(write_spec(tmp_path / "g.toml", text))
 
-
-def test_migrate_rewrites_only_the_headers_and_keeps_the_plan(cli, tmp_path):
-    path = write_spec(tmp_path / "old.toml", OLD_SHAPE)
-    path.chmod(0o640)
-    printed = cli("grid", "migrate", path, "--stdout").output
-    assert path.read_text() == OLD_SHAPE
-    cli("grid", "migrate", path)
-    new = path.read_text()
-    assert new == printed and (path.stat().st_mode & 0o777) == 0o640
-    assert [a for a in OLD_SHAPE.splitlines() if a not in new.splitlines()] == [
-        "[datasets.synthetic]", "[methods.mtl_l1.sweep]     # axes crossed for one method only"]
-    tomllib.loads(new)
-    expected = load_spec(write_spec(tmp_path / "new.toml", ISSUE_EXAMPLE.replace(
-        "[defaults]", "[dataset.synthetic]\np_train = 0.9\n[defaults]")))
-    assert [r.run_id for r in expand(load_spec(path))] == [r.run_id for r in expand(expected)]
-    assert "already in the current shape" in " ".join(cli("grid", "migrate", path).output.split())
-    assert path.read_text() == new
-
-
-def test_migrate_never_writes_a_file_it_cannot_read_back(cli, tmp_path):
-    text = OLD_SHAPE + "\n[method.mtl_l1.sweep]\nlr = [1.0]\n"  # the rewrite would define the table twice
-    path = write_spec(tmp_path / "mixed.toml", text)
-    result = cli("grid", "migrate", path, ok=False)
-    assert result.exit_code == 2 and "would not be valid TOML" in " ".join(result.output.split())
-    assert path.read_text() == text
-
-
-def test_an_old_shape_spec_saved_in_a_grid_directory_still_reads(cli, tmp_path):
-    """Grid directories keep the spec they were submitted with; one from before the format change still
-    resumes, reports its status and its coverage, and a resubmit of the migrated file extends it."""
-    old = tiny_grid("g", ["erm", "mtl_l1"], [0], sweeps={"mtl_l1": {"alpha_aux": [0.5, 1.0]}})
-    out = tmp_path / "grid"
-    spec = write_spec(tmp_path / "g.toml", old)
-    cli("grid", "submit", spec, "--out", out)
-    saved = GridDir(out).spec
-    saved.write_text(saved.read_text().replace("[method.", "[methods."))
-    assert "done" in cli("grid", "status", out).output
-    assert "0 to run" in cli("grid", "resume", out).output
-    assert "3 already done, 0 to run" in cli("grid", "submit", spec, "--out", out).output

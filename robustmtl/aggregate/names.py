@@ -57,7 +57,7 @@ def display_names(grid_dirs: Sequence[Path], raw: bool = False) -> tuple[Display
         if not spec.is_file():
             continue
         try:
-            table = display_table(parse_toml(spec, saved=True)[1].get("display"), str(spec))
+            table = display_table(parse_toml(spec)[1].get("display"), str(spec))
         except UserError as exc:
             warnings.append(f"{exc}; its display names are not used")
             continue

@@ -49,7 +49,7 @@ def resume(grid: GridDir, kind: str | None, failed_only: bool, overrides: dict[s
 
     if not grid.spec.exists():
         raise UserError(f"{grid.root} is not a grid directory (no {grid.spec.name}); start it with `grid submit`")
-    _, raw = parse_toml(grid.spec, saved=True)
+    _, raw = parse_toml(grid.spec)
     settings = executor_settings(raw.get("executor", {}), str(grid.spec), {**overrides, "kind": kind})
     resolved = settings.resolved_kind()
     if resolved == "local":

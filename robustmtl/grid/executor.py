@@ -100,7 +100,7 @@ class ExecutorSettings(Execution):
 
 def executor_settings(table: dict[str, Any], where: str, overrides: dict[str, Any] | None = None) -> ExecutorSettings:
     """An [executor] table, validated, with the command line's `overrides` (None values: keep the table's)."""
-    return with_overrides(ExecutorSettings(**_checked(_split_max_requeues(table, where), where)), overrides, where)
+    return with_overrides(ExecutorSettings(**_checked(table, where)), overrides, where)
 
 
 def with_overrides(settings: ExecutorSettings, overrides: dict[str, Any] | None, where: str) -> ExecutorSettings:
@@ -119,17 +119,6 @@ def _checked(values: dict[str, Any], where: str) -> dict[str, Any]:
         clean[key] = coerce(ExecutorSettings, key, value, f"{where} [executor]")
         _check_printable(key, clean[key], where)
     return clean
-
-
-def _split_max_requeues(table: dict[str, Any], where: str) -> dict[str, Any]:
-    """`max_requeues` (older grid files) caps preemptions and timeouts alike; giving it with them is ambiguous."""
-    if "max_requeues" not in table:
-        return table
-    rest = {k: v for k, v in table.items() if k != "max_requeues"}
-    if "max_preemptions" in rest or "max_timeouts" in rest:
-        raise UserError(f"{where}: [executor] max_requeues is the old name of max_preemptions + max_timeouts; "
-                        "give either it or them, not both")
-    return {**rest, "max_preemptions": table["max_requeues"], "max_timeouts": table["max_requeues"]}
 
 
 def _check_printable(key: str, value: Any, where: str) -> None:

@@ -21,10 +21,8 @@ A grid file is plain TOML 1.0 (tomllib, taplo and editors read it as robustmtl d
     [executor]                              # where runs execute: kind = "auto" | "local" | "slurm" | "debug"
 
 The plural lists say what the grid runs; a singular table `[method.<m>]` / `[dataset.<d>]` configures
-the runs whose `method` / `dataset` is that name (as the run configs spell the fields). TOML forbids a
-table named like a key, so `methods = [...]` cannot sit beside `[methods.<m>]`: a file in that older
-shape is refused with the new spelling, and `robustmtl grid migrate FILE` rewrites it. A spec saved in
-an existing grid directory (GRID_DIR/grid.toml) is read through the same rewrite, so old grids keep working.
+the runs whose `method` / `dataset` is that name (as the run configs spell the fields); TOML forbids a
+table named like a key, so the per-name tables cannot be `[methods.<m>]`.
 """
 
 from __future__ import annotations
@@ -51,7 +49,6 @@ DATA_ROOT_KEY = "data_root"
 MODEL_KEY = "model"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 PER_NAME_TABLES = {"methods": "method", "datasets": "dataset"}  # the list's key → its per-name table's key
-OLD_SHAPE_HEADER = re.compile(r"^([ \t]*\[[ \t]*)(methods|datasets)([ \t]*\.)", re.MULTILINE)
 BYTE_ORDER_MARK = "\ufeff"  # some editors write it; TOML does not allow it
 
 
@@ -92,23 +89,6 @@ class GridSpec:
         return self.dataset_tables.get(dataset, {}).get(DATA_ROOT_KEY)
 
 
-def migrate_text(text: str) -> str:
-    """The older shape's `[methods.<m>...]` / `[datasets.<d>]` headers spelled `[method.<m>...]` / `[dataset.<d>]`;
-    everything else (values, comments, layout) is kept as written."""
-    return OLD_SHAPE_HEADER.sub(lambda m: m.group(1) + PER_NAME_TABLES[m.group(2)] + m.group(3), text)
-
-
-def _old_shape_header(text: str) -> tuple[int, str] | None:
-    """The line number and text of the first header in the older shape, if any."""
-    match = OLD_SHAPE_HEADER.search(text)
-    if match is None:
-        return None
-    line_start = text.rfind("\n", 0, match.start()) + 1
-    line_end = text.find("\n", match.start())
-    line = text[line_start:line_end if line_end >= 0 else None]
-    return text.count("\n", 0, match.start()) + 1, line.split("]")[0].strip() + "]"
-
-
 def read_text(path: Path) -> str:
     try:
         return path.read_text()
@@ -118,18 +98,11 @@ def read_text(path: Path) -> str:
         raise UserError(f"cannot read grid file {path}: {exc}") from None
 
 
-def parse_toml(path: Path, *, saved: bool = False) -> tuple[str, dict[str, Any]]:
-    """A grid file's text and its TOML. `saved`: a spec kept in a grid directory, which may predate the
-    current shape and is read through `migrate_text` (a file the user edits is refused instead)."""
+def parse_toml(path: Path) -> tuple[str, dict[str, Any]]:
+    """A grid file's text and its TOML."""
     text = read_text(path)
-    body = text.removeprefix(BYTE_ORDER_MARK)
-    old = _old_shape_header(body)
-    if old is not None and not saved:
-        line, header = old
-        raise UserError(f"{path}:{line}: {header} is the older grid shape (TOML forbids a table named like a list); "
-                        f"write {migrate_text(header)}, or rewrite the file with `robustmtl grid migrate {path}`")
     try:
-        raw = tomllib.loads(migrate_text(body) if old is not None else body)
+        raw = tomllib.loads(text.removeprefix(BYTE_ORDER_MARK))
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: malformed TOML: {exc}") from None
     for plural, singular in PER_NAME_TABLES.items():
@@ -225,11 +198,10 @@ def display_table(raw: Any, where: str) -> dict[str, dict[str, str]]:
     return names
 
 
-def load_spec(path: Path, *, saved: bool = False) -> GridSpec:
-    """`saved`: see parse_toml."""
+def load_spec(path: Path) -> GridSpec:
     path = Path(path)
     where = str(path)
-    text, raw = parse_toml(path, saved=saved)
+    text, raw = parse_toml(path)
     for key in raw:
         if key not in TOP_KEYS:
             raise UserError(f"{where}: unknown top-level key `{key}`{did_you_mean(key, TOP_KEYS)}; "
@@ -271,17 +243,3 @@ def load_spec(path: Path, *, saved: bool = False) -> GridSpec:
                     sweep=_axes(_table(raw.get("sweep"), where, "sweep"), where, "sweep"),
                     method_tables=method_tables, dataset_tables=dataset_tables, executor=executor,
                     display=display_table(raw.get("display"), where))
-
-
-def migrated(path: Path) -> str | None:
-    """A grid file's text in the current shape (None when it is in it already); refused when the rewrite
-    would not be valid TOML, so a file is never replaced by one that cannot be read."""
-    text = read_text(path)
-    new = migrate_text(text)
-    if new == text:
-        return None
-    try:
-        tomllib.loads(new.removeprefix(BYTE_ORDER_MARK))
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path}: the rewritten file would not be valid TOML ({exc}); edit it by hand") from None
-    return new

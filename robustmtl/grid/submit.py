@@ -64,7 +64,7 @@ def preflight(grid: GridDir) -> None:
 
 def record_spec(grid: GridDir, spec: GridSpec, force: bool) -> None:
     if grid.spec.exists():
-        _, old = parse_toml(grid.spec, saved=True)
+        _, old = parse_toml(grid.spec)
         # printed names define no run: renaming them is no new spec
         if _without_display(old) != _without_display(spec.raw) and not force:
             raise UserError(f"{grid.root} was created by a different grid spec (see {grid.spec}); "
