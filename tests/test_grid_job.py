@@ -1,6 +1,7 @@
 """TrainJob without a cluster: a signal only sets a flag, the loop checkpoints at a step boundary, and only
-then is the job requeued (submitit for USR2, itself for a bare TERM) or left to SLURM; crashes are retried
-unless they repeat at the same step or pass their cap; packs skip what is finished."""
+then does the job requeue itself (after USR2 or a bare TERM) or leave it to SLURM; submitit's signal handler
+never runs; crashes are retried unless they repeat at the same step or pass their cap; packs skip what is
+finished."""
 
 from __future__ import annotations
 
@@ -17,19 +18,15 @@ from robustmtl.train import job as job_module
 from robustmtl.train import loop, signals
 from robustmtl.train.attempts import read_attempts
 from robustmtl.train.job import PackFailed, TrainJob
-from robustmtl.train.outcome import Caps, RequeueLimit
+from robustmtl.train.outcome import Caps, End, RequeueLimit
 from robustmtl.train.pack import gpu_shares
 
 
 class FakeSubmititHandler:
-    """Stands in for submitit's SignalHandler: its bound method is what TrainJob finds installed for USR2."""
+    """Stands in for submitit's SignalHandler, installed for USR2 before the job runs: it must never be called."""
 
-    def __init__(self, timed_out: bool) -> None:
-        self.timed_out = timed_out
+    def __init__(self) -> None:
         self.calls = 0
-
-    def has_timed_out(self) -> bool:
-        return self.timed_out
 
     def checkpoint_and_try_requeue(self, signum, frame) -> None:
         self.calls += 1
@@ -63,21 +60,37 @@ def signalled_loop(monkeypatch, signum: int, steps_seen: list) -> None:
     monkeypatch.setattr(loop, "train_run", fake_train_run)
 
 
-@pytest.mark.parametrize("timed_out, event", [(False, "preempted"), (True, "timeout")])
-def test_usr2_checkpoints_then_calls_submitits_requeue(tmp_path, monkeypatch, slurm_env, timed_out, event):
-    handler = FakeSubmititHandler(timed_out)
+@pytest.mark.parametrize("near_limit, event", [(False, "preempted"), (True, "timeout"), (None, "preempted")])
+def test_usr2_checkpoints_then_the_job_requeues_itself(tmp_path, monkeypatch, slurm_env, near_limit, event):
+    """None: SLURM's time limit cannot be read, and the interruption counts as a preemption."""
+    handler = FakeSubmititHandler()
     signal.signal(signal.SIGUSR2, handler.checkpoint_and_try_requeue)
+    monkeypatch.setattr(signals, "near_time_limit", lambda: near_limit)
+    asked: list = []
+    monkeypatch.setattr(job_module, "requeue_self", lambda job_id: asked.append(job_id))
     steps: list = []
     signalled_loop(monkeypatch, signal.SIGUSR2, steps)
     rd = RunDir(tmp_path)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         TrainJob(Caps(preemptions=3, timeouts=3))(str(tmp_path))
-    assert steps == ["step finished"] and handler.calls == 1 and rd.checkpoint.exists()
+    assert exit_info.value.code == End.INTERRUPTED.value
+    assert steps == ["step finished"] and rd.checkpoint.exists() and asked == ["77"] and handler.calls == 0
     events = read_attempts(rd)
     assert [e["event"] for e in events] == ["start", event]
     assert events[1]["job_id"] == "77" and events[1]["restart_count"] == 2 and events[1]["signal"] == "USR2"
-    assert signal.getsignal(signal.SIGUSR2) == handler.checkpoint_and_try_requeue  # restored
-    assert not rd.failed.exists()
+    os.kill(os.getpid(), signal.SIGUSR2)  # after the runs the flag stays: a late warning asks for nothing
+    assert handler.calls == 0 and not rd.failed.exists()
+
+
+def test_only_the_first_task_of_a_job_requeues_it(tmp_path, monkeypatch, slurm_env):
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setattr(signals, "near_time_limit", lambda: False)
+    asked: list = []
+    monkeypatch.setattr(job_module, "requeue_self", lambda job_id: asked.append(job_id))
+    signalled_loop(monkeypatch, signal.SIGUSR2, [])
+    with pytest.raises(SystemExit):
+        TrainJob()(str(tmp_path))
+    assert asked == [] and read_attempts(RunDir(tmp_path))[-1]["event"] == "preempted"
 
 
 @pytest.mark.parametrize("view, event, requeues", [
@@ -87,7 +100,7 @@ def test_usr2_checkpoints_then_calls_submitits_requeue(tmp_path, monkeypatch, sl
 ])
 def test_term_checkpoints_then_requeues_only_when_nobody_else_does(tmp_path, monkeypatch, slurm_env, view, event,
                                                                    requeues):
-    handler = FakeSubmititHandler(False)
+    handler = FakeSubmititHandler()
     signal.signal(signal.SIGUSR2, handler.checkpoint_and_try_requeue)
     asked: list = []
     monkeypatch.setattr(signals, "slurm_job_view", lambda: view)
@@ -101,7 +114,7 @@ def test_term_checkpoints_then_requeues_only_when_nobody_else_does(tmp_path, mon
 
 
 def test_preemption_cap_stops_requeueing_and_marks_failed(tmp_path, monkeypatch, slurm_env):
-    handler = FakeSubmititHandler(False)
+    handler = FakeSubmititHandler()
     signal.signal(signal.SIGUSR2, handler.checkpoint_and_try_requeue)
     signalled_loop(monkeypatch, signal.SIGUSR2, [])
     rd = RunDir(tmp_path)
@@ -162,7 +175,7 @@ def test_crash_outside_slurm_fails_without_retry(tmp_path, monkeypatch):
 
 
 def test_pack_skips_finished_runs_and_stops_at_a_signal(tmp_path, monkeypatch, slurm_env):
-    handler = FakeSubmititHandler(False)
+    handler = FakeSubmititHandler()
     signal.signal(signal.SIGUSR2, handler.checkpoint_and_try_requeue)
     dirs = [tmp_path / name for name in ("a", "b", "c")]
     for d in dirs:
@@ -178,9 +191,12 @@ def test_pack_skips_finished_runs_and_stops_at_a_signal(tmp_path, monkeypatch, s
         return {}
 
     monkeypatch.setattr(loop, "train_run", fake_train_run)
+    monkeypatch.setattr(signals, "near_time_limit", lambda: False)
+    asked: list = []
+    monkeypatch.setattr(job_module, "requeue_self", lambda job_id: asked.append(job_id))
     with pytest.raises(SystemExit):
         TrainJob()([str(d) for d in dirs])
-    assert trained == ["b"] and handler.calls == 1  # a was done before; c never started
+    assert trained == ["b"] and asked == ["77"] and handler.calls == 0  # a was done before; c never started
     assert read_attempts(RunDir(dirs[0])) == [] and read_attempts(RunDir(dirs[2])) == []
     assert [e["event"] for e in read_attempts(RunDir(dirs[1]))] == ["start", "preempted"]
 
@@ -216,15 +232,10 @@ def test_each_interruption_cap_is_its_own_key():
         executor_settings({"max_requeue": 7}, "g.toml")
 
 
-def test_done_and_checkpoint_submission(tmp_path, monkeypatch):
+def test_a_finished_run_returns_its_summary(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "train_run", lambda rd, progress=None, stop_requested=None: {"ok": True})
-    job = TrainJob(Caps(timeouts=4), "parallel")
-    assert job(str(tmp_path)) == {"ok": True}
+    assert TrainJob(Caps(timeouts=4), "parallel")(str(tmp_path)) == {"ok": True}
     assert [e["event"] for e in read_attempts(RunDir(tmp_path))] == ["start", "done"]
-    delayed = job.checkpoint([str(tmp_path)])
-    assert delayed.args == ([str(tmp_path)],) and not delayed.kwargs
-    assert isinstance(delayed.function, TrainJob) and delayed.function.caps.timeouts == 4
-    assert delayed.function.pack_mode == "parallel"
 
 
 def test_torn_attempts_line_is_skipped(tmp_path):
@@ -237,17 +248,15 @@ def test_torn_attempts_line_is_skipped(tmp_path):
     assert [e["event"] for e in read_attempts(rd)] == ["start", "done"]
 
 
-@pytest.mark.parametrize("run_time, limit, submitit_says, event", [
-    ("00:50:00", "01:00:00", True, "preempted"),   # submitit counts anything past 80% of the limit as a timeout
-    ("00:58:40", "01:00:00", False, "timeout"),    # within the 90 s warning (and SLURM's minute of slack)
-    ("00:00:40", "00:02:00", True, "timeout"),     # a 2-minute job: 80 s left, the warning (30 s) may come early
-    ("00:00:20", "00:10:00", True, "preempted"),   # submitit: every USR2 of a 10-minute job is a timeout
-    ("1-00:00:00", "2-00:00:00", False, "preempted"),
+@pytest.mark.parametrize("run_time, limit, event", [
+    ("00:50:00", "01:00:00", "preempted"),   # submitit would count anything past 80% of the limit as a timeout
+    ("00:58:40", "01:00:00", "timeout"),     # within the 90 s warning (and SLURM's minute of slack)
+    ("00:00:40", "00:02:00", "timeout"),     # a 2-minute job: 80 s left, the warning (30 s) may come early
+    ("00:00:20", "00:10:00", "preempted"),   # submitit would call every USR2 of a 10-minute job a timeout
+    ("1-00:00:00", "2-00:00:00", "preempted"),
 ])
-def test_usr2_is_a_timeout_only_near_slurms_time_limit(tmp_path, monkeypatch, slurm_env, run_time, limit,
-                                                       submitit_says, event):
-    handler = FakeSubmititHandler(submitit_says)
-    signal.signal(signal.SIGUSR2, handler.checkpoint_and_try_requeue)
+def test_usr2_is_a_timeout_only_near_slurms_time_limit(tmp_path, monkeypatch, slurm_env, run_time, limit, event):
+    monkeypatch.setattr(job_module, "requeue_self", lambda job_id: None)
     delay = "30" if limit == "00:02:00" else "90"
     monkeypatch.setenv(signals.WARNING_ENV, delay)
     monkeypatch.setattr(signals, "_scontrol_job", lambda: f"JobId=77 JobState=RUNNING RunTime={run_time} "
@@ -258,7 +267,7 @@ def test_usr2_is_a_timeout_only_near_slurms_time_limit(tmp_path, monkeypatch, sl
     assert [e["event"] for e in read_attempts(RunDir(tmp_path))] == ["start", event]
 
 
-def test_without_slurms_view_the_timeout_guess_is_submitits(monkeypatch, slurm_env):
+def test_without_slurms_view_the_time_limit_is_unknown(monkeypatch, slurm_env):
     monkeypatch.setenv(signals.WARNING_ENV, "90")
     monkeypatch.setattr(signals, "_scontrol_job", lambda: "JobId=77 TimeLimit=UNLIMITED RunTime=00:01:00")
     assert signals.near_time_limit() is None
@@ -277,3 +286,39 @@ def test_a_signal_held_since_start_up_reaches_the_flag_once_it_is_installed(slur
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR2})
     assert signal.SIGUSR2 not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+def test_a_job_loaded_under_slurm_holds_the_preemption_signals_for_its_flag(monkeypatch, slurm_env):
+    """submitit loads the job's pickle, then installs its own handlers: a signal between them and the stop
+    flag stays pending and reaches the flag (a configured `python` has no start-up hold of its own)."""
+    import cloudpickle
+
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    try:
+        job = cloudpickle.loads(cloudpickle.dumps(TrainJob(Caps(timeouts=4), "parallel")))
+        assert job.caps.timeouts == 4 and job.pack_mode == "parallel"
+        assert {signal.SIGUSR2, signal.SIGTERM} <= signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        handler = FakeSubmititHandler()
+        signal.signal(signal.SIGUSR2, handler.checkpoint_and_try_requeue)
+        os.kill(os.getpid(), signal.SIGUSR2)
+        flag = signals.StopFlag()
+        with flag.installed():
+            pass
+        assert flag.signum == signal.SIGUSR2 and handler.calls == 0
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+    monkeypatch.delenv("SUBMITIT_EXECUTOR")
+    cloudpickle.loads(cloudpickle.dumps(TrainJob()))  # outside SLURM nothing is held
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before
+
+
+@pytest.mark.parametrize(("view", "reason"), [(("PENDING", False), None), (("RUNNING", True), None),
+                                              (("RUNNING", False), "Job is pending execution for job 77")])
+def test_a_refused_requeue_of_a_job_that_is_requeued_already_is_no_failure(monkeypatch, slurm_env, view, reason):
+    """`scontrol requeue` is refused while another requeue (a preemption, an operator) has the job pending."""
+    import subprocess
+
+    monkeypatch.setattr(signals.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
+        a[0], 1, "", "Job is pending execution for job 77\n"))
+    monkeypatch.setattr(signals, "slurm_job_view", lambda: view)
+    assert signals.requeue_self("77") == reason

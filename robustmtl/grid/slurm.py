@@ -49,9 +49,6 @@ from robustmtl.train.signals import HOLD_SIGNALS, WARNING_ENV
 TRANSIENT = re.compile(r"socket timed out|timed out|try again|temporarily unavailable|temporarily unable|"
                        r"unable to contact slurm controller|connection refused|connection reset", re.IGNORECASE)
 RETRY_DELAYS_S = (2.0, 5.0, 15.0, 30.0)
-# submitit would stop requeueing after its own count of timeouts, judged by the share of the limit used (every
-# USR2 of a job of 10 minutes or less is a "timeout" to it); the job's caps (train/outcome.py) decide instead
-NO_SUBMITIT_TIMEOUT_CAP = 1_000_000
 
 
 def slurm_parameters(settings: ExecutorSettings, job_name: str) -> dict[str, Any]:
@@ -240,7 +237,6 @@ def sbatch_array(grid: GridDir, tasks: list[list[PlannedRun]], settings: Executo
             # `python` is the command the sbatch script starts the job with (after the setup lines, which
             # may put it on PATH); None keeps submitit's default, the interpreter submitting
             executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm",
-                                             slurm_max_num_timeout=NO_SUBMITIT_TIMEOUT_CAP,
                                              slurm_python=signal_safe(settings.python))
             executor.update_parameters(**params)
             jobs = executor.map_array(TrainJob(caps, settings.pack_mode), args)
@@ -260,8 +256,8 @@ def sbatch_array(grid: GridDir, tasks: list[list[PlannedRun]], settings: Executo
     raise AssertionError("unreachable")
 
 
-# SIGUSR2 (submitit's preemption and time-limit warning) and SIGTERM stay ignored through exec until
-# submitit's own handlers replace them: one arriving while the interpreter starts is dropped, not fatal
+# SIGUSR2 (the preemption and time-limit warning) and SIGTERM stay ignored through exec until the job holds
+# them back: one arriving while the interpreter starts is dropped, not fatal
 SIGNAL_SAFE_START = """/bin/sh -c 'trap "" USR2 TERM; exec "$@"' robustmtl-job"""
 
 
@@ -271,7 +267,8 @@ def signal_safe(python: str | None) -> str:
     By default this interpreter, behind a shell that ignores USR2 and TERM for its first microseconds and
     a bare `python -S` that blocks them (held, not lost) and execs the job; the job unblocks them once its
     stop flag is in place. A configured `python` (a wrapper, a container) gets the shell alone: a signal
-    while it starts is dropped, never fatal.
+    while it starts and imports is dropped, never fatal, until the job's pickle is loaded (which blocks
+    them: `TrainJob.__setstate__`).
     """
     if python is not None:
         return f"{SIGNAL_SAFE_START} {python}"

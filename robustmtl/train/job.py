@@ -1,16 +1,18 @@
 """The callable every executor runs: its argument is a run directory (or a pack of them); all else is on disk.
 
-As a submitit `Checkpointable`, a job that is preempted or times out is requeued with the same run
-directories, and the loop resumes from the newest checkpoint there. Under SLURM the preemption
-signals (USR2 from submitit's `--signal`, TERM from a requeue, a preemption or `scancel --signal=TERM`)
-only raise a flag: the loop checkpoints at the next step boundary, and only then is the job requeued
-— never in the middle of an optimiser step. USR2 goes through submitit's own logic (`checkpoint()`,
-`scontrol requeue`, exit). After TERM one `scontrol show job` says who sent it: SLURM requeueing the
-job (it restarts by itself), SLURM ending it (`scancel`, time limit: the run stops, `grid resume`
-continues it), or nobody ending it (a cluster that preempts with a bare TERM, `scancel
---signal=TERM`): then the job requeues itself. Before any of this is installed, while the interpreter
-starts, the job runs with USR2 and TERM ignored (grid/slurm.py starts it so): a signal then is dropped,
-never fatal. From submitit's handlers on (before the run's files are touched), USR2 requeues.
+A job that is preempted or times out is requeued with the same run directories (`scontrol requeue`
+keeps the job id and restarts it from its submission), and the loop resumes from the newest checkpoint
+there. Under SLURM the preemption signals (USR2 from the `--signal` warning, TERM from a requeue, a
+preemption or `scancel --signal=TERM`) only raise a flag: the loop checkpoints at the next step
+boundary, and only then is the job requeued — never in the middle of an optimiser step. After USR2 the
+job requeues itself. After TERM one `scontrol show job` says who sent it: SLURM requeueing the job (it
+restarts by itself), SLURM ending it (`scancel`, time limit: the run stops, `grid resume` continues it),
+or nobody ending it (a cluster that preempts with a bare TERM, `scancel --signal=TERM`): then the job
+requeues itself. The job owns requeueing: submitit's signal handler never runs (its USR2 handler would
+requeue on its own count of timeouts). While the interpreter starts, the job holds USR2 and TERM back
+(grid/slurm.py starts it so; with a configured `python`, from the moment its pickle is loaded), and the
+flag receives one that came meanwhile; after the runs, the flag stays installed, so a late signal asks
+for nothing.
 
 A crash (an exception in the run) under SLURM requeues the job too, unless train/outcome.py's crash
 policy gives up on the run (the same step crashed twice, or `max_crashes` used up). Preemptions,
@@ -33,12 +35,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
-
-import submitit
 
 from robustmtl.layout import RunDir
 from robustmtl.train.attempt import attempt
@@ -52,25 +53,29 @@ class PackFailed(RuntimeError):
     """Some runs of a pack failed for good (each has its own FAILED marker) or are trained by another process."""
 
 
-class TrainJob(submitit.helpers.Checkpointable):
+class TrainJob:
     def __init__(self, caps: Caps | None = None, pack_mode: str = "sequential") -> None:
         self.caps = caps or Caps()
         self.pack_mode = pack_mode
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickled in a SLURM job, before submitit installs its signal handlers: hold the preemption signals
+        back from here on, so that one arriving before the stop flag is installed reaches the flag, not them."""
+        self.__dict__.update(state)
+        if under_slurm():
+            signal.pthread_sigmask(signal.SIG_BLOCK, StopFlag.SIGNALS)
 
     def __call__(self, run_dirs: str | list[str]) -> Any:
         single = isinstance(run_dirs, str)
         rds = [RunDir(Path(p)) for p in ([run_dirs] if isinstance(run_dirs, str) else run_dirs)]
         job_id = current_job_id()
         flag = StopFlag()
-        with flag.installed() if under_slurm() else contextlib.nullcontext():
+        with flag.installed(restore=False) if under_slurm() else contextlib.nullcontext():
             if self.pack_mode == "parallel" and len(rds) > 1:
                 outcomes = side_by_side(rds, job_id, flag, self.caps)
             else:
                 outcomes = self._one_after_another(rds, job_id, flag)
-        return self._conclude(outcomes, job_id, flag, single)
-
-    def checkpoint(self, run_dirs: str | list[str]) -> submitit.helpers.DelayedSubmission:
-        return submitit.helpers.DelayedSubmission(TrainJob(self.caps, self.pack_mode), run_dirs)
+            return self._conclude(outcomes, job_id, flag, single)
 
     def _one_after_another(self, rds: list[RunDir], job_id: str | None, flag: StopFlag) -> list[Outcome]:
         outcomes = []
@@ -118,7 +123,7 @@ class TrainJob(submitit.helpers.Checkpointable):
 
     def _stop(self, rds: list[RunDir], job_id: str | None, flag: StopFlag) -> NoReturn:
         """The loop has checkpointed: record why it stopped, then requeue unless a cap or SLURM says no."""
-        event, how = interruption(flag)
+        event, requeue = interruption(flag)
         sig = "USR2" if flag.signum == signal.SIGUSR2 else "TERM"
         survivors, limits = [], []
         for rd in rds:
@@ -130,14 +135,13 @@ class TrainJob(submitit.helpers.Checkpointable):
                 give_up(rd, job_id, limits[-1], None)
             else:
                 survivors.append(rd)
-        if how is None:  # SLURM requeues the job itself, or ends it: nothing to do but leave
+        if not requeue:  # SLURM requeues the job itself, or ends it: nothing to do but leave
             sys.exit(End.INTERRUPTED.value)
         if not survivors:
             raise limits[0] if len(limits) == 1 else RequeueLimit(f"job {job_id}: every interrupted run reached its "
                                                                   "cap; see their FAILED markers")
-        if how == "submitit":
-            flag.previous[signal.SIGUSR2](signal.SIGUSR2, None)  # submitit: checkpoint(), dump, requeue, exit
-            sys.exit(End.INTERRUPTED.value)  # it returns only in a task that is not the job's first
+        if os.environ.get("SLURM_PROCID", "0") != "0":  # one requeue per job: its first task's
+            sys.exit(End.INTERRUPTED.value)
         reason = requeue_self(job_id)
         if reason is not None:
             for rd in survivors:

@@ -1,8 +1,11 @@
-"""Preemption signals inside a SLURM job: note them for the loop, and tell who sent a TERM.
+"""Preemption signals inside a SLURM job: note them for the loop, tell what they mean, and requeue.
 
-USR2 (submitit's `--signal`) and TERM only raise a flag (`StopFlag`); the loop checkpoints at the next
-step boundary. After TERM one `scontrol show job` says whether SLURM is requeueing the job, ending it,
-or neither (a bare TERM: the job requeues itself).
+USR2 (the `--signal` warning before a time limit or a preemption) and TERM only raise a flag (`StopFlag`);
+the loop checkpoints at the next step boundary. USR2 always needs the job to requeue itself (SLURM's
+warning requeues nothing); whether it was the time limit, SLURM's RunTime and TimeLimit say. After TERM
+one `scontrol show job` says whether SLURM is requeueing the job, ending it, or neither (a bare TERM: the
+job requeues itself). Requeueing is this module's `scontrol requeue`, never submitit's signal handler, so
+one set of caps (train/outcome.py) decides.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        self.previous: dict[int, Any] = {}
 
     def __call__(self) -> bool:
         return self.signum is not None
@@ -41,36 +43,34 @@ class StopFlag:
             self.signum = signum
 
     @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
+    def installed(self, restore: bool = True) -> Iterator[None]:
+        """Note the signals inside the block. `restore=False` leaves the flag's handler in place after it: in a
+        job whose runs are then done or checkpointed, a late signal asks for nothing (submitit's own USR2
+        handler, restored, would requeue the job)."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        self.previous = {s: signal.getsignal(s) for s in self.SIGNALS}
+        previous = {s: signal.getsignal(s) for s in self.SIGNALS}
         for s in self.SIGNALS:
             signal.signal(s, self._note)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)  # one held since start-up arrives now
         try:
             yield
         finally:
-            for signum, handler in self.previous.items():
+            for signum, handler in previous.items() if restore else ():
                 signal.signal(signum, handler)
 
 
-def interruption(flag: StopFlag) -> tuple[str, str | None]:
-    """(event, who requeues: "submitit" | "self" | None) for the signal that stopped the loop."""
-    if flag.signum == signal.SIGUSR2:
-        handler = flag.previous.get(signal.SIGUSR2)
-        timed_out = near_time_limit()
-        if timed_out is None:  # SLURM cannot say: submitit's guess (past 80% of the limit, or 10 minutes before it)
-            has_timed_out = getattr(getattr(handler, "__self__", None), "has_timed_out", None)
-            timed_out = bool(has_timed_out and has_timed_out())
-        return ("timeout" if timed_out else "preempted"), ("submitit" if callable(handler) else "self")
+def interruption(flag: StopFlag) -> tuple[str, bool]:
+    """(event, whether the job must requeue itself) for the signal that stopped the loop."""
+    if flag.signum == signal.SIGUSR2:  # a warning: SLURM ends the job soon and requeues nothing itself
+        return ("timeout" if near_time_limit() else "preempted"), True  # unreadable limit: counted as a preemption
     state, requeued = slurm_job_view()
     if requeued:  # scontrol requeue, PreemptMode=REQUEUE: the next start resumes from the checkpoint
-        return "preempted", None
+        return "preempted", False
     if state == "RUNNING":  # a bare TERM that ends nothing: preemption without a user signal, scancel --signal
-        return "preempted", "self"
-    return "terminated", None  # scancel, time limit: `grid resume` continues it
+        return "preempted", True
+    return "terminated", False  # scancel, time limit: `grid resume` continues it
 
 
 # SLURM sends the warning signal `--signal=USR2@<delay>` up to a minute before that delay; the submitting
@@ -126,8 +126,12 @@ def slurm_job_view() -> tuple[str | None, bool]:
     return (state.group(1) if state else None), requeued
 
 
+REQUEUED_STATES = ("PENDING", "REQUEUED")  # the job waits to start again: it will, without our requeue
+
+
 def requeue_self(job_id: str | None) -> str | None:
-    """`scontrol requeue` this job (it keeps its id and restarts from its submission); None when it worked."""
+    """`scontrol requeue` this job (it keeps its id and restarts from its submission); None when it worked,
+    or when it was refused because the job is requeued already (another `scontrol requeue`, a preemption)."""
     target = job_id or os.environ.get("SLURM_JOB_ID")
     if not target:
         return "no SLURM job id"
@@ -135,7 +139,12 @@ def requeue_self(job_id: str | None) -> str | None:
         proc = subprocess.run(["scontrol", "requeue", target], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return str(exc)
-    return None if proc.returncode == 0 else (proc.stderr.strip() or f"exit {proc.returncode}")
+    if proc.returncode == 0:
+        return None
+    state, requeued = slurm_job_view()
+    if requeued or state in REQUEUED_STATES:
+        return None
+    return proc.stderr.strip() or f"exit {proc.returncode}"
 
 
 def current_job_id() -> str | None:

@@ -256,7 +256,8 @@ def test_small_timeout_requeues_until_the_run_finishes(cli, tmp_path, grids):
 
 
 def test_repeated_usr2_at_random_moments_ends_identical(cli, tmp_path, grids, reference):
-    """Preempted through submitit's own USR2 path again and again, each time soon after fresh progress."""
+    """Preempted through USR2 (the job's own checkpoint-then-requeue path) again and again, each time soon
+    after fresh progress."""
     grid, _ = submit(cli, tmp_path, grids, spec_text("many", [0], SLOW, "max_preemptions = 10"))
     (run_id,) = grid.run_ids()
     rd, job = grid.run(run_id), latest_entries(grid.root)[run_id]["job_id"]
