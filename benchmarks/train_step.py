@@ -13,7 +13,10 @@ synthetic data served by the package's own splits (token batches padded per batc
 `pretrain` (the pre-training stage: the auxiliary objective alone on B examples), and
 `reference`: the reference implementation's MTL step written out here (fp32, end-task and auxiliary
 batches as two separate encoder forwards, MLM logits over the full vocabulary at every position, L1
-on all tokens of both batches, plain AdamW).
+on all tokens of both batches, plain AdamW). For `--model bert`, `HF Trainer`: the peer loop most
+researchers already use, Hugging Face's `Trainer` on `BertForSequenceClassification` of the same shape,
+weights and data at batch B (its default AdamW; bf16 on a GPU with native bf16; needs `accelerate`:
+`pip install -e .[bench]`), with the ratio of the `erm` step to its step.
 
 FLOPs are counted analytically, not measured: per example, 6 x (weights of the encoder's linear and
 convolution layers) x tokens for the matmuls of forward + backward, plus 12 x layers x tokens² x
@@ -26,7 +29,10 @@ so the count slightly understates the work. MFU = achieved FLOP/s over the GPU's
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import importlib.util
+import io
 import math
 import platform
 import statistics
@@ -69,6 +75,8 @@ TARGET_VS_ERM, TARGET_VS_REFERENCE = 1.15, 2.0
 GROUPS = ("0/0", "0/1", "1/0", "1/1")
 PATCH = 16
 REFERENCE = "reference-style"
+TRAINER = "HF Trainer"
+TARGET_VS_TRAINER = 1.0
 
 
 @dataclass
@@ -297,6 +305,41 @@ def reference_row(bench: Bench, batch: int) -> Row:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
 
+def trainer_row(bench: Bench, batch: int) -> Row:
+    """Hugging Face's `Trainer` on `BertForSequenceClassification` of the same shape, weights and data: its
+    default AdamW, no evaluation, logging or saving; bf16 on a GPU with native bf16 (its fastest documented
+    setting), fp32 elsewhere. Steps are timed between its step callbacks, like the other rows."""
+    from transformers import BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
+
+    count = bench.args.warmup + bench.args.steps
+    served = bench.split[torch.arange(count * batch) % len(bench.split)]
+    examples = [{"input_ids": ids, "attention_mask": mask, "labels": y} for ids, mask, y in
+                zip(served["input_ids"], served["attention_mask"], served["y"], strict=True)]
+    model = BertForSequenceClassification.from_pretrained(bench.work / "bert", num_labels=2)
+    cuda = bench.device.type == "cuda"
+    arguments = TrainingArguments(
+        output_dir=str(bench.work / "trainer"), per_device_train_batch_size=batch, max_steps=count,
+        eval_strategy="no", save_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True,
+        dataloader_num_workers=0, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(), seed=0)
+    times: list[float] = []
+
+    class StepClock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            sync(bench.device)
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            sync(bench.device)
+            times.append(time.perf_counter() - self.started)
+
+    with contextlib.redirect_stdout(io.StringIO()):  # its end-of-training summary line is not this table's
+        Trainer(model=model, args=arguments, train_dataset=examples, callbacks=[StepClock()]).train()
+    timed_steps = times[bench.args.warmup:]
+    seconds = statistics.median(timed_steps) if not cuda else sum(timed_steps) / len(timed_steps)
+    peak = torch.cuda.max_memory_allocated(bench.device) / 2**20 if cuda else None
+    return Row(TRAINER, batch, seconds, batch * example_flops(bench, False, 0), peak)
+
+
 def peak_tflops(device: torch.device, given: float | None) -> float | None:
     if device.type != "cuda":
         return None
@@ -338,6 +381,10 @@ def report(bench: Bench, rows: list[Row]) -> None:
     vs_pretrain = by_name["pretrain"].seconds / by_name["erm"].seconds
     console.print(f"pretrain step / erm step at batch {a.batch}: {vs_pretrain:.2f}x "
                   f"(target <= {TARGET_PRETRAIN_VS_ERM}) {'PASS' if vs_pretrain <= TARGET_PRETRAIN_VS_ERM else 'FAIL'}")
+    if TRAINER in by_name:
+        vs_trainer = by_name["erm"].seconds / by_name[TRAINER].seconds
+        console.print(f"erm step / {TRAINER} step at batch {a.batch}: {vs_trainer:.2f}x "
+                      f"(target <= {TARGET_VS_TRAINER}) {'PASS' if vs_trainer <= TARGET_VS_TRAINER else 'FAIL'}")
     console.print(f"{REFERENCE}: fp32, end-task and auxiliary batches as two encoder forwards, full-vocabulary "
                   "MLM logits at every position, L1 on all tokens, plain AdamW.")
     console.print("FLOPs are analytic (6 x encoder weights x tokens + attention + MLM/SimMIM head), see --help."
@@ -359,6 +406,10 @@ def main() -> None:
             model.compile_encoder()
         rows = [method_row(bench, "erm", 2 * args.batch, f"erm (batch {2 * args.batch})"),
                 *(method_row(bench, name, args.batch, name) for name in METHODS), rows[0]]
+        if args.model == "bert" and importlib.util.find_spec("accelerate") is None:
+            Console().print(f"{TRAINER} row left out: Trainer needs accelerate (pip install -e .[bench])")
+        elif args.model == "bert":
+            rows.append(trainer_row(bench, args.batch))
     report(bench, rows)
 
 

@@ -234,6 +234,7 @@ def test_benchmark_runs_on_cpu_at_a_tiny_size(model):
     out = subprocess.run([sys.executable, str(script), *args], check=True, capture_output=True, text=True).stdout
     for row in ("erm (batch 4)", "mtl_l1", "jtt", "gdro", "reference-style", "mtl_l1 step / erm step"):
         assert row in out
+    assert ("HF Trainer" in out and "erm step / HF Trainer step" in out) == (model == "bert")
 
 
 def test_auto_workers_only_on_cuda_and_only_from_spare_cpus():
