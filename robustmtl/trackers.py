@@ -131,7 +131,10 @@ class WandbMirror:
             os.fsync(f.fileno())
 
     def close(self) -> None:
+        import wandb
+
         self.run.finish()
+        wandb.teardown()  # finish() can return before the service has written the run's file; this waits for it
 
 
 MIRRORS: dict[str, type[TensorBoardMirror | WandbMirror]] = {"tensorboard": TensorBoardMirror, "wandb": WandbMirror}
