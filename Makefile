@@ -64,10 +64,10 @@ aggregates: $(STAMP)
 	$(PY) -m robustmtl aggregate runs/text_spurious --by pretrain_epochs --baseline erm --output aggregates/text_spurious.md --quiet
 	$(PY) -m robustmtl aggregate runs/text_spurious --by pretrain_epochs --baseline erm --output aggregates/text_spurious.csv --quiet
 	$(PY) -m robustmtl plot runs/text_spurious --by pretrain_epochs --out aggregates/figures/text_spurious
-	$(PY) -m robustmtl grid submit jobs/vision_demo.toml --out runs/vision_demo
-	$(PY) -m robustmtl aggregate runs/vision_demo --output aggregates/vision_demo.tex --quiet
-	$(PY) -m robustmtl aggregate runs/vision_demo --format markdown --output aggregates/vision_demo.md --quiet
-	$(PY) -m robustmtl aggregate runs/vision_demo --output aggregates/vision_demo.csv --quiet
+	$(PY) -m robustmtl grid submit jobs/mnist_spurious.toml --out runs/mnist_spurious
+	$(PY) -m robustmtl aggregate runs/mnist_spurious --by pretrain_epochs --baseline erm --output aggregates/mnist_spurious.md --quiet
+	$(PY) -m robustmtl aggregate runs/mnist_spurious --by pretrain_epochs --baseline erm --output aggregates/mnist_spurious.csv --quiet
+	$(PY) -m robustmtl plot runs/mnist_spurious --by pretrain_epochs --out aggregates/figures/mnist_spurious
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -11,7 +11,7 @@ SPECS = sorted([*JOBS.glob("*.toml"), *JOBS.glob("paper/*.toml")])
 
 
 def test_the_paper_grids_are_shipped():
-    assert {p.name for p in SPECS} >= {"text_spurious.toml", "vision_demo.toml", "waterbirds.toml", "celeba.toml",
+    assert {p.name for p in SPECS} >= {"text_spurious.toml", "mnist_spurious.toml", "waterbirds.toml", "celeba.toml",
                                        "multinli.toml", "civilcomments.toml"}
 
 
