@@ -300,7 +300,8 @@ def test_a_job_loaded_under_slurm_holds_the_preemption_signals_for_its_flag(monk
         assert {signal.SIGUSR2, signal.SIGTERM} <= signal.pthread_sigmask(signal.SIG_BLOCK, [])
         handler = FakeSubmititHandler()
         signal.signal(signal.SIGUSR2, handler.checkpoint_and_try_requeue)
-        os.kill(os.getpid(), signal.SIGUSR2)
+        # to this thread: a process-directed signal may go to a thread of an earlier test, which holds nothing
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR2)
         flag = signals.StopFlag()
         with flag.installed():
             pass
