@@ -55,6 +55,19 @@ def cli():
     return invoke
 
 
+def dry_run_in_fresh_process(spec: Path, cwd: Path, env: dict[str, str] | None = None) -> tuple[str, list[str]]:
+    """`grid submit SPEC --dry-run` in a new interpreter: its output, and which heavy modules it imported."""
+    probe = ("import sys\nfrom robustmtl.cli import app\n"
+             f"try:\n    app(['grid', 'submit', {str(spec)!r}, '--dry-run'])\nexcept SystemExit as exc:\n"
+             "    assert not exc.code, exc.code\n"
+             "print('HEAVY', [m for m in ('torch', 'transformers', 'timm') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=cwd, env=env)
+    assert result.returncode == 0, result.stderr
+    *output, heavy = result.stdout.strip().splitlines()
+    assert heavy.startswith("HEAVY "), result.stdout
+    return "\n".join(output), json.loads(heavy.removeprefix("HEAVY ").replace("'", '"'))
+
+
 def read_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 

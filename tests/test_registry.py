@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from robustmtl.registry import DATASETS, METHODS, MODELS, dataset_entry, model_plugin
+from tests.conftest import dry_run_in_fresh_process
 
 GENERATED = {"synthetic": {"n_train": 40, "n_val": 20, "n_test": 20},
              "text_spurious": {"text_n_train": 40, "text_n_val": 20, "text_n_test": 20},
@@ -24,14 +23,8 @@ def test_dry_run_of_a_grid_with_every_plugin_never_imports_torch(tmp_path: Path)
         'name = "all"', f"datasets = {json.dumps(sorted(DATASETS))}", f"methods = {json.dumps(sorted(METHODS))}",
         "seeds = [0, 1]", "[sweep]", "lr = [0.001, 0.0001]", "[method.jtt.sweep]", "jtt_upweight = [2, 5]",
         "[executor]", 'kind = "debug"']))
-    probe = ("import sys\nfrom robustmtl.cli import app\n"
-             f"try:\n    app(['grid', 'submit', {str(spec)!r}, '--dry-run'])\nexcept SystemExit as exc:\n"
-             "    assert not exc.code, exc.code\n"
-             "print('HEAVY', [m for m in ('torch', 'transformers', 'timm') if m in sys.modules])")
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "runs" in result.stdout
-    assert result.stdout.strip().splitlines()[-1] == "HEAVY []", result.stdout
+    output, heavy = dry_run_in_fresh_process(spec, tmp_path)
+    assert "runs" in output and heavy == []
 
 
 @pytest.mark.parametrize("table", [METHODS, DATASETS, MODELS], ids=["methods", "datasets", "models"])

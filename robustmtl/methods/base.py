@@ -2,10 +2,10 @@
 
 A method decides (1) which training examples each epoch visits, in which order and how often
 (`epoch_indices`: subsampling, reweighting, JTT's upsampling) and (2) the loss of one step from the
-model's outputs (`loss`). Its parameter block and the runs it needs first (JTT's stage 1) are
-declared in the method's own module (a frozen dataclass, read by grids without importing torch: `lazy.py`) and
-one line of `registry.py`. The loop owns everything else —
-optimisation, evaluation, checkpoints, records — so no method copies it.
+model's outputs (`loss`). Its parameter block is a frozen dataclass in its own module (which grids read
+without importing torch: `lazy.py`); the runs it needs first (JTT's stage 1) are named by its line in
+`registry.py`. The loop owns everything else — optimisation, evaluation, checkpoints, records — so no
+method copies it.
 """
 
 from __future__ import annotations

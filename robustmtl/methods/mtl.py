@@ -37,6 +37,8 @@ from robustmtl.params import at_least, one_of
 if TYPE_CHECKING:
     from robustmtl.models.base import Encoded, Model
 
+REFERENCE_TOKENS = "tokens_ref"
+
 
 @dataclass(frozen=True)
 class MTLParams:
@@ -46,15 +48,12 @@ class MTLParams:
 @dataclass(frozen=True)
 class L1Params:
     alpha_reg: float = field(default=math.exp(-1), metadata=at_least(0.0))
-    reg_target: str = field(default="cls", metadata=one_of("cls", "tokens", "tokens_ref"))
+    reg_target: str = field(default="cls", metadata=one_of("cls", "tokens", REFERENCE_TOKENS))
 
 
 @dataclass(frozen=True)
 class MTLL1Params(L1Params, MTLParams):
     """Both terms; each key keeps its one definition above."""
-
-
-REFERENCE_TOKENS = "tokens_ref"
 
 
 def l1_penalty(encoded: Encoded, target: str, normaliser: int | None = None) -> torch.Tensor:

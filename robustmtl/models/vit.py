@@ -15,9 +15,10 @@ chosen at random, `mim_mask_ratio` of them per image (rounded up); their patch e
 replaced by a learned mask token (ViTModel's `bool_masked_pos`); a light decoder (1×1 conv to
 patch²·3 channels + pixel shuffle) reconstructs the image from the patch tokens, and the loss is
 the L1 error on the masked pixels only, divided by the channels (`mim_loss = "l2"`: the squared error,
-for images that are mostly one background value, such as MNIST, where the L1 optimum of an uninformed
-decoder is the background itself, a minimum SimMIM does not leave). The reference also augments the
-auxiliary view (random resized crop, flip); robustmtl does not (documented difference).
+for images that are mostly one background value, such as MNIST, where the L1 optimum of a decoder that
+knows nothing is the background itself; docs/vision-study.md measures SimMIM staying there). The
+reference also augments the auxiliary view (random resized crop, flip); robustmtl does not
+(documented difference).
 
 `encode_pair` runs the end-task images and the masked auxiliary images as one batch: the end-task
 half gets an all-False patch mask, which leaves its embeddings exactly as without one.
@@ -141,7 +142,7 @@ class ViT(Model):
         return self._simmim(self._encode(pixels, mask.flatten(1)), pixels, mask)
 
     def _simmim(self, encoded: Encoded, pixels: torch.Tensor, mask: torch.Tensor) -> AuxOutput:
-        """Decode the patch tokens back to pixels; L1 on the masked ones."""
+        """Decode the patch tokens back to pixels; the pixel error (`mim_loss`) on the masked ones."""
         features = encoded.tokens[:, 1:].transpose(1, 2).reshape(len(pixels), -1, self.grid, self.grid)
         loss = simmim_loss(pixels, self.decoder(features), mask, self.patch, self.mim_loss)
         return AuxOutput(loss=loss, encoded=encoded)
