@@ -14,6 +14,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,9 @@ from robustmtl.layout import GridDir
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_SCRIPT = REPO_ROOT / "scripts" / "slurm-cluster.sh"
 UP_TIMEOUT_S = 900  # generous: may include apt-get install on a fresh machine
+# The tests assume the 2-CPU node is theirs alone; jobs already queued (another test run, or one that was
+# killed) would starve theirs into timeouts that look like bugs. Left-over test jobs end within minutes.
+FOREIGN_JOBS_WAIT_S = 300
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -71,8 +75,24 @@ def slurm_cluster():
     for tool in ("sbatch", "squeue", "sacct", "scontrol", "scancel"):
         if shutil.which(tool) is None:
             _unavailable(f"{tool} not on PATH after bring-up")
+    _wait_for_an_empty_queue()
     yield REPO_ROOT
     # Deliberately left running: other test files reuse it (`slurm-cluster.sh down` stops it).
+
+
+def _queued_jobs() -> list[str]:
+    proc = subprocess.run(["squeue", "-h", "-o", "%i %j %T"], capture_output=True, text=True, timeout=30)
+    return [line for line in proc.stdout.splitlines() if line.strip()]
+
+
+def _wait_for_an_empty_queue() -> None:
+    deadline = time.monotonic() + FOREIGN_JOBS_WAIT_S
+    while (jobs := _queued_jobs()) and time.monotonic() < deadline:
+        time.sleep(5)
+    if jobs:
+        _unavailable(f"the test cluster's queue still holds {len(jobs)} job(s) this session did not submit after "
+                     f"{FOREIGN_JOBS_WAIT_S}s ({'; '.join(jobs[:5])}): another test run is using the cluster; "
+                     "let it finish, or scancel its jobs")
 
 
 @pytest.fixture
