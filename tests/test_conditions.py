@@ -42,19 +42,19 @@ def grid(tmp_path_factory) -> Path:
     return root / "out"
 
 
-def by_hand(grid: Path) -> dict[tuple[float, str], dict[int, float]]:
-    """Per (ratio, method): the test worst-group accuracy per seed of the setting with the best mean
+def by_hand(grid: Path, key: str = "spurious_variance_ratio") -> dict[tuple[float | None, str], dict[int, float]]:
+    """Per (value of `key`, method): the test worst-group accuracy per seed of the setting with the best mean
     validation worst-group accuracy, each run at its best validation epoch (earliest on ties)."""
-    runs: dict[tuple[float, str, str], dict[int, tuple[float, float]]] = {}
+    runs: dict[tuple[float | None, str, str], dict[int, tuple[float, float]]] = {}
     for run in (grid / "runs").iterdir():
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         first = records[0]
         val = [r for r in records if r["split"] == "val"]
         best = max(val, key=lambda r: (r["worst_group_acc"], -r["epoch"]))
         test = next(r for r in records if r["split"] == "test" and r["epoch"] == best["epoch"])
-        key = (first["hparams"]["spurious_variance_ratio"], first["method"], first["setting_id"])
-        runs.setdefault(key, {})[first["seed"]] = (best["worst_group_acc"], test["worst_group_acc"])
-    chosen: dict[tuple[float, str], dict[int, float]] = {}
+        cell = (first["hparams"].get(key), first["method"], first["setting_id"])
+        runs.setdefault(cell, {})[first["seed"]] = (best["worst_group_acc"], test["worst_group_acc"])
+    chosen: dict[tuple[float | None, str], dict[int, float]] = {}
     for ratio, method in {(k[0], k[1]) for k in runs}:
         settings = {k[2]: v for k, v in runs.items() if k[:2] == (ratio, method)}
         pick = max(settings, key=lambda s: np.mean([v[0] for v in settings[s].values()]))
@@ -76,6 +76,27 @@ def test_each_condition_is_its_own_row_group_with_paired_differences(grid: Path,
         diff = np.mean([100 * (seeds[s] - base[s]) for s in seeds])
         assert float(r["worst_group_acc_diff"]) == pytest.approx(diff, abs=1e-9)
         assert r["probe_a_acc_mean"] != ""  # the mechanism fields travel with the cells
+
+
+def test_a_key_the_baseline_lacks_compares_each_of_its_values_with_the_same_baseline_runs(grid: Path, cli,
+                                                                                           tmp_path: Path):
+    """erm has no alpha_aux: with --by alpha_aux each mtl strength is its own row group, and each is compared
+    with erm's runs as selected among all of them (over both ratios, its two settings)."""
+    out = tmp_path / "table.csv"
+    cli("aggregate", grid, "--by", "alpha_aux", "--baseline", "erm", "--output", out)
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert sorted((r["alpha_aux"], r["method"]) for r in rows) == [("0.5", "erm"), ("0.5", "mtl"),
+                                                                  ("1.0", "erm"), ("1.0", "mtl")]
+    erm = by_hand(grid, "alpha_aux")[(None, "erm")]
+    for r in rows:
+        if r["method"] == "mtl":
+            seeds = by_hand(grid, "alpha_aux")[(float(r["alpha_aux"]), "mtl")]
+            diff = np.mean([100 * (seeds[s] - erm[s]) for s in seeds])
+            assert float(r["worst_group_acc_diff"]) == pytest.approx(diff, abs=1e-9)
+        else:
+            assert float(r["worst_group_acc_mean"]) == pytest.approx(100 * np.mean(list(erm.values())))
+    table = cli("aggregate", grid, "--by", "alpha_aux", "--by", "spurious_variance_ratio").output
+    assert "nan" not in table and "None" not in table
 
 
 def test_markdown_and_terminal_name_the_conditions(grid: Path, cli, tmp_path: Path):

@@ -7,6 +7,10 @@ hparams), every group goes through the same selection as `aggregate` (epoch, the
 method), and each cell reports its test average and worst-group accuracy with intervals over seeds,
 the paired difference against a baseline method within the same condition, and the mechanism
 fields (robustmtl/metrics.py: MECHANISM_FIELDS) at the selected epochs.
+
+A baseline run that lacks a `--by` key (ERM has no `alpha_reg`) is the baseline of every condition
+that agrees with it on the keys it has: `--by alpha_reg` compares each L1 strength with the same ERM
+runs. Other runs without the key form a condition of their own, shown as "–".
 """
 
 from __future__ import annotations
@@ -59,12 +63,44 @@ def _json_key(values: tuple[Any, ...]) -> str:
     return json.dumps(values, sort_keys=True)
 
 
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _baseline_everywhere(runs: pd.DataFrame, by: Sequence[str], baseline: str | None) -> pd.DataFrame:
+    """`runs`, with each baseline run that lacks some `by` key moved into every condition of another method
+    of its dataset that agrees with it on the keys it has (and kept in its own where another method is)."""
+    if baseline is None:
+        return runs
+    keys = list(by)
+    base = runs["method"] == baseline
+    partial = base & runs[keys].map(_missing).any(axis=1)
+    if not partial.any():
+        return runs
+    others = {(d, tuple(row)) for d, row in zip(runs.loc[~base, "dataset"], runs.loc[~base, keys].map(
+        lambda v: _json_key((None if _missing(v) else v,))).itertuples(index=False), strict=True)}
+    placed = [runs[~partial]]
+    for _, run in runs[partial].iterrows():
+        own = tuple(_json_key((None if _missing(run[k]) else run[k],)) for k in keys)
+        targets = [values for dataset, values in others if dataset == run["dataset"] and "[null]" not in values
+                   and all(_missing(run[k]) or mine == theirs
+                           for k, mine, theirs in zip(keys, own, values, strict=True))]
+        copies = [run.copy() for _ in targets]
+        for copy, values in zip(copies, targets, strict=True):
+            for k, value in zip(keys, values, strict=True):
+                copy[k] = json.loads(value)[0]
+        if (run["dataset"], own) in others or not copies:
+            copies.append(run)
+        placed.append(pd.DataFrame(copies))
+    return pd.concat(placed, ignore_index=True)
+
+
 def condition_table(grid_dirs: Sequence[Path], by: Sequence[str], select: str = "worst-val",
                     baseline: str | None = "erm", include_running: bool = False) -> ConditionTable:
     by = list(dict.fromkeys(by))
     selector = get_selector(select)
     loaded = load_runs(list(grid_dirs), include_running)
-    runs = _condition_values(loaded, by)
+    runs = _baseline_everywhere(_condition_values(loaded, by), by, baseline)
     warnings = list(loaded.warnings)
     rows: list[dict[str, Any]] = []
     mechanism_cols = [f for f in MECHANISM_FIELDS if f in loaded.records]
@@ -134,7 +170,8 @@ def table_rows(table: ConditionTable, intervals: bool = True) -> tuple[list[str]
     header += [SHORT.get(f, f) for f in table.mechanism]
     rows = []
     for _, r in table.cells.iterrows():
-        cells = [*([str(r["dataset"])] if datasets else []), *(str(r[k]) for k in table.by), str(r["method"]),
+        cells = [*([str(r["dataset"])] if datasets else []), *("–" if _missing(r[k]) else str(r[k]) for k in table.by),
+                 str(r["method"]),
                  str(r["n"]), _pm(r["avg_acc_mean"], r["avg_acc_hw"]),
                  _pm(r["worst_group_acc_mean"], r["worst_group_acc_hw"])]
         if table.baseline is not None:
