@@ -38,7 +38,7 @@ test-fast: $(STAMP)
 
 REGIMES := --by spurious_variance_ratio --by pretrain_epochs
 TEXT := runs/text_spurious runs/text_spurious_alpha
-TEXT_ALPHA := --by pretrain_epochs --by alpha_reg
+BY_ALPHA := --by pretrain_epochs --by alpha_reg
 
 # Regenerates the exported tables and figures of the shipped CPU grids, the only target that writes
 # aggregates/ (runs that are done are skipped; from scratch about 50 minutes on 2 cores).
@@ -66,8 +66,8 @@ aggregates: $(STAMP)
 	$(PY) -m robustmtl grid submit jobs/text_spurious_alpha.toml --out runs/text_spurious_alpha
 	$(PY) -m robustmtl aggregate $(TEXT) --by pretrain_epochs --baseline erm --output aggregates/text_spurious.md --quiet
 	$(PY) -m robustmtl aggregate $(TEXT) --by pretrain_epochs --baseline erm --output aggregates/text_spurious.csv --quiet
-	$(PY) -m robustmtl aggregate $(TEXT) $(TEXT_ALPHA) --baseline erm --output aggregates/text_spurious_alpha.md --quiet
-	$(PY) -m robustmtl aggregate $(TEXT) $(TEXT_ALPHA) --baseline erm --output aggregates/text_spurious_alpha.csv --quiet
+	$(PY) -m robustmtl aggregate $(TEXT) $(BY_ALPHA) --baseline erm --output aggregates/text_spurious_alpha.md --quiet
+	$(PY) -m robustmtl aggregate $(TEXT) $(BY_ALPHA) --baseline erm --output aggregates/text_spurious_alpha.csv --quiet
 	$(PY) -m robustmtl plot $(TEXT) --by pretrain_epochs --out aggregates/figures/text_spurious
 	$(PY) -m robustmtl grid submit jobs/mnist_spurious.toml --out runs/mnist_spurious
 	$(PY) -m robustmtl aggregate runs/mnist_spurious --by pretrain_epochs --baseline erm --output aggregates/mnist_spurious.md --quiet

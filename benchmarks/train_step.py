@@ -6,7 +6,7 @@
                                     [--peak-tflops T] [--profile]
 
 Every robustmtl row times the package's own code path: the method's `loss` under the loop's
-`Stepper` (autocast, GradScaler for fp16, fused AdamW on CUDA, `zero_grad(set_to_none=True)`), on
+`Stepper` (autocast, GradScaler for fp16, fused AdamW, `zero_grad(set_to_none=True)`), on
 synthetic data served by the package's own splits (token batches padded per batch). Rows: `erm`,
 `erm` at twice the batch (what an MTL step should be compared with: an MTL step processes B end-task
 + B auxiliary examples), `mtl`, `mtl_l1`, `jtt` stage 2 (upweighted ERM: the same step), `gdro`,

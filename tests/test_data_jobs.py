@@ -26,9 +26,9 @@ def test_the_text_alpha_grid_differs_from_the_text_grid_in_alpha_reg_alone():
     from robustmtl.grid.expand import expand
     from robustmtl.grid.spec import load_spec
 
-    main = {run.run_id for run in expand(load_spec(JOBS / "text_spurious.toml"))}
-    main_alpha = {run.config.hparams()["alpha_reg"] for run in expand(load_spec(JOBS / "text_spurious.toml"))
-                  if run.config.method in ("l1", "mtl_l1")}
+    grid = expand(load_spec(JOBS / "text_spurious.toml"))
+    main = {run.run_id for run in grid}
+    main_alpha = {run.config.hparams()["alpha_reg"] for run in grid if run.config.method in ("l1", "mtl_l1")}
     sweep = expand(load_spec(JOBS / "text_spurious_alpha.toml"))
     assert sweep
     for run in sweep:

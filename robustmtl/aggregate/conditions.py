@@ -77,21 +77,22 @@ def _baseline_everywhere(runs: pd.DataFrame, by: Sequence[str], baseline: str | 
     partial = base & runs[keys].map(_missing).any(axis=1)
     if not partial.any():
         return runs
-    others = {(d, tuple(row)) for d, row in zip(runs.loc[~base, "dataset"], runs.loc[~base, keys].map(
-        lambda v: _json_key((None if _missing(v) else v,))).itertuples(index=False), strict=True)}
+
+    def same(a: Any, b: Any) -> bool:
+        return (_missing(a) and _missing(b)) or _json_key((a,)) == _json_key((b,))
+
+    others = runs.loc[~base, ["dataset", *keys]]  # values may be lists: deduplicated by their JSON
+    others = others[~others.map(lambda v: _json_key((None if _missing(v) else v,))).duplicated()]
     placed = [runs[~partial]]
     for _, run in runs[partial].iterrows():
-        own = tuple(_json_key((None if _missing(run[k]) else run[k],)) for k in keys)
-        targets = [values for dataset, values in others if dataset == run["dataset"] and "[null]" not in values
-                   and all(_missing(run[k]) or mine == theirs
-                           for k, mine, theirs in zip(keys, own, values, strict=True))]
-        copies = [run.copy() for _ in targets]
-        for copy, values in zip(copies, targets, strict=True):
-            for k, value in zip(keys, values, strict=True):
-                copy[k] = json.loads(value)[0]
-        if (run["dataset"], own) in others or not copies:
-            copies.append(run)
-        placed.append(pd.DataFrame(copies))
+        mine = others[others["dataset"] == run["dataset"]]
+        copies = []
+        for _, condition in mine.iterrows():
+            if all(same(run[k], condition[k]) for k in keys):
+                copies.append(run)  # its own condition holds another method too
+            elif all(not _missing(condition[k]) and (_missing(run[k]) or same(run[k], condition[k])) for k in keys):
+                copies.append(pd.concat([run.drop(keys), condition[keys]]))
+        placed.append(pd.DataFrame(copies or [run]))
     return pd.concat(placed, ignore_index=True)
 
 

@@ -11,10 +11,10 @@ from robustmtl.models.base import Model, param_groups
 
 
 def make_optimizer(model: Model, cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW is fused (one kernel over all parameters) on CUDA and on the CPU. On a CPU the fused kernel takes
-    a fraction of the per-parameter loop's time (figures: benchmarks/README.md); its vectorised
-    arithmetic rounds differently from that loop in the last bit, so a run is bitwise reproducible against runs
-    of the same code, not against runs made before it was fused on the CPU."""
+    """AdamW is fused (one kernel over all parameters) on CUDA and on the CPU, where it replaces torch's
+    per-parameter loop, the default for CPU tensors and the one Hugging Face's Trainer does not use. The fused
+    kernel's vectorised arithmetic rounds differently from that loop in the last bit, so a run is bitwise
+    reproducible against runs of the same code, not against CPU runs made before AdamW was fused there."""
     t = cfg.train
     groups = param_groups(model, t.weight_decay)
     if t.optimizer == "sgd":
