@@ -15,6 +15,9 @@
 #   SLURM_FAKE_GPUS         number of fake GPUs     (default: 2)
 #   SLURM_UP_TIMEOUT        seconds to wait for idle (default: 90)
 set -euo pipefail
+# The daemons inherit this working directory and their job steps start in it:
+# run from / so that deleting the checkout that started the cluster breaks nothing.
+cd /
 
 CLUSTER="${SLURM_CLUSTER_NAME:-robustmtl}"
 ACCOUNT="${SLURM_ACCOUNT:-robustmtl}"

@@ -110,6 +110,13 @@ def test_sbatch_wrap_completes(tmp_path):
     assert outs and "hello-from-slurm" in outs[0].read_text()
 
 
+def test_daemons_run_from_the_root_directory():
+    """Job steps start in slurmd's working directory: one inside a checkout fails once the checkout is gone."""
+    for pid_file in ("/run/slurmd.pid", "/run/slurmctld.pid", "/run/slurmdbd.pid"):
+        pid = Path(pid_file).read_text().strip()
+        assert Path(f"/proc/{pid}/cwd").readlink() == Path("/"), pid_file
+
+
 def test_array_with_throttle_completes(tmp_path):
     job_id = sbatch(tmp_path, "--array=0-3%2", wrap="echo task $SLURM_ARRAY_TASK_ID; sleep 1")
     states = wait_terminal(job_id, n_expected=4)
