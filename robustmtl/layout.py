@@ -74,8 +74,12 @@ def read_json(path: Path, what: str) -> Any:
     except FileNotFoundError:
         raise UserError(f"{what} not found: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{what} is corrupt ({exc.msg if hasattr(exc, 'msg') else exc}): {path}; "
-                        "delete the run directory to rerun it") from None
+        raise corrupt(what, exc.msg if hasattr(exc, "msg") else str(exc), path) from None
+
+
+def corrupt(what: str, why: str, path: Path) -> UserError:
+    """The one-line error for a run file that cannot be what it claims to be."""
+    return UserError(f"{what} is corrupt ({why}): {path}; delete the run directory to rerun it")
 
 
 def claim_dir(path: Path, what: str, marker: str, extra: Collection[str] = ()) -> None:

@@ -120,6 +120,50 @@ def test_error_set_of_another_training_split_is_refused(tmp_path):
                                              required={"stage1": stage1_dir}))
 
 
+def test_stage2_keeps_its_parameters_and_context(tmp_path):
+    method = stage2(tmp_path, [1, 2], upweight=3)
+    assert method.params.jtt_upweight == 3 and method.ctx.required["stage1"].root == tmp_path / "stage1"
+    assert method.ctx.config.method == "jtt" and len(method.ctx.train) == 50
+
+
+def test_an_empty_error_set_leaves_each_epoch_a_permutation_of_the_training_split(tmp_path):
+    # JSON's [] carries no type: the indices must still be integers, or concatenating them with the
+    # training indices turns every index into a float that cannot index the data
+    method = stage2(tmp_path, [], upweight=5)
+    order = method.epoch_indices(1, torch.Generator().manual_seed(1))
+    assert order.dtype == torch.long
+    assert torch.equal(order.sort().values, torch.arange(50))
+
+
+def test_a_missing_error_set_names_the_file(tmp_path):
+    cfg = build_config("jtt", "synthetic", 0, None, {**TINY, "n_train": 50}, where="test")
+    data = dataset_entry("synthetic").build(cfg.data_params, None)
+    ctx = MethodContext(config=cfg, info=data.info, train=data.train, run_dir=RunDir(tmp_path / "s2"),
+                        required={"stage1": RunDir(tmp_path / "stage1")})
+    with pytest.raises(UserError) as err:
+        JTT(cfg.method_params, ctx)
+    assert str(err.value) == f"JTT error set not found: {tmp_path / 'stage1' / ERROR_SET}"
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("{not json", "Expecting property name enclosed in double quotes"),
+    ("[1, 2]", "no list of integer 'indices'"),
+    ('{"n_train": 50}', "no list of integer 'indices'"),
+    ('{"n_train": 50, "indices": [1, 2.5]}', "no list of integer 'indices'")])
+def test_an_unreadable_error_set_is_one_line_naming_the_file(tmp_path, text, why):
+    stage1_dir = RunDir(tmp_path / "stage1")
+    stage2(tmp_path, [1], upweight=1)  # lays out both run directories
+    stage1_dir.artifact(ERROR_SET).write_text(text)
+    cfg = build_config("jtt", "synthetic", 0, None, {**TINY, "n_train": 50}, where="test")
+    data = dataset_entry("synthetic").build(cfg.data_params, None)
+    ctx = MethodContext(config=cfg, info=data.info, train=data.train, run_dir=RunDir(tmp_path / "s2"),
+                        required={"stage1": stage1_dir})
+    with pytest.raises(UserError) as err:
+        JTT(cfg.method_params, ctx)
+    assert str(err.value) == (f"JTT error set is corrupt ({why}): {stage1_dir.artifact(ERROR_SET)}; "
+                              "delete the run directory to rerun it")
+
+
 SWEEP = tiny_grid("jtt", ["jtt"], [0, 1], sweeps={"jtt": {"jtt_upweight": [1, 5, 20], "jtt_epochs": [1, 2]}})
 
 

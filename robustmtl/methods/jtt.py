@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from robustmtl.errors import UserError
-from robustmtl.layout import ERROR_SET, read_json, write_json
+from robustmtl.layout import ERROR_SET, corrupt, read_json, write_json
 from robustmtl.lazy import torch
 from robustmtl.methods.base import MethodContext
 from robustmtl.methods.erm import ERM
@@ -66,10 +66,13 @@ class JTT(ERM):
         super().__init__(params, ctx)
         path = ctx.required["stage1"].artifact(ERROR_SET)
         saved = read_json(path, "JTT error set")
+        indices = saved.get("indices") if isinstance(saved, dict) else None
+        if not isinstance(indices, list) or not all(type(i) is int for i in indices):
+            raise corrupt("JTT error set", "no list of integer 'indices'", path)
         if saved.get("n_train") != len(ctx.train):
             raise UserError(f"{path}: error set of a {saved.get('n_train')}-example training split, "
                             f"but this run's has {len(ctx.train)}; delete the stage-1 run to redo it")
-        self.error_set = torch.tensor(saved["indices"], dtype=torch.long)
+        self.error_set = torch.tensor(indices, dtype=torch.long)
         self.upsampled = torch.cat([torch.arange(len(ctx.train)), self.error_set.repeat(params.jtt_upweight)])
 
     def epoch_indices(self, epoch: int, gen: torch.Generator) -> torch.Tensor:
