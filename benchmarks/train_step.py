@@ -21,7 +21,9 @@ weights and data at batch B (its default AdamW; bf16 on a GPU with native bf16; 
 `--profile` adds a table of where each row's step goes: a few more steps of each row under
 `torch.profiler`, each op's own time charged to the phase it ran in (forward, backward: autograd's
 functions, optimizer: the optimiser's step and zero_grad), and the rest of the step's wall time
-(Python, gradient clipping, the peer loop's bookkeeping) to `other`.
+(Python, gradient clipping, the peer loop's bookkeeping) to `other`; and a second table of the ops
+whose own time differs most between the `mtl_l1` step and the `erm` step at 2B, which says where an
+MTL step's extra time goes.
 
 FLOPs are counted analytically, not measured: per example, 6 x (weights of the encoder's linear and
 convolution layers) x tokens for the matmuls of forward + backward, plus 12 x layers x tokens² x
@@ -39,11 +41,13 @@ import datetime
 import importlib.util
 import io
 import math
+import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +116,7 @@ class Row:
     flops: float
     peak_mb: float | None
     phases: dict[str, float] | None = None  # seconds per step, with --profile
+    ops: dict[str, float] | None = None  # seconds per step of each "phase: op", with --profile
 
 
 def parse_args() -> argparse.Namespace:
@@ -231,11 +236,12 @@ def timed(bench: Bench, name: str, step: Callable[[int], None], examples: int, f
             times.append(time.perf_counter() - started)
         seconds = statistics.median(times)
     peak = torch.cuda.max_memory_allocated(bench.device) / 2**20 if bench.device.type == "cuda" else None
-    split = None
+    split = ops = None
     if bench.args.profile:
         first = bench.args.warmup + bench.args.steps
-        split = mean_phases([profiled(bench.device, lambda i=i: step(i)) for i in range(first, first + PROFILED_STEPS)])
-    return Row(name, examples, seconds, flops, peak, split)
+        steps = [profiled(bench.device, lambda i=i: step(i)) for i in range(first, first + PROFILED_STEPS)]
+        split, ops = mean_times([phases for phases, _ in steps]), mean_times([ops for _, ops in steps])
+    return Row(name, examples, seconds, flops, peak, split, ops)
 
 
 def phase_of(event: object) -> str:
@@ -250,28 +256,30 @@ def phase_of(event: object) -> str:
     return "forward"
 
 
-def phase_times(events: list, wall: float, device: torch.device) -> dict[str, float]:
-    """Seconds per phase: each event's own time (device time on a GPU) charged to its phase. Ops outside
-    forward, backward and the optimiser that follow the first backward op (clipping, a loop's checks) and
-    the wall time no op accounts for are `other`."""
+def phase_times(events: list, wall: float, device: torch.device) -> tuple[dict[str, float], dict[str, float]]:
+    """Seconds per phase, and per "phase: op": each event's own time (device time on a GPU) charged to its
+    phase. Ops outside forward, backward and the optimiser that follow the first backward op (clipping, a
+    loop's checks) and the wall time no op accounts for are `other`."""
     times = dict.fromkeys(PHASES, 0.0)
+    ops: dict[str, float] = {}
     backward_from = min((e.time_range.start for e in events if phase_of(e) == "backward"), default=math.inf)
     for event in events:
         phase = phase_of(event)
         if phase == "forward" and event.time_range.start > backward_from:
             phase = "other"
-        own = event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total
-        times[phase] += own / 1e6
+        own = (event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total) / 1e6
+        times[phase] += own
+        ops[f"{phase}: {event.name}"] = ops.get(f"{phase}: {event.name}", 0.0) + own
     if device.type != "cuda":
         times["other"] += max(0.0, wall - sum(times.values()))
-    return times
+    return times, ops
 
 
-def profiled(device: torch.device, step: Callable[[], None]) -> dict[str, float]:
+def profiled(device: torch.device, step: Callable[[], None]) -> tuple[dict[str, float], dict[str, float]]:
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
+    with quiet_stderr(), profile(activities=activities) as prof:
         started = time.perf_counter()
         step()
         sync(device)
@@ -279,8 +287,24 @@ def profiled(device: torch.device, step: Callable[[], None]) -> dict[str, float]
     return phase_times(list(prof.events()), wall, device)
 
 
-def mean_phases(steps: list[dict[str, float]]) -> dict[str, float]:
-    return {phase: statistics.mean(step[phase] for step in steps) for phase in PHASES}
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2: the profiler's C++ side prints two lines to it at every start and stop."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def mean_times(steps: list[dict[str, float]]) -> dict[str, float]:
+    """The mean per key over the steps, a key a step lacks counting 0 there."""
+    keys = dict.fromkeys(key for step in steps for key in step)
+    return {key: sum(step.get(key, 0.0) for step in steps) / len(steps) for key in keys}
 
 
 def sync(device: torch.device) -> None:
@@ -392,7 +416,7 @@ def trainer_row(bench: Bench, batch: int) -> Row:
         eval_strategy="no", save_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True,
         dataloader_num_workers=0, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(), seed=0)
     times: list[float] = []
-    split: list[dict[str, float]] = []
+    split: list[tuple[dict[str, float], dict[str, float]]] = []
 
     class StepClock(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
@@ -403,7 +427,8 @@ def trainer_row(bench: Bench, batch: int) -> Row:
 
                 cuda_activity = [ProfilerActivity.CUDA] if cuda else []
                 self.profiler = profile(activities=[ProfilerActivity.CPU, *cuda_activity])
-                self.profiler.start()
+                with quiet_stderr():
+                    self.profiler.start()
             self.started = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
@@ -411,7 +436,8 @@ def trainer_row(bench: Bench, batch: int) -> Row:
             wall = time.perf_counter() - self.started
             times.append(wall)
             if self.profiler is not None:
-                self.profiler.stop()
+                with quiet_stderr():
+                    self.profiler.stop()
                 split.append(phase_times(list(self.profiler.events()), wall, bench.device))
 
     with contextlib.redirect_stdout(io.StringIO()):  # its end-of-training summary line is not this table's
@@ -419,8 +445,8 @@ def trainer_row(bench: Bench, batch: int) -> Row:
     timed_steps = times[bench.args.warmup:timed_count]
     seconds = statistics.median(timed_steps) if not cuda else sum(timed_steps) / len(timed_steps)
     peak = torch.cuda.max_memory_allocated(bench.device) / 2**20 if cuda else None
-    return Row(TRAINER, batch, seconds, batch * example_flops(bench, False, 0), peak,
-               mean_phases(split) if split else None)
+    phases, ops = (mean_times([p for p, _ in split]), mean_times([o for _, o in split])) if split else (None, None)
+    return Row(TRAINER, batch, seconds, batch * example_flops(bench, False, 0), peak, phases, ops)
 
 
 def peak_tflops(device: torch.device, given: float | None) -> float | None:
@@ -453,10 +479,11 @@ def report(bench: Bench, rows: list[Row]) -> None:
                       f"{tflops:.3f}", f"{100 * tflops / peak:.1f}%" if peak else "n/a",
                       f"{r.peak_mb:.0f}" if r.peak_mb is not None else "n/a")
     console.print(table)
-    if a.profile:
-        console.print(phase_table(bench, rows))
     by_name = {r.name: r for r in rows}
     mtl_l1, erm2, ref = by_name["mtl_l1"], by_name[f"erm (batch {2 * a.batch})"], by_name[REFERENCE]
+    if a.profile:
+        console.print(phase_table(bench, rows))
+        console.print(difference_table(erm2, mtl_l1))
     vs_erm = mtl_l1.seconds / erm2.seconds
     vs_ref = (mtl_l1.examples / mtl_l1.seconds) / (ref.examples / ref.seconds)
     console.print(f"mtl_l1 step / erm step at batch {2 * a.batch}: {vs_erm:.2f}x (target <= {TARGET_VS_ERM}) "
@@ -474,6 +501,24 @@ def report(bench: Bench, rows: list[Row]) -> None:
                   "MLM logits at every position, L1 on all tokens, plain AdamW.")
     console.print("FLOPs are analytic (6 x encoder weights x tokens + attention + MLM/SimMIM head), see --help."
                   + ("" if peak else " MFU: n/a (no GPU, or a GPU not in the peak table: give --peak-tflops)."))
+
+
+DIFFERENCE_ROWS = 12
+
+
+def difference_table(base: Row, other: Row) -> Table:
+    """The ops whose own time differs most between two profiled rows: where one step's extra time goes."""
+    assert base.ops is not None and other.ops is not None
+    keys = sorted(base.ops.keys() | other.ops.keys(),
+                  key=lambda k: -abs(other.ops.get(k, 0.0) - base.ops.get(k, 0.0)))  # type: ignore[union-attr]
+    table = Table(title=f"{other.name} against {base.name}: the {DIFFERENCE_ROWS} ops whose own time differs most "
+                        f"(ms per step; all ops: {1e3 * (sum(other.ops.values()) - sum(base.ops.values())):+.1f})")
+    for column in ("phase: op", base.name, other.name, "difference"):
+        table.add_column(column, justify="left" if column == "phase: op" else "right")
+    for key in keys[:DIFFERENCE_ROWS]:
+        a, b = base.ops.get(key, 0.0), other.ops.get(key, 0.0)
+        table.add_row(key, f"{1e3 * a:.1f}", f"{1e3 * b:.1f}", f"{1e3 * (b - a):+.1f}")
+    return table
 
 
 def phase_table(bench: Bench, rows: list[Row]) -> Table:
