@@ -269,7 +269,8 @@ def phase_times(events: list, wall: float, device: torch.device) -> tuple[dict[s
             phase = "other"
         own = (event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total) / 1e6
         times[phase] += own
-        ops[f"{phase}: {event.name}"] = ops.get(f"{phase}: {event.name}", 0.0) + own
+        key = f"{phase}: {event.name}"
+        ops[key] = ops.get(key, 0.0) + own
     if device.type != "cuda":
         times["other"] += max(0.0, wall - sum(times.values()))
     return times, ops
@@ -509,14 +510,14 @@ DIFFERENCE_ROWS = 12
 def difference_table(base: Row, other: Row) -> Table:
     """The ops whose own time differs most between two profiled rows: where one step's extra time goes."""
     assert base.ops is not None and other.ops is not None
-    keys = sorted(base.ops.keys() | other.ops.keys(),
-                  key=lambda k: -abs(other.ops.get(k, 0.0) - base.ops.get(k, 0.0)))  # type: ignore[union-attr]
+    before, after = base.ops, other.ops
+    keys = sorted(before.keys() | after.keys(), key=lambda k: -abs(after.get(k, 0.0) - before.get(k, 0.0)))
     table = Table(title=f"{other.name} against {base.name}: the {DIFFERENCE_ROWS} ops whose own time differs most "
-                        f"(ms per step; all ops: {1e3 * (sum(other.ops.values()) - sum(base.ops.values())):+.1f})")
+                        f"(ms per step; all ops: {1e3 * (sum(after.values()) - sum(before.values())):+.1f})")
     for column in ("phase: op", base.name, other.name, "difference"):
         table.add_column(column, justify="left" if column == "phase: op" else "right")
     for key in keys[:DIFFERENCE_ROWS]:
-        a, b = base.ops.get(key, 0.0), other.ops.get(key, 0.0)
+        a, b = before.get(key, 0.0), after.get(key, 0.0)
         table.add_row(key, f"{1e3 * a:.1f}", f"{1e3 * b:.1f}", f"{1e3 * (b - a):+.1f}")
     return table
 

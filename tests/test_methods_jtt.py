@@ -84,14 +84,19 @@ def test_after_training_writes_the_misclassified_indices(tmp_path):
     assert json.loads((tmp_path / ERROR_SET).read_text()) == {"indices": [3, 17, 150], "count": 3, "n_train": 200}
 
 
-def stage2(tmp_path, errors, upweight, n=50):
-    stage1_dir = RunDir(tmp_path / "stage1")
-    write_json(stage1_dir.artifact(ERROR_SET), {"indices": errors, "count": len(errors), "n_train": n})
+def build_stage2(tmp_path, upweight=5, n=50):
+    """The stage-2 method of an n-example split, reading whatever tmp_path/stage1 holds."""
     cfg = build_config("jtt", "synthetic", 0, None, {**TINY, "n_train": n, "jtt_upweight": upweight}, where="test")
     data = dataset_entry("synthetic").build(cfg.data_params, None)
     ctx = MethodContext(config=cfg, info=data.info, train=data.train.hide_groups(), run_dir=RunDir(tmp_path / "s2"),
-                        required={"stage1": stage1_dir})
+                        required={"stage1": RunDir(tmp_path / "stage1")})
     return JTT(cfg.method_params, ctx)
+
+
+def stage2(tmp_path, errors, upweight, n=50, n_saved=None):
+    write_json(RunDir(tmp_path / "stage1").artifact(ERROR_SET),
+               {"indices": errors, "count": len(errors), "n_train": n if n_saved is None else n_saved})
+    return build_stage2(tmp_path, upweight, n)
 
 
 @pytest.mark.parametrize("upweight", [0, 1, 5])
@@ -112,12 +117,7 @@ def test_each_error_example_appears_one_plus_upweight_times_per_epoch(tmp_path, 
 
 def test_error_set_of_another_training_split_is_refused(tmp_path):
     with pytest.raises(UserError, match="error set of a 60-example"):
-        stage1_dir = RunDir(tmp_path / "stage1")
-        write_json(stage1_dir.artifact(ERROR_SET), {"indices": [1], "count": 1, "n_train": 60})
-        cfg = build_config("jtt", "synthetic", 0, None, {**TINY, "n_train": 50}, where="test")
-        data = dataset_entry("synthetic").build(cfg.data_params, None)
-        JTT(cfg.method_params, MethodContext(config=cfg, info=data.info, train=data.train, run_dir=RunDir(tmp_path),
-                                             required={"stage1": stage1_dir}))
+        stage2(tmp_path, [1], upweight=5, n=50, n_saved=60)
 
 
 def test_stage2_keeps_its_parameters_and_context(tmp_path):
@@ -136,12 +136,8 @@ def test_an_empty_error_set_leaves_each_epoch_a_permutation_of_the_training_spli
 
 
 def test_a_missing_error_set_names_the_file(tmp_path):
-    cfg = build_config("jtt", "synthetic", 0, None, {**TINY, "n_train": 50}, where="test")
-    data = dataset_entry("synthetic").build(cfg.data_params, None)
-    ctx = MethodContext(config=cfg, info=data.info, train=data.train, run_dir=RunDir(tmp_path / "s2"),
-                        required={"stage1": RunDir(tmp_path / "stage1")})
     with pytest.raises(UserError) as err:
-        JTT(cfg.method_params, ctx)
+        build_stage2(tmp_path)
     assert str(err.value) == f"JTT error set not found: {tmp_path / 'stage1' / ERROR_SET}"
 
 
@@ -151,17 +147,12 @@ def test_a_missing_error_set_names_the_file(tmp_path):
     ('{"n_train": 50}', "no list of integer 'indices'"),
     ('{"n_train": 50, "indices": [1, 2.5]}', "no list of integer 'indices'")])
 def test_an_unreadable_error_set_is_one_line_naming_the_file(tmp_path, text, why):
-    stage1_dir = RunDir(tmp_path / "stage1")
-    stage2(tmp_path, [1], upweight=1)  # lays out both run directories
-    stage1_dir.artifact(ERROR_SET).write_text(text)
-    cfg = build_config("jtt", "synthetic", 0, None, {**TINY, "n_train": 50}, where="test")
-    data = dataset_entry("synthetic").build(cfg.data_params, None)
-    ctx = MethodContext(config=cfg, info=data.info, train=data.train, run_dir=RunDir(tmp_path / "s2"),
-                        required={"stage1": stage1_dir})
+    path = RunDir(tmp_path / "stage1").artifact(ERROR_SET)
+    path.parent.mkdir()
+    path.write_text(text)
     with pytest.raises(UserError) as err:
-        JTT(cfg.method_params, ctx)
-    assert str(err.value) == (f"JTT error set is corrupt ({why}): {stage1_dir.artifact(ERROR_SET)}; "
-                              "delete the run directory to rerun it")
+        build_stage2(tmp_path)
+    assert str(err.value) == f"JTT error set is corrupt ({why}): {path}; delete the run directory to rerun it"
 
 
 SWEEP = tiny_grid("jtt", ["jtt"], [0, 1], sweeps={"jtt": {"jtt_upweight": [1, 5, 20], "jtt_epochs": [1, 2]}})

@@ -11,10 +11,10 @@ from robustmtl.models.base import Model, param_groups
 
 
 def make_optimizer(model: Model, cfg: RunConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW is fused (one kernel over all parameters) on CUDA and on the CPU, where it replaces torch's
-    per-parameter loop, the default for CPU tensors and the one Hugging Face's Trainer does not use. The fused
-    kernel's vectorised arithmetic rounds differently from that loop in the last bit, so a run is bitwise
-    reproducible against runs of the same code, not against CPU runs made before AdamW was fused there."""
+    """AdamW is fused (one kernel over all parameters) on CUDA and on the CPU, where torch's default is a
+    per-parameter loop several times slower. The fused kernel's vectorised arithmetic rounds differently
+    from that loop in the last bit, so a run is bitwise reproducible against runs of the same code, not
+    against CPU runs made with the loop."""
     t = cfg.train
     groups = param_groups(model, t.weight_decay)
     if t.optimizer == "sgd":
