@@ -28,7 +28,7 @@ from robustmtl.aggregate.parse import (
     parse_files,
 )
 from robustmtl.errors import UserError
-from robustmtl.grid.coverage import read_plan
+from robustmtl.grid.coverage import end_task_seeds, read_plan
 from robustmtl.layout import DONE_MARKER, GridDir
 
 _CHUNK_BYTES = 64 << 20  # parse in slices so peak memory stays ~2x a slice, not 2x the whole sweep
@@ -83,14 +83,14 @@ def _scan_and_parse(grid_dirs: Sequence[Path], include_running: bool,
 
 
 def _expected_seeds(grid_dir: Path, warnings: list[str]) -> int | None:
-    """Seeds per setting the grid asked for, from its plan (None if it has none)."""
+    """Seeds per setting the grid asked for, from its plan's end-task runs (None if it has none)."""
     grid = GridDir(grid_dir)
     plan = read_plan(grid)
     if plan is None:
         if grid.plan.exists():
             warnings.append(f"{grid.plan}: unreadable; expected seeds taken as the most any setting has")
         return None
-    return len({e["seed"] for e in plan}) or None
+    return len(end_task_seeds(plan)) or None
 
 
 def _scan(grid_dir: Path, include_running: bool, warnings: list[str]) -> Iterator[RunFile]:

@@ -1,8 +1,8 @@
 """The grid's plan, and coverage: the runs it asks for against the runs that are done.
 
 `grid submit` saves the expanded spec as GRID_DIR/plan.jsonl (one line per run: id, dataset, method,
-seed, setting): the one record of what a grid is that status, coverage and aggregation read, so none
-of them expands the spec again (which would import every plug-in, and torch).
+seed, setting, and whether other runs require it): the one record of what a grid is that status, coverage
+and aggregation read, so none of them expands the spec again (which would import every plug-in, and torch).
 
 Coverage: per (dataset, method) cell, which settings and seeds are still missing, so a table with a
 short cell says what to rerun, and `grid status` says what is left.
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from robustmtl.layout import GridDir, atomic_write_text
+from robustmtl.requirements import PRETRAIN_METHOD
 
 
 @dataclass
@@ -28,15 +29,18 @@ class CellGap:
     missing: list[tuple[str, list[int]]]  # (setting, seeds), "defaults" for a method without swept values
 
 
-def _entry(run: Any) -> dict[str, Any]:
+def _entry(run: Any, required: bool) -> dict[str, Any]:
     """A PlannedRun as one plan line."""
     c = run.config
     setting = ", ".join(f"{k}={v}" for k, v in sorted(run.swept.items())) or "defaults"
-    return {"run_id": run.run_id, "dataset": c.dataset, "method": c.method, "seed": c.seed, "setting": setting}
+    return {"run_id": run.run_id, "dataset": c.dataset, "method": c.method, "seed": c.seed, "setting": setting,
+            "required": required}
 
 
 def write_plan(grid: GridDir, runs: list[Any]) -> None:
-    atomic_write_text(grid.plan, "".join(json.dumps(_entry(r), sort_keys=True) + "\n" for r in runs))
+    required = {run_id for r in runs for run_id in r.requires}
+    atomic_write_text(grid.plan, "".join(json.dumps(_entry(r, r.run_id in required), sort_keys=True) + "\n"
+                                         for r in runs))
 
 
 def read_plan(grid: GridDir) -> list[dict[str, Any]] | None:
@@ -47,6 +51,18 @@ def read_plan(grid: GridDir) -> list[dict[str, Any]] | None:
         return None
     fields = ("run_id", "dataset", "method", "seed", "setting")
     return entries if all(isinstance(e, dict) and all(k in e for k in fields) for e in entries) else None
+
+
+def _is_required(entry: dict[str, Any]) -> bool:
+    """Whether other runs of the plan need this one (pre-training, JTT's stage 1): such a run may have a seed
+    its role gives it (`pretrain_seed`), not one of the grid's. A plan saved without the field is judged by
+    method: pre-training is the one required run with a seed of its own."""
+    return bool(entry.get("required", entry["method"] == PRETRAIN_METHOD))
+
+
+def end_task_seeds(plan: list[dict[str, Any]]) -> set[int]:
+    """The seeds the grid asked its end-task runs for (the spec's `seeds`): what each cell should have."""
+    return {e["seed"] for e in plan if not _is_required(e)}
 
 
 def coverage(grid: GridDir, done: set[str]) -> list[CellGap] | None:
