@@ -127,3 +127,66 @@ def test_unknown_condition_key_is_one_line(grid: Path, cli):
 def test_options_a_condition_table_does_not_take_are_one_line(grid: Path, cli, args: list[str]):
     result = cli("aggregate", grid, "--by", "spurious_variance_ratio", *args, ok=False)
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+
+
+def regimes_table():
+    """A condition table shaped like the synthetic regimes study: six methods, five variance ratios, and a second
+    --by key (pre-training epochs) that puts a second row of panels under the first."""
+    import pandas as pd
+
+    from robustmtl.aggregate.conditions import ConditionTable
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for pretrain_epochs in (0, 10):
+        for ratio in (0.25, 0.5, 1.0, 2.0, 4.0):
+            for method in ("erm", "jtt", "gdro", "l1", "mtl", "mtl_l1"):
+                diff = rng.normal(0, 10)
+                row = {"dataset": "synthetic", "spurious_variance_ratio": ratio, "pretrain_epochs": pretrain_epochs,
+                       "method": method, "worst_group_acc_diff": diff, "worst_group_acc_diff_lo": diff - 3,
+                       "worst_group_acc_diff_hi": diff + 3}
+                for field, centre in (("reliance_core", 0.5), ("reliance_spurious", 0.3), ("probe_a_acc", 0.99),
+                                      ("active_units", 64.0)):
+                    row[f"{field}_mean"] = centre * (1 + rng.normal(0, 0.05))
+                    row[f"{field}_hw"] = abs(centre * rng.normal(0, 0.02))
+                rows.append(row)
+    return ConditionTable(by=["spurious_variance_ratio", "pretrain_epochs"], cells=pd.DataFrame(rows),
+                          baseline="erm", select="worst-val", warnings=[])
+
+
+def overlapping_texts(fig) -> list[tuple[str, str]]:
+    """Pairs (a title, another text) whose drawn boxes overlap, where a title is a panel's or the figure's, and the
+    other texts are every panel's title, tick labels and axis labels."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+
+    def shown(texts):
+        return [t for t in texts if t.get_visible() and t.get_text()]
+
+    titles = shown([ax.title for ax in fig.axes] + ([fig._suptitle] if fig._suptitle else []))
+    others = shown([t for ax in fig.axes
+                    for t in (ax.title, ax.xaxis.label, ax.yaxis.label, ax.xaxis.get_offset_text(),
+                              ax.yaxis.get_offset_text(), *ax.get_xticklabels(), *ax.get_yticklabels())])
+    return [(title.get_text(), other.get_text()) for title in titles for other in others
+            if other is not title
+            and title.get_window_extent(renderer).overlaps(other.get_window_extent(renderer))]
+
+
+@pytest.mark.parametrize("figure", ["gain", "mechanism"])
+def test_condition_figures_print_no_title_over_another_panels_labels(tmp_path: Path, monkeypatch, figure: str):
+    from matplotlib.figure import Figure
+
+    from robustmtl.aggregate import conditions_plot
+
+    overlaps: dict[str, list[tuple[str, str]]] = {}
+    save = Figure.savefig
+
+    def savefig(fig, path, *args, **kwargs):
+        overlaps[Path(path).name] = overlapping_texts(fig)
+        return save(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    draw = {"gain": conditions_plot.gain_figure, "mechanism": conditions_plot.mechanism_figure}[figure]
+    paths = draw(regimes_table(), tmp_path)
+    assert sorted(overlaps) == sorted(p.name for p in paths) and len(paths) == 2
+    assert overlaps == {p.name: [] for p in paths}

@@ -37,7 +37,8 @@ def gain_figure(table: ConditionTable, out: Path) -> list[Path]:
     plt = pyplot()
     x_key = table.by[0]
     panels = _panels(table)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False, sharey=True,
+                             layout="constrained")
     for ax, (title, cells) in zip(axes[0], panels, strict=True):
         methods = _methods(cells, table.baseline)
         for i, method in enumerate(methods):
@@ -70,7 +71,7 @@ def mechanism_figure(table: ConditionTable, out: Path) -> list[Path]:
     x_key = table.by[0]
     panels = _panels(table)
     fig, axes = plt.subplots(len(panels), len(fields), figsize=(4.2 * len(fields), 3.4 * len(panels)),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")  # two-line titles fit between rows
     for r, (title, cells) in enumerate(panels):
         for c, f in enumerate(fields):
             ax = axes[r][c]
