@@ -73,7 +73,12 @@ def test_adamw_is_fused_on_cuda_and_steps_there():
     model = model_entry(cfg.model).build(cfg.model_params, info).to(CUDA)
     optimizer = make_optimizer(model, cfg, CUDA)
     assert optimizer.defaults["fused"] is True
-    assert make_optimizer(model.cpu(), cfg, torch.device("cpu")).defaults["fused"] is False
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    assert all(p.is_cuda and torch.isfinite(p).all() and not torch.equal(p, b)
+               for p, b in zip(model.parameters(), before, strict=True))
 
 
 @pytest.mark.parametrize(("precision", "dtype"), [("bf16", torch.bfloat16), ("fp16", torch.float16),

@@ -103,6 +103,13 @@ def test_precision_resolution_on_cpu():
         RunOptions(precision="fp8")
 
 
+def test_a_cpu_run_steps_with_the_fused_adamw(tmp_path):
+    """On the CPU, torch's default AdamW is a per-parameter loop several times slower than its fused kernel."""
+    rd, _ = run(tmp_path, "fused", device="cpu")
+    groups = torch.load(rd.checkpoint, weights_only=True)["optimizer"]["param_groups"]
+    assert groups and all(g["fused"] is True for g in groups)
+
+
 @pytest.mark.parametrize(("major", "auto"), [(7, "fp16"), (8, "bf16"), (9, "bf16")])
 def test_auto_precision_needs_native_bf16(monkeypatch, major, auto):
     """A V100/T4 (compute capability 7.x) emulates bf16, slowly: auto must pick fp16 + GradScaler there."""
