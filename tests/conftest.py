@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from robustmtl import pause as run_pause
 from robustmtl.cli import app
 
 TINY = {"epochs": 3, "n_train": 200, "n_val": 100, "n_test": 100, "batch_size": 32}
@@ -40,6 +43,70 @@ def lock_holder() -> Iterator[Callable[[Path], subprocess.Popen]]:
     for proc in procs:
         proc.kill()
         proc.wait()
+
+
+class Pause:
+    """The test's side of robustmtl.pause: hold runs (or an unpacking) at a count, see where they wait, let go.
+
+    A test that injects an event first holds the operation at a known point and waits until it is there,
+    so the event lands at that point on any machine, however fast; `waited` fails loudly, naming why,
+    when the operation ended or never got there instead of waiting."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def env(self) -> dict[str, str]:
+        """The environment for a subprocess that must honour the pause."""
+        return {**os.environ, run_pause.PAUSE_ENV: str(self.path)}
+
+    def at(self, count: int, key: str = "") -> None:
+        """Operations wait once they have counted `count` (steps of a run, members unpacked); with `key`,
+        only that one (a run id), the others as before."""
+        limits = {} if not key else {k: v for k, v in self._limits().items() if k != key}
+        limits[key] = count
+        temp = self.path.with_name(f".{self.path.name}.tmp")
+        temp.write_text("".join(f"{k} {v}\n".lstrip() for k, v in limits.items()))
+        temp.replace(self.path)
+
+    def _limits(self) -> dict[str, int]:
+        try:
+            lines = self.path.read_text().splitlines()
+        except FileNotFoundError:
+            return {}
+        return {(f[0] if len(f) == 2 else ""): int(f[-1]) for f in map(str.split, lines) if f}
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def held_at(self, key: str) -> int | None:
+        """Where operation `key` last waited; `*`: the furthest any operation waited."""
+        if key != "*":
+            return run_pause.held_at(self.path, key)
+        notes = self.path.parent.glob(f"{self.path.name}.*")
+        return max((run_pause.pause_limit(p) or 0 for p in notes), default=None)
+
+    def waited(self, key: str, count: int, proc: subprocess.Popen | None = None, timeout: float = 300) -> int:
+        """Wait until operation `key` waits at `count` or later; its count. Fails if `proc` ends first."""
+        deadline = time.monotonic() + timeout
+        while (held := self.held_at(key)) is None or held < count:
+            if proc is not None and proc.poll() is not None:
+                pytest.fail(f"{key} ended (exit {proc.returncode}) before it waited at {count}; the pause "
+                            f"({self.path}) did not hold it", pytrace=False)
+            if time.monotonic() > deadline:
+                pytest.fail(f"{key} did not wait at {count} within {timeout:.0f} s (last waited at {held})",
+                            pytrace=False)
+            time.sleep(0.01)
+        return held
+
+
+@pytest.fixture
+def pause(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pause]:
+    """A pause this test's processes honour: set in the environment, which subprocesses, local grids and
+    SLURM jobs (sbatch exports the submitter's environment) inherit; released at teardown."""
+    held = Pause(tmp_path / "pause")
+    monkeypatch.setenv(run_pause.PAUSE_ENV, str(held.path))
+    yield held
+    held.release()
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tarfile
 import threading
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +30,8 @@ from tests.conftest import REPO
 from tests.test_data_benchmarks import make_celeba, make_multinli, make_waterbirds, sentence
 
 WATERBIRDS_TOP = "waterbird_complete95_forest2water2"
-KILL_PADDING_FILES = 1000  # at ~0.3 ms (fast disk) to 3 ms a file, the kill has 0.3-3 s to land in
+KILL_PADDING_FILES = 100
+KILL_AT_MEMBER = 40  # the unpacking is held after this many files, with the padding still to come
 
 
 def make_civilcomments_complete(root: Path) -> Path:
@@ -313,26 +313,25 @@ def test_archive_missing_images_is_refused(cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_prepare_killed_while_unpacking_leaves_no_dataset_folder(cli, tmp_path):
+def test_prepare_killed_while_unpacking_leaves_no_dataset_folder(cli, tmp_path, pause):
     """SIGKILL mid-unpack (no cleanup runs): DATA_ROOT/waterbirds must not exist, and the next prepare works."""
     tree = make_waterbirds_tree(tmp_path)
-    for i in range(KILL_PADDING_FILES):  # more files to unpack, so the kill lands while unpacking
+    for i in range(KILL_PADDING_FILES):  # files still to unpack when the kill lands
         (tree / "padding" / f"{i}.png").parent.mkdir(exist_ok=True)
         (tree / "padding" / f"{i}.png").write_bytes(b"x" * 100)
     archive = tar_folder(tree, tmp_path / f"{WATERBIRDS_TOP}.tar.gz", WATERBIRDS_TOP)
     data_root = tmp_path / "data"
-    staging = data_root / ".waterbirds.partial"
+    pause.at(KILL_AT_MEMBER)
     proc = subprocess.Popen([sys.executable, "-m", "robustmtl", "data", "prepare", "waterbirds", "--from", archive,
                              "--data-root", data_root], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while not staging.is_dir() and proc.poll() is None:
-            assert time.monotonic() < deadline, "prepare never started unpacking"
-            time.sleep(0.002)
+        pause.waited("unpack", KILL_AT_MEMBER, proc)
+        assert (data_root / ".waterbirds.partial").is_dir()
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "prepare finished before it could be killed mid-unpack"
+    pause.release()
+    assert proc.returncode == -signal.SIGKILL
     assert not (data_root / "waterbirds").exists()
     prepare(cli, "waterbirds", data_root, archive)
     assert left_in(data_root) == ["waterbirds"]

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -93,28 +92,24 @@ def running_here(marker: str) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.parametrize(("signum", "sigint"), [(signal.SIGTERM, signal.SIG_DFL), (signal.SIGHUP, signal.SIG_DFL),
                                                 (signal.SIGTERM, signal.SIG_IGN)])
-def test_a_killed_local_submit_stops_its_runs(tmp_path, signum, sigint):
+def test_a_killed_local_submit_stops_its_runs(tmp_path, signum, sigint, pause):
     """SIG_IGN: started as `nohup robustmtl grid submit ... &` from a script, which ignores SIGINT in it and in
     every process it starts, unless the command gives its jobs SIGINT back."""
-    spec = write_spec(tmp_path / "g.toml", tiny_grid("kill", ["erm"], [0], defaults={
-        "epochs": 400, "n_train": 2000}, executor={"kind": "local", "threads": 1}))
+    spec = write_spec(tmp_path / "g.toml", tiny_grid("kill", ["erm"], [0], executor={"kind": "local", "threads": 1}))
     out = tmp_path / "grid"
+    pause.at(2)  # the run waits, training, after two steps, until the signal
     proc = subprocess.Popen([sys.executable, "-m", "robustmtl", "grid", "submit", str(spec), "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
     try:
-        deadline = time.monotonic() + 90
-        while not list(out.glob("runs/*/checkpoint.pt")) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        pause.waited("*", 2, proc)
         (rd,) = [GridDir(out).run(r) for r in GridDir(out).run_ids()]
         assert locked(rd), "the run should be training"
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 2 and "interrupted: running jobs were cancelled" in err, err
         assert len(err.strip().splitlines()) == 1 and not locked(rd)
-        size = rd.metrics.stat().st_size
-        time.sleep(2)
-        assert rd.metrics.stat().st_size == size and not running_here(str(tmp_path))
+        assert not running_here(str(tmp_path)) and not rd.done.exists()
     finally:
         for pid in [proc.pid, *running_here(str(tmp_path))]:
             with contextlib.suppress(ProcessLookupError):

@@ -19,6 +19,7 @@ from robustmtl.errors import UserError
 from robustmtl.grid.expand import expand
 from robustmtl.grid.spec import load_spec
 from robustmtl.layout import PRETRAINED_ENCODER, RunDir
+from robustmtl.pause import PAUSE_ENV
 from robustmtl.requirements import pretrain_config, required_runs, with_transitive
 from robustmtl.rundir import prepare_run
 from robustmtl.train.loop import Trainer, train_run
@@ -125,9 +126,10 @@ def test_pretraining_trains_on_the_pool_and_never_reads_labels(tmp_path: Path):
 
 
 KILL_ARGS = ["--method", "mtl_l1", "--dataset", "synthetic", "--set", "epochs=3", "--set", "n_train=200",
-             "--set", "n_val=50", "--set", "n_test=50", "--set", "batch_size=8", "--set", "pretrain_epochs=3",
+             "--set", "n_val=50", "--set", "n_test=50", "--set", "batch_size=8", "--set", "pretrain_epochs=1",
              "--set", "pretrain_batch_size=8", "--set", "alpha_reg=0.01", "--threads", "1",
              "--checkpoint-every", "1", "--keep-checkpoint"]
+KILL_PRETRAIN_STEPS = 25  # 200 examples in batches of 8, one epoch; the fine-tune takes 75
 
 
 def _checkpoint_mtime(root: Path, phase: str) -> int:
@@ -143,27 +145,32 @@ def _numbers(records: list[dict]) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_sigkill_during_pretraining_and_fine_tuning_ends_bitwise_equal(tmp_path: Path):
+def test_sigkill_during_pretraining_and_fine_tuning_ends_bitwise_equal(tmp_path: Path, pause):
     def command(root: Path) -> list[str]:
         return [sys.executable, "-m", "robustmtl", "run", *KILL_ARGS, "--out", str(root / "fine")]
 
-    subprocess.run(command(tmp_path / "reference"), check=True, capture_output=True)
+    subprocess.run(command(tmp_path / "reference"), check=True, capture_output=True,
+                   env=pause.env() | {PAUSE_ENV: ""})
     root = tmp_path / "killed"
     rng = random.Random(7)
-    killed = []
-    for phase in ["pretrain", "pretrain", "fine", "fine"]:
+    # the pause holds each run at its own step count: the pre-training run's 25 steps, then the fine-tune's 75
+    limits = [("pretrain", rng.randint(2, 10))]
+    limits.append(("pretrain", limits[-1][1] + rng.randint(1, 3)))
+    limits.append(("fine", KILL_PRETRAIN_STEPS + rng.randint(5, 20)))
+    limits.append(("fine", limits[-1][1] + rng.randint(1, 3)))
+    for phase, limit in limits:
+        pause.at(limit)
         before = _checkpoint_mtime(root, phase)
         proc = subprocess.Popen(command(root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
         while _checkpoint_mtime(root, phase) == before and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
+        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before its kill in {phase}"
         time.sleep(rng.uniform(0.0, 0.05))  # within a few steps of a checkpoint of that phase
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            killed.append(phase)
+        os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+    pause.release()
     subprocess.run(command(root), check=True, capture_output=True)
-    assert killed == ["pretrain", "pretrain", "fine", "fine"], killed
     names = sorted(p.name for p in (tmp_path / "reference").iterdir())
     assert sorted(p.name for p in root.iterdir()) == names and len(names) == 2
     for name in names:

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -76,15 +75,14 @@ def test_a_job_on_a_run_another_process_trains_records_nothing(tmp_path, lock_ho
 
 
 @pytest.mark.slow
-def test_second_trainer_refused_while_the_first_runs_and_none_after_its_sigkill(tmp_path):
+def test_second_trainer_refused_while_the_first_runs_and_none_after_its_sigkill(tmp_path, pause):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "robustmtl", "run", "--method", "erm", "--dataset", "synthetic", "--set",
-           "epochs=400", "--set", "n_train=2000", "--threads", "1", "--out", str(out)]
+    cmd = [sys.executable, "-m", "robustmtl", "run", "--method", "erm", "--dataset", "synthetic", "--threads", "1",
+           "--out", str(out)]
+    pause.at(1)  # the first trainer waits after its first step, holding the lock, until killed
     first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        pause.waited("*", 1, first)
         second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         assert second.returncode == 2 and f"(pid {first.pid})" in second.stderr, second.stderr
         assert first.poll() is None

@@ -14,6 +14,7 @@ import bz2
 import errno
 import functools
 import gzip
+import itertools
 import lzma
 import os
 import shutil
@@ -25,12 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from robustmtl import pause
 from robustmtl.errors import UserError
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 READ_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, ValueError)
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 CHUNK = 1 << 20
+_copied = itertools.count(1)  # members copied by this process: where a test's pause holds an unpacking
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ def _copy(reader: IO[bytes], dest: Path, member: Member) -> None:
     if written != member.size:
         raise UserError(f"{member.source.path}: {member.name} unpacked to {written} bytes but the archive declares "
                         f"{member.size}; the archive is damaged, download it again")
+    pause.wait_here("unpack", next(_copied))
 
 
 class Source:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from robustmtl import pause
 from robustmtl.errors import UserError
 from robustmtl.layout import PRETRAINED_ENCODER, VAL_CORRECT, VAL_GROUPS, RunDir, read_json, write_json
 from robustmtl.methods.base import Method, MethodContext
@@ -251,7 +252,7 @@ class Trainer:
                     self._evaluate()
                 if self.opts.checkpoint_every and self.step % self.opts.checkpoint_every == 0:
                     self.save_checkpoint()
-                if self.stop_requested and self.stop_requested():
+                if pause.wait_here(self.cfg.run_id, self.step, self.stop_requested):
                     self.save_checkpoint()
                     raise Interrupted(f"stopped at step {self.step} after a checkpoint")
             last = self._evaluate()

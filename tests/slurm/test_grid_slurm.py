@@ -6,6 +6,7 @@ Run with:  ROBUSTMTL_REQUIRE_SLURM=1 python -m pytest tests/slurm -q
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 from robustmtl.grid.manifest import latest_entries, manifest_path
 from robustmtl.grid.status import grid_status
 from robustmtl.layout import GridDir, RunDir
+from robustmtl.pause import PAUSE_ENV
 from robustmtl.registry import METHODS
 from robustmtl.train.attempts import read_attempts
 from tests.conftest import TIMING_KEYS, read_records, write_spec
@@ -26,7 +28,10 @@ from tests.conftest import TIMING_KEYS, read_records, write_spec
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
 TINY = {"epochs": 3, "n_train": 200, "n_val": 100, "n_test": 100, "batch_size": 32}
-SLOW = {"epochs": 30, "n_train": 2000, "n_val": 100, "n_test": 100, "batch_size": 32}  # ~10 s of training
+SLOW = {"epochs": 6, "n_train": 1000, "n_val": 100, "n_test": 100, "batch_size": 32}
+STEPS_PER_EPOCH = -(-SLOW["n_train"] // SLOW["batch_size"])
+HELD_STEP = 2 * STEPS_PER_EPOCH + 3  # where a test's pause holds a SLOW run: in its third epoch
+PREEMPTIONS = 4
 WAIT_S = 120
 
 
@@ -87,7 +92,7 @@ def reference(tmp_path_factory):
     sets = [a for k, v in SLOW.items() for a in ("--set", f"{k}={v}")]
     proc = subprocess.Popen([sys.executable, "-m", "robustmtl", "run", "--method", "erm", "--dataset", "synthetic",
                              "--seed", "0", *sets, "--threads", "1", "--checkpoint-every", "5", "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=undisturbed())
 
     def records() -> list[dict]:
         _, err = proc.communicate(timeout=WAIT_S)
@@ -98,6 +103,11 @@ def reference(tmp_path_factory):
     proc.kill()
 
 
+def undisturbed() -> dict[str, str]:
+    """The environment of a reference run, which no test's pause may hold."""
+    return {k: v for k, v in os.environ.items() if k != PAUSE_ENV}
+
+
 def submit(cli, tmp_path: Path, grids: list[Path], text: str, *args: str, name: str = "grid") -> tuple[GridDir, str]:
     out = tmp_path / name
     grids.append(out)
@@ -105,7 +115,8 @@ def submit(cli, tmp_path: Path, grids: list[Path], text: str, *args: str, name: 
     return GridDir(out), result.output
 
 
-def test_array_grid_runs_and_a_second_submit_queues_nothing(cli, tmp_path, grids):
+def test_array_grid_runs_and_a_second_submit_queues_nothing(cli, tmp_path, grids, pause):
+    pause.at(1)  # the running tasks wait after their first step, so two are seen running while two wait
     grid, output = submit(cli, tmp_path, grids, spec_text("arr", [0, 1, 2, 3], TINY, "array_parallelism = 2"))
     assert "queued 4 run(s) as job" in output
     jobs = {e["job_id"] for e in latest_entries(grid.root).values()}
@@ -120,6 +131,7 @@ def test_array_grid_runs_and_a_second_submit_queues_nothing(cli, tmp_path, grids
     # array_parallelism = 2 holds two of the four tasks back: some instant has runs running and pending at once
     wait_for("a running and a pending run at once",
              lambda: (c := grid_status(grid).counts)["running"] >= 1 and c["pending"] >= 1, grid.root)
+    pause.release()
     wait_for("every run DONE", lambda: all_done(grid), grid.root)
     assert grid_status(grid).counts["done"] == 4 and "4 starts" in cli("grid", "status", grid.root).output
     assert "4 already done, 0 queued or running, 0 to run" in cli("grid", "submit", tmp_path / "grid.toml",
@@ -151,7 +163,9 @@ INTERRUPT = {"usr2": ["scancel", "--signal=USR2"], "requeue": ["scontrol", "requ
 
 
 @pytest.mark.parametrize("how", ["usr2", "requeue", "term"])
-def test_interrupted_run_resumes_from_its_checkpoint_with_identical_metrics(cli, tmp_path, grids, reference, how):
+def test_interrupted_run_resumes_from_its_checkpoint_with_identical_metrics(cli, tmp_path, grids, reference, pause,
+                                                                           how):
+    pause.at(HELD_STEP)  # still training when the interruption comes, however fast the machine
     grid, _ = submit(cli, tmp_path, grids, spec_text("slow", [0], SLOW))
     (run_id,) = grid.run_ids()
     rd, job = grid.run(run_id), latest_entries(grid.root)[run_id]["job_id"]
@@ -159,6 +173,7 @@ def test_interrupted_run_resumes_from_its_checkpoint_with_identical_metrics(cli,
     subprocess.run([*INTERRUPT[how], job], check=True, capture_output=True)
     event = wait_for("the interruption in attempts.jsonl",
                      lambda: next((e for e in read_attempts(rd) if e["event"] == "preempted"), None), grid.root)
+    pause.release()
     assert event["signal"] == ("USR2" if how == "usr2" else "TERM") and not rd.done.exists()
     # between the requeue and the restart: pending again, with a start of this job on record
     wait_for("status `requeued`", lambda: grid_status(grid).counts["requeued"] == 1, grid.root)
@@ -175,7 +190,8 @@ def seed_of(grid: GridDir, run_id: str) -> int:
     return json.loads(grid.run(run_id).config.read_text())["seed"]
 
 
-def test_cancel_then_resume_finishes_the_runs_with_identical_metrics(cli, tmp_path, grids, reference):
+def test_cancel_then_resume_finishes_the_runs_with_identical_metrics(cli, tmp_path, grids, reference, pause):
+    pause.at(HELD_STEP)  # neither run can finish before the cancels reach it
     grid, _ = submit(cli, tmp_path, grids, spec_text("cancel", [0, 1], SLOW, "array_parallelism = 1"))
     first = next(r for r in grid.run_ids() if seed_of(grid, r) == 0)  # the reference's seed; task 0 starts first
     wait_for("seed 0 training", lambda: val_epochs(grid.run(first)) >= 1, grid.root)
@@ -191,15 +207,15 @@ def test_cancel_then_resume_finishes_the_runs_with_identical_metrics(cli, tmp_pa
     assert status.runs[first].note == f"job {job} cancelled by root"
     cli("grid", "cancel", grid.root)
 
-    def both_stopped():  # the second run may have finished before the cancel reached it on an idle machine
+    def both_stopped():  # the second run: cancelled while pending, or interrupted if it had started
         status = grid_status(grid)
-        return {r.state for r in status.runs.values()} <= {"interrupted", "cancelled", "done"} and status
+        return {r.state for r in status.runs.values()} <= {"interrupted", "cancelled"} and status
 
-    status = wait_for("both runs cancelled or done", both_stopped, grid.root)
+    status = wait_for("both runs cancelled", both_stopped, grid.root)
     assert status.active == {} and status.runs[first].state == "interrupted"
-    unfinished = 2 - status.counts["done"]
+    pause.release()
     resumed = cli("grid", "resume", grid.root, "--array-parallelism", "2").output
-    assert f"{unfinished} to run on slurm" in resumed and f"queued {unfinished} run(s)" in resumed
+    assert "2 to run on slurm" in resumed and "queued 2 run(s)" in resumed
     assert all(e["job_id"] != job for e in latest_entries(grid.root).values())
     wait_for("both runs DONE", lambda: all_done(grid), grid.root)
     events = read_attempts(grid.run(first))
@@ -238,48 +254,46 @@ def test_jtt_stage_two_array_waits_for_stage_one(cli, tmp_path, grids):
     assert len(starts_2) == 2 and min(starts_2) > done_1
 
 
-# ~4 min of training here: more than one 2-minute job (at most 90 s of training each) even on a machine 2.5x as fast
-LONG = {"epochs": 480, "n_train": 4000, "n_val": 100, "n_test": 100, "batch_size": 32}
-
-
-def test_small_timeout_requeues_until_the_run_finishes(cli, tmp_path, grids):
-    grid, _ = submit(cli, tmp_path, grids, spec_text("timeout", [0], LONG, "max_timeouts = 20", timeout_min=2))
+def test_small_timeout_requeues_until_the_run_finishes(cli, tmp_path, grids, pause):
+    pause.at(3)  # the run waits at step 3 until its 2-minute limit has come, however fast the machine
+    grid, _ = submit(cli, tmp_path, grids, spec_text("timeout", [0], TINY, "max_timeouts = 20", timeout_min=2))
     run = grid.run(grid.run_ids()[0])
-    wait_for("the run to time out, requeue and finish", lambda: finished(run), grid.root, timeout=900)
-    events = [e["event"] for e in read_attempts(run)]
-    assert events.count("timeout") >= 1 and events[-1] == "done", events
-    assert events.count("start") == events.count("timeout") + 1
-    restarts = [e["checkpoint"] for e in read_attempts(run) if e["event"] == "start"][1:]
-    assert restarts == [True] * events.count("timeout")  # every restart found a checkpoint to resume from
+    wait_for("the run to reach its time limit", lambda: any(e["event"] == "timeout" for e in read_attempts(run)),
+             grid.root, timeout=300)
+    pause.release()
+    wait_for("the run to requeue and finish", lambda: finished(run), grid.root, timeout=300)
+    events = read_attempts(run)
+    assert [e["event"] for e in events] == ["start", "timeout", "start", "done"], events
+    assert events[2]["checkpoint"]  # the restart resumed from the checkpoint the time-out wrote
     resumed_not_restarted(run)
     assert "timed out" in cli("grid", "status", grid.root).output
 
 
-def test_repeated_usr2_at_random_moments_ends_identical(cli, tmp_path, grids, reference):
-    """Preempted through USR2 (the job's own checkpoint-then-requeue path) again and again, each time soon
-    after fresh progress."""
+def test_repeated_usr2_at_random_moments_ends_identical(cli, tmp_path, grids, reference, pause):
+    """Preempted through USR2 (the job's own checkpoint-then-requeue path) again and again, each time at a
+    random moment soon after fresh progress; the pause keeps the run from finishing before the last one."""
+    rng = random.Random(7)
+    limit = rng.randint(5, 12)
+    pause.at(limit)
     grid, _ = submit(cli, tmp_path, grids, spec_text("many", [0], SLOW, "max_preemptions = 10"))
     (run_id,) = grid.run_ids()
     rd, job = grid.run(run_id), latest_entries(grid.root)[run_id]["job_id"]
-    rng = random.Random(7)
-    preempted = 0
-    while preempted < 4 and not rd.done.exists():
-        starts = preempted + 1
-        wait_for(f"start {starts}", lambda s=starts: sum(e["event"] == "start" for e in read_attempts(rd)) >= s
-                 or rd.done.exists(), grid.root)
+    for preempted in range(PREEMPTIONS):
+        wait_for(f"start {preempted + 1}", lambda p=preempted: sum(e["event"] == "start" for e in read_attempts(rd))
+                 > p, grid.root)
         before = rd.checkpoint.stat().st_mtime_ns if rd.checkpoint.exists() else 0
-        wait_for("fresh progress", lambda b=before: rd.done.exists() or
-                 (rd.checkpoint.exists() and rd.checkpoint.stat().st_mtime_ns != b), grid.root)
+        # each limit is at least 5 steps past the last: a checkpoint (every 5 steps) always comes before it
+        wait_for("fresh progress", lambda b=before: rd.checkpoint.exists() and rd.checkpoint.stat().st_mtime_ns != b,
+                 grid.root)
         time.sleep(rng.uniform(0.0, 0.5))
-        if rd.done.exists():
-            break
         subprocess.run(["scancel", "--signal=USR2", job], check=True, capture_output=True)
-        wait_for("the preemption in attempts.jsonl", lambda p=preempted: rd.done.exists() or
-                 sum(e["event"] == "preempted" for e in read_attempts(rd)) > p, grid.root)
-        preempted = sum(e["event"] == "preempted" for e in read_attempts(rd))
+        wait_for("the preemption in attempts.jsonl", lambda p=preempted: sum(e["event"] == "preempted"
+                                                                             for e in read_attempts(rd)) > p, grid.root)
+        limit += rng.randint(5, 12)
+        pause.at(limit)
+    pause.release()
     wait_for("DONE after the restarts", lambda: finished(rd), grid.root, timeout=300)
-    assert preempted >= 2, "the run finished before it could be preempted twice; make SLOW longer"
     events = [e["event"] for e in read_attempts(rd)]
-    assert events.count("preempted") == preempted and events.count("start") == preempted + 1
+    assert events == ["start", "preempted"] * PREEMPTIONS + ["start", "done"], events
     resumed_not_restarted(rd)
     assert without_time(read_records(rd.metrics)) == reference()

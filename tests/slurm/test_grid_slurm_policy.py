@@ -21,6 +21,7 @@ from robustmtl.layout import GridDir, RunDir
 from robustmtl.train.attempts import read_attempts
 from tests.conftest import read_records
 from tests.slurm.test_grid_slurm import (
+    HELD_STEP,
     SLOW,
     TINY,
     WAIT_S,
@@ -29,7 +30,7 @@ from tests.slurm.test_grid_slurm import (
     resumed_not_restarted,
     spec_text,
     submit,
-    val_epochs,
+    undisturbed,
     wait_for,
 )
 
@@ -117,7 +118,11 @@ def test_crash_at_a_fixed_step_ends_failed_without_looping(cli, tmp_path, grids)
     assert events[-1]["reason"].startswith("crashed again") and "IsADirectoryError" in events[-1]["error"]
     job = latest_entries(grid.root)[run_id]["job_id"]
     wait_for("the job to leave the queue", lambda: job not in (grid_status(grid).active.values()), grid.root)
-    time.sleep(15)  # longer than a requeue takes here: a looping job would start a third time
+    # a job that requeues itself stays in the queue (REQUEUED, PENDING): one that left it and ended in
+    # accounting can start no third time
+    final = wait_for("the job's end in accounting", lambda: (state := sh("sacct", "-X", "-n", "-P", "-o", "State", "-j",
+                     job).stdout.strip()) in ("COMPLETED", "FAILED") and state, grid.root)
+    assert job not in grid_status(grid).active.values(), final
     assert [e["event"] for e in read_attempts(rd)].count("start") == 2
     status = grid_status(grid)
     assert status.runs[run_id].state == "failed" and "crashed again" in status.runs[run_id].note
@@ -133,7 +138,7 @@ def unpacked_references(tmp_path: Path, seeds: list[int]) -> dict[int, list[dict
         procs = {s: subprocess.Popen([sys.executable, "-m", "robustmtl", "run", "--method", "erm", "--dataset",
                                       "synthetic", "--seed", str(s), *sets, "--threads", "1", "--checkpoint-every", "5",
                                       "--out", str(tmp_path / f"ref{s}")], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True) for s in group}
+                                     stderr=subprocess.PIPE, text=True, env=undisturbed()) for s in group}
         for s, proc in procs.items():
             _, err = proc.communicate(timeout=WAIT_S * 2)
             assert proc.returncode == 0, err
@@ -147,7 +152,8 @@ def results(rd: RunDir) -> list[dict]:
     return [{k: r.get(k) for k in keys} for r in read_records(rd.metrics)]
 
 
-def test_pack_of_three_preempted_midway_ends_equal_to_unpacked_runs(cli, tmp_path, grids):
+def test_pack_of_three_preempted_midway_ends_equal_to_unpacked_runs(cli, tmp_path, grids, pause):
+    pause.at(HELD_STEP)  # each member waits in its third epoch until the test lets it go
     grid, output = submit(cli, tmp_path, grids, spec_text("pack", [0, 1, 2], SLOW, "pack = 3"))
     assert "queued 3 run(s) in 1 task(s)" in output
     entries = latest_entries(grid.root)
@@ -155,11 +161,16 @@ def test_pack_of_three_preempted_midway_ends_equal_to_unpacked_runs(cli, tmp_pat
     job = next(iter(entries.values()))["job_id"]
     order = next(iter(entries.values()))["pack"]
     first, second, third = (grid.run(r) for r in order)
-    status = wait_for("the second pack member training", lambda: val_epochs(second) >= 2, grid.root, timeout=WAIT_S)
-    assert status and finished(first) and not third.metrics.exists()
+    pause.waited(order[0], HELD_STEP)
+    pause.at(10**9, key=order[0])  # the first member finishes; the second is held where the first was
+    pause.waited(order[1], HELD_STEP)
+    assert finished(first) and not third.metrics.exists()
     states = {r: s.state for r, s in grid_status(grid).runs.items()}
     assert states == {order[0]: "done", order[1]: "running", order[2]: "pending"}
     subprocess.run(["scancel", "--signal=USR2", job], check=True, capture_output=True)
+    wait_for("the second member's preemption", lambda: any(e["event"] == "preempted" for e in read_attempts(second)),
+             grid.root)
+    pause.release()
     wait_for("every pack member DONE", lambda: all_done(grid), grid.root, timeout=WAIT_S * 2)
     assert [e["event"] for e in read_attempts(first)] == ["start", "done"]  # finished before: not rerun
     assert [e["event"] for e in read_attempts(second)] == ["start", "preempted", "start", "done"]
@@ -209,7 +220,8 @@ def test_status_watch_on_200_runs_makes_one_squeue_and_one_sacct_per_refresh(cli
         proc = subprocess.Popen([sys.executable, "-m", "robustmtl", "grid", "status", str(grid.root), "--watch"],
                                 env=env, stdout=sink, stderr=subprocess.STDOUT, text=True,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-        time.sleep(25)
+        wait_for("three refreshes of the watch", lambda: log.exists() and log.read_text().split().count("squeue") >= 3,
+                 timeout=120)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
     elapsed = time.monotonic() - started

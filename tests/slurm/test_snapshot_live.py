@@ -34,7 +34,8 @@ from tests.conftest import committed_package_copy, git, read_records
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
 TINY = {"epochs": 2, "n_train": 200, "n_val": 100, "n_test": 100, "batch_size": 32}
-SLOW = {"epochs": 30, "n_train": 2000, "n_val": 100, "n_test": 100, "batch_size": 32}  # ~10 s of training
+SLOW = {"epochs": 6, "n_train": 1000, "n_val": 100, "n_test": 100, "batch_size": 32}
+HELD_STEP = 3 * -(-SLOW["n_train"] // SLOW["batch_size"]) + 3  # the test's pause holds the run in epoch 4
 WAIT_S = 300  # the 2-core cluster is shared with other test files
 
 
@@ -143,13 +144,16 @@ def test_a_grid_submitted_from_inside_a_slurm_job_gets_none_of_its_variables(che
     assert read_provenance(rd)[0]["slurm_job_id"] == variables["SLURM_JOB_ID"]
 
 
-def test_tensorboard_curve_continues_across_a_requeue(checkout, tmp_path, jobs):
+def test_tensorboard_curve_continues_across_a_requeue(checkout, tmp_path, jobs, pause):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "grid"
+    pause.at(HELD_STEP)  # still training when the requeue comes, however fast the machine
     _, rd, job_id = submit(checkout, spec(tmp_path / "g.toml", "tb", SLOW, {"trackers": ["tensorboard"]}), out, jobs)
     wait_for("3 epochs", lambda: rd.metrics.exists() and rd.metrics.read_text().count('"split": "val"') >= 3, out)
     subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True)
+    wait_for("the requeue in attempts.jsonl", lambda: any(e["event"] == "preempted" for e in read_attempts(rd)), out)
+    pause.release()
     wait_for("the requeued run to finish", lambda: finished(rd), out)
 
     attempts = read_provenance(rd)

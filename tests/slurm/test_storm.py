@@ -26,22 +26,24 @@ from robustmtl.grid.manifest import latest_entries
 from robustmtl.grid.status import grid_status
 from robustmtl.layout import GridDir, RunDir
 from robustmtl.train.attempts import read_attempts
-from tests.conftest import read_records
-from tests.slurm.test_grid_slurm import all_done, submit, wait_for, without_time
+from tests.conftest import Pause, read_records
+from tests.slurm.test_grid_slurm import all_done, submit, undisturbed, wait_for, without_time
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
-# ~4 s of training per run on an idle core (a job's start-up takes about as long); stage 1 (jtt_epochs) ~1 s
 PARAMS = {"epochs": 14, "n_train": 1500, "n_val": 100, "n_test": 100, "batch_size": 32, "jtt_epochs": 4}
+STEPS_PER_EPOCH = -(-PARAMS["n_train"] // PARAMS["batch_size"])
 SEEDS = [0, 1, 2]
-STORM_S = 80  # events stop after this long, or once the queue is empty
-MAX_EVENTS = 16  # the plan's 12 and the early hits
+STORM_LIMIT_S = 300  # a storm that has not found its events by then fails, naming what it did
+FIRST_LIMIT = 5  # every run waits at this step until the storm lets it go further
+MAX_ADVANCE = 6  # steps the runs may go further before each event: the plan's 12 reach at most 77 steps,
+#                  fewer than stage 1's (188) and a stage-2 or ERM run's: no run ends during the storm
+STAGE1_FREED_AFTER = 6  # events on ERM and stage-1 jobs; then stage 1 may finish and its stage-2 jobs are hit
 MAX_KILLS = 2
 EARLY_HITS = 4  # jobs signalled in their first seconds of RUNNING: batch script, srun, interpreter start-up
 EARLY_S = 2.5
+HIT_TIMEOUT_S = 10
 REFERENCE_SEED = 0
-
-
 def spec() -> str:
     defaults = "\n".join(f"{k} = {v}" for k, v in PARAMS.items())
     return (f'name = "storm"\ndatasets = ["synthetic"]\nmethods = ["erm", "jtt"]\nseeds = {SEEDS}\n'
@@ -60,7 +62,8 @@ def references(tmp_path_factory):
         procs[method] = subprocess.Popen(
             [sys.executable, "-m", "robustmtl", "run", "--method", method, "--dataset", "synthetic", "--seed",
              str(REFERENCE_SEED), *sets, *extra, "--threads", "1", "--checkpoint-every", "5",
-             "--out", str(root / method)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             "--out", str(root / method)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env=undisturbed())
 
     def records(method: str) -> tuple[str, list[dict]]:
         _, err = procs[method].communicate(timeout=300)
@@ -94,10 +97,16 @@ def job_pids(job: str) -> list[int]:
 
 
 class Storm:
-    """Random USR2 / `scontrol requeue` / SIGKILL at running jobs; some within their first second."""
+    """Random USR2 / `scontrol requeue` / SIGKILL at running jobs; some within their first seconds.
 
-    def __init__(self, grid: GridDir, seed: int) -> None:
+    The runs are held by the test's pause and let a few steps further before each event, so every event
+    finds jobs at work however fast the machine is: a random moment of a step, a checkpoint, a record's
+    append or the wait itself. Halfway, the stage-1 runs are let go, so their stage-2 jobs are hit too."""
+
+    def __init__(self, grid: GridDir, pause: Pause, stage1: list[str], seed: int) -> None:
         self.grid = grid
+        self.pause = pause
+        self.stage1 = stage1
         self.rng = random.Random(seed)
         self.events: list[tuple[str, str, bool]] = []  # (kind, job, early)
         self.killed: set[str] = set()  # runs whose job was SIGKILLed
@@ -106,6 +115,8 @@ class Storm:
         self.plan = ["kill"] * MAX_KILLS + ["usr2"] * 6 + ["requeue"] * 4
         self.rng.shuffle(self.plan)
         self.early_at: dict[str, float] = {}
+        self.struck: set[str] = set()  # jobs hit since they last started RUNNING
+        self.limit = FIRST_LIMIT
 
     def hit(self, kind: str, job: str, early: bool) -> bool:
         if kind == "kill":
@@ -117,35 +128,65 @@ class Storm:
             self.killed |= {r for r, e in latest_entries(self.grid.root).items() if e.get("job_id") == job}
         else:
             cmd = ["scancel", "--signal=USR2", job] if kind == "usr2" else ["scontrol", "requeue", job]
-            if subprocess.run(cmd, capture_output=True).returncode != 0:
+            try:  # scancel retries while a job is between states; such a hit is not counted
+                if subprocess.run(cmd, capture_output=True, timeout=HIT_TIMEOUT_S).returncode != 0:
+                    return False
+            except subprocess.TimeoutExpired:
                 return False
+        self.struck.add(job)
         self.events.append((kind, job, early))
         return True
 
+    def training(self, running: list[str]) -> list[str]:
+        """Running jobs not struck since they started, whose run's last attempt event is this job's start."""
+        runs = {str(e.get("job_id")): r for r, e in latest_entries(self.grid.root).items()}
+        at_work = []
+        for job in running:
+            events = read_attempts(self.grid.run(runs[job])) if job in runs else []
+            if job not in self.struck and events and events[-1]["event"] == "start" and events[-1]["job_id"] == job:
+                at_work.append(job)
+        return at_work
+
+    def advance(self) -> None:
+        """Let every held run go a few steps further; stage 1 runs to its end once half the plan is done."""
+        self.limit += self.rng.randint(1, MAX_ADVANCE)
+        self.pause.at(self.limit)
+        if sum(not e[2] for e in self.events) >= STAGE1_FREED_AFTER:
+            for run_id in self.stage1:
+                self.pause.at(10**9, key=run_id)
+
     def run(self) -> None:
-        deadline, next_hit = time.monotonic() + STORM_S, time.monotonic() + 1.0
-        while time.monotonic() < deadline and len(self.events) < MAX_EVENTS:
+        deadline, next_hit = time.monotonic() + STORM_LIMIT_S, time.monotonic() + 1.0
+        while self.plan:
+            if time.monotonic() > deadline:
+                pytest.fail(f"the storm did not find jobs for its events within {STORM_LIMIT_S} s; left "
+                            f"{self.plan}, done {self.events}", pytrace=False)
             jobs = {str(e["job_id"]) for e in latest_entries(self.grid.root).values() if e.get("job_id")}
             queue = scheduler.queue_states(jobs)
             if queue == {}:
-                return
+                pytest.fail(f"the queue drained while the runs were held; left {self.plan}, done {self.events}",
+                            pytrace=False)
             now = time.monotonic()
             running = sorted(j for j, state in (queue or {}).items() if state == "RUNNING")
             self.first_seen = {j: self.first_seen.get(j, now) for j in running}  # a restart is seen anew
+            self.struck &= set(running)
             early_done = sum(e[2] for e in self.events)
             for j in running:
                 if j not in self.early_at and self.first_seen[j] == now and early_done < EARLY_HITS:
                     self.early_at[j] = now + self.rng.uniform(0.0, EARLY_S)
             for j, when in list(self.early_at.items()):
-                if when <= now and j in running and now - self.first_seen[j] < EARLY_S:
+                if when <= now and j in running and j not in self.struck and now - self.first_seen[j] < EARLY_S:
                     self.hit(self.rng.choice(["usr2", "usr2", "requeue"]), j, early=True)
                     self.early_at[j] = float("inf")  # once per job id
-            settled = [j for j in running if now - self.first_seen[j] >= EARLY_S]  # past start-up: training
-            due = running and now >= next_hit and self.plan
-            if due and self.hit(self.plan[0], self.rng.choice(settled or running), early=False):
-                self.plan.pop(0)  # a kill that found no Python process yet is tried again
-                next_hit = now + self.rng.uniform(0.3, 1.5)
+            at_work = self.training(running)
+            if at_work and now >= next_hit:
+                self.advance()
+                time.sleep(self.rng.uniform(0.0, 0.5))  # the event lands somewhere in those steps, or after
+                if self.hit(self.plan[0], self.rng.choice(at_work), early=False):
+                    self.plan.pop(0)  # a kill that found no Python process yet is tried again
+                    next_hit = time.monotonic() + self.rng.uniform(0.3, 1.5)
             time.sleep(0.1)
+        self.pause.release()
 
 
 def raw_keys(rd: RunDir) -> list[tuple]:
@@ -153,15 +194,16 @@ def raw_keys(rd: RunDir) -> list[tuple]:
     return [(r["epoch"], r["step"], r["split"]) for r in read_records(rd.metrics)]
 
 
-def test_storm_then_one_resume_finishes_every_run_identically(cli, tmp_path, grids, references):
+def test_storm_then_one_resume_finishes_every_run_identically(cli, tmp_path, grids, references, pause):
+    pause.at(FIRST_LIMIT)
     grid, output = submit(cli, tmp_path, grids, spec(), name="storm")
     run_ids = grid.run_ids()
     configs = {r: json.loads(grid.run(r).config.read_text()) for r in run_ids}
     assert len(run_ids) == 9 and output.count("run(s) as job") == 4  # ERM + stage 1; one per stage-1 run
-    storm = Storm(grid, seed=19)
+    storm = Storm(grid, pause, [r for r in run_ids if configs[r]["method"] == "jtt_stage1"], seed=19)
     storm.run()
     kinds = [e[0] for e in storm.events]
-    assert kinds.count("usr2") >= 2 and kinds.count("requeue") >= 1 and kinds.count("kill") >= 1, storm.events
+    assert kinds.count("usr2") >= 6 and kinds.count("requeue") >= 4 and kinds.count("kill") == MAX_KILLS, storm.events
     assert sum(e[2] for e in storm.events) >= 2, storm.events  # jobs hit in their first seconds
     print("storm:", storm.events)
 
