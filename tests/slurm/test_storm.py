@@ -27,14 +27,14 @@ from robustmtl.grid.status import grid_status
 from robustmtl.layout import GridDir, RunDir
 from robustmtl.train.attempts import read_attempts
 from tests.conftest import Pause, read_records
-from tests.slurm.test_grid_slurm import all_done, submit, undisturbed, wait_for, without_time
+from tests.slurm.test_grid_slurm import WAIT_S, all_done, submit, undisturbed, wait_for, without_time
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
 PARAMS = {"epochs": 14, "n_train": 1500, "n_val": 100, "n_test": 100, "batch_size": 32, "jtt_epochs": 4}
 STEPS_PER_EPOCH = -(-PARAMS["n_train"] // PARAMS["batch_size"])
 SEEDS = [0, 1, 2]
-STORM_LIMIT_S = 300  # a storm that has not found its events by then fails, naming what it did
+STORM_LIMIT_S = 600  # a storm that has not found its events by then fails, naming what it did
 FIRST_LIMIT = 5  # every run waits at this step until the storm lets it go further
 MAX_ADVANCE = 6  # steps the runs may go further before each event: the plan's 12 reach at most 77 steps,
 #                  fewer than stage 1's (188) and a stage-2 or ERM run's: no run ends during the storm
@@ -66,7 +66,7 @@ def references(tmp_path_factory):
             env=undisturbed())
 
     def records(method: str) -> tuple[str, list[dict]]:
-        _, err = procs[method].communicate(timeout=300)
+        _, err = procs[method].communicate(timeout=2 * WAIT_S)
         assert procs[method].returncode == 0, err
         rd = RunDir(root / method)
         return json.loads(rd.config.read_text())["run_id"], without_time(read_records(rd.metrics))
@@ -208,7 +208,7 @@ def test_storm_then_one_resume_finishes_every_run_identically(cli, tmp_path, gri
     print("storm:", storm.events)
 
     status = wait_for("the queue to drain", lambda: (s := grid_status(grid)).active == {} and s, grid.root,
-                      timeout=240)
+                      timeout=2 * WAIT_S)
     # only the killed runs, and the runs waiting on them, are left for `grid resume`; none is `unknown`
     stage1_of = {r: q for r in run_ids for q in run_ids
                  if configs[r]["method"] == "jtt" and configs[q]["method"] == "jtt_stage1"
@@ -227,7 +227,7 @@ def test_storm_then_one_resume_finishes_every_run_identically(cli, tmp_path, gri
 
     resumed = cli("grid", "resume", grid.root).output
     assert f"{len(left)} to run on slurm" in " ".join(resumed.split())
-    wait_for("every run DONE after one resume", lambda: all_done(grid), grid.root, timeout=240)
+    wait_for("every run DONE after one resume", lambda: all_done(grid), grid.root, timeout=2 * WAIT_S)
     assert grid_status(grid).counts["done"] == 9
     stops = [e["event"] for r in run_ids for e in read_attempts(grid.run(r)) if e["event"] not in ("start", "done")]
     # USR2 went through the job's own checkpoint-then-requeue path, as a preemption (10 minutes from the limit)
