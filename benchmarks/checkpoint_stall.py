@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from robustmtl.train import checkpoint  # noqa: E402 - after the path set-up above
+from robustmtl.train import checkpoint
 
 BERT_BASE_PARAMS = 109_482_240  # bert-base-uncased's parameter count
 TENSORS = 199  # its parameter tensors
