@@ -45,6 +45,10 @@ class TrainParams:
     warmup_frac: float = field(default=0.0, metadata=at_least(0.0))
     grad_clip: float = field(default=0.0, metadata=at_least(0.0))
     eval_every: int = field(default=0, metadata=at_least(0))
+    # Examples of the training split each evaluation scores: a fixed subsample of this many (drawn once from
+    # the seed), -1 all, 0 none. The bound keeps evaluation a small share of an epoch on 100k-example sets;
+    # a split no larger is scored whole. JTT's error set always reads the whole split.
+    eval_train: int = field(default=10_000, metadata=added_later(at_least(-1)))
     # The pre-training stage (0 epochs: none): a shared `pretrain` run trains the encoder on the model's
     # own auxiliary objective, and this run fine-tunes from its weights (see robustmtl/requirements.py).
     pretrain_epochs: int = field(default=0, metadata=added_later(at_least(0)))
@@ -69,6 +73,9 @@ class Execution:
     threads: int = field(default=0, metadata={**at_least(0), "help": "torch CPU threads (0: torch's default)."})
     checkpoint_every: int = field(default=0, metadata={**at_least(0),
                                                        "help": "Also checkpoint every N steps (0: per epoch)."})
+    checkpoint_minutes: float = field(default=15.0, metadata={
+        **at_least(0.0), "help": "Also checkpoint once this many minutes of the attempt have passed since the last "
+                                 "checkpoint: the work a preemption can lose (0: off)."})
     num_workers: int = field(default=-1, metadata={  # -1: see train.batches.resolve_workers
         **at_least(-1), "help": "DataLoader worker processes building batches (-1: up to 4 on CUDA, as the CPUs "
                                 "allow; 0 on a CPU)."})

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from robustmtl.errors import UserError
 
@@ -41,12 +41,17 @@ SUBMITIT = "submitit"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write-temp, fsync, rename: a reader sees the old file or the new one, never half of one."""
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write-temp, fsync, rename: a reader sees the old file or the new one, never half of one. `write`
+    streams into the temp file itself, so a large state is never held a second time in memory."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import random
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ import numpy as np
 import torch
 
 from robustmtl.errors import UserError
-from robustmtl.layout import atomic_write_bytes
+from robustmtl.layout import atomic_write
 
 
 def rng_state() -> dict[str, Any]:
@@ -40,9 +39,7 @@ def _to_tuple(obj: Any) -> Any:
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load(path: Path) -> dict[str, Any] | None:

@@ -37,7 +37,7 @@ from robustmtl.rng import epoch_generator
 from robustmtl.rundir import load_run, required_run_dirs
 from robustmtl.train import checkpoint, mechanism
 from robustmtl.train.batches import Batch, EpochPlan, PlanSampler, chunks, make_loader, resolve_workers, to_device
-from robustmtl.train.evaluate import Predictions, predict
+from robustmtl.train.evaluate import EvalStopped, Evaluator, Predictions, fixed_subset
 from robustmtl.train.optim import make_optimizer, make_scheduler
 from robustmtl.train.step import Stepper, enable_tf32, make_scaler, resolve_precision
 
@@ -122,8 +122,11 @@ class Trainer:
         if self.opts.compile:
             self.model.compile_encoder()
         self.sampler = PlanSampler()
-        self.loader = make_loader(train, self.sampler, resolve_workers(self.opts.num_workers, self.device),
-                                  pin_memory=self.device.type == "cuda")
+        workers = resolve_workers(self.opts.num_workers, self.device)
+        self.loader = make_loader(train, self.sampler, workers, pin_memory=self.device.type == "cuda")
+        self.evaluator = Evaluator(self.data.by_name(), EVAL_BATCH, self.device, self.stepper.autocast, workers,
+                                   stop_requested, pause_key=f"{self.cfg.run_id}.eval")
+        self.train_subset = fixed_subset(len(self.data.train), self.cfg.train.eval_train, seed)
         self.writer = MetricsWriter(run_dir.metrics)
         self.val_correct = MetricsWriter(run_dir.artifact(VAL_CORRECT))
         self.val_groups_path = run_dir.artifact(VAL_GROUPS)
@@ -131,6 +134,9 @@ class Trainer:
         self.peak_before: float | None = None
         self.term_sums: dict[str, torch.Tensor] = {}
         self.term_count = 0
+        self.eval_pending = False  # a mid-epoch evaluation a stop cut short: redone before the next step
+        self.last_checkpoint = time.monotonic()
+        self.final: dict[str, dict[str, Any]] = {}  # the last end-of-epoch metrics, for the DONE summary
         self._restore()
 
     def _restore(self) -> None:
@@ -148,10 +154,12 @@ class Trainer:
         self.term_sums = {k: torch.tensor(v, dtype=torch.float64, device=self.device)
                           for k, v in state["term_sums"].items()}
         self.term_count = state["term_count"]
+        self.eval_pending, self.final = state.get("eval_pending", False), state.get("final", {})
         if self.stepper.scaler is not None and state.get("scaler"):
             self.stepper.scaler.load_state_dict(state["scaler"])
 
     def save_checkpoint(self) -> None:
+        self.last_checkpoint = time.monotonic()
         checkpoint.save(self.run_dir.checkpoint, {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "method": self.method.state_dict(),
@@ -160,6 +168,7 @@ class Trainer:
             "term_count": self.term_count,
             "term_sums": {k: float(v) for k, v in self.term_sums.items()},
             "scaler": self.stepper.scaler.state_dict() if self.stepper.scaler is not None else {},
+            "eval_pending": self.eval_pending, "final": self.final,
         })
 
     def wall_s(self) -> float:
@@ -196,7 +205,16 @@ class Trainer:
         self.term_count += 1
 
     def predict(self, split_name: str) -> Predictions:
-        return predict(self.model, self.data.by_name()[split_name], EVAL_BATCH, self.device, self.stepper.autocast)
+        """A whole split (JTT's error set reads every training example)."""
+        return self.evaluator.predict(self.model, split_name)
+
+    def _predict_for_record(self, split_name: str) -> Predictions | None:
+        """What a record is computed on: the training split per `eval_train` (None: not evaluated)."""
+        if split_name != "train":
+            return self.predict(split_name)
+        if self.cfg.train.eval_train == 0:
+            return None
+        return self.evaluator.predict(self.model, split_name, self.train_subset)
 
     def _evaluate(self) -> dict[str, dict[str, Any]]:
         """One record per split at the current (epoch, step); returns the metrics by split."""
@@ -209,9 +227,11 @@ class Trainer:
         }
         results = {}
         for name, split in self.data.by_name().items():
-            predictions = self.predict(name)
-            metrics = predictions.metrics(split)
-            if name == "val":
+            predictions = self._predict_for_record(name)
+            metrics = {} if predictions is None else predictions.metrics(split)
+            if predictions is not None and predictions.indices is not None:
+                metrics["evaluated_on"] = {"examples": len(predictions.indices), "of": len(split)}
+            if predictions is not None and name == "val":
                 self._write_val_correct(predictions, split)
             record = {**base, "split": name, **metrics}
             if name == "test" and "blocks" in self.data.info.extra:
@@ -222,8 +242,32 @@ class Trainer:
             if name == "train":
                 record.update(self.cost())
             self.writer.append(record)
-            results[name] = metrics
+            if predictions is not None:
+                results[name] = metrics
         return results
+
+    def _evaluate_or_stop(self, mid_epoch: bool) -> dict[str, dict[str, Any]]:
+        """`_evaluate`, or on a stop request during it: checkpoint the state from before the evaluation (its
+        random state included) and stop; the next attempt redoes the evaluation and writes the records this
+        one did not get to (records on disk are never written twice)."""
+        before = checkpoint.rng_state()
+        try:
+            return self._evaluate()
+        except EvalStopped:
+            checkpoint.set_rng_state(before)
+            self.eval_pending = mid_epoch
+            self.save_checkpoint()
+            raise Interrupted(f"stopped during the evaluation at step {self.step} after a checkpoint") from None
+
+    def _checkpoint_due(self) -> bool:
+        """Every `checkpoint_every` steps, and once `checkpoint_minutes` have passed since the last one."""
+        every, minutes = self.opts.checkpoint_every, self.opts.checkpoint_minutes
+        return bool(every and self.step % every == 0) or bool(
+            minutes and time.monotonic() - self.last_checkpoint >= 60 * minutes)
+
+    def _stop_after_checkpoint(self) -> None:
+        if self.stop_requested is not None and self.stop_requested():
+            raise Interrupted(f"stopped at step {self.step} after a checkpoint")
 
     def _write_val_correct(self, predictions: Predictions, split: Any) -> None:
         """Per-example validation correctness, so `few-groups` selection can score any subset later."""
@@ -236,10 +280,12 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         t = self.cfg.train
-        last: dict[str, dict[str, Any]] = {}
         while self.epoch <= t.epochs:
             plan = self.epoch_plan(self.epoch)
             self.sampler.set(plan, self.batch_pos)
+            if self.eval_pending:
+                self._evaluate_or_stop(mid_epoch=True)
+                self.eval_pending = False
             items = iter(self.loader)
             while self.batch_pos < len(plan.batches):
                 started = time.perf_counter()
@@ -249,23 +295,28 @@ class Trainer:
                 if self.progress:
                     self.progress(self.step, self.total_steps)
                 if t.eval_every and self.step % t.eval_every == 0 and self.batch_pos < len(plan.batches):
-                    self._evaluate()
-                if self.opts.checkpoint_every and self.step % self.opts.checkpoint_every == 0:
+                    self._evaluate_or_stop(mid_epoch=True)
+                if self._checkpoint_due():
                     self.save_checkpoint()
                 if pause.wait_here(self.cfg.run_id, self.step, self.stop_requested):
                     self.save_checkpoint()
                     raise Interrupted(f"stopped at step {self.step} after a checkpoint")
-            last = self._evaluate()
+            last = self._evaluate_or_stop(mid_epoch=False)
+            self.final = {s: {k: m[k] for k in ("avg_acc", "worst_group_acc")} for s, m in last.items()}
             self.epoch, self.batch_pos = self.epoch + 1, 0
             self.term_sums, self.term_count = {}, 0
             self.save_checkpoint()
-        extra = self.method.after_training(self.model, self.predict)
+            self._stop_after_checkpoint()
+        try:
+            extra = self.method.after_training(self.model, self.predict)
+        except EvalStopped:  # the end-of-training checkpoint is consistent: the next attempt redoes this
+            raise Interrupted("stopped after training, before its last artefacts, after a checkpoint") from None
         if self.method.leaves_encoder:
             checkpoint.save(self.run_dir.artifact(PRETRAINED_ENCODER), self.model.encoder_state())
         summary = {
             "run_id": self.cfg.run_id, "method": self.cfg.method, "dataset": self.cfg.dataset, "seed": self.cfg.seed,
             "epochs": t.epochs, "steps": self.step, "time_s": round(self.elapsed, 3), **self.cost(),
-            "final": {s: {k: m[k] for k in ("avg_acc", "worst_group_acc")} for s, m in last.items()}, **extra,
+            "final": self.final, **extra,
         }
         write_json(self.run_dir.done, summary)
         if not self.opts.keep_checkpoint:

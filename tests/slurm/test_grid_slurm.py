@@ -186,6 +186,31 @@ def test_interrupted_run_resumes_from_its_checkpoint_with_identical_metrics(cli,
     assert "1 preempted" in cli("grid", "status", grid.root).output
 
 
+EVAL_BATCHES = 4  # of a SLOW evaluation at EVAL_BATCH 512: the training split's two, val's, test's
+
+
+def test_usr2_during_an_evaluation_checkpoints_requeues_and_ends_identical(cli, tmp_path, grids, reference, pause):
+    """The preemption warning comes while the run evaluates (its training record written, val's not): the job
+    checkpoints within seconds and requeues; the next attempt redoes the evaluation, writing no record twice."""
+    grid, _ = submit(cli, tmp_path, grids, spec_text("evalstop", [0], SLOW, 'extra = ["--hold"]'))
+    (run_id,) = grid.run_ids()
+    rd, job = grid.run(run_id), latest_entries(grid.root)[run_id]["job_id"]
+    held = EVAL_BATCHES + 3  # the second epoch's evaluation, after its training split
+    pause.at(held, key=f"{run_id}.eval")
+    subprocess.run(["scontrol", "release", job], check=True, capture_output=True)
+    pause.waited(f"{run_id}.eval", held)
+    assert [r["split"] for r in read_records(rd.metrics)][-1] == "train"
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, capture_output=True)
+    wait_for("the preemption in attempts.jsonl", lambda: any(e["event"] == "preempted" for e in read_attempts(rd)),
+             grid.root)
+    pause.release()
+    wait_for("DONE after the restart", lambda: finished(rd), grid.root)
+    assert [e["event"] for e in read_attempts(rd)] == ["start", "preempted", "start", "done"]
+    keys = [(r["epoch"], r["step"], r["split"]) for r in read_records(rd.metrics)]
+    assert len(keys) == len(set(keys)), "a record was written twice"
+    assert without_time(read_records(rd.metrics)) == reference()
+
+
 def seed_of(grid: GridDir, run_id: str) -> int:
     return json.loads(grid.run(run_id).config.read_text())["seed"]
 
