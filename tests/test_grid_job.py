@@ -13,6 +13,7 @@ import pytest
 
 from robustmtl.errors import UserError
 from robustmtl.grid.executor import executor_settings
+from robustmtl.grid.slurm import slurm_parameters
 from robustmtl.layout import RunDir
 from robustmtl.train import job as job_module
 from robustmtl.train import loop, signals
@@ -221,8 +222,20 @@ def test_gpu_shares_split_the_task_devices():
     assert gpu_shares("0,1", 2) == ["0", "1"]
     assert gpu_shares("2,3,4,5", 2) == ["2,3", "4,5"]
     assert gpu_shares("", 3) == [None, None, None]
-    with pytest.raises(RuntimeError, match="at least one"):
+    with pytest.raises(RuntimeError, match=r"got 1 GPU\(s\) \(0\) for 1 run\(s\) each"):
         gpu_shares("0", 2)
+    assert gpu_shares("3,5", 4, runs_per_gpu=2) == ["3", "3", "5", "5"]  # two runs to a GPU
+    assert gpu_shares("3,5", 3, runs_per_gpu=2) == ["3", "3", "5"]
+    with pytest.raises(RuntimeError, match="for 2 run"):
+        gpu_shares("3", 3, runs_per_gpu=2)
+
+
+def test_runs_per_gpu_needs_a_parallel_pack_of_one_gpu_runs():
+    for table in ({"runs_per_gpu": 2, "pack": 4, "gpus": 1}, {"runs_per_gpu": 2, "pack": 4, "pack_mode": "parallel"}):
+        with pytest.raises(UserError, match=r'runs_per_gpu = 2 shares one GPU.*needs pack_mode = "parallel"'):
+            executor_settings(table, "g.toml")
+    settings = executor_settings({"runs_per_gpu": 2, "pack": 5, "pack_mode": "parallel", "gpus": 1}, "g.toml")
+    assert slurm_parameters(settings, "g")["slurm_gpus_per_node"] == 3  # five runs, two to a GPU
 
 
 def test_each_interruption_cap_is_its_own_key():

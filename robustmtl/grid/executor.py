@@ -38,6 +38,8 @@ class ExecutorSettings(Execution):
     max_crashes: int = field(default=2, metadata=at_least(0))
     pack: int = field(default=1, metadata=positive())
     pack_mode: str = field(default="sequential", metadata=one_of("sequential", "parallel"))
+    # runs of a parallel pack that share one GPU (`gpus = 1`): each may use 1/runs_per_gpu of its memory
+    runs_per_gpu: int = field(default=1, metadata=positive())
     extra: tuple[str, ...] = ()
     python: str | None = None  # command that starts the jobs' interpreter (default: the one that submits)
     setup: tuple[str, ...] = ()  # shell lines run before each job (module load, source venv/bin/activate)
@@ -100,7 +102,12 @@ class ExecutorSettings(Execution):
 
 def executor_settings(table: dict[str, Any], where: str, overrides: dict[str, Any] | None = None) -> ExecutorSettings:
     """An [executor] table, validated, with the command line's `overrides` (None values: keep the table's)."""
-    return with_overrides(ExecutorSettings(**_checked(table, where)), overrides, where)
+    settings = with_overrides(ExecutorSettings(**_checked(table, where)), overrides, where)
+    if settings.runs_per_gpu > 1 and (settings.pack_mode != "parallel" or settings.gpus != 1):
+        raise UserError(f"{where}: [executor] runs_per_gpu = {settings.runs_per_gpu} shares one GPU between the runs "
+                        f"of a parallel pack: it needs pack_mode = \"parallel\" and gpus = 1 (got pack_mode = "
+                        f"{settings.pack_mode!r}, gpus = {settings.gpus})")
+    return settings
 
 
 def with_overrides(settings: ExecutorSettings, overrides: dict[str, Any] | None, where: str) -> ExecutorSettings:

@@ -68,8 +68,8 @@ def slurm_parameters(settings: ExecutorSettings, job_name: str) -> dict[str, Any
                 "slurm_qos": settings.qos, "slurm_constraint": settings.constraint,
                 "mem_gb": settings.mem_gb * side_by_side if settings.mem_gb else None}
     params.update({k: v for k, v in optional.items() if v is not None})
-    if settings.gpus:
-        params["slurm_gpus_per_node"] = settings.gpus * side_by_side  # per task would need --ntasks
+    if settings.gpus:  # per task would need --ntasks; runs_per_gpu runs of a pack share each GPU
+        params["slurm_gpus_per_node"] = settings.gpus * -(-side_by_side // settings.runs_per_gpu)
     if settings.extra:
         params["slurm_additional_parameters"] = dict(_flag(f) for f in settings.extra)
     return params
@@ -239,7 +239,7 @@ def sbatch_array(grid: GridDir, tasks: list[list[PlannedRun]], settings: Executo
             executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm",
                                              slurm_python=signal_safe(settings.python))
             executor.update_parameters(**params)
-            jobs = executor.map_array(TrainJob(caps, settings.pack_mode), args)
+            jobs = executor.map_array(TrainJob(caps, settings.pack_mode, settings.runs_per_gpu), args)
             return [str(j.job_id) for j in jobs]
         except ValueError as exc:
             raise UserError(f"bad SLURM parameter: {str(exc).splitlines()[0]}") from None

@@ -54,9 +54,10 @@ class PackFailed(RuntimeError):
 
 
 class TrainJob:
-    def __init__(self, caps: Caps | None = None, pack_mode: str = "sequential") -> None:
+    def __init__(self, caps: Caps | None = None, pack_mode: str = "sequential", runs_per_gpu: int = 1) -> None:
         self.caps = caps or Caps()
         self.pack_mode = pack_mode
+        self.runs_per_gpu = runs_per_gpu
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickled in a SLURM job, before submitit installs its signal handlers: hold the preemption signals
@@ -72,7 +73,7 @@ class TrainJob:
         flag = StopFlag()
         with flag.installed(restore=False) if under_slurm() else contextlib.nullcontext():
             if self.pack_mode == "parallel" and len(rds) > 1:
-                outcomes = side_by_side(rds, job_id, flag, self.caps)
+                outcomes = side_by_side(rds, job_id, flag, self.caps, self.runs_per_gpu)
             else:
                 outcomes = self._one_after_another(rds, job_id, flag)
             return self._conclude(outcomes, job_id, flag, single)

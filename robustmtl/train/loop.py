@@ -39,6 +39,7 @@ from robustmtl.train import checkpoint, mechanism
 from robustmtl.train.batches import Batch, EpochPlan, PlanSampler, chunks, make_loader, resolve_workers, to_device
 from robustmtl.train.evaluate import EvalStopped, Evaluator, Predictions, fixed_subset
 from robustmtl.train.optim import make_optimizer, make_scheduler
+from robustmtl.train.pack import MEMORY_FRACTION_ENV
 from robustmtl.train.step import Stepper, enable_tf32, make_scaler, resolve_precision
 
 Progress = Callable[[int, int], None]
@@ -88,6 +89,8 @@ class Trainer:
         enable_tf32(self.device)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+            if fraction := os.environ.get(MEMORY_FRACTION_ENV):  # a pack member sharing its GPU with others
+                torch.cuda.set_per_process_memory_fraction(float(fraction), self.device)
         if self.opts.threads:
             torch.set_num_threads(self.opts.threads)
         seed = self.cfg.seed

@@ -22,16 +22,21 @@ from robustmtl.train.signals import StopFlag, current_job_id
 
 # a parallel pack member's outcome
 POLL_S = 0.2
+# a pack member's share of its GPU's memory, when it shares the GPU with others (train/loop.py enforces it)
+MEMORY_FRACTION_ENV = "ROBUSTMTL_GPU_MEMORY_FRACTION"
 
 
-def side_by_side(rds: list[RunDir], job_id: str | None, flag: StopFlag, caps: Caps) -> list[Outcome]:
-    """One child process per unfinished run, each seeing its own share of the task's GPUs."""
+def side_by_side(rds: list[RunDir], job_id: str | None, flag: StopFlag, caps: Caps,
+                 runs_per_gpu: int = 1) -> list[Outcome]:
+    """One child process per unfinished run, each seeing its own share of the task's GPUs (`runs_per_gpu`
+    children to a GPU, each held to that fraction of its memory)."""
     outcomes = [o for rd in rds if (o := finished_before(rd, job_id)) is not None]
     todo = [rd for rd in rds if all(o.rd != rd for o in outcomes)]
-    shares = gpu_shares(os.environ.get("CUDA_VISIBLE_DEVICES", ""), len(todo))
+    shares = gpu_shares(os.environ.get("CUDA_VISIBLE_DEVICES", ""), len(todo), runs_per_gpu)
+    fraction = {MEMORY_FRACTION_ENV: f"{1 / runs_per_gpu:.6f}"} if runs_per_gpu > 1 else {}
     children = []
     for rd, share in zip(todo, shares, strict=True):
-        env = dict(os.environ) if share is None else {**os.environ, "CUDA_VISIBLE_DEVICES": share}
+        env = dict(os.environ) if share is None else {**os.environ, "CUDA_VISIBLE_DEVICES": share, **fraction}
         cmd = [sys.executable, "-m", "robustmtl.train.pack", json.dumps(asdict(caps)), str(rd.root)]
         children.append((rd, subprocess.Popen(cmd, env=env)))
     forwarded = False
@@ -47,15 +52,18 @@ def side_by_side(rds: list[RunDir], job_id: str | None, flag: StopFlag, caps: Ca
     return outcomes
 
 
-def gpu_shares(visible: str, n: int) -> list[str | None]:
-    """Split the task's CUDA_VISIBLE_DEVICES into `n` equal shares (None: no GPUs, nothing to set)."""
+def gpu_shares(visible: str, n: int, runs_per_gpu: int = 1) -> list[str | None]:
+    """Split the task's CUDA_VISIBLE_DEVICES into `n` shares: equal slices of the GPUs, or with `runs_per_gpu`
+    > 1 one GPU per `runs_per_gpu` runs (None: no GPUs, nothing to set)."""
     devices = [d for d in visible.split(",") if d.strip()]
     if not devices:
         return [None] * n
+    if len(devices) * runs_per_gpu < n:
+        raise RuntimeError(f"pack of {n} runs side by side got {len(devices)} GPU(s) ({visible}) for "
+                           f"{runs_per_gpu} run(s) each")
+    if runs_per_gpu > 1:
+        return [devices[i // runs_per_gpu] for i in range(n)]
     per = max(1, len(devices) // n)
-    if len(devices) < n:
-        raise RuntimeError(f"pack of {n} runs side by side got {len(devices)} GPU(s) ({visible}); "
-                           "each run needs at least one")
     return [",".join(devices[i * per:(i + 1) * per]) for i in range(n)]
 
 

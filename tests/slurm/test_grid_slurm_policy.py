@@ -197,6 +197,19 @@ def test_parallel_pack_gives_each_run_its_own_gpu(cli, tmp_path, grids):
     assert devices == ["0", "1"]
 
 
+def test_parallel_pack_places_two_runs_on_each_gpu(cli, tmp_path, grids):
+    """runs_per_gpu = 2: a pack of four asks SLURM for two GPUs and gives each to two of its runs."""
+    text = spec_text("shared", [0, 1, 2, 3], TINY, 'pack = 4\npack_mode = "parallel"\ngpus = 1\nruns_per_gpu = 2\n'
+                                                    'device = "cpu"')
+    grid, output = submit(cli, tmp_path, grids, text)
+    assert "queued 4 run(s) in 1 task(s)" in output
+    job = next(iter(latest_entries(grid.root).values()))["job_id"]
+    assert "gres/gpu=2" in sh("scontrol", "show", "job", job).stdout
+    wait_for("the four runs DONE", lambda: all_done(grid), grid.root)
+    devices = sorted(read_attempts(grid.run(r))[0]["cuda_visible_devices"] for r in grid.run_ids())
+    assert devices == ["0", "0", "1", "1"]
+
+
 def test_status_watch_on_200_runs_makes_one_squeue_and_one_sacct_per_refresh(cli, tmp_path, grids):
     """The real squeue/sacct behind logging shims; the held array never runs, a quarter of it is cancelled."""
     grid, output = submit(cli, tmp_path, grids, spec_text("big", list(range(200)), TINY, 'extra = ["--hold"]'))
