@@ -28,9 +28,9 @@ def read_attempts(rd: RunDir) -> list[dict[str, Any]]:
     return read_jsonl(rd.attempts, lambda e: isinstance(e, dict) and isinstance(e.get("event"), str))
 
 
-def write_failure(rd: RunDir, exc: BaseException, reason: str | None = None) -> None:
+def write_failure(rd: RunDir, exc: BaseException, reason: str | None = None, **extra: Any) -> None:
     atomic_write_text(rd.failed, json.dumps({
-        "error": f"{type(exc).__name__}: {exc}", **({"reason": reason} if reason else {}),
+        "error": f"{type(exc).__name__}: {exc}", **({"reason": reason} if reason else {}), **extra,
         "traceback": "".join(traceback.format_exception(exc)),
         "host": socket.gethostname(), "pid": os.getpid(), "time": time.time(),
     }, indent=2) + "\n")
