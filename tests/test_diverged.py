@@ -1,16 +1,18 @@
-"""A diverged run (its loss became NaN or infinite): FAILED at its first non-finite step, with its records kept."""
+"""A diverged run (its loss became NaN or infinite): FAILED at its first non-finite step, with its records
+kept, shown failed by `grid status`, left out of every table, and retried by `grid resume` only when asked."""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 
-from robustmtl.layout import RunDir
+from robustmtl.layout import GridDir, RunDir
 from robustmtl.train.attempts import read_attempts
 from robustmtl.train.step import Stepper
-from tests.conftest import TINY, read_records
+from tests.conftest import TINY, read_records, tiny_grid, write_spec
 
 STEPS_PER_EPOCH = -(-TINY["n_train"] // TINY["batch_size"])
 DIVERGING = {"adamw-lr-1e9": {"lr": 1e9}, "sgd-lr-10": {"optimizer": "sgd", "lr": 10}}
@@ -72,3 +74,41 @@ def test_a_non_finite_evaluation_loss_fails_the_run_before_any_record_of_it(cli,
     assert json.loads(rd.failed.read_text())["diverged_step"] == 1
     assert not rd.done.exists() and not rd.metrics.exists()
 
+
+def test_status_aggregate_and_resume_treat_a_diverged_run_as_failed(cli, tmp_path):
+    """The diverged setting (SGD at lr 10) has records of its first epoch: they never compete in selection."""
+    spec = write_spec(tmp_path / "g.toml", tiny_grid("div", ["erm"], [0], defaults={**TINY, "optimizer": "sgd"},
+                                                    sweeps={"erm": {"lr": [0.1, 10]}}, executor={"threads": 1}))
+    out = tmp_path / "grid"
+    submitted = cli("grid", "submit", spec, "--out", out, ok=False)
+    grid = GridDir(out)
+    (diverged,) = [r for r in grid.run_ids() if grid.run(r).failed.exists()]
+    rd = grid.run(diverged)
+    step = json.loads(rd.failed.read_text())["diverged_step"]
+    line = f"{diverged}: Diverged: non-finite loss at step {step}"
+    assert submitted.exit_code == 2 and line in submitted.output and not rd.done.exists()
+    assert read_records(rd.metrics), "the diverged run should have records to leave out"
+
+    status = " ".join(cli("grid", "status", out).output.split())
+    assert f"failed {line} (not retried: the same run diverges again)" in status
+
+    note = f"1 diverged run(s) left out ({diverged}): their loss became non-finite"
+    for extra in ([], ["--include-running"]):
+        table = cli("aggregate", out, "--format", "markdown", "--show-hparams", *extra)
+        assert "| 1/1 | 0:" in table.stdout and "| (one setting) |" in table.stdout  # the diverged one competed in none
+        assert note in " ".join(table.output.split())
+
+    starts = sum(e["event"] == "start" for e in read_attempts(rd))
+    for extra in ([], ["--failed-only"]):
+        resumed = cli("grid", "resume", out, *extra)
+        assert "left out 1 diverged run(s)" in " ".join(resumed.output.split())
+        assert sum(e["event"] == "start" for e in read_attempts(rd)) == starts and rd.failed.exists()
+    retried = cli("grid", "resume", out, "--retry-diverged", ok=False)
+    assert retried.exit_code == 2 and line in retried.output  # tried again, and diverged again at the same step
+    assert sum(e["event"] == "start" for e in read_attempts(rd)) == starts + 1
+
+    for other in grid.run_ids():
+        if other != diverged:
+            shutil.rmtree(grid.run(other).root)
+    alone = cli("aggregate", out, ok=False)
+    assert alone.exit_code == 2 and "every run under" in one_error_line(alone.output)

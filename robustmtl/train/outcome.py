@@ -3,7 +3,8 @@
 A crash under SLURM requeues the job unless the run crashed at the same step as its previous crash (a
 deterministic failure: requeueing again would loop forever) or has used up `max_crashes`; then the run
 ends FAILED with its error. Outside SLURM a crash ends the attempt: there is no scheduler to requeue with.
-A diverged run (a non-finite loss) is no crash: it ends FAILED at once, naming the step.
+A diverged run (a non-finite loss) is no crash: it ends FAILED at once, naming the step, and `grid
+resume` leaves it alone unless asked (`--retry-diverged`).
 """
 
 from __future__ import annotations
