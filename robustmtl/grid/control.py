@@ -21,7 +21,7 @@ from robustmtl.grid.lock import submit_lock
 from robustmtl.grid.manifest import latest_entries
 from robustmtl.grid.spec import parse_toml
 from robustmtl.grid.status import ACTIVE, grid_status
-from robustmtl.grid.submit import execute
+from robustmtl.grid.submit import command, execute
 from robustmtl.layout import GridDir
 from robustmtl.params import did_you_mean
 from robustmtl.requirements import required_runs
@@ -75,7 +75,9 @@ def resume(grid: GridDir, kind: str | None, failed_only: bool, overrides: dict[s
                           + (f" and {dependents} run(s) that need them" if dependents else "")
                           + ": the same run diverges again; `grid resume --retry-diverged` runs them", highlight=False)
         todo = with_requirements(chosen, runs, keep | held)
-        return execute(grid, grid.root.name, runs, todo, settings, resolved, console)
+        again = command("resume", str(grid.root), *(("--executor", kind) if kind else ()),
+                        *(("--retry-diverged",) if retry_diverged else ()))
+        return execute(grid, grid.root.name, runs, todo, settings, resolved, console, again)
 
 
 def needing(run_ids: set[str], runs: list[PlannedRun]) -> set[str]:

@@ -126,7 +126,9 @@ def grid_status(grid: GridDir, accounting: bool = True) -> GridStatus:
         started = any(e.get("event") == "start" and e.get("job_id") == job for e in events)
         outside = not any(e.get("event") == "start" and "via" not in e for e in events)  # grid jobs only
         holder = trainers.get(rid)
-        state, note = classify(markers[rid], job, queue, acct, restarted=started, holder=holder, outside=outside)
+        again = events[-1].get("again") if events and events[-1].get("event") == "stopped" else None
+        state, note = classify(markers[rid], job, queue, acct, restarted=started, holder=holder, outside=outside,
+                               stopped_again=again if isinstance(again, str) else None)
         if state == "running" and holder is None and entries[rid].get("pack") and not started:
             state, note = "pending", f"waiting for its pack mates in task {job}"
         diverged = None
@@ -144,11 +146,14 @@ def grid_status(grid: GridDir, accounting: bool = True) -> GridStatus:
 
 
 def classify(marker: str, job: str | None, queue: dict[str, str] | None, acct: dict[str, scheduler.JobEnd] | None,
-             restarted: bool = False, holder: int | None = None, outside: bool = False) -> tuple[str, str]:
+             restarted: bool = False, holder: int | None = None, outside: bool = False,
+             stopped_again: str | None = None) -> tuple[str, str]:
     """(state, note) of one run from its marker (done|failed|started|new), its newest job and what SLURM says.
 
     `restarted`: that job recorded a start of the run; `holder`: the pid of a process on this machine
-    holding the run's train lock; `outside`: no job of this grid ever recorded a start of the run.
+    holding the run's train lock; `outside`: no job of this grid ever recorded a start of the run;
+    `stopped_again`: the run's newest attempt was stopped with its local grid (Ctrl-C), and this command
+    continues it.
     """
     if marker == "done":
         return "done", ""
@@ -164,6 +169,8 @@ def classify(marker: str, job: str | None, queue: dict[str, str] | None, acct: d
         return "pending", ""
     if marker == "failed":
         return "failed", ""
+    if stopped_again is not None:
+        return "interrupted", f"its local job was stopped (Ctrl-C, SIGTERM or SIGHUP); `{stopped_again}` continues it"
     final = (acct or {}).get(job) if job is not None else None
     ended = final.describe() if final is not None else "left the queue"
     if outside and marker == "started" and (job is None or queue is not None):
