@@ -202,6 +202,8 @@ def _capped(lines: list[Any]) -> list[Any]:
 def grid_resume(
     grid_dir: GridDirArg,
     failed_only: Annotated[bool, typer.Option("--failed-only", help="Failed runs and those they block.")] = False,
+    retry_diverged: Annotated[bool, typer.Option("--retry-diverged", help="Retry diverged runs too (a non-finite "
+                                                 "loss; left out otherwise, as they diverge again).")] = False,
     executor: ExecutorOpt = None,
     partition: PartitionOpt = None,
     account: AccountOpt = None,
@@ -221,7 +223,7 @@ def grid_resume(
     if new_code:
         renew(GridDir(grid_dir), console)
     overrides = slurm_overrides(partition, account, qos, gpus, time, array_parallelism, pack)
-    refuse_failures(resume(GridDir(grid_dir), executor, failed_only, overrides, console))
+    refuse_failures(resume(GridDir(grid_dir), executor, failed_only, overrides, console, retry_diverged))
 
 
 @grid_app.command("cancel")

@@ -31,6 +31,7 @@ PROVENANCE = "provenance.jsonl"
 TRAIN_LOCK = ".train.lock"
 TRACKERS_FILE = "trackers.json"
 ERROR_SET = "error_set.json"  # JTT stage 1's artifact
+DIVERGED_STEP = "diverged_step"  # FAILED marker and `failed` event of a diverged run: its first non-finite step
 # a grid directory
 GRID_SPEC = "grid.toml"
 PLAN = "plan.jsonl"
@@ -240,6 +241,16 @@ def failure_line(rd: RunDir) -> str:
         return "unknown error (FAILED marker unreadable)"
     reason = failure.get("reason")
     return f"{lines[-1]} ({reason})" if isinstance(reason, str) and reason else lines[-1]
+
+
+def diverged_step(rd: RunDir) -> int | None:
+    """The first non-finite step of a run that failed by diverging (None: not failed, or failed otherwise)."""
+    try:
+        failure = json.loads(rd.failed.read_bytes())
+    except (OSError, ValueError):
+        return None
+    step = failure.get(DIVERGED_STEP) if isinstance(failure, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def is_object(entry: Any) -> bool:

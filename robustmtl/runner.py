@@ -28,6 +28,7 @@ def run_with_requirements(cfg: RunConfig, opts: RunOptions, out: Path, console: 
 def run_in_process(cfg: RunConfig, opts: RunOptions, out: Path, console: Console) -> dict[str, Any]:
     """Train (or resume, or report) the run in `out`, refusing a folder that holds something else."""
     from robustmtl.train.attempt import attempt
+    from robustmtl.train.loop import Diverged
     from robustmtl.train.outcome import Caps, End
 
     rd = RunDir(out)
@@ -53,4 +54,7 @@ def run_in_process(cfg: RunConfig, opts: RunOptions, out: Path, console: Console
         return outcome.summary
     if isinstance(outcome.error, UserError) and created and not rd.metrics.exists():
         shutil.rmtree(rd.root)  # a mistake found before training (data, model): leave nothing behind
+    if isinstance(outcome.error, Diverged):  # the run's settings, not the code: one line, no traceback
+        raise UserError(f"run {cfg.run_id} diverged: {outcome.error}; FAILED written, its files stay in {out} "
+                        "(a lower lr or grad_clip may help)")
     raise outcome.error if outcome.error is not None else RuntimeError(f"run {cfg.run_id} ended {outcome.end.name}")

@@ -5,22 +5,26 @@ finished."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
 
 import pytest
 
+from robustmtl.config import RunOptions, build_config
 from robustmtl.errors import UserError
 from robustmtl.grid.executor import executor_settings
 from robustmtl.grid.slurm import slurm_parameters
 from robustmtl.layout import RunDir
+from robustmtl.rundir import prepare_run
 from robustmtl.train import job as job_module
 from robustmtl.train import loop, signals
 from robustmtl.train.attempts import read_attempts
 from robustmtl.train.job import PackFailed, TrainJob
 from robustmtl.train.outcome import Caps, End, RequeueLimit
 from robustmtl.train.pack import gpu_shares
+from tests.conftest import TINY
 
 
 class FakeSubmititHandler:
@@ -166,6 +170,22 @@ def test_crashes_at_new_steps_are_retried_up_to_the_cap(tmp_path, monkeypatch, s
         TrainJob(Caps(crashes=2))(str(tmp_path))
     assert len(asked) == 2
     assert read_attempts(RunDir(tmp_path))[-1]["reason"] == "crashed 3 times (max_crashes = 2)"
+
+
+def test_a_diverged_run_under_slurm_ends_failed_at_once_without_requeue(tmp_path, monkeypatch, slurm_env):
+    """A real run at lr 1e9: a non-finite loss is no crash to retry, since the same run diverges again."""
+    asked: list = []
+    monkeypatch.setattr(job_module, "requeue_self", lambda job_id: asked.append(job_id))
+    rd = RunDir(tmp_path / "run")
+    prepare_run(rd, build_config("erm", "synthetic", 0, None, {**TINY, "lr": 1e9}, where="test"),
+                RunOptions(threads=1))
+    with pytest.raises(loop.Diverged) as diverged:
+        TrainJob(Caps(crashes=5))(str(rd.root))
+    assert asked == [] and not rd.done.exists()
+    events = read_attempts(rd)
+    assert [e["event"] for e in events] == ["start", "failed"]
+    assert events[-1]["diverged_step"] == diverged.value.step
+    assert json.loads(rd.failed.read_text())["diverged_step"] == diverged.value.step
 
 
 def test_crash_outside_slurm_fails_without_retry(tmp_path, monkeypatch):

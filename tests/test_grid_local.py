@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from robustmtl.grid.executor import ExecutorSettings
+from robustmtl.grid.submit import plan
 from robustmtl.layout import GridDir
 from robustmtl.train.attempts import read_attempts
 from robustmtl.train.runlock import locked
@@ -114,3 +115,37 @@ def test_a_killed_local_submit_stops_its_runs(tmp_path, signum, sigint, pause):
         for pid in [proc.pid, *running_here(str(tmp_path))]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+
+def interrupted_by_ctrl_c(args: list[str], run_id: str, pause) -> str:
+    """Start `robustmtl ARGS`, press Ctrl-C once run `run_id` waits after its second step; the one line printed."""
+    pause.path.with_name(f"{pause.path.name}.{run_id}").unlink(missing_ok=True)  # where an earlier attempt waited
+    proc = subprocess.Popen([sys.executable, "-m", "robustmtl", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        pause.waited(run_id, 2, proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 2 and len(err.strip().splitlines()) == 1, err
+    return " ".join(err.split())
+
+
+@pytest.mark.slow  # two local grids started and stopped: left out of make test-fast
+def test_ctrl_c_leaves_the_run_interrupted_and_names_the_command_used(tmp_path, pause, cli):
+    """`grid status` says interrupted (not started or not submitted), and the message names the command typed."""
+    spec = write_spec(tmp_path / "g.toml", tiny_grid("cc", ["erm"], [0], executor={"kind": "local", "threads": 1}))
+    out = tmp_path / "grid"
+    (run,) = plan(spec)[1]
+    pause.at(2)
+    for args in (["grid", "submit", str(spec), "--out", str(out)], ["grid", "resume", str(out)]):
+        typed = " ".join(["robustmtl", *args])
+        err = interrupted_by_ctrl_c(args, run.run_id, pause)
+        assert f"interrupted: running jobs were cancelled; their checkpoints stay, and `{typed}` resumes them" in err
+        status = " ".join(cli("grid", "status", out).output.split())
+        assert f"interrupted {run.run_id}: its local job was stopped (Ctrl-C, SIGTERM or SIGHUP); `{typed}` " \
+               "continues it" in status, status
+        assert read_attempts(GridDir(out).run(run.run_id))[-1]["event"] == "stopped"

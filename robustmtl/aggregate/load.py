@@ -1,8 +1,8 @@
 """Read GRID_DIR/runs/*/metrics.jsonl into flat tables: which run directories count, and their records.
 
 The scan decides which files the tables use (DONE runs, or all with --include-running; a copy of another
-run's directory is left out) and reads them; parse.py turns their bytes into records, on a worker thread
-while the scan reads on.
+run's directory and a diverged run, whose loss became non-finite, are left out) and reads them; parse.py
+turns their bytes into records, on a worker thread while the scan reads on.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from robustmtl.aggregate.parse import (
 )
 from robustmtl.errors import UserError
 from robustmtl.grid.coverage import end_task_seeds, read_plan
-from robustmtl.layout import DONE_MARKER, GridDir
+from robustmtl.layout import DONE_MARKER, FAILED_MARKER, GridDir, RunDir, diverged_step
 
 _CHUNK_BYTES = 64 << 20  # parse in slices so peak memory stays ~2x a slice, not 2x the whole sweep
 RUN_COLUMNS = [*META_TYPES, "complete", "included", "run_dir", "grid_dir", "n_expected"]
@@ -43,6 +43,7 @@ class RunCounts:
     complete: int
     excluded_incomplete: int
     helper: int  # report=False runs (e.g. JTT stage 1): used by other runs, never shown
+    excluded_diverged: int = 0  # FAILED with a non-finite loss: never in a table, not even with --include-running
 
 
 @dataclass
@@ -59,8 +60,8 @@ def _in_scope(f: RunFile, include_running: bool) -> bool:
     return f.meta is not None and (f.complete or include_running)
 
 
-def _scan_and_parse(grid_dirs: Sequence[Path], include_running: bool,
-                    warnings: list[str]) -> tuple[list[RunFile], pa.Table]:
+def _scan_and_parse(grid_dirs: Sequence[Path], include_running: bool, warnings: list[str],
+                    diverged: list[str]) -> tuple[list[RunFile], pa.Table]:
     """Every run file, and the records of those in scope. Slices are parsed on a worker thread while the
     scan reads the next one: pyarrow releases the GIL, so reading and parsing overlap."""
     files: list[RunFile] = []
@@ -68,7 +69,7 @@ def _scan_and_parse(grid_dirs: Sequence[Path], include_running: bool,
     chunk: list[RunFile] = []
     size = 0
     with ThreadPoolExecutor(max_workers=1) as pool:
-        for f in (f for g in grid_dirs for f in _scan(g, include_running, warnings)):
+        for f in (f for g in grid_dirs for f in _scan(g, include_running, warnings, diverged)):
             f.index = len(files)
             files.append(f)
             if _in_scope(f, include_running):
@@ -93,9 +94,10 @@ def _expected_seeds(grid_dir: Path, warnings: list[str]) -> int | None:
     return len(end_task_seeds(plan)) or None
 
 
-def _scan(grid_dir: Path, include_running: bool, warnings: list[str]) -> Iterator[RunFile]:
+def _scan(grid_dir: Path, include_running: bool, warnings: list[str], diverged: list[str]) -> Iterator[RunFile]:
     """Run directories in name order, with the files the aggregation will use read (metadata only for
-    excluded runs). A directory whose records belong to another run (a copy, a backup) is left out."""
+    excluded runs). A directory whose records belong to another run (a copy, a backup) is left out, and so
+    is a diverged run (its name added to `diverged`): its numbers come from a model gone NaN."""
     if not grid_dir.exists():
         raise UserError(f"grid directory does not exist: {grid_dir}")
     if not grid_dir.is_dir():
@@ -108,6 +110,11 @@ def _scan(grid_dir: Path, include_running: bool, warnings: list[str]) -> Iterato
             continue
         # Plain strings and os calls: pathlib's per-path overhead is a second at 10,000 runs.
         complete = os.path.exists(os.path.join(entry.path, DONE_MARKER))
+        if not complete and os.path.exists(os.path.join(entry.path, FAILED_MARKER)) \
+                and diverged_step(RunDir(Path(entry.path))) is not None:
+            diverged.append(entry.name)
+            found = True
+            continue
         f = RunFile(grid_dir, entry.path, complete)
         if not os.path.isfile(f.path):
             if complete:
@@ -172,7 +179,14 @@ def _add_expected(runs: pd.DataFrame, grid_dirs: Sequence[Path], warnings: list[
 def load_runs(grid_dirs: Sequence[Path], include_running: bool = False) -> Loaded:
     """Scan every grid directory, parse the runs in scope, deduplicate records (last in file order wins)."""
     warnings: list[str] = []
-    files, table = _scan_and_parse(grid_dirs, include_running, warnings)
+    diverged: list[str] = []
+    files, table = _scan_and_parse(grid_dirs, include_running, warnings, diverged)
+    where = ", ".join(map(str, grid_dirs))
+    if diverged and not files:
+        raise UserError(f"every run under {where} diverged ({len(diverged)} FAILED with a non-finite loss; "
+                        "`robustmtl grid status` names the step): nothing to tabulate")
+    if diverged:
+        warnings.append(diverged_note(diverged))
     runs = _add_expected(_runs_frame(files, include_running, warnings), grid_dirs, warnings)
     records = own_records(table, files, set(runs["run_dir"]))
     warnings += [f"{f.path}: {'; '.join(f.issues)}" for f in files if f.issues]
@@ -180,17 +194,28 @@ def load_runs(grid_dirs: Sequence[Path], include_running: bool = False) -> Loade
 
     complete = sum(f.complete for f in files)
     counts = RunCounts(
-        found=len(files),
+        found=len(files) + len(diverged),
         complete=complete,
         excluded_incomplete=0 if include_running else len(files) - complete,
         helper=int((~runs["report"]).sum()),
+        excluded_diverged=len(diverged),
     )
-    where = ", ".join(map(str, grid_dirs))
     if runs.empty:
         raise UserError(f"no metrics.jsonl under {where} holds a valid record; see the warnings")
     if complete == 0 and not include_running:
         raise UserError(
-            f"no complete runs under {where} ({len(files)} without DONE); "
+            f"no complete runs under {where} ({len(files)} without DONE"
+            + (f", {len(diverged)} diverged" if diverged else "") + "); "
             "--include-running shows incomplete ones"
         )
     return Loaded(records, runs, counts, warnings)
+
+
+DIVERGED_SHOWN = 3  # run ids a diverged note names before "..."
+
+
+def diverged_note(run_ids: Sequence[str]) -> str:
+    """The one line that says which diverged runs the tables leave out, and why."""
+    shown = ", ".join(run_ids[:DIVERGED_SHOWN]) + (", ..." if len(run_ids) > DIVERGED_SHOWN else "")
+    return (f"{len(run_ids)} diverged run(s) left out ({shown}): their loss became non-finite, so they enter "
+            "no table, not even with --include-running (`robustmtl grid status` names the step)")

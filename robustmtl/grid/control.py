@@ -21,7 +21,7 @@ from robustmtl.grid.lock import submit_lock
 from robustmtl.grid.manifest import latest_entries
 from robustmtl.grid.spec import parse_toml
 from robustmtl.grid.status import ACTIVE, grid_status
-from robustmtl.grid.submit import execute
+from robustmtl.grid.submit import command, execute
 from robustmtl.layout import GridDir
 from robustmtl.params import did_you_mean
 from robustmtl.requirements import required_runs
@@ -42,9 +42,12 @@ def planned_from_dir(grid: GridDir) -> list[PlannedRun]:
 
 
 def resume(grid: GridDir, kind: str | None, failed_only: bool, overrides: dict[str, Any],
-           console: Console) -> dict[str, str]:
+           console: Console, retry_diverged: bool = False) -> dict[str, str]:
     """Run again every run that is not done and not queued (with `failed_only`: the failed ones, and the runs
-    blocked behind a failed requirement, which cannot run until it does)."""
+    blocked behind a failed requirement, which cannot run until it does).
+
+    A diverged run would diverge again at the same step, so it and the runs that need it are left out, with
+    a note, unless `retry_diverged` (after a change of code, say)."""
     from robustmtl.grid.slurm import with_requirements
 
     if not grid.spec.exists():
@@ -62,9 +65,32 @@ def resume(grid: GridDir, kind: str | None, failed_only: bool, overrides: dict[s
         runs = planned_from_dir(grid)
         keep = {rid for rid, r in status.runs.items() if r.state in ACTIVE or r.state == "done"}
         retry = {rid for rid, r in status.runs.items() if r.state in ("failed", "blocked")}
-        chosen = [r for r in runs if (r.run_id in retry if failed_only else r.run_id not in keep)]
-        todo = with_requirements(chosen, runs, keep)
-        return execute(grid, grid.root.name, runs, todo, settings, resolved, console)
+        diverged = set() if retry_diverged else {rid for rid, r in status.runs.items() if r.diverged_step is not None}
+        held = needing(diverged, runs)
+        wanted = (retry if failed_only else {r.run_id for r in runs} - keep) - held
+        chosen = [r for r in runs if r.run_id in wanted]
+        if diverged:
+            dependents = len(held - diverged - keep)
+            console.print(f"left out {len(diverged)} diverged run(s)"
+                          + (f" and {dependents} run(s) that need them" if dependents else "")
+                          + ": the same run diverges again; `grid resume --retry-diverged` runs them", highlight=False)
+        todo = with_requirements(chosen, runs, keep | held)
+        again = command("resume", str(grid.root), *(("--executor", kind) if kind else ()),
+                        *(("--retry-diverged",) if retry_diverged else ()))
+        return execute(grid, grid.root.name, runs, todo, settings, resolved, console, again)
+
+
+def needing(run_ids: set[str], runs: list[PlannedRun]) -> set[str]:
+    """`run_ids` and every run that requires one of them, directly or through other runs."""
+    found = set(run_ids)
+    grew = True
+    while grew:
+        grew = False
+        for r in runs:
+            if r.run_id not in found and any(q in found for q in r.requires):
+                found.add(r.run_id)
+                grew = True
+    return found
 
 
 def find_run(grid: GridDir, run_id: str) -> str:

@@ -27,6 +27,7 @@ from robustmtl.errors import UserError
 from robustmtl.grid.executor import ExecutorSettings
 from robustmtl.grid.expand import PlannedRun
 from robustmtl.layout import GridDir, RunDir, failure_line
+from robustmtl.train.attempts import record_stop
 from robustmtl.train.runlock import locked
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -35,8 +36,10 @@ POLL_S = 0.5
 
 
 def run_here(grid: GridDir, todo: list[PlannedRun], settings: ExecutorSettings, kind: str,
-             console: Console) -> dict[str, str]:
-    """Execute runs on this machine, required runs first, `parallel` at a time; returns failed run id → why."""
+             console: Console, again: str) -> dict[str, str]:
+    """Execute runs on this machine, required runs first, `parallel` at a time; returns failed run id → why.
+
+    On Ctrl-C, the runs stopped are recorded as stopped, with `again`, the command that continues them."""
     import submitit
 
     from robustmtl.train.job import TrainJob
@@ -102,8 +105,11 @@ def run_here(grid: GridDir, todo: list[PlannedRun], settings: ExecutorSettings, 
                     for job in running.values():
                         cancel_local(job)
                 still = wait_stopped(grid, still)
-            raise UserError("interrupted: running jobs were cancelled; their checkpoints stay, and the same "
-                            "`grid submit` resumes them"
+                for run_id, job in running.items():
+                    if run_id not in still:
+                        record_stop(grid.run(run_id), str(job.job_id), again)
+            raise UserError(f"interrupted: running jobs were cancelled; their checkpoints stay, and `{again}` "
+                            "resumes them"
                             + (f" (still stopping: {', '.join(still)})" if still else "")) from None
     return failed
 

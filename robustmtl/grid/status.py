@@ -21,7 +21,7 @@ from pathlib import Path
 from robustmtl.errors import UserError
 from robustmtl.grid import scheduler
 from robustmtl.grid.manifest import latest_entries
-from robustmtl.layout import ATTEMPTS, TRAIN_LOCK, GridDir, RunDir, failure_line, marker_state
+from robustmtl.layout import ATTEMPTS, TRAIN_LOCK, GridDir, RunDir, diverged_step, failure_line, marker_state
 
 # Shown always / only when some run is in them; in this order.
 CORE_STATES = ("done", "running", "pending", "requeued", "failed", "interrupted", "not submitted")
@@ -32,7 +32,8 @@ STATE_HELP = {
     "running": "training now",
     "pending": "queued, waiting for resources or for the runs it requires",
     "requeued": "pending again after a preemption, timeout or crash",
-    "failed": "stopped for good with an error (the line below); `grid resume` tries again",
+    "failed": "stopped for good with an error (the line below); `grid resume` tries again, a diverged run only "
+              "with --retry-diverged",
     "interrupted": "started, then stopped without finishing (reason below); `grid resume` continues from its "
                    "checkpoint",
     "not submitted": "never queued, or held back by a cluster limit; `grid resume` submits it",
@@ -55,6 +56,7 @@ class RunStatus:
     note: str = ""
     attempts: Counter = field(default_factory=Counter)
     queued: bool = False  # its job is in squeue's answer (a run trained by another process may not be)
+    diverged_step: int | None = None  # failed with a non-finite loss at this step: `grid resume` leaves it alone
 
     def stops(self) -> str:
         """`2 preempted, 1 crashed`: how often this run was stopped before it ended (empty if never)."""
@@ -124,15 +126,18 @@ def grid_status(grid: GridDir, accounting: bool = True) -> GridStatus:
         started = any(e.get("event") == "start" and e.get("job_id") == job for e in events)
         outside = not any(e.get("event") == "start" and "via" not in e for e in events)  # grid jobs only
         holder = trainers.get(rid)
-        state, note = classify(markers[rid], job, queue, acct, restarted=started, holder=holder, outside=outside)
+        again = events[-1].get("again") if events and events[-1].get("event") == "stopped" else None
+        state, note = classify(markers[rid], job, queue, acct, restarted=started, holder=holder, outside=outside,
+                               stopped_again=again if isinstance(again, str) else None)
         if state == "running" and holder is None and entries[rid].get("pack") and not started:
             state, note = "pending", f"waiting for its pack mates in task {job}"
+        diverged = None
         if state == "failed" and markers[rid] == "failed":
-            note = failure_line(rd)
+            note, diverged = failure_line(rd), diverged_step(rd)
         if state == "not submitted" and rid in entries:
             note = f"held back: {entries[rid].get('not_submitted', 'no job id recorded')}"
         runs[rid] = RunStatus(rid, state, job or job_of.get(rid), note, Counter(e.get("event") for e in events),
-                              queued=queue is not None and job in queue)
+                              queued=queue is not None and job in queue, diverged_step=diverged)
     ended = {rid for rid, r in runs.items() if r.state in UNSTARTED_ENDS
              or (acct is not None and jobs.get(rid) in acct and acct[jobs[rid]].by_dependency)}
     mark_blocked(runs, {rid: run_dirs[rid] for rid in ended})
@@ -141,11 +146,14 @@ def grid_status(grid: GridDir, accounting: bool = True) -> GridStatus:
 
 
 def classify(marker: str, job: str | None, queue: dict[str, str] | None, acct: dict[str, scheduler.JobEnd] | None,
-             restarted: bool = False, holder: int | None = None, outside: bool = False) -> tuple[str, str]:
+             restarted: bool = False, holder: int | None = None, outside: bool = False,
+             stopped_again: str | None = None) -> tuple[str, str]:
     """(state, note) of one run from its marker (done|failed|started|new), its newest job and what SLURM says.
 
     `restarted`: that job recorded a start of the run; `holder`: the pid of a process on this machine
-    holding the run's train lock; `outside`: no job of this grid ever recorded a start of the run.
+    holding the run's train lock; `outside`: no job of this grid ever recorded a start of the run;
+    `stopped_again`: the run's newest attempt was stopped with its local grid (Ctrl-C), and this command
+    continues it.
     """
     if marker == "done":
         return "done", ""
@@ -161,6 +169,8 @@ def classify(marker: str, job: str | None, queue: dict[str, str] | None, acct: d
         return "pending", ""
     if marker == "failed":
         return "failed", ""
+    if stopped_again is not None:
+        return "interrupted", f"its local job was stopped (Ctrl-C, SIGTERM or SIGHUP); `{stopped_again}` continues it"
     final = (acct or {}).get(job) if job is not None else None
     ended = final.describe() if final is not None else "left the queue"
     if outside and marker == "started" and (job is None or queue is not None):

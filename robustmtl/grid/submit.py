@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -114,15 +115,23 @@ def submit(spec_path: Path, out: Path | None, kind: str | None, force: bool, con
             raise UserError(f"cannot write the grid directory {grid.root}: {exc.strerror or exc}; nothing was "
                             "submitted (free space or fix permissions, then run the same command again)") from None
         todo = [r for r in runs if not grid.run(r.run_id).done.exists()]
-        return execute(grid, spec.name, runs, todo, settings, resolved, console, source=source)
+        again = command("submit", str(spec_path), *(("--out", str(out)) if out else ()),
+                        *(("--executor", kind) if kind else ()))
+        return execute(grid, spec.name, runs, todo, settings, resolved, console, again, source=source)
+
+
+def command(*words: str) -> str:
+    """`robustmtl grid WORDS...` as a user would type it again."""
+    return shlex.join(("robustmtl", "grid", *words))
 
 
 def execute(grid: GridDir, title: str, runs: list[PlannedRun], todo: list[PlannedRun], settings: ExecutorSettings,
-            kind: str, console: Console, source: dict[str, Any] | None = None) -> dict[str, str]:
+            kind: str, console: Console, again: str, source: dict[str, Any] | None = None) -> dict[str, str]:
     """Run or queue `todo` (the caller holds the submit lock); on SLURM, runs already queued are left alone.
 
     SLURM and local jobs run the grid's code snapshot: a new one of the checkout in `source` (what
-    `grid submit` runs), else the one the grid already uses (`grid resume`).
+    `grid submit` runs), else the one the grid already uses (`grid resume`). `again` is the command that
+    continues the runs a Ctrl-C of a local grid stops.
     """
     check_trackers(settings.trackers, f"{grid.spec} [executor] trackers")
     active: dict[str, str] = {}  # every queued run of the grid: the runs to submit may depend on any of them
@@ -151,5 +160,5 @@ def execute(grid: GridDir, title: str, runs: list[PlannedRun], todo: list[Planne
     else:
         from robustmtl.grid.local import run_here
 
-        failed = run_here(grid, to_run, settings, kind, console)
+        failed = run_here(grid, to_run, settings, kind, console, again)
     return failed

@@ -3,8 +3,8 @@
 A grid job (train/job.py, one run or a pack member) and `robustmtl run` (runner.py) both train through
 `attempt`: it takes the run's lock once (train/runlock.py), records the start, the provenance and the
 trackers, runs the loop, and ends with an `Outcome`: DONE, INTERRUPTED (checkpointed on a signal),
-RETRY or FAILED (train/outcome.py's crash policy: only a SLURM job with a job id can requeue), or BUSY
-when another process holds the lock (the run's files are left alone).
+RETRY or FAILED (train/outcome.py's crash policy: only a SLURM job with a job id can requeue; a diverged
+run is never requeued), or BUSY when another process holds the lock (the run's files are left alone).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from robustmtl.layout import RunDir
 from robustmtl.train import runlock
 from robustmtl.train.attempts import record_attempt
-from robustmtl.train.outcome import Caps, End, Outcome, judge_crash
+from robustmtl.train.outcome import Caps, End, Outcome, give_up_diverged, judge_crash
 
 Progress = Callable[[int, int], None]
 
@@ -62,6 +62,9 @@ def _locked_attempt(rd: RunDir, job_id: str | None, caps: Caps, stop_requested: 
             summary = loop.train_run(rd, progress=steps, stop_requested=stop_requested)
     except loop.Interrupted:
         return Outcome(rd, End.INTERRUPTED)
+    except loop.Diverged as exc:
+        give_up_diverged(rd, job_id, exc)
+        return Outcome(rd, End.FAILED, error=exc)
     except Exception as exc:
         return Outcome(rd, judge_crash(rd, job_id, steps.step, exc, caps), error=exc)
     record_attempt(rd, "done", job_id)

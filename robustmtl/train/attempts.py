@@ -28,9 +28,18 @@ def read_attempts(rd: RunDir) -> list[dict[str, Any]]:
     return read_jsonl(rd.attempts, lambda e: isinstance(e, dict) and isinstance(e.get("event"), str))
 
 
-def write_failure(rd: RunDir, exc: BaseException, reason: str | None = None) -> None:
+def record_stop(rd: RunDir, job_id: str, again: str) -> None:
+    """Record that the local job `job_id` was stopped (Ctrl-C of a local grid), with `again`, the command that
+    continues the run, when its attempt had started and recorded no end: a job stopped before it began
+    trained nothing."""
+    events = read_attempts(rd)
+    if events and events[-1].get("event") == "start" and events[-1].get("job_id") == job_id:
+        record_attempt(rd, "stopped", job_id, again=again)
+
+
+def write_failure(rd: RunDir, exc: BaseException, reason: str | None = None, **extra: Any) -> None:
     atomic_write_text(rd.failed, json.dumps({
-        "error": f"{type(exc).__name__}: {exc}", **({"reason": reason} if reason else {}),
+        "error": f"{type(exc).__name__}: {exc}", **({"reason": reason} if reason else {}), **extra,
         "traceback": "".join(traceback.format_exception(exc)),
         "host": socket.gethostname(), "pid": os.getpid(), "time": time.time(),
     }, indent=2) + "\n")

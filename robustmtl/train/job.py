@@ -28,7 +28,8 @@ it leaves the run's files alone and counts no crash; it fails with RunBusy once 
 
 Every start, interruption and end is appended to RUN/attempts.jsonl, which `grid status` counts:
 `start` (with whether a checkpoint was there), `preempted`, `timeout`, `terminated` (ended by SLURM,
-not requeued), `crashed` (with the step and the error), `failed` (given up, with the reason), `done`.
+not requeued), `crashed` (with the step and the error), `failed` (given up, with the reason; a diverged
+run's with its first non-finite step), `done`; a local grid stopped by Ctrl-C adds `stopped` (grid/local.py).
 """
 
 from __future__ import annotations

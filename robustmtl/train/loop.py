@@ -9,10 +9,16 @@ a plan computed here, so workers change the speed and never the batches.
 Cost is recorded with the metrics: train records and the DONE summary carry the precision used, the
 run's wall time across attempts (`wall_s`, evaluation included), `gpu_hours` and the peak GPU
 memory of its largest attempt (each attempt's peak travels in the checkpoint).
+
+A run whose training loss, or an evaluation loss, is not finite has diverged: it ends with `Diverged`
+naming the first such step, before anything computed from the diverged model is recorded or
+checkpointed. The first non-finite training step is tracked on the device and read only where the loop
+reads the host anyway (evaluations and checkpoints), so no step waits for the GPU.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
@@ -49,6 +55,14 @@ EVAL_BATCH = 512
 
 class Interrupted(Exception):
     """Raised at a step boundary after a requested stop (preemption signal) has been checkpointed."""
+
+
+class Diverged(Exception):
+    """A loss became NaN or infinite: retrying the same run would diverge again at the same step."""
+
+    def __init__(self, step: int, what: str = "loss") -> None:
+        super().__init__(f"non-finite {what} at step {step}")
+        self.step = step
 
 
 def data_cache_dir() -> Path:
@@ -137,6 +151,7 @@ class Trainer:
         self.peak_before: float | None = None
         self.term_sums: dict[str, torch.Tensor] = {}
         self.term_count = 0
+        self.first_nonfinite = torch.zeros((), dtype=torch.int64, device=self.device)  # 0: every loss finite
         self.eval_pending = False  # a mid-epoch evaluation a stop cut short: redone before the next step
         self.last_checkpoint = time.monotonic()
         self.final: dict[str, dict[str, Any]] = {}  # the last end-of-epoch metrics, for the DONE summary
@@ -161,7 +176,13 @@ class Trainer:
         if self.stepper.scaler is not None and state.get("scaler"):
             self.stepper.scaler.load_state_dict(state["scaler"])
 
+    def check_finite(self) -> None:
+        """Raise `Diverged` at the first step whose training loss was not finite (one read of the device)."""
+        if step := int(self.first_nonfinite):
+            raise Diverged(step)
+
     def save_checkpoint(self) -> None:
+        self.check_finite()  # a diverged model is never checkpointed: a retry resumes from before it
         self.last_checkpoint = time.monotonic()
         checkpoint.save(self.run_dir.checkpoint, {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -202,6 +223,8 @@ class Trainer:
         aux_batch = None if aux_batch is None else to_device(aux_batch, self.device)
         terms = self.stepper.step(self.method, batch, aux_batch)
         self.step += 1
+        first_here = (self.first_nonfinite == 0) & ~torch.isfinite(terms.total.detach())
+        self.first_nonfinite = torch.where(first_here, self.step, self.first_nonfinite)  # on the device: no sync
         for name, value in {"total": terms.total, **terms.parts}.items():  # summed on the device: no sync per step
             previous = self.term_sums.get(name, 0.0)
             self.term_sums[name] = previous + value.detach().to(torch.float64)
@@ -220,7 +243,16 @@ class Trainer:
         return self.evaluator.predict(self.model, split_name, self.train_subset)
 
     def _evaluate(self) -> dict[str, dict[str, Any]]:
-        """One record per split at the current (epoch, step); returns the metrics by split."""
+        """One record per split at the current (epoch, step); returns the metrics by split.
+
+        Nothing is written when the model has diverged: every split is predicted, and every loss checked,
+        before the first record."""
+        self.check_finite()
+        splits = self.data.by_name()
+        predicted = {name: self._predict_for_record(name) for name in splits}
+        for name, predictions in predicted.items():
+            if predictions is not None and not math.isfinite(predictions.loss):
+                raise Diverged(self.step, f"evaluation loss on {name}")
         base = {
             "run_id": self.cfg.run_id, "setting_id": self.cfg.setting_id, "method": self.cfg.method,
             "dataset": self.cfg.dataset, "model": self.cfg.model, "seed": self.cfg.seed,
@@ -229,8 +261,8 @@ class Trainer:
             "code": code_version(),
         }
         results = {}
-        for name, split in self.data.by_name().items():
-            predictions = self._predict_for_record(name)
+        for name, split in splits.items():
+            predictions = predicted[name]
             metrics = {} if predictions is None else predictions.metrics(split)
             if predictions is not None and predictions.indices is not None:
                 metrics["evaluated_on"] = {"examples": len(predictions.indices), "of": len(split)}
@@ -251,8 +283,8 @@ class Trainer:
 
     def _evaluate_or_stop(self, mid_epoch: bool) -> dict[str, dict[str, Any]]:
         """`_evaluate`, or on a stop request during it: checkpoint the state from before the evaluation (its
-        random state included) and stop; the next attempt redoes the evaluation and writes the records this
-        one did not get to (records on disk are never written twice)."""
+        random state included) and stop; the next attempt redoes the evaluation (which writes its records
+        only once every split is predicted, so a cut-short one has written none)."""
         before = checkpoint.rng_state()
         try:
             return self._evaluate()

@@ -3,6 +3,8 @@
 A crash under SLURM requeues the job unless the run crashed at the same step as its previous crash (a
 deterministic failure: requeueing again would loop forever) or has used up `max_crashes`; then the run
 ends FAILED with its error. Outside SLURM a crash ends the attempt: there is no scheduler to requeue with.
+A diverged run (a non-finite loss) is no crash: it ends FAILED at once, naming the step, and `grid
+resume` leaves it alone unless asked (`--retry-diverged`).
 """
 
 from __future__ import annotations
@@ -10,11 +12,16 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from robustmtl.layout import RunDir
+from robustmtl.layout import DIVERGED_STEP, RunDir
 from robustmtl.train.attempts import read_attempts, record_attempt, write_failure
 from robustmtl.train.signals import under_slurm
+
+if TYPE_CHECKING:
+    from robustmtl.train.loop import Diverged
+
+DIVERGED_REASON = "not retried: the same run diverges again"
 
 
 class RequeueLimit(RuntimeError):
@@ -86,9 +93,15 @@ def judge_crash(rd: RunDir, job_id: str | None, step: int | None, exc: BaseExcep
     return End.RETRY
 
 
-def give_up(rd: RunDir, job_id: str | None, exc: BaseException, reason: str | None) -> None:
-    write_failure(rd, exc, reason)
-    record_attempt(rd, "failed", job_id, error=one_line(exc), **({"reason": reason} if reason else {}))
+def give_up(rd: RunDir, job_id: str | None, exc: BaseException, reason: str | None, **extra: Any) -> None:
+    """FAILED, and a `failed` event; `extra` fields go into both (a diverged run's step)."""
+    write_failure(rd, exc, reason, **extra)
+    record_attempt(rd, "failed", job_id, error=one_line(exc), **({"reason": reason} if reason else {}), **extra)
+
+
+def give_up_diverged(rd: RunDir, job_id: str | None, exc: Diverged) -> None:
+    """A diverged run ends FAILED at once, under SLURM too: the same config diverges again at the same step."""
+    give_up(rd, job_id, exc, DIVERGED_REASON, **{DIVERGED_STEP: exc.step})
 
 
 def one_line(exc: BaseException) -> str:

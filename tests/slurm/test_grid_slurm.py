@@ -190,8 +190,8 @@ EVAL_BATCHES = 4  # of a SLOW evaluation at EVAL_BATCH 512: the training split's
 
 
 def test_usr2_during_an_evaluation_checkpoints_requeues_and_ends_identical(cli, tmp_path, grids, reference, pause):
-    """The preemption warning comes while the run evaluates (its training record written, val's not): the job
-    checkpoints within seconds and requeues; the next attempt redoes the evaluation, writing no record twice."""
+    """The preemption warning comes while the run evaluates (inside its validation split): the job checkpoints
+    within seconds and requeues; the next attempt redoes the evaluation, writing no record twice."""
     grid, _ = submit(cli, tmp_path, grids, spec_text("evalstop", [0], SLOW, 'extra = ["--hold"]'))
     (run_id,) = grid.run_ids()
     rd, job = grid.run(run_id), latest_entries(grid.root)[run_id]["job_id"]
@@ -199,7 +199,7 @@ def test_usr2_during_an_evaluation_checkpoints_requeues_and_ends_identical(cli, 
     pause.at(held, key=f"{run_id}.eval")
     subprocess.run(["scontrol", "release", job], check=True, capture_output=True)
     pause.waited(f"{run_id}.eval", held)
-    assert [r["split"] for r in read_records(rd.metrics)][-1] == "train"
+    assert [r["epoch"] for r in read_records(rd.metrics)] == [1, 1, 1]  # the cut-short evaluation wrote nothing
     subprocess.run(["scancel", "--signal=USR2", job], check=True, capture_output=True)
     wait_for("the preemption in attempts.jsonl", lambda: any(e["event"] == "preempted" for e in read_attempts(rd)),
              grid.root)
