@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -110,7 +111,13 @@ def test_a_killed_local_submit_stops_its_runs(tmp_path, signum, sigint, pause):
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 2 and "interrupted: running jobs were cancelled" in err, err
         assert len(err.strip().splitlines()) == 1 and not locked(rd)
-        assert not running_here(str(tmp_path)) and not rd.done.exists()
+        written = {p.name: p.stat().st_size for p in rd.root.iterdir() if p.is_file()}
+        deadline = time.monotonic() + 60  # the stopped jobs' processes finish exiting
+        while running_here(str(tmp_path)):
+            assert time.monotonic() < deadline, f"job processes still running: {running_here(str(tmp_path))}"
+            time.sleep(0.05)
+        assert {p.name: p.stat().st_size for p in rd.root.iterdir() if p.is_file()} == written  # nothing after
+        assert not rd.done.exists()
     finally:
         for pid in [proc.pid, *running_here(str(tmp_path))]:
             with contextlib.suppress(ProcessLookupError):
