@@ -66,5 +66,7 @@ def plot_by(grid_dirs: Sequence[Path], by: Sequence[str], out: Path, select: str
     table = condition_table(grid_dirs, by, select=select, baseline="erm", include_running=include_running)
     for warning in table.warnings:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    for note in table.notes:
+        err_console.print(f"[yellow]no Δ:[/] {escape(note)}", highlight=False, soft_wrap=True)
     for path in condition_figures(table, out):
         console.print(f"wrote {escape(str(path))}", highlight=False, soft_wrap=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from robustmtl.aggregate import aggregate
 from robustmtl.aggregate.plot import interval_note, sweep_table
 from robustmtl.grid.submit import submit
 from robustmtl.registry import METHODS
-from tests.conftest import read_records, tiny_grid, write_spec
+from tests.conftest import copy_runs, read_records, tiny_grid, write_spec
 
 SPEC = tiny_grid("plots", ["erm", "mtl_l1"], [0],
                  sweeps={"mtl_l1": {"alpha_aux": [0.5, 1.0], "alpha_reg": [0.01, 0.1]}})
@@ -33,17 +32,6 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("plots")
     submit(write_spec(root / "g.toml", SPEC), root / "grid", None, False, Console(quiet=True))
     return root / "grid"
-
-
-def copy_runs(grid: Path, dest: Path, method: str, n: int, done: bool = True) -> Path:
-    """A grid directory holding copies of `grid`'s first n runs of `method` (without DONE unless `done`)."""
-    runs = [d for d in sorted((grid / "runs").iterdir())
-            if json.loads((d / "metrics.jsonl").read_text().splitlines()[0])["method"] == method]
-    for run in runs[:n]:
-        shutil.copytree(run, dest / "runs" / run.name)
-        if not done:
-            (dest / "runs" / run.name / "DONE").unlink()
-    return dest
 
 
 def assert_figures(folder: Path, names: list[str]) -> None:
