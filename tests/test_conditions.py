@@ -138,6 +138,16 @@ def one_line(result) -> str:
     return " ".join(line.split())
 
 
+@pytest.mark.parametrize("command", ["aggregate", "plot"])
+def test_a_misspelt_condition_key_gets_the_closest_key_and_the_keys_that_differ(grid: Path, cli, tmp_path: Path,
+                                                                                command: str):
+    line = one_line(cli(command, grid, "--by", "spurious_varience_ratio", "--out" if command == "plot" else "--quiet",
+                        *([tmp_path / "figs"] if command == "plot" else []), ok=False))
+    assert "did you mean 'spurious_variance_ratio'?" in line
+    assert line.endswith("parameters that differ between the runs: alpha_aux, spurious_variance_ratio")
+    assert not (tmp_path / "figs").exists()
+
+
 @pytest.mark.parametrize(("command", "args"), [("aggregate", []), ("aggregate", ["--show-hparams"]),
                                              ("aggregate", ["--by", "alpha_aux"]), ("plot", []), ("plot", ["--curves"]),
                                              ("plot", ["--by", "alpha_aux"])])

@@ -34,6 +34,7 @@ from robustmtl.aggregate.select import get_selector, select_runs
 from robustmtl.aggregate.stats import t_interval
 from robustmtl.errors import UserError
 from robustmtl.metrics import MECHANISM_FIELDS
+from robustmtl.params import did_you_mean
 
 
 @dataclass
@@ -54,14 +55,17 @@ class ConditionTable:
 
 
 def _condition_values(loaded: Loaded, by: Sequence[str]) -> pd.DataFrame:
-    """The runs in scope with a column per `by` key (its value, None where a run lacks it)."""
+    """The runs in scope with a column per `by` key (its value, None where a run lacks it); a key no run
+    has is a typo, answered with the closest key and the keys whose values differ between the runs."""
     runs = loaded.runs[loaded.runs["included"] & loaded.runs["report"]].copy()
     parameters = parameters_of(runs)
     for key in by:
         values = pd.Series([p.get(key) for p in parameters], index=runs.index, dtype=object)
         if values.isna().all():
-            known = sorted({k for p in parameters for k in p})
-            raise UserError(f"--by {key!r}: no run has that parameter; parameters: {', '.join(known)}")
+            known = {k for p in parameters for k in p}
+            varied = sorted(k for k in known if len({_json_key((p.get(k),)) for p in parameters}) > 1)
+            raise UserError(f"--by {key!r}: no run has that parameter{did_you_mean(key, known)}; "
+                            f"parameters that differ between the runs: {', '.join(varied) or 'none'}")
         runs[key] = values
     return runs
 
