@@ -58,10 +58,13 @@ def aggregate_by(grid_dirs: Sequence[Path], by: Sequence[str], select: str, base
 
 
 def plot_by(grid_dirs: Sequence[Path], by: Sequence[str], out: Path, select: str, include_running: bool,
-            console: Console, err_console: Console) -> None:
+            curves: bool, console: Console, err_console: Console) -> None:
     from robustmtl.aggregate.conditions import condition_table
     from robustmtl.aggregate.conditions_plot import condition_figures
 
+    if curves:
+        raise UserError("--curves draws the cells of a table without conditions, so it does not take --by; "
+                        "plot the curves of one condition's runs (a grid of their own), or leave out --curves")
     _check_select(select)
     table = condition_table(grid_dirs, by, select=select, baseline="erm", include_running=include_running)
     for warning in table.warnings:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,6 +54,17 @@ def test_one_seed_grid_plots_points_without_intervals(cli, grid, tmp_path):
     assert_figures(tmp_path / "figs", ALL)
     assert result.output.count("wrote ") == 4 and "Traceback" not in result.output
     assert interval_note(aggregate([grid])) == "one seed per cell (n=1): no interval"
+
+
+def test_without_out_the_figures_go_beside_the_first_grid_never_into_the_checkout(cli, grid, tmp_path, monkeypatch):
+    """`plot runs/demo` from a checkout writes runs/demo-figures/, never the shipped aggregates/figures/."""
+    shutil.copytree(grid, tmp_path / "runs" / "demo")
+    (tmp_path / "aggregates" / "figures").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    result = cli("plot", Path("runs") / "demo")
+    assert_figures(tmp_path / "runs" / "demo-figures", ALL)
+    assert "wrote runs/demo-figures/tradeoff.png" in result.output
+    assert list((tmp_path / "aggregates" / "figures").iterdir()) == []
 
 
 def test_selection_options_reach_the_heatmap_which_shows_the_tables_numbers(cli, grid, tmp_path):

@@ -191,6 +191,13 @@ def test_a_method_is_paired_only_with_baseline_runs_of_its_own_condition(grid: P
     assert {(r["n"], r["note"]) for r in differences} == {("3", "")}
 
 
+def test_curves_by_condition_are_refused_in_one_line(grid: Path, cli, tmp_path: Path):
+    line = one_line(cli("plot", grid, "--by", "spurious_variance_ratio", "--curves", "--out", tmp_path / "figs",
+                        ok=False))
+    assert "--curves" in line and "--by" in line
+    assert not (tmp_path / "figs").exists()
+
+
 @pytest.mark.parametrize("args", [["--format", "latex"], ["--select", "few-groups"], ["--ci", "bootstrap"],
                                   ["--show-cost"]])
 def test_options_a_condition_table_does_not_take_are_one_line(grid: Path, cli, args: list[str]):
