@@ -139,7 +139,7 @@ def condition_table(grid_dirs: Sequence[Path], by: Sequence[str], select: str = 
                 row[f"{f}_mean"], row[f"{f}_hw"] = iv.mean, iv.half_width
             if baseline is not None:
                 base = per_seed[(per_seed["dataset"] == dataset) & (per_seed["method"] == baseline)]
-                diffs, row["diff_note"] = paired_differences(
+                diffs, note = paired_differences(
                     f"{method} at {_describe(condition)}" + (f" on {dataset}" if several_datasets else ""), str(method),
                     parameters[(dataset, method)], cell, baseline,
                     None if base.empty else parameters[(dataset, baseline)], base, "in this condition", scale=100)
@@ -147,6 +147,7 @@ def condition_table(grid_dirs: Sequence[Path], by: Sequence[str], select: str = 
                     d = diffs.get(metric)
                     row[f"{metric}_diff"], row[f"{metric}_diff_lo"], row[f"{metric}_diff_hi"] = (
                         (d.mean, d.lower, d.upper) if d else (math.nan, math.nan, math.nan))
+                row["diff_note"] = note  # last, after the columns it explains
             rows.append(row)
     if not rows:
         raise UserError("no reportable runs with test records in scope; nothing to tabulate")
