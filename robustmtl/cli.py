@@ -168,7 +168,8 @@ def aggregate(
 @user_errors
 def plot(
     grid_dirs: Annotated[list[Path], typer.Argument(help="One or more grid directories.")],
-    out: Annotated[Path, typer.Option(help="Folder for the figures.")] = Path("aggregates/figures"),
+    out: Annotated[Path | None, typer.Option(help="Folder for the figures (default: GRID_DIR-figures beside the "
+                                                  "first grid).")] = None,
     method: Annotated[str, typer.Option(help="Method whose alpha_aux x alpha_reg sweep to map.")] = "mtl_l1",
     select: SelectOpt = "worst-val",
     include_running: IncludeRunningOpt = False,
@@ -186,10 +187,13 @@ def plot(
 
     Takes aggregate's selection options, so a figure shows exactly the numbers of the same aggregate table.
     """
+    from robustmtl.aggregate.plot import default_figures_dir
+
+    out = out or default_figures_dir(grid_dirs)
     if by:
         from robustmtl.cli_conditions import plot_by
 
-        return plot_by(grid_dirs, by, out, select, include_running, console, err_console)
+        return plot_by(grid_dirs, by, out, select, include_running, curves, console, err_console)
     from robustmtl.aggregate.names import display_names
     from robustmtl.aggregate.plot import SelectOptions, plot_curves, plot_grids
 

@@ -58,13 +58,18 @@ def aggregate_by(grid_dirs: Sequence[Path], by: Sequence[str], select: str, base
 
 
 def plot_by(grid_dirs: Sequence[Path], by: Sequence[str], out: Path, select: str, include_running: bool,
-            console: Console, err_console: Console) -> None:
+            curves: bool, console: Console, err_console: Console) -> None:
     from robustmtl.aggregate.conditions import condition_table
     from robustmtl.aggregate.conditions_plot import condition_figures
 
+    if curves:
+        raise UserError("--curves draws the cells of a table without conditions, so it does not take --by; "
+                        "plot the curves of one condition's runs (a grid of their own), or leave out --curves")
     _check_select(select)
     table = condition_table(grid_dirs, by, select=select, baseline="erm", include_running=include_running)
     for warning in table.warnings:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    for note in table.notes:
+        err_console.print(f"[yellow]no Δ:[/] {escape(note)}", highlight=False, soft_wrap=True)
     for path in condition_figures(table, out):
         console.print(f"wrote {escape(str(path))}", highlight=False, soft_wrap=True)

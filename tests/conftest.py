@@ -151,6 +151,21 @@ def tiny_grid(name: str, methods: list[str], seeds: list[int], defaults: dict | 
     return "\n" + "\n".join(lines) + "\n"
 
 
+def copy_runs(grid: Path, dest: Path, method: str, n: int | None = None, done: bool = True, **where: object) -> Path:
+    """A grid directory holding copies of `grid`'s first n runs (all without n) of `method` whose hparams hold
+    the values in `where` (without DONE unless `done`)."""
+    runs = []
+    for run in sorted((grid / "runs").iterdir()):
+        first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+        if first["method"] == method and all(first["hparams"].get(k) == v for k, v in where.items()):
+            runs.append(run)
+    for run in runs[:n]:
+        shutil.copytree(run, dest / "runs" / run.name)
+        if not done:
+            (dest / "runs" / run.name / "DONE").unlink()
+    return dest
+
+
 def write_spec(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

@@ -44,7 +44,7 @@ def record(
         "dataset": "wb",
         "model": "bert",
         "seed": seed,
-        "hparams": {"lr": 1e-5, "epochs": 3, "name": setting},
+        "hparams": {"lr": 1e-5, "epochs": 3, "scheduler": setting},  # settings differ in a hyperparameter
         "uses_train_groups": False,
         "report": True,
     }
@@ -140,8 +140,8 @@ def test_rules_pick_epoch_and_setting(
     chosen = s.chosen.iloc[0]
     assert chosen["setting_id"] == sid(setting)
     assert chosen["epochs"] == {0: epoch, 1: epoch, 2: epoch}
-    assert chosen["hparams"]["name"] == setting
-    assert chosen["searched"] == {"name": setting}  # the only hyperparameter that differs between A and B
+    assert chosen["hparams"]["scheduler"] == setting
+    assert chosen["searched"] == {"scheduler": setting}  # the only hyperparameter that differs between A and B
     assert list(s.per_seed["worst_group_acc"]) == pytest.approx([test_worst + 0.01 * k for k in range(3)])
     assert cell(s, "avg_acc")["mean"] == pytest.approx(test_avg + 0.01)
     worst = cell(s, "worst_group_acc")
@@ -347,6 +347,35 @@ def test_multiple_grid_dirs_and_paired_baseline(tmp_path: Path) -> None:
     assert (row["lower"], row["upper"]) == pytest.approx((lo, hi))
     assert row["n"] == 3 and row["baseline"] == "erm"
     assert set(d["method"]) == {"mtl"}
+
+
+def test_the_training_length_is_a_condition_and_the_learning_rate_a_hyperparameter(tmp_path: Path, cli) -> None:
+    """Settings that differ in lr are selected over; runs that differ in epochs are refused in one line (each length
+    is a row group with --by epochs), and a method is paired only with baseline runs of its own length."""
+    g = make_grid(tmp_path / "g")
+    for seed in range(3):
+        write_run(g, "A", seed, shifted(SETTINGS["A"], seed), hparams={"lr": 1e-5, "epochs": 3})
+        write_run(g, "B", seed, shifted(SETTINGS["B"], seed), hparams={"lr": 1e-4, "epochs": 3})
+    cli("aggregate", g, "--output", tmp_path / "lr.csv", "--show-hparams")
+    assert json.loads(pd.read_csv(tmp_path / "lr.hparams.csv")["searched"][0]) == {"lr": 1e-5}
+
+    for seed in range(3):
+        write_run(g, "C", seed, shifted(SETTINGS["B"], seed), hparams={"lr": 1e-5, "epochs": 5})
+    refused = cli("aggregate", g, ok=False)
+    assert refused.exit_code == 2 and len(refused.output.strip().splitlines()) == 1
+    assert "runs of erm on wb differ in epochs (3, 5)" in refused.output and "--by epochs" in refused.output
+    cli("aggregate", g, "--by", "epochs", "--output", tmp_path / "by.csv")
+    assert list(pd.read_csv(tmp_path / "by.csv")[["epochs", "method", "n"]].itertuples(index=False, name=None)) == [
+        (3, "erm", 3), (5, "erm", 3)]
+
+    short, longer = make_grid(tmp_path / "short"), make_grid(tmp_path / "longer")
+    for seed in range(3):  # the learning rates differ too: each method's own choice, never a reason not to pair
+        write_run(short, "A", seed, shifted(SETTINGS["A"], seed), hparams={"lr": 1e-5, "epochs": 3})
+        write_run(longer, "M", seed, shifted(SETTINGS["A"], seed), method="mtl", hparams={"lr": 1e-4, "epochs": 5})
+    cli("aggregate", short, longer, "--baseline", "erm", "--output", tmp_path / "pairs.csv")
+    notes = set(pd.read_csv(tmp_path / "pairs.differences.csv")["note"])
+    assert notes == {"mtl on wb not paired with erm: the runs differ in epochs 5 vs 3 (a condition, not a "
+                     "hyperparameter)"}
 
 
 def test_unknown_baseline(grid: Path) -> None:

@@ -17,7 +17,7 @@ from robustmtl.aggregate import aggregate
 from robustmtl.aggregate.plot import interval_note, sweep_table
 from robustmtl.grid.submit import submit
 from robustmtl.registry import METHODS
-from tests.conftest import read_records, tiny_grid, write_spec
+from tests.conftest import copy_runs, read_records, tiny_grid, write_spec
 
 SPEC = tiny_grid("plots", ["erm", "mtl_l1"], [0],
                  sweeps={"mtl_l1": {"alpha_aux": [0.5, 1.0], "alpha_reg": [0.01, 0.1]}})
@@ -33,17 +33,6 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("plots")
     submit(write_spec(root / "g.toml", SPEC), root / "grid", None, False, Console(quiet=True))
     return root / "grid"
-
-
-def copy_runs(grid: Path, dest: Path, method: str, n: int, done: bool = True) -> Path:
-    """A grid directory holding copies of `grid`'s first n runs of `method` (without DONE unless `done`)."""
-    runs = [d for d in sorted((grid / "runs").iterdir())
-            if json.loads((d / "metrics.jsonl").read_text().splitlines()[0])["method"] == method]
-    for run in runs[:n]:
-        shutil.copytree(run, dest / "runs" / run.name)
-        if not done:
-            (dest / "runs" / run.name / "DONE").unlink()
-    return dest
 
 
 def assert_figures(folder: Path, names: list[str]) -> None:
@@ -65,6 +54,17 @@ def test_one_seed_grid_plots_points_without_intervals(cli, grid, tmp_path):
     assert_figures(tmp_path / "figs", ALL)
     assert result.output.count("wrote ") == 4 and "Traceback" not in result.output
     assert interval_note(aggregate([grid])) == "one seed per cell (n=1): no interval"
+
+
+def test_without_out_the_figures_go_beside_the_first_grid_never_into_the_checkout(cli, grid, tmp_path, monkeypatch):
+    """`plot runs/demo` from a checkout writes runs/demo-figures/, never the shipped aggregates/figures/."""
+    shutil.copytree(grid, tmp_path / "runs" / "demo")
+    (tmp_path / "aggregates" / "figures").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    result = cli("plot", Path("runs") / "demo")
+    assert_figures(tmp_path / "runs" / "demo-figures", ALL)
+    assert "wrote runs/demo-figures/tradeoff.png" in result.output
+    assert list((tmp_path / "aggregates" / "figures").iterdir()) == []
 
 
 def test_selection_options_reach_the_heatmap_which_shows_the_tables_numbers(cli, grid, tmp_path):

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import copy_runs
+
 GRID = """name = "cond"
 datasets = ["synthetic"]
 methods = ["erm", "mtl"]
@@ -42,23 +44,28 @@ def grid(tmp_path_factory) -> Path:
     return root / "out"
 
 
-def by_hand(grid: Path, key: str = "spurious_variance_ratio") -> dict[tuple[float | None, str], dict[int, float]]:
-    """Per (value of `key`, method): the test worst-group accuracy per seed of the setting with the best mean
-    validation worst-group accuracy, each run at its best validation epoch (earliest on ties)."""
-    runs: dict[tuple[float | None, str, str], dict[int, tuple[float, float]]] = {}
+Condition = tuple[float | None, ...]
+
+
+def by_hand(grid: Path, *keys: str) -> dict[tuple[Condition, str], dict[int, float]]:
+    """Per (values of `keys`, default the variance ratio; method): the test worst-group accuracy per seed of the
+    setting with the best mean validation worst-group accuracy, each run at its best validation epoch (earliest on
+    ties)."""
+    keys = keys or ("spurious_variance_ratio",)
+    runs: dict[tuple[Condition, str, str], dict[int, tuple[float, float]]] = {}
     for run in (grid / "runs").iterdir():
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         first = records[0]
         val = [r for r in records if r["split"] == "val"]
         best = max(val, key=lambda r: (r["worst_group_acc"], -r["epoch"]))
         test = next(r for r in records if r["split"] == "test" and r["epoch"] == best["epoch"])
-        cell = (first["hparams"].get(key), first["method"], first["setting_id"])
+        cell = (tuple(first["hparams"].get(k) for k in keys), first["method"], first["setting_id"])
         runs.setdefault(cell, {})[first["seed"]] = (best["worst_group_acc"], test["worst_group_acc"])
-    chosen: dict[tuple[float | None, str], dict[int, float]] = {}
-    for ratio, method in {(k[0], k[1]) for k in runs}:
-        settings = {k[2]: v for k, v in runs.items() if k[:2] == (ratio, method)}
+    chosen: dict[tuple[Condition, str], dict[int, float]] = {}
+    for condition, method in {(k[0], k[1]) for k in runs}:
+        settings = {k[2]: v for k, v in runs.items() if k[:2] == (condition, method)}
         pick = max(settings, key=lambda s: np.mean([v[0] for v in settings[s].values()]))
-        chosen[(ratio, method)] = {seed: v[1] for seed, v in settings[pick].items()}
+        chosen[(condition, method)] = {seed: v[1] for seed, v in settings[pick].items()}
     return chosen
 
 
@@ -67,12 +74,12 @@ def test_each_condition_is_its_own_row_group_with_paired_differences(grid: Path,
     cli("aggregate", grid, "--by", "spurious_variance_ratio", "--baseline", "erm", "--output", out)
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     expected = by_hand(grid)
-    assert {(float(r["spurious_variance_ratio"]), r["method"]) for r in rows} == set(expected)
+    assert {((float(r["spurious_variance_ratio"]),), r["method"]) for r in rows} == set(expected)
     for r in rows:
-        seeds = expected[(float(r["spurious_variance_ratio"]), r["method"])]
+        seeds = expected[((float(r["spurious_variance_ratio"]),), r["method"])]
         assert int(r["n"]) == 3
         assert float(r["worst_group_acc_mean"]) == pytest.approx(100 * np.mean(list(seeds.values())))
-        base = expected[(float(r["spurious_variance_ratio"]), "erm")]
+        base = expected[((float(r["spurious_variance_ratio"]),), "erm")]
         diff = np.mean([100 * (seeds[s] - base[s]) for s in seeds])
         assert float(r["worst_group_acc_diff"]) == pytest.approx(diff, abs=1e-9)
         assert r["probe_a_acc_mean"] != ""  # the mechanism fields travel with the cells
@@ -81,23 +88,26 @@ def test_each_condition_is_its_own_row_group_with_paired_differences(grid: Path,
 def test_a_key_the_baseline_lacks_compares_each_of_its_values_with_the_same_baseline_runs(grid: Path, cli,
                                                                                            tmp_path: Path):
     """erm has no alpha_aux: with --by alpha_aux each mtl strength is its own row group, and each is compared
-    with erm's runs as selected among all of them (over both ratios, its two settings)."""
+    with the same erm runs of its variance ratio, as selected among them."""
+    by = ["--by", "spurious_variance_ratio", "--by", "alpha_aux"]
     out = tmp_path / "table.csv"
-    cli("aggregate", grid, "--by", "alpha_aux", "--baseline", "erm", "--output", out)
+    cli("aggregate", grid, *by, "--baseline", "erm", "--output", out)
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
-    assert sorted((r["alpha_aux"], r["method"]) for r in rows) == [("0.5", "erm"), ("0.5", "mtl"),
-                                                                  ("1.0", "erm"), ("1.0", "mtl")]
-    erm = by_hand(grid, "alpha_aux")[(None, "erm")]
+    assert sorted((r["spurious_variance_ratio"], r["alpha_aux"], r["method"]) for r in rows) == [
+        (ratio, alpha, method) for ratio in ("0.5", "2.0") for alpha in ("0.5", "1.0") for method in ("erm", "mtl")]
+    expected = by_hand(grid, "spurious_variance_ratio", "alpha_aux")
     for r in rows:
+        ratio = float(r["spurious_variance_ratio"])
+        erm = expected[((ratio, None), "erm")]
         if r["method"] == "mtl":
-            seeds = by_hand(grid, "alpha_aux")[(float(r["alpha_aux"]), "mtl")]
+            seeds = expected[((ratio, float(r["alpha_aux"])), "mtl")]
             diff = np.mean([100 * (seeds[s] - erm[s]) for s in seeds])
             assert float(r["worst_group_acc_diff"]) == pytest.approx(diff, abs=1e-9)
         else:
             assert float(r["worst_group_acc_mean"]) == pytest.approx(100 * np.mean(list(erm.values())))
 
     # a run without the key that is not the baseline is a condition of its own, printed "–"
-    table = cli("aggregate", grid, "--by", "alpha_aux", "--baseline", "mtl", "--format", "markdown").output
+    table = cli("aggregate", grid, *by, "--baseline", "mtl", "--format", "markdown").output
     assert "| – | erm |" in table and "nan" not in table
 
 
@@ -120,6 +130,72 @@ def test_unknown_condition_key_is_one_line(grid: Path, cli):
     result = cli("aggregate", grid, "--by", "spurious_ratio", ok=False)
     assert result.exit_code == 2
     assert "no run has that parameter" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def one_line(result) -> str:
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    return " ".join(line.split())
+
+
+@pytest.mark.parametrize("command", ["aggregate", "plot"])
+def test_a_misspelt_condition_key_gets_the_closest_key_and_the_keys_that_differ(grid: Path, cli, tmp_path: Path,
+                                                                                command: str):
+    line = one_line(cli(command, grid, "--by", "spurious_varience_ratio", "--out" if command == "plot" else "--quiet",
+                        *([tmp_path / "figs"] if command == "plot" else []), ok=False))
+    assert "did you mean 'spurious_variance_ratio'?" in line
+    assert line.endswith("parameters that differ between the runs: alpha_aux, spurious_variance_ratio")
+    assert not (tmp_path / "figs").exists()
+
+
+@pytest.mark.parametrize(("command", "args"), [("aggregate", []), ("aggregate", ["--show-hparams"]),
+                                             ("aggregate", ["--by", "alpha_aux"]), ("plot", []), ("plot", ["--curves"]),
+                                             ("plot", ["--by", "alpha_aux"])])
+def test_a_condition_that_differs_within_a_cell_is_refused_never_selected_over(grid: Path, cli, tmp_path: Path,
+                                                                               command: str, args: list[str]):
+    """erm's runs at two variance ratios are one cell without --by (and with a --by that leaves the ratio out):
+    selecting the ratio that scored best would report a condition as a tuned setting, so nothing is written."""
+    out = ["--out", tmp_path / "figs"] if command == "plot" else ["--output", tmp_path / "table.md"]
+    line = one_line(cli(command, grid, *args, *out, ok=False))
+    assert "runs of erm on synthetic (and of 1 more cell(s)) differ in spurious_variance_ratio (0.5, 2.0)" in line
+    assert "give --by spurious_variance_ratio for a row group per value" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_method_is_paired_only_with_baseline_runs_of_its_own_condition(grid: Path, cli, tmp_path: Path):
+    """erm at one variance ratio and mtl at the other, from two grid directories: no difference is computed between
+    them, and each table says why in one note; at the same ratio they pair as before."""
+    low = copy_runs(grid, tmp_path / "low", "erm", spurious_variance_ratio=0.5)
+    high = copy_runs(grid, tmp_path / "high", "mtl", spurious_variance_ratio=2.0)
+    note = "the runs differ in spurious_variance_ratio 2.0 vs 0.5 (a condition, not a hyperparameter)"
+
+    result = cli("aggregate", low, high, "--baseline", "erm", "--output", tmp_path / "t.csv")
+    differences = list(csv.DictReader((tmp_path / "t.differences.csv").open()))
+    assert [(r["method"], r["mean_diff"], r["n"]) for r in differences] == [("mtl", "", "0"), ("mtl", "", "0")]
+    assert {r["note"] for r in differences} == {f"mtl on synthetic not paired with erm: {note}"}
+    terminal = " ".join(result.output.split())
+    assert terminal.count(f"mtl on synthetic not paired with erm: {note}") == 1
+
+    cli("aggregate", low, high, "--by", "alpha_aux", "--output", tmp_path / "by.csv")
+    rows = {(r["alpha_aux"], r["method"]): r for r in csv.DictReader((tmp_path / "by.csv").open())}
+    for alpha in ("0.5", "1.0"):
+        mtl = rows[(alpha, "mtl")]
+        assert mtl["worst_group_acc_diff"] == "" and mtl["diff_note"] == (
+            f"mtl at alpha_aux={alpha} not paired with erm: {note}")
+    figures = cli("plot", low, high, "--by", "alpha_aux", "--out", tmp_path / "figs")
+    assert " ".join(figures.output.split()).count(f"not paired with erm: {note}") == 2
+
+    paired = copy_runs(grid, tmp_path / "paired", "mtl", spurious_variance_ratio=0.5)
+    cli("aggregate", low, paired, "--baseline", "erm", "--output", tmp_path / "p.csv")
+    differences = list(csv.DictReader((tmp_path / "p.differences.csv").open()))
+    assert {(r["n"], r["note"]) for r in differences} == {("3", "")}
+
+
+def test_curves_by_condition_are_refused_in_one_line(grid: Path, cli, tmp_path: Path):
+    line = one_line(cli("plot", grid, "--by", "spurious_variance_ratio", "--curves", "--out", tmp_path / "figs",
+                        ok=False))
+    assert "--curves" in line and "--by" in line
+    assert not (tmp_path / "figs").exists()
 
 
 @pytest.mark.parametrize("args", [["--format", "latex"], ["--select", "few-groups"], ["--ci", "bootstrap"],

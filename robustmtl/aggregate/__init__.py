@@ -13,6 +13,7 @@ from typing import Any
 from robustmtl.aggregate.details import hparams_to_markdown, render_differences_rich, render_hparams_rich
 from robustmtl.aggregate.export import render_rich, to_csv, to_markdown
 from robustmtl.aggregate.fewgroups import FewGroupsSelector
+from robustmtl.aggregate.hyperparameters import check_no_condition_varies
 from robustmtl.aggregate.latex import to_latex
 from robustmtl.aggregate.load import RunCounts, load_runs
 from robustmtl.aggregate.select import SELECTORS, Selector, get_selector, select_runs
@@ -66,6 +67,7 @@ def aggregate(
         raise UserError("no grid directory given")
 
     loaded = load_runs(dirs, include_running)
+    check_no_condition_varies(loaded.runs[loaded.runs["included"] & loaded.runs["report"]])
     if select == FewGroupsSelector.name:
         run_dirs = {r: Path(d) for r, d in zip(loaded.runs["run_id"], loaded.runs["run_dir"], strict=True)}
         selector: Selector = FewGroupsSelector(few_groups_fraction, few_groups_seed, run_dirs)
@@ -88,8 +90,7 @@ def aggregate(
         methods = sorted(sel.per_seed["method"].unique())
         if baseline not in methods:
             raise UserError(f"baseline method {baseline!r} not found; methods: {', '.join(methods)}")
-        differences, diff_warnings = build_differences(sel.per_seed, baseline)
-        warnings += diff_warnings
+        differences = build_differences(sel.per_seed, sel.chosen, baseline)
     return Summary(
         cells, sel.chosen, sel.per_seed, select, ci, loaded.counts, warnings, baseline, differences, selector,
         loaded.runs, coverage_gaps(dirs, loaded.runs),

@@ -10,7 +10,9 @@ fields (robustmtl/metrics.py: MECHANISM_FIELDS) at the selected epochs.
 
 A baseline run that lacks a `--by` key (ERM has no `alpha_reg`) is the baseline of every condition
 that agrees with it on the keys it has: `--by alpha_reg` compares each L1 strength with the same ERM
-runs. Other runs without the key form a condition of their own, shown as "–".
+runs. Other runs without the key form a condition of their own, shown as "–". Within a row group, runs of
+one cell must not differ in a condition the keys leave out, and a method is paired only with baseline runs
+of its own condition (aggregate/hyperparameters.py); where none exists the row says "–" and a note why.
 """
 
 from __future__ import annotations
@@ -18,30 +20,34 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from robustmtl.aggregate.export import method_order
+from robustmtl.aggregate.hyperparameters import check_no_condition_varies, paired_differences, parameters_of
 from robustmtl.aggregate.load import Loaded, load_runs
 from robustmtl.aggregate.parse import METRICS
 from robustmtl.aggregate.select import get_selector, select_runs
-from robustmtl.aggregate.stats import paired_difference, t_interval
+from robustmtl.aggregate.stats import t_interval
 from robustmtl.errors import UserError
 from robustmtl.metrics import MECHANISM_FIELDS
+from robustmtl.params import did_you_mean
 
 
 @dataclass
 class ConditionTable:
-    """cells: one row per (dataset, condition, method). Accuracies in %, intervals are 95% Student-t over seeds."""
+    """cells: one row per (dataset, condition, method). Accuracies in %, intervals are 95% Student-t over seeds.
+    notes: why some rows have no difference against the baseline (their `diff_note`), once each."""
 
     by: list[str]
     cells: pd.DataFrame
     baseline: str | None
     select: str
     warnings: list[str]
+    notes: list[str] = field(default_factory=list)
 
     @property
     def mechanism(self) -> list[str]:
@@ -49,12 +55,17 @@ class ConditionTable:
 
 
 def _condition_values(loaded: Loaded, by: Sequence[str]) -> pd.DataFrame:
+    """The runs in scope with a column per `by` key (its value, None where a run lacks it); a key no run
+    has is a typo, answered with the closest key and the keys whose values differ between the runs."""
     runs = loaded.runs[loaded.runs["included"] & loaded.runs["report"]].copy()
+    parameters = parameters_of(runs)
     for key in by:
-        values = runs["hparams"].map(lambda h, k=key: h.get(k))
+        values = pd.Series([p.get(key) for p in parameters], index=runs.index, dtype=object)
         if values.isna().all():
-            known = sorted({k for h in runs["hparams"] for k in h})
-            raise UserError(f"--by {key!r}: no run has that parameter; parameters: {', '.join(known)}")
+            known = {k for p in parameters for k in p}
+            varied = sorted(k for k in known if len({_json_key((p.get(k),)) for p in parameters}) > 1)
+            raise UserError(f"--by {key!r}: no run has that parameter{did_you_mean(key, known)}; "
+                            f"parameters that differ between the runs: {', '.join(varied) or 'none'}")
         runs[key] = values
     return runs
 
@@ -106,13 +117,17 @@ def condition_table(grid_dirs: Sequence[Path], by: Sequence[str], select: str = 
     rows: list[dict[str, Any]] = []
     mechanism_cols = [f for f in MECHANISM_FIELDS if f in loaded.records]
     test = loaded.records.loc[loaded.records["split"] == "test", ["run_id", "epoch", "step", *mechanism_cols]]
+    several_datasets = runs["dataset"].nunique() > 1
     for _, group in runs.groupby([runs[k].map(lambda v: _json_key((v,))) for k in by], sort=False):
         condition = {k: group[k].iloc[0] for k in by}
+        check_no_condition_varies(group)
         ids = set(group["run_id"])
         sub = Loaded(loaded.records[loaded.records["run_id"].isin(ids)], loaded.runs[loaded.runs["run_id"].isin(ids)],
                      loaded.counts, [])
         sel = select_runs(sub, selector)
         warnings += [f"{_describe(condition)}: {w}" for w in sel.warnings]
+        parameters = dict(zip(zip(sel.chosen["dataset"], sel.chosen["method"], strict=True), parameters_of(sel.chosen),
+                              strict=True))
         per_seed = sel.per_seed.merge(test, on=["run_id", "epoch", "step"], how="left")
         for (dataset, method), cell in per_seed.groupby(["dataset", "method"], sort=True):
             row: dict[str, Any] = {"dataset": dataset, **condition, "method": method, "n": int(cell["seed"].nunique())}
@@ -124,10 +139,15 @@ def condition_table(grid_dirs: Sequence[Path], by: Sequence[str], select: str = 
                 row[f"{f}_mean"], row[f"{f}_hw"] = iv.mean, iv.half_width
             if baseline is not None:
                 base = per_seed[(per_seed["dataset"] == dataset) & (per_seed["method"] == baseline)]
+                diffs, note = paired_differences(
+                    f"{method} at {_describe(condition)}" + (f" on {dataset}" if several_datasets else ""), str(method),
+                    parameters[(dataset, method)], cell, baseline,
+                    None if base.empty else parameters[(dataset, baseline)], base, "in this condition", scale=100)
                 for metric in METRICS:
-                    d = paired_difference(dict(zip(cell["seed"], 100 * cell[metric], strict=True)),
-                                          dict(zip(base["seed"], 100 * base[metric], strict=True)))
-                    row[f"{metric}_diff"], row[f"{metric}_diff_lo"], row[f"{metric}_diff_hi"] = d.mean, d.lower, d.upper
+                    d = diffs.get(metric)
+                    row[f"{metric}_diff"], row[f"{metric}_diff_lo"], row[f"{metric}_diff_hi"] = (
+                        (d.mean, d.lower, d.upper) if d else (math.nan, math.nan, math.nan))
+                row["diff_note"] = note  # last, after the columns it explains
             rows.append(row)
     if not rows:
         raise UserError("no reportable runs with test records in scope; nothing to tabulate")
@@ -135,7 +155,8 @@ def condition_table(grid_dirs: Sequence[Path], by: Sequence[str], select: str = 
     order = {m: i for i, m in enumerate(method_order(cells["method"]))}
     cells = cells.sort_values(["dataset", *by, "method"], key=lambda c: c.map(order) if c.name == "method" else c,
                               kind="mergesort").reset_index(drop=True)
-    return ConditionTable(by, cells, baseline, select, warnings)
+    notes = list(dict.fromkeys(n for n in cells["diff_note"] if n)) if baseline is not None else []
+    return ConditionTable(by, cells, baseline, select, warnings, notes)
 
 
 def _describe(condition: dict[str, Any]) -> str:
@@ -190,6 +211,8 @@ def caption(table: ConditionTable) -> str:
     if table.baseline is not None:
         parts.append(f"Δworst: paired difference in worst-group accuracy against {table.baseline} over the same "
                      "seeds, with its 95% interval.")
+    if table.notes:
+        parts.append("No Δ (–) where no baseline run pairs: " + "; ".join(table.notes) + ".")
     if table.mechanism:
         parts.append("Mechanism fields at the same epochs (robustmtl/train/mechanism.py): linear-probe accuracy for "
                      "y and a from h (probe y, probe a), each input block's share of the margin's gradient × input "

@@ -10,7 +10,7 @@ import pandas as pd
 from rich.table import Table
 from rich.text import Text
 
-from robustmtl.aggregate.export import METRIC_LABELS, _md_escape, _pct, method_order
+from robustmtl.aggregate.export import METRIC_LABELS, MISSING, _md_escape, _pct, method_order
 from robustmtl.aggregate.stats import CI_TYPES
 from robustmtl.aggregate.summary import Summary
 
@@ -56,9 +56,16 @@ def difference_rows(summary: Summary) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     for r in diffs.sort_values(["dataset", "_order", "metric"]).itertuples():
         hw = "" if math.isnan(r.half_width) else f" ± {_pct(r.half_width)}"
-        rows.append((str(r.dataset), str(r.method), METRIC_LABELS.get(r.metric, r.metric),
-                     f"{100 * r.mean_diff:+.1f}{hw}", str(r.n)))
+        difference = MISSING if math.isnan(r.mean_diff) else f"{100 * r.mean_diff:+.1f}{hw}"
+        rows.append((str(r.dataset), str(r.method), METRIC_LABELS.get(r.metric, r.metric), difference, str(r.n)))
     return rows
+
+
+def difference_notes(summary: Summary) -> list[str]:
+    """Why some methods have no paired difference, once per (dataset, method), in table order."""
+    if summary.differences is None:
+        return []
+    return list(dict.fromkeys(note for note in summary.differences["note"] if note))
 
 
 def difference_title(summary: Summary) -> str:
@@ -69,7 +76,9 @@ def render_differences_rich(summary: Summary) -> Table | None:
     """None when no baseline was asked for."""
     if summary.differences is None:
         return None
-    table = Table(title=Text(difference_title(summary)))
+    notes = difference_notes(summary)
+    table = Table(title=Text(difference_title(summary)), caption=Text("\n".join(notes)) if notes else None,
+                  caption_justify="left")
     for name in DIFFERENCE_HEADER:
         table.add_column(name, justify="right" if name in ("difference", "n") else "left", overflow="fold")
     for row in difference_rows(summary):
@@ -84,7 +93,8 @@ def differences_to_markdown(summary: Summary) -> str:
     lines = [f"{difference_title(summary)}:", "", "| " + " | ".join(DIFFERENCE_HEADER) + " |",
              "|" + "---|" * len(DIFFERENCE_HEADER)]
     lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in difference_rows(summary)]
-    return "\n".join(lines) + "\n"
+    notes = difference_notes(summary)
+    return "\n".join(lines + (["", *(f"- {_md_escape(note)}" for note in notes)] if notes else [])) + "\n"
 
 
 def sorted_chosen(summary: Summary) -> pd.DataFrame:

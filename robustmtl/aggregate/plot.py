@@ -83,6 +83,15 @@ def plot_curves(grid_dirs: Sequence[Path], out: Path, opts: SelectOptions = Sele
     return Figures(paths, summary, summary.warnings, None)
 
 
+def default_figures_dir(grid_dirs: Sequence[Path]) -> Path:
+    """Where figures go without --out: beside the first grid directory (`runs/demo` -> `runs/demo-figures`),
+    so a plot never writes into a folder the checkout ships (aggregates/figures is written by name only)."""
+    first = Path(grid_dirs[0])
+    if first.name in ("", ".."):
+        first = first.resolve()
+    return first.parent / f"{first.name or 'grid'}-figures"
+
+
 def _checked_dirs(grid_dirs: Sequence[Path], out: Path) -> list[Path]:
     dirs = list(dict.fromkeys(Path(d) for d in grid_dirs))
     _check_out(out)

@@ -22,6 +22,7 @@ from robustmtl.aggregate.cost import COST_HEADER, COST_NOTE, cost_rows, cost_to_
 from robustmtl.aggregate.details import (
     DIFFERENCE_HEADER,
     coverage_to_markdown,
+    difference_notes,
     difference_rows,
     difference_title,
     differences_to_markdown,
@@ -96,7 +97,8 @@ def documents(summary: Summary, fmt: str, sides: Sides, small_intervals: bool = 
             "tab:hparams")
     if sides.differences and summary.differences is not None:
         docs["differences"] = _csv(summary.differences) if fmt == "csv" else latex_tabular(
-            difference_title(summary), DIFFERENCE_HEADER, difference_rows(summary), "tab:differences")
+            " ".join([difference_title(summary) + ".", *difference_notes(summary)]), DIFFERENCE_HEADER,
+            difference_rows(summary), "tab:differences")
     if sides.costs is not None:
         docs["cost"] = _csv(sides.costs) if fmt == "csv" else latex_tabular(
             "Cost per cell: " + COST_NOTE, COST_HEADER, cost_rows(sides.costs), "tab:cost")

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import pandas as pd
 
+from robustmtl.aggregate.hyperparameters import paired_differences, parameters_of
 from robustmtl.aggregate.load import RunCounts
 from robustmtl.aggregate.parse import METRICS
 from robustmtl.aggregate.select import CELL, SELECTORS, Selector
-from robustmtl.aggregate.stats import cell_rng, interval, paired_difference
+from robustmtl.aggregate.stats import cell_rng, interval
 from robustmtl.grid.coverage import CellGap
 
 CELL_COLUMNS = [
@@ -29,7 +31,7 @@ CELL_COLUMNS = [
     "code",
 ]
 UNKNOWN_CODE = "unknown"
-DIFF_COLUMNS = ["dataset", "method", "baseline", "metric", "mean_diff", "lower", "upper", "half_width", "n"]
+DIFF_COLUMNS = ["dataset", "method", "baseline", "metric", "mean_diff", "lower", "upper", "half_width", "n", "note"]
 
 
 @dataclass
@@ -40,7 +42,8 @@ class Summary:
     chosen: one row per (dataset, method): setting_id, model, hparams, searched (the hyperparameters that
         differed among the compared settings), epochs (seed -> selected epoch), score (mean selection metric).
     per_seed: the test metrics of every reported run at its selected epoch.
-    differences: paired (method - baseline) per (dataset, method, metric), when a baseline was asked for.
+    differences: paired (method - baseline) per (dataset, method, metric), when a baseline was asked for;
+        `note` says why a row has no numbers (no baseline run of the method's condition).
     runs: every run found (Loaded.runs), helper runs included, for the cost table.
     gaps: per grid directory, the cells of its saved spec with runs not done (coverage).
     """
@@ -113,31 +116,32 @@ def build_cells(
     return pd.DataFrame(rows, columns=CELL_COLUMNS)
 
 
-def build_differences(per_seed: pd.DataFrame, baseline: str) -> tuple[pd.DataFrame, list[str]]:
-    """Paired by seed within each dataset; datasets where the baseline was not run are reported, skipped."""
-    rows, warnings = [], []
+def build_differences(per_seed: pd.DataFrame, chosen: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Paired by seed within each dataset, and only between runs of one condition (they may differ in the
+    hyperparameters of either method alone). A method that cannot be paired gets rows without numbers and a
+    `note` saying why, so the table never shows a difference across conditions, nor drops a method silently."""
+    parameters = dict(zip(zip(chosen["dataset"], chosen["method"], strict=True), parameters_of(chosen), strict=True))
+    rows = []
     for dataset, group in per_seed.groupby("dataset", sort=True):
         base = group[group["method"] == baseline]
-        if base.empty:
-            warnings.append(f"baseline {baseline!r} has no results on {dataset}; no differences there")
-            continue
         for method, g in group[group["method"] != baseline].groupby("method", sort=True):
+            diffs, note = paired_differences(
+                f"{method} on {dataset}", str(method), parameters[(dataset, method)], g, baseline,
+                None if base.empty else parameters[(dataset, baseline)], base, "on this dataset")
             for metric in METRICS:
-                d = paired_difference(
-                    dict(zip(g["seed"], g[metric], strict=True)),
-                    dict(zip(base["seed"], base[metric], strict=True)),
-                )
+                d = diffs.get(metric)
                 rows.append(
                     {
                         "dataset": dataset,
                         "method": method,
                         "baseline": baseline,
                         "metric": metric,
-                        "mean_diff": d.mean,
-                        "lower": d.lower,
-                        "upper": d.upper,
-                        "half_width": d.half_width,
-                        "n": d.n,
+                        "mean_diff": d.mean if d else math.nan,
+                        "lower": d.lower if d else math.nan,
+                        "upper": d.upper if d else math.nan,
+                        "half_width": d.half_width if d else math.nan,
+                        "n": d.n if d else 0,
+                        "note": note,
                     }
                 )
-    return pd.DataFrame(rows, columns=DIFF_COLUMNS), warnings
+    return pd.DataFrame(rows, columns=DIFF_COLUMNS)
