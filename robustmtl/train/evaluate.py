@@ -94,9 +94,11 @@ class Evaluator:
         self.pause_key = pause_key
         self.batches = 0
         self.sampler = EvalSampler()
+        # its own generator: by default a loader draws its workers' seed from the global RNG at every pass,
+        # which would change the training's random draws (dropout, masking) with the worker count
         self.loader = torch.utils.data.DataLoader(
             EvalData(splits), sampler=self.sampler, batch_size=None, collate_fn=as_is, num_workers=num_workers,
-            pin_memory=device.type == "cuda", persistent_workers=num_workers > 0)
+            pin_memory=device.type == "cuda", persistent_workers=num_workers > 0, generator=torch.Generator())
 
     @torch.no_grad()
     def predict(self, model: Model, name: str, subset: torch.Tensor | None = None) -> Predictions:
