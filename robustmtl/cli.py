@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from robustmtl.cli_common import App, console, err_console, execution_options, user_errors
+from robustmtl.cli_common import App, console, err_console, execution_options, option_for, user_errors
 from robustmtl.cli_data import data_app
 from robustmtl.cli_grid import grid_app
 from robustmtl.config import Execution
@@ -71,6 +71,10 @@ def run(
     values = parse_sets(set_ or [])
     if data_root is None:
         data_root = values.pop("data_root", None)
+    for key, value in values.items():
+        if (option := option_for(run, key, value)) is not None:
+            raise UserError(f"--set {key}: {key} is not a run parameter but an option of `robustmtl run`; "
+                            f"give {option}")
     cfg = build_config(method, dataset, seed, model, values, where="--set")
     opts = RunOptions(**dataclasses.asdict(execution), data_root=data_root_for(data_root))
     summary = run_with_requirements(cfg, opts, out or Path("runs") / "single" / cfg.run_id, console)
