@@ -122,6 +122,8 @@ CASES = [
     ("method table under sweep", GOOD + "\n[sweep.erm]\nlr = [0.1]\n", SUBMIT, "[method.erm.sweep]"),
     ("near-miss top-level table", GOOD + "\n[sweeps]\nlr = [0.1]\n", SUBMIT,
      "unknown top-level key `sweeps` (did you mean 'sweep'?)"),
+    ("unprepared benchmark on data check", None, ["data", "check", "waterbirds", "--data-root", "{out_existing}"],
+     "then run `robustmtl data prepare waterbirds --from ... --data-root"),
     ("local python missing", spec_with('"debug"', '"local"') + 'python = "/nonexistent/python3"\n', SUBMIT,
      "[executor] python '/nonexistent/python3' does not exist or is not executable"),
 ]
