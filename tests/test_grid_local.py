@@ -77,6 +77,32 @@ def test_setup_failure_names_the_run_and_the_log_with_its_error(cli, tmp_path):
     assert f"{run_id}: module python/9 not found (log: {log})" in " ".join(result.output.split())
 
 
+@pytest.mark.parametrize("interval", [2.0, 10.0])
+def test_watch_follows_a_local_grid_until_its_submit_ends(cli, tmp_path, monkeypatch, lock_holder, interval):
+    from robustmtl import cli_grid
+    from robustmtl.grid.lock import submit_lock
+
+    grid = GridDir(tmp_path / "grid")
+    training, next_up = "0123456789ab", "ba9876543210"
+    grid.run(next_up).root.mkdir(parents=True)
+    trainer = lock_holder(grid.run(training).root)  # the local job training one run
+    slept: list[float] = []
+    with contextlib.ExitStack() as submit:
+        submit.enter_context(submit_lock(grid.root))  # the local `grid submit` executing the grid
+
+        def sleep(seconds: float) -> None:
+            slept.append(seconds)
+            if len(slept) == 1:  # the run ends; the submit is about to start the next one
+                trainer.stdin.close()
+                trainer.wait()
+            else:
+                submit.close()  # the submit ends
+
+        monkeypatch.setattr(cli_grid._time, "sleep", sleep)
+        result = cli("grid", "status", grid.root, "--watch", "--interval", interval)
+    assert slept == [interval, interval] and "not submitted" in result.output
+
+
 def running_here(marker: str) -> list[int]:
     """Processes whose command line mentions `marker` (this test's folder): the jobs it started."""
     pids = []
