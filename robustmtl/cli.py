@@ -64,7 +64,7 @@ def run(
     execution: Execution,  # the execution options, generated from its fields
 ) -> None:
     """Train one run in this process (resumes from its checkpoint; a finished run just reports)."""
-    from robustmtl.config import RunOptions, build_config
+    from robustmtl.config import RunOptions, build_config, check_local_paths
     from robustmtl.grid.executor import data_root_for
     from robustmtl.runner import run_with_requirements
 
@@ -76,6 +76,7 @@ def run(
             raise UserError(f"--set {key}: {key} is not a run parameter but an option of `robustmtl run`; "
                             f"give {option}")
     cfg = build_config(method, dataset, seed, model, values, where="--set")
+    check_local_paths([cfg], "--set")
     opts = RunOptions(**dataclasses.asdict(execution), data_root=data_root_for(data_root))
     summary = run_with_requirements(cfg, opts, out or Path("runs") / "single" / cfg.run_id, console)
     show_summary(summary)

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ from robustmtl.params import (
     coerce,
     did_you_mean,
     field_types,
+    missing_local_path,
     omittable_defaults,
     one_of,
     positive,
@@ -268,6 +270,20 @@ def build_config(method: str, dataset: str, seed: int, model: str | None, values
     return RunConfig(method=method, dataset=dataset, seed=seed, model=model,
                      **{name: blocks[name](**sections[name]) for name in blocks})
 
+
+
+def check_local_paths(configs: Iterable[RunConfig], where: str) -> None:
+    """Refuse configs naming a local model file or folder that is not there, before any run is queued: the
+    run would otherwise fail only once it loads its model. Relative paths are read from here, as runs
+    started from here read them."""
+    checked: set[int] = set()
+    for cfg in configs:
+        for block in (cfg.train, cfg.method_params, cfg.data_params, cfg.model_params):
+            if id(block) in checked:  # the seeds of a setting share their blocks
+                continue
+            checked.add(id(block))
+            if (missing := missing_local_path(block)) is not None:
+                raise UserError(f"{where}: {missing}, which the runs of {cfg.method} on {cfg.dataset} load")
 
 
 def config_from_dict(d: dict[str, Any], where: str) -> RunConfig:

@@ -24,6 +24,7 @@ def spec_with(old: str, new: str) -> str:
 
 
 SUBMIT = ["grid", "submit", "{spec}", "--out", "{out}"]
+VISION = '\nname = "vision"\ndatasets = ["mnist_spurious"]\nmethods = ["erm"]\nseeds = [0, 1]\n[defaults]\n'
 CASES = [
     ("malformed toml", "name = [", SUBMIT, "malformed TOML"),
     ("unknown top-level key", GOOD + "\n[extras]\nx = 1\n", SUBMIT, "unknown top-level key `extras`"),
@@ -124,6 +125,13 @@ CASES = [
      "unknown top-level key `sweeps` (did you mean 'sweep'?)"),
     ("unprepared benchmark on data check", None, ["data", "check", "waterbirds", "--data-root", "{out_existing}"],
      "then run `robustmtl data prepare waterbirds --from ... --data-root"),
+    ("missing checkpoint folder on a dry run", VISION + 'vit_pretrained = "./no-such-vit"\n', [*SUBMIT, "--dry-run"],
+     "vit_pretrained = './no-such-vit': no such folder"),
+    ("missing weights file on submit", VISION + 'timm_weights = "no/such.safetensors"\n[dataset.mnist_spurious]\n'
+                                                'model = "timm_vit"\n', SUBMIT, "timm_weights = 'no/such.safetensors': "
+                                                                                 "no such file"),
+    ("missing checkpoint folder on run", None, ["run", "--method", "erm", "--dataset", "text_spurious", "--set",
+                                                "bert_pretrained=/no/such/bert"], "no such folder /no/such/bert"),
     ("local python missing", spec_with('"debug"', '"local"') + 'python = "/nonexistent/python3"\n', SUBMIT,
      "[executor] python '/nonexistent/python3' does not exist or is not executable"),
 ]
