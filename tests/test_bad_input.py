@@ -132,6 +132,11 @@ CASES = [
                                                                                  "no such file"),
     ("missing checkpoint folder on run", None, ["run", "--method", "erm", "--dataset", "text_spurious", "--set",
                                                 "bert_pretrained=/no/such/bert"], "no such folder /no/such/bert"),
+    *((f"{method} on an empty training group", None,
+       ["run", "--method", method, "--dataset", "synthetic", "--set", "p_train=1.0", "--set", "epochs=1", "--set",
+        "n_train=100", "--out", "{out}"],
+       f"method {method!r} on synthetic: groups 'y=0/a=1', 'y=1/a=0' have no train examples") for method in ("gdro",
+                                                                                                            "subg")),
     ("local python missing", spec_with('"debug"', '"local"') + 'python = "/nonexistent/python3"\n', SUBMIT,
      "[executor] python '/nonexistent/python3' does not exist or is not executable"),
 ]
