@@ -274,13 +274,25 @@ def grid_logs(
     err: Annotated[bool, typer.Option("--err", help="stderr instead of stdout.")] = False,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
 ) -> None:
-    """Print submitit's log of a run's newest SLURM job."""
-    from robustmtl.grid.control import show_log
+    """Print submitit's log of a run's newest job (SLURM or local)."""
+    from robustmtl.grid.control import find_run, show_log
+    from robustmtl.grid.local import newest_log, show_local_log
+    from robustmtl.grid.manifest import latest_entries
     from robustmtl.layout import GridDir
 
     def write(text: str) -> None:
         typer.echo(text, nl=False)
 
+    grid = GridDir(grid_dir)
+    run_id = find_run(grid, run_id)
+    entry = latest_entries(grid.root).get(run_id) or {}
+    local = newest_log(grid, run_id, err)
     with contextlib.suppress(KeyboardInterrupt):
-        show_log(GridDir(grid_dir), run_id, err, follow, write)
+        if local is not None and (not entry.get("job_id") or local.stat().st_mtime >= entry.get("submitted_at", 0)):
+            show_local_log(local, follow, write)
+        elif entry.get("job_id"):
+            show_log(grid, run_id, err, follow, write)
+        else:
+            raise UserError(f"run {run_id} has no job log: it has not started, or it was trained in the submitting "
+                            f"process (executor debug) or by `robustmtl run`; its files are in {grid.run(run_id).root}")
 
