@@ -106,7 +106,7 @@ def print_notices(warnings: list[str], summary: Any) -> None:
 @app.command()
 @user_errors
 def aggregate(
-    grid_dirs: Annotated[list[Path], typer.Argument(help="One or more grid directories.")],
+    grid_dirs: Annotated[list[Path], typer.Argument(help="Grid directories (or run directories, or folders of them).")],
     select: SelectOpt = "worst-val",
     fmt: Annotated[str | None, typer.Option("--format", help="table | markdown | csv | latex")] = None,
     output: Annotated[Path | None, typer.Option(help="Write the table to this file.")] = None,

@@ -211,6 +211,33 @@ class GridDir:
         return {n for n in names if RUN_ID.match(n) and os.path.exists(os.path.join(base, n, DONE_MARKER))}
 
 
+def result_run_dirs(root: Path) -> list[tuple[str, str]]:
+    """(run id, path) of the run directories under a folder of results, in path order: a grid directory's
+    runs/<run_id>, else `root` itself when it is a run directory, else its subfolders that are (what
+    `robustmtl run --out` writes: runs/single/<run_id>, or any names). A grid's folder name is its run id;
+    elsewhere the run's config.json says it. Plain os calls: a grid may hold 100,000 runs."""
+    runs = os.path.join(root, RUNS)
+    if os.path.isdir(runs):
+        return [(e.name, e.path) for e in sorted(os.scandir(runs), key=lambda e: e.name) if e.is_dir()]
+    if os.path.isfile(os.path.join(root, CONFIG)):
+        return [(_config_run_id(str(root)), str(root))]
+    found = []
+    for entry in sorted(os.scandir(root), key=lambda e: e.name) if os.path.isdir(root) else []:
+        if entry.is_dir() and os.path.isfile(os.path.join(entry.path, CONFIG)):
+            found.append((_config_run_id(entry.path), entry.path))
+    return found
+
+
+def _config_run_id(run_dir: str) -> str:
+    """The run id a run directory's config.json records (its folder name when unreadable)."""
+    try:
+        with open(os.path.join(run_dir, CONFIG), "rb") as f:
+            recorded = json.load(f).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    return recorded if isinstance(recorded, str) else os.path.basename(run_dir)
+
+
 def append_durably(path: Path, text: str) -> None:
     """Append whole lines and fsync; a line torn by an earlier kill is closed first so this one stays whole."""
     with open(path, "a+b") as f:
