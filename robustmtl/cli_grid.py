@@ -1,4 +1,4 @@
-"""`robustmtl grid ...`: submit, status, resume, cancel, logs (thin: parse, call grid/, render)."""
+"""`robustmtl grid ...`: submit, status, resume, cancel, drop, logs (thin: parse, call grid/, render)."""
 
 from __future__ import annotations
 
@@ -264,6 +264,21 @@ def grid_cancel(
     if mates:
         console.print(f"run {run} shares its array task with {', '.join(mates)} (pack): they were cancelled too; "
                       f"`robustmtl grid resume {grid_dir}` requeues them from their checkpoints", highlight=False)
+
+
+@grid_app.command("drop")
+@user_errors
+def grid_drop(
+    grid_dir: GridDirArg,
+    run_ids: Annotated[list[str], typer.Argument(help="Run ids (or unique prefixes).")],
+) -> None:
+    """Take runs out of the grid: status, resume, coverage and aggregate stop counting them; their files move
+    to GRID_DIR/dropped/, nothing is deleted."""
+    from robustmtl.grid.drop import drop
+    from robustmtl.layout import GridDir
+
+    for run_id, target in drop(GridDir(grid_dir), run_ids):
+        console.print(f"dropped run {run_id}: its files are in {target}", highlight=False, soft_wrap=True)
 
 
 @grid_app.command("logs")

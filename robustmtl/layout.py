@@ -38,6 +38,7 @@ MANIFEST = "manifest.jsonl"
 SUBMIT_LOCK = ".submit.lock"
 RUNS = "runs"
 SUBMITIT = "submitit"
+DROPPED = "dropped"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -189,6 +190,11 @@ class GridDir:
     @property
     def submitit(self) -> Path:
         return self.root / SUBMITIT
+
+    @property
+    def dropped(self) -> Path:
+        """Where `grid drop` moves the runs it takes out of the grid."""
+        return self.root / DROPPED
 
     def run(self, run_id: str) -> RunDir:
         if not RUN_ID.match(run_id):
