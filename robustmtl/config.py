@@ -271,7 +271,6 @@ def build_config(method: str, dataset: str, seed: int, model: str | None, values
                      **{name: blocks[name](**sections[name]) for name in blocks})
 
 
-
 def check_local_paths(configs: Iterable[RunConfig], where: str) -> None:
     """Refuse configs naming a local model file or folder that is not there, before any run is queued: the
     run would otherwise fail only once it loads its model. Relative paths are read from here, as runs

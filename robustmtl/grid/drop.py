@@ -38,8 +38,12 @@ def drop(grid: GridDir, run_ids: list[str]) -> list[tuple[str, Path]]:
                 raise UserError(f"cannot move run {run_id} to {target}: {exc.strerror or exc}{done}") from None
             moved.append((run_id, target))
         plan = read_plan(grid)
-        if plan is not None:
-            save_plan(grid, [e for e in plan if e["run_id"] not in chosen])
+        try:
+            if plan is not None:
+                save_plan(grid, [e for e in plan if e["run_id"] not in chosen])
+        except OSError as exc:
+            raise UserError(f"moved {', '.join(chosen)} to {grid.dropped}, but cannot rewrite {grid.plan}: "
+                            f"{exc.strerror or exc}; coverage still expects them") from None
     return moved
 
 
