@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from robustmtl.cli_common import App, console, err_console, execution_options, user_errors
+from robustmtl.cli_common import App, console, err_console, execution_options, option_for, user_errors
 from robustmtl.cli_data import data_app
 from robustmtl.cli_grid import grid_app
 from robustmtl.config import Execution
@@ -64,14 +64,19 @@ def run(
     execution: Execution,  # the execution options, generated from its fields
 ) -> None:
     """Train one run in this process (resumes from its checkpoint; a finished run just reports)."""
-    from robustmtl.config import RunOptions, build_config
+    from robustmtl.config import RunOptions, build_config, check_local_paths
     from robustmtl.grid.executor import data_root_for
     from robustmtl.runner import run_with_requirements
 
     values = parse_sets(set_ or [])
     if data_root is None:
         data_root = values.pop("data_root", None)
+    for key, value in values.items():
+        if (option := option_for(run, key, value)) is not None:
+            raise UserError(f"--set {key}: {key} is not a run parameter but an option of `robustmtl run`; "
+                            f"give {option}")
     cfg = build_config(method, dataset, seed, model, values, where="--set")
+    check_local_paths([cfg], "--set")
     opts = RunOptions(**dataclasses.asdict(execution), data_root=data_root_for(data_root))
     summary = run_with_requirements(cfg, opts, out or Path("runs") / "single" / cfg.run_id, console)
     show_summary(summary)
@@ -101,7 +106,7 @@ def print_notices(warnings: list[str], summary: Any) -> None:
 @app.command()
 @user_errors
 def aggregate(
-    grid_dirs: Annotated[list[Path], typer.Argument(help="One or more grid directories.")],
+    grid_dirs: Annotated[list[Path], typer.Argument(help="Grid directories (or run directories, or folders of them).")],
     select: SelectOpt = "worst-val",
     fmt: Annotated[str | None, typer.Option("--format", help="table | markdown | csv | latex")] = None,
     output: Annotated[Path | None, typer.Option(help="Write the table to this file.")] = None,

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import inspect
 import sys
+import typing
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
@@ -54,6 +55,20 @@ def execution_options(command: Callable[..., Any]) -> Callable[..., Any]:
     wrapper.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
     return wrapper
+
+
+def option_for(command: Callable[..., Any], key: str, value: Any) -> str | None:
+    """How `--set key=value` is written as `command`'s own option (`--device cpu`, `--no-compile`); None when
+    `command` has no option of that name. Read from the command's signature, so every option it has (the
+    generated execution options included) is covered without a list of keys."""
+    parameter = inspect.signature(command).parameters.get(key)
+    if parameter is None:
+        return None
+    annotation = parameter.annotation
+    flag = "--" + key.replace("_", "-")
+    if bool in (annotation, *typing.get_args(annotation)[:1]):
+        return flag if value is True else f"--no-{key.replace('_', '-')}"
+    return f"{flag} {value}"
 
 
 class App(typer.Typer):

@@ -1,4 +1,4 @@
-"""`robustmtl grid ...`: submit, status, resume, cancel, logs (thin: parse, call grid/, render)."""
+"""`robustmtl grid ...`: submit, status, resume, cancel, drop, logs (thin: parse, call grid/, render)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ def slurm_overrides(partition: str | None, account: str | None, qos: str | None,
 
 DRY_RUN_ROWS = 100  # rich needs ~2.5 ms a row; the per-cell counts below cover the rest
 WATCH_MIN_S = 10.0  # a refresh is one squeue + at most one sacct: never more often than this
+WATCH_LOCAL_MIN_S = 1.0  # a grid without SLURM jobs: a refresh only reads its run directories
 RUN_LINES = 20  # per-run lines shown per section before "... and N more"
 MAX_RUNS = 2000  # grid submit's default limit; the paper's largest grid is 620 runs
 FAILED_SHOWN = 5  # failed runs named, with their errors, in the one line a failed local grid ends with
@@ -130,8 +131,9 @@ def grid_submit(
 def grid_status_cmd(
     grid_dir: GridDirArg,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh until no run is queued or running.")] = False,
-    interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch (10 at least: each "
-                                                 "refresh asks the scheduler).", min=WATCH_MIN_S)] = WATCH_MIN_S,
+    interval: Annotated[float, typer.Option(help=f"Seconds between refreshes with --watch (on a grid with SLURM "
+                                                 f"jobs {WATCH_MIN_S:g} at least: each refresh asks the scheduler).",
+                                            min=WATCH_LOCAL_MIN_S)] = WATCH_MIN_S,
 ) -> None:
     """Count runs by state: markers first, then one squeue and at most one sacct call."""
     from rich.live import Live
@@ -140,16 +142,36 @@ def grid_status_cmd(
     from robustmtl.layout import GridDir
 
     grid = GridDir(grid_dir)
+    if watch:
+        check_interval(grid, interval)
     status = grid_status(grid)
     if not watch:
         console.print(render_status(grid, status))
         return
     with Live(render_status(grid, status), console=console, auto_refresh=False) as live, \
             contextlib.suppress(KeyboardInterrupt):
-        while status.active:
+        while in_progress(grid, status):
             _time.sleep(interval)
             status = grid_status(grid)
             live.update(render_status(grid, status), refresh=True)
+
+
+def check_interval(grid: GridDir, interval: float) -> None:
+    """Refreshes faster than WATCH_MIN_S only where they ask SLURM nothing: a grid none of whose runs has a job."""
+    from robustmtl.grid.manifest import latest_entries
+
+    if interval < WATCH_MIN_S and any(e.get("job_id") for e in latest_entries(grid.root).values()):
+        raise UserError(f"--interval {interval:g}: {grid.root} has SLURM jobs, and each refresh asks squeue and sacct; "
+                        f"give {WATCH_MIN_S:g} or more")
+
+
+def in_progress(grid: GridDir, status: GridStatus) -> bool:
+    """Whether --watch goes on: a run is queued or training (a local run: its process holds the run), or a
+    local `grid submit`/`resume` still executes the grid (between two of its runs none may be training)."""
+    from robustmtl.grid.lock import submit_running
+    from robustmtl.grid.status import ACTIVE
+
+    return any(r.state in ACTIVE for r in status.runs.values()) or submit_running(grid.root)
 
 
 def render_status(grid: GridDir, status: GridStatus) -> Group:
@@ -246,6 +268,21 @@ def grid_cancel(
                       f"`robustmtl grid resume {grid_dir}` requeues them from their checkpoints", highlight=False)
 
 
+@grid_app.command("drop")
+@user_errors
+def grid_drop(
+    grid_dir: GridDirArg,
+    run_ids: Annotated[list[str], typer.Argument(help="Run ids (or unique prefixes).")],
+) -> None:
+    """Take runs out of the grid: status, resume, coverage and aggregate stop counting them; their files move
+    to GRID_DIR/dropped/, nothing is deleted."""
+    from robustmtl.grid.drop import drop
+    from robustmtl.layout import GridDir
+
+    for run_id, target in drop(GridDir(grid_dir), run_ids):
+        console.print(f"dropped run {run_id}: its files are in {target}", highlight=False, soft_wrap=True)
+
+
 @grid_app.command("logs")
 @user_errors
 def grid_logs(
@@ -254,13 +291,25 @@ def grid_logs(
     err: Annotated[bool, typer.Option("--err", help="stderr instead of stdout.")] = False,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
 ) -> None:
-    """Print submitit's log of a run's newest SLURM job."""
-    from robustmtl.grid.control import show_log
+    """Print submitit's log of a run's newest job (SLURM or local)."""
+    from robustmtl.grid.control import find_run, show_log
+    from robustmtl.grid.local import newest_log, show_local_log
+    from robustmtl.grid.manifest import latest_entries
     from robustmtl.layout import GridDir
 
     def write(text: str) -> None:
         typer.echo(text, nl=False)
 
+    grid = GridDir(grid_dir)
+    run_id = find_run(grid, run_id)
+    entry = latest_entries(grid.root).get(run_id) or {}
+    local = newest_log(grid, run_id, err)
     with contextlib.suppress(KeyboardInterrupt):
-        show_log(GridDir(grid_dir), run_id, err, follow, write)
+        if local is not None and (not entry.get("job_id") or local.stat().st_mtime >= entry.get("submitted_at", 0)):
+            show_local_log(local, follow, write)
+        elif entry.get("job_id"):
+            show_log(grid, run_id, err, follow, write)
+        else:
+            raise UserError(f"run {run_id} has no job log: it has not started, or it was trained in the submitting "
+                            f"process (executor debug) or by `robustmtl run`; its files are in {grid.run(run_id).root}")
 

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ from robustmtl.params import (
     coerce,
     did_you_mean,
     field_types,
+    missing_local_path,
     omittable_defaults,
     one_of,
     positive,
@@ -223,6 +225,22 @@ def key_owner(key: str, blocks: dict[str, type]) -> str | None:
     return next((section for section, block in blocks.items() if key in field_types(block)), None)
 
 
+def plugins_with(key: str) -> dict[str, list[str]]:
+    """kind (method, dataset, model) → the registered plug-ins of that kind that have parameter `key`, so a key
+    given to a run without it can say where it belongs instead of only that it is unknown."""
+    from robustmtl.registry import DATASETS, METHODS, MODELS
+
+    tables: dict[str, dict[str, Any]] = {"method": METHODS, "dataset": DATASETS, "model": MODELS}
+    found = {kind: [name for name, plugin in table.items() if key in field_types(plugin.params)]
+             for kind, table in tables.items()}
+    return {kind: names for kind, names in found.items() if names}
+
+
+def owners_text(owners: dict[str, list[str]]) -> str:
+    """`model 'vit' or 'timm_vit'` for plugins_with's answer."""
+    return " and ".join(f"{kind} {' or '.join(map(repr, names))}" for kind, names in owners.items())
+
+
 MAX_SEED = 2**32 - 1
 
 
@@ -246,15 +264,32 @@ def build_config(method: str, dataset: str, seed: int, model: str | None, values
     for key, value in values.items():
         owner = key_owner(key, blocks)
         if owner is None:
-            if strict:
-                known = [k for b in blocks.values() for k in field_types(b)]
-                raise UserError(f"{where}: {key!r} is not a parameter of method {method!r}, dataset {dataset!r} "
-                                f"or model {model!r}{did_you_mean(key, known)}")
-            continue
+            if not strict:
+                continue
+            if owners := plugins_with(key):
+                chosen = {"method": method, "dataset": dataset, "model": model}
+                raise UserError(f"{where}: {key!r} is a parameter of {owners_text(owners)}, not of "
+                                + " or ".join(f"{kind} {chosen[kind]!r}" for kind in owners))
+            known = [k for b in blocks.values() for k in field_types(b)]
+            raise UserError(f"{where}: {key!r} is not a parameter of method {method!r}, dataset {dataset!r} "
+                            f"or model {model!r}{did_you_mean(key, known)}")
         sections[owner][key] = coerce(blocks[owner], key, value, where)
     return RunConfig(method=method, dataset=dataset, seed=seed, model=model,
                      **{name: blocks[name](**sections[name]) for name in blocks})
 
+
+def check_local_paths(configs: Iterable[RunConfig], where: str) -> None:
+    """Refuse configs naming a local model file or folder that is not there, before any run is queued: the
+    run would otherwise fail only once it loads its model. Relative paths are read from here, as runs
+    started from here read them."""
+    checked: set[int] = set()
+    for cfg in configs:
+        for block in (cfg.train, cfg.method_params, cfg.data_params, cfg.model_params):
+            if id(block) in checked:  # the seeds of a setting share their blocks
+                continue
+            checked.add(id(block))
+            if (missing := missing_local_path(block)) is not None:
+                raise UserError(f"{where}: {missing}, which the runs of {cfg.method} on {cfg.dataset} load")
 
 
 def config_from_dict(d: dict[str, Any], where: str) -> RunConfig:

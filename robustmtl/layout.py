@@ -39,6 +39,7 @@ MANIFEST = "manifest.jsonl"
 SUBMIT_LOCK = ".submit.lock"
 RUNS = "runs"
 SUBMITIT = "submitit"
+DROPPED = "dropped"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -196,6 +197,11 @@ class GridDir:
     def submitit(self) -> Path:
         return self.root / SUBMITIT
 
+    @property
+    def dropped(self) -> Path:
+        """Where `grid drop` moves the runs it takes out of the grid."""
+        return self.root / DROPPED
+
     def run(self, run_id: str) -> RunDir:
         if not RUN_ID.match(run_id):
             raise UserError(f"{run_id!r} is not a run id (12 lowercase hex characters)")
@@ -215,6 +221,33 @@ class GridDir:
             return set()
         base = str(self.runs)
         return {n for n in names if RUN_ID.match(n) and os.path.exists(os.path.join(base, n, DONE_MARKER))}
+
+
+def result_run_dirs(root: Path) -> list[tuple[str, str]]:
+    """(run id, path) of the run directories under a folder of results, in path order: a grid directory's
+    runs/<run_id>, else `root` itself when it is a run directory, else its subfolders that are (what
+    `robustmtl run --out` writes: runs/single/<run_id>, or any names). A grid's folder name is its run id;
+    elsewhere the run's config.json says it. Plain os calls: a grid may hold 100,000 runs."""
+    runs = os.path.join(root, RUNS)
+    if os.path.isdir(runs):
+        return [(e.name, e.path) for e in sorted(os.scandir(runs), key=lambda e: e.name) if e.is_dir()]
+    if os.path.isfile(os.path.join(root, CONFIG)):
+        return [(_config_run_id(str(root)), str(root))]
+    found = []
+    for entry in sorted(os.scandir(root), key=lambda e: e.name) if os.path.isdir(root) else []:
+        if entry.is_dir() and os.path.isfile(os.path.join(entry.path, CONFIG)):
+            found.append((_config_run_id(entry.path), entry.path))
+    return found
+
+
+def _config_run_id(run_dir: str) -> str:
+    """The run id a run directory's config.json records (its folder name when unreadable)."""
+    try:
+        with open(os.path.join(run_dir, CONFIG), "rb") as f:
+            recorded = json.load(f).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    return recorded if isinstance(recorded, str) else os.path.basename(run_dir)
 
 
 def append_durably(path: Path, text: str) -> None:

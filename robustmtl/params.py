@@ -14,6 +14,7 @@ import math
 import re
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 from robustmtl.errors import UserError
@@ -108,6 +109,43 @@ DEVICE = {"pattern": r"auto|cpu|mps|cuda(:\d+)?", "example": "auto, cpu, cuda, c
 
 def one_of(*choices: Any) -> dict[str, Any]:
     return {"choices": choices}
+
+
+LOCAL_PATH = "local_path"
+
+
+def local_path(kind: str) -> dict[str, Any]:
+    """Metadata of a field naming a local `file` or `dir` the run loads (empty: none). A `dir` field may also
+    hold a name that is no path (`minilm`, a hub id): only a value that `looks_like_path` or is a folder
+    counts as one. A grid checks these paths before it submits anything (`missing_local_path`)."""
+    return {LOCAL_PATH: kind}
+
+
+def looks_like_path(text: str) -> bool:
+    """Whether a name is meant as a file system path, not a hub id (`org/model`) or a shipped name."""
+    return text.startswith(("/", ".", "~")) or text.count("/") > 1
+
+
+@functools.cache
+def path_fields(block: type) -> tuple[tuple[str, str], ...]:
+    """(key, kind) of the block's `local_path` fields."""
+    return tuple((f.name, f.metadata[LOCAL_PATH]) for f in dataclasses.fields(block) if LOCAL_PATH in f.metadata)
+
+
+def missing_local_path(block: object) -> str | None:
+    """`key = 'value': no such folder /abs/path` for the first local path the block names that is not there."""
+    block_type: type = type(block)
+    for key, kind in path_fields(block_type):
+        value = getattr(block, key)
+        if not value:
+            continue
+        path = Path(value).expanduser()
+        if kind == "dir" and (path.is_dir() or not looks_like_path(value)):
+            continue
+        if kind == "file" and path.is_file():
+            continue
+        return f"{key} = {value!r}: no such {'folder' if kind == 'dir' else 'file'} {path.absolute()}"
+    return None
 
 
 OMIT_AT_DEFAULT = "omit_at_default"

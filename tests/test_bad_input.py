@@ -24,6 +24,7 @@ def spec_with(old: str, new: str) -> str:
 
 
 SUBMIT = ["grid", "submit", "{spec}", "--out", "{out}"]
+VISION = '\nname = "vision"\ndatasets = ["mnist_spurious"]\nmethods = ["erm"]\nseeds = [0, 1]\n[defaults]\n'
 CASES = [
     ("malformed toml", "name = [", SUBMIT, "malformed TOML"),
     ("unknown top-level key", GOOD + "\n[extras]\nx = 1\n", SUBMIT, "unknown top-level key `extras`"),
@@ -94,6 +95,48 @@ CASES = [
      [*SUBMIT, "--max-runs", "5"], "expands to 6 runs (seeds 3 × lr 2), more than --max-runs 5"),
     ("data_root not a path", spec_with("[defaults]", "[dataset.synthetic]\ndata_root = 5\n[defaults]"), SUBMIT,
      "data_root must be a folder path"),
+    ("execution option through --set", None, ["run", "--method", "erm", "--dataset", "synthetic", "--set",
+                                               "device=cpu"], "device is not a run parameter but an option of "
+                                                              "`robustmtl run`; give --device cpu"),
+    ("flag through --set", None, ["run", "--method", "erm", "--dataset", "synthetic", "--set", "compile=true"],
+     "give --compile"),
+    ("numeric execution option through --set", None, ["run", "--method", "erm", "--dataset", "synthetic", "--set",
+                                                      "num_workers=0"], "give --num-workers 0"),
+    ("seed through --set", None, ["run", "--method", "erm", "--dataset", "synthetic", "--set", "seed=3"],
+     "give --seed 3"),
+    ("execution key in a grid's defaults", spec_with("epochs = 1", "epochs = 1\nthreads = 2"), SUBMIT,
+     "[defaults] 'threads' is an [executor] key"),
+    ("vit key with the mlp", None, ["run", "--method", "erm", "--dataset", "synthetic", "--set", "vit_patch_size=8"],
+     "'vit_patch_size' is a parameter of model 'vit', not of model 'mlp'"),
+    ("mlp key with the vit", None, ["run", "--method", "erm", "--dataset", "mnist_spurious", "--set", "hidden_dim=8"],
+     "'hidden_dim' is a parameter of model 'mlp', not of model 'vit'"),
+    ("another method's key in its table", GOOD + "\n[method.erm.sweep]\nalpha_aux = [1.0]\n", SUBMIT,
+     "[method.erm.sweep] 'alpha_aux' is a parameter of method 'mtl' or 'mtl_l1', not of method 'erm'"),
+    ("a model's key in a grid without it", spec_with("epochs = 1", "epochs = 1\nbert_max_length = 64"), SUBMIT,
+     "'bert_max_length' is a parameter of model 'bert', not of any method"),
+    ("plural method table", spec_with("[defaults]", "[methods.erm.sweep]\nlr = [0.1]\n[defaults]"), SUBMIT,
+     "write [method.erm], not [methods.erm]"),
+    ("plural dataset table", spec_with("[defaults]", "[datasets.synthetic]\np_train = 0.9\n[defaults]"), SUBMIT,
+     "write [dataset.synthetic], not [datasets.synthetic]"),
+    ("near-miss method subtable", GOOD + "\n[method.erm.sweeps]\nlr = [0.1]\n", SUBMIT,
+     "unknown key `sweeps` in [method.erm] (did you mean 'sweep'?)"),
+    ("method table under sweep", GOOD + "\n[sweep.erm]\nlr = [0.1]\n", SUBMIT, "[method.erm.sweep]"),
+    ("near-miss top-level table", GOOD + "\n[sweeps]\nlr = [0.1]\n", SUBMIT,
+     "unknown top-level key `sweeps` (did you mean 'sweep'?)"),
+    ("unprepared benchmark on data check", None, ["data", "check", "waterbirds", "--data-root", "{out_existing}"],
+     "then run `robustmtl data prepare waterbirds --from ... --data-root"),
+    ("missing checkpoint folder on a dry run", VISION + 'vit_pretrained = "./no-such-vit"\n', [*SUBMIT, "--dry-run"],
+     "vit_pretrained = './no-such-vit': no such folder"),
+    ("missing weights file on submit", VISION + 'timm_weights = "no/such.safetensors"\n[dataset.mnist_spurious]\n'
+                                                'model = "timm_vit"\n', SUBMIT, "timm_weights = 'no/such.safetensors': "
+                                                                                 "no such file"),
+    ("missing checkpoint folder on run", None, ["run", "--method", "erm", "--dataset", "text_spurious", "--set",
+                                                "bert_pretrained=/no/such/bert"], "no such folder /no/such/bert"),
+    *((f"{method} on an empty training group", None,
+       ["run", "--method", method, "--dataset", "synthetic", "--set", "p_train=1.0", "--set", "epochs=1", "--set",
+        "n_train=100", "--out", "{out}"],
+       f"method {method!r} on synthetic: groups 'y=0/a=1', 'y=1/a=0' have no train examples") for method in ("gdro",
+                                                                                                            "subg")),
     ("local python missing", spec_with('"debug"', '"local"') + 'python = "/nonexistent/python3"\n', SUBMIT,
      "[executor] python '/nonexistent/python3' does not exist or is not executable"),
 ]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from robustmtl.layout import GridDir
-from tests.conftest import read_records, tiny_grid, write_spec
+from tests.conftest import TINY, read_records, tiny_grid, write_spec
 
 SMALL = tiny_grid("small", ["erm", "mtl_l1"], [0, 1], sweeps={"mtl_l1": {"alpha_reg": [0.01, 0.1]}})
 
@@ -133,6 +133,23 @@ def test_submit_then_aggregate_every_format(cli, tmp_path):
     csv_rows = (tmp_path / "table.csv").read_text().strip().splitlines()
     assert len(csv_rows) == 1 + 2 * 2  # header + (erm, mtl_l1) × (avg, worst-group)
     assert all(",2," in row for row in csv_rows[1:])  # n = 2 seeds in every cell
+
+
+def test_run_directories_aggregate_alone_or_from_the_folder_holding_them(cli, tmp_path, monkeypatch):
+    sets = [arg for key, value in {**TINY, "epochs": 1}.items() for arg in ("--set", f"{key}={value}")]
+    single = tmp_path / "runs" / "single"  # `robustmtl run --out runs/single`: the run directory itself
+    cli("run", "--method", "erm", "--dataset", "synthetic", *sets, "--out", single)
+    alone = cli("aggregate", single, "--format", "csv", "--quiet").output
+    assert "synthetic,erm,worst_group_acc" in alone and ",1,1,0," in alone  # n = 1 seed, 1 expected
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for seed in ("0", "1"):  # the default run directories: runs/single/<run_id>
+        cli("run", "--method", "mtl", "--dataset", "synthetic", "--seed", seed, *sets)
+    folder = cli("aggregate", "runs/single", "--format", "csv", "--quiet").output
+    assert "synthetic,mtl,worst_group_acc" in folder and ",2,2,0," in folder and "erm" not in folder
+    both = cli("aggregate", single, "runs/single", "--format", "csv", "--quiet").output
+    assert "synthetic,erm,worst_group_acc" in both and "synthetic,mtl,worst_group_acc" in both
 
 
 def test_aggregate_mistakes_are_one_line(cli, tmp_path):

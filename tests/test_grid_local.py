@@ -77,6 +77,45 @@ def test_setup_failure_names_the_run_and_the_log_with_its_error(cli, tmp_path):
     log = (tmp_path / "grid" / "submitit" / "start" / f"{run_id}.log").resolve()
     assert result.exit_code == 2
     assert f"{run_id}: module python/9 not found (log: {log})" in " ".join(result.output.split())
+    assert "module python/9 not found" in cli("grid", "logs", tmp_path / "grid", run_id).output  # the shell log
+
+
+def test_logs_of_a_local_run_are_found_by_its_id_and_no_stray_folder_is_left(cli, tmp_path):
+    spec = write_spec(tmp_path / "g.toml", tiny_grid("logs", ["erm"], [0], defaults={"epochs": 1, "n_train": 100},
+                                                     executor={"kind": "local"}))
+    cli("grid", "submit", spec, "--out", tmp_path / "grid")
+    grid = GridDir(tmp_path / "grid")
+    (run_id,) = grid.run_ids()
+    assert sorted(p.name for p in grid.submitit.iterdir()) == ["local", "start"]  # no literal `%j` folder
+    log = cli("grid", "logs", grid.root, run_id[:6]).output
+    assert f"local/{run_id}/" in log and "Job completed successfully" in log
+    assert cli("grid", "logs", grid.root, run_id, "--follow").output == log  # its job has ended: no waiting
+
+
+@pytest.mark.parametrize("interval", [2.0, 10.0])
+def test_watch_follows_a_local_grid_until_its_submit_ends(cli, tmp_path, monkeypatch, lock_holder, interval):
+    from robustmtl import cli_grid
+    from robustmtl.grid.lock import submit_lock
+
+    grid = GridDir(tmp_path / "grid")
+    training, next_up = "0123456789ab", "ba9876543210"
+    grid.run(next_up).root.mkdir(parents=True)
+    trainer = lock_holder(grid.run(training).root)  # the local job training one run
+    slept: list[float] = []
+    with contextlib.ExitStack() as submit:
+        submit.enter_context(submit_lock(grid.root))  # the local `grid submit` executing the grid
+
+        def sleep(seconds: float) -> None:
+            slept.append(seconds)
+            if len(slept) == 1:  # the run ends; the submit is about to start the next one
+                trainer.stdin.close()
+                trainer.wait()
+            else:
+                submit.close()  # the submit ends
+
+        monkeypatch.setattr(cli_grid._time, "sleep", sleep)
+        result = cli("grid", "status", grid.root, "--watch", "--interval", interval)
+    assert slept == [interval, interval] and "not submitted" in result.output
 
 
 def running_here(marker: str) -> list[int]:

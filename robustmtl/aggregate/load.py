@@ -1,4 +1,5 @@
-"""Read GRID_DIR/runs/*/metrics.jsonl into flat tables: which run directories count, and their records.
+"""Read GRID_DIR/runs/*/metrics.jsonl into flat tables: which run directories count, and their records (a
+folder of results that is no grid directory, such as `robustmtl run`'s, is read by layout.result_run_dirs).
 
 The scan decides which files the tables use (DONE runs, or all with --include-running; a copy of another
 run's directory and a diverged run, whose loss became non-finite, are left out) and reads them; parse.py
@@ -29,7 +30,7 @@ from robustmtl.aggregate.parse import (
 )
 from robustmtl.errors import UserError
 from robustmtl.grid.coverage import end_task_seeds, read_plan
-from robustmtl.layout import DONE_MARKER, FAILED_MARKER, GridDir, RunDir, diverged_step
+from robustmtl.layout import DONE_MARKER, FAILED_MARKER, GridDir, RunDir, diverged_step, result_run_dirs
 
 _CHUNK_BYTES = 64 << 20  # parse in slices so peak memory stays ~2x a slice, not 2x the whole sweep
 RUN_COLUMNS = [*META_TYPES, "complete", "included", "run_dir", "grid_dir", "n_expected"]
@@ -102,40 +103,37 @@ def _scan(grid_dir: Path, include_running: bool, warnings: list[str], diverged: 
         raise UserError(f"grid directory does not exist: {grid_dir}")
     if not grid_dir.is_dir():
         raise UserError(f"not a directory: {grid_dir}")
-    runs_dir = grid_dir / "runs"
-    entries = sorted(os.scandir(runs_dir), key=lambda e: e.name) if runs_dir.is_dir() else []
     found = False
-    for entry in entries:
-        if not entry.is_dir():
-            continue
+    for run_id, run_dir in result_run_dirs(grid_dir):
         # Plain strings and os calls: pathlib's per-path overhead is a second at 10,000 runs.
-        complete = os.path.exists(os.path.join(entry.path, DONE_MARKER))
-        if not complete and os.path.exists(os.path.join(entry.path, FAILED_MARKER)) \
-                and diverged_step(RunDir(Path(entry.path))) is not None:
-            diverged.append(entry.name)
+        complete = os.path.exists(os.path.join(run_dir, DONE_MARKER))
+        if not complete and os.path.exists(os.path.join(run_dir, FAILED_MARKER)) \
+                and diverged_step(RunDir(Path(run_dir))) is not None:
+            diverged.append(run_id)
             found = True
             continue
-        f = RunFile(grid_dir, entry.path, complete)
+        f = RunFile(grid_dir, run_dir, complete, own_id=run_id)
         if not os.path.isfile(f.path):
             if complete:
-                warnings.append(f"{entry.path}: has DONE but no metrics.jsonl; skipped")
+                warnings.append(f"{run_dir}: has DONE but no metrics.jsonl; skipped")
             continue
         if complete or include_running:
             with open(f.path, "rb") as fh:
                 f.data = fh.read()
             drop_torn_tail(f)
-            f.meta, other = first_meta(iter_lines(f.data), entry.name)
+            f.meta, other = first_meta(iter_lines(f.data), run_id)
         else:
             with open(f.path, "rb") as fh:
-                f.meta, other = first_meta((line for line in fh if line.endswith(b"\n")), entry.name)
+                f.meta, other = first_meta((line for line in fh if line.endswith(b"\n")), run_id)
         if other is not None:
-            warnings.append(f"{entry.path}: holds records of run {other}, not of run {entry.name} "
+            warnings.append(f"{run_dir}: holds records of run {other}, not of run {run_id} "
                             "(a copy or backup?); ignored")
             continue
         found = True
         yield f
     if not found:
-        raise UserError(f"no runs found under {grid_dir}: expected {grid_dir}/runs/<run_id>/metrics.jsonl")
+        raise UserError(f"no runs found under {grid_dir}: expected a grid directory ({grid_dir}/runs/<run_id>/"
+                        "metrics.jsonl), a run directory, or a folder of run directories (`robustmtl run --out`)")
 
 
 def _runs_frame(files: Sequence[RunFile], include_running: bool, warnings: list[str]) -> pd.DataFrame:

@@ -64,6 +64,7 @@ class RunFile:
     meta: dict | None = None
     index: int = 0  # position among all scanned files, written on the file's sentinel line
     issues: list[str] = field(default_factory=list)
+    own_id: str = ""  # the run it belongs to where its directory is not named by it (`robustmtl run --out`)
 
     @property
     def path(self) -> str:
@@ -71,8 +72,8 @@ class RunFile:
 
     @property
     def run_id(self) -> str:
-        """The run this file belongs to: its directory's name (a copy's records name another run)."""
-        return os.path.basename(self.run_dir)
+        """The run this file belongs to: its directory's name in a grid (a copy's records name another run)."""
+        return self.own_id or os.path.basename(self.run_dir)
 
     @property
     def sentinel(self) -> bytes:

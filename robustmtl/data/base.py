@@ -94,6 +94,23 @@ class Splits:
         return {"train": self.train, "val": self.val, "test": self.test}
 
 
+def empty_train_groups(split: Split, info: DataInfo) -> list[str]:
+    """The training groups (values of `g`) without an example in `split`: a group-aware method cannot train on
+    them (`data check` calls this a problem, and such a method refuses to start)."""
+    counts = torch.bincount(split.g[split.g >= 0], minlength=info.n_train_groups).tolist()
+    return [name for name, n in zip(info.train_group_names or info.group_names, counts, strict=True) if n == 0]
+
+
+def no_examples_problem(groups: list[str], split: str) -> str:
+    """The one line for groups with no examples in a split (with `train`: why a group-aware method cannot run)."""
+    named = ", ".join(map(repr, groups))
+    what = f"group {named} has" if len(groups) == 1 else f"groups {named} have"
+    it, its = ("it", "its") if len(groups) == 1 else ("them", "their")
+    return f"{what} no {split} examples: " + (
+        f"group-aware methods cannot train on {it}" if split == "train" else
+        f"{its} accuracy cannot be measured and worst-group accuracy ignores {it}")
+
+
 def group_names(class_names: list[str], attr_names: list[str]) -> tuple[str, ...]:
     """Names in group-id order, g = n_attrs * y + a."""
     return tuple(f"{c}/{a}" for c in class_names for a in attr_names)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from robustmtl.data.base import DataInfo, Split, Splits
+from robustmtl.data.base import DataInfo, Split, Splits, no_examples_problem
 from robustmtl.data.images import FileImages, ImageSplit
 from robustmtl.data.regime import BlockSummary, describe, variance_ratio
 from robustmtl.data.text import TextSplit
@@ -155,9 +155,7 @@ def group_findings(tables: list[GroupTable]) -> tuple[list[str], list[str]]:
             tiny = []
             for name, n in zip(table.names, counts, strict=True):
                 if n == 0 and table is main and split in ("train", *EVALUATED):
-                    problems.append(f"group {name!r} has no {split} examples: "
-                                    + ("group-aware methods cannot train on it" if split == "train" else
-                                       "its accuracy cannot be measured and worst-group accuracy ignores it"))
+                    problems.append(no_examples_problem([name], split))
                 elif n == 0 and split in EVALUATED:
                     problems.append(f"evaluation group {name!r} has no {split} examples: worst-group accuracy "
                                     "ignores it")

@@ -8,6 +8,7 @@ ships as>` (e.g. `waterbird_complete95_forest2water2`). So one `$ROBUSTMTL_DATA`
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,14 +27,21 @@ def dataset_dir(name: str, data_root: Path | None, markers: Sequence[str], folde
     if data_root is None:
         raise UserError(f"dataset {name!r} is read from disk: set --data-root (or data_root in the grid's "
                         f"dataset.{name} table, or $ROBUSTMTL_DATA) to the directory holding {markers[0]}; "
-                        f"get the dataset from {source}")
+                        f"{how_to_prepare(name, source, None)}")
     candidates = [data_root, *(data_root / folder for folder in (name, *folders))]
     for candidate in candidates:
         for marker in markers:
             if (candidate / marker).is_file():
                 return candidate, candidate / marker
-    raise UserError(f"{name}: missing {data_root / markers[0]} (also looked under "
-                    f"{', '.join(map(str, candidates[1:]))}); get the dataset from {source}")
+    raise UserError(f"{name} is not prepared under {data_root}: missing {data_root / markers[0]} (also looked under "
+                    f"{', '.join(map(str, candidates[1:]))}); {how_to_prepare(name, source, data_root)}")
+
+
+def how_to_prepare(name: str, source: str, data_root: Path | None) -> str:
+    """The steps that put a benchmark where its loader looks: download, then `data prepare`."""
+    root = shlex.quote(str(data_root)) if data_root is not None else "DIR"
+    return (f"get the dataset from {source}, then run `robustmtl data prepare {name} --from ... --data-root {root}` "
+            "(docs/datasets-setup.md)")
 
 
 def read_table(path: Path, columns: Iterable[str], dataset: str, source: str, optional: Iterable[str] = (),

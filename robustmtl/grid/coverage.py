@@ -39,8 +39,12 @@ def _entry(run: Any, required: bool) -> dict[str, Any]:
 
 def write_plan(grid: GridDir, runs: list[Any]) -> None:
     required = {run_id for r in runs for run_id in r.requires}
-    atomic_write_text(grid.plan, "".join(json.dumps(_entry(r, r.run_id in required), sort_keys=True) + "\n"
-                                         for r in runs))
+    save_plan(grid, [_entry(r, r.run_id in required) for r in runs])
+
+
+def save_plan(grid: GridDir, entries: list[dict[str, Any]]) -> None:
+    """Write plan lines (what `read_plan` returns), atomically."""
+    atomic_write_text(grid.plan, "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
 
 
 def read_plan(grid: GridDir) -> list[dict[str, Any]] | None:

@@ -12,10 +12,11 @@ import gc
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
-from robustmtl.config import RunConfig, blocks_for, build_config, key_owner
+from robustmtl.config import RunConfig, blocks_for, build_config, key_owner, owners_text, plugins_with
 from robustmtl.errors import UserError
+from robustmtl.grid.executor import ExecutorSettings
 from robustmtl.grid.spec import GridSpec
 from robustmtl.params import did_you_mean, field_types
 from robustmtl.requirements import required_runs
@@ -44,8 +45,7 @@ def _check_keys_known(spec: GridSpec) -> None:
     for table, keys in (("defaults", spec.defaults), ("sweep", spec.sweep)):
         for key in keys:
             if key not in known:
-                raise UserError(f"{spec.path}: [{table}] {key!r} is not a parameter of any method, dataset or model "
-                                f"in this grid{did_you_mean(key, known)}")
+                _unknown(spec, f"[{table}]", key, "any method, dataset or model in this grid", known)
     for m, method_table in spec.method_tables.items():
         method_known = {k for d in spec.datasets
                         for block in blocks_for(m, d, spec.model_for(d)).values()
@@ -53,16 +53,26 @@ def _check_keys_known(spec: GridSpec) -> None:
         for section, keys in (("defaults", method_table.defaults), ("sweep", method_table.sweep)):
             for key in keys:
                 if key not in method_known:
-                    raise UserError(f"{spec.path}: [method.{m}.{section}] {key!r} is not a parameter of method "
-                                    f"{m!r}{did_you_mean(key, method_known)}")
+                    _unknown(spec, f"[method.{m}.{section}]", key, f"method {m!r}", method_known)
     for d in spec.datasets:
         data_known = {k for m in spec.methods for block in blocks_for(m, d, spec.model_for(d)).values()
                       for k in field_types(block)}
         for key in spec.data_values(d):
             if key not in data_known:
-                hint = did_you_mean(key, data_known | {"data_root", "model"})
-                raise UserError(f"{spec.path}: [dataset.{d}] {key!r} is not a parameter of dataset {d!r}, its model "
-                                f"{spec.model_for(d)!r} or its runs{hint}")
+                _unknown(spec, f"[dataset.{d}]", key, f"dataset {d!r}, its model {spec.model_for(d)!r} or its runs",
+                         data_known | {"data_root", "model"})
+
+
+def _unknown(spec: GridSpec, table: str, key: str, scope: str, known: set[str]) -> NoReturn:
+    """Refuse a key of `table` that no run in `scope` has, saying where it belongs when it belongs somewhere:
+    [executor] for how runs execute, another plug-in for its parameter."""
+    where = f"{spec.path}: {table} {key!r}"
+    if key in field_types(ExecutorSettings):
+        raise UserError(f"{where} is an [executor] key (where and how runs execute, never part of a run): "
+                        "move it to [executor]")
+    if owners := plugins_with(key):
+        raise UserError(f"{where} is a parameter of {owners_text(owners)}, not of {scope}")
+    raise UserError(f"{where} is not a parameter of {scope}{did_you_mean(key, known)}")
 
 
 def data_roots(spec: GridSpec) -> dict[str, str | None]:

@@ -16,7 +16,7 @@ import shlex
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from robustmtl.layout import GridDir, RunDir, failure_line
 from robustmtl.train.attempts import record_stop
 from robustmtl.train.runlock import locked
 
+LOCAL_JOBS = "local"  # GRID_DIR/submitit/local/<run_id>/: the run's local jobs (`job_folder`)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 STOP_WAIT_S = 15.0  # how long cancelled runs get to let go of their run directories
 POLL_S = 0.5
@@ -47,8 +48,6 @@ def run_here(grid: GridDir, todo: list[PlannedRun], settings: ExecutorSettings, 
     shares = settings.local_gpu_shares() if kind == "local" else []
     load = dict.fromkeys(shares, 0)  # runs on each GPU share now
     if kind == "local":
-        executor = submitit.LocalExecutor(folder=grid.submitit / "%j", python=settings.python)
-        executor.update_parameters(timeout_min=settings.timeout_min)
         start_logs(grid).mkdir(parents=True, exist_ok=True)
     parallel = settings.local_parallel(len(shares)) if kind == "local" else 1
     waiting = list(todo)
@@ -82,7 +81,9 @@ def run_here(grid: GridDir, todo: list[PlannedRun], settings: ExecutorSettings, 
                             share = share_of[run.run_id] = min(load, key=load.__getitem__)
                             load[share] += 1
                             params = gpu_visibility(share, setup)
-                        executor.update_parameters(**params)
+                        executor = submitit.LocalExecutor(folder=job_folder(grid, run.run_id),
+                                                          python=settings.python)
+                        executor.update_parameters(timeout_min=settings.timeout_min, **params)
                         with signals_deferred(), sigint_for_children():  # a job started, then lost to a signal,
                             running[run.run_id] = executor.submit(TrainJob(), str(rd.root))  # would train unattended
                 for run_id, job in list(running.items()):
@@ -158,6 +159,46 @@ def last_line(path: Path) -> str:
     except OSError:
         return ""
     return lines[-1].strip() if lines else ""
+
+
+def job_folder(grid: GridDir, run_id: str) -> Path:
+    """submitit's files of the run's local jobs (`<job id>_0_log.out` ...), one folder per run so `grid logs` finds
+    a run's log by its id. Named without submitit's `%j`, which its local controller would create literally."""
+    return grid.submitit / LOCAL_JOBS / run_id
+
+
+def newest_log(grid: GridDir, run_id: str, err: bool) -> Path | None:
+    """The stdout (stderr with `err`) log of the run's newest local job; else, for a job that failed before
+    training, the log of its shell (`start_log`); None when the run has no local job log."""
+    logs = job_folder(grid, run_id).glob(f"*_0_log.{'err' if err else 'out'}")
+    newest = max(logs, key=lambda p: p.stat().st_mtime, default=None)
+    if newest is None and start_log(grid, run_id).exists():
+        return start_log(grid, run_id)
+    return newest
+
+
+def show_local_log(path: Path, follow: bool, write: Callable[[str], None]) -> None:
+    """Print a local job's log; with `follow`, keep printing what is appended until its job's process ends."""
+    job = path.name.split("_")[0]
+    offset = write_new(path, 0, write)
+    while follow and job.isdigit() and Path(f"/proc/{job}").exists():
+        time.sleep(POLL_S)
+        offset = write_new(path, offset, write)
+    if follow:
+        write_new(path, offset, write)
+
+
+def write_new(path: Path, offset: int, write: Callable[[str], None]) -> int:
+    """Write what the file holds past `offset`; the new offset."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return offset
+    if data:
+        write(data.decode(errors="replace"))
+    return offset + len(data)
 
 
 def start_logs(grid: GridDir) -> Path:

@@ -42,3 +42,23 @@ def submit_lock(grid_root: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def submit_running(grid_root: Path) -> bool:
+    """Whether a `grid submit`/`grid resume` holds the grid's lock now: a local one runs until its runs end.
+
+    Probed (taken and let go at once): a submit that comes in that instant waits for the lock, it is not refused.
+    """
+    try:
+        fd = os.open(grid_root / SUBMIT_LOCK, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False  # no flock on this filesystem: nothing can hold it
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return False

@@ -49,6 +49,7 @@ DATA_ROOT_KEY = "data_root"
 MODEL_KEY = "model"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 PER_NAME_TABLES = {"methods": "method", "datasets": "dataset"}  # the list's key → its per-name table's key
+PLURAL_TABLE = re.compile(r"^\s*\[\[?\s*(methods|datasets)\s*\.\s*\"?([\w.-]+?)\"?\s*[\].]", re.MULTILINE)
 BYTE_ORDER_MARK = "\ufeff"  # some editors write it; TOML does not allow it
 
 
@@ -104,15 +105,23 @@ def parse_toml(path: Path) -> tuple[str, dict[str, Any]]:
     try:
         raw = tomllib.loads(text.removeprefix(BYTE_ORDER_MARK))
     except tomllib.TOMLDecodeError as exc:
+        # `methods = [...]` beside `[methods.erm]` is a TOML error; the user meant the singular table
+        if match := PLURAL_TABLE.search(text):
+            raise _plural_table(path, match.group(1), match.group(2)) from None
         raise UserError(f"{path}: malformed TOML: {exc}") from None
     for plural, singular in PER_NAME_TABLES.items():
-        if isinstance(raw.get(plural), dict):
-            raise UserError(f"{path}: `{plural}` must be a list of names, e.g. {plural} = [\"...\"]; "
-                            f"one {singular}'s settings go in a [{singular}.<name>] table")
+        if isinstance(table := raw.get(plural), dict):
+            raise _plural_table(path, plural, next(iter(table), "<name>"))
         if singular in raw and not isinstance(raw[singular], dict):
             raise UserError(f"{path}: `{singular}` is the table of per-{singular} settings ([{singular}.<name>]); "
                             f"list what the grid runs in `{plural} = [...]`")
     return text, raw
+
+
+def _plural_table(path: Path, plural: str, name: str) -> UserError:
+    singular = PER_NAME_TABLES[plural]
+    return UserError(f"{path}: `{plural}` must be a list of names (what the grid runs); one {singular}'s settings go "
+                     f"in a [{singular}.<name>] table: write [{singular}.{name}], not [{plural}.{name}]")
 
 
 def _names(raw: dict[str, Any], key: str, known: Mapping[str, object], where: str) -> list[str]:
@@ -143,17 +152,27 @@ def _table(raw: Any, where: str, key: str) -> dict[str, Any]:
 def _scalars(table: dict[str, Any], where: str, key: str) -> dict[str, Any]:
     for k, v in table.items():
         if isinstance(v, dict):
-            raise UserError(f"{where}: [{key}] {k} must be a value, not a table")
+            raise UserError(f"{where}: [{key}] {k} must be a value, not a table{_per_name_hint(key, k)}")
     return table
 
 
 def _axes(table: dict[str, Any], where: str, key: str) -> dict[str, list[Any]]:
     for k, v in table.items():
         if not isinstance(v, list):
-            raise UserError(f"{where}: [{key}] {k} must be a list of values to sweep, got {v!r}")
+            hint = _per_name_hint(key, k) if isinstance(v, dict) else ""
+            raise UserError(f"{where}: [{key}] {k} must be a list of values to sweep, got {v!r}{hint}")
         if not v:
             raise UserError(f"{where}: [{key}] {k} is an empty sweep axis (give at least one value)")
     return table
+
+
+def _per_name_hint(table: str, name: str) -> str:
+    """`[sweep.mtl]` means one method's axes: ' (one method's: [method.mtl.sweep])'; '' for other names."""
+    if table in METHOD_TABLE_KEYS and name in METHODS:
+        return f" (one method's {table}: [method.{name}.{table}])"
+    if table in METHOD_TABLE_KEYS and name in DATASETS:
+        return f" (one dataset's values: [dataset.{name}])"
+    return ""
 
 
 def _model(value: Any, where: str, key: str) -> str | None:
@@ -225,7 +244,8 @@ def load_spec(path: Path) -> GridSpec:
         table = _table(table, where, f"method.{m}")
         for k in table:
             if k not in METHOD_TABLE_KEYS:
-                raise UserError(f"{where}: unknown key `{k}` in [method.{m}]; valid: defaults, sweep")
+                raise UserError(f"{where}: unknown key `{k}` in [method.{m}]{did_you_mean(k, METHOD_TABLE_KEYS)}; "
+                                "valid: defaults, sweep")
         method_tables[m] = MethodTable(
             defaults=_scalars(_table(table.get("defaults"), where, f"method.{m}.defaults"), where,
                               f"method.{m}.defaults"),

@@ -16,6 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
+from robustmtl.config import check_local_paths
 from robustmtl.errors import UserError
 from robustmtl.grid import snapshot
 from robustmtl.grid.coverage import write_plan
@@ -30,8 +31,11 @@ from robustmtl.trackers import write_choice as write_trackers
 
 
 def plan(spec_path: Path) -> tuple[GridSpec, list[PlannedRun]]:
+    """The spec and its runs, with the local paths the runs load checked (so a dry run catches them too)."""
     spec = load_spec(spec_path)
-    return spec, expand(spec)
+    runs = expand(spec)
+    check_local_paths((r.config for r in runs), str(spec_path))
+    return spec, runs
 
 
 def check_size(spec: GridSpec, runs: list[PlannedRun], max_runs: int) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from robustmtl.config import RunConfig
+from robustmtl.errors import UserError
 from robustmtl.layout import RunDir
 from robustmtl.lazy import torch
 
@@ -65,6 +66,17 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+def refuse_empty_groups(cfg: RunConfig, train: Split, info: DataInfo) -> None:
+    """A run of a method that `uses_train_groups`, on a training split with an empty group, would train as if
+    the group did not exist: refused before training, as `data check` reports it. (The methods themselves
+    still handle an empty group, which their unit tests build.)"""
+    from robustmtl.data.base import empty_train_groups, no_examples_problem
+
+    if empty := empty_train_groups(train, info):
+        raise UserError(f"method {cfg.method!r} on {cfg.dataset}: {no_examples_problem(empty, 'train')} "
+                        f"(`robustmtl data check {cfg.dataset}` lists the groups per split)")
 
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from robustmtl.errors import UserError
+from robustmtl.params import looks_like_path
 
 MINILM = "minilm"
 
@@ -32,7 +33,7 @@ def resolve(name: str, key: str) -> str:
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path.resolve())
-    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+    if looks_like_path(name):
         raise UserError(f"{key}: directory {path} does not exist")
     return name
 

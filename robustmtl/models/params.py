@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from robustmtl.models.hub import MINILM
-from robustmtl.params import added_later, at_least, between, one_of, positive
+from robustmtl.params import added_later, at_least, between, local_path, one_of, positive
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class MLPParams:
 
 @dataclass(frozen=True)
 class BertParams:
-    bert_pretrained: str = MINILM
+    bert_pretrained: str = field(default=MINILM, metadata=local_path("dir"))
     bert_max_length: int = field(default=128, metadata=positive())
     mlm_probability: float = field(default=0.15, metadata=between(0.01, 1.0))
     bert_dropout: float = field(default=0.1, metadata=between(0.0, 0.99))
@@ -40,7 +40,7 @@ class MIMParams:
 
 @dataclass(frozen=True)
 class ViTParams(MIMParams):
-    vit_pretrained: str = ""
+    vit_pretrained: str = field(default="", metadata=local_path("dir"))
     vit_image_size: int = field(default=0, metadata=at_least(0))
     vit_patch_size: int = field(default=4, metadata=positive())
     vit_hidden_dim: int = field(default=128, metadata=positive())
@@ -51,5 +51,5 @@ class ViTParams(MIMParams):
 @dataclass(frozen=True)
 class TimmViTParams(MIMParams):
     timm_name: str = "vit_base_patch16_224"
-    timm_weights: str = ""
+    timm_weights: str = field(default="", metadata=local_path("file"))
     timm_image_size: int = field(default=0, metadata=at_least(0))

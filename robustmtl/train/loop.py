@@ -32,7 +32,7 @@ import torch
 from robustmtl import pause
 from robustmtl.errors import UserError
 from robustmtl.layout import PRETRAINED_ENCODER, VAL_CORRECT, VAL_GROUPS, RunDir, read_json, write_json
-from robustmtl.methods.base import Method, MethodContext
+from robustmtl.methods.base import Method, MethodContext, refuse_empty_groups
 from robustmtl.metrics import pack_bools
 from robustmtl.models.base import Model
 from robustmtl.provenance import code_version
@@ -119,6 +119,8 @@ class Trainer:
         method_cls: type[Method] = method_entry(self.cfg.method)
         pool = self.data.pretrain if method_cls.trains_on_pool and self.data.pretrain is not None else self.data.train
         train = pool if method_cls.uses_train_groups else pool.hide_groups()
+        if method_cls.uses_train_groups:
+            refuse_empty_groups(self.cfg, train, self.data.info)
         required = required_run_dirs(run_dir, required_runs(self.cfg))
         if "pretrain" in required:
             encoder = required["pretrain"].artifact(PRETRAINED_ENCODER)
