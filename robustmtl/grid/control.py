@@ -17,6 +17,7 @@ from robustmtl.errors import UserError
 from robustmtl.grid import scheduler
 from robustmtl.grid.executor import executor_settings
 from robustmtl.grid.expand import PlannedRun
+from robustmtl.grid.local import write_new
 from robustmtl.grid.lock import submit_lock
 from robustmtl.grid.manifest import latest_entries
 from robustmtl.grid.spec import parse_toml
@@ -158,20 +159,8 @@ def show_log(grid: GridDir, run_id: str, err: bool, follow: bool, write: Callabl
     offset = 0
     while True:
         queue = scheduler.queue_states([job_id])
-        offset = _write_new(path, offset, write)
+        offset = write_new(path, offset, write)
         if queue is not None and job_id not in queue:
-            _write_new(path, offset, write)
+            write_new(path, offset, write)
             return
         time.sleep(FOLLOW_POLL_S)
-
-
-def _write_new(path: Path, offset: int, write: Callable[[str], None]) -> int:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read()
-    except FileNotFoundError:
-        return offset
-    if data:
-        write(data.decode(errors="replace"))
-    return offset + len(data)
