@@ -15,6 +15,7 @@ import pytest
 from robustmtl.aggregate.axes import MIN_ACCURACY_SPAN
 from robustmtl.aggregate.load import RunCounts
 from robustmtl.aggregate.summary import CELL_COLUMNS, Summary
+from tests.test_conditions import regimes_table
 
 
 @pytest.fixture
@@ -95,3 +96,55 @@ def test_curve_bands_are_clipped_to_0_100_and_the_axis_spans_a_few_points():
     bands = np.concatenate([path.vertices for band in ax.collections for path in band.get_paths()])
     assert len(ax.collections) == 4 and bands[:, 1].max() == 100.0 and bands[:, 1].min() == 97.0
     assert_accuracy_limits(ax.get_ylim())
+
+
+def test_probe_accuracy_axes_stay_in_0_1_and_methods_differ_in_marker_and_line(tmp_path, drawn):
+    from robustmtl.aggregate.conditions_plot import mechanism_figure
+
+    table = regimes_table()
+    table.cells["probe_a_acc_mean"] = table.cells["probe_a_acc_mean"].clip(upper=1.0)
+    table.cells["probe_a_acc_hw"] = 0.05  # an interval that would run past 1 from a mean of about 0.99
+    mechanism_figure(table, tmp_path)
+    axes = drawn["mechanism_by_spurious_variance_ratio"].axes
+    probes = [ax for ax in axes if ax.get_title().startswith("probe accuracy for a")]
+    assert len(probes) == 2
+    for ax in probes:
+        assert_accuracy_limits(ax.get_ylim(), scale=1.0)
+        lines = [container.lines[0] for container in ax.containers]
+        styles = [(line.get_marker(), line.get_linestyle()) for line in lines]
+        assert len(styles) == 6 and len({s[0] for s in styles}) == 6 and len({s[1] for s in styles}) > 1
+        assert len({line.get_xdata()[0] for line in lines}) == 6  # dodged: no two methods' markers at one x
+        for container in ax.containers:
+            ends = np.concatenate([seg for seg in container.lines[2][0].get_segments()])
+            assert ends[:, 1].max() <= 1.0
+
+
+@pytest.mark.parametrize("figure", ["gain", "mechanism"])
+def test_condition_ticks_read_as_the_tables_print_the_values(tmp_path, drawn, figure):
+    from robustmtl.aggregate import conditions_plot
+    from robustmtl.aggregate.conditions import table_rows
+
+    table = regimes_table()
+    for column in ("n", "avg_acc_mean", "avg_acc_hw", "worst_group_acc_mean", "worst_group_acc_hw"):
+        table.cells[column] = 1
+    draw = {"gain": conditions_plot.gain_figure, "mechanism": conditions_plot.mechanism_figure}[figure]
+    draw(table, tmp_path)
+    header, rows = table_rows(table)
+    printed = list(dict.fromkeys(r[header.index("σ²spur/σ²core")] for r in rows))
+    assert printed == ["0.25", "0.5", "1.0", "2.0", "4.0"]
+    for ax in drawn[f"{figure}_by_spurious_variance_ratio"].axes:
+        if ax.get_visible() and ax.get_xlabel():
+            assert ax.get_xscale() == "log"
+            assert [t.get_text() for t in ax.get_xticklabels()] == printed
+            assert [t.get_text() for t in ax.get_xticklabels(minor=True)] == []
+
+
+def test_gain_axis_spans_a_few_points_around_small_differences(tmp_path, drawn):
+    from robustmtl.aggregate.conditions_plot import gain_figure
+
+    table = regimes_table()
+    for column in ("worst_group_acc_diff", "worst_group_acc_diff_lo", "worst_group_acc_diff_hi"):
+        table.cells[column] = 0.01 * table.cells[column]
+    gain_figure(table, tmp_path)
+    low, high = drawn["gain_by_spurious_variance_ratio"].axes[0].get_ylim()
+    assert high - low >= MIN_ACCURACY_SPAN

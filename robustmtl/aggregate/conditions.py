@@ -163,6 +163,11 @@ def _describe(condition: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in condition.items())
 
 
+def condition_text(value: Any) -> str:
+    """A condition's value as every table and figure prints it ("–" for a run without the key)."""
+    return "–" if _missing(value) else str(value)
+
+
 def _num(x: float, digits: int = 1) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
@@ -192,7 +197,7 @@ def table_rows(table: ConditionTable, intervals: bool = True) -> tuple[list[str]
     header += [SHORT.get(f, f) for f in table.mechanism]
     rows = []
     for _, r in table.cells.iterrows():
-        cells = [*([str(r["dataset"])] if datasets else []), *("–" if _missing(r[k]) else str(r[k]) for k in table.by),
+        cells = [*([str(r["dataset"])] if datasets else []), *(condition_text(r[k]) for k in table.by),
                  str(r["method"]),
                  str(r["n"]), _pm(r["avg_acc_mean"], r["avg_acc_hw"]),
                  _pm(r["worst_group_acc_mean"], r["worst_group_acc_hw"])]
