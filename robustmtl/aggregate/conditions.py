@@ -32,6 +32,7 @@ from robustmtl.aggregate.load import Loaded, load_runs
 from robustmtl.aggregate.parse import METRICS
 from robustmtl.aggregate.select import get_selector, select_runs
 from robustmtl.aggregate.stats import t_interval
+from robustmtl.aggregate.terminal import Column, FittedTable
 from robustmtl.errors import UserError
 from robustmtl.metrics import MECHANISM_FIELDS
 from robustmtl.params import did_you_mean
@@ -213,6 +214,9 @@ def table_rows(table: ConditionTable, intervals: bool = True) -> tuple[list[str]
 def caption(table: ConditionTable) -> str:
     parts = [f"Test accuracy (%) per condition ({', '.join(table.by)}) at the epoch and setting chosen by the "
              f"{table.select} rule within each condition; mean ± half-width of the 95% Student-t interval over seeds."]
+    short = [f"{SHORT[k]} = {k}" for k in table.by if k in SHORT]
+    if short:
+        parts.append("Columns: " + "; ".join(short) + ".")
     if table.baseline is not None:
         parts.append(f"Δworst: paired difference in worst-group accuracy against {table.baseline} over the same "
                      "seeds, with its 95% interval.")
@@ -236,11 +240,9 @@ def to_csv(table: ConditionTable) -> str:
     return table.cells.to_csv(index=False)
 
 
-def render_rich(table: ConditionTable) -> Any:
-    from rich.table import Table
-
+def render_rich(table: ConditionTable) -> FittedTable:
+    """The terminal table with its caption, fitted to the terminal's width (aggregate/terminal.py)."""
     header, rows = table_rows(table, intervals=False)
-    out = Table(*header, title="by " + ", ".join(table.by), padding=(0, 1))
-    for r in rows:
-        out.add_row(*r)
-    return out
+    identifying = header.index("method") + 1  # dataset, the condition keys and the method name a row
+    return FittedTable("by " + ", ".join(table.by), [Column(h) for h in header], rows, keep=identifying,
+                       caption=caption(table))
