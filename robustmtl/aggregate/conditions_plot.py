@@ -27,7 +27,7 @@ def _panels(table: ConditionTable) -> list[tuple[str, pd.DataFrame]]:
 
 ACCURACY_FIELDS = {"probe_y_acc", "probe_a_acc"}  # fractions, as the tables print them: axis within [0, 1]
 LINESTYLES = ("-", "--", "-.", ":")
-DODGE = 0.03  # of a decade's factor on a log axis, of the x range on a linear one, per method
+DODGE = 0.03  # per method: x times 1 ± DODGE on a log axis, ± DODGE of the x range on a linear one
 
 
 def _log_x(values: pd.Series) -> bool:

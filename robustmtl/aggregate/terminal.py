@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 BORDER = 3  # per column: a space of padding each side and a rule; plus one rule for the table's edge
+CONTINUED = "columns continued in the next table"
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,6 @@ class FittedTable:
     rows: Sequence[Sequence[str | Text]]
     keep: int = 1
     caption: str | None = None
-    parts_note: str = "columns continued in the next table"
     _texts: list[list[Text]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -90,7 +90,7 @@ class FittedTable:
         parts = self.parts(options.max_width)
         for number, part in enumerate(parts):
             title = self.title if number == 0 else f"{self.title} (continued)"
-            table = Table(title=Text(title), caption=Text(self.parts_note) if number < len(parts) - 1 else None)
+            table = Table(title=Text(title), caption=Text(CONTINUED) if number < len(parts) - 1 else None)
             for i, column_width in self.widths(part, options.max_width).items():
                 column = self.columns[i]
                 table.add_column(Text(column.header), justify=column.justify,  # type: ignore[arg-type]
