@@ -32,7 +32,7 @@ def _check_select(select: str) -> None:
 def aggregate_by(grid_dirs: Sequence[Path], by: Sequence[str], select: str, baseline: str | None,
                  include_running: bool, fmt: str | None, output: Path | None, quiet: bool,
                  console: Console, err_console: Console) -> None:
-    from robustmtl.aggregate.conditions import caption, condition_table, render_rich, to_csv, to_markdown
+    from robustmtl.aggregate.conditions import condition_table, render_rich, to_csv, to_markdown
 
     _check_select(select)
     fmt = _format(fmt, output)
@@ -41,8 +41,7 @@ def aggregate_by(grid_dirs: Sequence[Path], by: Sequence[str], select: str, base
     for warning in table.warnings:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if not quiet:
-        (console if output is not None or fmt == "table" else err_console).print(render_rich(table))
-        (console if output is not None or fmt == "table" else err_console).print(caption(table), soft_wrap=True)
+        (console if output is not None or fmt == "table" else err_console).print(render_rich(table), highlight=False)
     if fmt == "table":
         return
     text = to_markdown(table) if fmt == "markdown" else to_csv(table)

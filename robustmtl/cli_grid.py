@@ -59,8 +59,9 @@ def show_plan(spec: Any, runs: list[Any], grid_dir: Path) -> None:
 
     table = Table(title=f"{spec.name}: {len(runs)} runs")
     swept_keys = sorted({k for r in runs for k in r.swept})
-    for column in ("run_id", "method", "dataset", "seed", *swept_keys):
-        table.add_column(column)
+    for column in ("run_id", "method", "dataset", "seed", *swept_keys):  # at 80 columns: ids whole, others fold
+        table.add_column(column, overflow="fold", no_wrap=column == "run_id",
+                         min_width=max(len(r.run_id) for r in runs) if column == "run_id" else None)
     for r in runs[:DRY_RUN_ROWS]:
         c = r.config
         table.add_row(r.run_id, c.method, c.dataset, str(c.seed), *(str(r.swept.get(k, "")) for k in swept_keys))

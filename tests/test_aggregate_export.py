@@ -347,3 +347,36 @@ def test_every_plugin_declares_a_display_name():
     assert all(p.display for p in (*METHODS.values(), *DATASETS.values()))
     assert {k: METHODS[k].display for k in ("gdro", "ldro", "l1", "mtl_l1")} == {
         "gdro": "Group DRO", "ldro": "L-DRO", "l1": "ℓ1", "mtl_l1": "MTL+ℓ1"}
+
+
+def assert_readable(text: str, values: list[str], width: int = 80) -> None:
+    """Nothing cut with an ellipsis, no line past the terminal, and every value whole on one line."""
+    lines = text.splitlines()
+    assert "…" not in text and max(len(line) for line in lines) <= width
+    broken = [v for v in values if not any(v in line for line in lines)]
+    assert not broken, f"values not printed whole: {broken}\n{text}"
+
+
+def four_dataset_summary() -> Summary:
+    spec = {**BASE, **{(m, d): (0.912, 0.634, 0.0123, 3, 3, m == "gdro") for m in ("erm", "gdro", "mtl_l1")
+                       for d in ("celeba", "multinli")}}
+    s = make_summary(spec)
+    s.chosen["searched"] = [{"alpha_aux": 0.5, "alpha_reg": 0.01, "lr": 1e-05, "weight_decay": 0.0001}] * len(spec)
+    return s
+
+
+def test_the_main_table_at_80_columns_prints_every_interval_whole() -> None:
+    """Four datasets' columns do not fit 80 columns: they continue in a second table, the method repeated."""
+    s = four_dataset_summary()
+    cells = s.cells.dropna(subset=["half_width"])
+    intervals = [f"{100 * m:.1f} ± {100 * h:.1f}" for m, h in zip(cells["mean"], cells["half_width"], strict=True)]
+    text = _rich_text(render_rich(s), width=80)
+    assert_readable(text, intervals)
+    assert text.count("Selection: worst-val") == 2 and "(continued)" in text
+
+
+def test_the_hyperparameter_table_at_80_columns_wraps_between_settings_never_inside_one() -> None:
+    s = four_dataset_summary()
+    hparams = _rich_text(render_hparams_rich(s, full=True), width=80)
+    assert_readable(hparams, ["0123456789ab", "0:2", "1:3", "2:4", "alpha_aux=0.5,", "alpha_reg=0.01,", "lr=1e-05,",
+                              "weight_decay=0.0001", "civil_comments", "waterbirds"])

@@ -231,3 +231,15 @@ def test_aggregate_output_never_lands_in_a_grid_or_guesses_a_format(cli, tmp_pat
     assert metrics.read_bytes() == before
     cli("aggregate", out, "--quiet", "--output", tmp_path / "T.CSV")
     assert (tmp_path / "T.CSV").read_text().startswith("dataset,method,metric")
+
+
+def test_the_dry_run_table_at_80_columns_prints_every_run_id_whole(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    spec = tiny_grid("wide", ["erm", "mtl_l1"], [0, 1], sweeps={"mtl_l1": {
+        "alpha_aux": [0.5, 1.0], "alpha_reg": [0.01, 0.1], "spurious_variance_ratio": [0.25, 4.0],
+        "weight_decay": [0.0, 0.0001]}})
+    result = cli("grid", "submit", write_spec(tmp_path / "g.toml", spec), "--out", tmp_path / "grid", "--dry-run")
+    table = [line for line in result.output.splitlines() if line.startswith("│")]
+    ids = [line.split("│")[1].strip() for line in table if line.split("│")[1].strip()]
+    assert "…" not in result.output and max(len(line) for line in result.output.splitlines()) <= 80
+    assert len(ids) >= 20 and all(len(i) == len(ids[0]) for i in ids)  # each row's id whole, none cut or folded

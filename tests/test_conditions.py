@@ -266,3 +266,31 @@ def test_condition_figures_print_no_title_over_another_panels_labels(tmp_path: P
     paths = draw(regimes_table(), tmp_path)
     assert sorted(overlaps) == sorted(p.name for p in paths) and len(paths) == 2
     assert overlaps == {p.name: [] for p in paths}
+
+
+def test_a_by_table_at_80_columns_prints_every_value_whole_and_wraps_its_caption():
+    """Six methods, two keys, four mechanism fields: the columns continue in a second table, the keys and method
+    repeated, no value cut or broken, and the caption (with a note per unpaired method) wrapped at 80 columns."""
+    import io
+
+    from rich.console import Console
+
+    from robustmtl.aggregate.conditions import caption, render_rich, table_rows
+
+    table = regimes_table()
+    rng = np.random.default_rng(1)
+    for metric in ("avg_acc", "worst_group_acc"):
+        table.cells[f"{metric}_mean"], table.cells[f"{metric}_hw"] = rng.uniform(50, 99, 60), rng.uniform(0, 30, 60)
+    table.cells["n"] = 3
+    table.notes = ["jtt at spurious_variance_ratio=4.0, pretrain_epochs=10 is not paired with erm: no erm run has "
+                   "this condition (epochs 3 and 5 differ)"]
+    console = Console(width=80, record=True, file=io.StringIO())
+    console.print(render_rich(table))
+    text = console.export_text()
+    lines = text.splitlines()
+    header, rows = table_rows(table, intervals=False)
+    values = {cell for row in rows for cell in row} | {word for h in header for word in h.split()}
+    assert "…" not in text and max(len(line) for line in lines) <= 80
+    assert not [v for v in values if not any(v in line for line in lines)]
+    assert " ".join(" ".join(lines[-10:]).split()).endswith(" ".join(caption(table).split())[-200:])
+    assert "σ²spur/σ²core = spurious_variance_ratio" in caption(table)

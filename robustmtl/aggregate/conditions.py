@@ -32,6 +32,7 @@ from robustmtl.aggregate.load import Loaded, load_runs
 from robustmtl.aggregate.parse import METRICS
 from robustmtl.aggregate.select import get_selector, select_runs
 from robustmtl.aggregate.stats import t_interval
+from robustmtl.aggregate.terminal import Column, FittedTable
 from robustmtl.errors import UserError
 from robustmtl.metrics import MECHANISM_FIELDS
 from robustmtl.params import did_you_mean
@@ -163,6 +164,11 @@ def _describe(condition: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in condition.items())
 
 
+def condition_text(value: Any) -> str:
+    """A condition's value as every table and figure prints it ("–" for a run without the key)."""
+    return "–" if _missing(value) else str(value)
+
+
 def _num(x: float, digits: int = 1) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
@@ -192,7 +198,7 @@ def table_rows(table: ConditionTable, intervals: bool = True) -> tuple[list[str]
     header += [SHORT.get(f, f) for f in table.mechanism]
     rows = []
     for _, r in table.cells.iterrows():
-        cells = [*([str(r["dataset"])] if datasets else []), *("–" if _missing(r[k]) else str(r[k]) for k in table.by),
+        cells = [*([str(r["dataset"])] if datasets else []), *(condition_text(r[k]) for k in table.by),
                  str(r["method"]),
                  str(r["n"]), _pm(r["avg_acc_mean"], r["avg_acc_hw"]),
                  _pm(r["worst_group_acc_mean"], r["worst_group_acc_hw"])]
@@ -208,6 +214,9 @@ def table_rows(table: ConditionTable, intervals: bool = True) -> tuple[list[str]
 def caption(table: ConditionTable) -> str:
     parts = [f"Test accuracy (%) per condition ({', '.join(table.by)}) at the epoch and setting chosen by the "
              f"{table.select} rule within each condition; mean ± half-width of the 95% Student-t interval over seeds."]
+    short = [f"{SHORT[k]} = {k}" for k in table.by if k in SHORT]
+    if short:
+        parts.append("Columns: " + "; ".join(short) + ".")
     if table.baseline is not None:
         parts.append(f"Δworst: paired difference in worst-group accuracy against {table.baseline} over the same "
                      "seeds, with its 95% interval.")
@@ -231,11 +240,9 @@ def to_csv(table: ConditionTable) -> str:
     return table.cells.to_csv(index=False)
 
 
-def render_rich(table: ConditionTable) -> Any:
-    from rich.table import Table
-
+def render_rich(table: ConditionTable) -> FittedTable:
+    """The terminal table with its caption, fitted to the terminal's width (aggregate/terminal.py)."""
     header, rows = table_rows(table, intervals=False)
-    out = Table(*header, title="by " + ", ".join(table.by), padding=(0, 1))
-    for r in rows:
-        out.add_row(*r)
-    return out
+    identifying = header.index("method") + 1  # dataset, the condition keys and the method name a row
+    return FittedTable("by " + ", ".join(table.by), [Column(h) for h in header], rows, keep=identifying,
+                       caption=caption(table))

@@ -4,11 +4,13 @@ representation relies on, against the first `--by` key; one row of panels per va
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from robustmtl.aggregate.conditions import ConditionTable
-from robustmtl.aggregate.plot import FORMATS, pyplot, save_figure
+from robustmtl.aggregate.axes import clip_accuracy, set_accuracy_limits, set_min_span, tick_at_values
+from robustmtl.aggregate.conditions import ConditionTable, condition_text
+from robustmtl.aggregate.plot import FORMATS, MARKERS, pyplot, save_figure
 
 MECHANISM_LABELS = {"probe_y_acc": "probe accuracy for y", "probe_a_acc": "probe accuracy for a",
                     "reliance_core": "margin reliance on core", "reliance_spurious": "margin reliance on spurious",
@@ -23,6 +25,11 @@ def _panels(table: ConditionTable) -> list[tuple[str, pd.DataFrame]]:
             for key, g in table.cells.groupby(rest if len(rest) > 1 else rest[0], sort=True)]
 
 
+ACCURACY_FIELDS = {"probe_y_acc", "probe_a_acc"}  # fractions, as the tables print them: axis within [0, 1]
+LINESTYLES = ("-", "--", "-.", ":")
+DODGE = 0.03  # per method: x times 1 ± DODGE on a log axis, ± DODGE of the x range on a linear one
+
+
 def _log_x(values: pd.Series) -> bool:
     positive = values[values > 0]
     return len(positive) == len(values) and positive.max() / positive.min() >= 4
@@ -32,30 +39,54 @@ def _methods(cells: pd.DataFrame, skip: str | None) -> list[str]:
     return [m for m in dict.fromkeys(cells["method"]) if m != skip]
 
 
+def method_styles(table: ConditionTable) -> dict[str, dict[str, Any]]:
+    """One colour, marker and line style per method, the same in every panel of both figures, so methods that
+    land on one line stay told apart."""
+    methods = list(dict.fromkeys(table.cells["method"]))
+    return {m: {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)],
+                "linestyle": LINESTYLES[i % len(LINESTYLES)]} for i, m in enumerate(methods)}
+
+
+def _dodged(x: pd.Series, i: int, count: int, log: bool) -> pd.Series:
+    """Method i of count shifted a little sideways, so markers and bars at one x do not hide each other."""
+    offset = i - (count - 1) / 2
+    return x * (1 + DODGE * offset) if log else x + DODGE * offset * (x.max() - x.min() or 1)
+
+
+def _condition_axis(ax: Any, x_key: str, cells: pd.DataFrame) -> None:
+    """Ticks at the condition's values, printed as the tables print them; log scale for a wide positive range."""
+    x = cells[x_key].astype(float)
+    if _log_x(x):
+        ax.set_xscale("log", base=2)
+    tick_at_values(ax, list(cells[x_key]), condition_text)
+    ax.set_xlabel(x_key)
+
+
 def gain_figure(table: ConditionTable, out: Path) -> list[Path]:
     """Δ worst-group accuracy over the baseline (paired, 95% interval) against the first --by key."""
     plt = pyplot()
     x_key = table.by[0]
     panels = _panels(table)
+    styles = method_styles(table)
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False, sharey=True,
                              layout="constrained")
+    shown: list[float] = [0.0]
     for ax, (title, cells) in zip(axes[0], panels, strict=True):
         methods = _methods(cells, table.baseline)
+        log = _log_x(cells[x_key].astype(float))
         for i, method in enumerate(methods):
             rows = cells[cells["method"] == method].sort_values(x_key)
-            x = rows[x_key].astype(float)
-            shift = 1 + 0.03 * (i - (len(methods) - 1) / 2)
-            xs = x * shift if _log_x(x) else x + 0.02 * (i - (len(methods) - 1) / 2) * (x.max() - x.min() or 1)
             y = rows["worst_group_acc_diff"]
             err = [y - rows["worst_group_acc_diff_lo"], rows["worst_group_acc_diff_hi"] - y]
-            ax.errorbar(xs, y, yerr=err, marker="o", capsize=3, label=method)
+            ax.errorbar(_dodged(rows[x_key].astype(float), i, len(methods), log), y, yerr=err, capsize=3,
+                        alpha=0.85, label=method, **styles[method])
+            shown += [*rows["worst_group_acc_diff_lo"], *rows["worst_group_acc_diff_hi"]]
         ax.axhline(0, color="grey", lw=0.8)
-        if _log_x(cells[x_key].astype(float)):
-            ax.set_xscale("log", base=2)
+        _condition_axis(ax, x_key, cells)
         if x_key == "spurious_variance_ratio":
             ax.axvline(1, color="grey", ls=":", lw=0.8)
-        ax.set_xlabel(x_key)
         ax.set_title(title)
+    set_min_span(axes[0][0], shown)  # y is shared
     axes[0][0].set_ylabel(f"test worst-group accuracy − {table.baseline} (points)")
     axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle("Paired difference over seeds, 95% Student-t interval")
@@ -63,27 +94,38 @@ def gain_figure(table: ConditionTable, out: Path) -> list[Path]:
 
 
 def mechanism_figure(table: ConditionTable, out: Path) -> list[Path]:
-    """Each mechanism field (mean over seeds, 95% interval) against the first --by key, per method."""
+    """Each mechanism field (mean over seeds, 95% interval) against the first --by key, per method; probe
+    accuracies on a [0, 1] axis spanning at least MIN_ACCURACY_SPAN points."""
     fields = [f for f in ("reliance_core", "reliance_spurious", "probe_a_acc", "active_units") if f in table.mechanism]
     if not fields:
         return []
     plt = pyplot()
     x_key = table.by[0]
     panels = _panels(table)
+    styles = method_styles(table)
     fig, axes = plt.subplots(len(panels), len(fields), figsize=(4.2 * len(fields), 3.4 * len(panels)),
                              squeeze=False, layout="constrained")  # two-line titles fit between rows
     for r, (title, cells) in enumerate(panels):
+        methods = _methods(cells, None)
+        log = _log_x(cells[x_key].astype(float))
         for c, f in enumerate(fields):
             ax = axes[r][c]
-            for method in _methods(cells, None):
+            for i, method in enumerate(methods):
                 rows = cells[cells["method"] == method].sort_values(x_key)
-                hw = rows[f"{f}_hw"].fillna(0)
-                ax.errorbar(rows[x_key].astype(float), rows[f"{f}_mean"], yerr=hw, marker="o", capsize=2,
-                            label=method)
-            if _log_x(cells[x_key].astype(float)):
-                ax.set_xscale("log", base=2)
+                mean, hw = rows[f"{f}_mean"], rows[f"{f}_hw"].fillna(0)
+                if f in ACCURACY_FIELDS:
+                    # bars clipped to [0, 1], so markers at 1 may be drawn whole over the axis's edge
+                    err = [(mean - clip_accuracy(mean - hw, 1.0)).clip(lower=0),
+                           (clip_accuracy(mean + hw, 1.0) - mean).clip(lower=0)]
+                else:
+                    err = [hw, hw]
+                ax.errorbar(_dodged(rows[x_key].astype(float), i, len(methods), log), mean, yerr=err, capsize=2,
+                            alpha=0.85, label=method, clip_on=f not in ACCURACY_FIELDS, **styles[method])
+            if f in ACCURACY_FIELDS:
+                set_accuracy_limits(ax, "y", pd.concat([cells[f"{f}_mean"] - cells[f"{f}_hw"].fillna(0),
+                                                        cells[f"{f}_mean"] + cells[f"{f}_hw"].fillna(0)]), scale=1.0)
+            _condition_axis(ax, x_key, cells)
             ax.set_title(f"{MECHANISM_LABELS.get(f, f)}" + (f"\n{title}" if title else ""), fontsize=9)
-            ax.set_xlabel(x_key)
     axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5))
     return save_figure(plt, fig, out / f"mechanism_by_{x_key}", FORMATS)
 

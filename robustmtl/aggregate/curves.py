@@ -2,8 +2,8 @@
 
 Per (dataset, method) cell at the setting the tables' rule chose: validation and test, average and
 worst-group accuracy against epoch, the mean over the cell's seeds with a band (the 95% Student-t
-interval over seeds at that epoch; none where one seed has the epoch), and each seed's selected epoch
-marked. One figure per dataset, one panel per method, plus the plotted numbers as CSV beside it.
+interval over seeds at that epoch, drawn clipped to [0, 100]; none where one seed has the epoch), and each
+seed's selected epoch marked. One figure per dataset, one panel per method, plus the plotted numbers as CSV beside it.
 An epoch's point is its last evaluation (runs with eval_every evaluate several times an epoch).
 """
 
@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from robustmtl.aggregate.axes import clip_accuracy, set_accuracy_limits
 from robustmtl.aggregate.export import method_order
 from robustmtl.aggregate.load import load_runs
 from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames
@@ -74,8 +75,8 @@ def curve_figure(table: pd.DataFrame, summary: Summary, dataset: str, names: Dis
                 line = line.sort_values("epoch")
                 ax.plot(line["epoch"], line["mean"], SPLIT_STYLES[split], color=METRIC_COLORS[metric],
                         label=f"{split} {metric}", linewidth=1.4)
-                ax.fill_between(line["epoch"], line["lower"], line["upper"], color=METRIC_COLORS[metric],
-                                alpha=0.15 if split == "test" else 0.08, linewidth=0)
+                ax.fill_between(line["epoch"], clip_accuracy(line["lower"]), clip_accuracy(line["upper"]),
+                                color=METRIC_COLORS[metric], alpha=0.15 if split == "test" else 0.08, linewidth=0)
         for epoch in sorted(set(selected_epochs(summary, dataset, method))):
             ax.axvline(epoch, color="0.4", linestyle=":", linewidth=1, label="_selected epoch")
         seeds = int(rows.loc[rows["method"] == method, "n"].max())
@@ -86,6 +87,7 @@ def curve_figure(table: pd.DataFrame, summary: Summary, dataset: str, names: Dis
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel("accuracy (%)")
+    set_accuracy_limits(axes.flat[0], "y", pd.concat([rows["mean"], rows["lower"], rows["upper"]]))  # y is shared
     handles = [Line2D([], [], color=METRIC_COLORS[m], linestyle=SPLIT_STYLES[s], label=f"{s} {LABELS[m]}")
                for s in SPLITS for m in METRICS]
     handles.append(Line2D([], [], color="0.4", linestyle=":", label="selected epoch (per seed)"))

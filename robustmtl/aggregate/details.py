@@ -13,6 +13,7 @@ from rich.text import Text
 from robustmtl.aggregate.export import METRIC_LABELS, MISSING, _md_escape, _pct, method_order
 from robustmtl.aggregate.stats import CI_TYPES
 from robustmtl.aggregate.summary import Summary
+from robustmtl.aggregate.terminal import Column, FittedTable
 
 
 def coverage_lines(summary: Summary) -> list[str]:
@@ -31,17 +32,15 @@ def coverage_to_markdown(summary: Summary) -> str:
     return "\n".join(["Coverage:", "", *(f"- {_md_escape(line.strip())}" for line in lines)]) + "\n" if lines else ""
 
 
-def render_hparams_rich(summary: Summary, full: bool = False) -> Table:
+def render_hparams_rich(summary: Summary, full: bool = False) -> FittedTable:
     """The chosen setting per cell with its selected epochs, so a reader can rerun or audit the choice.
 
     `searched` lists only hyperparameters that differed among the compared settings; `full` adds all.
     """
-    table = Table(title=Text(f"Chosen hyperparameters ({summary.selector.label})"))
-    for name in hparam_header(summary, full):
-        table.add_column(name, overflow="fold")
-    for row in hparam_rows(summary, full):
-        table.add_row(*map(Text, row))
-    return table
+    header = hparam_header(summary, full)
+    columns = [Column(name, words=i >= HPARAM_TEXT_FROM) for i, name in enumerate(header)]
+    return FittedTable(f"Chosen hyperparameters ({summary.selector.label})", columns, hparam_rows(summary, full),
+                       keep=2)
 
 
 DIFFERENCE_HEADER = ("dataset", "method", "metric", "difference", "n")
@@ -106,6 +105,9 @@ def _kv(d: dict) -> str:
     return ", ".join(
         f"{k}={v if isinstance(v, str | int | float | bool) else json.dumps(v)}" for k, v in d.items()
     )
+
+
+HPARAM_TEXT_FROM = 6  # epochs, searched and all hparams: lists that wrap between their items
 
 
 def hparam_header(summary: Summary, full: bool = False) -> list[str]:

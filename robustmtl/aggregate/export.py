@@ -10,14 +10,13 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from rich.console import Group
-from rich.table import Table
 from rich.text import Text
 
 from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames
 from robustmtl.aggregate.parse import METRICS
 from robustmtl.aggregate.stats import CI_TYPES
 from robustmtl.aggregate.summary import Summary
+from robustmtl.aggregate.terminal import Column, FittedTable
 from robustmtl.registry import METHODS
 
 METRIC_LABELS = {"avg_acc": "avg", "worst_group_acc": "worst"}
@@ -166,17 +165,17 @@ def _columns(layout: _Layout) -> list[tuple[str, str]]:
 # --- terminal ---------------------------------------------------------------------------------------
 
 
-def render_rich(summary: Summary) -> Group:
-    """Terminal table, then its caption and notes at the terminal's width (a table's own caption wraps to
-    the table's, often narrow, width). Text objects (not markup) so names with brackets print literally."""
+def render_rich(summary: Summary) -> FittedTable:
+    """Terminal table fitted to the terminal's width, then its caption and notes at that width (a table's own
+    caption wraps to the table's, often narrow, width). Text objects (not markup): names with brackets print
+    literally."""
     layout = _layout(summary)
     notes = [f"{m} {t}" for m, t in footnotes(layout)] + [code_note(layout)]
     if summary.counts.excluded_incomplete:
         notes.append(f"{summary.counts.excluded_incomplete} incomplete run(s) excluded (--include-running)")
-    table = Table(title=Text(f"Selection: {summary.selector.label}"))
-    table.add_column("method", overflow="fold")
-    for d, m in _columns(layout):
-        table.add_column(Text(f"{d}\n{METRIC_LABELS.get(m, m)}"), justify="right", overflow="fold")
+    columns = [Column("method"), *(Column(f"{d}\n{METRIC_LABELS.get(m, m)}", justify="right")
+                                   for d, m in _columns(layout))]
+    rows = []
     for method in layout.methods:
         row = [Text(method + ("*" if method in layout.train_groups else ""))]
         for d, m in _columns(layout):
@@ -190,8 +189,9 @@ def render_rich(summary: Summary) -> Group:
             cell = Text(v.mean, style="bold") if v.best else Text(v.mean)  # bold the mean only
             cell.append((" " + v.interval if v.interval else "") + v.marks, style="not bold")
             row.append(cell)
-        table.add_row(*row)
-    return Group(table, Text("\n".join([caption(summary, layout), *notes])))
+        rows.append(row)
+    return FittedTable(f"Selection: {summary.selector.label}", columns, rows, keep=1,
+                       caption="\n".join([caption(summary, layout), *notes]))
 
 
 # --- markdown / csv ---------------------------------------------------------------------------------

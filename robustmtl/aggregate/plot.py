@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from robustmtl.aggregate import aggregate
+from robustmtl.aggregate.axes import MIN_ACCURACY_SPAN, accuracy_range, set_accuracy_limits
 from robustmtl.aggregate.load import Loaded, load_runs
 from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames
 from robustmtl.aggregate.select import select_runs
@@ -143,6 +144,12 @@ def _errorbar(row: pd.Series) -> list[list[float]] | None:
     return [[max(0.0, 100 * (row["mean"] - row["lower"]))], [max(0.0, 100 * (row["upper"] - row["mean"]))]]
 
 
+def _with_bars(cells: pd.DataFrame, metric: str) -> pd.Series:
+    """Every value a metric's axis must show: the means and their bars' ends."""
+    rows = cells[cells["metric"] == metric]
+    return pd.concat([rows["mean"], rows["lower"], rows["upper"]]).dropna()
+
+
 def tradeoff_figure(summary: Summary, out: Path, formats: Sequence[str] = FORMATS,
                     names: DisplayNames = REGISTRY_NAMES) -> list[Path]:
     """Per dataset: each method's mean test average vs worst-group accuracy, with interval bars where n >= 2.
@@ -162,6 +169,8 @@ def tradeoff_figure(summary: Summary, out: Path, formats: Sequence[str] = FORMAT
             x, y = 100 * avg["mean"], 100 * worst["mean"]
             handles[method] = ax.errorbar(x, y, xerr=_errorbar(avg), yerr=_errorbar(worst), linestyle="none",
                                           capsize=3, markersize=6, alpha=0.85, **style[method])
+        set_accuracy_limits(ax, "x", 100 * _with_bars(cells, "avg_acc"))
+        set_accuracy_limits(ax, "y", 100 * _with_bars(cells, "worst_group_acc"))
         ax.set_title(names.dataset(dataset))
         ax.set_xlabel("test average accuracy (%)")
         ax.set_ylabel("test worst-group accuracy (%)")
@@ -242,27 +251,58 @@ def _seeds_note(n: pd.Series) -> str:
     return f"mean over n={low}{'' if high == low else f'-{high}'} seed(s)"
 
 
+def chosen_pair(summary: Summary, dataset: str, method: str) -> tuple[Any, Any] | None:
+    """The (alpha_aux, alpha_reg) of the setting the tables report for the cell, or None if it has none."""
+    chosen = summary.chosen[(summary.chosen["dataset"] == dataset) & (summary.chosen["method"] == method)]
+    if chosen.empty:
+        return None
+    hparams = chosen["hparams"].iloc[0]
+    return hparams.get(SWEEP_AXES[0]), hparams.get(SWEEP_AXES[1])
+
+
+def _position(labels: pd.Index, value: Any) -> int | None:
+    for i, label in enumerate(labels):
+        if (pd.isna(label) and pd.isna(value)) or label == value:
+            return i
+    return None
+
+
 def sweep_heatmap(table: pd.DataFrame, summary: Summary, method: str, out: Path,
                   formats: Sequence[str] = FORMATS, names: DisplayNames = REGISTRY_NAMES) -> list[Path]:
-    """Per dataset: a sweep_table as an alpha_aux × alpha_reg grid of percentages."""
+    """Per dataset: a sweep_table as an alpha_aux × alpha_reg grid of percentages, the selected pair outlined.
+
+    The colour scale is accuracy_range of the cells (at least MIN_ACCURACY_SPAN points), so cells that differ
+    by less than seed noise do not span the whole colour map."""
+    from matplotlib.patches import Rectangle
+
     plt = pyplot()
     datasets = sorted(table["dataset"].unique())
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.8 * len(datasets), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.8 * len(datasets), 4.4), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
         grid = table[table["dataset"] == dataset].pivot(index="alpha_aux", columns="alpha_reg",
                                                         values="worst_group_acc") * 100
-        image = ax.imshow(grid.to_numpy(dtype=float), cmap="viridis", origin="lower", aspect="auto")
+        values = grid.to_numpy(dtype=float)
+        low, high = accuracy_range(values.ravel())
+        image = ax.imshow(values, cmap="viridis", origin="lower", aspect="auto", vmin=low, vmax=high)
         ax.set_xticks(range(len(grid.columns)), [_tick(v) for v in grid.columns])
         ax.set_yticks(range(len(grid.index)), [_tick(v) for v in grid.index])
-        for (i, j), value in pd.DataFrame(grid.to_numpy(dtype=float)).stack().items():
+        for (i, j), value in pd.DataFrame(values).stack().items():
             ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=8,
                     bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.7, "linewidth": 0})
+        pair = chosen_pair(summary, dataset, method)
+        row, column = (None, None) if pair is None else (_position(grid.index, pair[0]),
+                                                         _position(grid.columns, pair[1]))
+        if row is not None and column is not None:
+            ax.add_patch(Rectangle((column - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5,
+                                   label=f"setting selected ({summary.selector.label})"))
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, frameon=False)
         ax.set_xlabel("alpha_reg")
         ax.set_ylabel("alpha_aux")
         ax.set_title(names.dataset(dataset))
         fig.colorbar(image, ax=ax, label="test worst-group accuracy (%)")
     fig.suptitle(f"{names.method(method)}: test worst-group accuracy across the sweep\n"
-                 f"selection: {summary.selector.label}\n{_seeds_note(table['n'])}", fontsize=10)
+                 f"selection: {summary.selector.label}\n{_seeds_note(table['n'])}; "
+                 f"colour scale spans at least {MIN_ACCURACY_SPAN:g} points", fontsize=10)
     fig.tight_layout()
     return save_figure(plt, fig, out / f"sweep_{method}", formats)
 
