@@ -10,7 +10,7 @@ import pandas as pd
 from rich.table import Table
 from rich.text import Text
 
-from robustmtl.aggregate.export import METRIC_LABELS, MISSING, _md_escape, _pct, method_order
+from robustmtl.aggregate.export import METRIC_LABELS, MISSING, md_escape, method_order, percent_text
 from robustmtl.aggregate.stats import CI_TYPES
 from robustmtl.aggregate.summary import Summary
 from robustmtl.aggregate.terminal import Column, FittedTable
@@ -29,7 +29,7 @@ def coverage_lines(summary: Summary) -> list[str]:
 
 def coverage_to_markdown(summary: Summary) -> str:
     lines = coverage_lines(summary)
-    return "\n".join(["Coverage:", "", *(f"- {_md_escape(line.strip())}" for line in lines)]) + "\n" if lines else ""
+    return "\n".join(["Coverage:", "", *(f"- {md_escape(line.strip())}" for line in lines)]) + "\n" if lines else ""
 
 
 def render_hparams_rich(summary: Summary, full: bool = False) -> FittedTable:
@@ -54,7 +54,7 @@ def difference_rows(summary: Summary) -> list[tuple[str, ...]]:
     diffs["_order"] = diffs["method"].map({m: i for i, m in enumerate(method_order(diffs["method"]))})
     rows: list[tuple[str, ...]] = []
     for r in diffs.sort_values(["dataset", "_order", "metric"]).itertuples():
-        hw = "" if math.isnan(r.half_width) else f" ± {_pct(r.half_width)}"
+        hw = "" if math.isnan(r.half_width) else f" ± {percent_text(r.half_width)}"
         difference = MISSING if math.isnan(r.mean_diff) else f"{100 * r.mean_diff:+.1f}{hw}"
         rows.append((str(r.dataset), str(r.method), METRIC_LABELS.get(r.metric, r.metric), difference, str(r.n)))
     return rows
@@ -91,9 +91,9 @@ def differences_to_markdown(summary: Summary) -> str:
         return ""
     lines = [f"{difference_title(summary)}:", "", "| " + " | ".join(DIFFERENCE_HEADER) + " |",
              "|" + "---|" * len(DIFFERENCE_HEADER)]
-    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in difference_rows(summary)]
+    lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in difference_rows(summary)]
     notes = difference_notes(summary)
-    return "\n".join(lines + (["", *(f"- {_md_escape(note)}" for note in notes)] if notes else [])) + "\n"
+    return "\n".join(lines + (["", *(f"- {md_escape(note)}" for note in notes)] if notes else [])) + "\n"
 
 
 def sorted_chosen(summary: Summary) -> pd.DataFrame:
@@ -119,7 +119,7 @@ def hparam_header(summary: Summary, full: bool = False) -> list[str]:
 
 def _hparam_row(r: Any, full: bool) -> list[str]:  # r: an itertuples() row of Summary.chosen
     epochs = " ".join(f"{s}:{e}" for s, e in sorted(r.epochs.items())) if isinstance(r.epochs, dict) else ""
-    row = [r.dataset, r.method, r.setting_id, r.model, _pct(r.score), f"{r.n_seeds}/{r.n_expected}", epochs]
+    row = [r.dataset, r.method, r.setting_id, r.model, percent_text(r.score), f"{r.n_seeds}/{r.n_expected}", epochs]
     row.append(_kv(r.searched) or "(one setting)")
     return [*row, _kv(dict(sorted(r.hparams.items())))] if full else row
 
@@ -133,5 +133,5 @@ def hparams_to_markdown(summary: Summary, full: bool = False) -> str:
     """Markdown version of render_hparams_rich."""
     header = hparam_header(summary, full)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in hparam_rows(summary, full)]
+    lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in hparam_rows(summary, full)]
     return "\n".join(lines) + "\n"

@@ -35,7 +35,7 @@ def method_order(methods: Iterable[str]) -> list[str]:
 
 
 @dataclass(frozen=True)
-class _Value:
+class CellValue:
     mean: str
     interval: str  # "" when there is none (n = 1)
     best: bool
@@ -53,7 +53,7 @@ class _Value:
 class _Layout:
     datasets: list[str]
     methods: list[str]
-    values: dict[tuple[str, str, str], _Value]  # (method, dataset, metric)
+    values: dict[tuple[str, str, str], CellValue]  # (method, dataset, metric)
     uniform_n: int | None
     train_groups: set[str]
     codes: list[str]  # every code version behind the table
@@ -75,7 +75,7 @@ class _Layout:
         return str(v.n) if v else missing
 
 
-def _pct(x: float) -> str:
+def percent_text(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
@@ -83,19 +83,19 @@ def _interval_text(row: dict, ci: str, pm: str) -> str:
     if row["n"] < 2 or math.isnan(row["lower"]):
         return ""
     if ci == "bootstrap":  # asymmetric: show the bounds, a ± would misstate them
-        return f"[{_pct(row['lower'])}, {_pct(row['upper'])}]"
-    return f"{pm} {_pct(row['half_width'])}"
+        return f"[{percent_text(row['lower'])}, {percent_text(row['upper'])}]"
+    return f"{pm} {percent_text(row['half_width'])}"
 
 
-def _layout(summary: Summary, pm: str = "±") -> _Layout:
+def table_layout(summary: Summary, pm: str = "±") -> _Layout:
     """Best = highest mean as displayed (one decimal), so visually tied cells are all bold."""
     cells = summary.cells
     shown = (100 * cells["mean"]).round(1)
     best = shown.groupby([cells["dataset"], cells["metric"]]).transform("max")
     values = {}
     for row, is_best in zip(cells.to_dict("records"), (shown == best) & shown.notna(), strict=True):
-        values[(row["method"], row["dataset"], row["metric"])] = _Value(
-            mean=_pct(row["mean"]) if not math.isnan(row["mean"]) else MISSING,
+        values[(row["method"], row["dataset"], row["metric"])] = CellValue(
+            mean=percent_text(row["mean"]) if not math.isnan(row["mean"]) else MISSING,
             interval=_interval_text(row, summary.ci, pm),
             best=bool(is_best),
             short=bool(row["n"] < row["n_expected"]),
@@ -116,7 +116,7 @@ def _layout(summary: Summary, pm: str = "±") -> _Layout:
 
 def caption(summary: Summary, layout: _Layout | None = None, pm: str = "±") -> str:
     """One sentence saying how numbers were selected, what the interval is, and how many seeds."""
-    layout = layout or _layout(summary)
+    layout = layout or table_layout(summary)
     sel = summary.selector
     interval = (
         f"{pm} half-width of the {CI_TYPES['t']}" if summary.ci == "t" else f"[{CI_TYPES['bootstrap']}]"
@@ -152,7 +152,7 @@ def code_note(layout: _Layout) -> str:
     return f"Code: {', '.join(layout.codes)}."
 
 
-def _columns(layout: _Layout) -> list[tuple[str, str]]:
+def table_columns(layout: _Layout) -> list[tuple[str, str]]:
     """(dataset, metric-or-'n') for every value column; n columns appear only when n varies."""
     cols = []
     for d in layout.datasets:
@@ -169,16 +169,16 @@ def render_rich(summary: Summary) -> FittedTable:
     """Terminal table fitted to the terminal's width, then its caption and notes at that width (a table's own
     caption wraps to the table's, often narrow, width). Text objects (not markup): names with brackets print
     literally."""
-    layout = _layout(summary)
+    layout = table_layout(summary)
     notes = [f"{m} {t}" for m, t in footnotes(layout)] + [code_note(layout)]
     if summary.counts.excluded_incomplete:
         notes.append(f"{summary.counts.excluded_incomplete} incomplete run(s) excluded (--include-running)")
     columns = [Column("method"), *(Column(f"{d}\n{METRIC_LABELS.get(m, m)}", justify="right")
-                                   for d, m in _columns(layout))]
+                                   for d, m in table_columns(layout))]
     rows = []
     for method in layout.methods:
         row = [Text(method + ("*" if method in layout.train_groups else ""))]
-        for d, m in _columns(layout):
+        for d, m in table_columns(layout):
             if m == "n":
                 row.append(Text(layout.n_of(method, d)))
                 continue
@@ -197,18 +197,18 @@ def render_rich(summary: Summary) -> FittedTable:
 # --- markdown / csv ---------------------------------------------------------------------------------
 
 
-def _md_escape(s: str) -> str:
+def md_escape(s: str) -> str:
     return s.replace("\\", "\\\\").replace("|", "\\|").replace("*", "\\*").replace("_", "\\_")
 
 
 def to_markdown(summary: Summary, names: DisplayNames = REGISTRY_NAMES) -> str:
     """Pipe table followed by the caption and footnotes (Markdown tables have no caption syntax)."""
-    layout = _layout(summary)
-    cols = _columns(layout)
-    header = ["Method", *(f"{_md_escape(names.dataset(d))} {METRIC_LABELS.get(m, m)}" for d, m in cols)]
+    layout = table_layout(summary)
+    cols = table_columns(layout)
+    header = ["Method", *(f"{md_escape(names.dataset(d))} {METRIC_LABELS.get(m, m)}" for d, m in cols)]
     lines = ["| " + " | ".join(header) + " |", "|:--" + "|--:" * len(cols) + "|"]
     for method in layout.methods:
-        row = [_md_escape(names.method(method)) + ("\\*" if method in layout.train_groups else "")]
+        row = [md_escape(names.method(method)) + ("\\*" if method in layout.train_groups else "")]
         for d, m in cols:
             v = layout.values.get((method, d, m))
             if m == "n":
@@ -221,7 +221,7 @@ def to_markdown(summary: Summary, names: DisplayNames = REGISTRY_NAMES) -> str:
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", caption(summary, layout)]
     lines += [("\\*" if m == "*" else m) + " " + t for m, t in footnotes(layout)]
-    lines.append(_md_escape(code_note(layout)))
+    lines.append(md_escape(code_note(layout)))
     return "\n".join(lines) + "\n"
 
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-from robustmtl.aggregate.export import METRIC_LABELS, _columns, _layout, _Value, caption, code_note, footnotes
+from robustmtl.aggregate.export import (
+    METRIC_LABELS,
+    CellValue,
+    caption,
+    code_note,
+    footnotes,
+    table_columns,
+    table_layout,
+)
 from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames
 from robustmtl.aggregate.parse import METRICS
 from robustmtl.aggregate.summary import Summary
@@ -34,7 +42,7 @@ def latex_escape(s: str) -> str:
     return _ELL_INDEX.sub(r"$\\ell_{\1}$", "".join(_LATEX_ESCAPES.get(c, c) for c in s))
 
 
-def _tex_value(v: _Value | None, small_intervals: bool) -> str:
+def _tex_value(v: CellValue | None, small_intervals: bool) -> str:
     if v is None:
         return "--"
     mean = rf"\textbf{{{v.mean}}}" if v.best else v.mean
@@ -49,7 +57,7 @@ def to_latex(summary: Summary, small_intervals: bool = False, names: DisplayName
 
     `small_intervals` sets the intervals in \\scriptsize, as many papers do to keep wide tables readable.
     """
-    layout = _layout(summary, pm=r"$\pm$")
+    layout = table_layout(summary, pm=r"$\pm$")
     per = len(METRICS) + (layout.uniform_n is None)
     spec = "l" + "".join(" " + "c" * per for _ in layout.datasets)
     heads = [rf"\multicolumn{{{per}}}{{c}}{{{latex_escape(names.dataset(d))}}}" for d in layout.datasets]
@@ -75,7 +83,7 @@ def to_latex(summary: Summary, small_intervals: bool = False, names: DisplayName
         shown = names.method(method)
         name = "{}" * shown.startswith("[") + latex_escape(shown)  # `\\ [` would read as a row skip
         row = [name + (r"$^{*}$" if method in layout.train_groups else "")]
-        for d, m in _columns(layout):
+        for d, m in table_columns(layout):
             row.append(
                 layout.n_of(method, d, "--") if m == "n"
                 else _tex_value(layout.values.get((method, d, m)), small_intervals)

@@ -96,11 +96,11 @@ def documents(summary: Summary, fmt: str, sides: Sides, small_intervals: bool = 
             f"Chosen hyperparameters ({summary.selector.label})", hparam_header(summary), hparam_rows(summary),
             "tab:hparams")
     if sides.differences and summary.differences is not None:
-        docs["differences"] = _csv(summary.differences) if fmt == "csv" else latex_tabular(
+        docs["differences"] = csv_text(summary.differences) if fmt == "csv" else latex_tabular(
             " ".join([difference_title(summary) + ".", *difference_notes(summary)]), DIFFERENCE_HEADER,
             difference_rows(summary), "tab:differences")
     if sides.costs is not None:
-        docs["cost"] = _csv(sides.costs) if fmt == "csv" else latex_tabular(
+        docs["cost"] = csv_text(sides.costs) if fmt == "csv" else latex_tabular(
             "Cost per cell: " + COST_NOTE, COST_HEADER, cost_rows(sides.costs), "tab:cost")
     return docs
 
@@ -128,7 +128,7 @@ def write(docs: dict[str, str], output: Path | None) -> list[Path]:
     return paths
 
 
-def _csv(frame: pd.DataFrame) -> str:
+def csv_text(frame: pd.DataFrame) -> str:
     return frame.to_csv(index=False, lineterminator="\n", float_format="%.10g")
 
 
@@ -139,4 +139,4 @@ def _hparams_csv(summary: Summary) -> str:
         chosen[column] = [json.dumps(v, sort_keys=True) for v in chosen[column]]
     columns = ["dataset", "method", "setting_id", "model", "score", "n_seeds", "n_expected", "epochs", "searched",
                "hparams"]
-    return _csv(chosen[columns])
+    return csv_text(chosen[columns])

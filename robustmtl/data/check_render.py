@@ -15,8 +15,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from robustmtl.aggregate.export import MISSING, _md_escape
-from robustmtl.aggregate.report import _csv
+from robustmtl.aggregate.export import MISSING, md_escape
+from robustmtl.aggregate.report import csv_text
 from robustmtl.data.check import CheckReport, GroupTable
 from robustmtl.errors import UserError
 
@@ -96,8 +96,8 @@ def render_rich(report: CheckReport) -> RenderableType:
 
 
 def _md_table(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(map(_md_escape, header)) + " |", "|:--" + "|--:" * (len(header) - 1) + "|"]
-    return lines + ["| " + " | ".join(map(_md_escape, row)) + " |" for row in rows]
+    lines = ["| " + " | ".join(map(md_escape, header)) + " |", "|:--" + "|--:" * (len(header) - 1) + "|"]
+    return lines + ["| " + " | ".join(map(md_escape, row)) + " |" for row in rows]
 
 
 def _sentence(text: str) -> str:
@@ -105,17 +105,17 @@ def _sentence(text: str) -> str:
 
 
 def to_markdown(report: CheckReport) -> str:
-    lines = [_md_escape(summary_line(report)) + ".", ""]
+    lines = [md_escape(summary_line(report)) + ".", ""]
     for table in report.tables:
-        lines += [f"{_md_escape(_sentence(table.title))}:", "", *_md_table(_header(table), _rows(table)), ""]
-    lines += [_md_escape(_sentence(agreement_line(report))) + ".", ""]
+        lines += [f"{md_escape(_sentence(table.title))}:", "", *_md_table(_header(table), _rows(table)), ""]
+    lines += [md_escape(_sentence(agreement_line(report))) + ".", ""]
     if report.regime is not None:
         lines += ["Synthetic regime:", "", *_md_table(REGIME_HEADER, _regime_rows(report)), "",
-                  _md_escape(_sentence(REGIME_NOTE)) + ".", "",
-                  f"**{_md_escape(report.regime.line)}**", ""]
+                  md_escape(_sentence(REGIME_NOTE)) + ".", "",
+                  f"**{md_escape(report.regime.line)}**", ""]
     for title, items in (("Problems", report.problems), ("Warnings", report.warnings)):
         if items:
-            lines += [f"{title}:", "", *(f"- {_md_escape(item)}" for item in items), ""]
+            lines += [f"{title}:", "", *(f"- {md_escape(item)}" for item in items), ""]
     return "\n".join(lines)
 
 
@@ -124,7 +124,7 @@ def to_csv(report: CheckReport) -> str:
     rows = [{"table": t.title.split(" (")[0], "group": name, "split": split, "n": counts[k],
              "share": t.share(split, k)}
             for t in report.tables for split, counts in t.counts.items() for k, name in enumerate(t.names)]
-    return _csv(pd.DataFrame(rows, columns=["table", "group", "split", "n", "share"]))
+    return csv_text(pd.DataFrame(rows, columns=["table", "group", "split", "n", "share"]))
 
 
 def _finite(value: Any) -> Any:
