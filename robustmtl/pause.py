@@ -27,17 +27,23 @@ def pause_file() -> Path | None:
     return Path(value) if value else None
 
 
-def pause_limit(path: Path, key: str = "") -> int | None:
-    """The count at which operation `key` waits; None when the file is missing or names no count for it."""
+def pause_limits(path: Path) -> dict[str, int]:
+    """The file's limits by key (`""`: every operation without a line of its own); none when it is missing."""
     try:
         lines = path.read_text().splitlines()
     except OSError:
-        return None
+        return {}
     limits = {}
     for line in lines:
         fields = line.split()
         if fields and fields[-1].lstrip("-").isdigit() and len(fields) <= 2:
             limits[fields[0] if len(fields) == 2 else ""] = int(fields[-1])
+    return limits
+
+
+def pause_limit(path: Path, key: str = "") -> int | None:
+    """The count at which operation `key` waits; None when the file is missing or names no count for it."""
+    limits = pause_limits(path)
     return limits.get(key, limits.get(""))
 
 

@@ -62,18 +62,11 @@ class Pause:
     def at(self, count: int, key: str = "") -> None:
         """Operations wait once they have counted `count` (steps of a run, members unpacked); with `key`,
         only that one (a run id), the others as before."""
-        limits = {} if not key else {k: v for k, v in self._limits().items() if k != key}
+        limits = {} if not key else {k: v for k, v in run_pause.pause_limits(self.path).items() if k != key}
         limits[key] = count
         temp = self.path.with_name(f".{self.path.name}.tmp")
         temp.write_text("".join(f"{k} {v}\n".lstrip() for k, v in limits.items()))
         temp.replace(self.path)
-
-    def _limits(self) -> dict[str, int]:
-        try:
-            lines = self.path.read_text().splitlines()
-        except FileNotFoundError:
-            return {}
-        return {(f[0] if len(f) == 2 else ""): int(f[-1]) for f in map(str.split, lines) if f}
 
     def release(self) -> None:
         self.path.unlink(missing_ok=True)
