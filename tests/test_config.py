@@ -20,7 +20,7 @@ def test_same_config_same_id_and_golden_value():
 
 def test_any_result_defining_change_gives_a_new_id():
     base = cfg().run_id
-    changed = [cfg(lr=3e-4), cfg(alpha_aux=2.0), cfg(p_train=0.9), cfg(hidden_dim=32), cfg(reg_target="tokens"),
+    changed = [cfg(lr=3e-4), cfg(alpha_aux=2.0), cfg(p_train=0.9), cfg(hidden_dim=32), cfg(reg_target="cls"),
                build_config("mtl_l1", "synthetic", 1, None, {}, where="t")]
     ids = {c.run_id for c in changed}
     assert base not in ids and len(ids) == len(changed)

