@@ -198,7 +198,9 @@ def test_one_forward_mtl_equals_two_forwards_vit():
     cfg = build_config("mtl_l1", "mnist_spurious", 0, None, {}, where="test")
     torch.manual_seed(0)
     model = model_entry("vit").build(cfg.model_params, info)
-    batch, aux_batch = {"pixel_values": torch.randn(3, 3, 28, 28)}, {"pixel_values": torch.randn(5, 3, 28, 28)}
+    gen = torch.Generator().manual_seed(0)
+    batch, aux_batch = ({"pixel_values": torch.randint(256, (n, 3, 28, 28), generator=gen, dtype=torch.uint8)}
+                        for n in (3, 5))
     assert_pair_matches_separate(model, batch, aux_batch)
 
 
