@@ -6,7 +6,7 @@ prints the images per second one process decodes (the per-batch path, `image_cac
 DataLoader worker does this) and the images per second read back from the decoded cache.
 
 `waterbirds_like_jpegs` is meant to be reused by benchmarks of the whole input path: 500×375 JPEGs at
-quality 90 with smooth structure plus a little noise, so their byte size (about 35 KB) and decode cost
+quality 90 with smooth structure plus a little noise, so their byte size (about 55 KB) and decode cost
 are near Waterbirds' own images rather than a flat colour's or white noise's.
 """
 
