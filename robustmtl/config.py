@@ -79,8 +79,10 @@ class Execution:
         **at_least(0.0), "help": "Also checkpoint once this many minutes of the attempt have passed since the last "
                                  "checkpoint: the work a preemption can lose (0: off)."})
     num_workers: int = field(default=-1, metadata={  # -1: see train.batches.resolve_workers
-        **at_least(-1), "help": "DataLoader worker processes building batches (-1: up to 4 on CUDA, as the CPUs "
-                                "allow; 0 on a CPU)."})
+        **at_least(-1), "help": "DataLoader worker processes building batches (-1: on CUDA one fewer than the "
+                                "job's CPUs, at most 16; 0 on a CPU)."})
+    image_cache: bool = field(default=True, metadata={
+        "help": "Decode image files once into a cache at the model's size ($ROBUSTMTL_CACHE), not every epoch."})
     keep_checkpoint: bool = field(default=False, metadata={"help": "Keep the final checkpoint after the run is done."})
     precision: str = field(default="auto", metadata={**one_of("auto", "fp32", "bf16", "fp16"),
                                                      "help": "auto (bf16 on CUDA, fp16 on older GPUs, fp32 on CPU) | "

@@ -162,7 +162,7 @@ def test_mnist_spurious_colours_the_digit_by_the_attribute(mnist_parsed_once):
     batch = splits.train[torch.arange(200)]
     x = batch["pixel_values"]
     assert x.shape == (200, 3, 28, 28)
-    ink = (x > -1).flatten(2).sum(dim=2)  # normalised: black background is -1
+    ink = (x > 0).flatten(2).sum(dim=2)  # uint8 pixels: the background is black, 0
     a = batch["g"] % 2
     assert ((ink[:, 0] > 0) == (a == 0)).all() and ((ink[:, 1] > 0) == (a == 1)).all() and (ink[:, 2] == 0).all()
     assert agreement(splits.train) == pytest.approx(0.9, abs=0.03)

@@ -46,7 +46,7 @@ def test_without_timm_choosing_the_model_is_one_line_naming_the_extra(cli, tmp_p
 def test_encoder_gives_the_class_token_and_simmim_sees_only_masked_pixels():
     m = model()
     m.eval()
-    pixels = torch.randn(2, 3, 32, 32)
+    pixels = torch.randint(256, (2, 3, 32, 32), dtype=torch.uint8)
     encoded = m.encode({"pixel_values": pixels})
     assert encoded.h.shape == (2, m.vit.embed_dim) and torch.equal(encoded.h, encoded.tokens[:, 0])
     aux = m.aux_loss({"pixel_values": pixels})

@@ -95,7 +95,7 @@ def test_masked_patches_are_hidden_from_the_encoder_and_only_their_reconstructio
 def test_sizes_and_shapes():
     model = vit(vit_image_size=32)
     assert model.size == 32 and model.grid == 8
-    encoded = model.encode({"pixel_values": torch.randn(3, 3, 32, 32)})
+    encoded = model.encode({"pixel_values": torch.randint(256, (3, 3, 32, 32), dtype=torch.uint8)})
     assert encoded.h.shape == (3, 128) and encoded.tokens.shape == (3, 65, 128)
     assert vit().size == 28  # the dataset's native size from scratch
     with pytest.raises(UserError, match="multiple of the patch size"):
@@ -113,7 +113,7 @@ def test_pretrained_directory_loads_and_missing_one_is_a_user_error(tmp_path):
     model = vit(vit_pretrained=str(tmp_path / "vit"), vit_image_size=48)
     assert (model.patch, model.size, model.grid, model.interpolate) == (8, 48, 6, True)
     assert model.mean == (0.1,) * 3
-    assert model.aux_loss({"pixel_values": torch.randn(2, 3, 48, 48)}).loss.isfinite()
+    assert model.aux_loss({"pixel_values": torch.randint(256, (2, 3, 48, 48), dtype=torch.uint8)}).loss.isfinite()
     with pytest.raises(UserError, match="is not a local directory") as err:
         vit(vit_pretrained="google/vit-base-patch16-224-in21k")
     assert "\n" not in str(err.value)
@@ -135,8 +135,10 @@ def test_prepare_serves_the_pretraining_pool_like_the_other_splits():
     values = {"mnist_n_train": 64, "mnist_n_val": 32, "mnist_n_test": 32, "mnist_pretrain_n": 48}
     cfg = build_config("erm", "mnist_spurious", 0, None, {**values, "vit_image_size": 32}, where="test")
     raw = dataset_entry("mnist_spurious").build(cfg.data_params, None)
-    data = ViT.build(cfg.model_params, raw.info).prepare(raw, None)
+    model = ViT.build(cfg.model_params, raw.info)
+    data = model.prepare(raw, None)
     assert len(data.pretrain) == 48
     batch, train_batch = data.pretrain[torch.arange(4)], data.train[torch.arange(4)]
-    assert batch["pixel_values"].shape == train_batch["pixel_values"].shape == (4, 3, 32, 32)
-    assert batch["pixel_values"].min() == train_batch["pixel_values"].min() == -1  # same normalisation
+    assert batch["pixel_values"].shape == train_batch["pixel_values"].shape == (4, 3, 28, 28)  # as stored
+    assert batch["pixel_values"].dtype == train_batch["pixel_values"].dtype == torch.uint8
+    assert model.pixels(batch).shape == model.pixels(train_batch).shape == (4, 3, 32, 32)  # resized by the model

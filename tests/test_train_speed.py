@@ -198,7 +198,9 @@ def test_one_forward_mtl_equals_two_forwards_vit():
     cfg = build_config("mtl_l1", "mnist_spurious", 0, None, {}, where="test")
     torch.manual_seed(0)
     model = model_entry("vit").build(cfg.model_params, info)
-    batch, aux_batch = {"pixel_values": torch.randn(3, 3, 28, 28)}, {"pixel_values": torch.randn(5, 3, 28, 28)}
+    gen = torch.Generator().manual_seed(0)
+    batch, aux_batch = ({"pixel_values": torch.randint(256, (n, 3, 28, 28), generator=gen, dtype=torch.uint8)}
+                        for n in (3, 5))
     assert_pair_matches_separate(model, batch, aux_batch)
 
 
@@ -263,9 +265,26 @@ def test_auto_workers_only_on_cuda_and_only_from_spare_cpus():
     from robustmtl.train.batches import resolve_workers
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert [resolve_workers(-1, cuda, cpus) for cpus in (1, 2, 3, 16)] == [0, 1, 2, 4]
+    assert [resolve_workers(-1, cuda, cpus) for cpus in (1, 2, 3, 8, 17, 64)] == [0, 1, 2, 7, 16, 16]
     assert resolve_workers(-1, cpu, 16) == 0
     assert resolve_workers(3, cpu, 1) == 3  # an explicit count is kept
     assert RunOptions().num_workers == -1
     with pytest.raises(UserError, match="num_workers must be >= -1"):
         RunOptions(num_workers=-2)
+
+
+def test_auto_workers_follow_the_cpus_the_job_was_given(monkeypatch):
+    from robustmtl.cpus import CPUS_ENV, job_cpus
+    from robustmtl.train.batches import resolve_workers
+
+    monkeypatch.delenv(CPUS_ENV, raising=False)
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    assert job_cpus() == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "12")  # the job's `cpus`, whatever the affinity mask says
+    assert job_cpus() == 12 and resolve_workers(-1, torch.device("cuda")) == 11
+    assert resolve_workers(-1, torch.device("cpu")) == 0
+    monkeypatch.setenv(CPUS_ENV, "3")  # a parallel pack member's share of the task's CPUs comes first
+    assert job_cpus() == 3 and resolve_workers(-1, torch.device("cuda")) == 2
+    monkeypatch.setenv(CPUS_ENV, "")
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "garbage")
+    assert job_cpus() == len(os.sched_getaffinity(0))

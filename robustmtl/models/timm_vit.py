@@ -78,7 +78,7 @@ class TimmViT(ViT):
         self.mean = tuple(cfg.get("mean", (0.5,) * CHANNELS))
         self.std = tuple(cfg.get("std", (0.5,) * CHANNELS))
         dim = self.vit.embed_dim
-        self._add_simmim_and_head(dim, self.vit.patch_embed.patch_size[0], self.vit.patch_embed.img_size[0], p, info)
+        self._add_shared_parts(dim, self.vit.patch_embed.patch_size[0], self.vit.patch_embed.img_size[0], p, info)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 

@@ -20,6 +20,10 @@ knows nothing is the background itself; docs/vision-study.md measures SimMIM sta
 reference also augments the auxiliary view (random resized crop, flip); robustmtl does not
 (documented difference).
 
+Batches carry uint8 pixels (`data/images.py`); `pixels` turns them into the model's input on the
+model's device, with the checkpoint's mean/std as non-persistent buffers (so checkpoints hold the same
+tensors as before). SimMIM's target is that same normalised image.
+
 `encode_pair` runs the end-task images and the masked auxiliary images as one batch: the end-task
 half gets an all-False patch mask, which leaves its embeddings exactly as without one.
 """
@@ -81,6 +85,9 @@ def normalisation(source: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 class ViT(Model):
+    pixel_mean: torch.Tensor
+    pixel_std: torch.Tensor
+
     def __init__(self, p: ViTParams, info: DataInfo) -> None:
         super().__init__()
         from transformers import ViTConfig, ViTModel
@@ -100,11 +107,16 @@ class ViT(Model):
             self.vit = ViTModel(config, add_pooling_layer=False, use_mask_token=True)
             self.mean, self.std = (0.5,) * CHANNELS, (0.5,) * CHANNELS
         config = self.vit.config
-        self._add_simmim_and_head(config.hidden_size, config.patch_size, size, p, info)
+        self._add_shared_parts(config.hidden_size, config.patch_size, size, p, info)
         self.interpolate = size != config.image_size
 
-    def _add_simmim_and_head(self, dim: int, patch: int, size: int, p: Any, info: DataInfo) -> None:
-        """What every ViT encoder here shares: the patch grid, SimMIM's mask settings and decoder, the classifier."""
+    def _add_shared_parts(self, dim: int, patch: int, size: int, p: Any, info: DataInfo) -> None:
+        """What every ViT encoder here shares: the input normalisation (`self.mean`, `self.std` set first), the
+        patch grid, SimMIM's mask settings and decoder, the classifier."""
+        # non-persistent: they move with the model to its device but stay out of state_dict, so checkpoints
+        # and pre-trained encoders keep their keys
+        for name, values in (("pixel_mean", self.mean), ("pixel_std", self.std)):
+            self.register_buffer(name, torch.tensor(values, dtype=torch.float32).view(-1, 1, 1), persistent=False)
         if size % patch:
             raise UserError(f"image size {size} must be a multiple of the patch size {patch}")
         self.patch, self.size, self.grid = patch, size, size // patch
@@ -117,11 +129,11 @@ class ViT(Model):
         return cls(p, info)
 
     def prepare(self, splits: Splits, cache_dir: Path | None) -> Splits:
-        """Serve every split (and the pre-training pool, if any) at this model's size and normalisation."""
+        """Decode every split's files (and the pre-training pool's, if any) at this model's size."""
         def served(split: Split) -> ImageSplit:
             if not isinstance(split, ImageSplit):
                 raise TypeError(f"the vit model needs ImageSplit inputs, got {type(split).__name__}")
-            return split.transformed(self.size, self.mean, self.std)
+            return split.at_size(self.size)
 
         pool = served(splits.pretrain) if splits.pretrain is not None else None
         return Splits(splits.info, served(splits.train), served(splits.val), served(splits.test), pretrain=pool)
@@ -131,14 +143,27 @@ class ViT(Model):
         tokens = tokens.last_hidden_state
         return Encoded(h=tokens[:, 0], tokens=tokens)
 
+    def pixels(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The model's input from the batch's uint8 pixels, computed where they are (the model's device):
+        [0, 1] floats, resized to this model's size where the source served another (antialiased bilinear),
+        then (x - mean) / std. The one place images are normalised; the classifier and SimMIM read its result."""
+        raw = batch["pixel_values"]
+        if raw.dtype != torch.uint8:
+            raise TypeError(f"pixel_values must be uint8 images as an ImageSplit serves them, got {raw.dtype}")
+        x = raw.float() / 255.0
+        if x.shape[-2:] != (self.size, self.size):
+            x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True,
+                                          align_corners=False)
+        return (x - self.pixel_mean) / self.pixel_std
+
     def encode(self, batch: dict[str, torch.Tensor]) -> Encoded:
-        return self._encode(batch["pixel_values"], None)
+        return self._encode(self.pixels(batch), None)
 
     def encoder_module(self) -> nn.Module:
         return self.vit
 
     def reconstruct(self, pixels: torch.Tensor, mask: torch.Tensor) -> AuxOutput:
-        """SimMIM loss of these images under this [B, grid, grid] patch mask."""
+        """SimMIM loss of these normalised images (`pixels`' result) under this [B, grid, grid] patch mask."""
         return self._simmim(self._encode(pixels, mask.flatten(1)), pixels, mask)
 
     def _simmim(self, encoded: Encoded, pixels: torch.Tensor, mask: torch.Tensor) -> AuxOutput:
@@ -151,13 +176,13 @@ class ViT(Model):
         return simmim_mask(len(pixels), self.grid, self.mask_scale, self.mask_ratio, pixels.device)
 
     def aux_loss(self, batch: dict[str, torch.Tensor]) -> AuxOutput:
-        pixels = batch["pixel_values"]
+        pixels = self.pixels(batch)
         return self.reconstruct(pixels, self._draw_mask(pixels))
 
     def encode_pair(self, batch: dict[str, torch.Tensor],
                     aux_batch: dict[str, torch.Tensor]) -> tuple[Encoded, AuxOutput]:
         """One forward over [end images; aux images]; only the auxiliary half's patches are masked."""
-        end_pixels, aux_pixels = batch["pixel_values"], aux_batch["pixel_values"]
+        end_pixels, aux_pixels = self.pixels(batch), self.pixels(aux_batch)
         mask = self._draw_mask(aux_pixels)
         unmasked = torch.zeros(len(end_pixels), mask.shape[1] * mask.shape[2], dtype=torch.bool, device=mask.device)
         both = self._encode(torch.cat([end_pixels, aux_pixels]), torch.cat([unmasked, mask.flatten(1)]))

@@ -9,13 +9,13 @@ its saved position.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from robustmtl.cpus import job_cpus
 from robustmtl.data.base import Split
 
 Batch = dict[str, torch.Tensor]
@@ -83,17 +83,22 @@ def as_is(item: Any) -> Any:
     return item
 
 
-MAX_AUTO_WORKERS = 4
+# Decoding full-size JPEGs (the per-batch path, image_cache = false) takes a worker several milliseconds
+# an image, so a GPU stepping a few hundred images a second needs a dozen or so; each worker is its own
+# interpreter with torch loaded and prefetched batches (hundreds of MB), so past 16 the memory grows and
+# the step gains nothing. Jobs are sized by `cpus` in the grid's [executor], not by this cap.
+MAX_AUTO_WORKERS = 16
 
 
 def resolve_workers(requested: int, device: torch.device, cpus: int | None = None) -> int:
-    """`-1` (auto): on CUDA, up to 4 workers from the CPUs this process may use, one kept for the step
-    itself (a 1-CPU SLURM task gets none); on a CPU none, since workers would take cores from the step."""
+    """`-1` (auto): on CUDA, up to MAX_AUTO_WORKERS from the CPUs the job was given (`cpus.job_cpus`), one
+    kept for the step itself (a 1-CPU SLURM task gets none); on a CPU none, since workers would take cores
+    from the step."""
     if requested >= 0:
         return requested
     if device.type != "cuda":
         return 0
-    cpus = cpus if cpus is not None else len(os.sched_getaffinity(0))
+    cpus = cpus if cpus is not None else job_cpus()
     return max(0, min(MAX_AUTO_WORKERS, cpus - 1))
 
 

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 
 from robustmtl import pause
+from robustmtl.cpus import job_cpus
+from robustmtl.data.image_cache import cache_images
 from robustmtl.errors import UserError
 from robustmtl.layout import PRETRAINED_ENCODER, VAL_CORRECT, VAL_GROUPS, RunDir, read_json, write_json
 from robustmtl.methods.base import Method, MethodContext, refuse_empty_groups
@@ -66,7 +68,7 @@ class Diverged(Exception):
 
 
 def data_cache_dir() -> Path:
-    """Where slow preprocessing (tokenisation) is cached: $ROBUSTMTL_CACHE, else ~/.cache/robustmtl."""
+    """Where slow preprocessing (tokenisation, decoded images) is cached: $ROBUSTMTL_CACHE, else ~/.cache/robustmtl."""
     return Path(os.environ.get("ROBUSTMTL_CACHE", Path.home() / ".cache" / "robustmtl"))
 
 
@@ -115,6 +117,8 @@ class Trainer:
         raw = dataset_entry(self.cfg.dataset).build(self.cfg.data_params, data_root)
         model: Model = model_entry(self.cfg.model).build(self.cfg.model_params, raw.info)
         self.data = model.prepare(raw, data_cache_dir())
+        if self.opts.image_cache:  # the same pixels as decoding each batch's files, decoded once
+            self.data = cache_images(self.data, data_cache_dir(), job_cpus())
         self.model = model.to(self.device)
         method_cls: type[Method] = method_entry(self.cfg.method)
         pool = self.data.pretrain if method_cls.trains_on_pool and self.data.pretrain is not None else self.data.train

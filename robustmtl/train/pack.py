@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import NoReturn
 
+from robustmtl.cpus import CPUS_ENV, job_cpus
 from robustmtl.layout import RunDir
 from robustmtl.train import runlock
 from robustmtl.train.outcome import Caps, End, Outcome, finished_before, judge_crash
@@ -29,14 +30,16 @@ MEMORY_FRACTION_ENV = "ROBUSTMTL_GPU_MEMORY_FRACTION"
 def side_by_side(rds: list[RunDir], job_id: str | None, flag: StopFlag, caps: Caps,
                  runs_per_gpu: int = 1) -> list[Outcome]:
     """One child process per unfinished run, each seeing its own share of the task's GPUs (`runs_per_gpu`
-    children to a GPU, each held to that fraction of its memory)."""
+    children to a GPU, each held to that fraction of its memory) and told its share of the task's CPUs."""
     outcomes = [o for rd in rds if (o := finished_before(rd, job_id)) is not None]
     todo = [rd for rd in rds if all(o.rd != rd for o in outcomes)]
     shares = gpu_shares(os.environ.get("CUDA_VISIBLE_DEVICES", ""), len(todo), runs_per_gpu)
     fraction = {MEMORY_FRACTION_ENV: f"{1 / runs_per_gpu:.6f}"} if runs_per_gpu > 1 else {}
+    cpus = {CPUS_ENV: str(max(1, job_cpus() // max(1, len(todo))))}  # each sizes its DataLoader workers by it
     children = []
     for rd, share in zip(todo, shares, strict=True):
-        env = dict(os.environ) if share is None else {**os.environ, "CUDA_VISIBLE_DEVICES": share, **fraction}
+        env = {**os.environ, **cpus} if share is None else {**os.environ, "CUDA_VISIBLE_DEVICES": share, **fraction,
+                                                             **cpus}
         cmd = [sys.executable, "-m", "robustmtl.train.pack", json.dumps(asdict(caps)), str(rd.root)]
         children.append((rd, subprocess.Popen(cmd, env=env)))
     forwarded = False
