@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint mutation mutation-ci aggregates slurm-up slurm-down clean
+.PHONY: install demo test test-fast lint mutation mutation-ci aggregates slurm-up slurm-down clean device-bundle
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,11 @@ aggregates: $(STAMP)
 	$(PY) -m robustmtl aggregate runs/mnist_spurious --by pretrain_epochs --baseline erm --output aggregates/mnist_spurious.md --quiet
 	$(PY) -m robustmtl aggregate runs/mnist_spurious --by pretrain_epochs --baseline erm --output aggregates/mnist_spurious.csv --quiet
 	$(PY) -m robustmtl plot runs/mnist_spurious --by pretrain_epochs --out aggregates/figures/mnist_spurious
+
+# What benchmarks/gpu_checks.sh needs on a GPU machine that cannot download, into the git-ignored .device/
+# (checked to fit the 64 MiB a device call carries); see benchmarks/README.md.
+device-bundle: $(STAMP)
+	PY=$(PY) bash scripts/device-bundle.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

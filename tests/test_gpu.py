@@ -8,6 +8,7 @@ records and DONE a run writes, the optimiser and autocast the loop builds.
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -17,8 +18,9 @@ from robustmtl.layout import GridDir, RunDir
 from robustmtl.rundir import prepare_run
 from robustmtl.train.loop import peak_memory_mb
 from robustmtl.train.optim import make_optimizer
-from robustmtl.train.step import Stepper, enable_tf32, make_scaler, resolve_precision
-from tests.conftest import TINY, read_records, tiny_grid, write_spec
+from robustmtl.train.step import Stepper, enable_tf32, make_scaler, native_bf16, resolve_precision
+from robustmtl.train.syncs import CHECKED_METHODS, train_steps
+from tests.conftest import TINY, read_records, tiny_bert, tiny_grid, write_spec
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_checks.sh)")]
@@ -110,3 +112,19 @@ def test_a_local_grid_hands_its_runs_the_gpus(cli, tmp_path, monkeypatch):
     for run_id in grid.run_ids():
         done = json.loads(grid.run(run_id).done.read_text())
         assert done["gpu_hours"] > 0 and done["peak_mem_mb"] > 0, done
+
+
+@pytest.mark.parametrize("model", ["mlp", "bert"])
+@pytest.mark.parametrize("method", CHECKED_METHODS)
+def test_a_training_step_never_waits_for_the_gpu(tmp_path, method, model):
+    """Sync debug mode "error" around each step after the first (train/syncs.py): `.item()`, `nonzero`, `bincount`,
+    a blocking copy or transformers' `mask.all()` inside the step would raise. bf16, or fp32 without native bf16:
+    fp16's GradScaler reads the scale back every step by design."""
+    precision = "bf16" if native_bf16(CUDA) else "fp32"
+    if model == "mlp":
+        terms = train_steps(tmp_path, method, device="cuda", precision=precision)
+    else:
+        values = {"text_n_train": 64, "text_n_val": 8, "text_n_test": 8, "bert_max_length": 32, "batch_size": 8,
+                  "bert_pretrained": str(tiny_bert(tmp_path))}
+        terms = train_steps(tmp_path, method, "text_spurious", values, device="cuda", precision=precision)
+    assert terms and all(math.isfinite(v) for v in terms.values())

@@ -200,3 +200,18 @@ def test_a_plain_shuffle_is_a_function_of_the_epoch_generator_alone(tmp_path):
     a = method.epoch_indices(1, torch.Generator().manual_seed(5))
     torch.manual_seed(2)
     assert torch.equal(a, method.epoch_indices(1, torch.Generator().manual_seed(5)))
+
+
+def test_group_losses_with_fixed_shapes_equal_the_bincount_formula():
+    """Counted without `bincount` (whose output size is read from the GPU): the same means and presence."""
+    from robustmtl.methods.gdro import group_losses
+
+    gen = torch.Generator().manual_seed(0)
+    for n_groups, size in ((4, 1), (4, 9), (6, 50)):
+        g = torch.randint(0, n_groups - 1, (size,), generator=gen)  # the last group is always absent
+        per_example = torch.rand(size, generator=gen)
+        counts = torch.bincount(g, minlength=n_groups)
+        sums = torch.zeros(n_groups).index_add(0, g, per_example)
+        losses, present = group_losses(per_example, g, n_groups)
+        assert torch.equal(present, counts > 0) and not present[-1]
+        assert torch.equal(losses, sums / counts.clamp(min=1).float())

@@ -8,7 +8,7 @@ import torch
 from robustmtl.config import build_config
 from robustmtl.data import text as text_module
 from robustmtl.errors import UserError
-from robustmtl.models.bert import Bert, mask_tokens
+from robustmtl.models.bert import Bert, gather_selected, mask_tokens, selection_bound
 from robustmtl.registry import dataset_entry
 
 TINY_TEXT = {"text_n_train": 24, "text_n_val": 8, "text_n_test": 8, "bert_max_length": 32}
@@ -157,3 +157,66 @@ def test_mean_pooling_averages_real_tokens_only_and_feeds_the_classifier(raw, tm
     paired, _ = model.encode_pair(batch, data.train[torch.arange(3)])
     assert torch.allclose(paired.h, encoded.h, atol=1e-5)
     assert not torch.allclose(encoded.h, encoded.tokens[:, 0])
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_the_pre_expanded_attention_mask_gives_what_the_2d_mask_gave(model, raw, tmp_path, implementation):
+    """The encoder gets its mask 4-D (no `mask.all()` read of the GPU): every output equals transformers' own
+    handling of the 2-D mask, bitwise on a CPU, with padding and without."""
+    data = model.prepare(raw, tmp_path)
+    batch = data.train[torch.arange(8)]
+    unpadded = {k: v[:, :5] for k, v in batch.items() if v.ndim == 2}
+    unpadded["attention_mask"] = torch.ones_like(unpadded["attention_mask"])
+    model.eval()
+    model.mlm.set_attn_implementation(implementation)
+    try:
+        for b in (batch, unpadded):
+            assert (b["attention_mask"] == 0).any() == (b is batch)
+            ours = model._encoder(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+            theirs = model.mlm.base_model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                                          token_type_ids=b["token_type_ids"]).last_hidden_state
+            assert torch.equal(ours, theirs)
+    finally:
+        model.mlm.set_attn_implementation("sdpa")
+
+
+def old_mlm_loss(model, tokens, ids, selected):
+    """The formula before the fixed-size gather: logits at `selected.nonzero()`, summed, over the count."""
+    at = selected.nonzero(as_tuple=True)
+    logits = getattr(model.mlm, model.head_name)(tokens[at])
+    return torch.nn.functional.cross_entropy(logits.float(), ids[at], reduction="sum") / selected.sum().clamp(min=1)
+
+
+@pytest.mark.parametrize("probability", [0.15, 0.5, 1.0])
+def test_mlm_loss_over_a_fixed_size_gather_equals_the_loss_over_the_selected_positions(model, probability):
+    from robustmtl.models.base import Encoded
+
+    gen = torch.Generator().manual_seed(1)
+    tokens = torch.randn(6, 20, 384, generator=gen)
+    ids = torch.randint(1000, 30000, (6, 20), generator=gen)
+    for selected in (torch.rand(6, 20, generator=gen) < probability, torch.zeros(6, 20, dtype=torch.bool)):
+        model.params = config(mlm_probability=probability).model_params
+        new = model._mlm_loss(Encoded(h=tokens[:, 0], tokens=tokens), ids, selected).loss
+        assert new.item() == pytest.approx(old_mlm_loss(model, tokens, ids, selected).item(), rel=1e-6, abs=1e-7)
+    model.params = config().model_params
+
+
+def test_the_gather_takes_the_selected_positions_in_order_up_to_its_bound():
+    gen = torch.Generator().manual_seed(2)
+    selected = torch.rand(7, 13, generator=gen) < 0.3
+    count = int(selected.sum())
+    for bound in (count + 5, count, count - 3):
+        positions, valid, n = gather_selected(selected, bound)
+        assert positions.shape == valid.shape == (bound,) and int(n) == count
+        kept = min(bound, count)
+        assert positions[:kept].tolist() == selected.flatten().nonzero().flatten()[:kept].tolist()
+        assert valid.tolist() == [True] * kept + [False] * (bound - kept)
+        assert int(positions.max()) < selected.numel()
+
+
+def test_the_gather_bound_is_never_below_a_likely_count():
+    assert selection_bound(40, 0.15) == 40  # small batches: every position, exact
+    assert selection_bound(8192, 1.0) == 8192
+    n, p = 32 * 256, 0.15
+    bound = selection_bound(n, p)
+    assert n * p + 8 * (n * p * (1 - p)) ** 0.5 <= bound < 1.25 * n * p

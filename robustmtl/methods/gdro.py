@@ -46,11 +46,15 @@ class GDROParams:
 
 
 def group_losses(per_example: torch.Tensor, g: torch.Tensor, n_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean loss of every group over a batch (0 where absent) and the mask of groups present."""
-    counts = torch.bincount(g, minlength=n_groups)
-    sums = torch.zeros(n_groups, dtype=per_example.dtype, device=per_example.device).index_add(0, g, per_example)
+    """Mean loss of every group over a batch (0 where absent) and the mask of groups present.
+
+    Counted with `index_add` into `n_groups` slots rather than `bincount`, which on a GPU reads the largest
+    label back to the host to size its output: every shape here is fixed, so the step never waits."""
+    zeros = torch.zeros(n_groups, dtype=per_example.dtype, device=per_example.device)
+    counts = zeros.index_add(0, g, torch.ones_like(per_example))  # whole numbers: exact below 2**24 per group
+    sums = zeros.index_add(0, g, per_example)
     present = counts > 0
-    return sums / counts.clamp(min=1).to(per_example.dtype), present
+    return sums / counts.clamp(min=1), present
 
 
 class GroupDRO(Method):
@@ -72,11 +76,12 @@ class GroupDRO(Method):
     def update_q(self, losses: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """One exponentiated-gradient step on q from detached group losses; returns the new q.
 
-        q lives on the losses' device, so a GPU step never waits on a copy to the host."""
-        self.adjustment = self.adjustment.to(losses.device)
+        q lives on the losses' device, so a GPU step never waits on a copy to the host; the first step's copies
+        onto the GPU are asynchronous (a blocking one would wait for the forward queued before it)."""
+        self.adjustment = self.adjustment.to(losses.device, non_blocking=True)
         adjusted = losses.detach().float() + self.adjustment
         factor = torch.where(present, torch.exp(self.params.gdro_eta * adjusted), torch.ones_like(adjusted))
-        q = self.q.to(losses.device) * factor
+        q = self.q.to(losses.device, non_blocking=True) * factor
         self.q = q / q.sum()
         return self.q
 

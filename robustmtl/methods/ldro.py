@@ -30,6 +30,9 @@ ties), a step normalised by the subgradient's spread, s_t = √(2 log G) / (√(
 return the iterate with the lowest F seen (the standard guarantee for subgradient mirror descent;
 on random 2–3 group problems it is within ~0.02 of the brute-force optimum after 100 steps).
 Weights are floored at 1e-12 so log w stays finite. The solver runs in float64 numpy on G×G numbers.
+So an L-DRO step waits for the GPU (the losses and Gram matrix are read back, and the groups present are
+found on the host), unlike the other methods' steps (`train/syncs.py`): the solver's data-dependent
+iterations are cheap on the host and would be ~1,000 tiny kernel launches a step on the device.
 τ → ∞ gives uniform weights, τ → 0 pure minimax. A single present group gets weight 1.
 
 Default η = 0.01, neither 1.0 nor the training learning rate: the lookahead term is η·(M w)_g, and

@@ -20,8 +20,17 @@ losses are the same either way; only the padding positions' outputs are added.
 
 MLM follows the standard collator: each non-special, non-padding token is selected with probability
 `mlm_probability`; of those, 80% become [MASK], 10% a random token, 10% stay; cross-entropy on the
-selected positions only. Vocabulary logits are computed only at the selected positions (gathered
-hidden states through the MLM head): same loss, a fraction of the cost.
+selected positions only. Vocabulary logits are computed only at gathered positions (hidden states
+through the MLM head): same loss, a fraction of the cost. How many positions are selected is random, and
+a gather sized by that count would make the host wait for the GPU every step; so a fixed number is
+gathered instead (`selection_bound`: the expected count plus 8 standard deviations and 16, from the
+batch's shape alone), the selected ones first and in order, the rest ignored by the loss. By Bernstein's
+inequality a step selects more than that with probability below e^-32 (about 1e-14); it would then leave
+the positions past the bound out of that step's loss.
+
+No step waits for the GPU: the encoder gets its attention mask already expanded to 4-D
+(`attention_bias`), because given the 2-D mask transformers asks whether it has any padding (`mask.all()`,
+a read of the GPU) on every forward, to skip the mask when there is none.
 
 `encode_pair` runs the end-task batch and the (masked) auxiliary batch through the encoder as one
 batch, both padded to the longer width; the attention mask keeps every real token's output what it
@@ -31,6 +40,7 @@ separate forwards.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -62,6 +72,36 @@ def pool(tokens: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.
         return tokens[:, 0]
     weights = attention_mask.to(tokens.dtype)[:, :, None]
     return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+
+
+def attention_bias(config: object, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The 2-D padding mask expanded as the encoder's attention would expand it, so that transformers takes it as
+    given. Built by transformers' own function with the no-padding shortcut off: that shortcut's `mask.all()`
+    reads the GPU. Implementations other than sdpa and eager get the 2-D mask unchanged (they expand it their
+    own way)."""
+    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+        return attention_mask
+    from transformers.masking_utils import create_bidirectional_mask
+
+    shape_only = attention_mask.new_empty((*attention_mask.shape, 0), dtype=dtype)  # batch, length, dtype, device
+    return create_bidirectional_mask(config=config, inputs_embeds=shape_only, attention_mask=attention_mask,
+                                     allow_is_bidirectional_skip=False)
+
+
+def selection_bound(positions: int, probability: float) -> int:
+    """How many positions the MLM head reads for a batch of `positions` tokens (see the module docstring)."""
+    spread = math.sqrt(positions * probability * (1 - probability))
+    return min(positions, math.ceil(positions * probability + 8 * spread + 16))
+
+
+def gather_selected(selected: torch.Tensor, bound: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(flat positions, which are selected, how many are selected): the first `bound` selected positions of the
+    flattened `selected` in order, then filler positions; every shape is fixed by `bound`, none by the data."""
+    running = selected.flatten().cumsum(0)
+    ranks = torch.arange(1, bound + 1, device=selected.device)
+    positions = torch.searchsorted(running, ranks).clamp(max=running.numel() - 1)  # the k-th selected position
+    count = running[-1]
+    return positions, ranks <= count, count
 
 
 def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, probability: float, mask_id: int, vocab_size: int,
@@ -115,9 +155,16 @@ class Bert(Model):
         identity = backend.to_str() if backend is not None else f"{type(self.tokenizer).__name__}:{self.source}"
         return tokenize_splits(splits, self.tokenizer, identity, self.params.bert_max_length, cache_dir)
 
+    def _encoder(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The last hidden state (the encoder's own forward, given its attention mask pre-expanded)."""
+        dtype = self.mlm.get_input_embeddings().weight.dtype  # the embeddings' output, what the mask is added to
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        return self.mlm.base_model(input_ids=input_ids, attention_mask=attention_bias(self.mlm.config, attention_mask,
+                                                                                      dtype), **extra).last_hidden_state
+
     def _encode_ids(self, batch: dict[str, torch.Tensor], input_ids: torch.Tensor) -> Encoded:
-        extra = {k: batch[k] for k in ("attention_mask", "token_type_ids") if k in batch}
-        tokens = self.mlm.base_model(input_ids=input_ids, **extra).last_hidden_state
+        tokens = self._encoder(input_ids, batch["attention_mask"], batch.get("token_type_ids"))
         return self._encoded(tokens, batch["attention_mask"])
 
     def _encoded(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
@@ -135,16 +182,21 @@ class Bert(Model):
 
     def _corrupt(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         ids = batch["input_ids"]
-        special = torch.isin(ids, self.special_ids) | (batch["attention_mask"] == 0)
+        # compared one by one, not `torch.isin`, which sorts (and reads the GPU) once a tokenizer has many specials
+        special = (ids[..., None] == self.special_ids).any(dim=-1) | (batch["attention_mask"] == 0)
         return mask_tokens(ids, special, self.params.mlm_probability, self.tokenizer.mask_token_id,
                            self.mlm.config.vocab_size)
 
     def _mlm_loss(self, encoded: Encoded, ids: torch.Tensor, selected: torch.Tensor) -> AuxOutput:
-        """Cross-entropy of the vocabulary logits at the selected positions only (one host sync: their count)."""
-        at = selected.nonzero(as_tuple=True)
-        logits = getattr(self.mlm, self.head_name)(encoded.tokens[at])
-        loss = nn.functional.cross_entropy(logits.float(), ids[at], reduction="sum") / selected.sum().clamp(min=1)
-        return AuxOutput(loss=loss, encoded=encoded)
+        """Cross-entropy of the vocabulary logits at the selected positions, averaged over them: logits only at a
+        fixed number of gathered positions, the unselected among them ignored (see the module docstring)."""
+        bound = selection_bound(selected.numel(), self.params.mlm_probability)
+        positions, valid, count = gather_selected(selected, bound)
+        hidden = encoded.tokens.flatten(0, 1).index_select(0, positions)
+        targets = torch.where(valid, ids.flatten().index_select(0, positions), -100)
+        logits = getattr(self.mlm, self.head_name)(hidden)
+        loss = nn.functional.cross_entropy(logits.float(), targets, ignore_index=-100, reduction="sum")
+        return AuxOutput(loss=loss / count.clamp(min=1), encoded=encoded)
 
     def aux_loss(self, batch: dict[str, torch.Tensor]) -> AuxOutput:
         """MLM on this batch: encode the corrupted ids once, vocabulary logits at selected positions only."""
@@ -160,7 +212,7 @@ class Bert(Model):
         pad_id = self.tokenizer.pad_token_id
         halves = pad_to(batch, batch["input_ids"], width, pad_id), pad_to(aux_batch, corrupted, width, pad_id)
         inputs = {k: torch.cat([halves[0][k], halves[1][k]]) for k in halves[0]}
-        tokens = self.mlm.base_model(**inputs).last_hidden_state
+        tokens = self._encoder(inputs["input_ids"], inputs["attention_mask"], inputs.get("token_type_ids"))
         end, aux = tokens[:n, :end_width], tokens[n:, :aux_width]
         return self._encoded(end, batch["attention_mask"]), self._mlm_loss(
             self._encoded(aux, aux_batch["attention_mask"]), aux_batch["input_ids"], selected)

@@ -224,7 +224,8 @@ class Trainer:
             aux_order = torch.randperm(len(self.train_split), generator=epoch_generator(self.cfg.seed, epoch, 1))
         return EpochPlan(chunks(order, self.cfg.train.batch_size), aux_order, self.cfg.train.batch_size)
 
-    def _train_step(self, batch: Batch, aux_batch: Batch | None) -> None:
+    def train_step(self, batch: Batch, aux_batch: Batch | None) -> None:
+        """One step with its bookkeeping; on a GPU it never waits for the device (`train/syncs.py` checks)."""
         batch = to_device(batch, self.device)
         aux_batch = None if aux_batch is None else to_device(aux_batch, self.device)
         terms = self.stepper.step(self.method, batch, aux_batch)
@@ -330,7 +331,7 @@ class Trainer:
             items = iter(self.loader)
             while self.batch_pos < len(plan.batches):
                 started = time.perf_counter()
-                self._train_step(*next(items))
+                self.train_step(*next(items))
                 self.batch_pos += 1
                 self.elapsed += time.perf_counter() - started
                 if self.progress:

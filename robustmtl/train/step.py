@@ -93,7 +93,9 @@ class Stepper:
             scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            stepped = self.scaler.get_scale() >= scale  # update() lowers the scale exactly when it skipped
+            # update() lowers the scale exactly when it skipped. Both get_scale() calls read the GPU: fp16 steps
+            # wait for the device once a step, the price of a schedule that skips with the scaler (bf16/fp32 never do)
+            stepped = self.scaler.get_scale() >= scale
         if self.scheduler is not None and stepped:
             self.scheduler.step()  # a step the scaler skipped (inf/NaN gradients) does not advance the schedule
         return terms
