@@ -86,9 +86,11 @@ def show_summary(summary: dict[str, Any]) -> None:
     table = Table(title=f"run {summary['run_id']}: {summary['method']} on {summary['dataset']}, seed {summary['seed']}")
     for column in ("split", "avg acc", "worst-group acc"):
         table.add_column(column, justify="right" if column != "split" else "left")
+    from robustmtl.aggregate.export import percent_text
+
     for split in ("train", "val", "test"):
         m = summary["final"][split]
-        table.add_row(split, f"{100 * m['avg_acc']:.1f}", f"{100 * m['worst_group_acc']:.1f}")
+        table.add_row(split, percent_text(m["avg_acc"]), percent_text(m["worst_group_acc"]))
     console.print(table)
     console.print(f"{summary['epochs']} epochs, {summary['steps']} steps, {summary['time_s']:.1f} s of training")
 
