@@ -86,9 +86,11 @@ def show_summary(summary: dict[str, Any]) -> None:
     table = Table(title=f"run {summary['run_id']}: {summary['method']} on {summary['dataset']}, seed {summary['seed']}")
     for column in ("split", "avg acc", "worst-group acc"):
         table.add_column(column, justify="right" if column != "split" else "left")
+    from robustmtl.aggregate.export import percent_text
+
     for split in ("train", "val", "test"):
         m = summary["final"][split]
-        table.add_row(split, f"{100 * m['avg_acc']:.1f}", f"{100 * m['worst_group_acc']:.1f}")
+        table.add_row(split, percent_text(m["avg_acc"]), percent_text(m["worst_group_acc"]))
     console.print(table)
     console.print(f"{summary['epochs']} epochs, {summary['steps']} steps, {summary['time_s']:.1f} s of training")
 
@@ -133,8 +135,8 @@ def aggregate(
 
         if ci != "t" or show_hparams or show_cost:
             raise UserError("--by tables take Student-t intervals and no --show-hparams/--show-cost")
-        return aggregate_by(grid_dirs, by, select, baseline, include_running, fmt, output, quiet, console,
-                            err_console)
+        return aggregate_by(grid_dirs, by, select, baseline, include_running, fmt, output, quiet, raw_names,
+                            console, err_console)
     from robustmtl.aggregate import aggregate as run_aggregate
     from robustmtl.aggregate.cost import cost_table, render_cost_rich
     from robustmtl.aggregate.details import render_differences_rich, render_hparams_rich
@@ -152,13 +154,13 @@ def aggregate(
     costs = cost_table(summary.runs) if show_cost and summary.runs is not None else None
     screen = err_console if output is None and fmt != "table" else console  # stdout stays machine-readable
     if not quiet:
-        screen.print(render_rich(summary))
+        screen.print(render_rich(summary, names))
         if show_hparams:
-            screen.print(render_hparams_rich(summary))
+            screen.print(render_hparams_rich(summary, names=names))
         if baseline:
-            screen.print(render_differences_rich(summary))
+            screen.print(render_differences_rich(summary, names))
         if costs is not None:
-            screen.print(render_cost_rich(costs))
+            screen.print(render_cost_rich(costs, names))
     docs = documents(summary, fmt, Sides(show_hparams, baseline is not None, costs), small_intervals, names)
     if output is None and fmt == "table":
         return
@@ -198,7 +200,7 @@ def plot(
     if by:
         from robustmtl.cli_conditions import plot_by
 
-        return plot_by(grid_dirs, by, out, select, include_running, curves, console, err_console)
+        return plot_by(grid_dirs, by, out, select, include_running, curves, raw_names, console, err_console)
     from robustmtl.aggregate.names import display_names
     from robustmtl.aggregate.plot import SelectOptions, plot_curves, plot_grids
 

@@ -30,21 +30,24 @@ def _check_select(select: str) -> None:
 
 
 def aggregate_by(grid_dirs: Sequence[Path], by: Sequence[str], select: str, baseline: str | None,
-                 include_running: bool, fmt: str | None, output: Path | None, quiet: bool,
+                 include_running: bool, fmt: str | None, output: Path | None, quiet: bool, raw_names: bool,
                  console: Console, err_console: Console) -> None:
     from robustmtl.aggregate.conditions import condition_table, render_rich, to_csv, to_markdown
+    from robustmtl.aggregate.names import display_names
 
     _check_select(select)
     fmt = _format(fmt, output)
     table = condition_table(grid_dirs, by, select=select, baseline=baseline or "erm",
                             include_running=include_running)
-    for warning in table.warnings:
+    names, name_warnings = display_names(grid_dirs, raw_names)
+    for warning in table.warnings + name_warnings:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if not quiet:
-        (console if output is not None or fmt == "table" else err_console).print(render_rich(table), highlight=False)
+        (console if output is not None or fmt == "table" else err_console).print(render_rich(table, names),
+                                                                                 highlight=False)
     if fmt == "table":
         return
-    text = to_markdown(table) if fmt == "markdown" else to_csv(table)
+    text = to_markdown(table, names) if fmt == "markdown" else to_csv(table, names)
     if output is None:
         console.print(text, end="", highlight=False, markup=False, soft_wrap=True)
         return
@@ -57,18 +60,20 @@ def aggregate_by(grid_dirs: Sequence[Path], by: Sequence[str], select: str, base
 
 
 def plot_by(grid_dirs: Sequence[Path], by: Sequence[str], out: Path, select: str, include_running: bool,
-            curves: bool, console: Console, err_console: Console) -> None:
+            curves: bool, raw_names: bool, console: Console, err_console: Console) -> None:
     from robustmtl.aggregate.conditions import condition_table
     from robustmtl.aggregate.conditions_plot import condition_figures
+    from robustmtl.aggregate.names import display_names
 
     if curves:
         raise UserError("--curves draws the cells of a table without conditions, so it does not take --by; "
                         "plot the curves of one condition's runs (a grid of their own), or leave out --curves")
     _check_select(select)
     table = condition_table(grid_dirs, by, select=select, baseline="erm", include_running=include_running)
-    for warning in table.warnings:
+    names, name_warnings = display_names(grid_dirs, raw_names)
+    for warning in table.warnings + name_warnings:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     for note in table.notes:
         err_console.print(f"[yellow]no Δ:[/] {escape(note)}", highlight=False, soft_wrap=True)
-    for path in condition_figures(table, out):
+    for path in condition_figures(table, out, names):
         console.print(f"wrote {escape(str(path))}", highlight=False, soft_wrap=True)

@@ -57,7 +57,7 @@ def test_the_drawn_curves_are_the_chosen_settings_seed_means_by_epoch(grid):
                 assert list(line.get_xdata()) == sorted(expected) == [1, 2, 3]
                 assert np.allclose(line.get_ydata(), [expected[e][0] for e in sorted(expected)])
                 band = table[(table["method"] == method) & (table["split"] == split) & (table["metric"] == metric)]
-                assert np.allclose(band["upper"] - band["mean"], [expected[e][1] for e in sorted(expected)])
+                assert np.allclose(band["upper_pct"] - band["mean_pct"], [expected[e][1] for e in sorted(expected)])
         marked = sorted(ln.get_xdata()[0] for ln in panels[title].get_lines() if ln.get_label() == "_selected epoch")
         assert marked == sorted(set(chosen["epoch"]))
 
@@ -68,7 +68,11 @@ def test_plot_curves_writes_one_figure_per_dataset_with_its_numbers(cli, grid, t
     assert sorted(p.name for p in out.iterdir()) == ["curves_synthetic.csv", "curves_synthetic.pdf",
                                                     "curves_synthetic.png"], result.output
     written = pd.read_csv(out / "curves_synthetic.csv")
+    assert list(written.columns[:4]) == ["dataset", "dataset_display", "method", "method_display"]
+    assert set(written["method_display"]) == {"erm", "mtl_l1"}  # --raw-names: the keys in both columns
     summary = aggregate([grid])
-    pd.testing.assert_frame_equal(written, curve_table(summary, [grid], False).reset_index(drop=True),
+    pd.testing.assert_frame_equal(written.drop(columns=["dataset_display", "method_display"]),
+                                  curve_table(summary, [grid], False).reset_index(drop=True),
                                   check_exact=False, rtol=1e-5, check_dtype=False)
+    assert written["mean_pct"].between(0, 100).all() and written["mean_pct"].max() > 1  # percent, not fractions
     assert (out / "curves_synthetic.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

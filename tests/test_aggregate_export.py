@@ -107,13 +107,15 @@ def test_method_order() -> None:
 def test_csv_is_long_format() -> None:
     s = make_summary({**BASE, ("erm", "waterbirds"): (0.9, 0.7, 0.0, 1, 3, False)})
     df = pd.read_csv(io.StringIO(to_csv(s)))
-    assert list(df.columns) == CELL_COLUMNS
+    assert list(df.columns) == ["dataset", "dataset_display", "method", "method_display", "metric", "mean_pct",
+                                "lower_pct", "upper_pct", "half_width_pp", *CELL_COLUMNS[7:]]
     assert len(df) == len(BASE) * 2
     assert set(df["metric"]) == {"avg_acc", "worst_group_acc"}
     one = df[(df["method"] == "erm") & (df["dataset"] == "waterbirds")]
-    assert one["lower"].isna().all() and (one["n"] == 1).all() and (one["n_expected"] == 3).all()
+    assert one["lower_pct"].isna().all() and (one["n"] == 1).all() and (one["n_expected"] == 3).all()
     row = df[(df["method"] == "gdro") & (df["dataset"] == "waterbirds") & (df["metric"] == "worst_group_acc")]
-    assert row.iloc[0]["mean"] == pytest.approx(0.85) and row.iloc[0]["half_width"] == pytest.approx(0.02)
+    assert row.iloc[0]["mean_pct"] == pytest.approx(85.0) and row.iloc[0]["half_width_pp"] == pytest.approx(2.0)
+    assert (row.iloc[0]["method_display"], row.iloc[0]["dataset_display"]) == ("Group DRO", "Waterbirds")
     assert bool(row.iloc[0]["uses_train_groups"]) and row.iloc[0]["select"] == "worst-val"
 
 
@@ -271,7 +273,7 @@ def test_rich_table_content_and_no_truncation() -> None:
     s = make_summary(spec, select="oracle", excluded=2)
     text = _rich_text(render_rich(s))
     assert "oracle (upper bound)" in text
-    assert "92.0 ± 1.0" in text and "gdro*" in text and "†" in text
+    assert "92.0 ± 1.0" in text and "Group DRO*" in text and "gdro" not in text and "†" in text
     assert "2 incomplete run(s) excluded" in text
     narrow = _rich_text(render_rich(s), width=40)
     assert "…" not in narrow
@@ -303,7 +305,8 @@ def test_hparams_views() -> None:
     assert "alpha_aux=0.5" in _rich_text(render_hparams_rich(s, full=True), width=300)
     table = md_table(hparams_to_markdown(s))
     assert len(table) == 2 + len(BASE) and len({len(r) for r in table}) == 1
-    assert table[2][:2] == ["civil\\_comments", "erm"] and table[2][-1] == "lr=1e-05"
+    assert table[2][:2] == ["civil\\_comments", "ERM"] and table[2][-1] == "lr=1e-05"
+    assert table[0][4] == "val worst (%)" and table[2][4] == "60.0"  # the score, in percent like every accuracy
     assert "test worst" in hparams_to_markdown(make_summary(BASE, select="oracle"))
 
 
@@ -340,7 +343,9 @@ def test_tables_print_display_names_raw_keys_on_request_and_grid_overrides():
     ours = DisplayNames(methods={"mtl_l1": "Ours"}, datasets={"waterbirds": "WB"})
     rows = [r[0] for r in md_table(to_markdown(summary, ours))]
     assert rows[2:] == ["ERM", "Group DRO\\*", "Ours"] and md_table(to_markdown(summary, ours))[0][3] == "WB avg"
-    assert "mtl_l1" in to_csv(summary) and "Ours" not in to_csv(summary)  # CSV is for scripts: keys
+    csv = pd.read_csv(io.StringIO(to_csv(summary, ours)))  # the keys for scripts, the printed names beside them
+    assert {"mtl_l1": "Ours"}.items() <= dict(zip(csv["method"], csv["method_display"], strict=True)).items()
+    assert set(csv["dataset_display"]) == {"WB", "civil_comments"}  # a key the registry does not know: itself
 
 
 def test_every_plugin_declares_a_display_name():
@@ -379,4 +384,4 @@ def test_the_hyperparameter_table_at_80_columns_wraps_between_settings_never_ins
     s = four_dataset_summary()
     hparams = _rich_text(render_hparams_rich(s, full=True), width=80)
     assert_readable(hparams, ["0123456789ab", "0:2", "1:3", "2:4", "alpha_aux=0.5,", "alpha_reg=0.01,", "lr=1e-05,",
-                              "weight_decay=0.0001", "civil_comments", "waterbirds"])
+                              "weight_decay=0.0001", "civil_comments", "Waterbirds"])

@@ -1,5 +1,5 @@
 """What each figure's axes show, drawn from small synthetic tables (no training): accuracy axes span at least a few
-points and stay inside [0, 100] (or [0, 1] for probe accuracies), bands are clipped, the heatmap outlines the
+points and stay inside [0, 100] (probe accuracies too), bands are clipped, the heatmap outlines the
 selected setting on a colour scale no narrower than seed noise, methods on one line stay told apart, and a
 condition's ticks read as the tables print its values."""
 
@@ -47,10 +47,10 @@ def summary_of(cells: list[tuple[str, str, float, float, float]], chosen: dict[s
                    per_seed if per_seed is not None else pd.DataFrame(), "worst-val", "t", RunCounts(1, 1, 0, 0))
 
 
-def assert_accuracy_limits(limits: tuple[float, float], scale: float = 100.0) -> None:
+def assert_accuracy_limits(limits: tuple[float, float]) -> None:
     low, high = limits
-    assert low >= 0 and high <= scale, limits
-    assert high - low >= MIN_ACCURACY_SPAN * scale / 100, limits
+    assert low >= 0 and high <= 100, limits
+    assert high - low >= MIN_ACCURACY_SPAN, limits
 
 
 def test_the_heatmap_outlines_the_selected_setting_on_a_colour_scale_of_at_least_a_few_points(tmp_path, drawn):
@@ -88,7 +88,7 @@ def test_curve_bands_are_clipped_to_0_100_and_the_axis_spans_a_few_points():
     from robustmtl.aggregate.curves import METRICS, SPLITS, curve_figure
 
     rows = [{"dataset": "synthetic", "method": "erm", "split": split, "metric": metric, "epoch": epoch,
-             "mean": 99.5 + 0.01 * epoch, "lower": 97.0, "upper": 102.0, "n": 2}
+             "mean_pct": 99.5 + 0.01 * epoch, "lower_pct": 97.0, "upper_pct": 102.0, "n": 2}
             for split in SPLITS for metric in METRICS for epoch in (1, 2, 3)]
     per_seed = pd.DataFrame({"dataset": ["synthetic"] * 2, "method": ["erm"] * 2, "seed": [0, 1], "epoch": [2, 3]})
     fig = curve_figure(pd.DataFrame(rows), summary_of([], per_seed=per_seed), "synthetic")
@@ -98,25 +98,25 @@ def test_curve_bands_are_clipped_to_0_100_and_the_axis_spans_a_few_points():
     assert_accuracy_limits(ax.get_ylim())
 
 
-def test_probe_accuracy_axes_stay_in_0_1_and_methods_differ_in_marker_and_line(tmp_path, drawn):
+def test_probe_accuracy_axes_stay_in_0_100_and_methods_differ_in_marker_and_line(tmp_path, drawn):
     from robustmtl.aggregate.conditions_plot import mechanism_figure
 
     table = regimes_table()
-    table.cells["probe_a_acc_mean"] = table.cells["probe_a_acc_mean"].clip(upper=1.0)
-    table.cells["probe_a_acc_hw"] = 0.05  # an interval that would run past 1 from a mean of about 0.99
+    table.cells["probe_a_acc_mean_pct"] = table.cells["probe_a_acc_mean_pct"].clip(upper=100.0)
+    table.cells["probe_a_acc_hw_pp"] = 5.0  # an interval that would run past 100 from a mean of about 99
     mechanism_figure(table, tmp_path)
     axes = drawn["mechanism_by_spurious_variance_ratio"].axes
     probes = [ax for ax in axes if ax.get_title().startswith("probe accuracy for a")]
     assert len(probes) == 2
     for ax in probes:
-        assert_accuracy_limits(ax.get_ylim(), scale=1.0)
+        assert_accuracy_limits(ax.get_ylim())
         lines = [container.lines[0] for container in ax.containers]
         styles = [(line.get_marker(), line.get_linestyle()) for line in lines]
         assert len(styles) == 6 and len({s[0] for s in styles}) == 6 and len({s[1] for s in styles}) > 1
         assert len({line.get_xdata()[0] for line in lines}) == 6  # dodged: no two methods' markers at one x
         for container in ax.containers:
             ends = np.concatenate([seg for seg in container.lines[2][0].get_segments()])
-            assert ends[:, 1].max() <= 1.0
+            assert ends[:, 1].max() <= 100.0
 
 
 @pytest.mark.parametrize("figure", ["gain", "mechanism"])
@@ -125,7 +125,7 @@ def test_condition_ticks_read_as_the_tables_print_the_values(tmp_path, drawn, fi
     from robustmtl.aggregate.conditions import table_rows
 
     table = regimes_table()
-    for column in ("n", "avg_acc_mean", "avg_acc_hw", "worst_group_acc_mean", "worst_group_acc_hw"):
+    for column in ("n", "avg_acc_mean_pct", "avg_acc_hw_pp", "worst_group_acc_mean_pct", "worst_group_acc_hw_pp"):
         table.cells[column] = 1
     draw = {"gain": conditions_plot.gain_figure, "mechanism": conditions_plot.mechanism_figure}[figure]
     draw(table, tmp_path)
@@ -143,7 +143,7 @@ def test_gain_axis_spans_a_few_points_around_small_differences(tmp_path, drawn):
     from robustmtl.aggregate.conditions_plot import gain_figure
 
     table = regimes_table()
-    for column in ("worst_group_acc_diff", "worst_group_acc_diff_lo", "worst_group_acc_diff_hi"):
+    for column in ("worst_group_acc_diff_pp", "worst_group_acc_diff_lo_pp", "worst_group_acc_diff_hi_pp"):
         table.cells[column] = 0.01 * table.cells[column]
     gain_figure(table, tmp_path)
     low, high = drawn["gain_by_spurious_variance_ratio"].axes[0].get_ylim()

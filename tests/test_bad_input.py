@@ -186,7 +186,7 @@ def test_corrupt_metrics_are_tolerated_with_a_warning(finished_grid, tmp_path):
     metrics = next(grid.glob("runs/*/metrics.jsonl"))
     metrics.write_text(metrics.read_text() + '{"run_id": "trunc')
     proc = subprocess.run([sys.executable, "-m", "robustmtl", "aggregate", str(grid)], capture_output=True, text=True)
-    assert proc.returncode == 0 and "warning" in proc.stderr and "erm" in proc.stdout
+    assert proc.returncode == 0 and "warning" in proc.stderr and "ERM" in proc.stdout
     assert json.loads(metrics.read_text().splitlines()[0])["method"] == "erm"
 
 

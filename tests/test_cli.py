@@ -125,8 +125,8 @@ def test_submit_then_aggregate_every_format(cli, tmp_path):
     out = tmp_path / "grid"
     cli("grid", "submit", write_spec(tmp_path / "g.toml", SMALL), "--out", out)
     table = cli("aggregate", out)
-    assert "erm" in table.output and "mtl_l1" in table.output and "worst" in table.output
-    for suffix, marker in ((".tex", "\\toprule"), (".md", "| ERM"), (".csv", "dataset,method,metric")):
+    assert "ERM" in table.output and "MTL+ℓ1" in table.output and "worst" in table.output
+    for suffix, marker in ((".tex", "\\toprule"), (".md", "| ERM"), (".csv", "dataset,dataset_display,method")):
         target = tmp_path / f"table{suffix}"
         cli("aggregate", out, "--output", target, "--quiet")
         assert marker in target.read_text()
@@ -140,16 +140,16 @@ def test_run_directories_aggregate_alone_or_from_the_folder_holding_them(cli, tm
     single = tmp_path / "runs" / "single"  # `robustmtl run --out runs/single`: the run directory itself
     cli("run", "--method", "erm", "--dataset", "synthetic", *sets, "--out", single)
     alone = cli("aggregate", single, "--format", "csv", "--quiet").output
-    assert "synthetic,erm,worst_group_acc" in alone and ",1,1,0," in alone  # n = 1 seed, 1 expected
+    assert "synthetic,Synthetic,erm,ERM,worst_group_acc" in alone and ",1,1,0," in alone  # n = 1 seed, 1 expected
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     for seed in ("0", "1"):  # the default run directories: runs/single/<run_id>
         cli("run", "--method", "mtl", "--dataset", "synthetic", "--seed", seed, *sets)
     folder = cli("aggregate", "runs/single", "--format", "csv", "--quiet").output
-    assert "synthetic,mtl,worst_group_acc" in folder and ",2,2,0," in folder and "erm" not in folder
+    assert "synthetic,Synthetic,mtl,MTL,worst_group_acc" in folder and ",2,2,0," in folder and "erm" not in folder
     both = cli("aggregate", single, "runs/single", "--format", "csv", "--quiet").output
-    assert "synthetic,erm,worst_group_acc" in both and "synthetic,mtl,worst_group_acc" in both
+    assert all(f"synthetic,Synthetic,{m},{m.upper()},worst_group_acc" in both for m in ("erm", "mtl"))
 
 
 def test_aggregate_mistakes_are_one_line(cli, tmp_path):
@@ -165,9 +165,9 @@ def test_aggregate_options_and_plot(cli, tmp_path):
     out = tmp_path / "grid"
     cli("grid", "submit", write_spec(tmp_path / "g.toml", SMALL), "--out", out)
     result = cli("aggregate", out, "--baseline", "erm", "--show-hparams")
-    assert "Chosen hyperparameters" in result.output and "Paired difference vs erm" in result.output
+    assert "Chosen hyperparameters" in result.output and "Paired difference vs ERM" in result.output
     markdown = cli("aggregate", out, "--baseline", "erm", "--format", "markdown", "--quiet")
-    assert "Paired difference vs erm" in markdown.output and "| synthetic | mtl\\_l1 | worst |" in markdown.output
+    assert "Paired difference vs ERM" in markdown.output and "| Synthetic | MTL+ℓ1 | worst |" in markdown.output
     few = cli("aggregate", out, "--select", "few-groups", "--few-groups-fraction", "0.5")
     assert "few-groups (50% of validation" in " ".join(few.output.split())
     figures = cli("plot", out, "--out", tmp_path / "figs")
@@ -189,9 +189,9 @@ def test_machine_formats_on_stdout_are_clean_and_side_tables_are_files(cli, tmp_
     proc = subprocess.run([sys.executable, "-m", "robustmtl", "aggregate", str(out), "--format", "csv", "--baseline",
                            "erm", "--show-cost"], capture_output=True, text=True, env=env, check=True)
     rows = list(csv.reader(io.StringIO(proc.stdout)))
-    assert rows[0][:3] == ["dataset", "method", "metric"] and len(rows) == 1 + 2 * 2
-    assert {len(r) for r in rows} == {len(rows[0])}
-    assert "Paired difference vs erm" in proc.stderr and "--output FILE" in proc.stderr
+    assert rows[0][:5] == ["dataset", "dataset_display", "method", "method_display", "metric"]
+    assert len(rows) == 1 + 2 * 2 and {len(r) for r in rows} == {len(rows[0])}
+    assert "Paired difference vs ERM" in proc.stderr and "--output FILE" in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "robustmtl", "aggregate", str(out), "--format", "markdown"],
                           capture_output=True, text=True, env=env, check=True)
     table = [line for line in proc.stdout.splitlines() if line.startswith("|")]
@@ -209,7 +209,9 @@ def test_machine_formats_on_stdout_are_clean_and_side_tables_are_files(cli, tmp_
             assert pd.read_csv(sides["hparams"]).set_index("method").loc["mtl_l1", "searched"].startswith(
                 '{"alpha_reg": ')
         else:
-            assert all("\\toprule" in p.read_text() and "mtl\\_l1" in p.read_text() for p in sides.values())
+            # side tables print display names, like the main table
+            assert all("\\toprule" in p.read_text() and r"MTL+$\ell_{1}$" in p.read_text() for p in sides.values())
+            assert not any(r"mtl\_l1" in p.read_text() for p in sides.values())
 
 
 def test_aggregate_output_never_lands_in_a_grid_or_guesses_a_format(cli, tmp_path):
@@ -230,7 +232,7 @@ def test_aggregate_output_never_lands_in_a_grid_or_guesses_a_format(cli, tmp_pat
         assert result.exit_code == 2 and fragment in result.output, result.output
     assert metrics.read_bytes() == before
     cli("aggregate", out, "--quiet", "--output", tmp_path / "T.CSV")
-    assert (tmp_path / "T.CSV").read_text().startswith("dataset,method,metric")
+    assert (tmp_path / "T.CSV").read_text().startswith("dataset,dataset_display,method,method_display,metric")
 
 
 def test_the_dry_run_table_at_80_columns_prints_every_run_id_whole(cli, tmp_path, monkeypatch):

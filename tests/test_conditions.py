@@ -78,11 +78,12 @@ def test_each_condition_is_its_own_row_group_with_paired_differences(grid: Path,
     for r in rows:
         seeds = expected[((float(r["spurious_variance_ratio"]),), r["method"])]
         assert int(r["n"]) == 3
-        assert float(r["worst_group_acc_mean"]) == pytest.approx(100 * np.mean(list(seeds.values())))
+        assert float(r["worst_group_acc_mean_pct"]) == pytest.approx(100 * np.mean(list(seeds.values())))
         base = expected[((float(r["spurious_variance_ratio"]),), "erm")]
         diff = np.mean([100 * (seeds[s] - base[s]) for s in seeds])
-        assert float(r["worst_group_acc_diff"]) == pytest.approx(diff, abs=1e-9)
-        assert r["probe_a_acc_mean"] != ""  # the mechanism fields travel with the cells
+        assert float(r["worst_group_acc_diff_pp"]) == pytest.approx(diff, abs=1e-9)
+        assert 1 < float(r["probe_a_acc_mean_pct"]) <= 100  # the mechanism fields travel with the cells, in percent
+        assert (r["dataset_display"], r["method_display"]) == ("Synthetic", {"erm": "ERM", "mtl": "MTL"}[r["method"]])
 
 
 def test_a_key_the_baseline_lacks_compares_each_of_its_values_with_the_same_baseline_runs(grid: Path, cli,
@@ -102,21 +103,25 @@ def test_a_key_the_baseline_lacks_compares_each_of_its_values_with_the_same_base
         if r["method"] == "mtl":
             seeds = expected[((ratio, float(r["alpha_aux"])), "mtl")]
             diff = np.mean([100 * (seeds[s] - erm[s]) for s in seeds])
-            assert float(r["worst_group_acc_diff"]) == pytest.approx(diff, abs=1e-9)
+            assert float(r["worst_group_acc_diff_pp"]) == pytest.approx(diff, abs=1e-9)
         else:
-            assert float(r["worst_group_acc_mean"]) == pytest.approx(100 * np.mean(list(erm.values())))
+            assert float(r["worst_group_acc_mean_pct"]) == pytest.approx(100 * np.mean(list(erm.values())))
 
     # a run without the key that is not the baseline is a condition of its own, printed "–"
     table = cli("aggregate", grid, *by, "--baseline", "mtl", "--format", "markdown").output
-    assert "| – | erm |" in table and "nan" not in table
+    assert "| – | ERM |" in table and "nan" not in table
 
 
 def test_markdown_and_terminal_name_the_conditions(grid: Path, cli, tmp_path: Path):
     out = tmp_path / "table.md"
     result = cli("aggregate", grid, "--by", "spurious_variance_ratio", "--output", out)
     text = out.read_text()
-    assert "σ²spur/σ²core" in text and "Δworst vs erm" in text and "| 0.5 |" in text and "| 2.0 |" in text
-    assert "probe a" in result.output
+    assert "σ²spur/σ²core" in text and "Δworst vs ERM" in text and "| 0.5 |" in text and "| 2.0 |" in text
+    assert "| MTL |" in text and "| mtl |" not in text  # display names, like the main table
+    assert max(len(line) for line in text.splitlines() if not line.startswith("|")) < 300  # a legend, not one line
+    assert "probe a" in result.output and "MTL" in result.output
+    raw = cli("aggregate", grid, "--by", "spurious_variance_ratio", "--format", "markdown", "--quiet", "--raw-names")
+    assert "Δworst vs erm" in raw.output and "| mtl |" in raw.output
 
 
 def test_plot_by_writes_the_gain_and_mechanism_figures(grid: Path, cli, tmp_path: Path):
@@ -171,7 +176,7 @@ def test_a_method_is_paired_only_with_baseline_runs_of_its_own_condition(grid: P
 
     result = cli("aggregate", low, high, "--baseline", "erm", "--output", tmp_path / "t.csv")
     differences = list(csv.DictReader((tmp_path / "t.differences.csv").open()))
-    assert [(r["method"], r["mean_diff"], r["n"]) for r in differences] == [("mtl", "", "0"), ("mtl", "", "0")]
+    assert [(r["method"], r["mean_diff_pp"], r["n"]) for r in differences] == [("mtl", "", "0"), ("mtl", "", "0")]
     assert {r["note"] for r in differences} == {f"mtl on synthetic not paired with erm: {note}"}
     terminal = " ".join(result.output.split())
     assert terminal.count(f"mtl on synthetic not paired with erm: {note}") == 1
@@ -180,7 +185,7 @@ def test_a_method_is_paired_only_with_baseline_runs_of_its_own_condition(grid: P
     rows = {(r["alpha_aux"], r["method"]): r for r in csv.DictReader((tmp_path / "by.csv").open())}
     for alpha in ("0.5", "1.0"):
         mtl = rows[(alpha, "mtl")]
-        assert mtl["worst_group_acc_diff"] == "" and mtl["diff_note"] == (
+        assert mtl["worst_group_acc_diff_pp"] == "" and mtl["diff_note"] == (
             f"mtl at alpha_aux={alpha} not paired with erm: {note}")
     figures = cli("plot", low, high, "--by", "alpha_aux", "--out", tmp_path / "figs")
     assert " ".join(figures.output.split()).count(f"not paired with erm: {note}") == 2
@@ -211,6 +216,7 @@ def regimes_table():
     import pandas as pd
 
     from robustmtl.aggregate.conditions import ConditionTable
+    from robustmtl.aggregate.units import stat_column
 
     rng = np.random.default_rng(0)
     rows = []
@@ -219,12 +225,12 @@ def regimes_table():
             for method in ("erm", "jtt", "gdro", "l1", "mtl", "mtl_l1"):
                 diff = rng.normal(0, 10)
                 row = {"dataset": "synthetic", "spurious_variance_ratio": ratio, "pretrain_epochs": pretrain_epochs,
-                       "method": method, "worst_group_acc_diff": diff, "worst_group_acc_diff_lo": diff - 3,
-                       "worst_group_acc_diff_hi": diff + 3}
-                for field, centre in (("reliance_core", 0.5), ("reliance_spurious", 0.3), ("probe_a_acc", 0.99),
+                       "method": method, "worst_group_acc_diff_pp": diff, "worst_group_acc_diff_lo_pp": diff - 3,
+                       "worst_group_acc_diff_hi_pp": diff + 3}
+                for field, centre in (("reliance_core", 0.5), ("reliance_spurious", 0.3), ("probe_a_acc", 99.0),
                                       ("active_units", 64.0)):
-                    row[f"{field}_mean"] = centre * (1 + rng.normal(0, 0.05))
-                    row[f"{field}_hw"] = abs(centre * rng.normal(0, 0.02))
+                    row[stat_column(field, "mean")] = centre * (1 + rng.normal(0, 0.05))
+                    row[stat_column(field, "hw")] = abs(centre * rng.normal(0, 0.02))
                 rows.append(row)
     return ConditionTable(by=["spurious_variance_ratio", "pretrain_epochs"], cells=pd.DataFrame(rows),
                           baseline="erm", select="worst-val", warnings=[])
@@ -280,7 +286,8 @@ def test_a_by_table_at_80_columns_prints_every_value_whole_and_wraps_its_caption
     table = regimes_table()
     rng = np.random.default_rng(1)
     for metric in ("avg_acc", "worst_group_acc"):
-        table.cells[f"{metric}_mean"], table.cells[f"{metric}_hw"] = rng.uniform(50, 99, 60), rng.uniform(0, 30, 60)
+        table.cells[f"{metric}_mean_pct"], table.cells[f"{metric}_hw_pp"] = rng.uniform(50, 99, 60), rng.uniform(0, 30,
+                                                                                                                60)
     table.cells["n"] = 3
     table.notes = ["jtt at spurious_variance_ratio=4.0, pretrain_epochs=10 is not paired with erm: no erm run has "
                    "this condition (epochs 3 and 5 differ)"]
@@ -292,5 +299,6 @@ def test_a_by_table_at_80_columns_prints_every_value_whole_and_wraps_its_caption
     values = {cell for row in rows for cell in row} | {word for h in header for word in h.split()}
     assert "…" not in text and max(len(line) for line in lines) <= 80
     assert not [v for v in values if not any(v in line for line in lines)]
-    assert " ".join(" ".join(lines[-10:]).split()).endswith(" ".join(caption(table).split())[-200:])
-    assert "σ²spur/σ²core = spurious_variance_ratio" in caption(table)
+    legend = " ".join(" ".join(caption(table)).split())
+    assert " ".join(" ".join(lines[-10:]).split()).endswith(legend[-200:])
+    assert "σ²spur/σ²core = spurious_variance_ratio" in legend

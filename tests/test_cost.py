@@ -37,15 +37,15 @@ def test_cost_table_means_over_runs_that_recorded_cost_and_counts_the_rest(tmp_p
     })
     row = cost_table(runs).iloc[0]
     assert row["runs"] == 4 and row["without_cost"] == 2
-    assert row["wall_h_per_run"] == pytest.approx(1.5)
-    assert row["gpu_h_per_run"] == pytest.approx(1.5) and row["gpu_h_total"] == pytest.approx(3.0)
+    assert row["wall_time_per_run_h"] == pytest.approx(1.5)
+    assert row["gpu_time_per_run_gpu_h"] == pytest.approx(1.5) and row["gpu_time_total_gpu_h"] == pytest.approx(3.0)
     assert row["peak_mem_gib"] == pytest.approx(2.0)
 
 
 def test_cost_table_cpu_runs_have_zero_gpu_hours_and_no_peak_memory(tmp_path: Path) -> None:
     runs = _runs_frame(tmp_path, {"a": {"wall_s": 30.0, "gpu_hours": 0.0, "peak_mem_mb": None}})
     row = cost_table(runs).iloc[0]
-    assert row["gpu_h_total"] == 0.0 and math.isnan(row["peak_mem_gib"])
+    assert row["gpu_time_total_gpu_h"] == 0.0 and math.isnan(row["peak_mem_gib"])
 
 
 def test_dry_run_estimate_scales_finished_runs_to_the_runs_left(tmp_path: Path) -> None:
@@ -84,13 +84,22 @@ def test_aggregate_show_cost_reports_every_finished_run_including_helper_runs(tm
     cli("grid", "submit", spec, "--out", tmp_path / "out")
     out = tmp_path / "t.md"
     cli("aggregate", tmp_path / "out", "--show-cost", "--output", out, "--quiet")
-    rows = {line.split("|")[2].strip().replace("\\_", "_"): [c.strip() for c in line.split("|")[1:-1]]
-            for line in out.read_text().split("Cost per cell:")[1].splitlines() if line.startswith("| synthetic")}
-    assert set(rows) == {"erm", "jtt", "jtt_stage1"}
-    assert rows["erm"][2] == "2" and rows["jtt_stage1"][2] == "2"  # stage 1 runs once per seed
+    cost = out.read_text().split("Cost per cell:")[1]
+    assert "| wall time / run (h) | GPU time / run (GPU-h) | GPU time total (GPU-h) | peak GPU mem (GiB) |" in cost
+    rows = {line.split("|")[2].strip(): [c.strip() for c in line.split("|")[1:-1]]
+            for line in cost.splitlines() if line.startswith("| Synthetic")}
+    assert set(rows) == {"ERM", "JTT", "JTT stage 1"}  # display names, like the main table
+    assert rows["ERM"][2] == "2" and rows["JTT stage 1"][2] == "2"  # stage 1 runs once per seed
     for row in rows.values():
-        assert row[3].endswith(" s") and float(row[3].split()[0]) >= 0  # wall time recorded by the loop
+        assert 0 < float(row[3]) < 1  # wall time recorded by the loop, in hours: a tiny run takes seconds
         assert row[5] == "0"  # GPU-hours on a CPU
+    cli("aggregate", tmp_path / "out", "--show-cost", "--output", tmp_path / "t.csv", "--quiet")
+    csv = pd.read_csv(tmp_path / "t.cost.csv")
+    assert list(csv.columns[:4]) == ["dataset", "dataset_display", "method", "method_display"]
+    assert set(zip(csv["method"], csv["method_display"], strict=True)) == {("erm", "ERM"), ("jtt", "JTT"),
+                                                                           ("jtt_stage1", "JTT stage 1")}
+    hours = {m: float(h) for m, h in zip(csv["method"], csv["wall_time_per_run_h"], strict=True)}
+    assert all(f"{hours[m]:.3g}" == rows[n][3] for m, n in (("erm", "ERM"), ("jtt", "JTT")))  # one unit
 
 
 def test_dry_run_prints_the_estimate_from_the_grid_directory(tmp_path: Path, cli) -> None:

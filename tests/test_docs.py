@@ -243,3 +243,19 @@ def test_links_between_pages_resolve():
 def test_readme_reads_in_five_minutes():
     size = len(README.read_bytes())
     assert size <= README_MAX_BYTES, f"README.md is {size} bytes; move detail into docs/ (at most {README_MAX_BYTES})"
+
+
+def test_the_units_section_states_the_unit_table():
+    """docs/results.md#units lists each quantity of aggregate/units.py with its unit and CSV suffix, once."""
+    from robustmtl.aggregate.units import UNITS
+
+    text = (ROOT / "docs" / "results.md").read_text()
+    section = text.split("\n## Units\n", 1)[1].split("\n## ", 1)[0]
+    rows = {cells[0]: cells[1:3] for line in section.splitlines() if line.startswith("| ")
+            for cells in [[c.strip() for c in line.strip("|").split("|")]]}
+    for unit in UNITS:
+        assert unit.quantity in rows, unit.quantity
+        name, suffix = rows[unit.quantity]
+        assert name.startswith(unit.name) and suffix == f"`_{unit.suffix}`", (unit, rows[unit.quantity])
+    others = [page for page in PAGES if page.name != "results.md" and "\n## Units" in page.read_text()]
+    assert not others, f"units are stated once, in docs/results.md#units: {others}"

@@ -34,7 +34,7 @@ def test_a_failed_run_dropped_leaves_the_grid_and_keeps_its_files(cli, tmp_path,
     assert [e["run_id"] for e in read_plan(grid) or []] == [kept]
     assert (out / "dropped" / failed / "FAILED").exists() and (out / "dropped" / failed / "config.json").exists()
     assert "1 already done, 0 to run" in cli("grid", "resume", out).output
-    assert "gdro" not in cli("aggregate", out).output  # no cell left short
+    assert "Group DRO" not in cli("aggregate", out).output  # no cell left short
     gone = cli("grid", "drop", out, failed, ok=False)
     assert gone.exit_code == 2 and f"unknown run id {failed!r}" in gone.output
 

@@ -26,13 +26,15 @@ from typing import Any
 
 import pandas as pd
 
-from robustmtl.aggregate.export import method_order
+from robustmtl.aggregate.export import md_escape, method_order
 from robustmtl.aggregate.hyperparameters import check_no_condition_varies, paired_differences, parameters_of
 from robustmtl.aggregate.load import Loaded, load_runs
+from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames, with_display_columns
 from robustmtl.aggregate.parse import METRICS
 from robustmtl.aggregate.select import get_selector, select_runs
 from robustmtl.aggregate.stats import t_interval
 from robustmtl.aggregate.terminal import Column, FittedTable
+from robustmtl.aggregate.units import ACCURACY, POINTS, SHARE, displayed, percent, stat_column, unit_of
 from robustmtl.errors import UserError
 from robustmtl.metrics import MECHANISM_FIELDS
 from robustmtl.params import did_you_mean
@@ -40,8 +42,9 @@ from robustmtl.params import did_you_mean
 
 @dataclass
 class ConditionTable:
-    """cells: one row per (dataset, condition, method). Accuracies in %, intervals are 95% Student-t over seeds.
-    notes: why some rows have no difference against the baseline (their `diff_note`), once each."""
+    """cells: one row per (dataset, condition, method), its columns named and valued as the CSV holds them
+    (units.stat_column: `worst_group_acc_mean_pct`, `worst_group_acc_diff_pp`, ...); intervals are 95% Student-t
+    over seeds. notes: why some rows have no difference against the baseline (their `diff_note`), once each."""
 
     by: list[str]
     cells: pd.DataFrame
@@ -52,7 +55,8 @@ class ConditionTable:
 
     @property
     def mechanism(self) -> list[str]:
-        return [f for f in MECHANISM_FIELDS if f"{f}_mean" in self.cells and self.cells[f"{f}_mean"].notna().any()]
+        return [f for f in MECHANISM_FIELDS
+                if (c := stat_column(f, "mean")) in self.cells and self.cells[c].notna().any()]
 
 
 def _condition_values(loaded: Loaded, by: Sequence[str]) -> pd.DataFrame:
@@ -132,22 +136,21 @@ def condition_table(grid_dirs: Sequence[Path], by: Sequence[str], select: str = 
         per_seed = sel.per_seed.merge(test, on=["run_id", "epoch", "step"], how="left")
         for (dataset, method), cell in per_seed.groupby(["dataset", "method"], sort=True):
             row: dict[str, Any] = {"dataset": dataset, **condition, "method": method, "n": int(cell["seed"].nunique())}
-            for metric in METRICS:
-                iv = t_interval(100 * cell[metric].to_numpy())
-                row[f"{metric}_mean"], row[f"{metric}_hw"] = iv.mean, iv.half_width
-            for f in mechanism_cols:
-                iv = t_interval(cell[f].dropna().to_numpy())
-                row[f"{f}_mean"], row[f"{f}_hw"] = iv.mean, iv.half_width
+            for f in (*METRICS, *mechanism_cols):
+                iv = t_interval(displayed(f, cell[f].dropna().to_numpy(dtype=float)))
+                row[stat_column(f, "mean")], row[stat_column(f, "hw")] = iv.mean, iv.half_width
             if baseline is not None:
                 base = per_seed[(per_seed["dataset"] == dataset) & (per_seed["method"] == baseline)]
                 diffs, note = paired_differences(
                     f"{method} at {_describe(condition)}" + (f" on {dataset}" if several_datasets else ""), str(method),
                     parameters[(dataset, method)], cell, baseline,
-                    None if base.empty else parameters[(dataset, baseline)], base, "in this condition", scale=100)
+                    None if base.empty else parameters[(dataset, baseline)], base, "in this condition",
+                    scale=percent(1.0))
                 for metric in METRICS:
                     d = diffs.get(metric)
-                    row[f"{metric}_diff"], row[f"{metric}_diff_lo"], row[f"{metric}_diff_hi"] = (
-                        (d.mean, d.lower, d.upper) if d else (math.nan, math.nan, math.nan))
+                    for stat, value in zip(("diff", "diff_lo", "diff_hi"), (d.mean, d.lower, d.upper) if d else
+                                           (math.nan,) * 3, strict=True):
+                        row[stat_column(metric, stat)] = value
                 row["diff_note"] = note  # last, after the columns it explains
             rows.append(row)
     if not rows:
@@ -178,9 +181,17 @@ def _pm(mean: float, hw: float, digits: int = 1) -> str:
 
 
 def _diff(row: pd.Series, metric: str) -> str:
-    if f"{metric}_diff" not in row or math.isnan(row[f"{metric}_diff"]):
-        return "–"
-    return f"{row[f'{metric}_diff']:+.1f} [{row[f'{metric}_diff_lo']:+.1f}, {row[f'{metric}_diff_hi']:+.1f}]"
+    diff, lo, hi = (row.get(stat_column(metric, stat), math.nan) for stat in ("diff", "diff_lo", "diff_hi"))
+    return "–" if math.isnan(diff) else f"{diff:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+
+
+DIGITS = {ACCURACY: 1, SHARE: 2, None: 0}  # decimals printed per unit (a count of units: none)
+
+
+def _stat(row: pd.Series, field: str, intervals: bool) -> str:
+    mean, hw = row[stat_column(field, "mean")], row[stat_column(field, "hw")]
+    digits = DIGITS[unit_of(field)]
+    return _pm(mean, hw, digits) if intervals else _num(mean, digits)
 
 
 SHORT = {"spurious_variance_ratio": "σ²spur/σ²core", "pretrain_epochs": "pre-train ep.", "probe_y_acc": "probe y",
@@ -188,61 +199,78 @@ SHORT = {"spurious_variance_ratio": "σ²spur/σ²core", "pretrain_epochs": "pre
          "reliance_noise": "rel. noise", "active_units": "units"}
 
 
-def table_rows(table: ConditionTable, intervals: bool = True) -> tuple[list[str], list[list[str]]]:
+def table_rows(table: ConditionTable, intervals: bool = True,
+               names: DisplayNames = REGISTRY_NAMES) -> tuple[list[str], list[list[str]]]:
     """Header and text cells shared by every format, so the terminal and Markdown never disagree.
     Without `intervals` (the terminal), mechanism fields show their means only."""
     datasets = table.cells["dataset"].nunique() > 1
     header = [*(["dataset"] if datasets else []), *(SHORT.get(k, k) for k in table.by), "method", "n", "avg", "worst"]
     if table.baseline is not None:
-        header.append(f"Δworst vs {table.baseline}")
+        header.append(f"Δworst vs {names.method(table.baseline)}")
     header += [SHORT.get(f, f) for f in table.mechanism]
     rows = []
     for _, r in table.cells.iterrows():
-        cells = [*([str(r["dataset"])] if datasets else []), *(condition_text(r[k]) for k in table.by),
-                 str(r["method"]),
-                 str(r["n"]), _pm(r["avg_acc_mean"], r["avg_acc_hw"]),
-                 _pm(r["worst_group_acc_mean"], r["worst_group_acc_hw"])]
+        cells = [*([names.dataset(str(r["dataset"]))] if datasets else []), *(condition_text(r[k]) for k in table.by),
+                 names.method(str(r["method"])), str(r["n"]),
+                 *(_stat(r, metric, True) for metric in METRICS)]
         if table.baseline is not None:
             cells.append("–" if r["method"] == table.baseline else _diff(r, "worst_group_acc"))
-        for f in table.mechanism:
-            digits = 0 if f == "active_units" else 2
-            cells.append(_pm(r[f"{f}_mean"], r[f"{f}_hw"], digits) if intervals else _num(r[f"{f}_mean"], digits))
+        cells += [_stat(r, f, intervals) for f in table.mechanism]
         rows.append(cells)
     return header, rows
 
 
-def caption(table: ConditionTable) -> str:
-    parts = [f"Test accuracy (%) per condition ({', '.join(table.by)}) at the epoch and setting chosen by the "
-             f"{table.select} rule within each condition; mean ± half-width of the 95% Student-t interval over seeds."]
+def caption(table: ConditionTable, names: DisplayNames = REGISTRY_NAMES) -> list[str]:
+    """The caption's sentence, then its legend: one short paragraph each (the notes one line per method), so no
+    format prints them as a single line of hundreds of characters."""
+    parts = [f"Test accuracy ({ACCURACY.symbol}) per condition ({', '.join(table.by)}) at the epoch and setting "
+             f"chosen by the {table.select} rule within each condition; mean ± half-width of the 95% Student-t "
+             "interval over seeds."]
     short = [f"{SHORT[k]} = {k}" for k in table.by if k in SHORT]
     if short:
         parts.append("Columns: " + "; ".join(short) + ".")
     if table.baseline is not None:
-        parts.append(f"Δworst: paired difference in worst-group accuracy against {table.baseline} over the same "
-                     "seeds, with its 95% interval.")
+        parts.append(f"Δworst: paired difference in worst-group accuracy against {names.method(table.baseline)} over "
+                     f"the same seeds, in {POINTS.name}, with its 95% interval.")
     if table.notes:
-        parts.append("No Δ (–) where no baseline run pairs: " + "; ".join(table.notes) + ".")
+        parts.append("No Δ (–) where no baseline run pairs:")
+        parts += [f"- {note}." for note in table.notes]
     if table.mechanism:
-        parts.append("Mechanism fields at the same epochs (robustmtl/train/mechanism.py): linear-probe accuracy for "
-                     "y and a from h (probe y, probe a), each input block's share of the margin's gradient × input "
-                     "(rel.), active units of h.")
-    return " ".join(parts)
+        parts.append(f"Mechanism fields at the same epochs (robustmtl/train/mechanism.py): linear-probe accuracy "
+                     f"({ACCURACY.symbol}) for y and a from h (probe y, probe a), each input block's share of the "
+                     "margin's gradient × input (rel., a fraction of 1), active units of h.")
+    return parts
 
 
-def to_markdown(table: ConditionTable) -> str:
-    header, rows = table_rows(table)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n\n" + caption(table) + "\n"
+def to_markdown(table: ConditionTable, names: DisplayNames = REGISTRY_NAMES) -> str:
+    header, rows = table_rows(table, names=names)
+    lines = ["| " + " | ".join(md_escape(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(md_escape(c) for c in r) + " |" for r in rows]
+    legend = [md_escape(part) if not part.startswith("- ") else "- " + md_escape(part[2:])
+              for part in caption(table, names)]
+    paragraphs = "\n\n".join("\n".join(p) for p in _paragraphs(legend))
+    return "\n".join(lines) + "\n\n" + paragraphs + "\n"
 
 
-def to_csv(table: ConditionTable) -> str:
-    return table.cells.to_csv(index=False)
+def _paragraphs(parts: list[str]) -> list[list[str]]:
+    """Caption parts grouped into paragraphs: a list item stays with the items and the line before it."""
+    grouped: list[list[str]] = []
+    for part in parts:
+        if part.startswith("- ") and grouped:
+            grouped[-1].append(part)
+        else:
+            grouped.append([part])
+    return grouped
 
 
-def render_rich(table: ConditionTable) -> FittedTable:
+def to_csv(table: ConditionTable, names: DisplayNames = REGISTRY_NAMES) -> str:
+    """The cells as they are (units in the column names), with display names beside the keys."""
+    return with_display_columns(table.cells, names).to_csv(index=False, lineterminator="\n")
+
+
+def render_rich(table: ConditionTable, names: DisplayNames = REGISTRY_NAMES) -> FittedTable:
     """The terminal table with its caption, fitted to the terminal's width (aggregate/terminal.py)."""
-    header, rows = table_rows(table, intervals=False)
+    header, rows = table_rows(table, intervals=False, names=names)
     identifying = header.index("method") + 1  # dataset, the condition keys and the method name a row
     return FittedTable("by " + ", ".join(table.by), [Column(h) for h in header], rows, keep=identifying,
-                       caption=caption(table))
+                       caption="\n".join(caption(table, names)))

@@ -10,9 +10,12 @@ import pandas as pd
 
 from robustmtl.aggregate.axes import clip_accuracy, set_accuracy_limits, set_min_span, tick_at_values
 from robustmtl.aggregate.conditions import ConditionTable, condition_text
+from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames
 from robustmtl.aggregate.plot import FORMATS, MARKERS, pyplot, save_figure
+from robustmtl.aggregate.units import ACCURACY, POINTS, stat_column, unit_of
 
-MECHANISM_LABELS = {"probe_y_acc": "probe accuracy for y", "probe_a_acc": "probe accuracy for a",
+MECHANISM_LABELS = {"probe_y_acc": f"probe accuracy for y ({ACCURACY.symbol})",
+                    "probe_a_acc": f"probe accuracy for a ({ACCURACY.symbol})",
                     "reliance_core": "margin reliance on core", "reliance_spurious": "margin reliance on spurious",
                     "reliance_noise": "margin reliance on noise", "active_units": "active units of h"}
 
@@ -25,7 +28,6 @@ def _panels(table: ConditionTable) -> list[tuple[str, pd.DataFrame]]:
             for key, g in table.cells.groupby(rest if len(rest) > 1 else rest[0], sort=True)]
 
 
-ACCURACY_FIELDS = {"probe_y_acc", "probe_a_acc"}  # fractions, as the tables print them: axis within [0, 1]
 LINESTYLES = ("-", "--", "-.", ":")
 DODGE = 0.03  # per method: x times 1 ± DODGE on a log axis, ± DODGE of the x range on a linear one
 
@@ -62,7 +64,7 @@ def _condition_axis(ax: Any, x_key: str, cells: pd.DataFrame) -> None:
     ax.set_xlabel(x_key)
 
 
-def gain_figure(table: ConditionTable, out: Path) -> list[Path]:
+def gain_figure(table: ConditionTable, out: Path, names: DisplayNames = REGISTRY_NAMES) -> list[Path]:
     """Δ worst-group accuracy over the baseline (paired, 95% interval) against the first --by key."""
     plt = pyplot()
     x_key = table.by[0]
@@ -76,26 +78,25 @@ def gain_figure(table: ConditionTable, out: Path) -> list[Path]:
         log = _log_x(cells[x_key].astype(float))
         for i, method in enumerate(methods):
             rows = cells[cells["method"] == method].sort_values(x_key)
-            y = rows["worst_group_acc_diff"]
-            err = [y - rows["worst_group_acc_diff_lo"], rows["worst_group_acc_diff_hi"] - y]
-            ax.errorbar(_dodged(rows[x_key].astype(float), i, len(methods), log), y, yerr=err, capsize=3,
-                        alpha=0.85, label=method, **styles[method])
-            shown += [*rows["worst_group_acc_diff_lo"], *rows["worst_group_acc_diff_hi"]]
+            y, lo, hi = (rows[stat_column("worst_group_acc", stat)] for stat in ("diff", "diff_lo", "diff_hi"))
+            ax.errorbar(_dodged(rows[x_key].astype(float), i, len(methods), log), y, yerr=[y - lo, hi - y], capsize=3,
+                        alpha=0.85, label=names.method(method), **styles[method])
+            shown += [*lo, *hi]
         ax.axhline(0, color="grey", lw=0.8)
         _condition_axis(ax, x_key, cells)
         if x_key == "spurious_variance_ratio":
             ax.axvline(1, color="grey", ls=":", lw=0.8)
         ax.set_title(title)
     set_min_span(axes[0][0], shown)  # y is shared
-    axes[0][0].set_ylabel(f"test worst-group accuracy − {table.baseline} (points)")
+    axes[0][0].set_ylabel(f"test worst-group accuracy − {names.method(str(table.baseline))} ({POINTS.name})")
     axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle("Paired difference over seeds, 95% Student-t interval")
     return save_figure(plt, fig, out / f"gain_by_{x_key}", FORMATS)
 
 
-def mechanism_figure(table: ConditionTable, out: Path) -> list[Path]:
+def mechanism_figure(table: ConditionTable, out: Path, names: DisplayNames = REGISTRY_NAMES) -> list[Path]:
     """Each mechanism field (mean over seeds, 95% interval) against the first --by key, per method; probe
-    accuracies on a [0, 1] axis spanning at least MIN_ACCURACY_SPAN points."""
+    accuracies on a percent axis spanning at least MIN_ACCURACY_SPAN points."""
     fields = [f for f in ("reliance_core", "reliance_spurious", "probe_a_acc", "active_units") if f in table.mechanism]
     if not fields:
         return []
@@ -110,26 +111,28 @@ def mechanism_figure(table: ConditionTable, out: Path) -> list[Path]:
         log = _log_x(cells[x_key].astype(float))
         for c, f in enumerate(fields):
             ax = axes[r][c]
+            accuracy = unit_of(f) is ACCURACY
+            mean_col, hw_col = stat_column(f, "mean"), stat_column(f, "hw")
             for i, method in enumerate(methods):
                 rows = cells[cells["method"] == method].sort_values(x_key)
-                mean, hw = rows[f"{f}_mean"], rows[f"{f}_hw"].fillna(0)
-                if f in ACCURACY_FIELDS:
-                    # bars clipped to [0, 1], so markers at 1 may be drawn whole over the axis's edge
-                    err = [(mean - clip_accuracy(mean - hw, 1.0)).clip(lower=0),
-                           (clip_accuracy(mean + hw, 1.0) - mean).clip(lower=0)]
+                mean, hw = rows[mean_col], rows[hw_col].fillna(0)
+                if accuracy:
+                    # bars clipped to [0, 100], so markers at 100 may be drawn whole over the axis's edge
+                    err = [(mean - clip_accuracy(mean - hw)).clip(lower=0),
+                           (clip_accuracy(mean + hw) - mean).clip(lower=0)]
                 else:
                     err = [hw, hw]
                 ax.errorbar(_dodged(rows[x_key].astype(float), i, len(methods), log), mean, yerr=err, capsize=2,
-                            alpha=0.85, label=method, clip_on=f not in ACCURACY_FIELDS, **styles[method])
-            if f in ACCURACY_FIELDS:
-                set_accuracy_limits(ax, "y", pd.concat([cells[f"{f}_mean"] - cells[f"{f}_hw"].fillna(0),
-                                                        cells[f"{f}_mean"] + cells[f"{f}_hw"].fillna(0)]), scale=1.0)
+                            alpha=0.85, label=names.method(method), clip_on=not accuracy, **styles[method])
+            if accuracy:
+                set_accuracy_limits(ax, "y", pd.concat([cells[mean_col] - cells[hw_col].fillna(0),
+                                                        cells[mean_col] + cells[hw_col].fillna(0)]))
             _condition_axis(ax, x_key, cells)
             ax.set_title(f"{MECHANISM_LABELS.get(f, f)}" + (f"\n{title}" if title else ""), fontsize=9)
     axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5))
     return save_figure(plt, fig, out / f"mechanism_by_{x_key}", FORMATS)
 
 
-def condition_figures(table: ConditionTable, out: Path) -> list[Path]:
-    paths = gain_figure(table, out) if table.baseline is not None else []
-    return paths + mechanism_figure(table, out)
+def condition_figures(table: ConditionTable, out: Path, names: DisplayNames = REGISTRY_NAMES) -> list[Path]:
+    paths = gain_figure(table, out, names) if table.baseline is not None else []
+    return paths + mechanism_figure(table, out, names)

@@ -4,7 +4,8 @@ The training loop writes `wall_s` (all attempts, evaluation included), `gpu_hour
 used; 0 on a CPU) and `peak_mem_mb` (torch.cuda.max_memory_allocated; null on a CPU) into every
 run's DONE summary. A cell's cost counts every finished run of it, all hyperparameter settings and
 seeds, because that is what the sweep paid; runs that other runs need (JTT's stage 1) are their own
-rows, so the price of a two-stage method is visible in full.
+rows, so the price of a two-stage method is visible in full. Wall time is in hours, GPU time in GPU-hours and
+memory in GiB everywhere (aggregate/units.py).
 """
 
 from __future__ import annotations
@@ -16,10 +17,16 @@ import pandas as pd
 from rich.table import Table
 from rich.text import Text
 
+from robustmtl.aggregate.export import md_escape
+from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames, with_display_columns
+from robustmtl.aggregate.units import GPU_TIME, MEMORY, WALL_TIME, column, hours
 from robustmtl.rundir import run_cost
 
-COST_COLUMNS = ["dataset", "method", "runs", "wall_h_per_run", "gpu_h_per_run", "gpu_h_total", "peak_mem_gib",
-                "without_cost"]
+WALL_PER_RUN = column("wall_time_per_run", WALL_TIME)
+GPU_PER_RUN = column("gpu_time_per_run", GPU_TIME)
+GPU_TOTAL = column("gpu_time_total", GPU_TIME)
+PEAK_MEMORY = column("peak_mem", MEMORY)
+COST_COLUMNS = ["dataset", "method", "runs", WALL_PER_RUN, GPU_PER_RUN, GPU_TOTAL, PEAK_MEMORY, "without_cost"]
 
 
 def cost_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -37,56 +44,50 @@ def cost_table(runs: pd.DataFrame) -> pd.DataFrame:
         peaks = [c.peak_mem_mb for c in costs if c.peak_mem_mb is not None]
         rows.append({
             "dataset": dataset, "method": method, "runs": len(group),
-            "wall_h_per_run": sum(walls) / len(walls) / 3600 if walls else math.nan,
-            "gpu_h_per_run": sum(gpu) / len(gpu) if gpu else math.nan,
-            "gpu_h_total": sum(gpu) if gpu else math.nan,
-            "peak_mem_gib": max(peaks) / 1024 if peaks else math.nan,
+            WALL_PER_RUN: hours(sum(walls) / len(walls)) if walls else math.nan,
+            GPU_PER_RUN: sum(gpu) / len(gpu) if gpu else math.nan,
+            GPU_TOTAL: sum(gpu) if gpu else math.nan,
+            PEAK_MEMORY: max(peaks) / 1024 if peaks else math.nan,
             "without_cost": len(group) - len(walls),
         })
     return pd.DataFrame(rows, columns=COST_COLUMNS)
 
 
-COST_HEADER = ("dataset", "method", "runs", "wall time / run", "GPU-h / run", "GPU-h total", "peak GPU mem")
-COST_NOTE = ("every finished run of the cell, all settings and seeds; GPU-h = wall time × GPUs (0 on a CPU); "
+COST_HEADER = ("dataset", "method", "runs", f"wall time / run ({WALL_TIME.symbol})",
+               f"GPU time / run ({GPU_TIME.symbol})", f"GPU time total ({GPU_TIME.symbol})",
+               f"peak GPU mem ({MEMORY.symbol})")
+COST_NOTE = ("every finished run of the cell, all settings and seeds; GPU time = wall time × GPUs (0 on a CPU); "
              "peak memory = torch.cuda.max_memory_allocated, the largest run")
 
 
-def _duration(hours: float) -> str:
-    if math.isnan(hours):
-        return "\u2013"
-    seconds = hours * 3600
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{hours:.1f} h"
+def _number(value: float, spec: str = ".3g") -> str:
+    return "\u2013" if math.isnan(value) else f"{value:{spec}}"
 
 
-def _gpu_hours(value: float) -> str:
-    return "\u2013" if math.isnan(value) else f"{value:.3g}"
-
-
-def cost_rows(costs: pd.DataFrame) -> list[tuple[str, ...]]:
+def cost_rows(costs: pd.DataFrame, names: DisplayNames = REGISTRY_NAMES) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
-    for r in costs.itertuples():
-        runs = f"{r.runs}" + (f" ({r.without_cost} without cost)" if r.without_cost else "")
-        peak = "\u2013" if math.isnan(r.peak_mem_gib) else f"{r.peak_mem_gib:.2f} GiB"
-        rows.append((str(r.dataset), str(r.method), runs, _duration(r.wall_h_per_run), _gpu_hours(r.gpu_h_per_run),
-                     _gpu_hours(r.gpu_h_total), peak))
+    for r in costs.to_dict("records"):
+        runs = f"{r['runs']}" + (f" ({r['without_cost']} without cost)" if r["without_cost"] else "")
+        rows.append((names.dataset(str(r["dataset"])), names.method(str(r["method"])), runs, _number(r[WALL_PER_RUN]),
+                     _number(r[GPU_PER_RUN]), _number(r[GPU_TOTAL]), _number(r[PEAK_MEMORY], ".2f")))
     return rows
 
 
-def render_cost_rich(costs: pd.DataFrame) -> Table:
+def cost_csv_frame(costs: pd.DataFrame, names: DisplayNames = REGISTRY_NAMES) -> pd.DataFrame:
+    """The cost table as its CSV holds it: the units are in the column names, display names beside the keys."""
+    return with_display_columns(costs, names)
+
+
+def render_cost_rich(costs: pd.DataFrame, names: DisplayNames = REGISTRY_NAMES) -> Table:
     table = Table(title=Text("Cost per cell"), caption=Text(COST_NOTE))
     for name in COST_HEADER:
         table.add_column(name, justify="left" if name in ("dataset", "method") else "right", overflow="fold")
-    for row in cost_rows(costs):
+    for row in cost_rows(costs, names):
         table.add_row(*map(Text, row))
     return table
 
 
-def cost_to_markdown(costs: pd.DataFrame) -> str:
+def cost_to_markdown(costs: pd.DataFrame, names: DisplayNames = REGISTRY_NAMES) -> str:
     lines = ["Cost per cell:", "", "| " + " | ".join(COST_HEADER) + " |", "|:--|:--" + "|--:" * 5 + "|"]
-    lines += ["| " + " | ".join(c.replace("|", "\\|").replace("_", "\\_") for c in row) + " |"
-              for row in cost_rows(costs)]
+    lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in cost_rows(costs, names)]
     return "\n".join([*lines, "", COST_NOTE[0].upper() + COST_NOTE[1:] + "."]) + "\n"

@@ -3,7 +3,8 @@
 Per (dataset, method) cell at the setting the tables' rule chose: validation and test, average and
 worst-group accuracy against epoch, the mean over the cell's seeds with a band (the 95% Student-t
 interval over seeds at that epoch, drawn clipped to [0, 100]; none where one seed has the epoch), and each
-seed's selected epoch marked. One figure per dataset, one panel per method, plus the plotted numbers as CSV beside it.
+seed's selected epoch marked. One figure per dataset, one panel per method, plus the plotted numbers as CSV beside it
+(percent, in columns named so: aggregate/units.py).
 An epoch's point is its last evaluation (runs with eval_every evaluate several times an epoch).
 """
 
@@ -18,16 +19,18 @@ import pandas as pd
 from robustmtl.aggregate.axes import clip_accuracy, set_accuracy_limits
 from robustmtl.aggregate.export import method_order
 from robustmtl.aggregate.load import load_runs
-from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames
+from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames, with_display_columns
 from robustmtl.aggregate.stats import t_interval
 from robustmtl.aggregate.summary import Summary
+from robustmtl.aggregate.units import ACCURACY, column, percent
 
 SPLITS = ("val", "test")
 METRICS = ("avg_acc", "worst_group_acc")
 METRIC_COLORS = {"avg_acc": "C0", "worst_group_acc": "C3"}
 SPLIT_STYLES: dict[str, Any] = {"val": "--", "test": "-"}  # Any: matplotlib types styles as literals
 LABELS = {"avg_acc": "average", "worst_group_acc": "worst-group"}
-COLUMNS = ["dataset", "method", "split", "metric", "epoch", "mean", "lower", "upper", "n"]
+MEAN, LOWER, UPPER = (column(stat, ACCURACY) for stat in ("mean", "lower", "upper"))
+COLUMNS = ["dataset", "method", "split", "metric", "epoch", MEAN, LOWER, UPPER, "n"]
 PANELS_PER_ROW = 4
 
 
@@ -42,9 +45,9 @@ def curve_table(summary: Summary, dirs: Sequence[Path], include_running: bool) -
     rows = []
     for (dataset, method, split, epoch), group in curves.groupby(["dataset", "method", "split", "epoch"]):
         for metric in METRICS:
-            iv = t_interval(100 * group[metric].to_numpy(dtype=float))
+            iv = t_interval(percent(group[metric].to_numpy(dtype=float)))
             rows.append({"dataset": dataset, "method": method, "split": split, "metric": metric,
-                         "epoch": int(epoch), "mean": iv.mean, "lower": iv.lower, "upper": iv.upper, "n": iv.n})
+                         "epoch": int(epoch), MEAN: iv.mean, LOWER: iv.lower, UPPER: iv.upper, "n": iv.n})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -73,9 +76,9 @@ def curve_figure(table: pd.DataFrame, summary: Summary, dataset: str, names: Dis
             for metric in METRICS:
                 line = rows[(rows["method"] == method) & (rows["split"] == split) & (rows["metric"] == metric)]
                 line = line.sort_values("epoch")
-                ax.plot(line["epoch"], line["mean"], SPLIT_STYLES[split], color=METRIC_COLORS[metric],
+                ax.plot(line["epoch"], line[MEAN], SPLIT_STYLES[split], color=METRIC_COLORS[metric],
                         label=f"{split} {metric}", linewidth=1.4)
-                ax.fill_between(line["epoch"], clip_accuracy(line["lower"]), clip_accuracy(line["upper"]),
+                ax.fill_between(line["epoch"], clip_accuracy(line[LOWER]), clip_accuracy(line[UPPER]),
                                 color=METRIC_COLORS[metric], alpha=0.15 if split == "test" else 0.08, linewidth=0)
         for epoch in sorted(set(selected_epochs(summary, dataset, method))):
             ax.axvline(epoch, color="0.4", linestyle=":", linewidth=1, label="_selected epoch")
@@ -86,8 +89,8 @@ def curve_figure(table: pd.DataFrame, summary: Summary, dataset: str, names: Dis
     for ax in axes.flat[len(methods):]:
         ax.set_visible(False)
     for ax in axes[:, 0]:
-        ax.set_ylabel("accuracy (%)")
-    set_accuracy_limits(axes.flat[0], "y", pd.concat([rows["mean"], rows["lower"], rows["upper"]]))  # y is shared
+        ax.set_ylabel(f"accuracy ({ACCURACY.symbol})")
+    set_accuracy_limits(axes.flat[0], "y", pd.concat([rows[MEAN], rows[LOWER], rows[UPPER]]))  # y is shared
     handles = [Line2D([], [], color=METRIC_COLORS[m], linestyle=SPLIT_STYLES[s], label=f"{s} {LABELS[m]}")
                for s in SPLITS for m in METRICS]
     handles.append(Line2D([], [], color="0.4", linestyle=":", label="selected epoch (per seed)"))
@@ -108,6 +111,6 @@ def curve_figures(table: pd.DataFrame, summary: Summary, out: Path, names: Displ
         fig = curve_figure(table, summary, dataset, names)
         paths += save_figure(pyplot(), fig, out / f"curves_{dataset}", formats)
         csv = out / f"curves_{dataset}.csv"
-        table[table["dataset"] == dataset].to_csv(csv, index=False, float_format="%.6g")
+        with_display_columns(table[table["dataset"] == dataset], names).to_csv(csv, index=False, float_format="%.6g")
         paths.append(csv)
     return paths

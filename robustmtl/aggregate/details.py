@@ -10,10 +10,20 @@ import pandas as pd
 from rich.table import Table
 from rich.text import Text
 
-from robustmtl.aggregate.export import METRIC_LABELS, MISSING, md_escape, method_order, percent_text
+from robustmtl.aggregate.export import (
+    METRIC_LABELS,
+    MISSING,
+    in_units,
+    md_escape,
+    method_order,
+    percent_text,
+    points_text,
+)
+from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames
 from robustmtl.aggregate.stats import CI_TYPES
 from robustmtl.aggregate.summary import Summary
 from robustmtl.aggregate.terminal import Column, FittedTable
+from robustmtl.aggregate.units import ACCURACY, POINTS
 
 
 def coverage_lines(summary: Summary) -> list[str]:
@@ -32,21 +42,21 @@ def coverage_to_markdown(summary: Summary) -> str:
     return "\n".join(["Coverage:", "", *(f"- {md_escape(line.strip())}" for line in lines)]) + "\n" if lines else ""
 
 
-def render_hparams_rich(summary: Summary, full: bool = False) -> FittedTable:
+def render_hparams_rich(summary: Summary, full: bool = False, names: DisplayNames = REGISTRY_NAMES) -> FittedTable:
     """The chosen setting per cell with its selected epochs, so a reader can rerun or audit the choice.
 
     `searched` lists only hyperparameters that differed among the compared settings; `full` adds all.
     """
     header = hparam_header(summary, full)
     columns = [Column(name, words=i >= HPARAM_TEXT_FROM) for i, name in enumerate(header)]
-    return FittedTable(f"Chosen hyperparameters ({summary.selector.label})", columns, hparam_rows(summary, full),
-                       keep=2)
+    return FittedTable(f"Chosen hyperparameters ({summary.selector.label})", columns,
+                       hparam_rows(summary, full, names), keep=2)
 
 
 DIFFERENCE_HEADER = ("dataset", "method", "metric", "difference", "n")
 
 
-def difference_rows(summary: Summary) -> list[tuple[str, ...]]:
+def difference_rows(summary: Summary, names: DisplayNames = REGISTRY_NAMES) -> list[tuple[str, ...]]:
     """Paired differences vs the baseline in percentage points, in method order."""
     if summary.differences is None:
         return []
@@ -55,8 +65,9 @@ def difference_rows(summary: Summary) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     for r in diffs.sort_values(["dataset", "_order", "metric"]).itertuples():
         hw = "" if math.isnan(r.half_width) else f" ± {percent_text(r.half_width)}"
-        difference = MISSING if math.isnan(r.mean_diff) else f"{100 * r.mean_diff:+.1f}{hw}"
-        rows.append((str(r.dataset), str(r.method), METRIC_LABELS.get(r.metric, r.metric), difference, str(r.n)))
+        difference = MISSING if math.isnan(r.mean_diff) else f"{points_text(r.mean_diff)}{hw}"
+        rows.append((names.dataset(str(r.dataset)), names.method(str(r.method)), METRIC_LABELS.get(r.metric, r.metric),
+                     difference, str(r.n)))
     return rows
 
 
@@ -67,31 +78,40 @@ def difference_notes(summary: Summary) -> list[str]:
     return list(dict.fromkeys(note for note in summary.differences["note"] if note))
 
 
-def difference_title(summary: Summary) -> str:
-    return f"Paired difference vs {summary.baseline} (percentage points, {CI_TYPES['t']})"
+def difference_title(summary: Summary, names: DisplayNames = REGISTRY_NAMES) -> str:
+    return f"Paired difference vs {names.method(str(summary.baseline))} ({POINTS.name}, {CI_TYPES['t']})"
 
 
-def render_differences_rich(summary: Summary) -> Table | None:
+DIFFERENCE_UNITS = {"mean_diff": POINTS, "lower": POINTS, "upper": POINTS, "half_width": POINTS}
+
+
+def differences_csv_frame(summary: Summary, names: DisplayNames = REGISTRY_NAMES) -> pd.DataFrame:
+    """The paired differences as their CSV holds them: percentage points, display names beside the keys."""
+    assert summary.differences is not None
+    return in_units(summary.differences, DIFFERENCE_UNITS, names)
+
+
+def render_differences_rich(summary: Summary, names: DisplayNames = REGISTRY_NAMES) -> Table | None:
     """None when no baseline was asked for."""
     if summary.differences is None:
         return None
     notes = difference_notes(summary)
-    table = Table(title=Text(difference_title(summary)), caption=Text("\n".join(notes)) if notes else None,
+    table = Table(title=Text(difference_title(summary, names)), caption=Text("\n".join(notes)) if notes else None,
                   caption_justify="left")
     for name in DIFFERENCE_HEADER:
         table.add_column(name, justify="right" if name in ("difference", "n") else "left", overflow="fold")
-    for row in difference_rows(summary):
+    for row in difference_rows(summary, names):
         table.add_row(*(Text(c) for c in row))
     return table
 
 
-def differences_to_markdown(summary: Summary) -> str:
+def differences_to_markdown(summary: Summary, names: DisplayNames = REGISTRY_NAMES) -> str:
     """Markdown version of render_differences_rich ('' without a baseline)."""
     if summary.differences is None:
         return ""
-    lines = [f"{difference_title(summary)}:", "", "| " + " | ".join(DIFFERENCE_HEADER) + " |",
+    lines = [f"{md_escape(difference_title(summary, names))}:", "", "| " + " | ".join(DIFFERENCE_HEADER) + " |",
              "|" + "---|" * len(DIFFERENCE_HEADER)]
-    lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in difference_rows(summary)]
+    lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in difference_rows(summary, names)]
     notes = difference_notes(summary)
     return "\n".join(lines + (["", *(f"- {md_escape(note)}" for note in notes)] if notes else [])) + "\n"
 
@@ -112,26 +132,27 @@ HPARAM_TEXT_FROM = 6  # epochs, searched and all hparams: lists that wrap betwee
 
 def hparam_header(summary: Summary, full: bool = False) -> list[str]:
     sel = summary.selector
-    score = f"{sel.split} {METRIC_LABELS.get(getattr(sel, 'metric', ''), 'score')}"
+    score = f"{sel.split} {METRIC_LABELS.get(getattr(sel, 'metric', ''), 'score')} ({ACCURACY.symbol})"
     cols = ["dataset", "method", "setting", "model", score, "seeds", "epochs (seed:epoch)", "searched"]
     return [*cols, "all hparams"] if full else cols
 
 
-def _hparam_row(r: Any, full: bool) -> list[str]:  # r: an itertuples() row of Summary.chosen
+def _hparam_row(r: Any, full: bool, names: DisplayNames) -> list[str]:  # r: an itertuples() row of Summary.chosen
     epochs = " ".join(f"{s}:{e}" for s, e in sorted(r.epochs.items())) if isinstance(r.epochs, dict) else ""
-    row = [r.dataset, r.method, r.setting_id, r.model, percent_text(r.score), f"{r.n_seeds}/{r.n_expected}", epochs]
+    row = [names.dataset(r.dataset), names.method(r.method), r.setting_id, r.model, percent_text(r.score),
+           f"{r.n_seeds}/{r.n_expected}", epochs]
     row.append(_kv(r.searched) or "(one setting)")
     return [*row, _kv(dict(sorted(r.hparams.items())))] if full else row
 
 
-def hparam_rows(summary: Summary, full: bool = False) -> list[list[str]]:
+def hparam_rows(summary: Summary, full: bool = False, names: DisplayNames = REGISTRY_NAMES) -> list[list[str]]:
     """The chosen setting of every cell, in table order, as strings (one list per row of hparam_header)."""
-    return [_hparam_row(r, full) for r in sorted_chosen(summary).itertuples()]
+    return [_hparam_row(r, full, names) for r in sorted_chosen(summary).itertuples()]
 
 
-def hparams_to_markdown(summary: Summary, full: bool = False) -> str:
+def hparams_to_markdown(summary: Summary, full: bool = False, names: DisplayNames = REGISTRY_NAMES) -> str:
     """Markdown version of render_hparams_rich."""
     header = hparam_header(summary, full)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in hparam_rows(summary, full)]
+    lines = ["| " + " | ".join(md_escape(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in hparam_rows(summary, full, names)]
     return "\n".join(lines) + "\n"

@@ -1,7 +1,8 @@
 """Render a Summary as a terminal table, Markdown, long CSV, or a booktabs LaTeX table.
 
 All renderers share one layout (rows = methods, columns = dataset x {avg, worst}) and one caption, so
-the formats never disagree about what a number means.
+the formats never disagree about what a number means. Every number is in the unit aggregate/units.py
+gives it, and every method and dataset is printed by its display name (aggregate/names.py).
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import pandas as pd
 from rich.text import Text
 
-from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames
+from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames, with_display_columns
 from robustmtl.aggregate.parse import METRICS
 from robustmtl.aggregate.stats import CI_TYPES
 from robustmtl.aggregate.summary import Summary
 from robustmtl.aggregate.terminal import Column, FittedTable
+from robustmtl.aggregate.units import ACCURACY, POINTS, Unit, column, percent
 from robustmtl.registry import METHODS
 
 METRIC_LABELS = {"avg_acc": "avg", "worst_group_acc": "worst"}
@@ -76,7 +79,13 @@ class _Layout:
 
 
 def percent_text(x: float) -> str:
-    return f"{100 * x:.1f}"
+    """An accuracy (a fraction) as every table prints it: percent, one decimal."""
+    return f"{percent(x):.1f}"
+
+
+def points_text(x: float) -> str:
+    """A difference of accuracies (fractions) as every table prints it: signed percentage points, one decimal."""
+    return f"{percent(x):+.1f}"
 
 
 def _interval_text(row: dict, ci: str, pm: str) -> str:
@@ -90,7 +99,7 @@ def _interval_text(row: dict, ci: str, pm: str) -> str:
 def table_layout(summary: Summary, pm: str = "±") -> _Layout:
     """Best = highest mean as displayed (one decimal), so visually tied cells are all bold."""
     cells = summary.cells
-    shown = (100 * cells["mean"]).round(1)
+    shown = percent(cells["mean"]).round(1)
     best = shown.groupby([cells["dataset"], cells["metric"]]).transform("max")
     values = {}
     for row, is_best in zip(cells.to_dict("records"), (shown == best) & shown.notna(), strict=True):
@@ -128,7 +137,7 @@ def caption(summary: Summary, layout: _Layout | None = None, pm: str = "±") -> 
     )
     single = ", none when n = 1" if any(v.n == 1 for v in layout.values.values()) else ""
     return (
-        f"Test accuracy (%) at the epoch and hyperparameters selected by the {sel.label} rule, "
+        f"Test accuracy ({ACCURACY.symbol}) at the epoch and hyperparameters selected by the {sel.label} rule, "
         f"maximising {sel.description}; mean over seeds {interval}{single}; {n}."
     )
 
@@ -165,7 +174,7 @@ def table_columns(layout: _Layout) -> list[tuple[str, str]]:
 # --- terminal ---------------------------------------------------------------------------------------
 
 
-def render_rich(summary: Summary) -> FittedTable:
+def render_rich(summary: Summary, names: DisplayNames = REGISTRY_NAMES) -> FittedTable:
     """Terminal table fitted to the terminal's width, then its caption and notes at that width (a table's own
     caption wraps to the table's, often narrow, width). Text objects (not markup): names with brackets print
     literally."""
@@ -173,11 +182,11 @@ def render_rich(summary: Summary) -> FittedTable:
     notes = [f"{m} {t}" for m, t in footnotes(layout)] + [code_note(layout)]
     if summary.counts.excluded_incomplete:
         notes.append(f"{summary.counts.excluded_incomplete} incomplete run(s) excluded (--include-running)")
-    columns = [Column("method"), *(Column(f"{d}\n{METRIC_LABELS.get(m, m)}", justify="right")
+    columns = [Column("method"), *(Column(f"{names.dataset(d)}\n{METRIC_LABELS.get(m, m)}", justify="right")
                                    for d, m in table_columns(layout))]
     rows = []
     for method in layout.methods:
-        row = [Text(method + ("*" if method in layout.train_groups else ""))]
+        row = [Text(names.method(method) + ("*" if method in layout.train_groups else ""))]
         for d, m in table_columns(layout):
             if m == "n":
                 row.append(Text(layout.n_of(method, d)))
@@ -225,6 +234,23 @@ def to_markdown(summary: Summary, names: DisplayNames = REGISTRY_NAMES) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_csv(summary: Summary) -> str:
-    """Long format (one row per dataset x method x metric), fractions not percentages, for scripts."""
-    return summary.cells.to_csv(index=False, lineterminator="\n", float_format="%.10g")
+CSV_UNITS = {"mean": ACCURACY, "lower": ACCURACY, "upper": ACCURACY, "half_width": POINTS}
+
+
+def in_units(frame: pd.DataFrame, units: dict[str, Unit], names: DisplayNames) -> pd.DataFrame:
+    """A frame as a CSV holds it: the columns in `units` converted from fractions to percent (or points) and
+    named with their unit's suffix, and the display names beside the method and dataset keys."""
+    out = frame.copy()
+    for name in units:
+        out[name] = percent(out[name])
+    out = out.rename(columns={name: column(name, unit) for name, unit in units.items()})
+    return with_display_columns(out, names)
+
+
+def csv_text(frame: pd.DataFrame) -> str:
+    return frame.to_csv(index=False, lineterminator="\n", float_format="%.10g")
+
+
+def to_csv(summary: Summary, names: DisplayNames = REGISTRY_NAMES) -> str:
+    """Long format (one row per dataset x method x metric) for scripts, in the units of aggregate/units.py."""
+    return csv_text(in_units(summary.cells, CSV_UNITS, names))

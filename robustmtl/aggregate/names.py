@@ -2,7 +2,9 @@
 
 By default a plug-in's display name (declared beside it in robustmtl/registry.py: `mtl_l1` → "MTL+ℓ1"),
 replaced by a grid's `[display.method]` / `[display.dataset]` table where it has one, or the raw keys
-(`--raw-names`), which are what the command-line options and grid files take.
+(`--raw-names`), which are what the command-line options and grid files take. Every table, figure and
+caption prints these names; a CSV keeps the keys in `dataset` and `method` for scripts and adds the printed
+names beside them (`with_display_columns`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pandas as pd
 
 from robustmtl.errors import UserError
 from robustmtl.layout import GridDir
@@ -41,6 +45,16 @@ class DisplayNames:
 
 REGISTRY_NAMES = DisplayNames()
 RAW_NAMES = DisplayNames(raw=True)
+DISPLAY_SUFFIX = "_display"  # `method` holds the key, `method_display` the name tables print
+
+
+def with_display_columns(frame: pd.DataFrame, names: DisplayNames) -> pd.DataFrame:
+    """A copy of `frame` with `dataset_display` / `method_display` after its `dataset` / `method` columns."""
+    out = frame.copy()
+    for kind, name_of in (("dataset", names.dataset), ("method", names.method)):
+        if kind in out:
+            out.insert(out.columns.get_loc(kind) + 1, kind + DISPLAY_SUFFIX, [name_of(str(k)) for k in out[kind]])
+    return out
 
 
 def display_names(grid_dirs: Sequence[Path], raw: bool = False) -> tuple[DisplayNames, list[str]]:

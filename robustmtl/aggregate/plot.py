@@ -22,6 +22,7 @@ from robustmtl.aggregate.load import Loaded, load_runs
 from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames
 from robustmtl.aggregate.select import select_runs
 from robustmtl.aggregate.summary import Summary
+from robustmtl.aggregate.units import ACCURACY, percent
 from robustmtl.errors import UserError
 from robustmtl.registry import method_plugin
 
@@ -141,7 +142,7 @@ def _errorbar(row: pd.Series) -> list[list[float]] | None:
     matplotlib refuses a negative length, which float rounding can give a zero-width interval."""
     if pd.isna(row["lower"]) or pd.isna(row["upper"]):
         return None
-    return [[max(0.0, 100 * (row["mean"] - row["lower"]))], [max(0.0, 100 * (row["upper"] - row["mean"]))]]
+    return [[max(0.0, percent(row["mean"] - row["lower"]))], [max(0.0, percent(row["upper"] - row["mean"]))]]
 
 
 def _with_bars(cells: pd.DataFrame, metric: str) -> pd.Series:
@@ -166,14 +167,14 @@ def tradeoff_figure(summary: Summary, out: Path, formats: Sequence[str] = FORMAT
         cells = summary.cells[summary.cells["dataset"] == dataset]
         for method, cell in cells.groupby("method", sort=True):
             avg, worst = (cell.set_index("metric").loc[m] for m in ("avg_acc", "worst_group_acc"))
-            x, y = 100 * avg["mean"], 100 * worst["mean"]
+            x, y = percent(avg["mean"]), percent(worst["mean"])
             handles[method] = ax.errorbar(x, y, xerr=_errorbar(avg), yerr=_errorbar(worst), linestyle="none",
                                           capsize=3, markersize=6, alpha=0.85, **style[method])
-        set_accuracy_limits(ax, "x", 100 * _with_bars(cells, "avg_acc"))
-        set_accuracy_limits(ax, "y", 100 * _with_bars(cells, "worst_group_acc"))
+        set_accuracy_limits(ax, "x", percent(_with_bars(cells, "avg_acc")))
+        set_accuracy_limits(ax, "y", percent(_with_bars(cells, "worst_group_acc")))
         ax.set_title(names.dataset(dataset))
-        ax.set_xlabel("test average accuracy (%)")
-        ax.set_ylabel("test worst-group accuracy (%)")
+        ax.set_xlabel(f"test average accuracy ({ACCURACY.symbol})")
+        ax.set_ylabel(f"test worst-group accuracy ({ACCURACY.symbol})")
         ax.grid(alpha=0.3)
     fig.legend([handles[m] for m in methods], [names.method(m) for m in methods], loc="center left",
                bbox_to_anchor=(1.0, 0.5), fontsize=8)
@@ -280,7 +281,7 @@ def sweep_heatmap(table: pd.DataFrame, summary: Summary, method: str, out: Path,
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.8 * len(datasets), 4.4), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
         grid = table[table["dataset"] == dataset].pivot(index="alpha_aux", columns="alpha_reg",
-                                                        values="worst_group_acc") * 100
+                                                        values="worst_group_acc").pipe(percent)
         values = grid.to_numpy(dtype=float)
         low, high = accuracy_range(values.ravel())
         image = ax.imshow(values, cmap="viridis", origin="lower", aspect="auto", vmin=low, vmax=high)
@@ -299,7 +300,7 @@ def sweep_heatmap(table: pd.DataFrame, summary: Summary, method: str, out: Path,
         ax.set_xlabel("alpha_reg")
         ax.set_ylabel("alpha_aux")
         ax.set_title(names.dataset(dataset))
-        fig.colorbar(image, ax=ax, label="test worst-group accuracy (%)")
+        fig.colorbar(image, ax=ax, label=f"test worst-group accuracy ({ACCURACY.symbol})")
     fig.suptitle(f"{names.method(method)}: test worst-group accuracy across the sweep\n"
                  f"selection: {summary.selector.label}\n{_seeds_note(table['n'])}; "
                  f"colour scale spans at least {MIN_ACCURACY_SPAN:g} points", fontsize=10)

@@ -18,23 +18,25 @@ from pathlib import Path
 
 import pandas as pd
 
-from robustmtl.aggregate.cost import COST_HEADER, COST_NOTE, cost_rows, cost_to_markdown
+from robustmtl.aggregate.cost import COST_HEADER, COST_NOTE, cost_csv_frame, cost_rows, cost_to_markdown
 from robustmtl.aggregate.details import (
     DIFFERENCE_HEADER,
     coverage_to_markdown,
     difference_notes,
     difference_rows,
     difference_title,
+    differences_csv_frame,
     differences_to_markdown,
     hparam_header,
     hparam_rows,
     hparams_to_markdown,
     sorted_chosen,
 )
-from robustmtl.aggregate.export import to_csv, to_markdown
+from robustmtl.aggregate.export import csv_text, in_units, to_csv, to_markdown
 from robustmtl.aggregate.latex import latex_tabular, to_latex
 from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames
 from robustmtl.aggregate.summary import Summary
+from robustmtl.aggregate.units import ACCURACY
 from robustmtl.errors import UserError
 
 FORMATS = ("table", "markdown", "csv", "latex")
@@ -80,28 +82,28 @@ def check_output(output: Path, grid_dirs: list[Path]) -> None:
 def documents(summary: Summary, fmt: str, sides: Sides, small_intervals: bool = False,
               names: DisplayNames = REGISTRY_NAMES) -> dict[str, str]:
     """Document name → text; "" is the main table, the others are the side tables of one-table formats.
-    `names`: what the main table prints for methods and datasets (CSV always keeps the keys, for scripts)."""
+    `names`: what every table prints for methods and datasets (a CSV has them beside the keys, for scripts)."""
     if fmt in ("markdown", "table"):
         parts = [to_markdown(summary, names)]
-        parts += [hparams_to_markdown(summary)] if sides.hparams else []
-        parts += [differences_to_markdown(summary)] if sides.differences else []
-        parts += [cost_to_markdown(sides.costs)] if sides.costs is not None else []
+        parts += [hparams_to_markdown(summary, names=names)] if sides.hparams else []
+        parts += [differences_to_markdown(summary, names)] if sides.differences else []
+        parts += [cost_to_markdown(sides.costs, names)] if sides.costs is not None else []
         parts += [coverage_to_markdown(summary)] if summary.gaps else []
         return {"": "\n".join(parts)}
-    main: Callable[[Summary], str] = to_csv if fmt == "csv" else functools.partial(
+    main: Callable[[Summary], str] = functools.partial(to_csv, names=names) if fmt == "csv" else functools.partial(
         to_latex, small_intervals=small_intervals, names=names)
     docs = {"": main(summary)}
     if sides.hparams:
-        docs["hparams"] = _hparams_csv(summary) if fmt == "csv" else latex_tabular(
-            f"Chosen hyperparameters ({summary.selector.label})", hparam_header(summary), hparam_rows(summary),
-            "tab:hparams")
+        docs["hparams"] = _hparams_csv(summary, names) if fmt == "csv" else latex_tabular(
+            f"Chosen hyperparameters ({summary.selector.label})", hparam_header(summary),
+            hparam_rows(summary, names=names), "tab:hparams")
     if sides.differences and summary.differences is not None:
-        docs["differences"] = csv_text(summary.differences) if fmt == "csv" else latex_tabular(
-            " ".join([difference_title(summary) + ".", *difference_notes(summary)]), DIFFERENCE_HEADER,
-            difference_rows(summary), "tab:differences")
+        docs["differences"] = csv_text(differences_csv_frame(summary, names)) if fmt == "csv" else latex_tabular(
+            " ".join([difference_title(summary, names) + ".", *difference_notes(summary)]), DIFFERENCE_HEADER,
+            difference_rows(summary, names), "tab:differences")
     if sides.costs is not None:
-        docs["cost"] = csv_text(sides.costs) if fmt == "csv" else latex_tabular(
-            "Cost per cell: " + COST_NOTE, COST_HEADER, cost_rows(sides.costs), "tab:cost")
+        docs["cost"] = csv_text(cost_csv_frame(sides.costs, names)) if fmt == "csv" else latex_tabular(
+            "Cost per cell: " + COST_NOTE, COST_HEADER, cost_rows(sides.costs, names), "tab:cost")
     return docs
 
 
@@ -128,15 +130,11 @@ def write(docs: dict[str, str], output: Path | None) -> list[Path]:
     return paths
 
 
-def csv_text(frame: pd.DataFrame) -> str:
-    return frame.to_csv(index=False, lineterminator="\n", float_format="%.10g")
-
-
-def _hparams_csv(summary: Summary) -> str:
-    """One row per cell: the chosen setting, its score and seeds, and its hyperparameters as JSON."""
+def _hparams_csv(summary: Summary, names: DisplayNames) -> str:
+    """One row per cell: the chosen setting, its score (an accuracy) and seeds, and its hyperparameters as JSON."""
     chosen = sorted_chosen(summary)
     for column in ("hparams", "searched", "epochs"):
         chosen[column] = [json.dumps(v, sort_keys=True) for v in chosen[column]]
     columns = ["dataset", "method", "setting_id", "model", "score", "n_seeds", "n_expected", "epochs", "searched",
                "hparams"]
-    return csv_text(chosen[columns])
+    return csv_text(in_units(chosen[columns], {"score": ACCURACY}, names))
