@@ -78,6 +78,9 @@ class Execution:
     checkpoint_minutes: float = field(default=15.0, metadata={
         **at_least(0.0), "help": "Also checkpoint once this many minutes of the attempt have passed since the last "
                                  "checkpoint: the work a preemption can lose (0: off)."})
+    epoch_checkpoints: bool = field(default=True, metadata={
+        "help": "Checkpoint at every epoch's end (off: only on the steps/minutes cadence, at a stop and after the "
+                "last epoch; for short epochs, where a save would cost a large share of each)."})
     num_workers: int = field(default=-1, metadata={  # -1: see train.batches.resolve_workers
         **at_least(-1), "help": "DataLoader worker processes building batches (-1: on CUDA one fewer than the "
                                 "job's CPUs, at most 16; 0 on a CPU)."})

@@ -164,3 +164,36 @@ def test_checkpoints_come_every_n_steps_and_once_the_minutes_have_passed(tmp_pat
     off = Trainer(RunDir(tmp_path / "off"))
     off.step, off.last_checkpoint = 1, off.last_checkpoint - 10**6
     assert not off._checkpoint_due()
+
+
+def test_without_epoch_checkpoints_a_run_saves_on_its_cadence_at_a_stop_and_at_the_end(tmp_path, monkeypatch):
+    """`epoch_checkpoints = false` skips the save at an epoch's end unless the cadence, a stop or the last
+    epoch asks for it; the run's records and summary are those of a run that saved every epoch."""
+    saves: list[tuple[str, int]] = []
+    original = Trainer.save_checkpoint
+
+    def counted(self: Trainer) -> None:
+        saves.append((self.run_dir.root.name, self.epoch))
+        original(self)
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", counted)
+    cfg = build_config("erm", "synthetic", 0, None, TINY, where="test")
+    runs = {}
+    for name, every_epoch in (("every", True), ("cadence", False)):
+        runs[name] = RunDir(tmp_path / name)
+        prepare_run(runs[name], cfg, RunOptions(threads=1, epoch_checkpoints=every_epoch, checkpoint_minutes=0.0))
+        train_run(runs[name])
+    epochs = TINY["epochs"]
+    assert [e for n, e in saves if n == "every"] == list(range(2, epochs + 2))
+    assert [e for n, e in saves if n == "cadence"] == [epochs + 1]  # after the last epoch only
+    assert comparable(read_records(runs["every"].metrics)) == comparable(read_records(runs["cadence"].metrics))
+
+    stopped = RunDir(tmp_path / "stopped")
+    prepare_run(stopped, cfg, RunOptions(threads=1, epoch_checkpoints=False, checkpoint_minutes=0.0))
+    trainer = Trainer(stopped)
+    trainer.stop_requested = lambda: trainer.epoch == 2 and trainer.batch_pos == 0  # at epoch 1's end only
+    with pytest.raises(Interrupted, match="after a checkpoint"):
+        trainer.run()
+    assert saves[-1] == ("stopped", 2) and stopped.checkpoint.exists()
+    train_run(stopped)
+    assert comparable(read_records(stopped.metrics)) == comparable(read_records(runs["every"].metrics))

@@ -307,9 +307,10 @@ class Trainer:
         return bool(every and self.step % every == 0) or bool(
             minutes and time.monotonic() - self.last_checkpoint >= 60 * minutes)
 
-    def _stop_after_checkpoint(self) -> None:
-        if self.stop_requested is not None and self.stop_requested():
-            raise Interrupted(f"stopped at step {self.step} after a checkpoint")
+    def _epoch_checkpoint_due(self) -> bool:
+        """At an epoch's end: always with `epoch_checkpoints`, else on the steps/minutes cadence; and after the
+        last epoch, the state `after_training` resumes from when a stop cuts it short."""
+        return self.opts.epoch_checkpoints or self._checkpoint_due() or self.epoch > self.cfg.train.epochs
 
     def _write_val_correct(self, predictions: Predictions, split: Any) -> None:
         """Per-example validation correctness, so `few-groups` selection can score any subset later."""
@@ -347,8 +348,11 @@ class Trainer:
             self.final = {s: {k: m[k] for k in ("avg_acc", "worst_group_acc")} for s, m in last.items()}
             self.epoch, self.batch_pos = self.epoch + 1, 0
             self.term_sums, self.term_count = {}, 0
-            self.save_checkpoint()
-            self._stop_after_checkpoint()
+            stopping = self.stop_requested is not None and self.stop_requested()  # read once: saved, then honoured
+            if stopping or self._epoch_checkpoint_due():
+                self.save_checkpoint()
+            if stopping:
+                raise Interrupted(f"stopped at step {self.step} after a checkpoint")
         try:
             extra = self.method.after_training(self.model, self.predict)
         except EvalStopped:  # the end-of-training checkpoint is consistent: the next attempt redoes this
