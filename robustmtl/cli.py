@@ -19,6 +19,7 @@ from robustmtl.cli_data import data_app
 from robustmtl.cli_grid import grid_app
 from robustmtl.config import Execution
 from robustmtl.errors import UserError
+from robustmtl.layout import DEFAULT_OUT
 
 app = App(help="Group-robustness fine-tuning experiments, from grid files to worst-group tables.",
           no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False)
@@ -78,7 +79,7 @@ def run(
     cfg = build_config(method, dataset, seed, model, values, where="--set")
     check_local_paths([cfg], "--set")
     opts = RunOptions(**dataclasses.asdict(execution), data_root=data_root_for(data_root))
-    summary = run_with_requirements(cfg, opts, out or Path("runs") / "single" / cfg.run_id, console)
+    summary = run_with_requirements(cfg, opts, out or DEFAULT_OUT / "single" / cfg.run_id, console)
     show_summary(summary)
 
 

@@ -14,10 +14,10 @@ from rich.text import Text
 
 from robustmtl.cli_common import console, user_errors
 from robustmtl.errors import UserError
+from robustmtl.layout import DEFAULT_OUT, GridDir
 
 if TYPE_CHECKING:
     from robustmtl.grid.status import GridStatus
-    from robustmtl.layout import GridDir
 
 grid_app = typer.Typer(help="Expand, submit and follow grids of runs.", no_args_is_help=True)
 
@@ -55,7 +55,6 @@ def show_plan(spec: Any, runs: list[Any], grid_dir: Path) -> None:
     from collections import Counter
 
     from robustmtl.grid.estimate import estimate, render_estimate
-    from robustmtl.layout import GridDir
 
     table = Table(title=f"{spec.name}: {len(runs)} runs")
     swept_keys = sorted({k for r in runs for k in r.swept})
@@ -108,7 +107,6 @@ def grid_submit(
 ) -> None:
     """Expand a grid file and execute (local) or queue (slurm) every run that is not done or queued."""
     from robustmtl.grid.submit import check_out, plan, submit
-    from robustmtl.layout import GridDir
 
     overrides = slurm_overrides(partition, account, qos, gpus, time, array_parallelism, pack)
     if dry_run:
@@ -116,7 +114,7 @@ def grid_submit(
 
         grid_spec, runs = plan(spec)
         with_overrides(grid_spec.executor, {**overrides, "kind": executor}, str(spec))
-        grid_dir = out or Path("runs") / grid_spec.name
+        grid_dir = out or DEFAULT_OUT / grid_spec.name
         check_out(GridDir(grid_dir))
         show_plan(grid_spec, runs, grid_dir)
         if max_runs and len(runs) > max_runs:
@@ -140,7 +138,6 @@ def grid_status_cmd(
     from rich.live import Live
 
     from robustmtl.grid.status import grid_status
-    from robustmtl.layout import GridDir
 
     grid = GridDir(grid_dir)
     if watch:
@@ -241,7 +238,6 @@ def grid_resume(
     """Run again every run not done and not queued: failed, cancelled, killed or never submitted."""
     from robustmtl.grid.control import resume
     from robustmtl.grid.snapshot import renew
-    from robustmtl.layout import GridDir
 
     if new_code:
         renew(GridDir(grid_dir), console)
@@ -257,7 +253,6 @@ def grid_cancel(
 ) -> None:
     """Cancel the grid's queued and running SLURM jobs (one scancel call); checkpoints stay for `grid resume`."""
     from robustmtl.grid.control import cancel, pack_mates
-    from robustmtl.layout import GridDir
 
     grid = GridDir(grid_dir)
     jobs = cancel(grid, run)
@@ -278,7 +273,6 @@ def grid_drop(
     """Take runs out of the grid: status, resume, coverage and aggregate stop counting them; their files move
     to GRID_DIR/dropped/, nothing is deleted."""
     from robustmtl.grid.drop import drop
-    from robustmtl.layout import GridDir
 
     for run_id, target in drop(GridDir(grid_dir), run_ids):
         console.print(f"dropped run {run_id}: its files are in {target}", highlight=False, soft_wrap=True)
@@ -296,7 +290,6 @@ def grid_logs(
     from robustmtl.grid.control import find_run, show_log
     from robustmtl.grid.local import newest_log, show_local_log
     from robustmtl.grid.manifest import latest_entries
-    from robustmtl.layout import GridDir
 
     def write(text: str) -> None:
         typer.echo(text, nl=False)

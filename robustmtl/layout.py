@@ -32,6 +32,7 @@ TRAIN_LOCK = ".train.lock"
 TRACKERS_FILE = "trackers.json"
 ERROR_SET = "error_set.json"  # JTT stage 1's artifact
 DIVERGED_STEP = "diverged_step"  # FAILED marker and `failed` event of a diverged run: its first non-finite step
+DEFAULT_OUT = Path("runs")  # where a grid's directory (runs/NAME) and single runs (runs/single) go by default
 # a grid directory
 GRID_SPEC = "grid.toml"
 PLAN = "plan.jsonl"

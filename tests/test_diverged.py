@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from robustmtl.layout import GridDir, RunDir
-from robustmtl.train.attempts import read_attempts
+from robustmtl.train.attempt_log import read_attempts
 from robustmtl.train.step import Stepper
 from tests.conftest import TINY, read_records, tiny_grid, write_spec
 

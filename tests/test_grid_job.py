@@ -20,7 +20,7 @@ from robustmtl.layout import RunDir
 from robustmtl.rundir import prepare_run
 from robustmtl.train import job as job_module
 from robustmtl.train import loop, signals
-from robustmtl.train.attempts import read_attempts
+from robustmtl.train.attempt_log import read_attempts
 from robustmtl.train.job import PackFailed, TrainJob
 from robustmtl.train.outcome import Caps, End, RequeueLimit
 from robustmtl.train.pack import gpu_shares

@@ -20,7 +20,7 @@ import pytest
 from robustmtl.grid.executor import ExecutorSettings
 from robustmtl.grid.submit import plan
 from robustmtl.layout import GridDir
-from robustmtl.train.attempts import read_attempts
+from robustmtl.train.attempt_log import read_attempts
 from robustmtl.train.runlock import locked
 from tests.conftest import tiny_grid, write_spec
 

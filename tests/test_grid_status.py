@@ -19,7 +19,7 @@ from robustmtl.grid.scheduler import JobEnd
 from robustmtl.grid.spec import load_spec
 from robustmtl.grid.status import grid_status, queued_runs
 from robustmtl.layout import GridDir, failure_line
-from robustmtl.train.attempts import record_attempt
+from robustmtl.train.attempt_log import record_attempt
 from tests.conftest import tiny_grid, write_spec
 
 

@@ -15,7 +15,7 @@ from robustmtl.config import RunOptions, build_config
 from robustmtl.layout import RunDir
 from robustmtl.rundir import prepare_run
 from robustmtl.train import loop
-from robustmtl.train.attempts import read_attempts
+from robustmtl.train.attempt_log import read_attempts
 from robustmtl.train.job import PackFailed, TrainJob
 from robustmtl.train.outcome import Caps, End
 from robustmtl.train.pack import child_outcome

@@ -27,7 +27,7 @@ from robustmtl.errors import UserError
 from robustmtl.grid.executor import ExecutorSettings
 from robustmtl.grid.expand import PlannedRun
 from robustmtl.layout import GridDir, RunDir, failure_line
-from robustmtl.train.attempts import record_stop
+from robustmtl.train.attempt_log import record_stop
 from robustmtl.train.runlock import locked
 
 LOCAL_JOBS = "local"  # GRID_DIR/submitit/local/<run_id>/: the run's local jobs (`job_folder`)

@@ -96,7 +96,7 @@ class GridStatus:
 
 def grid_status(grid: GridDir, accounting: bool = True) -> GridStatus:
     """The state of every run of the grid; `accounting=False` skips sacct (enough to know what is queued)."""
-    from robustmtl.train.attempts import read_attempts
+    from robustmtl.train.attempt_log import read_attempts
 
     if not grid.root.is_dir():
         raise UserError(f"no grid directory at {grid.root}")

@@ -24,7 +24,7 @@ from robustmtl.grid.executor import ExecutorSettings, data_root_for, with_overri
 from robustmtl.grid.expand import PlannedRun, data_roots, expand
 from robustmtl.grid.lock import submit_lock
 from robustmtl.grid.spec import GridSpec, load_spec, parse_toml
-from robustmtl.layout import SUBMIT_LOCK, GridDir, atomic_write_text, claim_dir
+from robustmtl.layout import DEFAULT_OUT, SUBMIT_LOCK, GridDir, atomic_write_text, claim_dir
 from robustmtl.rundir import prepare_run
 from robustmtl.trackers import check as check_trackers
 from robustmtl.trackers import write_choice as write_trackers
@@ -100,7 +100,7 @@ def submit(spec_path: Path, out: Path | None, kind: str | None, force: bool, con
     if resolved == "local":
         settings.check_python(str(spec_path))
     check_trackers(settings.trackers, f"{spec_path} [executor] trackers")
-    grid = GridDir(out or Path("runs") / spec.name)
+    grid = GridDir(out or DEFAULT_OUT / spec.name)
     check_out(grid)
     source = snapshot.source_state()
     check_clean(source, require_clean, console)

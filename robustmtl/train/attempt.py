@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from robustmtl.layout import RunDir
 from robustmtl.train import runlock
-from robustmtl.train.attempts import record_attempt
+from robustmtl.train.attempt_log import record_attempt
 from robustmtl.train.outcome import Caps, End, Outcome, give_up_diverged, judge_crash
 
 Progress = Callable[[int, int], None]

@@ -44,7 +44,7 @@ from typing import Any, NoReturn
 
 from robustmtl.layout import RunDir
 from robustmtl.train.attempt import attempt
-from robustmtl.train.attempts import record_attempt
+from robustmtl.train.attempt_log import record_attempt
 from robustmtl.train.outcome import Caps, End, Outcome, RequeueLimit, finished_before, give_up
 from robustmtl.train.pack import side_by_side
 from robustmtl.train.signals import StopFlag, current_job_id, interruption, requeue_self, under_slurm

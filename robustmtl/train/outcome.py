@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from robustmtl.layout import DIVERGED_STEP, RunDir
-from robustmtl.train.attempts import read_attempts, record_attempt, write_failure
+from robustmtl.train.attempt_log import read_attempts, record_attempt, write_failure
 from robustmtl.train.signals import under_slurm
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from robustmtl.grid.status import grid_status
 from robustmtl.layout import GridDir, RunDir
 from robustmtl.pause import PAUSE_ENV
 from robustmtl.registry import METHODS
-from robustmtl.train.attempts import read_attempts
+from robustmtl.train.attempt_log import read_attempts
 from tests.conftest import TIMING_KEYS, read_records, write_spec
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]

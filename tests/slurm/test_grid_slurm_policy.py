@@ -18,7 +18,7 @@ import pytest
 from robustmtl.grid.manifest import latest_entries
 from robustmtl.grid.status import grid_status
 from robustmtl.layout import GridDir, RunDir
-from robustmtl.train.attempts import read_attempts
+from robustmtl.train.attempt_log import read_attempts
 from tests.conftest import read_records
 from tests.slurm.test_grid_slurm import (
     HELD_STEP,

@@ -28,7 +28,7 @@ from robustmtl.grid import snapshot
 from robustmtl.grid.manifest import latest_entries
 from robustmtl.layout import GridDir, RunDir
 from robustmtl.provenance import read_provenance
-from robustmtl.train.attempts import read_attempts
+from robustmtl.train.attempt_log import read_attempts
 from tests.conftest import committed_package_copy, git, read_records
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]

@@ -25,7 +25,7 @@ from robustmtl.grid import scheduler
 from robustmtl.grid.manifest import latest_entries
 from robustmtl.grid.status import grid_status
 from robustmtl.layout import GridDir, RunDir
-from robustmtl.train.attempts import read_attempts
+from robustmtl.train.attempt_log import read_attempts
 from tests.conftest import Pause, read_records
 from tests.slurm.test_grid_slurm import WAIT_S, all_done, submit, undisturbed, wait_for, without_time
 
