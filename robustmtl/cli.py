@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from robustmtl.cli_common import App, console, err_console, execution_options, option_for, user_errors
+from robustmtl.cli_common import App, console, err_console, execution_options, option_for, parse_sets, user_errors
 from robustmtl.cli_data import data_app
 from robustmtl.cli_grid import grid_app
 from robustmtl.config import Execution
@@ -37,18 +37,6 @@ ByOpt = Annotated[list[str] | None, typer.Option(help="A condition parameter (re
                                                       "value, selected within each, e.g. spurious_variance_ratio.")]
 RawNamesOpt = Annotated[bool, typer.Option("--raw-names", help="Print method and dataset keys (mtl_l1), not display "
                                                                "names (MTL+ℓ1; a grid's \\[display] table overrides).")]
-
-def parse_sets(pairs: list[str]) -> dict[str, Any]:
-    from robustmtl.params import parse_cli_value
-
-    values = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set expects key=value, got {pair!r}")
-        values[key.strip()] = parse_cli_value(text.strip())
-    return values
-
 
 @app.command()
 @user_errors

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from robustmtl.errors import UserError
+from robustmtl.params import parse_cli_value
 
 console = Console()
 err_console = Console(stderr=True)
@@ -101,3 +102,14 @@ def _usage_error_exit(exc: Exception) -> int:
     where, hint = (f"{ctx.command_path}: ", f" (see `{ctx.command_path} --help`)") if ctx else ("", "")
     err_console.print(f"[bold red]error:[/] {escape(where + message() + hint)}", highlight=False, soft_wrap=True)
     return code
+
+
+def parse_sets(pairs: list[str]) -> dict[str, Any]:
+    """`--set key=value` pairs as typed values (TOML syntax for the value)."""
+    values = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set expects key=value, got {pair!r}")
+        values[key.strip()] = parse_cli_value(text.strip())
+    return values

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.markup import escape
 
-from robustmtl.cli_common import console, err_console, user_errors
+from robustmtl.cli_common import console, err_console, parse_sets, user_errors
 from robustmtl.errors import UserError
 
 if TYPE_CHECKING:
@@ -26,7 +26,6 @@ ImagesOpt = Annotated[int, typer.Option(help="Image files opened per split (0: a
 
 
 def data_params_from_sets(name: str, pairs: list[str]) -> Any:
-    from robustmtl.cli import parse_sets
     from robustmtl.data.check import dataset_params
 
     return dataset_params(name, parse_sets(pairs))
