@@ -69,11 +69,14 @@ def l1_penalty(encoded: Encoded, target: str, normaliser: int | None = None) -> 
 
 
 class _Multitask(Method):
-    """Shared loss of the three variants; each subclass only fixes which terms exist."""
+    """Shared loss of the three variants; each subclass only fixes which terms exist: the auxiliary task's
+    with `uses_aux_batch`, the L1 penalty's with `l1_term` (its block then holds alpha_reg and reg_target)."""
+
+    l1_term = False
 
     def __init__(self, params: Any, ctx: MethodContext) -> None:
         super().__init__(params, ctx)
-        self.reference_l1 = getattr(params, "reg_target", None) == REFERENCE_TOKENS
+        self.reference_l1 = self.l1_term and params.reg_target == REFERENCE_TOKENS
         self.l1_normaliser: int | None = None  # tokens_ref: element count of the first end-task batch
 
     def loss(self, model: Model, batch: dict[str, torch.Tensor], aux_batch: dict[str, torch.Tensor] | None) -> Terms:
@@ -91,7 +94,7 @@ class _Multitask(Method):
         if aux is not None:
             parts["aux"] = aux.loss
             total = total + self.params.alpha_aux * aux.loss
-        if hasattr(self.params, "alpha_reg"):
+        if self.l1_term:
             if self.reference_l1 and self.l1_normaliser is None:
                 self.l1_normaliser = encoded.tokens.numel()
             target, normaliser = self.params.reg_target, self.l1_normaliser
@@ -119,7 +122,10 @@ class MTLL1(_Multitask):
     """L_end + alpha_aux · L_aux + alpha_reg · L1: the paper's method."""
 
     uses_aux_batch = True
+    l1_term = True
 
 
 class L1(_Multitask):
     """L_end + alpha_reg · L1: the ablation without the auxiliary task."""
+
+    l1_term = True
