@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 
-from robustmtl.records import MetricsWriter, listening
+from robustmtl.records import MetricsWriter, count_split_records, listening
 
 
 def lines(path) -> list[dict]:
@@ -75,3 +75,17 @@ def test_listeners_see_each_new_record_of_their_file_while_listening(tmp_path):
     with listening(path, seen.append):
         writer.append({"epoch": 4, "step": 5, "split": "val"})
     assert [r["epoch"] for r in seen] == [1, 2, 4]
+
+
+def test_split_records_are_counted_as_the_writer_spells_them(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    assert count_split_records(path, "val") == 0  # no file yet: nothing evaluated
+    writer = MetricsWriter(path)
+    for epoch in (1, 2, 3):
+        for split in ("train", "val", "test"):
+            writer.append({"epoch": epoch, "step": 10 * epoch, "split": split, "avg_acc": 0.5,
+                           "note": "split val"})
+    writer.append({"epoch": 3, "step": 30, "split": "val"})  # a duplicate key is not written again
+    assert count_split_records(path, "val") == 3
+    assert count_split_records(path, "test") == 3
+    assert count_split_records(path, "train") == 3

@@ -27,6 +27,7 @@ from robustmtl.errors import UserError
 from robustmtl.grid.executor import ExecutorSettings
 from robustmtl.grid.expand import PlannedRun
 from robustmtl.layout import GridDir, RunDir, failure_line
+from robustmtl.records import count_split_records
 from robustmtl.train.attempt_log import record_stop
 from robustmtl.train.runlock import locked
 
@@ -285,10 +286,7 @@ def wait_stopped(grid: GridDir, run_ids: list[str]) -> list[str]:
 
 
 def _epochs_done(rd: RunDir) -> int:
-    try:
-        return rd.metrics.read_bytes().count(b'"split": "val"')
-    except FileNotFoundError:
-        return 0
+    return count_split_records(rd.metrics, "val")
 
 
 def gpu_visibility(share: str, setup: tuple[str, ...]) -> dict[str, Any]:
