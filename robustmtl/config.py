@@ -57,6 +57,9 @@ class TrainParams:
     pretrain_lr: float = field(default=1e-3, metadata=added_later(positive()))
     pretrain_batch_size: int = field(default=64, metadata=added_later(positive()))
     pretrain_seed: int = field(default=0, metadata=added_later(at_least(0)))
+    # Warm-up as a number of optimiser steps, whatever the batch size and run length (the reference's vision
+    # runs warm up for 500 steps); > 0 replaces warmup_frac, and setting both is refused.
+    warmup_steps: int = field(default=0, metadata=added_later(at_least(0)))
 
     def __post_init__(self) -> None:
         if self.pretrain_epochs == 0:  # no stage: its settings mean nothing, so they never split run ids
@@ -279,6 +282,10 @@ def build_config(method: str, dataset: str, seed: int, model: str | None, values
             raise UserError(f"{where}: {key!r} is not a parameter of method {method!r}, dataset {dataset!r} "
                             f"or model {model!r}{did_you_mean(key, known)}")
         sections[owner][key] = coerce(blocks[owner], key, value, where)
+    train = sections["train"]
+    if train.get("warmup_steps") and train.get("warmup_frac"):
+        raise UserError(f"{where}: warmup_steps = {train['warmup_steps']} and warmup_frac = {train['warmup_frac']} "
+                        "both set the warm-up; set one of them")
     return RunConfig(method=method, dataset=dataset, seed=seed, model=model,
                      **{name: blocks[name](**sections[name]) for name in blocks})
 

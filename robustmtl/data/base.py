@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+# What a training batch's random draws depend on: (run seed, epoch, position of its first example in the
+# epoch's visiting order). Never a worker's RNG state, so any worker count gives the same batches.
+Draw = tuple[int, int, int]
+
 
 @dataclass(frozen=True)
 class DataInfo:
@@ -58,9 +62,17 @@ class Split(torch.utils.data.Dataset):
         """The order evaluation batches the examples in: plain here; splits padded per batch sort by size."""
         return torch.arange(len(self))
 
+    def labels(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"idx": idx, "y": self.y[idx], "g": self.g[idx]}
+
     def __getitem__(self, idx: torch.Tensor | list[int]) -> dict[str, torch.Tensor]:
         idx = torch.as_tensor(idx, dtype=torch.long)
-        return {"idx": idx, "y": self.y[idx], "g": self.g[idx], **self.inputs(idx)}
+        return {**self.labels(idx), **self.inputs(idx)}
+
+    def training_batch(self, idx: torch.Tensor, draw: Draw) -> dict[str, torch.Tensor]:
+        """An end-task training batch: `self[idx]`, unless the split augments its training inputs (random image
+        crops), which it then draws from `draw` alone."""
+        return self[idx]
 
     def with_groups(self, g: torch.Tensor) -> Split:
         """A view of this split with other training group labels (hidden: all -1)."""

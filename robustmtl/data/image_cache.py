@@ -6,10 +6,11 @@ every epoch. `cache_images` swaps each split's `FileImages` for `CachedImages`: 
 memory-maps, so a batch reads its own rows and nothing is ever loaded whole (CelebA's 162,770 training
 images at 224 px are 24 GB).
 
-One file per (files, size, resize ratio): `<cache_dir>/images/<key>.npy`, with `<key>.json` describing
+One file per (files, size, resize ratio, view): `<cache_dir>/images/<key>.npy`, with `<key>.json` describing
 it. The key hashes the format version, Pillow's version (its libjpeg decides the decoded pixels), the
-size, the resize ratio and every file's path, byte size and modification time (one stat per file at a
-run's start: less than one epoch of the per-batch path, which opens every file). A changed file gives
+size, the resize ratio, the deterministic view (`image_resize`: centre crop or squash) and every file's
+path, byte size and modification time (one stat per file at a run's start: less than one epoch of the
+per-batch path, which opens every file). A changed file gives
 a new key, and so a new cache; old ones stay until deleted.
 
 Runs of a grid that start together share one build: a builder holds an flock on `<key>.lock` (the
@@ -73,8 +74,10 @@ class CachedImages:
 
 def cache_key(source: FileImages, size: int) -> str:
     """Hash of what the decoded pixels depend on (see the module doc)."""
+    # The centre-crop view hashes as it did before views had a name, so caches built then stay valid.
+    view = "" if source.resize == "crop" else f"{source.resize}\0"
     digest = hashlib.sha256(f"v{CACHE_VERSION}\0pillow {PIL.__version__}\0{size}\0{source.resize_ratio!r}\0"
-                            f"{len(source.paths)}\0".encode())
+                            f"{view}{len(source.paths)}\0".encode())
     for path in source.paths:
         try:
             st = os.stat(path)
@@ -154,7 +157,8 @@ def build(source: FileImages, size: int, npy: Path, processes: int, label: str) 
         raise
     write_json(npy.with_suffix(".json"), {
         "version": CACHE_VERSION, "what": label, "images": n, "size": size, "resize_ratio": source.resize_ratio,
-        "pillow": PIL.__version__, "bytes": need, "first_file": str(source.paths[0]) if n else None})
+        "resize": source.resize, "pillow": PIL.__version__, "bytes": need,
+        "first_file": str(source.paths[0]) if n else None})
     report(f"image cache: {label} done in {time.monotonic() - started:.0f} s")
 
 
@@ -163,7 +167,7 @@ def decode_all(source: FileImages, size: int, target: str, processes: int, label
     (they import Pillow and numpy, not torch; forking a process that holds torch's threads is unsafe)."""
     paths = [str(p) for p in source.paths]
     starts = range(0, len(paths), CHUNK)
-    args = [(target, s, paths[s:s + CHUNK], size, source.resize_ratio, source.dataset) for s in starts]
+    args = [(target, s, paths[s:s + CHUNK], size, source.resize_ratio, source.dataset, source.resize) for s in starts]
     workers = min(processes, len(args))
     if workers <= 1:
         for a in args:

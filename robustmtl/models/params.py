@@ -39,7 +39,19 @@ class MIMParams:
 
 
 @dataclass(frozen=True)
-class ViTParams(MIMParams):
+class ImageViewParams:
+    """How the image encoders see their images. The defaults are robustmtl's first pipeline (a short-side
+    resize and centre crop everywhere, no augmentation); the reference trains on RandomResizedCrop(scale 0.05-1)
+    and evaluates on a squash to the model's size."""
+
+    # The deterministic view (evaluation, auxiliary batches, and training without random crops).
+    image_resize: str = field(default="crop", metadata=added_later(one_of("crop", "squash")))
+    image_train_crop: str = field(default="none", metadata=added_later(one_of("none", "random_resized")))
+    image_crop_scale_min: float = field(default=0.05, metadata=added_later(between(0.01, 1.0)))
+
+
+@dataclass(frozen=True)
+class ViTParams(ImageViewParams, MIMParams):
     vit_pretrained: str = field(default="", metadata=local_path("dir"))
     vit_image_size: int = field(default=0, metadata=at_least(0))
     vit_patch_size: int = field(default=4, metadata=positive())
@@ -49,7 +61,7 @@ class ViTParams(MIMParams):
 
 
 @dataclass(frozen=True)
-class TimmViTParams(MIMParams):
+class TimmViTParams(ImageViewParams, MIMParams):
     timm_name: str = "vit_base_patch16_224"
     timm_weights: str = field(default="", metadata=local_path("file"))
     timm_image_size: int = field(default=0, metadata=at_least(0))

@@ -17,8 +17,12 @@ patch²·3 channels + pixel shuffle) reconstructs the image from the patch token
 the L1 error on the masked pixels only, divided by the channels (`mim_loss = "l2"`: the squared error,
 for images that are mostly one background value, such as MNIST, where the L1 optimum of a decoder that
 knows nothing is the background itself; docs/vision-study.md measures SimMIM staying there). The
-reference also augments the auxiliary view (random resized crop, flip); robustmtl does not
-(documented difference).
+reference also augments the auxiliary view (random resized crop, flip); robustmtl does not: auxiliary
+batches get the deterministic view (documented difference).
+
+`prepare` sets how the splits serve images (`ImageViewParams`): the deterministic view (`image_resize`:
+centre crop or squash) and, with `image_train_crop = "random_resized"`, random resized crops for the
+end-task training batches (`data/images.py`).
 
 Batches carry uint8 pixels (`data/images.py`); `pixels` turns them into the model's input on the
 model's device, with the checkpoint's mean/std as non-persistent buffers (so checkpoints hold the same
@@ -121,6 +125,7 @@ class ViT(Model):
             raise UserError(f"image size {size} must be a multiple of the patch size {patch}")
         self.patch, self.size, self.grid = patch, size, size // patch
         self.mask_ratio, self.mask_scale, self.mim_loss = p.mim_mask_ratio, p.mim_mask_scale, p.mim_loss
+        self.views = (p.image_resize, p.image_train_crop, p.image_crop_scale_min)
         self.decoder = nn.Sequential(nn.Conv2d(dim, patch**2 * CHANNELS, kernel_size=1), nn.PixelShuffle(patch))
         self.head = nn.Linear(dim, info.n_classes)
 
@@ -129,11 +134,11 @@ class ViT(Model):
         return cls(p, info)
 
     def prepare(self, splits: Splits, cache_dir: Path | None) -> Splits:
-        """Decode every split's files (and the pre-training pool's, if any) at this model's size."""
+        """Decode every split's files (and the pre-training pool's, if any) at this model's size and views."""
         def served(split: Split) -> ImageSplit:
             if not isinstance(split, ImageSplit):
                 raise TypeError(f"the vit model needs ImageSplit inputs, got {type(split).__name__}")
-            return split.at_size(self.size)
+            return split.at_size(self.size).with_views(*self.views)
 
         pool = served(splits.pretrain) if splits.pretrain is not None else None
         return Splits(splits.info, served(splits.train), served(splits.val), served(splits.test), pretrain=pool)

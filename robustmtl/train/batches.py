@@ -4,7 +4,8 @@ An epoch's plan (its end-task batches and, for multitask methods, the auxiliary 
 is a pure function of (seed, epoch), computed in the main process. The DataLoader only materialises
 the planned batches (`split[index_tensor]`, which pads text per batch) in its worker processes, so
 workers change the speed, never the batches or their order, and a resumed run restarts the plan at
-its saved position.
+its saved position. A batch's random augmentation (image crops) is drawn from what its key carries, (seed,
+epoch, position in the epoch's order), never from a worker's RNG state.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from typing import Any
 import torch
 
 from robustmtl.cpus import job_cpus
-from robustmtl.data.base import Split
+from robustmtl.data.base import Draw, Split
 
 Batch = dict[str, torch.Tensor]
-Key = tuple[torch.Tensor, torch.Tensor | None]
+Key = tuple[torch.Tensor, torch.Tensor | None, Draw]
 
 
 def chunks(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
@@ -39,12 +40,15 @@ class EpochPlan:
     batches: list[torch.Tensor]
     aux_order: torch.Tensor | None
     batch_size: int
+    seed: int = 0
+    epoch: int = 0
 
     def key(self, i: int) -> Key:
+        draw = (self.seed, self.epoch, i * self.batch_size)  # batch i holds positions i·B, i·B + 1, ...
         if self.aux_order is None:
-            return self.batches[i], None
+            return self.batches[i], None, draw
         window = torch.arange(i * self.batch_size, (i + 1) * self.batch_size) % len(self.aux_order)
-        return self.batches[i], self.aux_order[window]
+        return self.batches[i], self.aux_order[window], draw
 
 
 class PlanSampler(torch.utils.data.Sampler[Key]):
@@ -65,7 +69,8 @@ class PlanSampler(torch.utils.data.Sampler[Key]):
 
 
 class PairData(torch.utils.data.Dataset):
-    """A whole (end-task batch, auxiliary batch or None) per key: the split pads each batch itself."""
+    """A whole (end-task batch, auxiliary batch or None) per key: the split pads each batch itself. Only the
+    end-task batch is a training view (`Split.training_batch`); the auxiliary batch is the split's plain one."""
 
     def __init__(self, split: Split) -> None:
         self.split = split
@@ -74,8 +79,8 @@ class PairData(torch.utils.data.Dataset):
         return len(self.split)
 
     def __getitem__(self, key: Key) -> tuple[Batch, Batch | None]:
-        end, aux = key
-        return self.split[end], None if aux is None else self.split[aux]
+        end, aux, draw = key
+        return self.split.training_batch(end, draw), None if aux is None else self.split[aux]
 
 
 def as_is(item: Any) -> Any:

@@ -222,7 +222,8 @@ class Trainer:
         aux_order = None
         if self.method.uses_aux_batch:
             aux_order = torch.randperm(len(self.train_split), generator=epoch_generator(self.cfg.seed, epoch, 1))
-        return EpochPlan(chunks(order, self.cfg.train.batch_size), aux_order, self.cfg.train.batch_size)
+        return EpochPlan(chunks(order, self.cfg.train.batch_size), aux_order, self.cfg.train.batch_size,
+                         seed=self.cfg.seed, epoch=epoch)
 
     def train_step(self, batch: Batch, aux_batch: Batch | None) -> None:
         """One step with its bookkeeping; on a GPU it never waits for the device (`train/syncs.py` checks)."""

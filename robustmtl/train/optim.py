@@ -24,8 +24,12 @@ def make_optimizer(model: Model, cfg: RunConfig, device: torch.device) -> torch.
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig,
                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    warmup = int(cfg.train.warmup_frac * total_steps)
-    kind = cfg.train.scheduler
+    """Linear warm-up to the peak over `warmup_steps` (else `warmup_frac` of the run's steps), then the
+    `scheduler`'s shape over the remaining steps. The factor at step s < W is (s + 1) / W, so the first step
+    already trains (transformers' schedulers give step 0 a learning rate of 0: one step later throughout)."""
+    t = cfg.train
+    warmup = t.warmup_steps or int(t.warmup_frac * total_steps)
+    kind = t.scheduler
 
     def factor(step: int) -> float:
         if step < warmup:
