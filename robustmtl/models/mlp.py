@@ -2,7 +2,9 @@
 
 The representation `h` ends in a LayerNorm, like a transformer's CLS embedding, so that the L1
 penalty acts on the same kind of activation as in the paper (an L1 on post-ReLU units would simply
-switch them off).
+switch them off). For a capacity limit the penalty can impose, `h_norm = false` leaves `h` the last
+linear layer's output (the LayerNorm renormalises every example, so no unit can go quiet under it),
+and `h_dim` sets the width of `h` apart from the hidden layers'.
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ class MLP(Model):
         for _ in range(p.depth - 1):
             layers += [nn.Linear(width, p.hidden_dim), nn.ReLU()]
             width = p.hidden_dim
-        layers += [nn.Linear(width, p.hidden_dim), nn.LayerNorm(p.hidden_dim)]
+        h_dim = p.h_dim or p.hidden_dim
+        layers.append(nn.Linear(width, h_dim))
+        if p.h_norm:
+            layers.append(nn.LayerNorm(h_dim))
         self.encoder = nn.Sequential(*layers)
         self.mask_value = nn.Parameter(torch.zeros(info.input_dim))
-        self.decoder = nn.Linear(p.hidden_dim, info.input_dim)
-        self.head = nn.Sequential(nn.Dropout(p.dropout), nn.Linear(p.hidden_dim, info.n_classes))
+        self.decoder = nn.Linear(h_dim, info.input_dim)
+        self.head = nn.Sequential(nn.Dropout(p.dropout), nn.Linear(h_dim, info.n_classes))
         self.mask_ratio = p.feature_mask_ratio
 
     @classmethod

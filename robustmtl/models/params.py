@@ -14,6 +14,11 @@ class MLPParams:
     depth: int = field(default=2, metadata=positive())
     dropout: float = field(default=0.0, metadata=between(0.0, 0.99))
     feature_mask_ratio: float = field(default=0.3, metadata=between(0.01, 1.0))
+    # The representation h on its own: its width (0: hidden_dim), so h can be narrower than the input's core
+    # block while the hidden layers keep their width, and whether it ends in the LayerNorm, which
+    # renormalises every example and so keeps an L1 penalty from switching units off.
+    h_dim: int = field(default=0, metadata=added_later(at_least(0)))
+    h_norm: bool = field(default=True, metadata=added_later())
 
 
 @dataclass(frozen=True)
