@@ -26,7 +26,7 @@ app.add_typer(grid_app, name="grid")
 app.add_typer(data_app, name="data")
 
 # The selection options `aggregate` and `plot` share, so a figure can always match a table.
-SelectOpt = Annotated[str, typer.Option(help="worst-val | avg-val | few-groups | oracle")]
+SelectOpt = Annotated[str, typer.Option(help="worst-val | avg-val | worst-class | few-groups | oracle")]
 IncludeRunningOpt = Annotated[bool, typer.Option(help="Include runs without DONE.")]
 CiOpt = Annotated[str, typer.Option(help="t (Student-t) | bootstrap")]
 FewGroupsFractionOpt = Annotated[float, typer.Option(help="Validation fraction for few-groups.")]
