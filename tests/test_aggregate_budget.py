@@ -91,3 +91,17 @@ def test_options_the_budget_table_decides_itself_are_one_line(cli, grid, args):
     result = cli("aggregate", grid, "--label-budget", *args, ok=False)
     assert result.exit_code == 2 and "error: --label-budget runs every rule" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_rule_without_its_data_leaves_its_column_empty_with_a_warning(grid, tmp_path):
+    import shutil
+
+    from robustmtl.layout import VAL_CORRECT
+
+    root = shutil.copytree(grid, tmp_path / "grid")
+    for run in (root / "runs").iterdir():
+        (run / VAL_CORRECT).unlink()  # as runs trained before few-groups data was stored
+    table = label_budget_table([root])
+    assert set(table.cells["budget"]) == {"avg-val", "worst-class", "worst-val"}  # worst-class: from the records
+    assert sum(w.startswith("few-groups ") and w.endswith("its column is empty") for w in table.warnings) == 4
+    assert table.cell("synthetic", "erm", table.budgets[2]) is None
