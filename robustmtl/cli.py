@@ -27,14 +27,18 @@ app.add_typer(grid_app, name="grid")
 app.add_typer(data_app, name="data")
 
 # The selection options `aggregate` and `plot` share, so a figure can always match a table.
-SelectOpt = Annotated[str, typer.Option(help="worst-val | avg-val | few-groups | oracle")]
+SelectOpt = Annotated[str, typer.Option(help="worst-val | avg-val | worst-class | few-groups | oracle")]
 IncludeRunningOpt = Annotated[bool, typer.Option(help="Include runs without DONE.")]
 CiOpt = Annotated[str, typer.Option(help="t (Student-t) | bootstrap")]
-FewGroupsFractionOpt = Annotated[float, typer.Option(help="Validation fraction for few-groups.")]
+FewGroupsFractionOpt = Annotated[float | None, typer.Option(help="Validation fraction for few-groups [default: 0.05].",
+                                                            show_default=False)]
 FewGroupsSeedOpt = Annotated[int, typer.Option(help="Seed of the few-groups subset.", min=0)]
 BootstrapSeedOpt = Annotated[int, typer.Option(help="Bootstrap seed.", min=0)]
 ByOpt = Annotated[list[str] | None, typer.Option(help="A condition parameter (repeatable): one row group per "
                                                       "value, selected within each, e.g. spurious_variance_ratio.")]
+LabelBudgetOpt = Annotated[bool, typer.Option("--label-budget", help="Test worst-group accuracy per method under every "
+                                              "rule, from no validation group label (avg-val, worst-class) through "
+                                              "few-groups at 5-50% to all (worst-val).")]
 RawNamesOpt = Annotated[bool, typer.Option("--raw-names", help="Print method and dataset keys (mtl_l1), not display "
                                                                "names (MTL+ℓ1; a grid's \\[display] table overrides).")]
 
@@ -106,19 +110,28 @@ def aggregate(
     baseline: Annotated[str | None, typer.Option(help="Paired difference of every method to this one.")] = None,
     show_hparams: Annotated[bool, typer.Option(help="Show the chosen hyperparameters per cell.")] = False,
     show_cost: Annotated[bool, typer.Option(help="Show wall time, GPU-hours and peak GPU memory per cell.")] = False,
-    few_groups_fraction: FewGroupsFractionOpt = 0.05,
+    few_groups_fraction: FewGroupsFractionOpt = None,
     few_groups_seed: FewGroupsSeedOpt = 0,
     seed: BootstrapSeedOpt = 0,
     small_intervals: Annotated[bool, typer.Option(help="LaTeX: set intervals in \\scriptsize.")] = False,
     raw_names: RawNamesOpt = False,
     quiet: Annotated[bool, typer.Option(help="Do not print the terminal table.")] = False,
     by: ByOpt = None,
+    label_budget: LabelBudgetOpt = False,
 ) -> None:
     """Worst-group tables with confidence intervals over seeds.
 
     CSV and LaTeX to standard output carry the main table only (the terminal tables go to stderr); with
     --output, each side table asked for is a file beside it (table.csv -> table.differences.csv).
     """
+    if label_budget:
+        from robustmtl.cli_budget import aggregate_budget, check_options
+
+        check_options(select, few_groups_fraction, by, *(["--show-hparams"] if show_hparams else []),
+                      *(["--show-cost"] if show_cost else []), *(["--small-intervals"] if small_intervals else []))
+        return aggregate_budget(grid_dirs, include_running, ci, baseline, seed, few_groups_seed, fmt, output, quiet,
+                                raw_names, console, err_console)
+    few_groups_fraction = 0.05 if few_groups_fraction is None else few_groups_fraction
     if by:
         from robustmtl.cli_conditions import aggregate_by
 
@@ -170,22 +183,31 @@ def plot(
     select: SelectOpt = "worst-val",
     include_running: IncludeRunningOpt = False,
     ci: CiOpt = "t",
-    few_groups_fraction: FewGroupsFractionOpt = 0.05,
+    few_groups_fraction: FewGroupsFractionOpt = None,
     few_groups_seed: FewGroupsSeedOpt = 0,
     seed: BootstrapSeedOpt = 0,
     by: ByOpt = None,
     curves: Annotated[bool, typer.Option("--curves", help="Learning curves instead: per cell at its selected "
                                                           "setting, val/test accuracy by epoch over seeds.")] = False,
     raw_names: RawNamesOpt = False,
+    label_budget: LabelBudgetOpt = False,
 ) -> None:
     """PNG/PDF figures: average vs worst-group trade-off, and worst-group accuracy across the alpha sweep;
-    with --curves, one figure per dataset of each method's accuracy by epoch (plus its numbers as CSV).
+    with --curves, one figure per dataset of each method's accuracy by epoch (plus its numbers as CSV); with
+    --label-budget, test worst-group accuracy per method against the validation labels selection reads.
 
     Takes aggregate's selection options, so a figure shows exactly the numbers of the same aggregate table.
     """
     from robustmtl.aggregate.plot import default_figures_dir
 
     out = out or default_figures_dir(grid_dirs)
+    if label_budget:
+        from robustmtl.cli_budget import check_options, plot_budget
+
+        check_options(select, few_groups_fraction, by, *(["--curves"] if curves else []))
+        return plot_budget(grid_dirs, out, include_running, ci, seed, few_groups_seed, raw_names, console,
+                           err_console)
+    few_groups_fraction = 0.05 if few_groups_fraction is None else few_groups_fraction
     if by:
         from robustmtl.cli_conditions import plot_by
 

@@ -25,8 +25,11 @@ def _format(fmt: str | None, output: Path | None) -> str:
 
 
 def _check_select(select: str) -> None:
+    from robustmtl.aggregate.rules import SELECTORS
+
     if select == "few-groups":
-        raise UserError("--by tables select with worst-val, avg-val or oracle; few-groups is for plain tables")
+        others = ", ".join(name for name in SELECTORS if name != select)
+        raise UserError(f"--by tables select with {others}; few-groups is for plain tables")
 
 
 def aggregate_by(grid_dirs: Sequence[Path], by: Sequence[str], select: str, baseline: str | None,

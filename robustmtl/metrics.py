@@ -27,6 +27,20 @@ def group_metrics(correct: np.ndarray, membership: np.ndarray) -> dict[str, Any]
     }
 
 
+def class_metrics(correct: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Per-class accuracy and its minimum, worst-class accuracy: a score that needs class labels only, no
+    group label (SubpopBench's worst-class accuracy). A class with no examples in the split is left out."""
+    correct = np.asarray(correct, dtype=bool)
+    labels = np.asarray(labels, dtype=np.int64)
+    classes, counts = np.unique(labels, return_counts=True)
+    class_acc = {str(c): float(correct[labels == c].mean()) for c in classes}
+    return {
+        "worst_class_acc": min(class_acc.values()) if class_acc else float("nan"),
+        "class_acc": class_acc,
+        "class_n": {str(c): int(n) for c, n in zip(classes, counts, strict=True)},
+    }
+
+
 # Mechanism fields of a test record on block-structured inputs (written by train/mechanism.py).
 MECHANISM_BLOCKS = ("core", "spurious", "noise")
 MECHANISM_FIELDS = ("probe_y_acc", "probe_a_acc", *(f"reliance_{b}" for b in MECHANISM_BLOCKS), "active_units")

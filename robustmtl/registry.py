@@ -62,6 +62,9 @@ class MethodPlugin(Plugin):
 class DatasetPlugin(Plugin):
     modality: str = ""
     default_model: str = ""
+    # attribute values per class, as its DataInfo says (g = n_attrs * y + a), declared here too so that aggregation
+    # can tell a validation example's class from its group without importing the dataset (0: not declared)
+    n_attrs: int = field(default=0, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -77,9 +80,10 @@ def _method(impl: str, params: str | None = None, requires: str | None = None, *
                         f"robustmtl.requirements:{requires}" if requires else None, display=display)
 
 
-def _dataset(impl: str, params: str | None, modality: str, default_model: str, *, display: str) -> DatasetPlugin:
+def _dataset(impl: str, params: str | None, modality: str, default_model: str, *, display: str,
+             n_attrs: int = 2) -> DatasetPlugin:
     return DatasetPlugin(f"robustmtl.data.{impl}", f"robustmtl.data.params:{params}" if params else NO_PARAMS,
-                         modality, default_model, display=display)
+                         modality, default_model, display=display, n_attrs=n_attrs)
 
 
 def _model(impl: str, params: str, *modalities: str) -> ModelPlugin:

@@ -384,7 +384,7 @@ def test_unknown_baseline(grid: Path) -> None:
 
 
 def test_unknown_rule_lists_valid_ones(grid: Path) -> None:
-    with pytest.raises(UserError, match="valid: worst-val, avg-val, oracle"):
+    with pytest.raises(UserError, match="valid: worst-val, avg-val, worst-class, few-groups, oracle"):
         aggregate([grid], select="best")
 
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from robustmtl.aggregate.load import load_runs
-from robustmtl.aggregate.select import SELECTORS, get_selector, select_runs
+from robustmtl.aggregate.rules import SELECTORS, get_selector
+from robustmtl.aggregate.select import select_runs
 from robustmtl.errors import UserError
 from tests.test_aggregate_pipeline import make_grid, record, sid, write_run
 
@@ -46,11 +48,13 @@ def test_the_best_score_wins_and_ties_go_to_the_earliest_epoch_then_step(tmp_pat
 
 
 def test_the_rules_and_their_labels():
-    assert list(SELECTORS) == ["worst-val", "avg-val", "oracle"]
+    assert list(SELECTORS) == ["worst-val", "avg-val", "worst-class", "few-groups", "oracle"]
     assert [(s.split, s.metric, s.upper_bound) for s in SELECTORS.values()] == [
-        ("val", "worst_group_acc", False), ("val", "avg_acc", False), ("test", "worst_group_acc", True)]
-    assert [s.label for s in SELECTORS.values()] == ["worst-val", "avg-val", "oracle (upper bound)"]
-    valid = "worst-val, avg-val, oracle, few-groups"
+        ("val", "worst_group_acc", False), ("val", "avg_acc", False), ("val", "worst_class_acc", False),
+        ("val", "worst_group_acc", False), ("test", "worst_group_acc", True)]
+    assert [s.label for s in SELECTORS.values()] == [
+        "worst-val", "avg-val", "worst-class", "few-groups (5% of validation, seed 0)", "oracle (upper bound)"]
+    valid = "worst-val, avg-val, worst-class, few-groups, oracle"
     with pytest.raises(UserError, match=rf"^unknown selection rule 'best'; valid: {valid}$"):
         get_selector("best")
 
@@ -195,3 +199,79 @@ def test_a_setting_with_fewer_seeds_that_only_ties_the_chosen_one_is_not_warned_
     write_run(grid, "C", 0, [{"val": (0.8, 0.6), "test": (0.8, 0.5)}])
     selection = select(grid)
     assert list(selection.chosen["setting_id"]) == [sid("A")] and selection.warnings == []
+
+
+def test_class_metrics_by_hand():
+    from robustmtl.metrics import class_metrics
+
+    got = class_metrics([1, 1, 0, 1, 0, 0, 1], [0, 0, 0, 1, 1, 2, 2])
+    assert got == {"worst_class_acc": 0.5, "class_acc": {"0": 2 / 3, "1": 0.5, "2": 0.5},
+                   "class_n": {"0": 3, "1": 2, "2": 2}}
+
+
+# Eight validation examples in groups g = 2 y + a, so classes y = g // 2: three of class 0, five of class 1.
+GROUPS = [0, 0, 1, 2, 2, 3, 3, 3]
+CORRECT = {  # epoch -> per-example correctness; worst-class accuracy by hand
+    1: ([1, 1, 0, 1, 1, 1, 1, 0], 2 / 3),  # class 0: 2/3, class 1: 4/5
+    2: ([1, 1, 1, 1, 0, 0, 1, 1], 3 / 5),  # class 0: 3/3, class 1: 3/5
+    3: ([1, 1, 1, 1, 1, 1, 1, 0], 4 / 5),  # class 0: 3/3, class 1: 4/5
+}
+
+
+def write_val_files(run_dir: Path, groups: list[int] | np.ndarray, correct: dict) -> None:
+    from robustmtl.layout import VAL_CORRECT, VAL_GROUPS
+    from robustmtl.metrics import pack_bools
+
+    membership = np.eye(4, dtype=bool)[groups] if not isinstance(groups, np.ndarray) else groups
+    (run_dir / VAL_GROUPS).write_text(json.dumps({"n": len(membership), "n_groups": membership.shape[1],
+                                                  "membership": pack_bools(membership)}))
+    (run_dir / VAL_CORRECT).write_text("".join(
+        json.dumps({"epoch": e, "step": 10 * e, "split": "val", "correct": pack_bools(np.array(c, dtype=bool))}) + "\n"
+        for e, (c, _) in correct.items()))
+
+
+def worst_class(grid: Path):
+    from robustmtl.aggregate.select import RuleInputs
+
+    loaded = load_runs([grid])
+    return select_runs(loaded, get_selector("worst-class").bind(RuleInputs.of(loaded.runs)))
+
+
+def test_worst_class_of_an_older_run_is_computed_from_its_validation_files_by_hand(tmp_path):
+    """No worst_class_acc in the records: each example's class comes from its group (synthetic: 2 attributes)."""
+    grid = make_grid(tmp_path / "g", seeds=(0,))
+    # worst-val would pick epoch 1 (0.9); worst-class picks epoch 3 (4/5), from the files alone
+    run_dir = write_run(grid, "A", 0, [{"val": (0.9, 0.9), "test": (0.5, 0.1)}, {"val": (0.8, 0.8), "test": (0.5, 0.2)},
+                                       {"val": (0.7, 0.7), "test": (0.5, 0.3)}], dataset="synthetic")
+    write_val_files(run_dir, GROUPS, CORRECT)
+    chosen = worst_class(grid).per_seed.iloc[0]
+    assert (chosen["epoch"], chosen["score"], chosen["worst_group_acc"]) == (3, 4 / 5, 0.3)
+    assert select(grid).per_seed.iloc[0]["epoch"] == 1
+
+
+def test_worst_class_is_read_from_the_records_where_they_carry_it(tmp_path):
+    grid = make_grid(tmp_path / "g", seeds=(0,))
+    run_dir = grid / "runs" / sid("A/0")
+    run_dir.mkdir()
+    lines = []
+    for epoch, wc in ((1, 0.4), (2, 0.9), (3, 0.9)):  # a tie goes to the earliest epoch
+        for split in ("val", "test"):
+            lines.append(json.dumps({**record("A", 0, epoch, split, (0.8, 0.1 * epoch)), "worst_class_acc": wc}))
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (run_dir / "DONE").write_text("{}")
+    write_val_files(run_dir, GROUPS, CORRECT)  # would say epoch 3: the records win
+    chosen = worst_class(grid).per_seed.iloc[0]
+    assert (chosen["epoch"], chosen["score"], chosen["worst_group_acc"]) == (2, 0.9, pytest.approx(0.2))
+
+
+def test_worst_class_of_an_older_run_whose_groups_do_not_give_the_class_stops_with_why(tmp_path):
+    """Overlapping groups (CivilComments' identities): an example in two groups, or in none, has no class."""
+    grid = make_grid(tmp_path / "g", seeds=(0,))
+    run_dir = write_run(grid, "A", 0, [{"val": (0.9, 0.9), "test": (0.5, 0.1)}], dataset="synthetic")
+    membership = np.eye(4, dtype=bool)[GROUPS]
+    membership[0, 3] = True
+    write_val_files(run_dir, membership, {1: CORRECT[1]})
+    why = r"its groups are not class × attribute \(1 example\(s\) in no group or several\)"
+    with pytest.raises(UserError, match=r"has no worst_class_acc in its validation records, and .*val_groups\.json: "
+                                        + why):
+        worst_class(grid)

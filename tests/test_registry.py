@@ -36,10 +36,11 @@ def test_every_declaration_resolves_to_a_params_dataclass_and_an_implementation(
 
 
 @pytest.mark.parametrize("dataset", sorted(GENERATED))
-def test_declared_modality_is_what_the_dataset_builds(dataset: str) -> None:
+def test_declared_modality_and_attributes_are_what_the_dataset_builds(dataset: str) -> None:
     params = DATASETS[dataset].params(**GENERATED[dataset])
     built = dataset_entry(dataset).build(params, None)
     assert built.info.modality == DATASETS[dataset].modality
+    assert built.info.n_attrs == DATASETS[dataset].n_attrs
     assert built.info.modality in model_plugin(DATASETS[dataset].default_model).modalities
 
 

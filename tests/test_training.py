@@ -44,10 +44,12 @@ def test_every_record_has_the_schema(tmp_path, method):
     records = read_records(rd.metrics)
     assert len(records) == 3 * TINY["epochs"]
     keys = {"run_id", "setting_id", "method", "dataset", "seed", "hparams", "epoch", "step", "split", "avg_acc",
-            "worst_group_acc", "group_acc", "group_n", "loss", "time_s", "uses_train_groups", "report"}
+            "worst_group_acc", "group_acc", "group_n", "worst_class_acc", "class_acc", "class_n", "loss", "time_s",
+            "uses_train_groups", "report"}
     for r in records:
         assert keys <= set(r)
         assert r["worst_group_acc"] == min(r["group_acc"].values())
+        assert r["worst_class_acc"] == min(r["class_acc"].values()) and set(r["class_n"]) == {"0", "1"}
     train = [r for r in records if r["split"] == "train"]
     expected_terms = {"erm": {"end"}, "mtl": {"end", "aux"}, "mtl_l1": {"end", "aux", "reg"}, "l1": {"end", "reg"}}
     assert set(train[0]["terms"]) == expected_terms[method] | {"total"}

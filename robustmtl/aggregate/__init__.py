@@ -12,11 +12,11 @@ from typing import Any
 
 from robustmtl.aggregate.details import hparams_to_markdown, render_differences_rich, render_hparams_rich
 from robustmtl.aggregate.export import render_rich, to_csv, to_markdown
-from robustmtl.aggregate.fewgroups import FewGroupsSelector
 from robustmtl.aggregate.hyperparameters import check_no_condition_varies
 from robustmtl.aggregate.latex import to_latex
-from robustmtl.aggregate.load import RunCounts, load_runs
-from robustmtl.aggregate.select import SELECTORS, Selector, get_selector, select_runs
+from robustmtl.aggregate.load import Loaded, RunCounts, load_runs
+from robustmtl.aggregate.rules import SELECTORS, get_selector
+from robustmtl.aggregate.select import RuleInputs, Selector, select_runs
 from robustmtl.aggregate.stats import check_ci, paired_difference
 from robustmtl.aggregate.summary import Summary, build_cells, build_differences, run_codes
 from robustmtl.errors import UserError
@@ -57,29 +57,39 @@ def aggregate(
     `seed` only drives the bootstrap (ci="bootstrap"), so the same inputs always give the same table;
     `few_groups_*` set the validation fraction (and its seed) that the few-groups rule may look at.
     """
-    if select != FewGroupsSelector.name:
-        get_selector(select)
+    rule = get_selector(select)
     check_ci(ci)
+    dirs = grid_list(grid_dirs)
+    loaded = load_scope(dirs, include_running)
+    return summarise(loaded, rule.bind(RuleInputs.of(loaded.runs, few_groups_fraction, few_groups_seed)), ci,
+                     baseline, seed, coverage_gaps(dirs, loaded.runs))
+
+
+def grid_list(grid_dirs: Sequence[Path | str] | Path | str) -> list[Path]:
+    """The grid directories given, each once, in order."""
     if isinstance(grid_dirs, str | Path):
         grid_dirs = [grid_dirs]
     dirs = list(dict.fromkeys(Path(d) for d in grid_dirs))
     if not dirs:
         raise UserError("no grid directory given")
+    return dirs
 
+
+def load_scope(dirs: Sequence[Path], include_running: bool) -> Loaded:
+    """The runs a table may report, refused when a condition varies within a cell (select over it with --by)."""
     loaded = load_runs(dirs, include_running)
     check_no_condition_varies(loaded.runs[loaded.runs["included"] & loaded.runs["report"]])
-    if select == FewGroupsSelector.name:
-        run_dirs = {r: Path(d) for r, d in zip(loaded.runs["run_id"], loaded.runs["run_dir"], strict=True)}
-        selector: Selector = FewGroupsSelector(few_groups_fraction, few_groups_seed, run_dirs)
-    else:
-        selector = get_selector(select)
+    return loaded
+
+
+def summarise(loaded: Loaded, selector: Selector, ci: str, baseline: str | None, seed: int,
+              gaps: dict[str, list[CellGap]]) -> Summary:
+    """One rule (bound to the loaded runs) applied to loaded runs: the Summary every table and figure shows."""
     sel = select_runs(loaded, selector)
-    warnings = loaded.warnings + sel.warnings
-    if isinstance(selector, FewGroupsSelector):
-        warnings += selector.file_warnings + selector.thin_group_warnings()
+    warnings = loaded.warnings + sel.warnings + selector.notes()
     if sel.per_seed.empty:
-        raise UserError(f"no run has a test record at its selected epoch ({select}); nothing to report")
-    cells = build_cells(sel.per_seed, sel.chosen, select, ci, seed, run_codes(loaded.records))
+        raise UserError(f"no run has a test record at its selected epoch ({selector.name}); nothing to report")
+    cells = build_cells(sel.per_seed, sel.chosen, selector.name, ci, seed, run_codes(loaded.records))
     if ci == "bootstrap" and cells["n"].between(2, BOOTSTRAP_MIN_SEEDS - 1).any():
         warnings.append(f"percentile bootstrap intervals over fewer than {BOOTSTRAP_MIN_SEEDS} seeds are too narrow "
                         "(they cover the mean less often than 95%); the Student-t interval (--ci t) is the honest "
@@ -92,8 +102,8 @@ def aggregate(
             raise UserError(f"baseline method {baseline!r} not found; methods: {', '.join(methods)}")
         differences = build_differences(sel.per_seed, sel.chosen, baseline)
     return Summary(
-        cells, sel.chosen, sel.per_seed, select, ci, loaded.counts, warnings, baseline, differences, selector,
-        loaded.runs, coverage_gaps(dirs, loaded.runs),
+        cells, sel.chosen, sel.per_seed, selector.name, ci, loaded.counts, warnings, baseline, differences, selector,
+        loaded.runs, gaps,
     )
 
 

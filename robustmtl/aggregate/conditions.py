@@ -31,7 +31,8 @@ from robustmtl.aggregate.hyperparameters import check_no_condition_varies, paire
 from robustmtl.aggregate.load import Loaded, load_runs
 from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames, with_display_columns
 from robustmtl.aggregate.parse import METRICS
-from robustmtl.aggregate.select import get_selector, select_runs
+from robustmtl.aggregate.rules import get_selector
+from robustmtl.aggregate.select import RuleInputs, select_runs
 from robustmtl.aggregate.stats import t_interval
 from robustmtl.aggregate.terminal import Column, FittedTable
 from robustmtl.aggregate.units import ACCURACY, POINTS, SHARE, displayed, percent, stat_column, unit_of
@@ -115,7 +116,7 @@ def _baseline_everywhere(runs: pd.DataFrame, by: Sequence[str], baseline: str | 
 def condition_table(grid_dirs: Sequence[Path], by: Sequence[str], select: str = "worst-val",
                     baseline: str | None = "erm", include_running: bool = False) -> ConditionTable:
     by = list(dict.fromkeys(by))
-    selector = get_selector(select)
+    rule = get_selector(select)
     loaded = load_runs(list(grid_dirs), include_running)
     runs = _baseline_everywhere(_condition_values(loaded, by), by, baseline)
     warnings = list(loaded.warnings)
@@ -129,8 +130,9 @@ def condition_table(grid_dirs: Sequence[Path], by: Sequence[str], select: str = 
         ids = set(group["run_id"])
         sub = Loaded(loaded.records[loaded.records["run_id"].isin(ids)], loaded.runs[loaded.runs["run_id"].isin(ids)],
                      loaded.counts, [])
+        selector = rule.bind(RuleInputs.of(sub.runs))  # its notes are this condition's
         sel = select_runs(sub, selector)
-        warnings += [f"{_describe(condition)}: {w}" for w in sel.warnings]
+        warnings += [f"{_describe(condition)}: {w}" for w in sel.warnings + selector.notes()]
         parameters = dict(zip(zip(sel.chosen["dataset"], sel.chosen["method"], strict=True), parameters_of(sel.chosen),
                               strict=True))
         per_seed = sel.per_seed.merge(test, on=["run_id", "epoch", "step"], how="left")

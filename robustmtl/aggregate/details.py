@@ -64,11 +64,16 @@ def difference_rows(summary: Summary, names: DisplayNames = REGISTRY_NAMES) -> l
     diffs["_order"] = diffs["method"].map({m: i for i, m in enumerate(method_order(diffs["method"]))})
     rows: list[tuple[str, ...]] = []
     for r in diffs.sort_values(["dataset", "_order", "metric"]).itertuples():
-        hw = "" if math.isnan(r.half_width) else f" ± {percent_text(r.half_width)}"
-        difference = MISSING if math.isnan(r.mean_diff) else f"{points_text(r.mean_diff)}{hw}"
+        difference = difference_text(r.mean_diff, r.half_width)
         rows.append((names.dataset(str(r.dataset)), names.method(str(r.method)), METRIC_LABELS.get(r.metric, r.metric),
                      difference, str(r.n)))
     return rows
+
+
+def difference_text(mean_diff: float, half_width: float) -> str:
+    """A paired difference as every table prints it: signed points ± the half-width of its t interval."""
+    hw = "" if math.isnan(half_width) else f" ± {percent_text(half_width)}"
+    return MISSING if math.isnan(mean_diff) else f"{points_text(mean_diff)}{hw}"
 
 
 def difference_notes(summary: Summary) -> list[str]:

@@ -88,7 +88,8 @@ def points_text(x: float) -> str:
     return f"{percent(x):+.1f}"
 
 
-def _interval_text(row: dict, ci: str, pm: str) -> str:
+def interval_text(row: dict, ci: str, pm: str = "±") -> str:
+    """A cell's interval as every table prints it: ± half-width, or the bounds of an asymmetric bootstrap."""
     if row["n"] < 2 or math.isnan(row["lower"]):
         return ""
     if ci == "bootstrap":  # asymmetric: show the bounds, a ± would misstate them
@@ -105,7 +106,7 @@ def table_layout(summary: Summary, pm: str = "±") -> _Layout:
     for row, is_best in zip(cells.to_dict("records"), (shown == best) & shown.notna(), strict=True):
         values[(row["method"], row["dataset"], row["metric"])] = CellValue(
             mean=percent_text(row["mean"]) if not math.isnan(row["mean"]) else MISSING,
-            interval=_interval_text(row, summary.ci, pm),
+            interval=interval_text(row, summary.ci, pm),
             best=bool(is_best),
             short=bool(row["n"] < row["n_expected"]),
             n=int(row["n"]),

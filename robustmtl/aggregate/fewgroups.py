@@ -13,13 +13,13 @@ naming the file (a finished run without it stops the aggregation, naming the fil
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from robustmtl.aggregate.select import Selector
+from robustmtl.aggregate.select import RuleInputs, Selector, best_points
 from robustmtl.errors import UserError
 from robustmtl.layout import VAL_CORRECT, VAL_GROUPS
 from robustmtl.metrics import group_metrics, unpack_bools
@@ -27,30 +27,30 @@ from robustmtl.metrics import group_metrics, unpack_bools
 THIN = 5
 
 
-class _Unreadable(Exception):
-    """A per-run few-groups file that cannot be used; the message says why."""
+class Unreadable(Exception):
+    """A per-run validation file that cannot be used; the message says why."""
 
 
-def _membership(path: Path) -> np.ndarray:
-    """val_groups.json as an [n, n_groups] boolean matrix; any damage or wrong shape raises _Unreadable."""
+def read_membership(path: Path) -> np.ndarray:
+    """val_groups.json as an [n, n_groups] boolean matrix; any damage or wrong shape raises Unreadable."""
     try:
         groups = json.loads(path.read_bytes())
     except (OSError, ValueError) as exc:  # ValueError: bad JSON or UTF-8
-        raise _Unreadable(f"{type(exc).__name__}: {exc}") from None
+        raise Unreadable(f"{type(exc).__name__}: {exc}") from None
     shape = isinstance(groups, dict) and isinstance(groups.get("membership"), str)
     n, n_groups = (groups.get("n"), groups.get("n_groups")) if shape else (None, None)
     if type(n) is not int or type(n_groups) is not int or n < 1 or n_groups < 1:
-        raise _Unreadable("not an object with positive integers n and n_groups and a membership string")
+        raise Unreadable("not an object with positive integers n and n_groups and a membership string")
     try:
         bits = unpack_bools(groups["membership"], n * n_groups)
     except ValueError:
-        raise _Unreadable("membership is not base64") from None
+        raise Unreadable("membership is not base64") from None
     if len(bits) < n * n_groups:
-        raise _Unreadable(f"membership holds {len(bits)} of the {n * n_groups} bits n x n_groups needs")
+        raise Unreadable(f"membership holds {len(bits)} of the {n * n_groups} bits n x n_groups needs")
     return bits.reshape(n, n_groups)
 
 
-def _correctness(line: bytes, n: int) -> tuple[int, int, np.ndarray]:
+def read_correctness(line: bytes, n: int) -> tuple[int, int, np.ndarray]:
     """One val_correct.jsonl line as (epoch, step, per-example correctness); ValueError if damaged."""
     rec = json.loads(line)  # ValueError on bad JSON or UTF-8
     if not isinstance(rec, dict) or type(rec.get("epoch")) is not int or type(rec.get("step")) is not int \
@@ -82,6 +82,14 @@ class FewGroupsSelector(Selector):
         if not 0 < self.fraction <= 1:
             raise UserError(f"--few-groups-fraction must be in (0, 1], got {self.fraction}")
 
+    def bind(self, inputs: RuleInputs) -> FewGroupsSelector:
+        """A fresh rule (its notes start empty) at the inputs' fraction and seed, reading their run directories."""
+        return replace(self, fraction=inputs.few_groups_fraction, seed=inputs.few_groups_seed,
+                       run_dirs=dict(inputs.run_dirs), group_counts={}, missing={}, file_warnings=[])
+
+    def notes(self) -> list[str]:
+        return self.file_warnings + self.thin_group_warnings()
+
     @property
     def label(self) -> str:
         return f"few-groups ({self.fraction:.0%} of validation, seed {self.seed})"
@@ -98,10 +106,10 @@ class FewGroupsSelector(Selector):
                 self.missing[run_id] = f"has no {path.name} (trained before few-groups data was stored?)"
                 return []
         try:
-            membership = _membership(groups_path)
+            membership = read_membership(groups_path)
             lines = [line for line in correct_path.read_bytes().splitlines() if line.strip()]
-        except (_Unreadable, OSError) as exc:
-            return self._unreadable(run_id, groups_path if isinstance(exc, _Unreadable) else correct_path, str(exc))
+        except (Unreadable, OSError) as exc:
+            return self._unreadable(run_id, groups_path if isinstance(exc, Unreadable) else correct_path, str(exc))
         n = len(membership)
         keep = self.subset(n)
         counts = (n, tuple(int(c) for c in membership[keep].sum(axis=0)))
@@ -109,7 +117,7 @@ class FewGroupsSelector(Selector):
         scores, bad = [], []
         for lineno, line in enumerate(lines, start=1):
             try:
-                epoch, step, correct = _correctness(line, n)
+                epoch, step, correct = read_correctness(line, n)
             except ValueError as exc:  # also bad JSON, UTF-8 and base64
                 bad.append(f"line {lineno}: {exc}")
                 continue
@@ -146,7 +154,4 @@ class FewGroupsSelector(Selector):
         run_ids = records.loc[records["split"] == "val", "run_id"].unique()
         rows = [(run_id, epoch, step, score) for run_id in run_ids if run_id in self.run_dirs
                 for epoch, step, score in self._run_scores(run_id, self.run_dirs[run_id])]
-        pts = pd.DataFrame(rows, columns=["run_id", "epoch", "step", "score"]).dropna(subset=["score"])
-        pts = pts.sort_values(["run_id", "score", "epoch", "step"], ascending=[True, False, True, True],
-                              kind="mergesort")
-        return pts.drop_duplicates("run_id", keep="first").reset_index(drop=True)
+        return best_points(pd.DataFrame(rows, columns=["run_id", "epoch", "step", "score"]))

@@ -26,6 +26,9 @@ from robustmtl.metrics import MECHANISM_FIELDS
 
 KEY = ["run_id", "epoch", "step", "split"]
 METRICS = ["avg_acc", "worst_group_acc"]
+# Numbers only some records carry: worst-class accuracy (absent before it was recorded) and the mechanism fields
+# (test records of block-structured data)
+OPTIONAL_FLOATS = ("worst_class_acc", *MECHANISM_FIELDS)
 RECORD_SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),
@@ -35,7 +38,7 @@ RECORD_SCHEMA = pa.schema(
         ("avg_acc", pa.float64()),
         ("worst_group_acc", pa.float64()),
         ("code", pa.string()),
-        *((name, pa.float64()) for name in MECHANISM_FIELDS),  # present on test records of block-structured data
+        *((name, pa.float64()) for name in OPTIONAL_FLOATS),  # present on test records of block-structured data
     ]
 )
 _FILE = "_robustmtl_file"  # only on the sentinel line that ends each file's bytes: that file's index
@@ -160,7 +163,7 @@ def parse_slow(f: RunFile) -> pa.Table:
     if bad:
         f.issues.append(f"{len(bad)} corrupt line(s) skipped (first at line {bad[0]})")
     for rec in good:  # JSON ints in float columns: pyarrow will not cast them implicitly
-        for k in (*METRICS, *MECHANISM_FIELDS):
+        for k in (*METRICS, *OPTIONAL_FLOATS):
             if isinstance(rec[k], int | float) and not isinstance(rec[k], bool):
                 rec[k] = float(rec[k])
             elif k not in METRICS:

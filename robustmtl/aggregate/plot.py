@@ -62,7 +62,7 @@ def plot_grids(grid_dirs: Sequence[Path], out: Path, method: str, opts: SelectOp
     """Both figures of the grids; the cheap mistakes (method name, --out, unstarted grids) fail before any
     run is loaded or any figure written."""
     method_plugin(method)
-    dirs = _checked_dirs(grid_dirs, out)
+    dirs = checked_dirs(grid_dirs, out)
     summary = aggregate(dirs, **asdict(opts))
     paths = tradeoff_figure(summary, out, formats, names)
     try:
@@ -79,7 +79,7 @@ def plot_curves(grid_dirs: Sequence[Path], out: Path, opts: SelectOptions = Sele
     """The learning-curve figures (aggregate/curves.py) of every cell at the tables' chosen setting."""
     from robustmtl.aggregate.curves import curve_figures, curve_table
 
-    dirs = _checked_dirs(grid_dirs, out)
+    dirs = checked_dirs(grid_dirs, out)
     summary = aggregate(dirs, **asdict(opts))
     paths = curve_figures(curve_table(summary, dirs, opts.include_running), summary, out, names)
     return Figures(paths, summary, summary.warnings, None)
@@ -94,7 +94,7 @@ def default_figures_dir(grid_dirs: Sequence[Path]) -> Path:
     return first.parent / f"{first.name or 'grid'}-figures"
 
 
-def _checked_dirs(grid_dirs: Sequence[Path], out: Path) -> list[Path]:
+def checked_dirs(grid_dirs: Sequence[Path], out: Path) -> list[Path]:
     dirs = list(dict.fromkeys(Path(d) for d in grid_dirs))
     _check_out(out)
     _check_started(dirs)

@@ -1,14 +1,17 @@
 """Model selection: which epoch of each run and which hyperparameter setting per (dataset, method) to report.
 
-Rules live in a registry so a rule needing other data (e.g. `few-groups`, per-example validation
-predictions) can be added as another Selector subclass without touching the aggregation pipeline.
+A rule is a Selector; the registry of rules by name is aggregate/rules.py. A rule needing data beyond the
+records (`few-groups` and `worst-class` read per-run files) gets it from `bind`, so the aggregation pipeline
+treats every rule alike.
 """
 
 from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
@@ -19,6 +22,23 @@ from robustmtl.errors import UserError
 CELL = ["dataset", "method"]
 # Scores are accuracies in [0, 1] averaged over seeds: a difference this small is summation order, not skill
 TIE_TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class RuleInputs:
+    """What a rule may read besides the records: each run's directory and dataset, and few-groups' subset."""
+
+    run_dirs: Mapping[str, Path] = field(default_factory=dict)
+    datasets: Mapping[str, str] = field(default_factory=dict)  # run id -> dataset key
+    few_groups_fraction: float = 0.05
+    few_groups_seed: int = 0
+
+    @classmethod
+    def of(cls, runs: pd.DataFrame, few_groups_fraction: float = 0.05, few_groups_seed: int = 0) -> RuleInputs:
+        """The inputs for the runs of a Loaded.runs frame."""
+        ids = runs["run_id"]
+        return cls({r: Path(d) for r, d in zip(ids, runs["run_dir"], strict=True)},
+                   dict(zip(ids, runs["dataset"], strict=True)), few_groups_fraction, few_groups_seed)
 
 
 class Selector(ABC):
@@ -39,6 +59,15 @@ class Selector(ABC):
     def select_epochs(self, records: pd.DataFrame) -> pd.DataFrame:
         """One row per run that has the data this rule needs: run_id, epoch, step, score."""
 
+    def bind(self, inputs: RuleInputs) -> Selector:
+        """This rule ready to select among the runs `inputs` describes; a rule that reads the records only is
+        itself."""
+        return self
+
+    def notes(self) -> list[str]:
+        """Warnings the last selection left (files it could not read, thin subsets); none by default."""
+        return []
+
     def missing_reason(self, run_id: str) -> str:
         """Why select_epochs gave a run no row, for the error that stops a finished run being left out."""
         return f"has no {self.split} records with {self.metric}"
@@ -56,30 +85,15 @@ class MetricSelector(Selector):
 
     def select_epochs(self, records: pd.DataFrame) -> pd.DataFrame:
         pts = records.loc[records["split"] == self.split, ["run_id", "epoch", "step", self.metric]]
-        pts = pts.dropna(subset=[self.metric])
-        pts = pts.sort_values(
-            ["run_id", self.metric, "epoch", "step"], ascending=[True, False, True, True], kind="mergesort"
-        )
-        best = pts.drop_duplicates("run_id", keep="first")
-        return best.rename(columns={self.metric: "score"}).reset_index(drop=True)
+        return best_points(pts.rename(columns={self.metric: "score"}))
 
 
-SELECTORS: dict[str, Selector] = {
-    s.name: s
-    for s in (
-        MetricSelector("worst-val", "val", "worst_group_acc", "validation worst-group accuracy"),
-        MetricSelector("avg-val", "val", "avg_acc", "validation average accuracy"),
-        MetricSelector("oracle", "test", "worst_group_acc", "test worst-group accuracy", upper_bound=True),
-    )
-}
-
-
-def get_selector(name: str) -> Selector:
-    """Look up a rule by its CLI name; a typo is a user error that lists the valid names."""
-    try:
-        return SELECTORS[name]
-    except KeyError:
-        raise UserError(f"unknown selection rule {name!r}; valid: {', '.join([*SELECTORS, 'few-groups'])}") from None
+def best_points(pts: pd.DataFrame) -> pd.DataFrame:
+    """Per run, its evaluation point (run_id, epoch, step, score) with the highest score; ties go to the
+    earliest epoch, and points without a score never count."""
+    pts = pts.dropna(subset=["score"])
+    pts = pts.sort_values(["run_id", "score", "epoch", "step"], ascending=[True, False, True, True], kind="mergesort")
+    return pts.drop_duplicates("run_id", keep="first").reset_index(drop=True)
 
 
 @dataclass

@@ -10,7 +10,8 @@ import pandas as pd
 from robustmtl.aggregate.hyperparameters import paired_differences, parameters_of
 from robustmtl.aggregate.load import RunCounts
 from robustmtl.aggregate.parse import METRICS
-from robustmtl.aggregate.select import CELL, SELECTORS, Selector
+from robustmtl.aggregate.rules import SELECTORS
+from robustmtl.aggregate.select import CELL, Selector
 from robustmtl.aggregate.stats import cell_rng, interval
 from robustmtl.grid.coverage import CellGap
 

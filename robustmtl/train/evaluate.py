@@ -19,7 +19,7 @@ import torch
 
 from robustmtl import pause
 from robustmtl.data.base import Split
-from robustmtl.metrics import group_metrics
+from robustmtl.metrics import class_metrics, group_metrics
 from robustmtl.models.base import Model
 from robustmtl.train.batches import as_is, to_device
 
@@ -37,10 +37,10 @@ class Predictions:
     indices: np.ndarray | None = None  # the split's examples these are of, when a subset
 
     def metrics(self, split: Split) -> dict[str, Any]:
-        membership = split.membership.numpy()
+        membership, labels = split.membership.numpy(), split.y.numpy()
         if self.indices is not None:
-            membership = membership[self.indices]
-        return {**group_metrics(self.correct, membership), "loss": self.loss}
+            membership, labels = membership[self.indices], labels[self.indices]
+        return {**group_metrics(self.correct, membership), **class_metrics(self.correct, labels), "loss": self.loss}
 
 
 class EvalSampler(torch.utils.data.Sampler[EvalKey]):
