@@ -36,3 +36,9 @@ def test_text_paper_grids_warm_up_the_multitask_methods_only(name):
         t = run.config.train
         expected = 0.06 if run.config.method in MULTITASK else 0.0
         assert (t.scheduler, t.warmup_frac, t.warmup_steps) == ("linear", expected, 0), run.config.method
+
+
+@pytest.mark.parametrize("name", TEXT)
+def test_text_paper_grids_classify_the_pooler_output_like_the_reference(name):
+    for run in expand(load_spec(PAPER / f"{name}.toml")):
+        assert run.config.model_params.bert_pool == "pooler", run.config.method
