@@ -28,6 +28,7 @@ def test_vision_paper_grids_warm_up_500_steps_and_use_the_reference_views(name):
         t, m = run.config.train, run.config.model_params
         assert (t.scheduler, t.warmup_steps, t.warmup_frac) == ("cosine", 500, 0.0), run.config.method
         assert (m.image_resize, m.image_train_crop, m.image_crop_scale_min) == ("squash", "random_resized", 0.05)
+        assert m.head_init == "trunc_normal"
 
 
 @pytest.mark.parametrize("name", TEXT)

@@ -52,7 +52,16 @@ class ImageViewParams:
 
 
 @dataclass(frozen=True)
-class ViTParams(ImageViewParams, MIMParams):
+class NewLayerParams:
+    """How the image encoders initialise the layers a checkpoint does not hold (the classifier, SimMIM's decoder).
+    The default is PyTorch's own (Kaiming-uniform weights and biases); the reference's are transformers' ViT init,
+    a truncated normal of std 0.02 and zero biases."""
+
+    head_init: str = field(default="torch", metadata=added_later(one_of("torch", "trunc_normal")))
+
+
+@dataclass(frozen=True)
+class ViTParams(NewLayerParams, ImageViewParams, MIMParams):
     vit_pretrained: str = field(default="", metadata=local_path("dir"))
     vit_image_size: int = field(default=0, metadata=at_least(0))
     vit_patch_size: int = field(default=4, metadata=positive())
@@ -62,7 +71,7 @@ class ViTParams(ImageViewParams, MIMParams):
 
 
 @dataclass(frozen=True)
-class TimmViTParams(ImageViewParams, MIMParams):
+class TimmViTParams(NewLayerParams, ImageViewParams, MIMParams):
     timm_name: str = "vit_base_patch16_224"
     timm_weights: str = field(default="", metadata=local_path("file"))
     timm_image_size: int = field(default=0, metadata=at_least(0))
