@@ -60,6 +60,9 @@ class TrainParams:
     # Warm-up as a number of optimiser steps, whatever the batch size and run length (the reference's vision
     # runs warm up for 500 steps); > 0 replaces warmup_frac, and setting both is refused.
     warmup_steps: int = field(default=0, metadata=added_later(at_least(0)))
+    # The learning-rate schedule's horizon in epochs (0: `epochs`): a run may stop before its schedule ends, as
+    # JTT's stage 1 does in the reference's single schedule (`jtt_schedule = "reference"`).
+    schedule_epochs: int = field(default=0, metadata=added_later(at_least(0)))
 
     def __post_init__(self) -> None:
         if self.pretrain_epochs == 0:  # no stage: its settings mean nothing, so they never split run ids
@@ -117,6 +120,14 @@ class RunConfig:
     method_params: Any
     data_params: Any
     model_params: Any
+
+    @property
+    def trained_epochs(self) -> int:
+        """The epochs this run trains: `epochs`, except JTT's stage 2 under the reference's single schedule,
+        which trains the E - T - 1 epochs left after stage 1's T and the epoch that found the error set."""
+        if getattr(self.method_params, "jtt_schedule", "separate") == "reference":
+            return self.train.epochs - self.method_params.jtt_epochs - 1
+        return self.train.epochs
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -286,6 +297,9 @@ def build_config(method: str, dataset: str, seed: int, model: str | None, values
     if train.get("warmup_steps") and train.get("warmup_frac"):
         raise UserError(f"{where}: warmup_steps = {train['warmup_steps']} and warmup_frac = {train['warmup_frac']} "
                         "both set the warm-up; set one of them")
+    if train.get("schedule_epochs") and train["schedule_epochs"] < train.get("epochs", TrainParams.epochs):
+        raise UserError(f"{where}: schedule_epochs = {train['schedule_epochs']} is shorter than epochs = "
+                        f"{train.get('epochs', TrainParams.epochs)}; the schedule must last the whole run")
     return RunConfig(method=method, dataset=dataset, seed=seed, model=model,
                      **{name: blocks[name](**sections[name]) for name in blocks})
 

@@ -14,6 +14,7 @@ Torch-free: a grid plans 100,000 runs without importing a model.
 from __future__ import annotations
 
 from robustmtl.config import RunConfig, build_config
+from robustmtl.errors import UserError
 from robustmtl.registry import method_plugin
 
 PRETRAIN_METHOD = "pretrain"
@@ -55,7 +56,13 @@ def with_transitive(config: RunConfig) -> list[RunConfig]:
 def jtt_stage1(config: RunConfig) -> dict[str, RunConfig]:
     """JTT's stage-1 run: ERM for `jtt_epochs` epochs, every other training, data and model parameter the same."""
     d = config.to_dict()
-    values = {**d["train"], **d["data_params"], **d["model_params"], "epochs": config.method_params.jtt_epochs}
+    p = config.method_params
+    values = {**d["train"], **d["data_params"], **d["model_params"], "epochs": p.jtt_epochs}
+    if p.jtt_schedule == "reference":
+        if config.trained_epochs < 1:
+            raise UserError(f"jtt_schedule = 'reference' trains stage 2 for epochs - jtt_epochs - 1 "
+                            f"= {config.trained_epochs} epochs; set epochs to at least jtt_epochs + 2")
+        values["schedule_epochs"] = config.train.epochs  # stage 1 stops at T on the E-epoch schedule
     stage1 = build_config("jtt_stage1", config.dataset, config.seed, config.model, values,
                           where=f"jtt stage 1 of {config.run_id}")
     return {"stage1": stage1}

@@ -206,3 +206,38 @@ def test_jtt_grid_runs_stage1_once_then_stage2(cli, tmp_path):
     assert sorted(methods) == ["jtt", "jtt", "jtt", "jtt_stage1"]
     assert all(grid.run(r).done.exists() for r in grid.run_ids())
     assert method_entry("jtt_stage1") is JTTStage1
+
+
+def test_the_reference_schedule_runs_stage1_on_the_e_epoch_horizon_and_stage2_for_e_minus_t_minus_1(cli, tmp_path):
+    values = {"epochs": 5, "n_train": 200, "n_val": 100, "n_test": 100, "jtt_epochs": 2, "jtt_upweight": 3,
+              "scheduler": "linear", "lr": 0.01}
+    cfgs = {how: build_config("jtt", "synthetic", 0, None, {**values, "jtt_schedule": how}, where="test")
+            for how in ("separate", "reference")}
+    assert cfgs["separate"].run_id == build_config("jtt", "synthetic", 0, None, values, where="test").run_id
+    last_lr = {}
+    for how, cfg in cfgs.items():
+        stage1 = jtt_stage1(cfg)["stage1"]
+        assert stage1.train.epochs == 2
+        rd = RunDir(tmp_path / how / stage1.run_id)  # where stage 2 looks for it, so the CLI finds it done
+        prepare_run(rd, stage1, RunOptions(threads=1, keep_checkpoint=True))
+        train_run(rd)
+        last_lr[how] = torch.load(rd.checkpoint, weights_only=True)["optimizer"]["param_groups"][0]["lr"]
+        out = tmp_path / how / "stage2"
+        sets = [a for k, v in {**values, "jtt_schedule": how}.items() for a in ("--set", f"{k}={v}")]
+        cli("run", "--method", "jtt", "--dataset", "synthetic", *sets, "--threads", "1", "--out", out)
+        records = read_records(out / "metrics.jsonl")
+        epochs = {"separate": 5, "reference": 5 - 2 - 1}[how]
+        assert sorted({r["epoch"] for r in records}) == list(range(1, epochs + 1))
+        assert json.loads(RunDir(out).done.read_text())["epochs"] == epochs
+    assert last_lr["separate"] == pytest.approx(0.0, abs=1e-12)  # its own 2-epoch schedule ends at 0
+    assert last_lr["reference"] == pytest.approx(0.01 * (1 - 2 / 5))  # 2 of 5 epochs in: far from annealed
+    assert jtt_stage1(cfgs["reference"])["stage1"].train.schedule_epochs == 5
+
+
+def test_the_reference_schedule_refuses_a_run_with_no_stage2_epochs_left():
+    cfg = build_config("jtt", "synthetic", 0, None, {"epochs": 3, "jtt_epochs": 2, "jtt_schedule": "reference"},
+                       where="test")
+    with pytest.raises(UserError, match="at least jtt_epochs \\+ 2"):
+        jtt_stage1(cfg)
+    with pytest.raises(UserError, match="schedule_epochs = 2 is shorter than epochs = 3"):
+        build_config("erm", "synthetic", 0, None, {"epochs": 3, "schedule_epochs": 2}, where="test")

@@ -220,3 +220,50 @@ def test_the_gather_bound_is_never_below_a_likely_count():
     n, p = 32 * 256, 0.15
     bound = selection_bound(n, p)
     assert n * p + 8 * (n * p * (1 - p)) ** 0.5 <= bound < 1.25 * n * p
+
+
+def test_the_pooler_pooling_classifies_the_checkpoints_dense_and_tanh_over_cls(raw, tmp_path):
+    from safetensors import safe_open
+    from transformers import AutoModel
+
+    from robustmtl.models.hub import quiet_transformers, resolve
+
+    torch.manual_seed(0)
+    model = Bert.build(config(bert_pool="pooler").model_params, raw.info)
+    model.eval()
+    source = resolve("minilm", "bert_pretrained")
+    with safe_open(f"{source}/model.safetensors", "pt") as f:
+        assert torch.equal(model.pooler.weight, f.get_tensor("pooler.dense.weight"))
+        assert torch.equal(model.pooler.bias, f.get_tensor("pooler.dense.bias"))
+    data = model.prepare(raw, tmp_path)
+    batch = data.val[torch.arange(4)]
+    encoded = model.encode(batch)
+    with quiet_transformers():
+        reference = AutoModel.from_pretrained(source, local_files_only=True).eval()  # BertModel, with its pooler
+    expected = reference(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}).pooler_output
+    assert torch.allclose(encoded.h, expected, atol=1e-5)
+    assert torch.allclose(encoded.h, torch.tanh(model.pooler(encoded.tokens[:, 0])))
+    assert not torch.allclose(encoded.h, encoded.tokens[:, 0], atol=1e-3)
+    assert torch.allclose(model.classify(encoded), model.head(encoded.h))
+    torch.manual_seed(0)
+    plain = Bert.build(config().model_params, raw.info)
+    assert torch.equal(plain.head[1].weight, model.head[1].weight)  # loading the pooler draws no random numbers
+    assert not hasattr(plain, "pooler")
+
+
+def test_the_pooler_pooling_refuses_a_checkpoint_without_a_pooler_in_one_line(raw, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from robustmtl.models.hub import resolve
+
+    source = resolve("minilm", "bert_pretrained")
+    copy = tmp_path / "no-pooler"
+    shutil.copytree(source, copy)
+    state = load_file(copy / "model.safetensors")
+    save_file({k: v for k, v in state.items() if not k.startswith("pooler.")}, copy / "model.safetensors")
+    Bert.build(config(bert_pretrained=str(copy)).model_params, raw.info)  # the other poolings do not need one
+    with pytest.raises(UserError, match="has no pooler weights") as err:
+        Bert.build(config(bert_pretrained=str(copy), bert_pool="pooler").model_params, raw.info)
+    assert "\n" not in str(err.value) and "bert_pool" in str(err.value)

@@ -142,3 +142,22 @@ def test_prepare_serves_the_pretraining_pool_like_the_other_splits():
     assert batch["pixel_values"].shape == train_batch["pixel_values"].shape == (4, 3, 28, 28)  # as stored
     assert batch["pixel_values"].dtype == train_batch["pixel_values"].dtype == torch.uint8
     assert model.pixels(batch).shape == model.pixels(train_batch).shape == (4, 3, 32, 32)  # resized by the model
+
+
+def test_head_init_trunc_normal_gives_the_new_layers_transformers_init_and_keeps_existing_run_ids():
+    default, reference = vit(vit_hidden_dim=256, vit_heads=4), vit(vit_hidden_dim=256, vit_heads=4,
+                                                                    head_init="trunc_normal")
+    for model in (default, reference):
+        assert [type(layer) for layer in (model.decoder[0], model.head)] == [torch.nn.Conv2d, torch.nn.Linear]
+    for layer in (reference.decoder[0], reference.head):
+        assert layer.weight.std().item() == pytest.approx(0.02, rel=0.1)
+        assert layer.weight.mean().abs().item() < 0.004
+        assert torch.count_nonzero(layer.bias) == 0
+    for layer in (default.decoder[0], default.head):  # PyTorch's Kaiming-uniform: std 1/sqrt(3 fan_in), bias too
+        assert layer.weight.std().item() == pytest.approx((3 * 256) ** -0.5, rel=0.1)
+        assert layer.weight.abs().max().item() <= 256 ** -0.5
+        assert torch.count_nonzero(layer.bias) == len(layer.bias)
+    before = build_config("mtl_l1", "mnist_spurious", 0, None, {}, where="test")
+    after = build_config("mtl_l1", "mnist_spurious", 0, None, {"head_init": "torch"}, where="test")
+    changed = build_config("mtl_l1", "mnist_spurious", 0, None, {"head_init": "trunc_normal"}, where="test")
+    assert before.run_id == after.run_id != changed.run_id

@@ -59,3 +59,32 @@ def test_warmup_steps_and_warmup_frac_together_are_refused_in_one_line():
     with pytest.raises(UserError, match=r"^grid\.toml: warmup_steps = 500 and warmup_frac = 0\.06 both set") as info:
         build_config("erm", "synthetic", 0, None, {"warmup_steps": 500, "warmup_frac": 0.06}, where="grid.toml")
     assert "\n" not in str(info.value)
+
+
+def test_weight_decay_shrinks_weight_matrices_and_spares_biases_and_layernorm_weights():
+    """The usual grouping, the inverse of the reference's text optimiser (docs/reproducing.md)."""
+    from robustmtl.data.base import DataInfo
+    from robustmtl.models.vit import ViT
+    from robustmtl.train.optim import make_optimizer
+
+    cfg = build_config("erm", "mnist_spurious", 0, None, {"lr": 0.1, "weight_decay": 0.5, "vit_depth": 1},
+                       where="test")
+    info = DataInfo(modality="image", n_classes=2, n_attrs=2, group_names=("a", "b", "c", "d"),
+                    extra={"image_size": 28})
+    torch.manual_seed(0)
+    model = ViT.build(cfg.model_params, info)
+    before = {name: param.detach().clone() for name, param in model.named_parameters()}
+    optimizer = make_optimizer(model, cfg, torch.device("cpu"))
+    for param in model.parameters():
+        param.grad = torch.zeros_like(param)  # no gradient: only the decay can move a parameter
+    optimizer.step()
+    moved = {name for name, param in model.named_parameters() if not torch.equal(param, before[name])}
+    names = dict(model.named_parameters())
+    decayed = {name for name, param in names.items()
+               if param.ndim >= 2 and "norm" not in name.lower() and before[name].any()}  # the mask token starts at 0
+    assert moved == decayed and {"head.weight", "decoder.0.weight", "vit.layers.0.mlp.fc1.weight"} <= moved
+    spared = names.keys() - moved - {"vit.embeddings.mask_token"}
+    assert {"head.bias", "vit.layernorm.weight", "vit.layers.0.layernorm_before.weight"} <= spared
+    assert all(name.endswith(".bias") or "layernorm" in name for name in spared), spared
+    shrunk = names["head.weight"] / before["head.weight"]
+    assert torch.allclose(shrunk, torch.full_like(shrunk, 1 - 0.1 * 0.5))  # AdamW's decoupled decay: w(1 - lr·wd)

@@ -28,6 +28,7 @@ def test_vision_paper_grids_warm_up_500_steps_and_use_the_reference_views(name):
         t, m = run.config.train, run.config.model_params
         assert (t.scheduler, t.warmup_steps, t.warmup_frac) == ("cosine", 500, 0.0), run.config.method
         assert (m.image_resize, m.image_train_crop, m.image_crop_scale_min) == ("squash", "random_resized", 0.05)
+        assert m.head_init == "trunc_normal"
 
 
 @pytest.mark.parametrize("name", TEXT)
@@ -36,3 +37,9 @@ def test_text_paper_grids_warm_up_the_multitask_methods_only(name):
         t = run.config.train
         expected = 0.06 if run.config.method in MULTITASK else 0.0
         assert (t.scheduler, t.warmup_frac, t.warmup_steps) == ("linear", expected, 0), run.config.method
+
+
+@pytest.mark.parametrize("name", TEXT)
+def test_text_paper_grids_classify_the_pooler_output_like_the_reference(name):
+    for run in expand(load_spec(PAPER / f"{name}.toml")):
+        assert run.config.model_params.bert_pool == "pooler", run.config.method

@@ -50,7 +50,7 @@ def estimate(grid: GridDir, runs: list[PlannedRun]) -> list[CellEstimate]:
             finished[cell].append(run)
         else:
             to_do[cell] += 1
-            epochs_to_do[cell] += run.config.train.epochs
+            epochs_to_do[cell] += run.config.trained_epochs
     cells = []
     for cell, n in sorted(to_do.items()):
         wall, gpu = _rates(grid, _spread(finished[cell], SAMPLE))
@@ -75,7 +75,7 @@ def _rates(grid: GridDir, runs: list[PlannedRun]) -> tuple[list[float], list[flo
         cost = run_cost(grid.run(run.run_id).root)
         if cost is None or cost.wall_s is None:
             continue
-        epochs = max(run.config.train.epochs, 1)
+        epochs = max(run.config.trained_epochs, 1)
         wall.append(cost.wall_s / 3600 / epochs)
         (gpu if cost.gpu_hours else cpu_only).append((cost.gpu_hours or 0.0) / epochs)
     return wall, gpu or cpu_only

@@ -55,7 +55,7 @@ def run_here(grid: GridDir, todo: list[PlannedRun], settings: ExecutorSettings, 
     running: dict[str, Any] = {}
     share_of: dict[str, str] = {}
     failed: dict[str, str] = {}
-    total_epochs = sum(r.config.train.epochs for r in todo)
+    total_epochs = sum(r.config.trained_epochs for r in todo)
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("epochs"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress, stop_signals_interrupt():
@@ -94,7 +94,7 @@ def run_here(grid: GridDir, todo: list[PlannedRun], settings: ExecutorSettings, 
                             load[share_of.pop(run_id)] -= 1
                         if (error := job_error(grid, run_id, job)) is not None:
                             failed[run_id] = error
-                done_epochs = sum(min(_epochs_done(grid.run(r.run_id)), r.config.train.epochs) for r in todo)
+                done_epochs = sum(min(_epochs_done(grid.run(r.run_id)), r.config.trained_epochs) for r in todo)
                 finished = sum(grid.run(r.run_id).done.exists() for r in todo)
                 progress.update(task, completed=done_epochs,
                                 description=f"runs {finished}/{len(todo)} done, {len(running)} running")

@@ -22,6 +22,11 @@ the training set, the same convention, so their `--up_weight k` is `jtt_upweight
 paper's reference code repeats an error example λ_up times in all, so its λ_up is
 `jtt_upweight + 1` (its text default λ_up = 6 is `jtt_upweight = 5`).
 The loss is plain ERM. Neither stage reads training group labels.
+
+`jtt_schedule = "reference"` follows the reference's single E-epoch schedule instead: stage 1 keeps an
+E-epoch learning-rate horizon (`schedule_epochs`) and stops at T, so its error set comes from a model whose
+learning rate has not annealed, and stage 2 trains E − T − 1 epochs (`RunConfig.trained_epochs`), the
+epochs the reference has left after the one that finds the errors.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from robustmtl.layout import ERROR_SET, corrupt, read_json, write_json
 from robustmtl.lazy import torch
 from robustmtl.methods.base import MethodContext
 from robustmtl.methods.erm import ERM
-from robustmtl.params import at_least, positive
+from robustmtl.params import added_later, at_least, one_of, positive
 
 if TYPE_CHECKING:
     from robustmtl.models.base import Model
@@ -44,6 +49,10 @@ if TYPE_CHECKING:
 class JTTParams:
     jtt_epochs: int = field(default=2, metadata=positive())
     jtt_upweight: int = field(default=5, metadata=at_least(0))
+    # "separate": stage 1 is a T-epoch run with its own schedule and stage 2 runs `epochs`. "reference": the
+    # reference's one E-epoch schedule: stage 1's learning rate follows an E-epoch horizon (it stops at T, far
+    # from annealed) and stage 2 trains the E - T - 1 epochs the reference has left after the error-set epoch.
+    jtt_schedule: str = field(default="separate", metadata=added_later(one_of("separate", "reference")))
 
 
 class JTTStage1(ERM):

@@ -8,10 +8,12 @@ initialised, with the decoder tied to the word embeddings).
 `h` is the CLS embedding (last hidden state at position 0) with `bert_pool = "cls"`, or with
 `"mean"` the mean of the last hidden state over the real tokens (attention mask 1, [CLS] and [SEP]
 included, padding never), as sentence-transformers pools all-MiniLM-L6-v2, whose CLS embedding was
-never trained as a sentence representation. The classifier is dropout + linear on `h`, and the L1
-`cls` target reads the same `h`. The reference classifies the pooler output instead (a dense + tanh
-layer on the CLS embedding); robustmtl uses `h` itself because that is the representation the
-paper's L1 penalty is on, and MLM checkpoints such as MiniLM's load without a pooler.
+never trained as a sentence representation, or with `"pooler"` the checkpoint's pooler output (its
+dense + tanh layer on the CLS embedding), which is what the reference classifies. The classifier is
+dropout + linear on `h`, and the L1 `cls` target reads the same `h`. "cls" stays the default because
+that is the representation the paper's L1 penalty is described on. The masked-LM loader leaves the
+pooler out, so "pooler" reads its weights from the checkpoint's weight files (`pooler_weights`), and a
+checkpoint without them is refused in one line rather than given a random pooler.
 
 Batches are padded to their own longest example; `at_full_length` pads one to `bert_max_length`, as
 the reference pads every batch, for the L1 term that averages over padding too (`reg_target =
@@ -66,9 +68,54 @@ def pad_to(batch: dict[str, torch.Tensor], ids: torch.Tensor, width: int, pad_id
     return padded
 
 
+POOLER_KEYS = ("pooler.dense.weight", "pooler.dense.bias")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # each also as a sharded checkpoint's index
+
+
+def pooler_weights(source: str) -> dict[str, torch.Tensor] | None:
+    """The checkpoint's pooler tensors by their `POOLER_KEYS` suffix (`pooler.dense.*` in a saved BertModel,
+    `bert.pooler.dense.*` in a saved BertForPreTraining), read from its weight files without loading the rest;
+    None when it has no pooler."""
+    import json
+
+    from safetensors import safe_open
+    from transformers.utils import cached_file
+
+    def local(name: str) -> str | None:
+        return cached_file(source, name, local_files_only=True, _raise_exceptions_for_missing_entries=False)
+
+    def read(path: str, names: list[str]) -> dict[str, torch.Tensor]:
+        if path.endswith(".safetensors"):
+            with safe_open(path, "pt") as f:
+                return {n: f.get_tensor(n) for n in names}
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return {n: state[n] for n in names}
+
+    for file in WEIGHT_FILES:
+        if (index := local(file + ".index.json")) is not None:
+            shard_of: dict[str, str] = json.loads(Path(index).read_text())["weight_map"]
+        elif (path := local(file)) is not None:
+            if file.endswith(".safetensors"):
+                with safe_open(path, "pt") as f:
+                    keys = list(f.keys())
+            else:
+                keys = list(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+            shard_of = {k: Path(path).name for k in keys}
+            index = path
+        else:
+            continue
+        names = [next((k for k in shard_of if k == s or k.endswith("." + s)), None) for s in POOLER_KEYS]
+        if None in names:
+            return None
+        return {suffix: read(str(Path(index).with_name(shard_of[name])), [name])[name]
+                for suffix, name in zip(POOLER_KEYS, names, strict=True) if name is not None}
+    return None
+
+
 def pool(tokens: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
-    """`h` from the last hidden state: the CLS position, or the mean over real (unmasked) tokens."""
-    if how == "cls":
+    """`h` from the last hidden state: the CLS position, or the mean over real (unmasked) tokens ("pooler" models
+    pass the CLS position through their pooler afterwards)."""
+    if how in ("cls", "pooler"):
         return tokens[:, 0]
     weights = attention_mask.to(tokens.dtype)[:, :, None]
     return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
@@ -144,7 +191,22 @@ class Bert(Model):
         nn.init.normal_(classifier.weight, std=getattr(config, "initializer_range", 0.02))
         nn.init.zeros_(classifier.bias)
         self.head = nn.Sequential(nn.Dropout(p.bert_dropout), classifier)
+        if p.bert_pool == "pooler":
+            self.pooler = self._pretrained_pooler(config.hidden_size)
         self.register_buffer("special_ids", torch.tensor(self.tokenizer.all_special_ids), persistent=False)
+
+    def _pretrained_pooler(self, width: int) -> nn.Linear:
+        """The checkpoint's pooler dense layer (the tanh is applied in `_encoded`); built without drawing random
+        numbers, so the rest of the model initialises as under the other poolings."""
+        weights = pooler_weights(self.source)
+        if weights is None:
+            raise UserError(f"bert_pool='pooler': {self.params.bert_pretrained!r} has no pooler weights "
+                            f"({', '.join(POOLER_KEYS)}); use bert_pool='cls' or 'mean'")
+        dense = nn.utils.skip_init(nn.Linear, width, width)
+        with torch.no_grad():
+            dense.weight.copy_(weights["pooler.dense.weight"])
+            dense.bias.copy_(weights["pooler.dense.bias"])
+        return dense
 
     @classmethod
     def build(cls, p: BertParams, info: DataInfo) -> Bert:
@@ -168,7 +230,10 @@ class Bert(Model):
         return self._encoded(tokens, batch["attention_mask"])
 
     def _encoded(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
-        return Encoded(h=pool(tokens, attention_mask, self.params.bert_pool), tokens=tokens)
+        h = pool(tokens, attention_mask, self.params.bert_pool)
+        if self.params.bert_pool == "pooler":
+            h = torch.tanh(self.pooler(h))
+        return Encoded(h=h, tokens=tokens)
 
     def encode(self, batch: dict[str, torch.Tensor]) -> Encoded:
         return self._encode_ids(batch, batch["input_ids"])

@@ -30,8 +30,9 @@ class BertParams:
     # h, the representation the classifier and the L1 "cls" target read: the CLS embedding, or the mean of the
     # last hidden state over real tokens (what sentence encoders such as all-MiniLM-L6-v2 were trained with).
     # "cls" stays the default so configs without the field keep their meaning; set "mean" for MiniLM (one ERM
-    # run on text_spurious, 2,000 snippets: test worst-group 30.6 with "mean", 25.4 with "cls").
-    bert_pool: str = field(default="cls", metadata=added_later(one_of("cls", "mean")))
+    # run on text_spurious, 2,000 snippets: test worst-group 30.6 with "mean", 25.4 with "cls"). "pooler" is the
+    # reference's: the checkpoint's pooler (dense + tanh) over the CLS embedding.
+    bert_pool: str = field(default="cls", metadata=added_later(one_of("cls", "mean", "pooler")))
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,16 @@ class ImageViewParams:
 
 
 @dataclass(frozen=True)
-class ViTParams(ImageViewParams, MIMParams):
+class NewLayerParams:
+    """How the image encoders initialise the layers a checkpoint does not hold (the classifier, SimMIM's decoder).
+    The default is PyTorch's own (Kaiming-uniform weights and biases); the reference's are transformers' ViT init,
+    a truncated normal of std 0.02 and zero biases."""
+
+    head_init: str = field(default="torch", metadata=added_later(one_of("torch", "trunc_normal")))
+
+
+@dataclass(frozen=True)
+class ViTParams(NewLayerParams, ImageViewParams, MIMParams):
     vit_pretrained: str = field(default="", metadata=local_path("dir"))
     vit_image_size: int = field(default=0, metadata=at_least(0))
     vit_patch_size: int = field(default=4, metadata=positive())
@@ -66,7 +76,7 @@ class ViTParams(ImageViewParams, MIMParams):
 
 
 @dataclass(frozen=True)
-class TimmViTParams(ImageViewParams, MIMParams):
+class TimmViTParams(NewLayerParams, ImageViewParams, MIMParams):
     timm_name: str = "vit_base_patch16_224"
     timm_weights: str = field(default="", metadata=local_path("file"))
     timm_image_size: int = field(default=0, metadata=at_least(0))

@@ -8,7 +8,10 @@ means the checkpoint's size, or for a model from scratch the dataset's native si
 32. A pretrained model run at another size interpolates its position embeddings (the reference runs
 its 224-px checkpoint at 384).
 
-`h` is the last layer's CLS token (after the final LayerNorm); the classifier is linear on it.
+`h` is the last layer's CLS token (after the final LayerNorm); the classifier is linear on it. The
+classifier and SimMIM's decoder are new layers: PyTorch's default init, or with `head_init =
+"trunc_normal"` the reference's (transformers' ViT init: `trunc_normal_(std=0.02)`, whose bounds of ±2
+are absolute, so it truncates nothing in practice, and zero biases).
 
 SimMIM (Xie et al., 2022): square mask patches of `mim_mask_scale` × the model's patch size are
 chosen at random, `mim_mask_ratio` of them per image (rounded up); their patch embeddings are
@@ -88,6 +91,16 @@ def normalisation(source: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(config.get("image_mean", (0.5,) * CHANNELS)), tuple(config.get("image_std", (0.5,) * CHANNELS))
 
 
+INIT_STD = 0.02  # transformers' ViTConfig.initializer_range, the reference's for every new layer
+
+
+def init_as_transformers(layer: nn.Linear | nn.Conv2d) -> None:
+    """transformers' ViT init of a new linear or convolutional layer: truncated normal weights, zero bias."""
+    nn.init.trunc_normal_(layer.weight, std=INIT_STD)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
 class ViT(Model):
     pixel_mean: torch.Tensor
     pixel_std: torch.Tensor
@@ -126,8 +139,12 @@ class ViT(Model):
         self.patch, self.size, self.grid = patch, size, size // patch
         self.mask_ratio, self.mask_scale, self.mim_loss = p.mim_mask_ratio, p.mim_mask_scale, p.mim_loss
         self.views = (p.image_resize, p.image_train_crop, p.image_crop_scale_min)
-        self.decoder = nn.Sequential(nn.Conv2d(dim, patch**2 * CHANNELS, kernel_size=1), nn.PixelShuffle(patch))
+        projection = nn.Conv2d(dim, patch**2 * CHANNELS, kernel_size=1)
+        self.decoder = nn.Sequential(projection, nn.PixelShuffle(patch))
         self.head = nn.Linear(dim, info.n_classes)
+        if p.head_init == "trunc_normal":
+            init_as_transformers(projection)
+            init_as_transformers(self.head)
 
     @classmethod
     def build(cls, p: ViTParams, info: DataInfo) -> ViT:

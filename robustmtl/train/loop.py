@@ -137,9 +137,11 @@ class Trainer:
         self.train_split = train
         self.steps_per_epoch = len(chunks(self.method.epoch_indices(1, epoch_generator(seed, 1, 0)),
                                           self.cfg.train.batch_size))
-        self.total_steps = self.steps_per_epoch * self.cfg.train.epochs
+        self.epochs = self.cfg.trained_epochs
+        self.total_steps = self.steps_per_epoch * self.epochs
+        horizon = self.steps_per_epoch * (self.cfg.train.schedule_epochs or self.epochs)
         self.optimizer = make_optimizer(self.model, self.cfg, self.device)
-        self.scheduler = make_scheduler(self.optimizer, self.cfg, self.total_steps)
+        self.scheduler = make_scheduler(self.optimizer, self.cfg, horizon)
         self.stepper = Stepper(self.model, self.optimizer, self.scheduler, self.device, self.precision,
                                self.cfg.train.grad_clip, make_scaler(self.precision, self.device))
         if self.opts.compile:
@@ -311,7 +313,7 @@ class Trainer:
     def _epoch_checkpoint_due(self) -> bool:
         """At an epoch's end: always with `epoch_checkpoints`, else on the steps/minutes cadence; and after the
         last epoch, the state `after_training` resumes from when a stop cuts it short."""
-        return self.opts.epoch_checkpoints or self._checkpoint_due() or self.epoch > self.cfg.train.epochs
+        return self.opts.epoch_checkpoints or self._checkpoint_due() or self.epoch > self.epochs
 
     def _write_val_correct(self, predictions: Predictions, split: Any) -> None:
         """Per-example validation correctness, so `few-groups` selection can score any subset later."""
@@ -324,7 +326,7 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         t = self.cfg.train
-        while self.epoch <= t.epochs:
+        while self.epoch <= self.epochs:
             plan = self.epoch_plan(self.epoch)
             self.sampler.set(plan, self.batch_pos)
             if self.eval_pending:
@@ -362,7 +364,7 @@ class Trainer:
             checkpoint.save(self.run_dir.artifact(PRETRAINED_ENCODER), self.model.encoder_state())
         summary = {
             "run_id": self.cfg.run_id, "method": self.cfg.method, "dataset": self.cfg.dataset, "seed": self.cfg.seed,
-            "epochs": t.epochs, "steps": self.step, "time_s": round(self.elapsed, 3), **self.cost(),
+            "epochs": self.epochs, "steps": self.step, "time_s": round(self.elapsed, 3), **self.cost(),
             "final": self.final, **extra,
         }
         write_json(self.run_dir.done, summary)
