@@ -30,6 +30,7 @@ class MethodContext:
     train: Split
     run_dir: RunDir
     required: dict[str, RunDir]
+    splits: dict[str, Split] | None = None  # every split by name, for a method that reads evaluation splits (DFR)
 
 
 @dataclass
@@ -45,7 +46,10 @@ class Method:
     uses_aux_batch: ClassVar[bool] = False
     report: ClassVar[bool] = True
     trains_on_pool: ClassVar[bool] = False  # train on the dataset's pre-training pool (Splits.pretrain) if any
-    leaves_encoder: ClassVar[bool] = False  # the loop saves the final encoder weights for runs that need them
+    # the loop saves the final encoder weights (encoder.pt): pre-training hands them to fine-tuning, and any
+    # reported run's are what a DFR run retrains the last layer on, so a grid's run serves as DFR's base as is
+    leaves_encoder: ClassVar[bool] = True
+    trains: ClassVar[bool] = True  # False: no network training, the loop goes straight to `after_training` (DFR)
 
     def __init__(self, params: Any, ctx: MethodContext) -> None:
         self.params = params

@@ -132,7 +132,8 @@ class Trainer:
                 self.model.load_encoder_state(checkpoint.load_tensors(encoder))
             except ValueError as exc:
                 raise UserError(f"{encoder}: {exc}; delete the pre-training run to redo it") from None
-        ctx = MethodContext(config=self.cfg, info=self.data.info, train=train, run_dir=run_dir, required=required)
+        ctx = MethodContext(config=self.cfg, info=self.data.info, train=train, run_dir=run_dir, required=required,
+                            splits=self.data.by_name())
         self.method = method_cls(self.cfg.method_params, ctx)
         self.train_split = train
         self.steps_per_epoch = len(chunks(self.method.epoch_indices(1, epoch_generator(seed, 1, 0)),
@@ -326,7 +327,7 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         t = self.cfg.train
-        while self.epoch <= self.epochs:
+        while self.method.trains and self.epoch <= self.epochs:
             plan = self.epoch_plan(self.epoch)
             self.sampler.set(plan, self.batch_pos)
             if self.eval_pending:

@@ -1,0 +1,269 @@
+"""DFR, Deep Feature Reweighting (Kirichenko et al., ICLR 2023): retrain the last layer of a finished run on
+group-balanced validation data.
+
+A `dfr` run requires a finished base run (`dfr_base`, a method name: `erm` by default, `mtl_l1`, ...) with
+this run's training, data and model parameters (`dfr_base` in `requirements.py`), so a grid's own cell of
+that method with the same parameters is the very same run, trained once. Every run that reports leaves its
+final encoder weights (`encoder.pt`, see `Method.leaves_encoder`), which is what this run loads; it trains
+no network weight itself (`trains = False`: the loop goes straight to `after_training`).
+
+It then, with the network frozen and in eval mode:
+1. extracts the representation `h` (`model.encode`) of every validation and test example;
+2. splits validation in two halves, stratified by group and seeded by the run's seed;
+3. for each C of the authors' grid, standardises features on the first half, fits an L1-penalised logistic
+   regression (the authors' liblinear objective, solved here in numpy) on `dfr_tune_subsets` group-balanced
+   subsets of the first half (every group cut to the smallest group's size), averages their weights, and
+   scores worst-group accuracy on the second half;
+4. takes the C with the best second-half worst-group accuracy (the larger C on a tie: less regularisation,
+   as the grid is listed from large to small and the first best is kept), and refits as the authors do: on
+   `dfr_subsets` group-balanced subsets of the *whole* validation set, features standardised on all of it,
+   weights averaged;
+5. records: `val` = the step-3 head of the chosen C on the held-out second half (the numbers C was chosen
+   by), `test` = the final head on the untouched test split. Both are written once, at epoch = step = 0.
+
+The method reads validation group labels to train (that is DFR), never training-split group labels.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from robustmtl.errors import UserError
+from robustmtl.layout import PRETRAINED_ENCODER
+from robustmtl.lazy import torch
+from robustmtl.methods.base import Method, MethodContext, Terms
+from robustmtl.methods.mtl import MTLL1Params
+from robustmtl.params import positive
+
+if TYPE_CHECKING:
+    from robustmtl.data.base import Split
+    from robustmtl.models.base import Model
+
+# The authors' regularisation grid (their C_OPTIONS), largest first: on a tie the first (weakest penalty) wins.
+C_GRID = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
+# Runs that cannot be a base: helper runs leave no reported model, and DFR on DFR has nothing to retrain.
+NOT_A_BASE = ("dfr", "pretrain", "jtt_stage1")
+FEATURE_BATCH = 512
+
+
+@dataclass(frozen=True)
+class DFRParams(MTLL1Params):
+    """DFR's own settings, and the base run's method parameters (those of `l1`, `mtl`, `mtl_l1`), so that a
+    grid's `alpha_aux` etc. reach the base run; a base without a parameter has it reset to its default,
+    so it never splits run ids."""
+
+    dfr_base: str = "erm"
+    dfr_subsets: int = field(default=20, metadata=positive())
+    dfr_tune_subsets: int = field(default=1, metadata=positive())
+
+    def __post_init__(self) -> None:
+        from robustmtl.registry import METHODS, method_plugin
+
+        if self.dfr_base in NOT_A_BASE or self.dfr_base not in METHODS:
+            choices = ", ".join(m for m in METHODS if m not in NOT_A_BASE)
+            raise UserError(f"dfr_base {self.dfr_base!r} is not a method DFR can retrain on; one of {choices}")
+        kept = {f.name for f in fields(method_plugin(self.dfr_base).params)}
+        for f in fields(MTLL1Params):
+            if f.name not in kept:
+                object.__setattr__(self, f.name, f.default)
+
+    def base_values(self) -> dict[str, Any]:
+        """The base run's method parameters."""
+        return {f.name: getattr(self, f.name) for f in fields(MTLL1Params)}
+
+
+def stratified_halves(groups: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Each group's examples shuffled and cut in two (the odd one to the second half): (first, second)."""
+    first, second = [], []
+    for g in np.unique(groups):
+        idx = rng.permutation(np.flatnonzero(groups == g))
+        first.append(idx[: len(idx) // 2])
+        second.append(idx[len(idx) // 2:])
+    return np.sort(np.concatenate(first)), np.sort(np.concatenate(second))
+
+
+def balanced_subset(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Every group present, each cut at random to the smallest group's size."""
+    present = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    size = min(len(idx) for idx in present)
+    return np.sort(np.concatenate([rng.choice(idx, size, replace=False) for idx in present]))
+
+
+@dataclass
+class Head:
+    """A linear head averaged over fits, on standardised features."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: np.ndarray
+    classes: np.ndarray
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        z = ((x - self.mean) / self.scale) @ self.coef.T + self.intercept
+        return np.concatenate([-z / 2, z / 2], axis=1) if z.shape[1] == 1 else z  # binary: softmax = sigmoid(z)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.classes[self.logits(x).argmax(axis=1)]
+
+    def loss(self, x: np.ndarray, y: np.ndarray) -> float:
+        z = self.logits(x)
+        z = z - z.max(axis=1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        column = np.searchsorted(self.classes, y)
+        return float(-log_p[np.arange(len(y)), column].mean())
+
+
+def l1_logistic(x: np.ndarray, t: np.ndarray, c: float, iters: int = 2000,
+                tol: float = 1e-6) -> tuple[np.ndarray, float]:
+    """Binary logistic regression with an L1 penalty, liblinear's objective ||w||_1 + C * sum(log-loss) (targets
+    t in {0, 1}; the intercept unpenalised), by accelerated proximal gradient (FISTA) on it divided by C*n."""
+    n, d = x.shape
+    lam = 1.0 / (c * n)
+    xb = np.concatenate([x, np.ones((n, 1))], axis=1).astype(np.float64)
+    v = np.random.default_rng(0).standard_normal(d + 1)
+    for _ in range(30):  # power iteration: the largest singular value, for a safe step size
+        v = xb.T @ (xb @ v)
+        v /= np.linalg.norm(v)
+    step = 1.0 / (1.05 * np.linalg.norm(xb @ v) ** 2 / (4 * n) + 1e-12)
+    w = np.zeros(d + 1)
+    z, momentum = w.copy(), 1.0
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-(xb @ z)))
+        moved = z - step * (xb.T @ (p - t) / n)
+        nxt = moved.copy()
+        nxt[:d] = np.sign(moved[:d]) * np.maximum(np.abs(moved[:d]) - step * lam, 0.0)  # soft-threshold
+        m_next = (1 + np.sqrt(1 + 4 * momentum**2)) / 2
+        z = nxt + (momentum - 1) / m_next * (nxt - w)
+        done = np.max(np.abs(nxt - w)) < tol
+        w, momentum = nxt, m_next
+        if done:
+            break
+    return w[:d], float(w[d])
+
+
+def fit_once(x: np.ndarray, y: np.ndarray, classes: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
+    """One L1 logistic regression, one-vs-rest beyond two classes as liblinear does: (coef, intercept)."""
+    targets = [y == classes[1]] if len(classes) == 2 else [y == k for k in classes]
+    fitted = [l1_logistic(x, t.astype(np.float64), c) for t in targets]
+    return np.stack([w for w, _ in fitted]), np.array([b for _, b in fitted])
+
+
+def fit_head(x: np.ndarray, y: np.ndarray, groups: np.ndarray, c: float, subsets: int,
+             rng: np.random.Generator) -> tuple[Head, list[int]]:
+    """L1 logistic regressions on `subsets` group-balanced subsets of (x, y), averaged; also the subsets' sizes."""
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale = np.where(scale > 0, scale, 1.0)  # a constant feature: left at zero, as StandardScaler does
+    coefs, intercepts, sizes = [], [], []
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise UserError("DFR needs at least two classes among the validation examples")
+    for _ in range(subsets):
+        idx = balanced_subset(groups, rng)
+        if not np.array_equal(np.unique(y[idx]), classes):
+            raise UserError(f"a group-balanced subset of {len(idx)} validation examples lacks a class; DFR needs "
+                            "every class in the validation groups")
+        coef, intercept = fit_once((x[idx] - mean) / scale, y[idx], classes, c)
+        coefs.append(coef)
+        intercepts.append(intercept)
+        sizes.append(len(idx))
+    return Head(mean, scale, np.mean(coefs, axis=0), np.mean(intercepts, axis=0), classes), sizes
+
+
+def group_of(split: Split) -> np.ndarray:
+    """Each example's group (validation and test splits carry them)."""
+    groups = split.g.numpy()
+    if (groups < 0).any():
+        raise UserError(f"DFR needs every {split.name} example's group; {int((groups < 0).sum())} have none")
+    return groups
+
+
+class DFR(Method):
+    """No training: the base run's frozen features, and a group-balanced logistic-regression head."""
+
+    trains: ClassVar[bool] = False
+    leaves_encoder: ClassVar[bool] = False  # its encoder is the base run's, already on disk there
+
+    def __init__(self, params: DFRParams, ctx: MethodContext) -> None:
+        super().__init__(params, ctx)
+        self.params: DFRParams = params
+
+    def loss(self, model: Model, batch: dict[str, torch.Tensor], aux_batch: dict[str, torch.Tensor] | None) -> Terms:
+        raise RuntimeError("DFR trains no network weight: the loop never steps it")
+
+    def features(self, model: Model, split: Split) -> np.ndarray:
+        """`h` of every example of `split`, in example order, network in eval mode."""
+        device = next(model.parameters()).device
+        order = split.eval_order()
+        out = []
+        model.eval()
+        with torch.no_grad():
+            for idx in order.split(FEATURE_BATCH):
+                batch = {k: v.to(device) for k, v in split[idx].items()}
+                out.append(model.encode(batch).h.float().cpu())
+        h = torch.cat(out).numpy()
+        return h[np.argsort(order.numpy(), kind="stable")]
+
+    def after_training(self, model: Model, predict: Any) -> dict[str, Any]:
+        from robustmtl.metrics import class_metrics, group_metrics
+        from robustmtl.provenance import code_version
+        from robustmtl.records import MetricsWriter
+        from robustmtl.train import checkpoint
+
+        started = time.perf_counter()
+        cfg, p = self.ctx.config, self.params
+        if self.ctx.splits is None:
+            raise RuntimeError("DFR needs the run's validation and test splits in its context")
+        base = self.ctx.required["base"]
+        encoder = base.artifact(PRETRAINED_ENCODER)
+        try:
+            model.load_encoder_state(checkpoint.load_tensors(encoder))
+        except ValueError as exc:
+            raise UserError(f"{encoder}: {exc}; delete the base run to redo it") from None
+        val, test = self.ctx.splits["val"], self.ctx.splits["test"]
+        x_val, x_test = self.features(model, val), self.features(model, test)
+        y_val, g_val = val.y.numpy(), group_of(val)
+
+        rng = np.random.default_rng([cfg.seed, 0xDF])
+        first, second = stratified_halves(g_val, rng)
+        tuning: dict[float, float] = {}
+        held_out: dict[float, Head] = {}
+        tune_sizes: list[int] = []
+        for c in C_GRID:
+            head, tune_sizes = fit_head(x_val[first], y_val[first], g_val[first], c, p.dfr_tune_subsets,
+                                        np.random.default_rng([cfg.seed, 0xDF, 1]))
+            correct = head.predict(x_val[second]) == y_val[second]
+            tuning[c] = float(group_metrics(correct, val.membership.numpy()[second])["worst_group_acc"])
+            held_out[c] = head
+        best = max(C_GRID, key=lambda c: tuning[c])  # the first (largest) C among equals
+        final, sizes = fit_head(x_val, y_val, g_val, best, p.dfr_subsets, rng)
+
+        def metrics(head: Head, x: np.ndarray, split: Split, rows: np.ndarray | None) -> dict[str, Any]:
+            y, membership = split.y.numpy(), split.membership.numpy()
+            if rows is not None:
+                y, membership = y[rows], membership[rows]
+            correct = head.predict(x) == y
+            return {**group_metrics(correct, membership), **class_metrics(correct, y), "loss": head.loss(x, y)}
+
+        results = {"val": metrics(held_out[best], x_val[second], val, second),
+                   "test": metrics(final, x_test, test, None)}
+        results["val"]["evaluated_on"] = {"examples": len(second), "of": len(val)}
+        record_base = {
+            "run_id": cfg.run_id, "setting_id": cfg.setting_id, "method": cfg.method, "dataset": cfg.dataset,
+            "model": cfg.model, "seed": cfg.seed, "hparams": cfg.hparams(), "uses_train_groups": False,
+            "report": self.report, "epoch": 0, "step": 0, "time_s": round(time.perf_counter() - started, 3),
+            "code": code_version(),
+        }
+        writer = MetricsWriter(self.ctx.run_dir.metrics)
+        for name, split_metrics in results.items():
+            writer.append({**record_base, "split": name, **split_metrics})
+        return {
+            "final": {s: {k: m[k] for k in ("avg_acc", "worst_group_acc")} for s, m in results.items()},
+            "dfr_base_run": base.root.name, "dfr_c": best, "dfr_tuning": {str(c): w for c, w in tuning.items()},
+            "dfr_tune_subset_size": tune_sizes[0], "dfr_subset_size": sizes[0],
+            "dfr_val_halves": [len(first), len(second)],
+        }
