@@ -81,9 +81,9 @@ def show_summary(summary: dict[str, Any]) -> None:
         table.add_column(column, justify="right" if column != "split" else "left")
     from robustmtl.aggregate.export import percent_text
 
-    for split in ("train", "val", "test"):
-        m = summary["final"][split]
-        table.add_row(split, percent_text(m["avg_acc"]), percent_text(m["worst_group_acc"]))
+    for split in ("train", "val", "test"):  # the training split is absent with eval_train = 0, and for DFR
+        if (m := summary["final"].get(split)) is not None:
+            table.add_row(split, percent_text(m["avg_acc"]), percent_text(m["worst_group_acc"]))
     console.print(table)
     console.print(f"{summary['epochs']} epochs, {summary['steps']} steps, {summary['time_s']:.1f} s of training")
 

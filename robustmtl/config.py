@@ -104,6 +104,9 @@ class RunOptions(Execution):
     """How and where a run executes: never part of its identity."""
 
     data_root: str | None = None
+    # save the final encoder weights (encoder.pt): a run another run retrains on (DFR's base) is told so when
+    # it is planned, so no other run pays for the file
+    keep_encoder: bool = False
 
     def __post_init__(self) -> None:
         for name in field_types(RunOptions):

@@ -52,6 +52,8 @@ class Plugin:
 @dataclass(frozen=True)
 class MethodPlugin(Plugin):
     requires_path: str | None = None
+    # roles of required runs whose final encoder weights this method loads (DFR's base): those runs keep them
+    reads_encoders: tuple[str, ...] = field(default=(), kw_only=True)
 
     def requires(self, config: RunConfig) -> dict[str, RunConfig]:
         """Runs that must finish before `config` starts, by role name (JTT's stage 1)."""
@@ -72,12 +74,14 @@ class ModelPlugin(Plugin):
     modalities: tuple[str, ...] = ()
 
 
-def _method(impl: str, params: str | None = None, requires: str | None = None, *, display: str) -> MethodPlugin:
+def _method(impl: str, params: str | None = None, requires: str | None = None, *, display: str,
+            reads_encoders: tuple[str, ...] = ()) -> MethodPlugin:
     """`impl` is "module:Class" under robustmtl.methods; `params` names its block in the same module."""
     module = impl.split(":")[0]
     return MethodPlugin(f"robustmtl.methods.{impl}",
                         f"robustmtl.methods.{module}:{params}" if params else NO_PARAMS,
-                        f"robustmtl.requirements:{requires}" if requires else None, display=display)
+                        f"robustmtl.requirements:{requires}" if requires else None, display=display,
+                        reads_encoders=reads_encoders)
 
 
 def _dataset(impl: str, params: str | None, modality: str, default_model: str, *, display: str,
@@ -104,7 +108,7 @@ METHODS: dict[str, MethodPlugin] = {
     "mtl": _method("mtl:MTL", "MTLParams", display="MTL"),
     "mtl_l1": _method("mtl:MTLL1", "MTLL1Params", display="MTL+ℓ1"),
     "ldro": _method("ldro:LookaheadDRO", "LDROParams", display="L-DRO"),
-    "dfr": _method("dfr:DFR", "DFRParams", requires="dfr_base", display="DFR"),
+    "dfr": _method("dfr:DFR", "DFRParams", requires="dfr_base", display="DFR", reads_encoders=("base",)),
     "pretrain": _method("pretrain:Pretrain", display="Pre-training"),
 }
 

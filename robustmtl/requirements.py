@@ -39,6 +39,16 @@ def required_runs(config: RunConfig) -> dict[str, RunConfig]:
     return required
 
 
+def encoder_keepers(config: RunConfig) -> set[str]:
+    """Run ids among `config`'s requirements (transitively) whose final encoder weights a requiring run loads
+    (its method's `reads_encoders` roles): those runs save them at the end (`RunOptions.keep_encoder`)."""
+    keep: set[str] = set()
+    for cfg in [config, *with_transitive(config)]:
+        reads = method_plugin(cfg.method).reads_encoders
+        keep.update(needed.run_id for role, needed in required_runs(cfg).items() if role in reads)
+    return keep
+
+
 def with_transitive(config: RunConfig) -> list[RunConfig]:
     """`config`'s required runs and theirs, each once, every run after the runs it needs."""
     ordered: dict[str, RunConfig] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any
@@ -12,16 +13,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from robustmtl.config import RunConfig, RunOptions
 from robustmtl.errors import UserError
 from robustmtl.layout import CONFIG, TRAIN_LOCK, RunDir, claim_dir, make_dir, read_json
-from robustmtl.requirements import with_transitive
+from robustmtl.requirements import encoder_keepers, with_transitive
 from robustmtl.rundir import prepare_run
 
 
 def run_with_requirements(cfg: RunConfig, opts: RunOptions, out: Path, console: Console) -> dict[str, Any]:
     """Required runs (pre-training, JTT stage 1) go beside `out`, so a later run with the same requirement
     reuses them."""
+    keepers = encoder_keepers(cfg)
     for required in with_transitive(cfg):
         console.print(f"{cfg.method} needs the {required.method} run {required.run_id} first")
-        run_in_process(required, opts, out.parent / required.run_id, console)
+        needed_opts = dataclasses.replace(opts, keep_encoder=True) if required.run_id in keepers else opts
+        run_in_process(required, needed_opts, out.parent / required.run_id, console)
     return run_in_process(cfg, opts, out, console)
 
 

@@ -13,7 +13,7 @@ from robustmtl.grid.expand import expand
 from robustmtl.grid.spec import load_spec
 from robustmtl.layout import PRETRAINED_ENCODER, RunDir
 from robustmtl.methods.dfr import C_GRID, balanced_subset, stratified_halves
-from robustmtl.requirements import dfr_base, required_runs, with_transitive
+from robustmtl.requirements import dfr_base, encoder_keepers, required_runs, with_transitive
 from robustmtl.rundir import prepare_run
 from robustmtl.train.loop import train_run
 from tests.conftest import TINY, read_records, tiny_grid, write_spec
@@ -35,6 +35,23 @@ def test_the_grid_shares_its_erm_and_mtl_l1_cells_with_dfr(tmp_path):
         assert base.train == run.config.train and base.data_params == run.config.data_params
     mtl_l1 = next(r.config for r in runs if r.config.method == "mtl_l1")
     assert (mtl_l1.method_params.alpha_aux, mtl_l1.method_params.alpha_reg) == (0.5, 0.1)
+    # only the runs a dfr run retrains on are told to keep their encoder weights
+    bases = {base_id for run in dfr for base_id in run.requires}
+    assert {r.run_id for r in runs if r.keep_encoder} == bases
+
+
+def test_only_a_run_dfr_retrains_on_keeps_its_encoder_and_a_base_without_one_is_one_line(tmp_path):
+    cfg = build_config("dfr", "synthetic", 0, None, DATA, where="test")
+    (base,) = with_transitive(cfg)
+    assert encoder_keepers(cfg) == {base.run_id}
+    base_dir = RunDir(tmp_path / base.run_id)
+    prepare_run(base_dir, base, RunOptions(threads=1))  # planned without dfr: no keep_encoder
+    train_run(base_dir)
+    assert not base_dir.artifact(PRETRAINED_ENCODER).exists()
+    rd = RunDir(tmp_path / cfg.run_id)
+    prepare_run(rd, cfg, RunOptions(threads=1))
+    with pytest.raises(UserError, match=r"finished without its encoder weights.*grid drop"):
+        train_run(rd)
 
 
 def test_base_method_parameters_a_base_lacks_never_split_dfr_ids():
@@ -68,10 +85,10 @@ def test_halves_are_stratified_and_subsets_balanced():
 
 def run_dfr(tmp_path, **extra):
     cfg = build_config("dfr", "synthetic", 0, None, {**DATA, **extra}, where="test")
-    opts = RunOptions(threads=1)
+    opts, keepers = RunOptions(threads=1), encoder_keepers(cfg)
     for needed in with_transitive(cfg):
         rd = RunDir(tmp_path / needed.run_id)
-        prepare_run(rd, needed, opts)
+        prepare_run(rd, needed, RunOptions(threads=1, keep_encoder=needed.run_id in keepers))
         train_run(rd)
     rd = RunDir(tmp_path / cfg.run_id)
     prepare_run(rd, cfg, opts)
@@ -136,3 +153,15 @@ def test_the_l1_solver_reaches_liblinears_objective_optimum():
         reference = minimize(objective, np.zeros(6), args=(c,), method="Powell", options={"xtol": 1e-8, "ftol": 1e-10})
         assert objective(np.append(w, b), c) <= reference.fun + 1e-4
     assert not l1_logistic(x, t, 0.001)[0].any()  # a strong enough penalty zeroes every weight
+
+
+def test_robustmtl_run_trains_the_base_keeping_its_encoder_then_dfr_and_prints_its_splits(tmp_path, cli):
+    """`robustmtl run --method dfr`: the base run first, told to keep its encoder, then DFR, whose summary has no
+    training split (it trains nothing) and prints validation and test."""
+    sets = [a for k, v in {**DATA, "epochs": 2}.items() for a in ("--set", f"{k}={v}")]
+    out = tmp_path / "single" / "dfr"
+    result = cli("run", "--method", "dfr", "--dataset", "synthetic", "--threads", "1", *sets, "--out", out)
+    assert "needs the erm run" in result.output and "│ test" in result.output and "│ train" not in result.output
+    (base,) = with_transitive(build_config("dfr", "synthetic", 0, None, {**DATA, "epochs": 2}, where="test"))
+    assert RunDir(tmp_path / "single" / base.run_id).artifact(PRETRAINED_ENCODER).exists()
+    assert json.loads(RunDir(out).done.read_text())["method"] == "dfr"

@@ -19,6 +19,7 @@ from robustmtl.errors import UserError
 from robustmtl.grid.executor import ExecutorSettings
 from robustmtl.grid.spec import GridSpec
 from robustmtl.params import did_you_mean, field_types
+from robustmtl.registry import method_plugin
 from robustmtl.requirements import required_runs
 
 
@@ -27,6 +28,7 @@ class PlannedRun:
     config: RunConfig
     swept: dict[str, Any]
     requires: list[str] = field(default_factory=list)
+    keep_encoder: bool = False  # a run that requires this one loads its final encoder (requirements.encoder_keepers)
 
     @property
     def run_id(self) -> str:
@@ -129,12 +131,15 @@ def _with_requirements(planned: dict[str, PlannedRun]) -> list[PlannedRun]:
     required: dict[str, PlannedRun] = {}
 
     def add_requirements(run: PlannedRun) -> None:
-        for cfg in required_runs(run.config).values():
+        reads = method_plugin(run.config.method).reads_encoders
+        for role, cfg in required_runs(run.config).items():
             run.requires.append(cfg.run_id)
             if cfg.run_id not in planned and cfg.run_id not in required:
                 needed = PlannedRun(cfg, {})
                 add_requirements(needed)  # its own requirements enter `required` before it
                 required[cfg.run_id] = needed
+            if role in reads:
+                (planned.get(cfg.run_id) or required[cfg.run_id]).keep_encoder = True
 
     for run in planned.values():
         add_requirements(run)

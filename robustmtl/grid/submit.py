@@ -113,6 +113,8 @@ def submit(spec_path: Path, out: Path | None, kind: str | None, force: bool, con
             shares = len(settings.local_gpu_shares()) if resolved == "local" else 0
             for run in runs:
                 options = settings.run_options(roots[run.config.dataset], resolved, shares)
+                if run.keep_encoder:
+                    options = dataclasses.replace(options, keep_encoder=True)
                 prepare_run(grid.run(run.run_id), run.config, options)
                 write_trackers(grid.run(run.run_id), settings.trackers)
         except OSError as exc:

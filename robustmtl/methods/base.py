@@ -46,9 +46,9 @@ class Method:
     uses_aux_batch: ClassVar[bool] = False
     report: ClassVar[bool] = True
     trains_on_pool: ClassVar[bool] = False  # train on the dataset's pre-training pool (Splits.pretrain) if any
-    # the loop saves the final encoder weights (encoder.pt): pre-training hands them to fine-tuning, and any
-    # reported run's are what a DFR run retrains the last layer on, so a grid's run serves as DFR's base as is
-    leaves_encoder: ClassVar[bool] = True
+    # the loop saves the final encoder weights (encoder.pt) of every run of this method (pre-training hands
+    # them to fine-tuning); other runs save them only when a run that needs them says so (RunOptions.keep_encoder)
+    leaves_encoder: ClassVar[bool] = False
     trains: ClassVar[bool] = True  # False: no network training, the loop goes straight to `after_training` (DFR)
 
     def __init__(self, params: Any, ctx: MethodContext) -> None:

@@ -3,9 +3,9 @@ group-balanced validation data.
 
 A `dfr` run requires a finished base run (`dfr_base`, a method name: `erm` by default, `mtl_l1`, ...) with
 this run's training, data and model parameters (`dfr_base` in `requirements.py`), so a grid's own cell of
-that method with the same parameters is the very same run, trained once. Every run that reports leaves its
-final encoder weights (`encoder.pt`, see `Method.leaves_encoder`), which is what this run loads; it trains
-no network weight itself (`trains = False`: the loop goes straight to `after_training`).
+that method with the same parameters is the very same run, trained once. Planning tells that run to keep its
+final encoder weights (`encoder.pt`; `registry` `reads_encoders`, `RunOptions.keep_encoder`), which is what
+this run loads; it trains no network weight itself (`trains = False`: the loop goes straight to `after_training`).
 
 It then, with the network frozen and in eval mode:
 1. extracts the representation `h` (`model.encode`) of every validation and test example;
@@ -220,6 +220,10 @@ class DFR(Method):
             raise RuntimeError("DFR needs the run's validation and test splits in its context")
         base = self.ctx.required["base"]
         encoder = base.artifact(PRETRAINED_ENCODER)
+        if not encoder.exists():
+            raise UserError(f"the base run {base.root.name} finished without its encoder weights ({encoder}): it was "
+                            "done before a dfr run was planned on it; `grid drop` it and `grid resume` to train it "
+                            "again, keeping them")
         try:
             model.load_encoder_state(checkpoint.load_tensors(encoder))
         except ValueError as exc:

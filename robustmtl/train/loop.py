@@ -361,7 +361,7 @@ class Trainer:
             extra = self.method.after_training(self.model, self.predict)
         except EvalStopped:  # the end-of-training checkpoint is consistent: the next attempt redoes this
             raise Interrupted("stopped after training, before its last artefacts, after a checkpoint") from None
-        if self.method.leaves_encoder:
+        if self.method.leaves_encoder or self.opts.keep_encoder:
             checkpoint.save(self.run_dir.artifact(PRETRAINED_ENCODER), self.model.encoder_state())
         summary = {
             "run_id": self.cfg.run_id, "method": self.cfg.method, "dataset": self.cfg.dataset, "seed": self.cfg.seed,
