@@ -1,11 +1,17 @@
-"""Stored per-example predictions on real runs."""
+"""Stored per-example predictions on real runs, and `aggregate --metric` computed from them."""
 
 from __future__ import annotations
+
+import csv
+import io
+import shutil
 
 import numpy as np
 import pytest
 
+from robustmtl.aggregate import aggregate
 from robustmtl.config import RunOptions, build_config
+from robustmtl.errors import UserError
 from robustmtl.layout import GridDir
 from robustmtl.predictions import PREDICTIONS_DIR, PredictionStore, probs_name
 from robustmtl.rundir import prepare_run
@@ -60,3 +66,57 @@ def test_a_resumed_run_keeps_one_intact_file_per_evaluation(grid, tmp_path):
     assert np.array_equal(store.read_probs("val", 1, 7), first)
     assert np.array_equal(store.read_labels("val")[0], y)
     assert sorted(p.name for p in store.root.iterdir()) == ["labels-val.npz", probs_name("val", 1, 7)]
+
+
+def balanced_by_hand(store: PredictionStore, epoch: int, step: int) -> float:
+    probs = store.read_probs("test", epoch, step)
+    y = store.read_labels("test")[0]
+    predicted = probs.argmax(axis=1)
+    return float(np.mean([(predicted[y == c] == c).mean() for c in np.unique(y)]))
+
+
+def test_aggregate_balanced_accuracy_is_that_of_the_stored_predictions_at_the_selected_epoch(grid, cli):
+    summary = aggregate([grid.root], metric="balanced_acc")
+    assert summary.metrics == ["avg_acc", "balanced_acc"]
+    worst_val = aggregate([grid.root])
+    assert summary.per_seed[["run_id", "epoch", "step"]].equals(worst_val.per_seed[["run_id", "epoch", "step"]])
+    by_hand = [balanced_by_hand(store_of(grid, r.run_id), r.epoch, r.step) for r in summary.per_seed.itertuples()]
+    assert len(by_hand) == 2  # one chosen setting, two seeds
+    cell = summary.cells.set_index("metric").loc["balanced_acc"]
+    assert cell["mean"] == pytest.approx(np.mean(by_hand), abs=1e-12)
+
+    printed = cli("aggregate", grid.root, "--metric", "balanced_acc", "--format", "csv").stdout
+    rows = {r["metric"]: r for r in csv.DictReader(io.StringIO(printed))}
+    assert set(rows) == {"avg_acc", "balanced_acc"}
+    assert float(rows["balanced_acc"]["mean_pct"]) == pytest.approx(100 * np.mean(by_hand), abs=1e-8)
+    table = cli("aggregate", grid.root, "--metric", "balanced_acc").stdout
+    assert "balanced" in table and f"{100 * np.mean(by_hand):.1f}" in table
+    assert "from the stored predictions" in " ".join(table.split())
+
+
+def test_every_metric_is_computed_and_ece_bolds_the_lowest(grid):
+    for name in ("avg_acc", "weighted_avg_acc", "worst_group_ece"):
+        summary = aggregate([grid.root], metric=name)
+        values = summary.cells.set_index("metric").loc[name]
+        assert 0 <= values["mean"] <= 1
+    with pytest.raises(UserError, match="both classes"):  # synthetic groups are label x attribute
+        aggregate([grid.root], metric="worst_group_auroc")
+
+
+def test_runs_without_stored_predictions_are_named_in_one_line(grid, tmp_path, cli):
+    copy = GridDir(tmp_path / "older")
+    shutil.copytree(grid.root, copy.root)
+    bare = copy.run_ids()[:-1]  # one run keeps its predictions
+    for run_id in bare:
+        shutil.rmtree(copy.run(run_id).artifact(PREDICTIONS_DIR))
+    with pytest.raises(UserError) as err:
+        aggregate([copy.root], metric="balanced_acc")
+    message = str(err.value)
+    assert "\n" not in message and "only the record metrics are available" in message
+    selected = set(aggregate([copy.root]).per_seed["run_id"])
+    assert all(run_id in message for run_id in set(bare) & selected)
+    result = cli("aggregate", copy.root, "--metric", "balanced_acc", ok=False)
+    assert result.exit_code == 2
+    assert len(aggregate([copy.root]).cells)  # the record metrics still aggregate
+    with pytest.raises(UserError, match="unknown --metric"):
+        aggregate([copy.root], metric="auc")
