@@ -54,8 +54,9 @@ def test_every_val_and_test_evaluation_stores_its_probabilities_once_beside_its_
             assert abs(correct.mean() - r["avg_acc"]) <= 2 / len(y)
 
 
-def test_a_resumed_run_keeps_one_intact_file_per_evaluation(grid, tmp_path):
-    """A redone evaluation finds its files and leaves them: the first write stays, nothing is torn or doubled."""
+def test_a_redone_evaluation_keeps_the_first_files_intact(grid, tmp_path):
+    """A redone evaluation (a resumed run) finds its files and leaves them: the first write stays, nothing is
+    torn or doubled."""
     run_id = grid.run_ids()[0]
     store = PredictionStore(tmp_path / PREDICTIONS_DIR)
     original = store_of(grid, run_id)
