@@ -63,7 +63,9 @@ def to_latex(summary: Summary, small_intervals: bool = False, names: DisplayName
     rules = " ".join(
         rf"\cmidrule(lr){{{2 + i * per}-{1 + (i + 1) * per}}}" for i in range(len(layout.datasets))
     )
-    sub = [METRIC_LABELS[m].capitalize() for m in layout.metrics] + (["$n$"] if layout.uniform_n is None else [])
+    # the first letter raised only, so "worst AUROC" stays "Worst AUROC"
+    sub = [METRIC_LABELS[m][:1].upper() + METRIC_LABELS[m][1:] for m in layout.metrics] + (
+        ["$n$"] if layout.uniform_n is None else [])
     token = "PLUSMINUSTOKEN"  # survives escaping, then becomes math-mode \pm
     cap = latex_escape(caption(summary, layout, pm=token)).replace(token, r"$\pm$")
     out = [
