@@ -118,12 +118,19 @@ def aggregate(
     quiet: Annotated[bool, typer.Option(help="Do not print the terminal table.")] = False,
     by: ByOpt = None,
     label_budget: LabelBudgetOpt = False,
+    metric: Annotated[str, typer.Option(help="Test metric beside average accuracy: worst_group_acc (from the "
+                                             "records), or from the stored predictions avg_acc, balanced_acc, "
+                                             "worst_group_auroc, worst_group_ece, weighted_avg_acc.")]
+    = "worst_group_acc",
 ) -> None:
     """Worst-group tables with confidence intervals over seeds.
 
     CSV and LaTeX to standard output carry the main table only (the terminal tables go to stderr); with
     --output, each side table asked for is a file beside it (table.csv -> table.differences.csv).
     """
+    if metric != "worst_group_acc" and (label_budget or by):
+        raise UserError(f"--metric is for the main table; --{'label-budget' if label_budget else 'by'} reports "
+                        "worst-group accuracy from the records")
     if label_budget:
         from robustmtl.cli_budget import aggregate_budget, check_options
 
@@ -150,7 +157,8 @@ def aggregate(
         check_output(output, grid_dirs)
     fmt = resolve_format(fmt, output)
     summary = run_aggregate(grid_dirs, select=select, include_running=include_running, ci=ci, baseline=baseline,
-                            seed=seed, few_groups_fraction=few_groups_fraction, few_groups_seed=few_groups_seed)
+                            seed=seed, few_groups_fraction=few_groups_fraction, few_groups_seed=few_groups_seed,
+                            metric=metric)
     names, name_warnings = display_names(grid_dirs, raw_names)
     print_notices(summary.warnings + name_warnings, summary)
     costs = cost_table(summary.runs) if show_cost and summary.runs is not None else None

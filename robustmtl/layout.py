@@ -152,8 +152,9 @@ class RunDir:
 
     def clear_stale_temps(self) -> None:
         """Remove temp files of atomic writes that a killed process never renamed."""
-        for tmp in self.root.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
+        for pattern in (".*.tmp", "*/.*.tmp"):  # the run's own files and those of its folders (predictions/)
+            for tmp in self.root.glob(pattern):
+                tmp.unlink(missing_ok=True)
 
     def listing(self) -> frozenset[str]:
         """The names in the run directory: one system call answers every marker question."""

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import threading
 
+import numpy as np
 import pytest
 import torch
 
 from robustmtl.config import RunOptions, build_config
 from robustmtl.data.base import VectorSplit
 from robustmtl.layout import RunDir
+from robustmtl.predictions import PREDICTIONS_DIR
 from robustmtl.rundir import prepare_run
 from robustmtl.train.evaluate import Evaluator, fixed_subset
 from robustmtl.train.loop import Interrupted, Trainer, train_run
@@ -70,6 +72,14 @@ def assert_like_undisturbed(tmp_path, rd: RunDir, method: str = "erm", **extra) 
     assert comparable([done]) == comparable([ref_done])
     for name in ("val_correct.jsonl",):
         assert (rd.root / name).read_text() == (reference.root / name).read_text()
+    stored, ref_stored = (sorted((d.root / PREDICTIONS_DIR).iterdir()) for d in (rd, reference))
+    assert [p.name for p in stored] == [p.name for p in ref_stored]  # one file per evaluation, no temp file
+    for p, q in zip(stored, ref_stored, strict=True):
+        if p.suffix == ".npy":
+            assert p.read_bytes() == q.read_bytes()
+        else:  # a zip's bytes hold its write time
+            with np.load(p) as ours, np.load(q) as theirs:
+                assert all(np.array_equal(ours[k], theirs[k]) for k in theirs.files)
 
 
 @pytest.mark.parametrize("batches", [1, 2, 3, SPLITS_PER_EVAL + 2])

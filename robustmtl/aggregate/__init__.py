@@ -15,6 +15,7 @@ from robustmtl.aggregate.export import render_rich, to_csv, to_markdown
 from robustmtl.aggregate.hyperparameters import check_no_condition_varies
 from robustmtl.aggregate.latex import to_latex
 from robustmtl.aggregate.load import Loaded, RunCounts, load_runs
+from robustmtl.aggregate.prediction_metrics import RECORD_METRIC, check_metric, from_predictions, shown_metrics
 from robustmtl.aggregate.rules import SELECTORS, get_selector
 from robustmtl.aggregate.select import RuleInputs, Selector, select_runs
 from robustmtl.aggregate.stats import check_ci, paired_difference
@@ -51,18 +52,22 @@ def aggregate(
     seed: int = 0,
     few_groups_fraction: float = 0.05,
     few_groups_seed: int = 0,
+    metric: str = RECORD_METRIC,
 ) -> Summary:
     """Load runs under each GRID_DIR, apply the selection rule, and summarise test accuracy per cell.
 
     `seed` only drives the bootstrap (ci="bootstrap"), so the same inputs always give the same table;
-    `few_groups_*` set the validation fraction (and its seed) that the few-groups rule may look at.
+    `few_groups_*` set the validation fraction (and its seed) that the few-groups rule may look at; `metric`
+    is the test metric reported beside average accuracy (aggregate/prediction_metrics.py: all but the
+    default are computed from the stored predictions at the selected epoch).
     """
     rule = get_selector(select)
+    check_metric(metric)
     check_ci(ci)
     dirs = grid_list(grid_dirs)
     loaded = load_scope(dirs, include_running)
     return summarise(loaded, rule.bind(RuleInputs.of(loaded.runs, few_groups_fraction, few_groups_seed)), ci,
-                     baseline, seed, coverage_gaps(dirs, loaded.runs))
+                     baseline, seed, coverage_gaps(dirs, loaded.runs), metric)
 
 
 def grid_list(grid_dirs: Sequence[Path | str] | Path | str) -> list[Path]:
@@ -83,13 +88,17 @@ def load_scope(dirs: Sequence[Path], include_running: bool) -> Loaded:
 
 
 def summarise(loaded: Loaded, selector: Selector, ci: str, baseline: str | None, seed: int,
-              gaps: dict[str, list[CellGap]]) -> Summary:
+              gaps: dict[str, list[CellGap]], metric: str = RECORD_METRIC) -> Summary:
     """One rule (bound to the loaded runs) applied to loaded runs: the Summary every table and figure shows."""
     sel = select_runs(loaded, selector)
     warnings = loaded.warnings + sel.warnings + selector.notes()
     if sel.per_seed.empty:
         raise UserError(f"no run has a test record at its selected epoch ({selector.name}); nothing to report")
-    cells = build_cells(sel.per_seed, sel.chosen, selector.name, ci, seed, run_codes(loaded.records))
+    metrics = shown_metrics(metric)
+    if metric != RECORD_METRIC:
+        sel.per_seed = from_predictions(sel.per_seed, dict(zip(loaded.runs["run_id"], loaded.runs["run_dir"],
+                                                               strict=True)), metric)
+    cells = build_cells(sel.per_seed, sel.chosen, selector.name, ci, seed, run_codes(loaded.records), metrics)
     if ci == "bootstrap" and cells["n"].between(2, BOOTSTRAP_MIN_SEEDS - 1).any():
         warnings.append(f"percentile bootstrap intervals over fewer than {BOOTSTRAP_MIN_SEEDS} seeds are too narrow "
                         "(they cover the mean less often than 95%); the Student-t interval (--ci t) is the honest "
@@ -100,10 +109,10 @@ def summarise(loaded: Loaded, selector: Selector, ci: str, baseline: str | None,
         methods = sorted(sel.per_seed["method"].unique())
         if baseline not in methods:
             raise UserError(f"baseline method {baseline!r} not found; methods: {', '.join(methods)}")
-        differences = build_differences(sel.per_seed, sel.chosen, baseline)
+        differences = build_differences(sel.per_seed, sel.chosen, baseline, metrics)
     return Summary(
         cells, sel.chosen, sel.per_seed, selector.name, ci, loaded.counts, warnings, baseline, differences, selector,
-        loaded.runs, gaps,
+        loaded.runs, gaps, metrics,
     )
 
 

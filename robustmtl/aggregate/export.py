@@ -15,14 +15,15 @@ import pandas as pd
 from rich.text import Text
 
 from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames, with_display_columns
-from robustmtl.aggregate.parse import METRICS
+from robustmtl.aggregate.prediction_metrics import LOWER_IS_BETTER, PREDICTION_METRICS, RECORD_METRIC
 from robustmtl.aggregate.stats import CI_TYPES
 from robustmtl.aggregate.summary import Summary
 from robustmtl.aggregate.terminal import Column, FittedTable
 from robustmtl.aggregate.units import ACCURACY, POINTS, Unit, column, percent
 from robustmtl.registry import METHODS
 
-METRIC_LABELS = {"avg_acc": "avg", "worst_group_acc": "worst"}
+METRIC_LABELS = {**{m.name: m.label for m in PREDICTION_METRICS.values()}, "avg_acc": "avg",
+                 "worst_group_acc": "worst"}
 TRAIN_GROUPS_NOTE = "uses training group labels"
 SHORT_NOTE = "fewer seeds than the grid asked for"
 MIXED_NOTE = "runs from more than one code version"
@@ -60,6 +61,7 @@ class _Layout:
     uniform_n: int | None
     train_groups: set[str]
     codes: list[str]  # every code version behind the table
+    metrics: list[str]  # the columns per dataset
 
     @property
     def any_short(self) -> bool:
@@ -74,7 +76,7 @@ class _Layout:
         return any(v.unfinished for v in self.values.values())
 
     def n_of(self, method: str, dataset: str, missing: str = MISSING) -> str:
-        v = self.values.get((method, dataset, METRICS[0]))
+        v = self.values.get((method, dataset, self.metrics[0]))
         return str(v.n) if v else missing
 
 
@@ -98,10 +100,14 @@ def interval_text(row: dict, ci: str, pm: str = "±") -> str:
 
 
 def table_layout(summary: Summary, pm: str = "±") -> _Layout:
-    """Best = highest mean as displayed (one decimal), so visually tied cells are all bold."""
+    """Best = highest mean as displayed (one decimal; lowest for an error such as ECE), so visually tied cells
+    are all bold."""
     cells = summary.cells
+    lower = cells["metric"].isin(LOWER_IS_BETTER)
     shown = percent(cells["mean"]).round(1)
-    best = shown.groupby([cells["dataset"], cells["metric"]]).transform("max")
+    signed = shown.where(~lower, -shown)
+    best_signed = signed.groupby([cells["dataset"], cells["metric"]]).transform("max")
+    best = best_signed.where(~lower, -best_signed)
     values = {}
     for row, is_best in zip(cells.to_dict("records"), (shown == best) & shown.notna(), strict=True):
         values[(row["method"], row["dataset"], row["metric"])] = CellValue(
@@ -121,6 +127,7 @@ def table_layout(summary: Summary, pm: str = "±") -> _Layout:
         uniform_n=ns.pop() if len(ns) == 1 else None,
         train_groups=set(cells.loc[cells["uses_train_groups"], "method"]),
         codes=sorted({c for joined in cells["code"] for c in joined.split("; ")}),
+        metrics=list(summary.metrics),
     )
 
 
@@ -137,8 +144,18 @@ def caption(summary: Summary, layout: _Layout | None = None, pm: str = "±") -> 
         else "n seeds per cell as shown"
     )
     single = ", none when n = 1" if any(v.n == 1 for v in layout.values.values()) else ""
+    # what came from the stored predictions: any metric but the records' two (avg_acc only when alone)
+    shown = [m for m in layout.metrics if m != RECORD_METRIC and (m != "avg_acc" or layout.metrics == ["avg_acc"])]
+    stored = f"({ACCURACY.symbol}, from the stored predictions)"
+    if shown == ["avg_acc"]:
+        what = f"Test average accuracy {stored}"
+    elif shown:
+        what = (f"Test average accuracy ({ACCURACY.symbol}) and "
+                f"{', '.join(PREDICTION_METRICS[m].description for m in shown)} {stored}")
+    else:
+        what = f"Test accuracy ({ACCURACY.symbol})"
     return (
-        f"Test accuracy ({ACCURACY.symbol}) at the epoch and hyperparameters selected by the {sel.label} rule, "
+        f"{what} at the epoch and hyperparameters selected by the {sel.label} rule, "
         f"maximising {sel.description}; mean over seeds {interval}{single}; {n}."
     )
 
@@ -166,7 +183,7 @@ def table_columns(layout: _Layout) -> list[tuple[str, str]]:
     """(dataset, metric-or-'n') for every value column; n columns appear only when n varies."""
     cols = []
     for d in layout.datasets:
-        cols += [(d, m) for m in METRICS]
+        cols += [(d, m) for m in layout.metrics]
         if layout.uniform_n is None:
             cols.append((d, "n"))
     return cols

@@ -135,8 +135,9 @@ def condition_mismatch(method: str, parameters: Mapping[str, Any], baseline: str
 
 def paired_differences(subject: str, method: str, parameters: Mapping[str, Any], cell: pd.DataFrame,
                        baseline: str, baseline_parameters: Mapping[str, Any] | None, base: pd.DataFrame,
-                       where: str, scale: float = 1.0) -> tuple[dict[str, PairedDifference], str]:
-    """Per metric, the difference of `cell`'s runs (columns seed and METRICS, times `scale`) to `base`'s,
+                       where: str, scale: float = 1.0, metrics: Sequence[str] = METRICS,
+                       ) -> tuple[dict[str, PairedDifference], str]:
+    """Per metric, the difference of `cell`'s runs (columns seed and `metrics`, times `scale`) to `base`'s,
     paired by seed; or none and why, in one line, when the runs are not of one condition or share no seed.
 
     `subject` names the method where it is (a dataset, a condition); `baseline_parameters` is None where the
@@ -148,7 +149,7 @@ def paired_differences(subject: str, method: str, parameters: Mapping[str, Any],
         return {}, _not_paired(subject, baseline, mismatch)
     diffs = {metric: paired_difference(dict(zip(cell["seed"], scale * cell[metric], strict=True)),
                                        dict(zip(base["seed"], scale * base[metric], strict=True)))
-             for metric in METRICS}
+             for metric in metrics}
     if all(d.n == 0 for d in diffs.values()):
         return {}, _missing_baseline(subject, baseline, "with the same seeds")
     return diffs, ""

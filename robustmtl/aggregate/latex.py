@@ -15,7 +15,6 @@ from robustmtl.aggregate.export import (
     table_layout,
 )
 from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames
-from robustmtl.aggregate.parse import METRICS
 from robustmtl.aggregate.summary import Summary
 
 _LATEX_ESCAPES = {
@@ -58,13 +57,15 @@ def to_latex(summary: Summary, small_intervals: bool = False, names: DisplayName
     `small_intervals` sets the intervals in \\scriptsize, as many papers do to keep wide tables readable.
     """
     layout = table_layout(summary, pm=r"$\pm$")
-    per = len(METRICS) + (layout.uniform_n is None)
+    per = len(layout.metrics) + (layout.uniform_n is None)
     spec = "l" + "".join(" " + "c" * per for _ in layout.datasets)
     heads = [rf"\multicolumn{{{per}}}{{c}}{{{latex_escape(names.dataset(d))}}}" for d in layout.datasets]
     rules = " ".join(
         rf"\cmidrule(lr){{{2 + i * per}-{1 + (i + 1) * per}}}" for i in range(len(layout.datasets))
     )
-    sub = [METRIC_LABELS[m].capitalize() for m in METRICS] + (["$n$"] if layout.uniform_n is None else [])
+    # the first letter raised only, so "worst AUROC" stays "Worst AUROC"
+    sub = [METRIC_LABELS[m][:1].upper() + METRIC_LABELS[m][1:] for m in layout.metrics] + (
+        ["$n$"] if layout.uniform_n is None else [])
     token = "PLUSMINUSTOKEN"  # survives escaping, then becomes math-mode \pm
     cap = latex_escape(caption(summary, layout, pm=token)).replace(token, r"$\pm$")
     out = [

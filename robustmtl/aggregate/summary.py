@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -61,6 +62,7 @@ class Summary:
     rule: Selector | None = None
     runs: pd.DataFrame | None = None
     gaps: dict[str, list[CellGap]] = field(default_factory=dict)
+    metrics: list[str] = field(default_factory=lambda: list(METRICS))  # the columns shown per dataset
 
     @property
     def selector(self) -> Selector:
@@ -80,7 +82,7 @@ def run_codes(records: pd.DataFrame) -> dict[str, frozenset[str]]:
 
 def build_cells(
     per_seed: pd.DataFrame, chosen: pd.DataFrame, select: str, ci: str, seed: int,
-    codes: dict[str, frozenset[str]] | None = None,
+    codes: dict[str, frozenset[str]] | None = None, metrics: Sequence[str] = METRICS,
 ) -> pd.DataFrame:
     """Mean and interval over seeds for every cell; n_expected kept so short cells get flagged, not mixed.
 
@@ -93,7 +95,7 @@ def build_cells(
     rows = []
     for (dataset, method), group in per_seed.groupby(CELL, sort=True):
         cell_codes = sorted(set().union(*(codes.get(r, {UNKNOWN_CODE}) for r in group["run_id"])))
-        for metric in METRICS:
+        for metric in metrics:
             rng = cell_rng(seed, str(dataset), str(method), metric) if ci == "bootstrap" else None
             iv = interval(group[metric].to_numpy(dtype=float), ci, rng)
             rows.append(
@@ -117,7 +119,8 @@ def build_cells(
     return pd.DataFrame(rows, columns=CELL_COLUMNS)
 
 
-def build_differences(per_seed: pd.DataFrame, chosen: pd.DataFrame, baseline: str) -> pd.DataFrame:
+def build_differences(per_seed: pd.DataFrame, chosen: pd.DataFrame, baseline: str,
+                      metrics: Sequence[str] = METRICS) -> pd.DataFrame:
     """Paired by seed within each dataset, and only between runs of one condition (they may differ in the
     hyperparameters of either method alone). A method that cannot be paired gets rows without numbers and a
     `note` saying why, so the table never shows a difference across conditions, nor drops a method silently."""
@@ -128,8 +131,8 @@ def build_differences(per_seed: pd.DataFrame, chosen: pd.DataFrame, baseline: st
         for method, g in group[group["method"] != baseline].groupby("method", sort=True):
             diffs, note = paired_differences(
                 f"{method} on {dataset}", str(method), parameters[(dataset, method)], g, baseline,
-                None if base.empty else parameters[(dataset, baseline)], base, "on this dataset")
-            for metric in METRICS:
+                None if base.empty else parameters[(dataset, baseline)], base, "on this dataset", metrics=metrics)
+            for metric in metrics:
                 d = diffs.get(metric)
                 rows.append(
                     {

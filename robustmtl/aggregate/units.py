@@ -25,19 +25,23 @@ class Unit:
     suffix: str
 
 
-ACCURACY = Unit("accuracy (average, worst-group, selection score, probe accuracy)", "percent", "%", "pct")
-POINTS = Unit("difference of accuracies, interval half-width", "percentage points", "pp", "pp")
+ACCURACY = Unit("accuracy (average, worst-group, balanced, weighted average, selection score, probe accuracy)",
+                "percent", "%", "pct")
+AUROC = Unit("area under the ROC curve (worst-group AUROC)", "percent", "%", "pct")
+CALIBRATION = Unit("expected calibration error (worst-group ECE)", "percent", "%", "pct")
+POINTS = Unit("difference of accuracies, AUROCs or ECEs, interval half-width", "percentage points", "pp", "pp")
 WALL_TIME = Unit("wall time", "hours", "h", "h")
 GPU_TIME = Unit("GPU time (wall time × GPUs)", "GPU-hours", "GPU-h", "gpu_h")
 MEMORY = Unit("peak GPU memory", "gibibytes", "GiB", "gib")
 SHARE = Unit("reliance share of the margin", "fraction of 1", "", "frac")
-UNITS = (ACCURACY, POINTS, WALL_TIME, GPU_TIME, MEMORY, SHARE)
+UNITS = (ACCURACY, AUROC, CALIBRATION, POINTS, WALL_TIME, GPU_TIME, MEMORY, SHARE)
 
 SECONDS_PER_HOUR = 3600
 
 
 def percent(fraction: T) -> T:
-    """A fraction (a float, an array or a Series) in percent: accuracies, and their differences in points."""
+    """A fraction (a float, an array or a Series) in percent: accuracies, AUROCs and ECEs, and their differences
+    in points."""
     return 100 * fraction  # type: ignore[operator,return-value]
 
 
@@ -55,6 +59,10 @@ def unit_of(field: str) -> Unit | None:
     shares as fractions; None for a count (active units)."""
     if field.endswith("_acc"):
         return ACCURACY
+    if field.endswith("_auroc"):
+        return AUROC
+    if field.endswith("_ece"):
+        return CALIBRATION
     if field.startswith("reliance_"):
         return SHARE
     return None
@@ -62,7 +70,7 @@ def unit_of(field: str) -> Unit | None:
 
 def displayed(field: str, values: T) -> T:
     """A record field's values (a float, an array or a Series) in the unit unit_of(field) gives them."""
-    return percent(values) if unit_of(field) is ACCURACY else values
+    return percent(values) if unit_of(field) in (ACCURACY, AUROC, CALIBRATION) else values
 
 
 SPREADS = ("hw", "diff", "diff_lo", "diff_hi")  # half-widths and differences: accuracies in points
@@ -72,6 +80,6 @@ def stat_column(field: str, stat: str) -> str:
     """The CSV column of a statistic of a record field: stat_column("worst_group_acc", "diff") ==
     "worst_group_acc_diff_pp"; a count's column has no unit."""
     unit = unit_of(field)
-    if unit is ACCURACY and stat in SPREADS:
+    if unit in (ACCURACY, AUROC, CALIBRATION) and stat in SPREADS:
         unit = POINTS
     return f"{field}_{stat}" if unit is None else column(f"{field}_{stat}", unit)

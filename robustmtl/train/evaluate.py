@@ -35,6 +35,7 @@ class Predictions:
     correct: np.ndarray
     loss: float
     indices: np.ndarray | None = None  # the split's examples these are of, when a subset
+    probs: np.ndarray | None = None  # [N, classes] softmax probabilities in float16, example order
 
     def metrics(self, split: Split) -> dict[str, Any]:
         membership, labels = split.membership.numpy(), split.y.numpy()
@@ -103,7 +104,7 @@ class Evaluator:
     @torch.no_grad()
     def predict(self, model: Model, name: str, subset: torch.Tensor | None = None) -> Predictions:
         """Eval-mode pass over split `name` (or the examples `subset` of it), in the split's `eval_order`
-        (text: by length, so little padding); results come back in example order, the device read once."""
+        (text: by length, so little padding); results come back in example order, the device read only at the end."""
         split = self.splits[name]
         order = split.eval_order()
         if subset is not None:
@@ -111,7 +112,7 @@ class Evaluator:
         self.sampler.keys = [(name, idx) for idx in order.split(self.batch_size)]
         was_training = model.training
         model.eval()
-        correct, loss_sum = [], torch.zeros((), dtype=torch.float64, device=self.device)
+        correct, probs, loss_sum = [], [], torch.zeros((), dtype=torch.float64, device=self.device)
         try:
             for batch in self.loader:
                 batch = to_device(batch, self.device)
@@ -119,15 +120,17 @@ class Evaluator:
                     logits = model(batch).float()
                 loss_sum += torch.nn.functional.cross_entropy(logits, batch["y"], reduction="sum")
                 correct.append(logits.argmax(dim=-1) == batch["y"])
+                probs.append(torch.softmax(logits, dim=-1).half())  # kept on the device: one read at the end
                 self.batches += 1
                 if pause.wait_here(self.pause_key, self.batches, self.stop_requested):
                     raise EvalStopped(f"stopped during the evaluation of {name}")
         finally:
             model.train(was_training)
         ordered = torch.cat(correct).cpu().numpy() if correct else np.zeros(0, dtype=bool)
-        by_index = ordered[np.argsort(order.numpy(), kind="stable")]  # example order (a subset is sorted)
-        return Predictions(correct=by_index, loss=float(loss_sum) / max(len(order), 1),
-                           indices=None if subset is None else subset.numpy())
+        to_example_order = np.argsort(order.numpy(), kind="stable")  # a subset is sorted
+        scores = torch.cat(probs).cpu().numpy()[to_example_order] if probs else None
+        return Predictions(correct=ordered[to_example_order], loss=float(loss_sum) / max(len(order), 1),
+                           indices=None if subset is None else subset.numpy(), probs=scores)
 
 
 def predict(model: Model, split: Split, batch_size: int, device: torch.device,

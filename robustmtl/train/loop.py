@@ -37,6 +37,7 @@ from robustmtl.layout import PRETRAINED_ENCODER, VAL_CORRECT, VAL_GROUPS, RunDir
 from robustmtl.methods.base import Method, MethodContext, refuse_empty_groups
 from robustmtl.metrics import pack_bools
 from robustmtl.models.base import Model
+from robustmtl.predictions import PREDICTIONS_DIR, STORED_SPLITS, PredictionStore
 from robustmtl.provenance import code_version
 from robustmtl.records import MetricsWriter
 from robustmtl.registry import dataset_entry, method_entry, model_entry
@@ -156,6 +157,7 @@ class Trainer:
         self.writer = MetricsWriter(run_dir.metrics)
         self.val_correct = MetricsWriter(run_dir.artifact(VAL_CORRECT))
         self.val_groups_path = run_dir.artifact(VAL_GROUPS)
+        self.predictions = PredictionStore(run_dir.artifact(PREDICTIONS_DIR))
         self.epoch, self.batch_pos, self.step, self.elapsed, self.wall_before = 1, 0, 0, 0.0, 0.0
         self.peak_before: float | None = None
         self.term_sums: dict[str, torch.Tensor] = {}
@@ -279,6 +281,9 @@ class Trainer:
                 metrics["evaluated_on"] = {"examples": len(predictions.indices), "of": len(split)}
             if predictions is not None and name == "val":
                 self._write_val_correct(predictions, split)
+            if predictions is not None and predictions.probs is not None and name in STORED_SPLITS:
+                self.predictions.write(name, self.epoch, self.step, predictions.probs, split.y.numpy(),
+                                       split.membership.numpy(), self.train_split.membership.numpy().sum(axis=0))
             record = {**base, "split": name, **metrics}
             if name == "test" and "blocks" in self.data.info.extra:
                 record.update(mechanism.measure(self.model, self.data.val, split, self.data.info.n_attrs,
