@@ -205,3 +205,20 @@ def tiny_bert(work: Path) -> Path:
     BertForMaskedLM(config).save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target
+
+
+def trained_erm_grid(root: Path):
+    """A grid directory of four finished tiny ERM runs (seeds 0, 1 × lr 1e-3, 1e-2), trained in this process."""
+    from robustmtl.config import RunOptions, build_config
+    from robustmtl.layout import GridDir
+    from robustmtl.rundir import prepare_run
+    from robustmtl.train.loop import train_run
+
+    grid = GridDir(root)
+    for seed in (0, 1):
+        for lr in (1e-3, 1e-2):
+            cfg = build_config("erm", "synthetic", seed, None, {**TINY, "lr": lr}, where="t")
+            rd = grid.run(cfg.run_id)
+            prepare_run(rd, cfg, RunOptions(threads=1))
+            train_run(rd)
+    return grid

@@ -10,26 +10,15 @@ import pytest
 
 from robustmtl.aggregate import aggregate
 from robustmtl.aggregate.fewgroups import FewGroupsSelector
-from robustmtl.config import RunOptions, build_config
 from robustmtl.errors import UserError
 from robustmtl.layout import VAL_CORRECT, VAL_GROUPS, GridDir
 from robustmtl.metrics import group_metrics, unpack_bools
-from robustmtl.rundir import prepare_run
-from robustmtl.train.loop import train_run
-from tests.conftest import TINY, read_records
+from tests.conftest import read_records, trained_erm_grid
 
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fewgroups")
-    g = GridDir(root)
-    for seed in (0, 1):
-        for lr in (1e-3, 1e-2):
-            cfg = build_config("erm", "synthetic", seed, None, {**TINY, "lr": lr}, where="t")
-            rd = g.run(cfg.run_id)
-            prepare_run(rd, cfg, RunOptions(threads=1))
-            train_run(rd)
-    return g
+    return trained_erm_grid(tmp_path_factory.mktemp("fewgroups"))
 
 
 def test_val_correctness_matches_the_records(grid):

@@ -10,26 +10,15 @@ import numpy as np
 import pytest
 
 from robustmtl.aggregate import aggregate
-from robustmtl.config import RunOptions, build_config
 from robustmtl.errors import UserError
 from robustmtl.layout import GridDir
 from robustmtl.predictions import PREDICTIONS_DIR, PredictionStore, probs_name
-from robustmtl.rundir import prepare_run
-from robustmtl.train.loop import train_run
-from tests.conftest import TINY, read_records
+from tests.conftest import TINY, read_records, trained_erm_grid
 
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
-    root = tmp_path_factory.mktemp("predictions")
-    g = GridDir(root)
-    for seed in (0, 1):
-        for lr in (1e-3, 1e-2):
-            cfg = build_config("erm", "synthetic", seed, None, {**TINY, "lr": lr}, where="t")
-            rd = g.run(cfg.run_id)
-            prepare_run(rd, cfg, RunOptions(threads=1))
-            train_run(rd)
-    return g
+    return trained_erm_grid(tmp_path_factory.mktemp("predictions"))
 
 
 def store_of(grid: GridDir, run_id: str) -> PredictionStore:

@@ -13,6 +13,7 @@ naming the file (a finished run without it stops the aggregation, naming the fil
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -62,8 +63,42 @@ def read_correctness(line: bytes, n: int) -> tuple[int, int, np.ndarray]:
     return rec["epoch"], rec["step"], correct
 
 
+Score = tuple[int, int, float]  # (epoch, step, score) of one validation evaluation
+
+
+class CorrectnessScores:
+    """For rules that score a run's per-example validation correctness file line by line: the lines it could
+    not read are skipped with a warning, and a run left with none is noted as missing, under the rule's name."""
+
+    name: str
+    missing: dict[str, str]
+    file_warnings: list[str]
+
+    def _scored_lines(self, run_id: str, path: Path, lines: list[bytes], n: int,
+                      score: Callable[[np.ndarray], float]) -> list[Score]:
+        scores, bad = [], []
+        for lineno, line in enumerate(lines, start=1):
+            try:
+                epoch, step, correct = read_correctness(line, n)
+            except ValueError as exc:  # also bad JSON, UTF-8 and base64
+                bad.append(f"line {lineno}: {exc}")
+                continue
+            scores.append((epoch, step, score(correct)))
+        if bad and not scores:
+            return self._unreadable(run_id, path, f"no usable line; {bad[0]}")
+        if bad:
+            self.file_warnings.append(f"{path}: {len(bad)} unreadable line(s) skipped (first: {bad[0]})")
+        return scores
+
+    def _unreadable(self, run_id: str, path: Path, why: str) -> list[Score]:
+        """No scores for this run: noted for the warnings and for the error if the run is finished."""
+        self.missing[run_id] = f"cannot use {path} ({why})"
+        self.file_warnings.append(f"{path}: unreadable ({why}); run {run_id} has no {self.name} data")
+        return []
+
+
 @dataclass(frozen=True)
-class FewGroupsSelector(Selector):
+class FewGroupsSelector(CorrectnessScores, Selector):
     fraction: float = 0.05
     seed: int = 0
     run_dirs: dict[str, Path] = field(default_factory=dict)
@@ -114,25 +149,8 @@ class FewGroupsSelector(Selector):
         keep = self.subset(n)
         counts = (n, tuple(int(c) for c in membership[keep].sum(axis=0)))
         self.group_counts[counts] = self.group_counts.get(counts, 0) + 1
-        scores, bad = [], []
-        for lineno, line in enumerate(lines, start=1):
-            try:
-                epoch, step, correct = read_correctness(line, n)
-            except ValueError as exc:  # also bad JSON, UTF-8 and base64
-                bad.append(f"line {lineno}: {exc}")
-                continue
-            scores.append((epoch, step, group_metrics(correct[keep], membership[keep])["worst_group_acc"]))
-        if bad and not scores:
-            return self._unreadable(run_id, correct_path, f"no usable line; {bad[0]}")
-        if bad:
-            self.file_warnings.append(f"{correct_path}: {len(bad)} unreadable line(s) skipped (first: {bad[0]})")
-        return scores
-
-    def _unreadable(self, run_id: str, path: Path, why: str) -> list[tuple[int, int, float]]:
-        """No scores for this run: noted for the warnings and for the error if the run is finished."""
-        self.missing[run_id] = f"cannot use {path} ({why})"
-        self.file_warnings.append(f"{path}: unreadable ({why}); run {run_id} has no few-groups data")
-        return []
+        return self._scored_lines(run_id, correct_path, lines, n,
+                                  lambda correct: group_metrics(correct[keep], membership[keep])["worst_group_acc"])
 
     def missing_reason(self, run_id: str) -> str:
         return self.missing.get(run_id) or super().missing_reason(run_id)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from robustmtl.aggregate.fewgroups import Unreadable, read_correctness, read_membership
+from robustmtl.aggregate.fewgroups import CorrectnessScores, Unreadable, read_membership
 from robustmtl.aggregate.select import RuleInputs, Selector, best_points
 from robustmtl.layout import VAL_CORRECT, VAL_GROUPS
 from robustmtl.metrics import class_metrics
@@ -37,7 +37,7 @@ def labels_from_groups(membership: np.ndarray, n_attrs: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class WorstClassSelector(Selector):
+class WorstClassSelector(CorrectnessScores, Selector):
     name: str = "worst-class"
     split: str = "val"
     metric: str = METRIC
@@ -88,21 +88,5 @@ class WorstClassSelector(Selector):
             lines = [line for line in correct_path.read_bytes().splitlines() if line.strip()]
         except OSError as exc:
             return self._unreadable(run_id, correct_path, str(exc))
-        scores, bad = [], []
-        for lineno, line in enumerate(lines, start=1):
-            try:
-                epoch, step, correct = read_correctness(line, len(labels))
-            except ValueError as exc:
-                bad.append(f"line {lineno}: {exc}")
-                continue
-            scores.append((epoch, step, class_metrics(correct, labels)[self.metric]))
-        if bad and not scores:
-            return self._unreadable(run_id, correct_path, f"no usable line; {bad[0]}")
-        if bad:
-            self.file_warnings.append(f"{correct_path}: {len(bad)} unreadable line(s) skipped (first: {bad[0]})")
-        return scores
-
-    def _unreadable(self, run_id: str, path: Path, why: str) -> list[tuple[int, int, float]]:
-        self.missing[run_id] = f"cannot use {path} ({why})"
-        self.file_warnings.append(f"{path}: unreadable ({why}); run {run_id} has no worst-class data")
-        return []
+        return self._scored_lines(run_id, correct_path, lines, len(labels),
+                                  lambda correct: class_metrics(correct, labels)[self.metric])
