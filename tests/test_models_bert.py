@@ -267,3 +267,17 @@ def test_the_pooler_pooling_refuses_a_checkpoint_without_a_pooler_in_one_line(ra
     with pytest.raises(UserError, match="has no pooler weights") as err:
         Bert.build(config(bert_pretrained=str(copy), bert_pool="pooler").model_params, raw.info)
     assert "\n" not in str(err.value) and "bert_pool" in str(err.value)
+
+
+def test_from_scratch_keeps_the_checkpoints_architecture_with_new_weights_and_run_ids(raw):
+    pretrained = Bert.build(config().model_params, raw.info)
+    torch.manual_seed(0)
+    scratch = Bert.build(config(bert_from_scratch=True).model_params, raw.info)
+    theirs, ours = pretrained.mlm.state_dict(), scratch.mlm.state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+    weights = [k for k in theirs if k.endswith("query.weight")]
+    assert weights and not any(torch.equal(ours[k], theirs[k]) for k in weights)
+    assert scratch.tokenizer.vocab == pretrained.tokenizer.vocab  # the checkpoint's tokenizer all the same
+    assert config().run_id == config(bert_from_scratch=False).run_id != config(bert_from_scratch=True).run_id
+    with pytest.raises(UserError, match="pooler"):
+        Bert.build(config(bert_from_scratch=True, bert_pool="pooler").model_params, raw.info)

@@ -171,10 +171,16 @@ class Bert(Model):
 
     def __init__(self, p: BertParams, info: DataInfo) -> None:
         super().__init__()
-        from transformers import AutoModelForMaskedLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
 
         key = "bert_pretrained"
-        self.mlm = load(AutoModelForMaskedLM, p.bert_pretrained, key)
+        if p.bert_from_scratch and p.bert_pool == "pooler":
+            raise UserError("bert_pool = \"pooler\" reads the checkpoint's pooler weights, which bert_from_scratch "
+                            "= true does not use; choose bert_pool = \"cls\" or \"mean\" for a from-scratch model")
+        if p.bert_from_scratch:  # random weights drawn from the run's seeded RNG, as every new layer's are
+            self.mlm = AutoModelForMaskedLM.from_config(load(AutoConfig, p.bert_pretrained, key))
+        else:
+            self.mlm = load(AutoModelForMaskedLM, p.bert_pretrained, key)
         self.tokenizer = load(AutoTokenizer, p.bert_pretrained, key)
         head_name = next((n for n in MLM_HEADS if hasattr(self.mlm, n)), None)
         if head_name is None:

@@ -33,6 +33,8 @@ class BertParams:
     # run on text_spurious, 2,000 snippets: test worst-group 30.6 with "mean", 25.4 with "cls"). "pooler" is the
     # reference's: the checkpoint's pooler (dense + tanh) over the CLS embedding.
     bert_pool: str = field(default="cls", metadata=added_later(one_of("cls", "mean", "pooler")))
+    # the checkpoint's architecture and tokenizer with random weights: the "pre-training is necessary" ablation
+    bert_from_scratch: bool = field(default=False, metadata=added_later())
 
 
 @dataclass(frozen=True)
