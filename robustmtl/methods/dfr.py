@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from robustmtl.errors import UserError
-from robustmtl.layout import PRETRAINED_ENCODER
 from robustmtl.lazy import torch
 from robustmtl.methods.base import Method, MethodContext, Terms
 from robustmtl.methods.mtl import MTLL1Params
@@ -212,22 +211,12 @@ class DFR(Method):
         from robustmtl.metrics import class_metrics, group_metrics
         from robustmtl.provenance import code_version
         from robustmtl.records import MetricsWriter
-        from robustmtl.train import checkpoint
 
         started = time.perf_counter()
         cfg, p = self.ctx.config, self.params
         if self.ctx.splits is None:
             raise RuntimeError("DFR needs the run's validation and test splits in its context")
-        base = self.ctx.required["base"]
-        encoder = base.artifact(PRETRAINED_ENCODER)
-        if not encoder.exists():
-            raise UserError(f"the base run {base.root.name} finished without its encoder weights ({encoder}): it was "
-                            "done before a dfr run was planned on it; `grid drop` it and `grid resume` to train it "
-                            "again, keeping them")
-        try:
-            model.load_encoder_state(checkpoint.load_tensors(encoder))
-        except ValueError as exc:
-            raise UserError(f"{encoder}: {exc}; delete the base run to redo it") from None
+        # the model arrives with the base run's encoder: the loop loads it (registry `reads_encoders`)
         val, test = self.ctx.splits["val"], self.ctx.splits["test"]
         x_val, x_test = self.features(model, val), self.features(model, test)
         y_val, g_val = val.y.numpy(), group_of(val)
@@ -267,7 +256,8 @@ class DFR(Method):
             writer.append({**record_base, "split": name, **split_metrics})
         return {
             "final": {s: {k: m[k] for k in ("avg_acc", "worst_group_acc")} for s, m in results.items()},
-            "dfr_base_run": base.root.name, "dfr_c": best, "dfr_tuning": {str(c): w for c, w in tuning.items()},
+            "dfr_base_run": self.ctx.required["base"].root.name, "dfr_c": best,
+            "dfr_tuning": {str(c): w for c, w in tuning.items()},
             "dfr_tune_subset_size": tune_sizes[0], "dfr_subset_size": sizes[0],
             "dfr_val_halves": [len(first), len(second)],
         }

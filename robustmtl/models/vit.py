@@ -28,8 +28,8 @@ centre crop or squash) and, with `image_train_crop = "random_resized"`, random r
 end-task training batches (`data/images.py`).
 
 Batches carry uint8 pixels (`data/images.py`); `pixels` turns them into the model's input on the
-model's device, with the checkpoint's mean/std as non-persistent buffers (so checkpoints hold the same
-tensors as before). SimMIM's target is that same normalised image.
+model's device, with the checkpoint's mean/std as non-persistent buffers (constants of the checkpoint,
+not state a run's checkpoint should carry). SimMIM's target is that same normalised image.
 
 `encode_pair` runs the end-task images and the masked auxiliary images as one batch: the end-task
 half gets an all-False patch mask, which leaves its embeddings exactly as without one.

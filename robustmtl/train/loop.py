@@ -40,7 +40,7 @@ from robustmtl.models.base import Model
 from robustmtl.predictions import PREDICTIONS_DIR, STORED_SPLITS, PredictionStore
 from robustmtl.provenance import code_version
 from robustmtl.records import MetricsWriter
-from robustmtl.registry import dataset_entry, method_entry, model_entry
+from robustmtl.registry import dataset_entry, method_entry, method_plugin, model_entry
 from robustmtl.requirements import required_runs
 from robustmtl.rng import epoch_generator
 from robustmtl.rundir import load_run, required_run_dirs
@@ -127,12 +127,10 @@ class Trainer:
         if method_cls.uses_train_groups:
             refuse_empty_groups(self.cfg, train, self.data.info)
         required = required_run_dirs(run_dir, required_runs(self.cfg))
-        if "pretrain" in required:
-            encoder = required["pretrain"].artifact(PRETRAINED_ENCODER)
-            try:
-                self.model.load_encoder_state(checkpoint.load_tensors(encoder))
-            except ValueError as exc:
-                raise UserError(f"{encoder}: {exc}; delete the pre-training run to redo it") from None
+        # the encoder starts from a required run's final weights: pre-training's, or a run the method retrains on
+        for role in ("pretrain", *method_plugin(self.cfg.method).reads_encoders):
+            if role in required:
+                self._load_encoder(role, required[role])
         ctx = MethodContext(config=self.cfg, info=self.data.info, train=train, run_dir=run_dir, required=required,
                             splits=self.data.by_name())
         self.method = method_cls(self.cfg.method_params, ctx)
@@ -167,6 +165,18 @@ class Trainer:
         self.last_checkpoint = time.monotonic()
         self.final: dict[str, dict[str, Any]] = {}  # the last end-of-epoch metrics, for the DONE summary
         self._restore()
+
+    def _load_encoder(self, role: str, source: RunDir) -> None:
+        role = "pre-training" if role == "pretrain" else role  # as messages name it
+        encoder = source.artifact(PRETRAINED_ENCODER)
+        if not encoder.exists():
+            raise UserError(f"the {role} run {source.root.name} finished without its encoder weights ({encoder}): "
+                            "it was done before a run that loads them was planned on it; `grid drop` it and "
+                            "`grid resume` to train it again, keeping them")
+        try:
+            self.model.load_encoder_state(checkpoint.load_tensors(encoder))
+        except ValueError as exc:
+            raise UserError(f"{encoder}: {exc}; delete the {role} run to redo it") from None
 
     def _restore(self) -> None:
         state = checkpoint.load(self.run_dir.checkpoint)
