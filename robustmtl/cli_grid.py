@@ -45,7 +45,7 @@ DRY_RUN_ROWS = 100  # rich needs ~2.5 ms a row; the per-cell counts below cover 
 WATCH_MIN_S = 10.0  # a refresh is one squeue + at most one sacct: never more often than this
 WATCH_LOCAL_MIN_S = 1.0  # a grid without SLURM jobs: a refresh only reads its run directories
 RUN_LINES = 20  # per-run lines shown per section before "... and N more"
-MAX_RUNS = 2000  # grid submit's default limit; the paper's largest grid is 620 runs
+MAX_RUNS = 2000  # grid submit's default limit; the paper's largest grid is 520 runs
 FAILED_SHOWN = 5  # failed runs named, with their errors, in the one line a failed local grid ends with
 
 
@@ -74,7 +74,20 @@ def show_plan(spec: Any, runs: list[Any], grid_dir: Path) -> None:
         console.print(render_estimate(cells))
     elif cells:
         console.print(f"no cost estimate: no finished runs in {grid_dir} yet")
-    console.print(f"{len(runs)} runs (dry run: nothing written)")
+    console.print(run_count(spec, runs))
+    console.print("(dry run: nothing written)")
+
+
+def run_count(spec: Any, runs: list[Any]) -> str:
+    """'N runs', and where the expander added runs that listed ones require (JTT's stage 1, pre-training), how
+    many the grid lists: the count a codebase that trains those stages inside one run would give."""
+    from collections import Counter
+
+    required = Counter(r.config.method for r in runs if r.config.method not in spec.methods)
+    if not required:
+        return f"{len(runs)} runs"
+    added = ", ".join(f"{n} {method}" for method, n in sorted(required.items()))
+    return f"{len(runs)} runs: {len(runs) - sum(required.values())} listed, and {added} that they require"
 
 
 def refuse_failures(failed: dict[str, str]) -> None:

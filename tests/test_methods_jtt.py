@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -214,7 +215,9 @@ def test_the_reference_schedule_runs_stage1_on_the_e_epoch_horizon_and_stage2_fo
     cfgs = {how: build_config("jtt", "synthetic", 0, None, {**values, "jtt_schedule": how}, where="test")
             for how in ("separate", "reference")}
     assert cfgs["separate"].run_id == build_config("jtt", "synthetic", 0, None, values, where="test").run_id
-    last_lr = {}
+    last_lr: dict[str, float] = {}
+    stage2_lr: dict[str, float] = {}
+    errors: dict[str, int] = {}
     for how, cfg in cfgs.items():
         stage1 = jtt_stage1(cfg)["stage1"]
         assert stage1.train.epochs == 2
@@ -222,6 +225,7 @@ def test_the_reference_schedule_runs_stage1_on_the_e_epoch_horizon_and_stage2_fo
         prepare_run(rd, stage1, RunOptions(threads=1, keep_checkpoint=True))
         train_run(rd)
         last_lr[how] = torch.load(rd.checkpoint, weights_only=True)["optimizer"]["param_groups"][0]["lr"]
+        errors[how] = json.loads(rd.artifact(ERROR_SET).read_text())["count"]
         out = tmp_path / how / "stage2"
         sets = [a for k, v in {**values, "jtt_schedule": how}.items() for a in ("--set", f"{k}={v}")]
         cli("run", "--method", "jtt", "--dataset", "synthetic", *sets, "--threads", "1", "--out", out)
@@ -229,8 +233,20 @@ def test_the_reference_schedule_runs_stage1_on_the_e_epoch_horizon_and_stage2_fo
         epochs = {"separate": 5, "reference": 5 - 2 - 1}[how]
         assert sorted({r["epoch"] for r in records}) == list(range(1, epochs + 1))
         assert json.loads(RunDir(out).done.read_text())["epochs"] == epochs
+        stage2 = RunDir(tmp_path / how / cfg.run_id)  # beside its stage 1, keeping its checkpoint to read the lr
+        prepare_run(stage2, cfg, RunOptions(threads=1, keep_checkpoint=True))
+        train_run(stage2)
+        stage2_lr[how] = torch.load(stage2.checkpoint, weights_only=True)["optimizer"]["param_groups"][0]["lr"]
     assert last_lr["separate"] == pytest.approx(0.0, abs=1e-12)  # its own 2-epoch schedule ends at 0
     assert last_lr["reference"] == pytest.approx(0.01 * (1 - 2 / 5))  # 2 of 5 epochs in: far from annealed
+    assert stage2_lr["separate"] == pytest.approx(0.0, abs=1e-12)
+    # the reference's stage 2: a new schedule over E epochs of the plain split's batches, cut after E - T - 1
+    # epochs of the longer upsampled ones
+    batch = cfgs["reference"].train.batch_size
+    trained = 2 * math.ceil((200 + 3 * errors["reference"]) / batch)
+    horizon = 5 * math.ceil(200 / batch)
+    assert errors["reference"] > 0 and trained < horizon
+    assert stage2_lr["reference"] == pytest.approx(0.01 * (1 - trained / horizon))
     assert jtt_stage1(cfgs["reference"])["stage1"].train.schedule_epochs == 5
 
 

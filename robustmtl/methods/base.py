@@ -58,6 +58,11 @@ class Method:
     def epoch_indices(self, epoch: int, gen: torch.Generator) -> torch.Tensor:
         return torch.randperm(len(self.ctx.train), generator=gen)
 
+    def schedule_steps(self, steps_per_epoch: int, epochs: int) -> int:
+        """The learning-rate schedule's horizon in optimiser steps, given this run's steps per epoch and the epochs
+        its schedule spans (`schedule_epochs`, else the epochs it trains)."""
+        return steps_per_epoch * epochs
+
     def loss(self, model: Model, batch: dict[str, torch.Tensor], aux_batch: dict[str, torch.Tensor] | None) -> Terms:
         raise NotImplementedError
 

@@ -26,11 +26,14 @@ The loss is plain ERM. Neither stage reads training group labels.
 `jtt_schedule = "reference"` follows the reference's single E-epoch schedule instead: stage 1 keeps an
 E-epoch learning-rate horizon (`schedule_epochs`) and stops at T, so its error set comes from a model whose
 learning rate has not annealed, and stage 2 trains E − T − 1 epochs (`RunConfig.trained_epochs`), the
-epochs the reference has left after the one that finds the errors.
+epochs the reference has left after the one that finds the errors. Its learning-rate schedule starts afresh
+(warm-up included) but keeps the reference's horizon, E epochs of the plain training split's batches: the upsampled
+epochs are longer, so stage 2 ends before the learning rate anneals, as the reference's does.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -86,3 +89,11 @@ class JTT(ERM):
 
     def epoch_indices(self, epoch: int, gen: torch.Generator) -> torch.Tensor:
         return self.upsampled[torch.randperm(len(self.upsampled), generator=gen)]
+
+    def schedule_steps(self, steps_per_epoch: int, epochs: int) -> int:
+        if self.params.jtt_schedule != "reference":
+            return super().schedule_steps(steps_per_epoch, epochs)
+        # the reference starts a new schedule at stage 2 (warm-up included) whose horizon is still the one it set
+        # at the start: E epochs of the plain training split's batches, not of the upsampled set's
+        train = self.ctx.config.train
+        return math.ceil(len(self.ctx.train) / train.batch_size) * train.epochs

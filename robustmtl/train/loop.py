@@ -139,7 +139,7 @@ class Trainer:
                                           self.cfg.train.batch_size))
         self.epochs = self.cfg.trained_epochs
         self.total_steps = self.steps_per_epoch * self.epochs
-        horizon = self.steps_per_epoch * (self.cfg.train.schedule_epochs or self.epochs)
+        horizon = self.method.schedule_steps(self.steps_per_epoch, self.cfg.train.schedule_epochs or self.epochs)
         self.optimizer = make_optimizer(self.model, self.cfg, self.device)
         self.scheduler = make_scheduler(self.optimizer, self.cfg, horizon)
         self.stepper = Stepper(self.model, self.optimizer, self.scheduler, self.device, self.precision,
