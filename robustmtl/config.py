@@ -303,8 +303,14 @@ def build_config(method: str, dataset: str, seed: int, model: str | None, values
     if train.get("schedule_epochs") and train["schedule_epochs"] < train.get("epochs", TrainParams.epochs):
         raise UserError(f"{where}: schedule_epochs = {train['schedule_epochs']} is shorter than epochs = "
                         f"{train.get('epochs', TrainParams.epochs)}; the schedule must last the whole run")
-    return RunConfig(method=method, dataset=dataset, seed=seed, model=model,
-                     **{name: blocks[name](**sections[name]) for name in blocks})
+    built = {name: blocks[name](**sections[name]) for name in blocks}
+    method_params, model_params = built["method_params"], built["model_params"]
+    if (getattr(model_params, "aux_task", None) == "clm" and getattr(method_params, "reg_target", None) == "cls"
+            and hasattr(method_params, "alpha_aux") and model_params.bert_pool != "mean"):
+        raise UserError(f"{where}: with aux_task = \"clm\" the auxiliary forward's CLS position sees only itself, so "
+                        f"reg_target = \"cls\" would penalise one constant vector there; use reg_target = \"tokens\" "
+                        f"or \"tokens_ref\", or bert_pool = \"mean\"")
+    return RunConfig(method=method, dataset=dataset, seed=seed, model=model, **built)
 
 
 def check_local_paths(configs: Iterable[RunConfig], where: str) -> None:

@@ -34,15 +34,26 @@ No step waits for the GPU: the encoder gets its attention mask already expanded 
 (`attention_bias`), because given the 2-D mask transformers asks whether it has any padding (`mask.all()`,
 a read of the GPU) on every forward, to skip the mask when there is none.
 
-`encode_pair` runs the end-task batch and the (masked) auxiliary batch through the encoder as one
-batch, both padded to the longer width; the attention mask keeps every real token's output what it
-would be alone, and each half is cut back to its own width, so only dropout draws differ from two
-separate forwards.
+`aux_task = "clm"` swaps MLM for the reference's causal-LM ablation: the auxiliary forward reads the ids
+uncorrupted under a causal attention mask (each position attends to itself and earlier real tokens), and
+position t predicts token t + 1 through the same LM head, cross-entropy averaged over every position whose
+next token is real (padding and the last position predict nothing). The checkpoint itself stays an encoder
+(`is_decoder` off): the causal mask is passed 4-D, which transformers takes as given, and the layers' own
+`is_causal` flag is read only when no mask is passed, so this is transformers' `is_decoder=True` forward
+without its cache. The end-task forward (`encode`) stays bidirectional. Other attention implementations than
+sdpa and eager take a 2-D padding mask only, so they are refused for "clm".
+
+`encode_pair` runs the end-task batch and the auxiliary batch (masked, or as it is for "clm") through the
+encoder as one batch, both padded to the longer width; the attention mask, built per example (bidirectional
+rows for the end-task half, causal rows for a "clm" auxiliary half), keeps every real token's output what it
+would be alone, and each half is cut back to its own width, so only dropout draws differ from two separate
+forwards.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -121,18 +132,34 @@ def pool(tokens: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.
     return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
 
 
-def attention_bias(config: object, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def attention_bias(config: object, attention_mask: torch.Tensor, dtype: torch.dtype,
+                   causal_from: int | None = None) -> torch.Tensor:
     """The 2-D padding mask expanded as the encoder's attention would expand it, so that transformers takes it as
-    given. Built by transformers' own function with the no-padding shortcut off: that shortcut's `mask.all()`
-    reads the GPU. Implementations other than sdpa and eager get the 2-D mask unchanged (they expand it their
-    own way)."""
+    given. Built by transformers' own functions with the no-padding shortcuts off: that shortcut's `mask.all()`
+    reads the GPU. Rows from `causal_from` on (a causal-LM auxiliary batch) get transformers' causal mask, the
+    rows before it the bidirectional one. Implementations other than sdpa and eager get the 2-D mask unchanged
+    (they expand it their own way, and so cannot be given causal rows)."""
     if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+        if causal_from is not None:
+            raise UserError(f"aux_task = \"clm\" needs the sdpa or eager attention, not "
+                            f"{getattr(config, '_attn_implementation', None)!r}: only those take a causal 4-D mask")
         return attention_mask
-    from transformers.masking_utils import create_bidirectional_mask
+    from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 
-    shape_only = attention_mask.new_empty((*attention_mask.shape, 0), dtype=dtype)  # batch, length, dtype, device
-    return create_bidirectional_mask(config=config, inputs_embeds=shape_only, attention_mask=attention_mask,
-                                     allow_is_bidirectional_skip=False)
+    def expanded(mask: torch.Tensor, causal: bool) -> torch.Tensor:
+        shape_only = mask.new_empty((*mask.shape, 0), dtype=dtype)  # batch, length, dtype, device
+        if causal:
+            return create_causal_mask(config=config, inputs_embeds=shape_only, attention_mask=mask, cache=None,
+                                      allow_is_causal_skip=False)
+        return create_bidirectional_mask(config=config, inputs_embeds=shape_only, attention_mask=mask,
+                                         allow_is_bidirectional_skip=False)
+
+    if causal_from is None:
+        return expanded(attention_mask, causal=False)
+    if causal_from == 0:
+        return expanded(attention_mask, causal=True)
+    return torch.cat([expanded(attention_mask[:causal_from], causal=False),
+                      expanded(attention_mask[causal_from:], causal=True)])
 
 
 def selection_bound(positions: int, probability: float) -> int:
@@ -192,6 +219,7 @@ class Bert(Model):
             raise UserError(f"bert_max_length={p.bert_max_length} exceeds the {config.max_position_embeddings} "
                             f"positions of {p.bert_pretrained!r}")
         self.params = p
+        self.causal_aux = p.aux_task == "clm"
         self.source = resolve(p.bert_pretrained, key)
         classifier = nn.Linear(config.hidden_size, info.n_classes)
         nn.init.normal_(classifier.weight, std=getattr(config, "initializer_range", 0.02))
@@ -224,12 +252,13 @@ class Bert(Model):
         return tokenize_splits(splits, self.tokenizer, identity, self.params.bert_max_length, cache_dir)
 
     def _encoder(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """The last hidden state (the encoder's own forward, given its attention mask pre-expanded)."""
+                 token_type_ids: torch.Tensor | None = None, causal_from: int | None = None) -> torch.Tensor:
+        """The last hidden state (the encoder's own forward, given its attention mask pre-expanded; rows from
+        `causal_from` on attend causally)."""
         dtype = self.mlm.get_input_embeddings().weight.dtype  # the embeddings' output, what the mask is added to
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        return self.mlm.base_model(input_ids=input_ids, attention_mask=attention_bias(self.mlm.config, attention_mask,
-                                                                                      dtype), **extra).last_hidden_state
+        bias = attention_bias(self.mlm.config, attention_mask, dtype, causal_from)
+        return self.mlm.base_model(input_ids=input_ids, attention_mask=bias, **extra).last_hidden_state
 
     def _encode_ids(self, batch: dict[str, torch.Tensor], input_ids: torch.Tensor) -> Encoded:
         tokens = self._encoder(input_ids, batch["attention_mask"], batch.get("token_type_ids"))
@@ -269,21 +298,42 @@ class Bert(Model):
         loss = nn.functional.cross_entropy(logits.float(), targets, ignore_index=-100, reduction="sum")
         return AuxOutput(loss=loss / count.clamp(min=1), encoded=encoded)
 
-    def aux_loss(self, batch: dict[str, torch.Tensor]) -> AuxOutput:
-        """MLM on this batch: encode the corrupted ids once, vocabulary logits at selected positions only."""
+    def _clm_loss(self, encoded: Encoded, batch: dict[str, torch.Tensor]) -> AuxOutput:
+        """Next-token cross-entropy: position t's vocabulary logits against token t + 1, averaged over the positions
+        whose next token is real (padding and the last position are ignored)."""
+        targets = torch.where(batch["attention_mask"][:, 1:] == 1, batch["input_ids"][:, 1:], -100)
+        logits = getattr(self.mlm, self.head_name)(encoded.tokens[:, :-1])
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100,
+                                           reduction="sum")
+        return AuxOutput(loss=loss / (targets != -100).sum().clamp(min=1), encoded=encoded)
+
+    def _aux_input(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Callable[[Encoded], AuxOutput]]:
+        """The ids the auxiliary forward reads and the loss of its output: MLM's corrupted ids and its loss on the
+        selected positions, or the ids as they are and the next-token loss (a causal forward)."""
+        if self.causal_aux:
+            return batch["input_ids"], lambda encoded: self._clm_loss(encoded, batch)
         corrupted, selected = self._corrupt(batch)
-        return self._mlm_loss(self._encode_ids(batch, corrupted), batch["input_ids"], selected)
+        return corrupted, lambda encoded: self._mlm_loss(encoded, batch["input_ids"], selected)
+
+    def aux_loss(self, batch: dict[str, torch.Tensor]) -> AuxOutput:
+        """The auxiliary objective on this batch in one encoder forward (MLM: vocabulary logits at selected
+        positions only)."""
+        ids, loss = self._aux_input(batch)
+        tokens = self._encoder(ids, batch["attention_mask"], batch.get("token_type_ids"),
+                               causal_from=0 if self.causal_aux else None)
+        return loss(self._encoded(tokens, batch["attention_mask"]))
 
     def encode_pair(self, batch: dict[str, torch.Tensor],
                     aux_batch: dict[str, torch.Tensor]) -> tuple[Encoded, AuxOutput]:
-        """One encoder forward over [end batch; corrupted aux batch], padded to the wider of the two."""
-        corrupted, selected = self._corrupt(aux_batch)
-        n, end_width, aux_width = len(batch["input_ids"]), batch["input_ids"].shape[1], corrupted.shape[1]
+        """One encoder forward over [end batch; aux batch as the objective reads it], padded to the wider of the
+        two; a causal objective's rows alone attend causally."""
+        aux_ids, aux_loss = self._aux_input(aux_batch)
+        n, end_width, aux_width = len(batch["input_ids"]), batch["input_ids"].shape[1], aux_ids.shape[1]
         width = max(end_width, aux_width)
         pad_id = self.tokenizer.pad_token_id
-        halves = pad_to(batch, batch["input_ids"], width, pad_id), pad_to(aux_batch, corrupted, width, pad_id)
+        halves = pad_to(batch, batch["input_ids"], width, pad_id), pad_to(aux_batch, aux_ids, width, pad_id)
         inputs = {k: torch.cat([halves[0][k], halves[1][k]]) for k in halves[0]}
-        tokens = self._encoder(inputs["input_ids"], inputs["attention_mask"], inputs.get("token_type_ids"))
+        tokens = self._encoder(inputs["input_ids"], inputs["attention_mask"], inputs.get("token_type_ids"),
+                               causal_from=n if self.causal_aux else None)
         end, aux = tokens[:n, :end_width], tokens[n:, :aux_width]
-        return self._encoded(end, batch["attention_mask"]), self._mlm_loss(
-            self._encoded(aux, aux_batch["attention_mask"]), aux_batch["input_ids"], selected)
+        return self._encoded(end, batch["attention_mask"]), aux_loss(self._encoded(aux, aux_batch["attention_mask"]))

@@ -35,6 +35,9 @@ class BertParams:
     bert_pool: str = field(default="cls", metadata=added_later(one_of("cls", "mean", "pooler")))
     # the checkpoint's architecture and tokenizer with random weights: the "pre-training is necessary" ablation
     bert_from_scratch: bool = field(default=False, metadata=added_later())
+    # the auxiliary objective: masked LM, or the reference's ablation, a causal LM (next-token cross-entropy through
+    # the same head, the auxiliary forward causally masked; the end-task forward stays bidirectional)
+    aux_task: str = field(default="mlm", metadata=added_later(one_of("mlm", "clm")))
 
 
 @dataclass(frozen=True)
