@@ -71,17 +71,30 @@ class NewLayerParams:
 
 
 @dataclass(frozen=True)
-class ViTParams(NewLayerParams, ImageViewParams, MIMParams):
+class ImageAuxParams:
+    """The image encoders' auxiliary objective: SimMIM (`MIMParams`), or SimCLR for the reference's ablation
+    (`models/simclr.py`): "simclr" contrasts two views of each auxiliary image, "simclr_ref" pairs the
+    reference's way (a detached end-task CLS with a view of another image)."""
+
+    aux_task: str = field(default="mim", metadata=added_later(one_of("mim", "simclr", "simclr_ref")))
+    simclr_temperature: float = field(default=1.0, metadata=added_later(positive()))
+
+
+@dataclass(frozen=True)
+class ViTParams(ImageAuxParams, NewLayerParams, ImageViewParams, MIMParams):
     vit_pretrained: str = field(default="", metadata=local_path("dir"))
     vit_image_size: int = field(default=0, metadata=at_least(0))
     vit_patch_size: int = field(default=4, metadata=positive())
     vit_hidden_dim: int = field(default=128, metadata=positive())
     vit_depth: int = field(default=4, metadata=positive())
     vit_heads: int = field(default=4, metadata=positive())
+    # the checkpoint's architecture and image normalisation with random weights: the "pre-training is necessary"
+    # ablation
+    vit_from_scratch: bool = field(default=False, metadata=added_later())
 
 
 @dataclass(frozen=True)
-class TimmViTParams(NewLayerParams, ImageViewParams, MIMParams):
+class TimmViTParams(ImageAuxParams, NewLayerParams, ImageViewParams, MIMParams):
     timm_name: str = "vit_base_patch16_224"
     timm_weights: str = field(default="", metadata=local_path("file"))
     timm_image_size: int = field(default=0, metadata=at_least(0))

@@ -12,6 +12,7 @@ initialisation. Nothing is fetched from a hub.
 `h` is the last layer's class token after the final norm; SimMIM is the same as the `vit` model's
 (`models/vit.py`): the embeddings of masked patches are replaced by a learned mask token before the
 position embeddings are added, and a 1×1-conv + pixel-shuffle decoder reconstructs the masked pixels.
+`aux_task = "simclr"` / `"simclr_ref"` swaps SimMIM for SimCLR here too (inherited; `models/simclr.py`).
 """
 
 from __future__ import annotations

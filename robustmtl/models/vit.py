@@ -33,6 +33,15 @@ not state a run's checkpoint should carry). SimMIM's target is that same normali
 
 `encode_pair` runs the end-task images and the masked auxiliary images as one batch: the end-task
 half gets an all-False patch mask, which leaves its embeddings exactly as without one.
+
+`aux_task = "simclr"` (or the reference's pairing, `"simclr_ref"`) swaps SimMIM for SimCLR
+(`models/simclr.py`): a projection head takes the decoder's place (initialised by `head_init` likewise),
+the auxiliary images are augmented views, unmasked, and the loss is NT-Xent on the views' CLS embeddings;
+`h` and the classifier are the same. `encode_pair` still runs [end images; views] as one batch.
+
+`vit_from_scratch = true` builds `vit_pretrained`'s architecture (its config) with random weights drawn
+from the run's seeded RNG, keeping its image size and normalisation: the image counterpart of
+`bert_from_scratch`.
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -51,6 +60,7 @@ from robustmtl.errors import UserError
 from robustmtl.models.base import AuxOutput, Encoded, Model
 from robustmtl.models.hub import load, resolve
 from robustmtl.models.params import ViTParams
+from robustmtl.models.simclr import contrastive_loss, projection_head, views
 
 SCRATCH_SIZE = 32
 CHANNELS = 3
@@ -101,7 +111,13 @@ def init_as_transformers(layer: nn.Linear | nn.Conv2d) -> None:
         nn.init.zeros_(layer.bias)
 
 
+def split_at(both: Encoded, n: int) -> tuple[Encoded, Encoded]:
+    """The encoding of one batch of [end-task images; auxiliary images] as its two halves."""
+    return Encoded(h=both.h[:n], tokens=both.tokens[:n]), Encoded(h=both.h[n:], tokens=both.tokens[n:])
+
+
 class ViT(Model):
+    vit: Any  # transformers' ViTModel (timm's VisionTransformer in TimmViT)
     pixel_mean: torch.Tensor
     pixel_std: torch.Tensor
 
@@ -109,8 +125,17 @@ class ViT(Model):
         super().__init__()
         from transformers import ViTConfig, ViTModel
 
+        if p.vit_from_scratch and not p.vit_pretrained:
+            raise UserError("vit_from_scratch = true builds the architecture vit_pretrained names, and it is empty: "
+                            "name a checkpoint, or leave vit_from_scratch unset for the small ViT vit_hidden_dim, "
+                            "vit_depth and vit_heads describe")
         if p.vit_pretrained:
-            self.vit = load(ViTModel, p.vit_pretrained, "vit_pretrained", add_pooling_layer=False, use_mask_token=True)
+            if p.vit_from_scratch:  # random weights drawn from the run's seeded RNG, as every new layer's are
+                self.vit = ViTModel(load(ViTConfig, p.vit_pretrained, "vit_pretrained"), add_pooling_layer=False,
+                                    use_mask_token=True)
+            else:
+                self.vit = load(ViTModel, p.vit_pretrained, "vit_pretrained", add_pooling_layer=False,
+                                use_mask_token=True)
             self.mean, self.std = normalisation(resolve(p.vit_pretrained, "vit_pretrained"))
             size = p.vit_image_size or self.vit.config.image_size
         else:
@@ -129,7 +154,8 @@ class ViT(Model):
 
     def _add_shared_parts(self, dim: int, patch: int, size: int, p: Any, info: DataInfo) -> None:
         """What every ViT encoder here shares: the input normalisation (`self.mean`, `self.std` set first), the
-        patch grid, SimMIM's mask settings and decoder, the classifier."""
+        patch grid, the auxiliary task's settings and new layer (SimMIM's decoder or SimCLR's projection head),
+        the classifier."""
         # non-persistent: they move with the model to its device but stay out of state_dict, so checkpoints
         # and pre-trained encoders keep their keys
         for name, values in (("pixel_mean", self.mean), ("pixel_std", self.std)):
@@ -139,11 +165,17 @@ class ViT(Model):
         self.patch, self.size, self.grid = patch, size, size // patch
         self.mask_ratio, self.mask_scale, self.mim_loss = p.mim_mask_ratio, p.mim_mask_scale, p.mim_loss
         self.views = (p.image_resize, p.image_train_crop, p.image_crop_scale_min)
-        projection = nn.Conv2d(dim, patch**2 * CHANNELS, kernel_size=1)
-        self.decoder = nn.Sequential(projection, nn.PixelShuffle(patch))
+        self.aux_task, self.temperature = p.aux_task, p.simclr_temperature
+        new_layer: nn.Linear | nn.Conv2d
+        if self.aux_task == "mim":
+            new_layer = nn.Conv2d(dim, patch**2 * CHANNELS, kernel_size=1)
+            self.decoder = nn.Sequential(new_layer, nn.PixelShuffle(patch))
+        else:
+            self.projection = projection_head(dim)
+            new_layer = cast(nn.Linear, self.projection[0])
         self.head = nn.Linear(dim, info.n_classes)
         if p.head_init == "trunc_normal":
-            init_as_transformers(projection)
+            init_as_transformers(new_layer)
             init_as_transformers(self.head)
 
     @classmethod
@@ -167,8 +199,16 @@ class ViT(Model):
 
     def pixels(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The model's input from the batch's uint8 pixels, computed where they are (the model's device):
-        [0, 1] floats, resized to this model's size where the source served another (antialiased bilinear),
-        then (x - mean) / std. The one place images are normalised; the classifier and SimMIM read its result."""
+        `unit_pixels`, then (x - mean) / std. The classifier and SimMIM read its result."""
+        return self.normalise(self.unit_pixels(batch))
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """(x - mean) / std of [0, 1] images: the one place images are normalised (SimCLR's views come through)."""
+        return (x - self.pixel_mean) / self.pixel_std
+
+    def unit_pixels(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The batch's uint8 pixels as [0, 1] floats at this model's size (antialiased bilinear where the source
+        served another)."""
         raw = batch["pixel_values"]
         if raw.dtype != torch.uint8:
             raise TypeError(f"pixel_values must be uint8 images as an ImageSplit serves them, got {raw.dtype}")
@@ -176,7 +216,7 @@ class ViT(Model):
         if x.shape[-2:] != (self.size, self.size):
             x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True,
                                           align_corners=False)
-        return (x - self.pixel_mean) / self.pixel_std
+        return x
 
     def encode(self, batch: dict[str, torch.Tensor]) -> Encoded:
         return self._encode(self.pixels(batch), None)
@@ -198,16 +238,33 @@ class ViT(Model):
         return simmim_mask(len(pixels), self.grid, self.mask_scale, self.mask_ratio, pixels.device)
 
     def aux_loss(self, batch: dict[str, torch.Tensor]) -> AuxOutput:
+        if self.aux_task == "simclr_ref":
+            raise UserError("aux_task = \"simclr_ref\" pairs each end-task image with an auxiliary view, and this "
+                            "method has no end-task batch (pre-training): use aux_task = \"simclr\"")
+        if self.aux_task != "mim":
+            encoded = self._encode(self.normalise(views(self.unit_pixels(batch), self.aux_task)), None)
+            return self._contrast(encoded, None)
         pixels = self.pixels(batch)
         return self.reconstruct(pixels, self._draw_mask(pixels))
 
+    def _contrast(self, aux: Encoded, end: Encoded | None) -> AuxOutput:
+        """SimCLR's loss of the auxiliary views' encoding (`models/simclr.py`)."""
+        loss = contrastive_loss(self.projection, aux.h, None if end is None else end.h, self.aux_task,
+                                self.temperature)
+        return AuxOutput(loss=loss, encoded=aux)
+
     def encode_pair(self, batch: dict[str, torch.Tensor],
                     aux_batch: dict[str, torch.Tensor]) -> tuple[Encoded, AuxOutput]:
-        """One forward over [end images; aux images]; only the auxiliary half's patches are masked."""
+        """One forward over [end images; aux images]; only the auxiliary half's patches are masked (SimMIM), or
+        the auxiliary half is its SimCLR views, unmasked."""
+        n = len(batch["pixel_values"])
+        if self.aux_task != "mim":
+            aux_views = self.normalise(views(self.unit_pixels(aux_batch), self.aux_task))
+            end, aux = split_at(self._encode(torch.cat([self.pixels(batch), aux_views]), None), n)
+            return end, self._contrast(aux, end)
         end_pixels, aux_pixels = self.pixels(batch), self.pixels(aux_batch)
         mask = self._draw_mask(aux_pixels)
         unmasked = torch.zeros(len(end_pixels), mask.shape[1] * mask.shape[2], dtype=torch.bool, device=mask.device)
         both = self._encode(torch.cat([end_pixels, aux_pixels]), torch.cat([unmasked, mask.flatten(1)]))
-        n = len(end_pixels)
-        end = Encoded(h=both.h[:n], tokens=both.tokens[:n])
-        return end, self._simmim(Encoded(h=both.h[n:], tokens=both.tokens[n:]), aux_pixels, mask)
+        end, aux = split_at(both, n)
+        return end, self._simmim(aux, aux_pixels, mask)
