@@ -53,7 +53,7 @@ steps=(
   "gpu|20|gpu_info"
   # The CUDA-only tests (marker gpu): the step never waits for the GPU (sync debug mode), precision under autocast
   # and the GradScaler, TF32, fused AdamW, peak memory and gpu_hours in the records, a local grid on the GPU.
-  "gpu_tests|160|$PY -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py"
+  "gpu_tests|160|$PY -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py tests/test_aux_simclr.py"
   "bert_base|120|${bench[*]} --model bert --length 256 --tokenizer $tokenizer"
   "cuda_runs|100|cuda_runs"
 )
