@@ -187,7 +187,8 @@ def plot(
     grid_dirs: Annotated[list[Path], typer.Argument(help="One or more grid directories.")],
     out: Annotated[Path | None, typer.Option(help="Folder for the figures (default: GRID_DIR-figures beside the "
                                                   "first grid).")] = None,
-    method: Annotated[str, typer.Option(help="Method whose alpha_aux x alpha_reg sweep to map.")] = "mtl_l1",
+    method: Annotated[str, typer.Option(help="Method whose alpha_aux x alpha_reg sweep to map; with three or more "
+                                             "--by keys, the method whose condition sweep to draw.")] = "mtl_l1",
     select: SelectOpt = "worst-val",
     include_running: IncludeRunningOpt = False,
     ci: CiOpt = "t",
@@ -219,7 +220,7 @@ def plot(
     if by:
         from robustmtl.cli_conditions import plot_by
 
-        return plot_by(grid_dirs, by, out, select, include_running, curves, raw_names, console, err_console)
+        return plot_by(grid_dirs, by, out, method, select, include_running, curves, raw_names, console, err_console)
     from robustmtl.aggregate.names import display_names
     from robustmtl.aggregate.plot import SelectOptions, plot_curves, plot_grids
 

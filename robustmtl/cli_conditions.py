@@ -62,10 +62,11 @@ def aggregate_by(grid_dirs: Sequence[Path], by: Sequence[str], select: str, base
     console.print(f"wrote {escape(str(output))}", highlight=False, soft_wrap=True)
 
 
-def plot_by(grid_dirs: Sequence[Path], by: Sequence[str], out: Path, select: str, include_running: bool,
-            curves: bool, raw_names: bool, console: Console, err_console: Console) -> None:
+def plot_by(grid_dirs: Sequence[Path], by: Sequence[str], out: Path, method: str, select: str,
+            include_running: bool, curves: bool, raw_names: bool, console: Console, err_console: Console) -> None:
     from robustmtl.aggregate.conditions import condition_table
     from robustmtl.aggregate.conditions_plot import condition_figures
+    from robustmtl.aggregate.conditions_sweep import MIN_KEYS, sweep_figure
     from robustmtl.aggregate.names import display_names
 
     if curves:
@@ -78,5 +79,10 @@ def plot_by(grid_dirs: Sequence[Path], by: Sequence[str], out: Path, select: str
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     for note in table.notes:
         err_console.print(f"[yellow]no Δ:[/] {escape(note)}", highlight=False, soft_wrap=True)
-    for path in condition_figures(table, out, names):
+    if len(by) < MIN_KEYS:
+        paths = condition_figures(table, out, names)
+    elif not (paths := sweep_figure(table, out, method, names)):
+        raise UserError(f"no figure: with {len(by)} --by keys plot draws one method's sweep (--method), and "
+                        f"{method!r} has no run with {by[0]} set")
+    for path in paths:
         console.print(f"wrote {escape(str(path))}", highlight=False, soft_wrap=True)

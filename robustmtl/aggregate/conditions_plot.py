@@ -32,7 +32,7 @@ LINESTYLES = ("-", "--", "-.", ":")
 DODGE = 0.03  # per method: x times 1 ± DODGE on a log axis, ± DODGE of the x range on a linear one
 
 
-def _log_x(values: pd.Series) -> bool:
+def log_x(values: pd.Series) -> bool:
     positive = values[values > 0]
     return len(positive) == len(values) and positive.max() / positive.min() >= 4
 
@@ -49,16 +49,16 @@ def method_styles(table: ConditionTable) -> dict[str, dict[str, Any]]:
                 "linestyle": LINESTYLES[i % len(LINESTYLES)]} for i, m in enumerate(methods)}
 
 
-def _dodged(x: pd.Series, i: int, count: int, log: bool) -> pd.Series:
+def dodged(x: pd.Series, i: int, count: int, log: bool) -> pd.Series:
     """Method i of count shifted a little sideways, so markers and bars at one x do not hide each other."""
     offset = i - (count - 1) / 2
     return x * (1 + DODGE * offset) if log else x + DODGE * offset * (x.max() - x.min() or 1)
 
 
-def _condition_axis(ax: Any, x_key: str, cells: pd.DataFrame) -> None:
+def condition_axis(ax: Any, x_key: str, cells: pd.DataFrame) -> None:
     """Ticks at the condition's values, printed as the tables print them; log scale for a wide positive range."""
     x = cells[x_key].astype(float)
-    if _log_x(x):
+    if log_x(x):
         ax.set_xscale("log", base=2)
     tick_at_values(ax, list(cells[x_key]), condition_text)
     ax.set_xlabel(x_key)
@@ -75,15 +75,15 @@ def gain_figure(table: ConditionTable, out: Path, names: DisplayNames = REGISTRY
     shown: list[float] = [0.0]
     for ax, (title, cells) in zip(axes[0], panels, strict=True):
         methods = _methods(cells, table.baseline)
-        log = _log_x(cells[x_key].astype(float))
+        log = log_x(cells[x_key].astype(float))
         for i, method in enumerate(methods):
             rows = cells[cells["method"] == method].sort_values(x_key)
             y, lo, hi = (rows[stat_column("worst_group_acc", stat)] for stat in ("diff", "diff_lo", "diff_hi"))
-            ax.errorbar(_dodged(rows[x_key].astype(float), i, len(methods), log), y, yerr=[y - lo, hi - y], capsize=3,
+            ax.errorbar(dodged(rows[x_key].astype(float), i, len(methods), log), y, yerr=[y - lo, hi - y], capsize=3,
                         alpha=0.85, label=names.method(method), **styles[method])
             shown += [*lo, *hi]
         ax.axhline(0, color="grey", lw=0.8)
-        _condition_axis(ax, x_key, cells)
+        condition_axis(ax, x_key, cells)
         if x_key == "spurious_variance_ratio":
             ax.axvline(1, color="grey", ls=":", lw=0.8)
         ax.set_title(title)
@@ -108,7 +108,7 @@ def mechanism_figure(table: ConditionTable, out: Path, names: DisplayNames = REG
                              squeeze=False, layout="constrained")  # two-line titles fit between rows
     for r, (title, cells) in enumerate(panels):
         methods = _methods(cells, None)
-        log = _log_x(cells[x_key].astype(float))
+        log = log_x(cells[x_key].astype(float))
         for c, f in enumerate(fields):
             ax = axes[r][c]
             accuracy = unit_of(f) is ACCURACY
@@ -122,12 +122,12 @@ def mechanism_figure(table: ConditionTable, out: Path, names: DisplayNames = REG
                            (clip_accuracy(mean + hw) - mean).clip(lower=0)]
                 else:
                     err = [hw, hw]
-                ax.errorbar(_dodged(rows[x_key].astype(float), i, len(methods), log), mean, yerr=err, capsize=2,
+                ax.errorbar(dodged(rows[x_key].astype(float), i, len(methods), log), mean, yerr=err, capsize=2,
                             alpha=0.85, label=names.method(method), clip_on=not accuracy, **styles[method])
             if accuracy:
                 set_accuracy_limits(ax, "y", pd.concat([cells[mean_col] - cells[hw_col].fillna(0),
                                                         cells[mean_col] + cells[hw_col].fillna(0)]))
-            _condition_axis(ax, x_key, cells)
+            condition_axis(ax, x_key, cells)
             ax.set_title(f"{MECHANISM_LABELS.get(f, f)}" + (f"\n{title}" if title else ""), fontsize=9)
     axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5))
     return save_figure(plt, fig, out / f"mechanism_by_{x_key}", FORMATS)
