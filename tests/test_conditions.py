@@ -254,20 +254,26 @@ def overlapping_texts(fig) -> list[tuple[str, str]]:
             and title.get_window_extent(renderer).overlaps(other.get_window_extent(renderer))]
 
 
-@pytest.mark.parametrize("figure", ["gain", "mechanism"])
-def test_condition_figures_print_no_title_over_another_panels_labels(tmp_path: Path, monkeypatch, figure: str):
+@pytest.fixture
+def overlaps(monkeypatch) -> dict[str, list[tuple[str, str]]]:
+    """Each saved figure's overlapping_texts, by file name, measured as it is written."""
     from matplotlib.figure import Figure
 
-    from robustmtl.aggregate import conditions_plot
-
-    overlaps: dict[str, list[tuple[str, str]]] = {}
+    found: dict[str, list[tuple[str, str]]] = {}
     save = Figure.savefig
 
     def savefig(fig, path, *args, **kwargs):
-        overlaps[Path(path).name] = overlapping_texts(fig)
+        found[Path(path).name] = overlapping_texts(fig)
         return save(fig, path, *args, **kwargs)
 
     monkeypatch.setattr(Figure, "savefig", savefig)
+    return found
+
+
+@pytest.mark.parametrize("figure", ["gain", "mechanism"])
+def test_condition_figures_print_no_title_over_another_panels_labels(tmp_path: Path, overlaps, figure: str):
+    from robustmtl.aggregate import conditions_plot
+
     draw = {"gain": conditions_plot.gain_figure, "mechanism": conditions_plot.mechanism_figure}[figure]
     paths = draw(regimes_table(), tmp_path)
     assert sorted(overlaps) == sorted(p.name for p in paths) and len(paths) == 2

@@ -3,8 +3,6 @@ per value of C, a line per combination of the keys between, a row per quantity; 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,7 +10,7 @@ import pytest
 from robustmtl.aggregate.conditions import ConditionTable
 from robustmtl.aggregate.units import stat_column
 from tests.test_aggregate_figure_axes import assert_accuracy_limits, drawn  # noqa: F401 (a fixture)
-from tests.test_conditions import overlapping_texts
+from tests.test_conditions import overlaps  # noqa: F401 (a fixture)
 
 ALPHAS = (0.0498, 0.3679, 2.7183)
 BY = ["alpha_reg", "h_dim", "h_norm", "spurious_variance_ratio"]
@@ -88,18 +86,8 @@ def test_the_gain_row_is_the_tables_paired_difference(tmp_path, drawn, method): 
                                expected["worst_group_acc_diff_pp"].to_numpy(dtype=float))
 
 
-def test_no_title_or_label_lands_on_another(tmp_path, monkeypatch):
-    from matplotlib.figure import Figure
-
+def test_no_title_or_label_lands_on_another(tmp_path, overlaps):  # noqa: F811
     from robustmtl.aggregate.conditions_sweep import sweep_figure
 
-    overlaps: dict[str, list[tuple[str, str]]] = {}
-    save = Figure.savefig
-
-    def savefig(fig, path, *args, **kwargs):
-        overlaps[Path(path).name] = overlapping_texts(fig)
-        return save(fig, path, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", savefig)
     paths = sweep_figure(capacity_table(), tmp_path, "mtl_l1")
     assert overlaps == {p.name: [] for p in paths} and len(paths) == 2
