@@ -16,6 +16,7 @@ from rich.table import Table
 
 from robustmtl.cli_common import App, console, err_console, execution_options, option_for, parse_sets, user_errors
 from robustmtl.cli_data import data_app
+from robustmtl.cli_eval import eval_command
 from robustmtl.cli_grid import grid_app
 from robustmtl.config import Execution
 from robustmtl.errors import UserError
@@ -25,6 +26,7 @@ app = App(help="Group-robustness fine-tuning experiments, from grid files to wor
           no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False)
 app.add_typer(grid_app, name="grid")
 app.add_typer(data_app, name="data")
+app.command("eval")(eval_command)
 
 # The selection options `aggregate` and `plot` share, so a figure can always match a table.
 SelectOpt = Annotated[str, typer.Option(help="worst-val | avg-val | worst-class | few-groups | oracle")]

@@ -93,6 +93,8 @@ class Execution:
     image_cache: bool = field(default=True, metadata={
         "help": "Decode image files once into a cache at the model's size ($ROBUSTMTL_CACHE), not every epoch."})
     keep_checkpoint: bool = field(default=False, metadata={"help": "Keep the final checkpoint after the run is done."})
+    keep_model: bool = field(default=False, metadata={
+        "help": "Keep the run's final weights, head included (encoder.pt, head.pt), for `robustmtl eval`."})
     precision: str = field(default="auto", metadata={**one_of("auto", "fp32", "bf16", "fp16"),
                                                      "help": "auto (bf16 on CUDA, fp16 on older GPUs, fp32 on CPU) | "
                                                              "fp32 | bf16 | fp16"})
@@ -104,8 +106,8 @@ class RunOptions(Execution):
     """How and where a run executes: never part of its identity."""
 
     data_root: str | None = None
-    # save the final encoder weights (encoder.pt): a run another run retrains on (DFR's base) is told so when
-    # it is planned, so no other run pays for the file
+    # save the final weights (encoder.pt, and the tiny head.pt): a run another run retrains on (DFR's or AFR's
+    # base) is told so when it is planned, so no other run pays for the files
     keep_encoder: bool = False
 
     def __post_init__(self) -> None:

@@ -15,7 +15,10 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from robustmtl.config import RunConfig
 
 Key = tuple[int, int, str]
 Listener = Callable[[dict[str, Any]], None]
@@ -33,6 +36,19 @@ def listening(path: Path, listener: Listener) -> Iterator[None]:
         _listeners[key].remove(listener)
         if not _listeners[key]:
             del _listeners[key]
+
+
+def run_record(cfg: RunConfig, *, uses_train_groups: bool, report: bool, epoch: int, step: int,
+               time_s: float) -> dict[str, Any]:
+    """The fields every record of a run carries before its split and metrics: who it is (the aggregator reads
+    these once per run), where in training it was taken, and the code that computed it."""
+    from robustmtl.provenance import code_version
+
+    return {
+        "run_id": cfg.run_id, "setting_id": cfg.setting_id, "method": cfg.method, "dataset": cfg.dataset,
+        "model": cfg.model, "seed": cfg.seed, "hparams": cfg.hparams(), "uses_train_groups": uses_train_groups,
+        "report": report, "epoch": epoch, "step": step, "time_s": round(time_s, 3), "code": code_version(),
+    }
 
 
 class MetricsWriter:

@@ -108,7 +108,8 @@ METHODS: dict[str, MethodPlugin] = {
     "mtl": _method("mtl:MTL", "MTLParams", display="MTL"),
     "mtl_l1": _method("mtl:MTLL1", "MTLL1Params", display="MTL+ℓ1"),
     "ldro": _method("ldro:LookaheadDRO", "LDROParams", display="L-DRO"),
-    "dfr": _method("dfr:DFR", "DFRParams", requires="dfr_base", display="DFR", reads_encoders=("base",)),
+    "dfr": _method("dfr:DFR", "DFRParams", requires="retrained_base", display="DFR", reads_encoders=("base",)),
+    "afr": _method("afr:AFR", "AFRParams", requires="retrained_base", display="AFR", reads_encoders=("base",)),
     "pretrain": _method("pretrain:Pretrain", display="Pre-training"),
 }
 

@@ -6,7 +6,7 @@
   `pretrain_*` settings, with `pretrain_seed` as its seed), so every run that shares them (all seeds,
   learning rates, methods of a sweep) shares one pre-training run, like one public checkpoint.
 - the method's own requirements, named by its registry entry (`requires=`, a rule below: JTT's stage 1),
-  which inherit the training parameters and so require the same pre-training run (DFR's base run too).
+  which inherit the training parameters and so require the same pre-training run (DFR's and AFR's base runs too).
 
 Torch-free: a grid plans 100,000 runs without importing a model.
 """
@@ -78,12 +78,13 @@ def jtt_stage1(config: RunConfig) -> dict[str, RunConfig]:
     return {"stage1": stage1}
 
 
-def dfr_base(config: RunConfig) -> dict[str, RunConfig]:
-    """DFR's base run: method `dfr_base` with every training, data and model parameter the same and the base
-    method's own parameters carried by DFR's block, so it is the grid's own cell of that method."""
+def retrained_base(config: RunConfig) -> dict[str, RunConfig]:
+    """The base run of a method that retrains its last layer (DFR, AFR; `methods/dfr.py:OnABase`): the base
+    method with every training, data and model parameter the same and the base method's own parameters carried
+    by the retraining method's block, so it is the grid's own cell of that method."""
     d = config.to_dict()
     params = config.method_params
     values = {**d["train"], **d["data_params"], **d["model_params"], **params.base_values()}
-    base = build_config(params.dfr_base, config.dataset, config.seed, config.model, values, strict=False,
-                        where=f"dfr base run of {config.run_id}")
+    base = build_config(params.base_method, config.dataset, config.seed, config.model, values, strict=False,
+                        where=f"{config.method} base run of {config.run_id}")
     return {"base": base}

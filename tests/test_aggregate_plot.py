@@ -106,7 +106,7 @@ def test_unfinished_runs_of_the_method_are_a_note_pointing_to_include_running(cl
 
 @pytest.mark.parametrize(("method", "expected"), [
     ("mtl_l", "unknown method 'mtl_l' (did you mean 'mtl_l1'?)"),
-    ("nosuch", "unknown method 'nosuch'; known methods: dfr, erm,"),
+    ("nosuch", "unknown method 'nosuch'; known methods: afr, dfr, erm,"),
 ])
 def test_unknown_method_is_one_line_before_any_figure(cli, grid, tmp_path, method, expected):
     assert expected in one_line_error(cli("plot", grid, "--out", tmp_path / "figs", "--method", method, ok=False))

@@ -13,7 +13,7 @@ from robustmtl.grid.expand import expand
 from robustmtl.grid.spec import load_spec
 from robustmtl.layout import PRETRAINED_ENCODER, RunDir
 from robustmtl.methods.dfr import C_GRID, balanced_subset, stratified_halves
-from robustmtl.requirements import dfr_base, encoder_keepers, required_runs, with_transitive
+from robustmtl.requirements import encoder_keepers, required_runs, retrained_base, with_transitive
 from robustmtl.rundir import prepare_run
 from robustmtl.train.loop import train_run
 from tests.conftest import TINY, read_records, tiny_grid, write_spec
@@ -97,7 +97,7 @@ def run_dfr(tmp_path, **extra):
 
 def test_dfr_end_to_end_records_and_summary(tmp_path):
     cfg, rd, summary = run_dfr(tmp_path, dfr_subsets=3)
-    base = RunDir(tmp_path / dfr_base(cfg)["base"].run_id)
+    base = RunDir(tmp_path / retrained_base(cfg)["base"].run_id)
     assert base.artifact(PRETRAINED_ENCODER).exists() and not rd.artifact(PRETRAINED_ENCODER).exists()
     records = read_records(rd.metrics)
     assert [r["split"] for r in records] == ["val", "test"] and all(r["method"] == "dfr" for r in records)

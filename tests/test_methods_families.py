@@ -24,7 +24,7 @@ REPORTED = sorted(m for m in METHODS if m != "jtt_stage1")
 OWN_TERMS = {"mtl": {"aux"}, "mtl_l1": {"aux", "reg"}, "l1": {"reg"}, "gdro": {"robust"}, "ldro": {"robust"},
              "pretrain": {"aux"}}
 NO_END_TASK = {"pretrain"}  # trains the auxiliary objective alone
-TRAINS_NOTHING = {"dfr"}  # fits a last layer on validation features: no training split, no loss terms
+TRAINS_NOTHING = {"dfr", "afr"}  # fit a last layer on validation features: no training split, no loss terms
 
 
 @pytest.mark.slow

@@ -50,6 +50,8 @@ class Method:
     # them to fine-tuning); other runs save them only when a run that needs them says so (RunOptions.keep_encoder)
     leaves_encoder: ClassVar[bool] = False
     trains: ClassVar[bool] = True  # False: no network training, the loop goes straight to `after_training` (DFR)
+    # the loop also loads the final head of the runs its registry entry `reads_encoders` from (AFR starts there)
+    reads_head: ClassVar[bool] = False
 
     def __init__(self, params: Any, ctx: MethodContext) -> None:
         self.params = params

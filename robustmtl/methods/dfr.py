@@ -6,6 +6,8 @@ this run's training, data and model parameters (`dfr_base` in `requirements.py`)
 that method with the same parameters is the very same run, trained once. Planning tells that run to keep its
 final encoder weights (`encoder.pt`; `registry` `reads_encoders`, `RunOptions.keep_encoder`), which is what
 this run loads; it trains no network weight itself (`trains = False`: the loop goes straight to `after_training`).
+The pieces a last-layer method shares (its parameter block's base, `OnABase`; the frozen features, the records,
+`LastLayer`) are defined here; AFR (`afr.py`) is the other such method.
 
 It then, with the network frozen and in eval mode:
 1. extracts the representation `h` (`model.encode`) of every validation and test example;
@@ -44,28 +46,32 @@ if TYPE_CHECKING:
 
 # The authors' regularisation grid (their C_OPTIONS), largest first: on a tie the first (weakest penalty) wins.
 C_GRID = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
-# Runs that cannot be a base: helper runs leave no reported model, and DFR on DFR has nothing to retrain.
-NOT_A_BASE = ("dfr", "pretrain", "jtt_stage1")
+# Runs that cannot be a base: helper runs leave no reported model, and a retrained last layer lives outside the
+# network (DFR, AFR): there is nothing to retrain.
+NOT_A_BASE = ("dfr", "afr", "pretrain", "jtt_stage1")
 FEATURE_BATCH = 512
 
 
-@dataclass(frozen=True)
-class DFRParams(MTLL1Params):
-    """DFR's own settings, and the base run's method parameters (those of `l1`, `mtl`, `mtl_l1`), so that a
-    grid's `alpha_aux` etc. reach the base run; a base without a parameter has it reset to its default,
-    so it never splits run ids."""
+class OnABase:
+    """The parameter block of a method that retrains the last layer of a finished run, its base (DFR, AFR): the
+    base's method, in the field `base_key` names, and the base method's own parameters (those of `l1`, `mtl`,
+    `mtl_l1`), so that a grid's `alpha_aux` etc. reach the base run; a base without a parameter has it reset
+    to its default, so it never splits run ids. Its runs require the base (`requirements.retrained_base`)."""
 
-    dfr_base: str = "erm"
-    dfr_subsets: int = field(default=20, metadata=positive())
-    dfr_tune_subsets: int = field(default=1, metadata=positive())
+    base_key: ClassVar[str]
+
+    @property
+    def base_method(self) -> str:
+        return str(getattr(self, self.base_key))
 
     def __post_init__(self) -> None:
         from robustmtl.registry import METHODS, method_plugin
 
-        if self.dfr_base in NOT_A_BASE or self.dfr_base not in METHODS:
+        if self.base_method in NOT_A_BASE or self.base_method not in METHODS:
             choices = ", ".join(m for m in METHODS if m not in NOT_A_BASE)
-            raise UserError(f"dfr_base {self.dfr_base!r} is not a method DFR can retrain on; one of {choices}")
-        kept = {f.name for f in fields(method_plugin(self.dfr_base).params)}
+            raise UserError(f"{self.base_key} {self.base_method!r} is not a method whose last layer can be "
+                            f"retrained; one of {choices}")
+        kept = {f.name for f in fields(method_plugin(self.base_method).params)}
         for f in fields(MTLL1Params):
             if f.name not in kept:
                 object.__setattr__(self, f.name, f.default)
@@ -73,6 +79,16 @@ class DFRParams(MTLL1Params):
     def base_values(self) -> dict[str, Any]:
         """The base run's method parameters."""
         return {f.name: getattr(self, f.name) for f in fields(MTLL1Params)}
+
+
+@dataclass(frozen=True)
+class DFRParams(OnABase, MTLL1Params):
+    """DFR's own settings, and the base run's method parameters (`OnABase`)."""
+
+    base_key = "dfr_base"  # a class attribute, not a field
+    dfr_base: str = "erm"
+    dfr_subsets: int = field(default=20, metadata=positive())
+    dfr_tune_subsets: int = field(default=1, metadata=positive())
 
 
 def stratified_halves(groups: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -123,12 +139,8 @@ def l1_logistic(x: np.ndarray, t: np.ndarray, c: float, iters: int = 2000,
     t in {0, 1}; the intercept unpenalised), by accelerated proximal gradient (FISTA) on it divided by C*n."""
     n, d = x.shape
     lam = 1.0 / (c * n)
-    xb = np.concatenate([x, np.ones((n, 1))], axis=1).astype(np.float64)
-    v = np.random.default_rng(0).standard_normal(d + 1)
-    for _ in range(30):  # power iteration: the largest singular value, for a safe step size
-        v = xb.T @ (xb @ v)
-        v /= np.linalg.norm(v)
-    step = 1.0 / (1.05 * np.linalg.norm(xb @ v) ** 2 / (4 * n) + 1e-12)
+    xb = with_ones(x)
+    step = 1.0 / (1.05 * top_eigenvalue(xb) / (4 * n) + 1e-12)
     w = np.zeros(d + 1)
     z, momentum = w.copy(), 1.0
     for _ in range(iters):
@@ -136,13 +148,34 @@ def l1_logistic(x: np.ndarray, t: np.ndarray, c: float, iters: int = 2000,
         moved = z - step * (xb.T @ (p - t) / n)
         nxt = moved.copy()
         nxt[:d] = np.sign(moved[:d]) * np.maximum(np.abs(moved[:d]) - step * lam, 0.0)  # soft-threshold
-        m_next = (1 + np.sqrt(1 + 4 * momentum**2)) / 2
-        z = nxt + (momentum - 1) / m_next * (nxt - w)
+        z, momentum = accelerated(nxt, w, momentum)
         done = np.max(np.abs(nxt - w)) < tol
-        w, momentum = nxt, m_next
+        w = nxt
         if done:
             break
     return w[:d], float(w[d])
+
+
+def with_ones(x: np.ndarray) -> np.ndarray:
+    """The features with a column of ones appended (the intercept), in float64."""
+    return np.concatenate([x, np.ones((len(x), 1))], axis=1).astype(np.float64)
+
+
+def top_eigenvalue(xb: np.ndarray) -> float:
+    """The largest eigenvalue of xb^T xb, by 30 power iterations from a fixed start: a gradient method's safe
+    step size follows from it."""
+    v = np.random.default_rng(0).standard_normal(int(xb.shape[1]))
+    for _ in range(30):
+        v = xb.T @ (xb @ v)
+        v /= np.linalg.norm(v)
+    return float(np.linalg.norm(xb @ v) ** 2)
+
+
+def accelerated(nxt: np.ndarray, previous: np.ndarray, momentum: float) -> tuple[np.ndarray, float]:
+    """Nesterov's (FISTA's) extrapolation after a gradient step from `previous` to `nxt`: the next point to
+    take the gradient at, and the next momentum."""
+    m_next = (1 + np.sqrt(1 + 4 * momentum**2)) / 2
+    return nxt + (momentum - 1) / m_next * (nxt - previous), m_next
 
 
 def fit_once(x: np.ndarray, y: np.ndarray, classes: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
@@ -173,26 +206,52 @@ def fit_head(x: np.ndarray, y: np.ndarray, groups: np.ndarray, c: float, subsets
     return Head(mean, scale, np.mean(coefs, axis=0), np.mean(intercepts, axis=0), classes), sizes
 
 
-def group_of(split: Split) -> np.ndarray:
+def group_of(split: Split, method: str) -> np.ndarray:
     """Each example's group (validation and test splits carry them)."""
     groups = split.g.numpy()
     if (groups < 0).any():
-        raise UserError(f"DFR needs every {split.name} example's group; {int((groups < 0).sum())} have none")
+        raise UserError(f"{method} needs every {split.name} example's group; {int((groups < 0).sum())} have none")
     return groups
 
 
-class DFR(Method):
-    """No training: the base run's frozen features, and a group-balanced logistic-regression head."""
+def head_metrics(head: Head, x: np.ndarray, split: Split, rows: np.ndarray | None) -> dict[str, Any]:
+    """A record's metrics of `head` on the features `x` of `split` (of its examples `rows`, when given)."""
+    from robustmtl.metrics import class_metrics, group_metrics
+
+    y, membership = split.y.numpy(), split.membership.numpy()
+    if rows is not None:
+        y, membership = y[rows], membership[rows]
+    correct = head.predict(x) == y
+    metrics = {**group_metrics(correct, membership), **class_metrics(correct, y), "loss": head.loss(x, y)}
+    if rows is not None:
+        metrics["evaluated_on"] = {"examples": len(rows), "of": len(split)}
+    return metrics
+
+
+def worst_group_acc(head: Head, x: np.ndarray, split: Split, rows: np.ndarray) -> float:
+    """Worst-group accuracy of `head` on the examples `rows` of `split`: what a retrained head is tuned on."""
+    from robustmtl.metrics import group_metrics
+
+    correct = head.predict(x) == split.y.numpy()[rows]
+    return float(group_metrics(correct, split.membership.numpy()[rows])["worst_group_acc"])
+
+
+class LastLayer(Method):
+    """A method that retrains the last layer of its finished base run on frozen features (DFR, AFR): it trains no
+    network weight (the loop loads the base's weights and goes straight to `after_training`), fits a head on
+    validation features, and writes its `val` and `test` records itself, once, at epoch = step = 0."""
 
     trains: ClassVar[bool] = False
     leaves_encoder: ClassVar[bool] = False  # its encoder is the base run's, already on disk there
 
-    def __init__(self, params: DFRParams, ctx: MethodContext) -> None:
-        super().__init__(params, ctx)
-        self.params: DFRParams = params
-
     def loss(self, model: Model, batch: dict[str, torch.Tensor], aux_batch: dict[str, torch.Tensor] | None) -> Terms:
-        raise RuntimeError("DFR trains no network weight: the loop never steps it")
+        raise RuntimeError(f"{type(self).__name__} trains no network weight: the loop never steps it")
+
+    def eval_splits(self) -> tuple[Split, Split]:
+        """The validation and test splits."""
+        if self.ctx.splits is None:
+            raise RuntimeError(f"{type(self).__name__} needs the run's validation and test splits in its context")
+        return self.ctx.splits["val"], self.ctx.splits["test"]
 
     def features(self, model: Model, split: Split) -> np.ndarray:
         """`h` of every example of `split`, in example order, network in eval mode."""
@@ -207,19 +266,34 @@ class DFR(Method):
         h = torch.cat(out).numpy()
         return h[np.argsort(order.numpy(), kind="stable")]
 
-    def after_training(self, model: Model, predict: Any) -> dict[str, Any]:
-        from robustmtl.metrics import class_metrics, group_metrics
-        from robustmtl.provenance import code_version
-        from robustmtl.records import MetricsWriter
+    def write_records(self, results: dict[str, dict[str, Any]], started: float) -> dict[str, Any]:
+        """One record per split (validation: the held-out examples the head was chosen on; test: all of it);
+        returns the DONE summary's `final` and base-run fields."""
+        from robustmtl.records import MetricsWriter, run_record
 
+        base = run_record(self.ctx.config, uses_train_groups=False, report=self.report, epoch=0, step=0,
+                          time_s=time.perf_counter() - started)
+        writer = MetricsWriter(self.ctx.run_dir.metrics)
+        for name, split_metrics in results.items():
+            writer.append({**base, "split": name, **split_metrics})
+        return {"final": {s: {k: m[k] for k in ("avg_acc", "worst_group_acc")} for s, m in results.items()},
+                f"{self.ctx.config.method}_base_run": self.ctx.required["base"].root.name}
+
+
+class DFR(LastLayer):
+    """No training: the base run's frozen features, and a group-balanced logistic-regression head."""
+
+    def __init__(self, params: DFRParams, ctx: MethodContext) -> None:
+        super().__init__(params, ctx)
+        self.params: DFRParams = params
+
+    def after_training(self, model: Model, predict: Any) -> dict[str, Any]:
         started = time.perf_counter()
         cfg, p = self.ctx.config, self.params
-        if self.ctx.splits is None:
-            raise RuntimeError("DFR needs the run's validation and test splits in its context")
         # the model arrives with the base run's encoder: the loop loads it (registry `reads_encoders`)
-        val, test = self.ctx.splits["val"], self.ctx.splits["test"]
+        val, test = self.eval_splits()
         x_val, x_test = self.features(model, val), self.features(model, test)
-        y_val, g_val = val.y.numpy(), group_of(val)
+        y_val, g_val = val.y.numpy(), group_of(val, "DFR")
 
         rng = np.random.default_rng([cfg.seed, 0xDF])
         first, second = stratified_halves(g_val, rng)
@@ -229,34 +303,14 @@ class DFR(Method):
         for c in C_GRID:
             head, tune_sizes = fit_head(x_val[first], y_val[first], g_val[first], c, p.dfr_tune_subsets,
                                         np.random.default_rng([cfg.seed, 0xDF, 1]))
-            correct = head.predict(x_val[second]) == y_val[second]
-            tuning[c] = float(group_metrics(correct, val.membership.numpy()[second])["worst_group_acc"])
+            tuning[c] = worst_group_acc(head, x_val[second], val, second)
             held_out[c] = head
         best = max(C_GRID, key=lambda c: tuning[c])  # the first (largest) C among equals
         final, sizes = fit_head(x_val, y_val, g_val, best, p.dfr_subsets, rng)
-
-        def metrics(head: Head, x: np.ndarray, split: Split, rows: np.ndarray | None) -> dict[str, Any]:
-            y, membership = split.y.numpy(), split.membership.numpy()
-            if rows is not None:
-                y, membership = y[rows], membership[rows]
-            correct = head.predict(x) == y
-            return {**group_metrics(correct, membership), **class_metrics(correct, y), "loss": head.loss(x, y)}
-
-        results = {"val": metrics(held_out[best], x_val[second], val, second),
-                   "test": metrics(final, x_test, test, None)}
-        results["val"]["evaluated_on"] = {"examples": len(second), "of": len(val)}
-        record_base = {
-            "run_id": cfg.run_id, "setting_id": cfg.setting_id, "method": cfg.method, "dataset": cfg.dataset,
-            "model": cfg.model, "seed": cfg.seed, "hparams": cfg.hparams(), "uses_train_groups": False,
-            "report": self.report, "epoch": 0, "step": 0, "time_s": round(time.perf_counter() - started, 3),
-            "code": code_version(),
-        }
-        writer = MetricsWriter(self.ctx.run_dir.metrics)
-        for name, split_metrics in results.items():
-            writer.append({**record_base, "split": name, **split_metrics})
+        results = {"val": head_metrics(held_out[best], x_val[second], val, second),
+                   "test": head_metrics(final, x_test, test, None)}
         return {
-            "final": {s: {k: m[k] for k in ("avg_acc", "worst_group_acc")} for s, m in results.items()},
-            "dfr_base_run": self.ctx.required["base"].root.name, "dfr_c": best,
+            **self.write_records(results, started), "dfr_c": best,
             "dfr_tuning": {str(c): w for c, w in tuning.items()},
             "dfr_tune_subset_size": tune_sizes[0], "dfr_subset_size": sizes[0],
             "dfr_val_halves": [len(first), len(second)],

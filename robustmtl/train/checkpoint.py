@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from robustmtl.errors import UserError
-from robustmtl.layout import atomic_write
+from robustmtl.layout import HEAD, PRETRAINED_ENCODER, RunDir, atomic_write
+
+if TYPE_CHECKING:
+    from robustmtl.models.base import Model
 
 
 def rng_state() -> dict[str, Any]:
@@ -59,3 +62,28 @@ def load_tensors(path: Path) -> dict[str, Any]:
     if state is None:
         raise UserError(f"{path} is missing: the run that should have left it is not done; rerun it")
     return state
+
+
+def head_state(model: Model) -> dict[str, torch.Tensor]:
+    """The classification head's weights (the complement of `Model.encoder_state`)."""
+    return {k: v for k, v in model.state_dict().items() if k.startswith("head.")}
+
+
+def save_final_weights(run_dir: RunDir, model: Model, with_head: bool) -> None:
+    """The run's final encoder weights, and with `with_head` its head's: the whole model, in two files."""
+    save(run_dir.artifact(PRETRAINED_ENCODER), model.encoder_state())
+    if with_head:
+        save(run_dir.artifact(HEAD), head_state(model))
+
+
+def load_head(model: Model, path: Path) -> None:
+    """Set the model's head to the weights saved at `path` (ValueError when they do not fit it)."""
+    state = load_tensors(path)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a shape mismatch: another number of classes or features
+        mismatch = str(exc).split("size mismatch for ")[-1].split("\n")[0].strip()
+        raise ValueError(f"the head does not fit this model ({mismatch})") from None
+    wrong = [k for k in missing if k.startswith("head.")] + list(unexpected)
+    if wrong:
+        raise ValueError(f"the head does not fit this model: {', '.join(wrong[:5])}")

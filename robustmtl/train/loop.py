@@ -33,13 +33,12 @@ from robustmtl import pause
 from robustmtl.cpus import job_cpus
 from robustmtl.data.image_cache import cache_images
 from robustmtl.errors import UserError
-from robustmtl.layout import PRETRAINED_ENCODER, VAL_CORRECT, VAL_GROUPS, RunDir, read_json, write_json
+from robustmtl.layout import HEAD, PRETRAINED_ENCODER, VAL_CORRECT, VAL_GROUPS, RunDir, read_json, write_json
 from robustmtl.methods.base import Method, MethodContext, refuse_empty_groups
 from robustmtl.metrics import pack_bools
 from robustmtl.models.base import Model
 from robustmtl.predictions import PREDICTIONS_DIR, STORED_SPLITS, PredictionStore
-from robustmtl.provenance import code_version
-from robustmtl.records import MetricsWriter
+from robustmtl.records import MetricsWriter, run_record
 from robustmtl.registry import dataset_entry, method_entry, method_plugin, model_entry
 from robustmtl.requirements import required_runs
 from robustmtl.rng import epoch_generator
@@ -130,7 +129,7 @@ class Trainer:
         # the encoder starts from a required run's final weights: pre-training's, or a run the method retrains on
         for role in ("pretrain", *method_plugin(self.cfg.method).reads_encoders):
             if role in required:
-                self._load_encoder(role, required[role])
+                self._load_encoder(role, required[role], with_head=role != "pretrain" and method_cls.reads_head)
         ctx = MethodContext(config=self.cfg, info=self.data.info, train=train, run_dir=run_dir, required=required,
                             splits=self.data.by_name())
         self.method = method_cls(self.cfg.method_params, ctx)
@@ -166,17 +165,20 @@ class Trainer:
         self.final: dict[str, dict[str, Any]] = {}  # the last end-of-epoch metrics, for the DONE summary
         self._restore()
 
-    def _load_encoder(self, role: str, source: RunDir) -> None:
+    def _load_encoder(self, role: str, source: RunDir, with_head: bool) -> None:
         role = "pre-training" if role == "pretrain" else role  # as messages name it
-        encoder = source.artifact(PRETRAINED_ENCODER)
-        if not encoder.exists():
-            raise UserError(f"the {role} run {source.root.name} finished without its encoder weights ({encoder}): "
-                            "it was done before a run that loads them was planned on it; `grid drop` it and "
-                            "`grid resume` to train it again, keeping them")
+        encoder, head = source.artifact(PRETRAINED_ENCODER), source.artifact(HEAD)
+        for path, what in ((encoder, "encoder"), *(((head, "head"),) if with_head else ())):
+            if not path.exists():
+                raise UserError(f"the {role} run {source.root.name} finished without its {what} weights ({path}): "
+                                "it was done before a run that loads them was planned on it; `grid drop` it and "
+                                "`grid resume` to train it again, keeping them")
         try:
             self.model.load_encoder_state(checkpoint.load_tensors(encoder))
+            if with_head:
+                checkpoint.load_head(self.model, head)
         except ValueError as exc:
-            raise UserError(f"{encoder}: {exc}; delete the {role} run to redo it") from None
+            raise UserError(f"{source.root}: {exc}; delete the {role} run to redo it") from None
 
     def _restore(self) -> None:
         state = checkpoint.load(self.run_dir.checkpoint)
@@ -276,13 +278,8 @@ class Trainer:
         for name, predictions in predicted.items():
             if predictions is not None and not math.isfinite(predictions.loss):
                 raise Diverged(self.step, f"evaluation loss on {name}")
-        base = {
-            "run_id": self.cfg.run_id, "setting_id": self.cfg.setting_id, "method": self.cfg.method,
-            "dataset": self.cfg.dataset, "model": self.cfg.model, "seed": self.cfg.seed,
-            "hparams": self.cfg.hparams(), "uses_train_groups": self.method.uses_train_groups,
-            "report": self.method.report, "epoch": self.epoch, "step": self.step, "time_s": round(self.elapsed, 3),
-            "code": code_version(),
-        }
+        base = run_record(self.cfg, uses_train_groups=self.method.uses_train_groups, report=self.method.report,
+                          epoch=self.epoch, step=self.step, time_s=self.elapsed)
         results = {}
         for name, split in splits.items():
             predictions = predicted[name]
@@ -295,9 +292,7 @@ class Trainer:
                 self.predictions.write(name, self.epoch, self.step, predictions.probs, split.y.numpy(),
                                        split.membership.numpy(), self.train_split.membership.numpy().sum(axis=0))
             record = {**base, "split": name, **metrics}
-            if name == "test" and "blocks" in self.data.info.extra:
-                record.update(mechanism.measure(self.model, self.data.val, split, self.data.info.n_attrs,
-                                                self.data.info.extra["blocks"], self.device))
+            record.update(mechanism.record_fields(self.model, self.data, name, self.device))
             if name == "train" and self.term_count:
                 record["terms"] = {k: float(v) / self.term_count for k, v in self.term_sums.items()}
             if name == "train":
@@ -376,8 +371,11 @@ class Trainer:
             extra = self.method.after_training(self.model, self.predict)
         except EvalStopped:  # the end-of-training checkpoint is consistent: the next attempt redoes this
             raise Interrupted("stopped after training, before its last artefacts, after a checkpoint") from None
-        if self.method.leaves_encoder or self.opts.keep_encoder:
-            checkpoint.save(self.run_dir.artifact(PRETRAINED_ENCODER), self.model.encoder_state())
+        # a run another run retrains on, or one kept for `robustmtl eval`, keeps its head too (a few kilobytes);
+        # a method that trains no weight has no model of its own to keep
+        keeps_model = self.method.trains and (self.opts.keep_encoder or self.opts.keep_model)
+        if self.method.leaves_encoder or keeps_model:
+            checkpoint.save_final_weights(self.run_dir, self.model, with_head=keeps_model)
         summary = {
             "run_id": self.cfg.run_id, "method": self.cfg.method, "dataset": self.cfg.dataset, "seed": self.cfg.seed,
             "epochs": self.epochs, "steps": self.step, "time_s": round(self.elapsed, 3), **self.cost(),

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from robustmtl.data.base import Split, VectorSplit
+from robustmtl.data.base import Split, Splits, VectorSplit
 from robustmtl.models.base import Model
 from robustmtl.train.batches import to_device
 
@@ -102,3 +102,10 @@ def measure(model: Model, val: Split, test: Split, n_attrs: int, blocks: dict[st
             "probe_a_acc": probe_accuracy(h_val, a_val, h_test, a_test),
             **{f"reliance_{name}": share for name, share in shares.items()},
             "active_units": active_units(h_test)}
+
+
+def record_fields(model: Model, data: Splits, name: str, device: torch.device) -> dict[str, Any]:
+    """What a record of split `name` adds: the mechanism fields on the test split of block-structured data."""
+    if name != "test" or "blocks" not in data.info.extra:
+        return {}
+    return measure(model, data.val, data.test, data.info.n_attrs, data.info.extra["blocks"], device)

@@ -49,6 +49,16 @@ def enable_tf32(device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
+@contextlib.contextmanager
+def autocast(device: torch.device, precision: str) -> Iterator[None]:
+    """Forward passes at the run's precision (a no-op in fp32)."""
+    if precision == "fp32":
+        yield
+        return
+    with torch.autocast(device.type, dtype=DTYPES[precision]):
+        yield
+
+
 def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
     """fp16 gradients underflow without loss scaling; bf16 and fp32 need none."""
     return torch.amp.GradScaler(device.type) if precision == "fp16" else None
@@ -66,13 +76,8 @@ class Stepper:
     grad_clip: float = 0.0
     scaler: torch.amp.GradScaler | None = None
 
-    @contextlib.contextmanager
-    def autocast(self) -> Iterator[None]:
-        if self.precision == "fp32":
-            yield
-            return
-        with torch.autocast(self.device.type, dtype=DTYPES[self.precision]):
-            yield
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        return autocast(self.device, self.precision)
 
     def step(self, method: Method, batch: dict[str, torch.Tensor],
              aux_batch: dict[str, torch.Tensor] | None) -> Terms:
