@@ -111,7 +111,8 @@ CASES = [
     ("mlp key with the vit", None, ["run", "--method", "erm", "--dataset", "mnist_spurious", "--set", "hidden_dim=8"],
      "'hidden_dim' is a parameter of model 'mlp', not of model 'vit'"),
     ("another method's key in its table", GOOD + "\n[method.erm.sweep]\nalpha_aux = [1.0]\n", SUBMIT,
-     "[method.erm.sweep] 'alpha_aux' is a parameter of method 'mtl' or 'mtl_l1' or 'dfr' or 'afr', not of method 'erm'"),
+     "[method.erm.sweep] 'alpha_aux' is a parameter of method 'mtl' or 'mtl_l1' or 'dfr' or 'afr', "
+     "not of method 'erm'"),
     ("a model's key in a grid without it", spec_with("epochs = 1", "epochs = 1\nbert_max_length = 64"), SUBMIT,
      "'bert_max_length' is a parameter of model 'bert', not of any method"),
     ("plural method table", spec_with("[defaults]", "[methods.erm.sweep]\nlr = [0.1]\n[defaults]"), SUBMIT,
