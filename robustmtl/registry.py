@@ -122,6 +122,8 @@ DATASETS: dict[str, DatasetPlugin] = {
     "celeba": _dataset("celeba:CelebA", "CelebAParams", "image", "vit", display="CelebA"),
     "multinli": _dataset("multinli:MultiNLI", None, "text", "bert", display="MultiNLI"),
     "civilcomments": _dataset("civilcomments:CivilComments", None, "text", "bert", display="CivilComments"),
+    "civilcomments_small": _dataset("civilcomments_small:CivilCommentsSmall", "CivilCommentsSmallParams", "text",
+                                    "bert", display="CivilComments (small)"),
 }
 
 MODELS: dict[str, ModelPlugin] = {
