@@ -69,6 +69,6 @@ class CelebAParams:
 
 @dataclass(frozen=True)
 class CivilCommentsSmallParams:
-    # Which of the subset's metadata files to read: "coarse" trains on 4 groups (label x mentions any identity),
-    # "fine" on 18 (label x each identity, or none). Evaluation groups are the same 16 in both.
+    # Which of the subset's file pairs to read: "coarse" trains on 4 groups (label x mentions any identity),
+    # "fine" on 16 (label x each identity). Evaluation groups are the same 16 in both.
     civil_granularity: str = field(default="coarse", metadata=one_of("coarse", "fine"))
