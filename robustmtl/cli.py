@@ -29,7 +29,8 @@ app.add_typer(data_app, name="data")
 app.command("eval")(eval_command)
 
 # The selection options `aggregate` and `plot` share, so a figure can always match a table.
-SelectOpt = Annotated[str, typer.Option(help="worst-val | avg-val | worst-class | few-groups | oracle")]
+SelectOpt = Annotated[str, typer.Option(help="worst-val | worst-val-patience | avg-val | worst-class | few-groups | "
+                                             "oracle")]
 IncludeRunningOpt = Annotated[bool, typer.Option(help="Include runs without DONE.")]
 CiOpt = Annotated[str, typer.Option(help="t (Student-t) | bootstrap")]
 FewGroupsFractionOpt = Annotated[float | None, typer.Option(help="Validation fraction for few-groups [default: 0.05].",
@@ -122,7 +123,8 @@ def aggregate(
     label_budget: LabelBudgetOpt = False,
     metric: Annotated[str, typer.Option(help="Test metric beside average accuracy: worst_group_acc (from the "
                                              "records), or from the stored predictions avg_acc, balanced_acc, "
-                                             "worst_group_auroc, worst_group_ece, weighted_avg_acc.")]
+                                             "worst_group_auroc, worst_group_ece, weighted_avg_acc, "
+                                             "group_rows_avg_acc.")]
     = "worst_group_acc",
 ) -> None:
     """Worst-group tables with confidence intervals over seeds.

@@ -123,6 +123,10 @@ DATASETS: dict[str, DatasetPlugin] = {
     "celeba": _dataset("celeba:CelebA", "CelebAParams", "image", "vit", display="CelebA"),
     "multinli": _dataset("multinli:MultiNLI", None, "text", "bert", display="MultiNLI"),
     "civilcomments": _dataset("civilcomments:CivilComments", None, "text", "bert", display="CivilComments"),
+    # n_attrs 8: what aggregation reads is validation membership, label x identity in both granularities (the
+    # coarse training groups have 2 attributes per class, the fine ones 8)
+    "civilcomments_small": _dataset("civilcomments_small:CivilCommentsSmall", "CivilCommentsSmallParams", "text",
+                                    "bert", display="CivilComments (small)", n_attrs=8),
 }
 
 MODELS: dict[str, ModelPlugin] = {

@@ -384,7 +384,8 @@ def test_unknown_baseline(grid: Path) -> None:
 
 
 def test_unknown_rule_lists_valid_ones(grid: Path) -> None:
-    with pytest.raises(UserError, match="valid: worst-val, avg-val, worst-class, few-groups, oracle"):
+    valid = "worst-val, worst-val-patience, avg-val, worst-class, few-groups, oracle"
+    with pytest.raises(UserError, match=f"valid: {valid}"):
         aggregate([grid], select="best")
 
 

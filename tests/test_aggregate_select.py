@@ -48,13 +48,14 @@ def test_the_best_score_wins_and_ties_go_to_the_earliest_epoch_then_step(tmp_pat
 
 
 def test_the_rules_and_their_labels():
-    assert list(SELECTORS) == ["worst-val", "avg-val", "worst-class", "few-groups", "oracle"]
+    assert list(SELECTORS) == ["worst-val", "worst-val-patience", "avg-val", "worst-class", "few-groups", "oracle"]
     assert [(s.split, s.metric, s.upper_bound) for s in SELECTORS.values()] == [
-        ("val", "worst_group_acc", False), ("val", "avg_acc", False), ("val", "worst_class_acc", False),
-        ("val", "worst_group_acc", False), ("test", "worst_group_acc", True)]
+        ("val", "worst_group_acc", False), ("val", "worst_group_acc", False), ("val", "avg_acc", False),
+        ("val", "worst_class_acc", False), ("val", "worst_group_acc", False), ("test", "worst_group_acc", True)]
     assert [s.label for s in SELECTORS.values()] == [
-        "worst-val", "avg-val", "worst-class", "few-groups (5% of validation, seed 0)", "oracle (upper bound)"]
-    valid = "worst-val, avg-val, worst-class, few-groups, oracle"
+        "worst-val", "worst-val-patience", "avg-val", "worst-class", "few-groups (5% of validation, seed 0)",
+        "oracle (upper bound)"]
+    valid = "worst-val, worst-val-patience, avg-val, worst-class, few-groups, oracle"
     with pytest.raises(UserError, match=rf"^unknown selection rule 'best'; valid: {valid}$"):
         get_selector("best")
 

@@ -111,8 +111,21 @@ def weighted_avg_acc(x: Inputs) -> float:
     correct = x.correct
     present = [g for g in range(x.membership.shape[1]) if x.membership[:, g].any()]
     weights = x.train_group_n[present].astype(np.float64)
+    if not weights.sum():
+        raise UserError("weighted_avg_acc weighs groups by their share of the training set, and no training example "
+                        "is in this split's groups (civilcomments_small's coarse training rows name no identity)")
     accs = np.array([correct[x.membership[:, g]].mean() for g in present])
     return float((weights * accs).sum() / weights.sum())
+
+
+def group_rows_avg_acc(x: Inputs) -> float:
+    """Accuracy over (example, evaluation group) pairs: an example counts once in each group it is in, and not at
+    all in none. The reference reports this as CivilComments' average (over its duplicated identity rows)."""
+    rows = x.membership.sum(axis=1)
+    if not rows.sum():
+        raise UserError("group_rows_avg_acc averages over the examples' evaluation groups, and no example of this "
+                        "split is in one")
+    return float((x.correct * rows).sum() / rows.sum())
 
 
 @dataclass(frozen=True)
@@ -134,6 +147,9 @@ PREDICTION_METRICS: dict[str, Metric] = {
                worst_group_ece, higher_is_better=False),
         Metric("weighted_avg_acc", "weighted avg", "average accuracy with groups weighted as in training",
                weighted_avg_acc),
+        Metric("group_rows_avg_acc", "avg (group rows)",
+               "average accuracy over (example, group) rows, an example once per evaluation group it is in",
+               group_rows_avg_acc),
     )
 }
 METRIC_NAMES = (RECORD_METRIC, *PREDICTION_METRICS)

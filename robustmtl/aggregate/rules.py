@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from robustmtl.aggregate.fewgroups import FewGroupsSelector
+from robustmtl.aggregate.patience import PatienceSelector
 from robustmtl.aggregate.select import MetricSelector, Selector
 from robustmtl.aggregate.worstclass import WorstClassSelector
 from robustmtl.errors import UserError
@@ -11,6 +12,7 @@ SELECTORS: dict[str, Selector] = {
     s.name: s
     for s in (
         MetricSelector("worst-val", "val", "worst_group_acc", "validation worst-group accuracy"),
+        PatienceSelector(),
         MetricSelector("avg-val", "val", "avg_acc", "validation average accuracy"),
         WorstClassSelector(),
         FewGroupsSelector(),

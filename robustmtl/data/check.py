@@ -147,16 +147,17 @@ def agreement(split: Split, info: DataInfo) -> Agreement:
 def group_findings(tables: list[GroupTable]) -> tuple[list[str], list[str]]:
     """(problems, warnings) about empty and tiny groups; tiny groups are one warning per table and split."""
     problems, warnings = [], []
-    main = tables[0]  # the groups `g` holds: every one must be trainable and measurable
+    main = tables[0]  # the groups `g` holds: every one must be trainable, and measurable unless evaluated apart
+    measured_by_g = len(tables) == 1
     for table in tables:
         for split, counts in table.counts.items():
             if split == "pretrain":
                 continue
             tiny = []
             for name, n in zip(table.names, counts, strict=True):
-                if n == 0 and table is main and split in ("train", *EVALUATED):
+                if n == 0 and table is main and (split == "train" or (split in EVALUATED and measured_by_g)):
                     problems.append(no_examples_problem([name], split))
-                elif n == 0 and split in EVALUATED:
+                elif n == 0 and split in EVALUATED and table is not main:
                     problems.append(f"evaluation group {name!r} has no {split} examples: worst-group accuracy "
                                     "ignores it")
                 elif 0 < n < TINY_GROUP:
@@ -178,7 +179,7 @@ def value_findings(splits: Splits) -> list[str]:
             problems.append(f"the {name} split has a single label value ({labels[0] if labels else 'none'}); "
                             f"the dataset has {splits.info.n_classes} classes")
         attrs = (split.g[split.g >= 0] % splits.info.n_attrs).unique().tolist()
-        if len(attrs) < 2:
+        if len(attrs) < 2 and (name == "train" or not splits.info.train_group_names):  # else evaluated apart
             problems.append(f"the {name} split has a single attribute value ({attrs[0] if attrs else 'none'})")
     return problems
 

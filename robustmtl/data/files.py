@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -66,7 +67,7 @@ def split_masks(values: pd.Series, codes: Sequence[object], path: Path, column: 
     """Boolean row masks of train/val/test from a split column whose values are `codes` (in that order)."""
     unknown = sorted(set(values.unique()) - set(codes), key=str)
     if unknown:
-        raise UserError(f"{dataset}: {path} column {column!r} has value {unknown[0]!r}; expected one of "
+        raise UserError(f"{dataset}: {path} column {column!r} has value {plain(unknown[0])!r}; expected one of "
                         f"{', '.join(map(str, codes))}")
     masks = [values == code for code in codes]
     for split, mask in zip(SPLIT_NAMES, masks, strict=True):
@@ -75,9 +76,14 @@ def split_masks(values: pd.Series, codes: Sequence[object], path: Path, column: 
     return masks
 
 
+def plain(value: object) -> object:
+    """A table's cell as Python writes it (numpy 2 spells its scalars `np.int64(3)`)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def binary_column(values: pd.Series, path: Path, column: str, dataset: str, negative: int = 0) -> torch.Tensor:
     """A 0/1 tensor from a column holding `negative`/1 (CelebA writes -1/1); other values are refused."""
     bad = sorted(set(values.unique()) - {negative, 1}, key=str)
     if bad:
-        raise UserError(f"{dataset}: {path} column {column!r} has value {bad[0]!r}; expected {negative} or 1")
+        raise UserError(f"{dataset}: {path} column {column!r} has value {plain(bad[0])!r}; expected {negative} or 1")
     return torch.tensor((values == 1).to_numpy(), dtype=torch.long)

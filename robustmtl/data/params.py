@@ -65,3 +65,10 @@ class MNISTSpuriousParams:
 class CelebAParams:
     celeba_target: str = "Blond_Hair"
     celeba_attr: str = "Male"
+
+
+@dataclass(frozen=True)
+class CivilCommentsSmallParams:
+    # Which of the subset's file pairs to read: "coarse" trains on 4 groups (label x mentions any identity),
+    # "fine" on 16 (label x each identity). Evaluation groups are the same 16 in both.
+    civil_granularity: str = field(default="coarse", metadata=one_of("coarse", "fine"))

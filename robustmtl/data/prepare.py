@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from robustmtl.data import civilcomments_small
 from robustmtl.data.archives import DirSource, FileSource, Source, gather
 from robustmtl.data.download import download, file_name
 from robustmtl.data.images import FileImages, ImageSplit
@@ -172,6 +173,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 def refuse_generated(name: str) -> None:
+    if name == civilcomments_small.NAME:
+        raise UserError(civilcomments_small.copied_not_prepared())
     if name not in LAYOUTS:
         dataset_plugin(name)  # an unknown name gets the registry's "did you mean"
         raise UserError(f"{name} is generated or ships with its Python package: there is nothing to prepare; "
