@@ -11,8 +11,6 @@ a comment on its line or the line above saying why it waits.
 from __future__ import annotations
 
 import ast
-import sys
-from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -93,13 +91,13 @@ IMPORTS = [imp for module in MODULES for imp in imports_of(module)]
 
 
 def graph(imports: Iterable[Import]) -> dict[str, set[str]]:
-    """Importer → the package modules it imports, from every import in `imports`."""
-    edges: dict[str, set[str]] = defaultdict(set)
+    """Importer → the package modules it imports, from every import in `imports`; every module is a key."""
+    edges: dict[str, set[str]] = {}
     for imp in imports:
-        edges[imp.importer]
-        if imp.target.startswith(f"{ROOT}.") or imp.target == ROOT:
+        edges.setdefault(imp.importer, set())
+        if imp.target == ROOT or imp.target.startswith(f"{ROOT}."):
             edges[imp.importer].add(imp.target)
-            edges[imp.target]
+            edges.setdefault(imp.target, set())
     return edges
 
 
@@ -125,14 +123,9 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
             if len(component) > 1:
                 found.append(sorted(component))
 
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(limit, 10 * len(edges)))
-    try:
-        for node in sorted(edges):
-            if node not in index:
-                visit(node)
-    finally:
-        sys.setrecursionlimit(limit)
+    for node in sorted(edges):  # a chain of imports is far shorter than the recursion limit
+        if node not in index:
+            visit(node)
     return found
 
 
@@ -151,7 +144,7 @@ def loaded_with(module: str) -> frozenset[str]:
         name = todo.pop()
         if name not in loaded:
             loaded.add(name)
-            todo += [*AT_LOAD[name], *(name.rsplit(".", k)[0] for k in range(1, name.count(".") + 1))]
+            todo += [*AT_LOAD.get(name, ()), *(name.rsplit(".", k)[0] for k in range(1, name.count(".") + 1))]
     return frozenset(loaded)
 
 
@@ -165,9 +158,11 @@ def start_up() -> frozenset[str]:
 
 
 def says_why(imp: Import) -> bool:
-    """A comment on the import's line or alone on the line above it."""
+    """A comment (not a linter's `noqa`) on the import's line or alone on the line above it."""
     lines = MODULES[imp.importer].read_text().splitlines()
-    return "#" in lines[imp.line - 1] or lines[imp.line - 2].strip().startswith("#")
+    comments = [lines[imp.line - 1].partition("#")[2], lines[imp.line - 2].strip().partition("#")[2]
+                if lines[imp.line - 2].strip().startswith("#") else ""]
+    return any(c.strip() and not c.strip().startswith("noqa") for c in comments)
 
 
 def waits_for_nothing(imp: Import, start: frozenset[str]) -> bool:
