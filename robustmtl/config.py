@@ -28,7 +28,7 @@ from robustmtl.params import (
     one_of,
     positive,
 )
-from robustmtl.registry import dataset_plugin, method_plugin, model_plugin
+from robustmtl.registry import DATASETS, METHODS, MODELS, dataset_plugin, method_plugin, model_plugin
 
 CONFIG_VERSION = 1
 
@@ -252,8 +252,6 @@ def key_owner(key: str, blocks: dict[str, type]) -> str | None:
 def plugins_with(key: str) -> dict[str, list[str]]:
     """kind (method, dataset, model) → the registered plug-ins of that kind that have parameter `key`, so a key
     given to a run without it can say where it belongs instead of only that it is unknown."""
-    from robustmtl.registry import DATASETS, METHODS, MODELS
-
     tables: dict[str, dict[str, Any]] = {"method": METHODS, "dataset": DATASETS, "model": MODELS}
     found = {kind: [name for name, plugin in table.items() if key in field_types(plugin.params)]
              for kind, table in tables.items()}

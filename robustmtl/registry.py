@@ -15,13 +15,14 @@ from __future__ import annotations
 import functools
 import importlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 from robustmtl.errors import UserError
 from robustmtl.params import did_you_mean
 
-if TYPE_CHECKING:
-    from robustmtl.config import RunConfig
+# what a method's requirement rule takes and returns: a RunConfig, left generic because config.py builds on
+# these tables (it imports this module, never the reverse)
+Config = TypeVar("Config")
 
 NO_PARAMS = "robustmtl.params:NoParams"
 
@@ -55,7 +56,7 @@ class MethodPlugin(Plugin):
     # roles of required runs whose final encoder weights this method loads (DFR's base): those runs keep them
     reads_encoders: tuple[str, ...] = field(default=(), kw_only=True)
 
-    def requires(self, config: RunConfig) -> dict[str, RunConfig]:
+    def requires(self, config: Config) -> dict[str, Config]:
         """Runs that must finish before `config` starts, by role name (JTT's stage 1)."""
         return _import(self.requires_path)(config) if self.requires_path else {}
 

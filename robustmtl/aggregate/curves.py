@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from robustmtl.aggregate.axes import clip_accuracy, set_accuracy_limits
+from robustmtl.aggregate.drawing import FORMATS, pyplot, save_figure
 from robustmtl.aggregate.export import method_order
 from robustmtl.aggregate.load import load_runs
 from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames, with_display_columns
@@ -63,8 +64,6 @@ def curve_figure(table: pd.DataFrame, summary: Summary, dataset: str, names: Dis
     Lines carry their (split, metric) as the label `<split> <metric>`, so the drawn data can be read back."""
     from matplotlib.lines import Line2D
 
-    from robustmtl.aggregate.plot import pyplot
-
     plt = pyplot()
     rows = table[table["dataset"] == dataset]
     methods = method_order(rows["method"].unique())
@@ -102,10 +101,8 @@ def curve_figure(table: pd.DataFrame, summary: Summary, dataset: str, names: Dis
 
 
 def curve_figures(table: pd.DataFrame, summary: Summary, out: Path, names: DisplayNames = REGISTRY_NAMES,
-                  formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+                  formats: Sequence[str] = FORMATS) -> list[Path]:
     """`curves_<dataset>.{png,pdf,csv}` for every dataset of the table."""
-    from robustmtl.aggregate.plot import pyplot, save_figure
-
     paths = []
     for dataset in sorted(table["dataset"].unique()):
         fig = curve_figure(table, summary, dataset, names)

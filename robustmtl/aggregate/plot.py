@@ -18,6 +18,8 @@ import pandas as pd
 
 from robustmtl.aggregate import aggregate
 from robustmtl.aggregate.axes import MIN_ACCURACY_SPAN, accuracy_range, set_accuracy_limits
+from robustmtl.aggregate.curves import curve_figures, curve_table
+from robustmtl.aggregate.drawing import FORMATS, MARKERS, pyplot, save_figure
 from robustmtl.aggregate.load import Loaded, load_runs
 from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames
 from robustmtl.aggregate.select import select_runs
@@ -27,8 +29,6 @@ from robustmtl.errors import UserError
 from robustmtl.registry import method_plugin
 
 SWEEP_AXES = ("alpha_aux", "alpha_reg")
-FORMATS = ("png", "pdf")
-MARKERS = "osD^vP*Xh<>p"  # with matplotlib's 10 colours, 60 methods before a style repeats
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,6 @@ def plot_grids(grid_dirs: Sequence[Path], out: Path, method: str, opts: SelectOp
 def plot_curves(grid_dirs: Sequence[Path], out: Path, opts: SelectOptions = SelectOptions(),
                 names: DisplayNames = REGISTRY_NAMES) -> Figures:
     """The learning-curve figures (aggregate/curves.py) of every cell at the tables' chosen setting."""
-    from robustmtl.aggregate.curves import curve_figures, curve_table
-
     dirs = checked_dirs(grid_dirs, out)
     summary = aggregate(dirs, **asdict(opts))
     paths = curve_figures(curve_table(summary, dirs, opts.include_running), summary, out, names)
@@ -117,15 +115,6 @@ def _check_started(dirs: Sequence[Path]) -> None:
         if d.is_dir() and next(d.glob("runs/*/metrics.jsonl"), None) is None:
             raise UserError(f"no run under {d} has written metrics yet: start the grid with "
                             f"`robustmtl grid submit SPEC --out {d}` (or see `robustmtl grid status {d}`)")
-
-
-def pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def interval_note(summary: Summary) -> str:
@@ -306,19 +295,3 @@ def sweep_heatmap(table: pd.DataFrame, summary: Summary, method: str, out: Path,
                  f"colour scale spans at least {MIN_ACCURACY_SPAN:g} points", fontsize=10)
     fig.tight_layout()
     return save_figure(plt, fig, out / f"sweep_{method}", formats)
-
-
-def save_figure(plt: Any, fig: Any, stem: Path, formats: Sequence[str]) -> list[Path]:
-    """Write every format; a disk or permission failure is the user's to fix, so one line, not a traceback."""
-    paths = []
-    try:
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        for fmt in formats:
-            path = stem.with_suffix(f".{fmt}")
-            fig.savefig(path, dpi=150, bbox_inches="tight")  # keeps the legend beside the axes
-            paths.append(path)
-    except OSError as exc:
-        raise UserError(f"cannot write figures to --out {stem.parent}: {exc.strerror or exc}") from None
-    finally:
-        plt.close(fig)
-    return paths

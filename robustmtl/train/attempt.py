@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from robustmtl import provenance, trackers
 from robustmtl.layout import RunDir
 from robustmtl.train import runlock
 from robustmtl.train.attempt_log import record_attempt
@@ -49,7 +50,7 @@ def attempt(rd: RunDir, job_id: str | None, caps: Caps, *, stop_requested: Calla
 
 def _locked_attempt(rd: RunDir, job_id: str | None, caps: Caps, stop_requested: Callable[[], bool] | None,
                     steps: StepTracker, via: str | None) -> Outcome:
-    from robustmtl import provenance, trackers
+    # torch: `grid submit` loads this module (train/job.py's TrainJob is what it submits) and must not load torch
     from robustmtl.train import loop
 
     devices = os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -47,7 +47,7 @@ from robustmtl.train import checkpoint, mechanism
 from robustmtl.train.batches import Batch, EpochPlan, PlanSampler, chunks, make_loader, resolve_workers, to_device
 from robustmtl.train.evaluate import EvalStopped, Evaluator, Predictions, fixed_subset
 from robustmtl.train.optim import make_optimizer, make_scheduler
-from robustmtl.train.pack import MEMORY_FRACTION_ENV
+from robustmtl.train.share import MEMORY_FRACTION_ENV
 from robustmtl.train.step import Stepper, enable_tf32, make_scaler, resolve_precision
 
 Progress = Callable[[int, int], None]

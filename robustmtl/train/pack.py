@@ -18,13 +18,13 @@ from typing import NoReturn
 from robustmtl.cpus import CPUS_ENV, job_cpus
 from robustmtl.layout import RunDir
 from robustmtl.train import runlock
+from robustmtl.train.attempt import attempt
 from robustmtl.train.outcome import Caps, End, Outcome, finished_before, judge_crash
+from robustmtl.train.share import MEMORY_FRACTION_ENV
 from robustmtl.train.signals import StopFlag, current_job_id
 
 # a parallel pack member's outcome
 POLL_S = 0.2
-# a pack member's share of its GPU's memory, when it shares the GPU with others (train/loop.py enforces it)
-MEMORY_FRACTION_ENV = "ROBUSTMTL_GPU_MEMORY_FRACTION"
 
 
 def side_by_side(rds: list[RunDir], job_id: str | None, flag: StopFlag, caps: Caps,
@@ -87,8 +87,6 @@ def child_outcome(rd: RunDir, code: int, job_id: str | None, caps: Caps) -> Outc
 
 def _member(caps_json: str, run_dir: str) -> NoReturn:
     """A parallel pack member's process: one run, its outcome as the exit code."""
-    from robustmtl.train.attempt import attempt
-
     flag = StopFlag()
     with flag.installed():
         outcome = attempt(RunDir(Path(run_dir)), current_job_id(), Caps(**json.loads(caps_json)), stop_requested=flag)
