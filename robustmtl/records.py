@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from robustmtl.provenance import code_version
+
 if TYPE_CHECKING:
     from robustmtl.config import RunConfig
 
@@ -42,8 +44,6 @@ def run_record(cfg: RunConfig, *, uses_train_groups: bool, report: bool, epoch: 
                time_s: float) -> dict[str, Any]:
     """The fields every record of a run carries before its split and metrics: who it is (the aggregator reads
     these once per run), where in training it was taken, and the code that computed it."""
-    from robustmtl.provenance import code_version
-
     return {
         "run_id": cfg.run_id, "setting_id": cfg.setting_id, "method": cfg.method, "dataset": cfg.dataset,
         "model": cfg.model, "seed": cfg.seed, "hparams": cfg.hparams(), "uses_train_groups": uses_train_groups,

@@ -199,7 +199,6 @@ NOT_YET_EXPLAINED = {
     ("grid.submit", "grid.local"),
     ("methods.dfr", "registry"),
     ("methods.dfr", "metrics"),
-    ("methods.dfr", "provenance"),
     ("methods.dfr", "records"),
     ("provenance", "config"),
     ("provenance", "layout"),

@@ -38,6 +38,11 @@ from robustmtl.params import coerce, did_you_mean, field_types
 from robustmtl.records import MetricsWriter, run_record
 from robustmtl.registry import dataset_entry, dataset_plugin, method_entry, model_entry
 from robustmtl.rundir import load_run
+from robustmtl.train import checkpoint, mechanism
+from robustmtl.train.batches import resolve_workers
+from robustmtl.train.evaluate import Evaluator, fixed_subset
+from robustmtl.train.loop import EVAL_BATCH, data_cache_dir, pick_device
+from robustmtl.train.step import autocast, resolve_precision
 
 SPLITS = ("train", "val", "test")
 
@@ -82,8 +87,6 @@ def default_out(run_dir: RunDir, cfg: RunConfig, target: Target) -> Path:
 
 def kept_weights(run_dir: RunDir, cfg: RunConfig) -> dict[str, torch.Tensor]:
     """The run's kept model as one state dict; one line when the run kept none."""
-    from robustmtl.train import checkpoint
-
     if not run_dir.done.exists():
         raise UserError(f"run {cfg.run_id} is not done ({run_dir.done} missing): nothing to evaluate yet")
     if not method_entry(cfg.method).trains:
@@ -118,12 +121,6 @@ def evaluate_kept(run_dir: RunDir, splits: list[str], dataset: str | None = None
                   sets: dict[str, Any] | None = None, out: Path | None = None, data_root: str | None = None,
                   device: str | None = None) -> tuple[Path, dict[str, dict[str, Any]]]:
     """Evaluate the run's kept model on `splits`, write their records; returns the folder and the metrics."""
-    from robustmtl.train import mechanism
-    from robustmtl.train.batches import resolve_workers
-    from robustmtl.train.evaluate import Evaluator, fixed_subset
-    from robustmtl.train.loop import EVAL_BATCH, data_cache_dir, pick_device
-    from robustmtl.train.step import autocast, resolve_precision
-
     for name in splits:
         if name not in SPLITS:
             raise UserError(f"--split {name!r}: one of {', '.join(SPLITS)}")
