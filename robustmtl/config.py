@@ -28,7 +28,7 @@ from robustmtl.params import (
     one_of,
     positive,
 )
-from robustmtl.registry import DATASETS, METHODS, MODELS, dataset_plugin, method_plugin, model_plugin
+from robustmtl.registry import DATASETS, METHODS, MODELS, aux_conflict, dataset_plugin, method_plugin, model_plugin
 
 CONFIG_VERSION = 1
 
@@ -281,6 +281,8 @@ def build_config(method: str, dataset: str, seed: int, model: str | None, values
     if data.modality not in modalities:
         raise UserError(f"{where}: model {model!r} takes {'/'.join(modalities)} inputs but dataset "
                         f"{dataset!r} is {data.modality}; pick a {data.modality} model")
+    if (conflict := aux_conflict(method, model)) is not None:
+        raise UserError(f"{where}: {conflict}")
     blocks = blocks_for(method, dataset, model)
     sections: dict[str, dict[str, Any]] = {name: {} for name in blocks}
     for key, value in values.items():

@@ -55,6 +55,7 @@ class MethodPlugin(Plugin):
     requires_path: str | None = None
     # roles of required runs whose final encoder weights this method loads (DFR's base): those runs keep them
     reads_encoders: tuple[str, ...] = field(default=(), kw_only=True)
+    trains_aux: bool = field(default=False, kw_only=True)  # trains the model's own pre-training objective
 
     def requires(self, config: Config) -> dict[str, Config]:
         """Runs that must finish before `config` starts, by role name (JTT's stage 1)."""
@@ -73,16 +74,18 @@ class DatasetPlugin(Plugin):
 @dataclass(frozen=True)
 class ModelPlugin(Plugin):
     modalities: tuple[str, ...] = ()
+    has_aux: bool = field(default=True, kw_only=True)  # False: a model without a pre-training objective, which
+    # the methods that train one refuse when the grid is planned (`aux_conflict`)
 
 
 def _method(impl: str, params: str | None = None, requires: str | None = None, *, display: str,
-            reads_encoders: tuple[str, ...] = ()) -> MethodPlugin:
+            reads_encoders: tuple[str, ...] = (), trains_aux: bool = False) -> MethodPlugin:
     """`impl` is "module:Class" under robustmtl.methods; `params` names its block in the same module."""
     module = impl.split(":")[0]
     return MethodPlugin(f"robustmtl.methods.{impl}",
                         f"robustmtl.methods.{module}:{params}" if params else NO_PARAMS,
                         f"robustmtl.requirements:{requires}" if requires else None, display=display,
-                        reads_encoders=reads_encoders)
+                        reads_encoders=reads_encoders, trains_aux=trains_aux)
 
 
 def _dataset(impl: str, params: str | None, modality: str, default_model: str, *, display: str,
@@ -91,8 +94,8 @@ def _dataset(impl: str, params: str | None, modality: str, default_model: str, *
                          modality, default_model, display=display, n_attrs=n_attrs)
 
 
-def _model(impl: str, params: str, *modalities: str) -> ModelPlugin:
-    return ModelPlugin(f"robustmtl.models.{impl}", f"robustmtl.models.params:{params}", modalities)
+def _model(impl: str, params: str, *modalities: str, has_aux: bool = True) -> ModelPlugin:
+    return ModelPlugin(f"robustmtl.models.{impl}", f"robustmtl.models.params:{params}", modalities, has_aux=has_aux)
 
 
 # In the order tables list them (the baseline first, then the paper's order).
@@ -106,12 +109,12 @@ METHODS: dict[str, MethodPlugin] = {
     "rwg": _method("balancing:RwG", display="RWG"),
     "rwy": _method("balancing:RwY", display="RWY"),
     "l1": _method("mtl:L1", "L1Params", display="ℓ1"),
-    "mtl": _method("mtl:MTL", "MTLParams", display="MTL"),
-    "mtl_l1": _method("mtl:MTLL1", "MTLL1Params", display="MTL+ℓ1"),
+    "mtl": _method("mtl:MTL", "MTLParams", display="MTL", trains_aux=True),
+    "mtl_l1": _method("mtl:MTLL1", "MTLL1Params", display="MTL+ℓ1", trains_aux=True),
     "ldro": _method("ldro:LookaheadDRO", "LDROParams", display="L-DRO"),
     "dfr": _method("dfr:DFR", "DFRParams", requires="retrained_base", display="DFR", reads_encoders=("base",)),
     "afr": _method("afr:AFR", "AFRParams", requires="retrained_base", display="AFR", reads_encoders=("base",)),
-    "pretrain": _method("pretrain:Pretrain", display="Pre-training"),
+    "pretrain": _method("pretrain:Pretrain", display="Pre-training", trains_aux=True),
 }
 
 DATASETS: dict[str, DatasetPlugin] = {
@@ -135,6 +138,7 @@ MODELS: dict[str, ModelPlugin] = {
     "bert": _model("bert:Bert", "BertParams", "text"),
     "vit": _model("vit:ViT", "ViTParams", "image"),
     "timm_vit": _model("timm_vit:TimmViT", "TimmViTParams", "image"),
+    "resnet": _model("resnet:ResNet", "ResNetParams", "image", has_aux=False),
 }
 
 
@@ -155,6 +159,19 @@ def dataset_plugin(name: str) -> DatasetPlugin:
 
 def model_plugin(name: str) -> ModelPlugin:
     return _lookup(MODELS, "model", name)
+
+
+def aux_conflict(method: str, model: str) -> str | None:
+    """Why `method` cannot run with `model` (it trains the model's pre-training objective, which `model` lacks)."""
+    if not method_plugin(method).trains_aux or model_plugin(model).has_aux:
+        return None
+    modalities = set(MODELS[model].modalities)
+    aux = [name for name, plugin in METHODS.items() if plugin.trains_aux]
+    baselines = [name for name, plugin in METHODS.items() if not plugin.trains_aux]
+    models = [name for name, plugin in MODELS.items() if plugin.has_aux and modalities & set(plugin.modalities)]
+    return (f"model {model!r} has no pre-training objective for method {method!r} to train: it is offered for the "
+            f"baselines, the methods without an auxiliary task ({', '.join(baselines)}); for {', '.join(aux)} "
+            f"(and pretrain_epochs > 0) use model {' or '.join(map(repr, models))}")
 
 
 def method_entry(name: str) -> Any:

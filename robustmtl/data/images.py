@@ -4,7 +4,7 @@ A split holds an image *source* (tensors in memory, files on disk read lazily pe
 pre-decoded cache of those files, `image_cache.py`) plus the size the model wants and how its images are
 viewed; the model's `prepare` sets both (`at_size`, `with_views`). A batch is {"pixel_values": uint8
 [B, 3, H, W]}: a quarter of float32's bytes through worker shared memory, pinning and the copy to the
-device. The model turns it into its input on its device (`models/vit.py:ViT.pixels`: float, resized to
+device. The model turns it into its input on its device (`models/vit.py:ImageInput.pixels`: float, resized to
 its size where the source did not, normalised). Files are decoded at the split's size (`decode.py`) by the
 split's deterministic view (`image_resize`: centre crop or squash); in-memory images keep their own.
 

@@ -98,3 +98,12 @@ class TimmViTParams(ImageAuxParams, NewLayerParams, ImageViewParams, MIMParams):
     timm_name: str = "vit_base_patch16_224"
     timm_weights: str = field(default="", metadata=local_path("file"))
     timm_image_size: int = field(default=0, metadata=at_least(0))
+
+
+@dataclass(frozen=True)
+class ResNetParams(NewLayerParams, ImageViewParams):
+    """The baselines' ImageNet ResNet (`models/resnet.py`): no auxiliary objective, so no `ImageAuxParams`."""
+
+    resnet_pretrained: str = field(default="", metadata=local_path("dir"))
+    resnet_image_size: int = field(default=224, metadata=positive())
+    resnet_depth: int = field(default=50, metadata=one_of(18, 34, 50, 101, 152))  # of a randomly initialised one

@@ -91,14 +91,15 @@ def simmim_loss(pixels: torch.Tensor, reconstruction: torch.Tensor, mask: torch.
     return error.sum() / (pixel_mask.sum() + 1e-5) / pixels.shape[1]
 
 
-def normalisation(source: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The checkpoint's image mean/std from its preprocessor_config.json; 0.5/0.5 when it has none."""
+def normalisation(source: str, mean: tuple[float, ...] = (0.5,) * CHANNELS,
+                  std: tuple[float, ...] = (0.5,) * CHANNELS) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The checkpoint's image mean/std from its preprocessor_config.json; `mean`/`std` when it has none."""
     from transformers.utils import cached_file
 
     path = cached_file(source, "preprocessor_config.json", local_files_only=True,
                        _raise_exceptions_for_missing_entries=False)
     config = json.loads(Path(path).read_text()) if path else {}
-    return tuple(config.get("image_mean", (0.5,) * CHANNELS)), tuple(config.get("image_std", (0.5,) * CHANNELS))
+    return tuple(config.get("image_mean", mean)), tuple(config.get("image_std", std))
 
 
 INIT_STD = 0.02  # transformers' ViTConfig.initializer_range, the reference's for every new layer
@@ -116,10 +117,57 @@ def split_at(both: Encoded, n: int) -> tuple[Encoded, Encoded]:
     return Encoded(h=both.h[:n], tokens=both.tokens[:n]), Encoded(h=both.h[n:], tokens=both.tokens[n:])
 
 
-class ViT(Model):
-    vit: Any  # transformers' ViTModel (timm's VisionTransformer in TimmViT)
+class ImageInput(Model):
+    """What every image encoder here shares: `prepare` serves the splits at the model's size and views, and
+    `pixels` turns a batch's uint8 images into the normalised input on the model's device."""
+
     pixel_mean: torch.Tensor
     pixel_std: torch.Tensor
+
+    def _set_input(self, size: int, p: Any) -> None:
+        """The input size, the views (`ImageViewParams` in `p`) and the normalisation (`self.mean`, `self.std`
+        set first)."""
+        # non-persistent: they move with the model to its device but stay out of state_dict, so checkpoints
+        # and pre-trained encoders keep their keys
+        for name, values in (("pixel_mean", self.mean), ("pixel_std", self.std)):
+            self.register_buffer(name, torch.tensor(values, dtype=torch.float32).view(-1, 1, 1), persistent=False)
+        self.size = size
+        self.views = (p.image_resize, p.image_train_crop, p.image_crop_scale_min)
+
+    def prepare(self, splits: Splits, cache_dir: Path | None) -> Splits:
+        """Decode every split's files (and the pre-training pool's, if any) at this model's size and views."""
+        def served(split: Split) -> ImageSplit:
+            if not isinstance(split, ImageSplit):
+                raise TypeError(f"{type(self).__name__} needs ImageSplit inputs, got {type(split).__name__}")
+            return split.at_size(self.size).with_views(*self.views)
+
+        pool = served(splits.pretrain) if splits.pretrain is not None else None
+        return Splits(splits.info, served(splits.train), served(splits.val), served(splits.test), pretrain=pool)
+
+    def pixels(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The model's input from the batch's uint8 pixels, computed where they are (the model's device):
+        `unit_pixels`, then (x - mean) / std. The classifier and SimMIM read its result."""
+        return self.normalise(self.unit_pixels(batch))
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """(x - mean) / std of [0, 1] images: the one place images are normalised (SimCLR's views come through)."""
+        return (x - self.pixel_mean) / self.pixel_std
+
+    def unit_pixels(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The batch's uint8 pixels as [0, 1] floats at this model's size (antialiased bilinear where the source
+        served another)."""
+        raw = batch["pixel_values"]
+        if raw.dtype != torch.uint8:
+            raise TypeError(f"pixel_values must be uint8 images as an ImageSplit serves them, got {raw.dtype}")
+        x = raw.float() / 255.0
+        if x.shape[-2:] != (self.size, self.size):
+            x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True,
+                                          align_corners=False)
+        return x
+
+
+class ViT(ImageInput):
+    vit: Any  # transformers' ViTModel (timm's VisionTransformer in TimmViT)
 
     def __init__(self, p: ViTParams, info: DataInfo) -> None:
         super().__init__()
@@ -153,18 +201,13 @@ class ViT(Model):
         self.interpolate = size != config.image_size
 
     def _add_shared_parts(self, dim: int, patch: int, size: int, p: Any, info: DataInfo) -> None:
-        """What every ViT encoder here shares: the input normalisation (`self.mean`, `self.std` set first), the
-        patch grid, the auxiliary task's settings and new layer (SimMIM's decoder or SimCLR's projection head),
-        the classifier."""
-        # non-persistent: they move with the model to its device but stay out of state_dict, so checkpoints
-        # and pre-trained encoders keep their keys
-        for name, values in (("pixel_mean", self.mean), ("pixel_std", self.std)):
-            self.register_buffer(name, torch.tensor(values, dtype=torch.float32).view(-1, 1, 1), persistent=False)
+        """What every ViT encoder here shares: the input (`_set_input`), the patch grid, the auxiliary task's
+        settings and new layer (SimMIM's decoder or SimCLR's projection head), the classifier."""
+        self._set_input(size, p)
         if size % patch:
             raise UserError(f"image size {size} must be a multiple of the patch size {patch}")
-        self.patch, self.size, self.grid = patch, size, size // patch
+        self.patch, self.grid = patch, size // patch
         self.mask_ratio, self.mask_scale, self.mim_loss = p.mim_mask_ratio, p.mim_mask_scale, p.mim_loss
-        self.views = (p.image_resize, p.image_train_crop, p.image_crop_scale_min)
         self.aux_task, self.temperature = p.aux_task, p.simclr_temperature
         new_layer: nn.Linear | nn.Conv2d
         if self.aux_task == "mim":
@@ -182,41 +225,10 @@ class ViT(Model):
     def build(cls, p: ViTParams, info: DataInfo) -> ViT:
         return cls(p, info)
 
-    def prepare(self, splits: Splits, cache_dir: Path | None) -> Splits:
-        """Decode every split's files (and the pre-training pool's, if any) at this model's size and views."""
-        def served(split: Split) -> ImageSplit:
-            if not isinstance(split, ImageSplit):
-                raise TypeError(f"the vit model needs ImageSplit inputs, got {type(split).__name__}")
-            return split.at_size(self.size).with_views(*self.views)
-
-        pool = served(splits.pretrain) if splits.pretrain is not None else None
-        return Splits(splits.info, served(splits.train), served(splits.val), served(splits.test), pretrain=pool)
-
     def _encode(self, pixels: torch.Tensor, mask: torch.Tensor | None) -> Encoded:
         tokens = self.vit(pixel_values=pixels, bool_masked_pos=mask, interpolate_pos_encoding=self.interpolate)
         tokens = tokens.last_hidden_state
         return Encoded(h=tokens[:, 0], tokens=tokens)
-
-    def pixels(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The model's input from the batch's uint8 pixels, computed where they are (the model's device):
-        `unit_pixels`, then (x - mean) / std. The classifier and SimMIM read its result."""
-        return self.normalise(self.unit_pixels(batch))
-
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """(x - mean) / std of [0, 1] images: the one place images are normalised (SimCLR's views come through)."""
-        return (x - self.pixel_mean) / self.pixel_std
-
-    def unit_pixels(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The batch's uint8 pixels as [0, 1] floats at this model's size (antialiased bilinear where the source
-        served another)."""
-        raw = batch["pixel_values"]
-        if raw.dtype != torch.uint8:
-            raise TypeError(f"pixel_values must be uint8 images as an ImageSplit serves them, got {raw.dtype}")
-        x = raw.float() / 255.0
-        if x.shape[-2:] != (self.size, self.size):
-            x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True,
-                                          align_corners=False)
-        return x
 
     def encode(self, batch: dict[str, torch.Tensor]) -> Encoded:
         return self._encode(self.pixels(batch), None)
