@@ -6,7 +6,6 @@ A UserError anywhere becomes one red line and exit code 2.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,12 +13,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from robustmtl.cli_common import App, console, err_console, execution_options, option_for, parse_sets, user_errors
+from robustmtl.cli_common import App, console, err_console, option_for, parse_sets, settings_options, user_errors
 from robustmtl.cli_data import data_app
 from robustmtl.cli_eval import eval_command
 from robustmtl.cli_grid import grid_app
-from robustmtl.config import Execution
+from robustmtl.config import Execution, RunOptions, build_config, check_local_paths
 from robustmtl.errors import UserError
+from robustmtl.grid.executor import data_root_for
 from robustmtl.layout import DEFAULT_OUT
 
 app = App(help="Group-robustness fine-tuning experiments, from grid files to worst-group tables.",
@@ -47,7 +47,7 @@ RawNamesOpt = Annotated[bool, typer.Option("--raw-names", help="Print method and
 
 @app.command()
 @user_errors
-@execution_options
+@settings_options(Execution, "execution")
 def run(
     method: Annotated[str, typer.Option(help="Method name, e.g. erm, mtl_l1.")],
     dataset: Annotated[str, typer.Option(help="Dataset name, e.g. synthetic.")],
@@ -57,11 +57,9 @@ def run(
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/single/<run_id>).")] = None,
     data_root: Annotated[str | None, typer.Option(help="Dataset directory (else $ROBUSTMTL_DATA).")] = None,
     *,
-    execution: Execution,  # the execution options, generated from its fields
+    execution: dict[str, Any],  # the execution options, generated from Execution's fields
 ) -> None:
     """Train one run in this process (resumes from its checkpoint; a finished run just reports)."""
-    from robustmtl.config import RunOptions, build_config, check_local_paths
-    from robustmtl.grid.executor import data_root_for
     from robustmtl.runner import run_with_requirements
 
     values = parse_sets(set_ or [])
@@ -73,7 +71,7 @@ def run(
                             f"give {option}")
     cfg = build_config(method, dataset, seed, model, values, where="--set")
     check_local_paths([cfg], "--set")
-    opts = RunOptions(**dataclasses.asdict(execution), data_root=data_root_for(data_root))
+    opts = RunOptions(**execution, data_root=data_root_for(data_root))
     summary = run_with_requirements(cfg, opts, out or DEFAULT_OUT / "single" / cfg.run_id, console)
     show_summary(summary)
 

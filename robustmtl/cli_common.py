@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from robustmtl.errors import UserError
-from robustmtl.params import parse_cli_value
+from robustmtl.params import field_types, parse_cli_value
 
 console = Console()
 err_console = Console(stderr=True)
@@ -34,28 +34,45 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def execution_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """`command` takes `execution: Execution`; its command-line options are generated from Execution's
-    fields (name, type, default, and `help` from the field's metadata), so they are defined once."""
-    from robustmtl.config import Execution
-    from robustmtl.params import field_types
+def settings_options(block: type, param: str, keys: tuple[str, ...] | None = None,
+                     overrides: bool = False) -> Callable[[F], F]:
+    """Give a command one option per field of the settings dataclass `block` (`keys`, else all of them):
+    type and default from the field, `help` (and `cli_names`, where the name is not the field's) from its
+    metadata, so each option is defined once, on the field. The command takes `param` (keyword-only, where
+    the options are to appear in its --help): the values given, by field name.
 
-    hints = field_types(Execution)
-    knobs = dataclasses.fields(Execution)
-    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "execution"]
-    generated = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
-                                   annotation=Annotated[hints[f.name], typer.Option(help=f.metadata["help"])])
-                 for f in knobs]
+    `overrides`: every default is None ("keep the grid file's"), and a bound in the field's metadata is
+    checked as the option is parsed (and shown in --help); otherwise the command's own dataclass checks."""
 
-    @functools.wraps(command)
-    def wrapper(**kwargs: Any) -> Any:
-        execution = Execution(**{f.name: kwargs.pop(f.name) for f in knobs})
-        return command(**kwargs, execution=execution)
+    def decorate(command: F) -> F:
+        hints = field_types(block)
+        chosen = [f for f in dataclasses.fields(block) if keys is None or f.name in keys]
+        generated = [_option(f, hints[f.name], overrides) for f in chosen]
+        parameters: list[inspect.Parameter] = []
+        for p in inspect.signature(command, eval_str=True).parameters.values():
+            parameters += generated if p.name == param else [p]
 
-    parameters = [*own, *generated]
-    wrapper.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
-    return wrapper
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> Any:
+            values = {f.name: kwargs.pop(f.name) for f in chosen}
+            return command(**kwargs, **{param: values})
+
+        wrapper.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _option(f: dataclasses.Field[Any], hint: Any, overrides: bool) -> inspect.Parameter:
+    bounds = {}
+    if overrides and "min" in f.metadata:
+        bounds["min"] = f.metadata["min"]
+    elif overrides and f.metadata.get("positive") and hint is int:
+        bounds["min"] = 1
+    option = typer.Option(*f.metadata.get("cli_names", ()), help=f.metadata["help"], **bounds)
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None if overrides else f.default,
+                             annotation=Annotated[hint | None if overrides else hint, option])
 
 
 def option_for(command: Callable[..., Any], key: str, value: Any) -> str | None:

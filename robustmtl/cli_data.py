@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from robustmtl.cli_common import console, err_console, parse_sets, user_errors
 from robustmtl.errors import UserError
+from robustmtl.grid.executor import data_root_for
 
 if TYPE_CHECKING:
     from robustmtl.data.check import CheckReport
@@ -69,7 +70,6 @@ def check(
     """
     from robustmtl.data.check import check_dataset
     from robustmtl.data.check_render import check_format
-    from robustmtl.grid.executor import data_root_for
 
     fmt = check_format(fmt)
     params = data_params_from_sets(name, set_ or [])
@@ -94,7 +94,6 @@ def prepare(
     """
     from robustmtl.data.check import check_dataset
     from robustmtl.data.prepare import prepare_dataset
-    from robustmtl.grid.executor import data_root_for
 
     root = data_root_for(data_root)
     if root is None:

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from robustmtl.cli_common import console, parse_sets, user_errors
+from robustmtl.grid.executor import data_root_for
 from robustmtl.layout import METRICS, RunDir
 
 
@@ -31,7 +32,6 @@ def eval_command(
     """Evaluate a finished run's kept model on a split of its dataset, or of another dataset of the same modality
     and classes, writing records in the run's format (`robustmtl aggregate FOLDER` reads them)."""
     from robustmtl.aggregate.export import percent_text  # pandas
-    from robustmtl.grid.executor import data_root_for
     from robustmtl.train.evaluate_kept import evaluate_kept  # torch
 
     folder, results = evaluate_kept(RunDir(run_dir), split or ["val", "test"], dataset, parse_sets(set_ or []), out,

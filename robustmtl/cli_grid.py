@@ -12,8 +12,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from robustmtl.cli_common import console, user_errors
+from robustmtl.cli_common import console, settings_options, user_errors
 from robustmtl.errors import UserError
+from robustmtl.grid.executor import ExecutorSettings, with_overrides
 from robustmtl.layout import DEFAULT_OUT, GridDir
 
 if TYPE_CHECKING:
@@ -21,24 +22,9 @@ if TYPE_CHECKING:
 
 grid_app = typer.Typer(help="Expand, submit and follow grids of runs.", no_args_is_help=True)
 
-PartitionOpt = Annotated[str | None, typer.Option(help="SLURM partition (overrides the grid file).")]
-AccountOpt = Annotated[str | None, typer.Option(help="SLURM account (overrides the grid file).")]
-QosOpt = Annotated[str | None, typer.Option(help="SLURM QOS (overrides the grid file).")]
-GpusOpt = Annotated[int | None, typer.Option(help="GPUs per run (overrides the grid file).", min=0)]
-TimeOpt = Annotated[int | None, typer.Option("--time", "--timeout", min=2,
-                                             help="Job time limit in minutes (overrides the grid file).")]
-ParallelismOpt = Annotated[int | None, typer.Option(help="Array tasks running at once (overrides the grid file; "
-                                                         "0: no limit).", min=0)]
-PackOpt = Annotated[int | None, typer.Option(help="Runs per SLURM array task (overrides the grid file's pack).",
-                                             min=1)]
-ExecutorOpt = Annotated[str | None, typer.Option(help="auto | local | slurm | debug (overrides the file).")]
 GridDirArg = Annotated[Path, typer.Argument(help="Grid directory.")]
-
-
-def slurm_overrides(partition: str | None, account: str | None, qos: str | None, gpus: int | None,
-                    time: int | None, array_parallelism: int | None, pack: int | None = None) -> dict[str, Any]:
-    return {"partition": partition, "account": account, "qos": qos, "gpus": gpus, "timeout_min": time,
-            "array_parallelism": array_parallelism, "pack": pack}
+# the [executor] keys `grid submit` and `grid resume` take as options, overriding the grid file's
+GRID_OVERRIDES = ("kind", "partition", "account", "qos", "gpus", "timeout_min", "array_parallelism", "pack")
 
 
 DRY_RUN_ROWS = 100  # rich needs ~2.5 ms a row; the per-cell counts below cover the rest
@@ -100,19 +86,14 @@ def refuse_failures(failed: dict[str, str]) -> None:
 
 @grid_app.command("submit")
 @user_errors
+@settings_options(ExecutorSettings, "overrides", GRID_OVERRIDES, overrides=True)
 def grid_submit(
     spec: Annotated[Path, typer.Argument(help="Grid file (TOML), e.g. jobs/demo.toml.")],
     out: Annotated[Path | None, typer.Option(help="Grid directory (default runs/<name>).")] = None,
-    executor: ExecutorOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the expanded runs; write nothing.")] = False,
     force: Annotated[bool, typer.Option(help="Reuse a grid directory made by a different spec.")] = False,
-    partition: PartitionOpt = None,
-    account: AccountOpt = None,
-    qos: QosOpt = None,
-    gpus: GpusOpt = None,
-    time: TimeOpt = None,
-    array_parallelism: ParallelismOpt = None,
-    pack: PackOpt = None,
+    *,
+    overrides: dict[str, Any],  # the [executor] options, generated from ExecutorSettings' fields
     require_clean: Annotated[bool, typer.Option(
         "--require-clean", help="Refuse to submit from a checkout with uncommitted changes.")] = False,
     max_runs: Annotated[int, typer.Option(help="Refuse a grid of more runs than this (0: no limit), so a typo'd "
@@ -121,19 +102,16 @@ def grid_submit(
     """Expand a grid file and execute (local) or queue (slurm) every run that is not done or queued."""
     from robustmtl.grid.submit import check_out, plan, submit
 
-    overrides = slurm_overrides(partition, account, qos, gpus, time, array_parallelism, pack)
     if dry_run:
-        from robustmtl.grid.executor import with_overrides
-
         grid_spec, runs = plan(spec)
-        with_overrides(grid_spec.executor, {**overrides, "kind": executor}, str(spec))
+        with_overrides(grid_spec.executor, overrides, str(spec))
         grid_dir = out or DEFAULT_OUT / grid_spec.name
         check_out(GridDir(grid_dir))
         show_plan(grid_spec, runs, grid_dir)
         if max_runs and len(runs) > max_runs:
             console.print(f"[yellow]note:[/] more than --max-runs {max_runs}: submit it with --max-runs {len(runs)}")
         return
-    failed = submit(spec, out, executor, force, console, overrides, require_clean=require_clean,
+    failed = submit(spec, out, overrides["kind"], force, console, overrides, require_clean=require_clean,
                     max_runs=max_runs)
     refuse_failures(failed)
 
@@ -232,19 +210,14 @@ def _capped(lines: list[Any]) -> list[Any]:
 
 @grid_app.command("resume")
 @user_errors
+@settings_options(ExecutorSettings, "overrides", GRID_OVERRIDES, overrides=True)
 def grid_resume(
     grid_dir: GridDirArg,
     failed_only: Annotated[bool, typer.Option("--failed-only", help="Failed runs and those they block.")] = False,
     retry_diverged: Annotated[bool, typer.Option("--retry-diverged", help="Retry diverged runs too (a non-finite "
                                                  "loss; left out otherwise, as they diverge again).")] = False,
-    executor: ExecutorOpt = None,
-    partition: PartitionOpt = None,
-    account: AccountOpt = None,
-    qos: QosOpt = None,
-    gpus: GpusOpt = None,
-    time: TimeOpt = None,
-    array_parallelism: ParallelismOpt = None,
-    pack: PackOpt = None,
+    *,
+    overrides: dict[str, Any],  # the [executor] options, generated from ExecutorSettings' fields
     new_code: Annotated[bool, typer.Option("--new-code", help="Run the checkout's code now, not the snapshot "
                                                              "taken at submit time.")] = False,
 ) -> None:
@@ -254,8 +227,7 @@ def grid_resume(
 
     if new_code:
         renew(GridDir(grid_dir), console)
-    overrides = slurm_overrides(partition, account, qos, gpus, time, array_parallelism, pack)
-    refuse_failures(resume(GridDir(grid_dir), executor, failed_only, overrides, console, retry_diverged))
+    refuse_failures(resume(GridDir(grid_dir), overrides["kind"], failed_only, overrides, console, retry_diverged))
 
 
 @grid_app.command("cancel")

@@ -73,9 +73,10 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class Execution:
-    """How a run executes on its machine, defined once for `robustmtl run` (its options are generated from
-    these fields, `help` their text), a run's options.json and a grid's [executor] table; never part of a
-    run's identity."""
+    """How a run executes on its machine; never part of a run's identity. The one block behind three things:
+    `robustmtl run`'s options (generated from these fields, `help` their text), a grid's [executor] table
+    (`ExecutorSettings` adds where the runs execute) and each run's options.json (`RunOptions` adds two facts
+    of the run). Whichever of them a run starts from, `RunOptions.of` makes its options."""
 
     device: str = field(default="auto", metadata={**DEVICE, "help": "auto, cpu, cuda, cuda:1 ..."})
     threads: int = field(default=0, metadata={**at_least(0), "help": "torch CPU threads (0: torch's default)."})
@@ -103,7 +104,8 @@ class Execution:
 
 @dataclass(frozen=True)
 class RunOptions(Execution):
-    """How and where a run executes: never part of its identity."""
+    """A run's options.json: how it executes (`Execution`'s keys), where its data is, and whether a run
+    planned after it reads its weights; never part of its identity."""
 
     data_root: str | None = None
     # save the final weights (encoder.pt, and the tiny head.pt): a run another run retrains on (DFR's or AFR's
@@ -113,6 +115,13 @@ class RunOptions(Execution):
     def __post_init__(self) -> None:
         for name in field_types(RunOptions):
             coerce(RunOptions, name, getattr(self, name), "run options")
+
+    @classmethod
+    def of(cls, how: Execution, data_root: str | None = None, **changes: Any) -> RunOptions:
+        """A run's options from any block of the family (`robustmtl run`'s options, a grid's [executor]
+        settings): its `Execution` keys, then `changes`; the block's other keys say nothing about one run."""
+        keys = {f.name: getattr(how, f.name) for f in dataclasses.fields(Execution)}
+        return cls(**{**keys, **changes}, data_root=data_root)
 
 
 @dataclass(frozen=True)

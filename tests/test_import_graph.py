@@ -180,9 +180,6 @@ def waits_for_nothing(imp: Import, start: frozenset[str]) -> bool:
 NOT_YET_EXPLAINED = {
     ("aggregate.details", "grid.coverage"),
     ("aggregate.names", "grid.spec"),
-    ("cli", "config"),
-    ("cli_common", "config"),
-    ("cli_common", "params"),
     ("data.prepare", "data.check"),
     ("grid.control", "rundir"),
     ("grid.control", "grid.slurm"),

@@ -19,24 +19,31 @@ KINDS = ("auto", "local", "slurm", "debug")
 
 @dataclass(frozen=True)
 class ExecutorSettings(Execution):
-    """[executor]: where the runs execute (these fields), and how each does (`Execution`'s)."""
+    """[executor]: where the runs execute (these fields), and how each does (`Execution`'s).
 
-    kind: str = field(default="auto", metadata=one_of(*KINDS))
+    A field with `help` is also an option of `grid submit` and `grid resume` that overrides the file
+    (`cli_grid.GRID_OVERRIDES`), named after the field unless `cli_names` says otherwise."""
+
+    kind: str = field(default="auto", metadata={**one_of(*KINDS), "cli_names": ("--executor",),
+                                                "help": "auto | local | slurm | debug (overrides the file)."})
     parallel: int = field(default=0, metadata=at_least(0))
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
+    partition: str | None = field(default=None, metadata={"help": "SLURM partition (overrides the grid file)."})
+    account: str | None = field(default=None, metadata={"help": "SLURM account (overrides the grid file)."})
+    qos: str | None = field(default=None, metadata={"help": "SLURM QOS (overrides the grid file)."})
     constraint: str | None = None
-    gpus: int = field(default=0, metadata=at_least(0))
+    gpus: int = field(default=0, metadata={**at_least(0), "help": "GPUs per run (overrides the grid file)."})
     cpus: int = field(default=1, metadata=positive())
     mem_gb: float | None = None
     # SLURM sends the warning signal up to a minute early: in a 1-minute job it can come before Python catches it
-    timeout_min: int = field(default=60, metadata=at_least(2))
-    array_parallelism: int = field(default=0, metadata=at_least(0))
+    timeout_min: int = field(default=60, metadata={**at_least(2), "cli_names": ("--time", "--timeout"),
+                                                   "help": "Job time limit in minutes (overrides the grid file)."})
+    array_parallelism: int = field(default=0, metadata={
+        **at_least(0), "help": "Array tasks running at once (overrides the grid file; 0: no limit)."})
     max_preemptions: int = field(default=20, metadata=at_least(0))
     max_timeouts: int = field(default=3, metadata=at_least(0))
     max_crashes: int = field(default=2, metadata=at_least(0))
-    pack: int = field(default=1, metadata=positive())
+    pack: int = field(default=1, metadata={**positive(),
+                                           "help": "Runs per SLURM array task (overrides the grid file's pack)."})
     pack_mode: str = field(default="sequential", metadata=one_of("sequential", "parallel"))
     # runs of a parallel pack that share one GPU (`gpus = 1`): each may use 1/runs_per_gpu of its memory
     runs_per_gpu: int = field(default=1, metadata=positive())
@@ -95,9 +102,9 @@ class ExecutorSettings(Execution):
         return max(1, (os.cpu_count() or 1) // max(self.threads, 1))
 
     def run_options(self, data_root: str | None, kind: str, gpu_shares: int = 0) -> RunOptions:
+        """Each run's options: local runs that share the machine take one thread each unless `threads` says."""
         threads = self.threads or (1 if kind == "local" and self.local_parallel(gpu_shares) > 1 else 0)
-        how = {f.name: getattr(self, f.name) for f in dataclasses.fields(Execution)}
-        return RunOptions(**{**how, "threads": threads}, data_root=data_root)
+        return RunOptions.of(self, data_root, threads=threads)
 
 
 def executor_settings(table: dict[str, Any], where: str, overrides: dict[str, Any] | None = None) -> ExecutorSettings:
