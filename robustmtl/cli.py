@@ -149,11 +149,9 @@ def aggregate(
         return aggregate_by(grid_dirs, by, select, baseline, include_running, fmt, output, quiet, raw_names,
                             console, err_console)
     from robustmtl.aggregate import aggregate as run_aggregate
-    from robustmtl.aggregate.cost import cost_table, render_cost_rich
-    from robustmtl.aggregate.details import render_differences_rich, render_hparams_rich
-    from robustmtl.aggregate.export import render_rich
+    from robustmtl.aggregate.cost import cost_table
     from robustmtl.aggregate.names import display_names
-    from robustmtl.aggregate.report import Sides, check_output, documents, resolve_format, write
+    from robustmtl.aggregate.report import Sides, check_output, documents, resolve_format, screen, write
 
     if output is not None:
         check_output(output, grid_dirs)
@@ -164,16 +162,12 @@ def aggregate(
     names, name_warnings = display_names(grid_dirs, raw_names)
     print_notices(summary.warnings + name_warnings, summary)
     costs = cost_table(summary.runs) if show_cost and summary.runs is not None else None
-    screen = err_console if output is None and fmt != "table" else console  # stdout stays machine-readable
+    sides = Sides(show_hparams, baseline is not None, costs)
+    terminal = err_console if output is None and fmt != "table" else console  # stdout stays machine-readable
     if not quiet:
-        screen.print(render_rich(summary, names))
-        if show_hparams:
-            screen.print(render_hparams_rich(summary, names=names))
-        if baseline:
-            screen.print(render_differences_rich(summary, names))
-        if costs is not None:
-            screen.print(render_cost_rich(costs, names))
-    docs = documents(summary, fmt, Sides(show_hparams, baseline is not None, costs), small_intervals, names)
+        for table in screen(summary, sides, names):
+            terminal.print(table)
+    docs = documents(summary, fmt, sides, small_intervals, names)
     if output is None and fmt == "table":
         return
     for path in write(docs, output):

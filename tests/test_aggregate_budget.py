@@ -48,7 +48,9 @@ def test_each_column_is_the_aggregate_of_its_rule(grid):
 
 def test_aggregate_label_budget_prints_a_column_per_budget_with_the_rules_values(cli, grid):
     result = cli("aggregate", grid, "--label-budget", "--format", "markdown")
-    head, _, *body = result.stdout.split("\n\n")[0].splitlines()
+    title, table = result.stdout.split("\n\n")[:2]
+    assert title == "Test worst-group accuracy by validation label budget:"
+    head, _, *body = table.splitlines()
     assert [c.strip().split(" (")[0] for c in head.strip("|").split("|")] == ["method", *HEADS]
     erm = next(r for r in body if r.startswith("| ERM "))
     summary = aggregate([grid], select="worst-class")

@@ -42,7 +42,7 @@ def expected_curve(grid: Path, run_ids: list[str], split: str, metric: str) -> d
 
 def test_the_drawn_curves_are_the_chosen_settings_seed_means_by_epoch(grid):
     summary = aggregate([grid])
-    table = curve_table(summary, [grid], include_running=False)
+    table = curve_table(summary)
     fig = curve_figure(table, summary, "synthetic")
     panels = {ax.get_title(): ax for ax in fig.axes if ax.get_visible() and ax.get_title()}
     assert set(panels) == {"ERM (n=2)", "MTL+ℓ1 (n=2)"}
@@ -72,7 +72,7 @@ def test_plot_curves_writes_one_figure_per_dataset_with_its_numbers(cli, grid, t
     assert set(written["method_display"]) == {"erm", "mtl_l1"}  # --raw-names: the keys in both columns
     summary = aggregate([grid])
     pd.testing.assert_frame_equal(written.drop(columns=["dataset_display", "method_display"]),
-                                  curve_table(summary, [grid], False).reset_index(drop=True),
+                                  curve_table(summary).reset_index(drop=True),
                                   check_exact=False, rtol=1e-5, check_dtype=False)
     assert written["mean_pct"].between(0, 100).all() and written["mean_pct"].max() > 1  # percent, not fractions
     assert (out / "curves_synthetic.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -17,18 +17,18 @@ from rich.console import Console
 from robustmtl.aggregate import (
     RunCounts,
     Summary,
-    render_hparams_rich,
+    hparams_table,
     render_rich,
     to_csv,
     to_latex,
     to_markdown,
 )
-from robustmtl.aggregate.details import hparams_to_markdown
 from robustmtl.aggregate.export import MISSING, caption, method_order
-from robustmtl.aggregate.latex import latex_escape
 from robustmtl.aggregate.names import RAW_NAMES, DisplayNames
 from robustmtl.aggregate.summary import CELL_COLUMNS
 from robustmtl.registry import DATASETS, METHODS
+from robustmtl.render import render
+from robustmtl.render.latex import escape as latex_escape
 
 # (method, dataset) -> (avg mean, worst mean, half-width, n, n_expected, uses_train_groups)
 Spec = dict[tuple[str, str], tuple[float, float, float, int, int, bool]]
@@ -299,15 +299,15 @@ def test_rich_bold_marks_best() -> None:
 
 def test_hparams_views() -> None:
     s = make_summary(BASE)
-    text = _rich_text(render_hparams_rich(s), width=300)
+    text = _rich_text(render(hparams_table(s), "table"), width=300)
     assert "0123456789ab" in text and "0:2 1:3 2:4" in text and "3/3" in text and "val worst" in text
     assert "lr=1e-05" in text and "(one setting)" in text and "alpha_aux" not in text
-    assert "alpha_aux=0.5" in _rich_text(render_hparams_rich(s, full=True), width=300)
-    table = md_table(hparams_to_markdown(s))
+    assert "alpha_aux=0.5" in _rich_text(render(hparams_table(s, full=True), "table"), width=300)
+    table = md_table(render(hparams_table(s), "markdown"))
     assert len(table) == 2 + len(BASE) and len({len(r) for r in table}) == 1
     assert table[2][:2] == ["civil\\_comments", "ERM"] and table[2][-1] == "lr=1e-05"
     assert table[0][4] == "val worst (%)" and table[2][4] == "60.0"  # the score, in percent like every accuracy
-    assert "test worst" in hparams_to_markdown(make_summary(BASE, select="oracle"))
+    assert "test worst" in render(hparams_table(make_summary(BASE, select="oracle")), "markdown")
 
 
 def test_latex_small_intervals_keep_structure() -> None:
@@ -382,6 +382,6 @@ def test_the_main_table_at_80_columns_prints_every_interval_whole() -> None:
 
 def test_the_hyperparameter_table_at_80_columns_wraps_between_settings_never_inside_one() -> None:
     s = four_dataset_summary()
-    hparams = _rich_text(render_hparams_rich(s, full=True), width=80)
+    hparams = _rich_text(render(hparams_table(s, full=True), "table"), width=80)
     assert_readable(hparams, ["0123456789ab", "0:2", "1:3", "2:4", "alpha_aux=0.5,", "alpha_reg=0.01,", "lr=1e-05,",
                               "weight_decay=0.0001", "civil_comments", "Waterbirds"])

@@ -73,7 +73,7 @@ def test_selection_options_reach_the_heatmap_which_shows_the_tables_numbers(cli,
         "--few-groups-seed", "1", "--ci", "bootstrap", "--seed", "3", "--include-running")
     assert_figures(tmp_path / "figs", ALL)
     summary = aggregate([grid], **options)
-    table, _ = sweep_table(summary, [grid], "mtl_l1", include_running=False)
+    table, _ = sweep_table(summary, "mtl_l1")
     chosen = summary.chosen.set_index("method").loc["mtl_l1", "hparams"]
     at_chosen = table[(table["alpha_aux"] == chosen["alpha_aux"]) & (table["alpha_reg"] == chosen["alpha_reg"])]
     cell = summary.cells[(summary.cells["method"] == "mtl_l1") & (summary.cells["metric"] == "worst_group_acc")]

@@ -178,7 +178,6 @@ def waits_for_nothing(imp: Import, start: frozenset[str]) -> bool:
 # to be moved to its module's top (no cycle stops that: the graph above counts them already) or given its
 # reason. The list only shrinks: an entry that stops applying fails the test until it is removed.
 NOT_YET_EXPLAINED = {
-    ("aggregate.details", "grid.coverage"),
     ("aggregate.names", "grid.spec"),
     ("data.prepare", "data.check"),
     ("grid.control", "rundir"),

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from robustmtl.aggregate.details import hparams_to_markdown, render_differences_rich, render_hparams_rich
+from robustmtl.aggregate.details import differences_table, hparams_table
 from robustmtl.aggregate.export import render_rich, to_csv, to_markdown
 from robustmtl.aggregate.hyperparameters import check_no_condition_varies
 from robustmtl.aggregate.latex import to_latex
@@ -32,10 +32,9 @@ __all__ = [
     "Selector",
     "Summary",
     "aggregate",
-    "hparams_to_markdown",
+    "differences_table",
+    "hparams_table",
     "paired_difference",
-    "render_differences_rich",
-    "render_hparams_rich",
     "render_rich",
     "to_csv",
     "to_latex",
@@ -112,7 +111,7 @@ def summarise(loaded: Loaded, selector: Selector, ci: str, baseline: str | None,
         differences = build_differences(sel.per_seed, sel.chosen, baseline, metrics)
     return Summary(
         cells, sel.chosen, sel.per_seed, selector.name, ci, loaded.counts, warnings, baseline, differences, selector,
-        loaded.runs, gaps, metrics,
+        loaded.runs, gaps, metrics, loaded.records,
     )
 
 

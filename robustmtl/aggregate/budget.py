@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -19,17 +20,17 @@ from robustmtl.aggregate import coverage_gaps, grid_list, load_scope, summarise
 from robustmtl.aggregate.axes import clip_accuracy, set_accuracy_limits
 from robustmtl.aggregate.conditions_plot import LINESTYLES
 from robustmtl.aggregate.details import difference_text
-from robustmtl.aggregate.export import MISSING, csv_text, in_units, interval_text, md_escape, method_order, percent_text
-from robustmtl.aggregate.latex import latex_tabular
+from robustmtl.aggregate.export import in_units, interval_text, method_order, percent_text
 from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames
 from robustmtl.aggregate.plot import FORMATS, MARKERS, pyplot, save_figure
 from robustmtl.aggregate.rules import get_selector
 from robustmtl.aggregate.select import RuleInputs
 from robustmtl.aggregate.stats import CI_TYPES, check_ci
 from robustmtl.aggregate.summary import Summary
-from robustmtl.aggregate.terminal import Column, FittedTable
 from robustmtl.aggregate.units import ACCURACY, POINTS, percent
 from robustmtl.errors import UserError
+from robustmtl.render import MISSING, Table, columns, render
+from robustmtl.render import documents as table_documents
 
 FRACTIONS = (0.05, 0.10, 0.25, 0.50)  # few-groups' budgets: of validation's examples, group-labelled
 METRIC = "worst_group_acc"
@@ -156,10 +157,9 @@ def _uniform_n(table: BudgetTable) -> int | None:
     return int(ns.pop()) if len(ns) == 1 else None
 
 
-def header(table: BudgetTable, names: DisplayNames, sep: str = "\n") -> list[str]:
+def header(table: BudgetTable, names: DisplayNames) -> list[str]:
     several = len(table.datasets) > 1
-    return [*(["dataset"] if several else []), "method",
-            *(b.head(sep) for b in table.budgets)]
+    return [*(["dataset"] if several else []), "method", *(b.head() for b in table.budgets)]
 
 
 def rows(table: BudgetTable, names: DisplayNames = REGISTRY_NAMES, differences: bool = False) -> list[list[str]]:
@@ -201,56 +201,36 @@ def notes(table: BudgetTable) -> list[str]:
     return list(dict.fromkeys(n for n in table.cells["diff_note"] if isinstance(n, str) and n))
 
 
-def render_rich(table: BudgetTable, names: DisplayNames = REGISTRY_NAMES) -> list[FittedTable]:
-    """The table (and with a baseline the differences) fitted to the terminal's width."""
-    head = header(table, names)
-    keep = head.index("method") + 1
-    columns = [Column(h, justify="left" if i < keep else "right") for i, h in enumerate(head)]
-    out = [FittedTable("Test worst-group accuracy by validation label budget", columns, rows(table, names), keep=keep,
-                       caption=caption(table, names))]
-    if table.baseline is not None:
-        out.append(FittedTable(f"Paired difference vs {names.method(table.baseline)}", columns,
-                               rows(table, names, differences=True), keep=keep,
-                               caption="\n".join([difference_caption(table, names), *notes(table)])))
-    return out
-
-
-def _pipe_table(head: list[str], body: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(md_escape(h) for h in head) + " |", "|" + "|".join("---" for _ in head) + "|",
-            *("| " + " | ".join(md_escape(c) for c in row) + " |" for row in body)]
-
-
-def to_markdown(table: BudgetTable, names: DisplayNames = REGISTRY_NAMES) -> str:
-    head = header(table, names, sep=" ")
-    lines = [*_pipe_table(head, rows(table, names)), "", md_escape(caption(table, names))]
-    if table.baseline is not None:
-        lines += ["", *_pipe_table(head, rows(table, names, differences=True)), "",
-                  md_escape(difference_caption(table, names)), *(f"- {md_escape(n)}" for n in notes(table))]
-    return "\n".join(lines) + "\n"
-
-
 CSV_UNITS = {"mean": ACCURACY, "lower": ACCURACY, "upper": ACCURACY, "half_width": POINTS, "diff_mean": POINTS,
              "diff_lower": POINTS, "diff_upper": POINTS, "diff_half_width": POINTS}
 
 
-def to_csv(table: BudgetTable, names: DisplayNames = REGISTRY_NAMES) -> str:
-    """Long format, one row per (dataset, method, budget), in the units of aggregate/units.py."""
-    return csv_text(in_units(table.cells, {k: u for k, u in CSV_UNITS.items() if k in table.cells}, names))
+def tables(table: BudgetTable, names: DisplayNames = REGISTRY_NAMES) -> dict[str, Table]:
+    """The table, and with a baseline the differences, by document name. The CSV is one, long format (a row per
+    dataset, method and budget, in the units of aggregate/units.py): it holds the differences in its rows."""
+    head = header(table, names)
+    cols = columns(head, right_from=head.index("method") + 1)
+    keep = head.index("method") + 1
+    out = {"": Table("Test worst-group accuracy by validation label budget", cols, rows(table, names),
+                     notes=[caption(table, names)], keep=keep, label="tab:label-budget",
+                     data=in_units(table.cells, {k: u for k, u in CSV_UNITS.items() if k in table.cells}, names))}
+    if table.baseline is not None:
+        out["differences"] = Table(f"Paired difference vs {names.method(table.baseline)}", cols,
+                                   rows(table, names, differences=True),
+                                   notes=[difference_caption(table, names), *(f"- {n}" for n in notes(table))],
+                                   keep=keep, label="tab:label-budget-differences")
+    return out
+
+
+def render_rich(table: BudgetTable, names: DisplayNames = REGISTRY_NAMES) -> list[Any]:
+    """The table (and with a baseline the differences) fitted to the terminal's width."""
+    return [render(t, "table") for t in tables(table, names).values()]
 
 
 def documents(table: BudgetTable, fmt: str, names: DisplayNames = REGISTRY_NAMES) -> dict[str, str]:
     """As report.documents: Markdown is one document; LaTeX's differences are a file of their own; the CSV
     holds the differences in its rows."""
-    if fmt in ("markdown", "table"):
-        return {"": to_markdown(table, names)}
-    if fmt == "csv":
-        return {"": to_csv(table, names)}
-    head = header(table, names, sep=" ")
-    docs = {"": latex_tabular(caption(table, names), head, rows(table, names), "tab:label-budget")}
-    if table.baseline is not None:
-        docs["differences"] = latex_tabular(" ".join([difference_caption(table, names), *notes(table)]), head,
-                                            rows(table, names, differences=True), "tab:label-budget-differences")
-    return docs
+    return table_documents(tables(table, names), fmt)
 
 
 # --- figure -----------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from robustmtl.aggregate.export import md_escape, method_order
+from robustmtl.aggregate.export import method_order
 from robustmtl.aggregate.hyperparameters import check_no_condition_varies, paired_differences, parameters_of
 from robustmtl.aggregate.load import Loaded, load_runs
 from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames, with_display_columns
@@ -34,11 +34,11 @@ from robustmtl.aggregate.parse import METRICS
 from robustmtl.aggregate.rules import get_selector
 from robustmtl.aggregate.select import RuleInputs, select_runs
 from robustmtl.aggregate.stats import t_interval
-from robustmtl.aggregate.terminal import Column, FittedTable
 from robustmtl.aggregate.units import ACCURACY, POINTS, SHARE, displayed, percent, stat_column, unit_of
 from robustmtl.errors import UserError
 from robustmtl.metrics import MECHANISM_FIELDS
 from robustmtl.params import did_you_mean
+from robustmtl.render import Column, Table, render
 
 
 @dataclass
@@ -244,35 +244,24 @@ def caption(table: ConditionTable, names: DisplayNames = REGISTRY_NAMES) -> list
     return parts
 
 
+def report(table: ConditionTable, intervals: bool = True, names: DisplayNames = REGISTRY_NAMES) -> Table:
+    """The table to print (see table_rows for `intervals`); its CSV holds the cells as they are (units in the
+    column names), with display names beside the keys, floats exact (the condition values are keys)."""
+    header, rows = table_rows(table, intervals, names)
+    identifying = header.index("method") + 1  # dataset, the condition keys and the method name a row
+    return Table("Test accuracy by " + ", ".join(table.by), [Column(h) for h in header], rows,
+                 notes=caption(table, names), keep=identifying, data=with_display_columns(table.cells, names),
+                 float_format=None)
+
+
 def to_markdown(table: ConditionTable, names: DisplayNames = REGISTRY_NAMES) -> str:
-    header, rows = table_rows(table, names=names)
-    lines = ["| " + " | ".join(md_escape(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(md_escape(c) for c in r) + " |" for r in rows]
-    legend = [md_escape(part) if not part.startswith("- ") else "- " + md_escape(part[2:])
-              for part in caption(table, names)]
-    paragraphs = "\n\n".join("\n".join(p) for p in _paragraphs(legend))
-    return "\n".join(lines) + "\n\n" + paragraphs + "\n"
-
-
-def _paragraphs(parts: list[str]) -> list[list[str]]:
-    """Caption parts grouped into paragraphs: a list item stays with the items and the line before it."""
-    grouped: list[list[str]] = []
-    for part in parts:
-        if part.startswith("- ") and grouped:
-            grouped[-1].append(part)
-        else:
-            grouped.append([part])
-    return grouped
+    return render(report(table, names=names), "markdown")
 
 
 def to_csv(table: ConditionTable, names: DisplayNames = REGISTRY_NAMES) -> str:
-    """The cells as they are (units in the column names), with display names beside the keys."""
-    return with_display_columns(table.cells, names).to_csv(index=False, lineterminator="\n")
+    return render(report(table, names=names), "csv")
 
 
-def render_rich(table: ConditionTable, names: DisplayNames = REGISTRY_NAMES) -> FittedTable:
-    """The terminal table with its caption, fitted to the terminal's width (aggregate/terminal.py)."""
-    header, rows = table_rows(table, intervals=False, names=names)
-    identifying = header.index("method") + 1  # dataset, the condition keys and the method name a row
-    return FittedTable("by " + ", ".join(table.by), [Column(h) for h in header], rows, keep=identifying,
-                       caption="\n".join(caption(table, names)))
+def render_rich(table: ConditionTable, names: DisplayNames = REGISTRY_NAMES) -> Any:
+    """The terminal table with its caption, fitted to the terminal's width."""
+    return render(report(table, intervals=False, names=names), "table")

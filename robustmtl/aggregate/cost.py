@@ -14,12 +14,10 @@ import math
 from pathlib import Path
 
 import pandas as pd
-from rich.table import Table
-from rich.text import Text
 
-from robustmtl.aggregate.export import md_escape
 from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames, with_display_columns
 from robustmtl.aggregate.units import GPU_TIME, MEMORY, WALL_TIME, column, hours
+from robustmtl.render import Table, columns
 from robustmtl.rundir import run_cost
 
 WALL_PER_RUN = column("wall_time_per_run", WALL_TIME)
@@ -73,21 +71,9 @@ def cost_rows(costs: pd.DataFrame, names: DisplayNames = REGISTRY_NAMES) -> list
     return rows
 
 
-def cost_csv_frame(costs: pd.DataFrame, names: DisplayNames = REGISTRY_NAMES) -> pd.DataFrame:
-    """The cost table as its CSV holds it: the units are in the column names, display names beside the keys."""
-    return with_display_columns(costs, names)
-
-
-def render_cost_rich(costs: pd.DataFrame, names: DisplayNames = REGISTRY_NAMES) -> Table:
-    table = Table(title=Text("Cost per cell"), caption=Text(COST_NOTE))
-    for name in COST_HEADER:
-        table.add_column(name, justify="left" if name in ("dataset", "method") else "right", overflow="fold")
-    for row in cost_rows(costs, names):
-        table.add_row(*map(Text, row))
-    return table
-
-
-def cost_to_markdown(costs: pd.DataFrame, names: DisplayNames = REGISTRY_NAMES) -> str:
-    lines = ["Cost per cell:", "", "| " + " | ".join(COST_HEADER) + " |", "|:--|:--" + "|--:" * 5 + "|"]
-    lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in cost_rows(costs, names)]
-    return "\n".join([*lines, "", COST_NOTE[0].upper() + COST_NOTE[1:] + "."]) + "\n"
+def cost_report(costs: pd.DataFrame, names: DisplayNames = REGISTRY_NAMES) -> Table:
+    """The cost table (a cost_table frame) to print; its CSV has the units in the column names and the display
+    names beside the keys."""
+    return Table("Cost per cell", [*columns(COST_HEADER[:2], "left"), *columns(COST_HEADER[2:], "right")],
+                 cost_rows(costs, names), notes=[COST_NOTE[0].upper() + COST_NOTE[1:] + "."], keep=2,
+                 label="tab:cost", data=with_display_columns(costs, names))

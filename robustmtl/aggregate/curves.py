@@ -19,7 +19,6 @@ import pandas as pd
 from robustmtl.aggregate.axes import clip_accuracy, set_accuracy_limits
 from robustmtl.aggregate.drawing import FORMATS, pyplot, save_figure
 from robustmtl.aggregate.export import method_order
-from robustmtl.aggregate.load import load_runs
 from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames, with_display_columns
 from robustmtl.aggregate.stats import t_interval
 from robustmtl.aggregate.summary import Summary
@@ -35,11 +34,12 @@ COLUMNS = ["dataset", "method", "split", "metric", "epoch", MEAN, LOWER, UPPER, 
 PANELS_PER_ROW = 4
 
 
-def curve_table(summary: Summary, dirs: Sequence[Path], include_running: bool) -> pd.DataFrame:
+def curve_table(summary: Summary) -> pd.DataFrame:
     """Per cell, split, metric and epoch: mean and t-interval over the reported runs of the chosen setting
-    (the runs behind the tables' numbers), in percent."""
+    (the runs behind the tables' numbers), in percent; from the records the Summary was made of."""
+    assert summary.records is not None  # aggregate() always sets them
     reported = summary.per_seed[["dataset", "method", "run_id"]]
-    records = load_runs(dirs, include_running).records
+    records = summary.records
     records = records[records["run_id"].isin(reported["run_id"]) & records["split"].isin(SPLITS)]
     last = records.sort_values("step").drop_duplicates(["run_id", "epoch", "split"], keep="last")
     curves = last.merge(reported, on="run_id")

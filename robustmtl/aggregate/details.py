@@ -7,29 +7,19 @@ import math
 from typing import Any
 
 import pandas as pd
-from rich.table import Table
-from rich.text import Text
 
-from robustmtl.aggregate.export import (
-    METRIC_LABELS,
-    MISSING,
-    in_units,
-    md_escape,
-    method_order,
-    percent_text,
-    points_text,
-)
+from robustmtl.aggregate.export import METRIC_LABELS, in_units, method_order, percent_text, points_text
 from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames
 from robustmtl.aggregate.stats import CI_TYPES
 from robustmtl.aggregate.summary import Summary
-from robustmtl.aggregate.terminal import Column, FittedTable
 from robustmtl.aggregate.units import ACCURACY, POINTS
+from robustmtl.grid.coverage import gap_lines
+from robustmtl.render import MISSING, Column, Table
+from robustmtl.render.markdown import escape as md_escape
 
 
 def coverage_lines(summary: Summary) -> list[str]:
     """What the saved specs asked for and is not done, per grid directory and cell ([] when complete)."""
-    from robustmtl.grid.coverage import gap_lines
-
     lines = []
     for grid_dir, gaps in summary.gaps.items():
         lines.append(f"coverage of {grid_dir}: {len(gaps)} cell(s) of its grid.toml have runs not done:")
@@ -42,15 +32,15 @@ def coverage_to_markdown(summary: Summary) -> str:
     return "\n".join(["Coverage:", "", *(f"- {md_escape(line.strip())}" for line in lines)]) + "\n" if lines else ""
 
 
-def render_hparams_rich(summary: Summary, full: bool = False, names: DisplayNames = REGISTRY_NAMES) -> FittedTable:
+def hparams_table(summary: Summary, full: bool = False, names: DisplayNames = REGISTRY_NAMES) -> Table:
     """The chosen setting per cell with its selected epochs, so a reader can rerun or audit the choice.
 
-    `searched` lists only hyperparameters that differed among the compared settings; `full` adds all.
-    """
+    `searched` lists only hyperparameters that differed among the compared settings; `full` adds all. Its CSV
+    holds one row per cell with the hyperparameters as JSON."""
     header = hparam_header(summary, full)
-    columns = [Column(name, words=i >= HPARAM_TEXT_FROM) for i, name in enumerate(header)]
-    return FittedTable(f"Chosen hyperparameters ({summary.selector.label})", columns,
-                       hparam_rows(summary, full, names), keep=2)
+    return Table(f"Chosen hyperparameters ({summary.selector.label})",
+                 [Column(name, words=i >= HPARAM_TEXT_FROM) for i, name in enumerate(header)],
+                 hparam_rows(summary, full, names), keep=2, label="tab:hparams", data=_hparams_frame(summary, names))
 
 
 DIFFERENCE_HEADER = ("dataset", "method", "metric", "difference", "n")
@@ -90,35 +80,14 @@ def difference_title(summary: Summary, names: DisplayNames = REGISTRY_NAMES) -> 
 DIFFERENCE_UNITS = {"mean_diff": POINTS, "lower": POINTS, "upper": POINTS, "half_width": POINTS}
 
 
-def differences_csv_frame(summary: Summary, names: DisplayNames = REGISTRY_NAMES) -> pd.DataFrame:
-    """The paired differences as their CSV holds them: percentage points, display names beside the keys."""
-    assert summary.differences is not None
-    return in_units(summary.differences, DIFFERENCE_UNITS, names)
-
-
-def render_differences_rich(summary: Summary, names: DisplayNames = REGISTRY_NAMES) -> Table | None:
-    """None when no baseline was asked for."""
+def differences_table(summary: Summary, names: DisplayNames = REGISTRY_NAMES) -> Table | None:
+    """The paired differences to the baseline, and why some methods have none (None without a baseline)."""
     if summary.differences is None:
         return None
-    notes = difference_notes(summary)
-    table = Table(title=Text(difference_title(summary, names)), caption=Text("\n".join(notes)) if notes else None,
-                  caption_justify="left")
-    for name in DIFFERENCE_HEADER:
-        table.add_column(name, justify="right" if name in ("difference", "n") else "left", overflow="fold")
-    for row in difference_rows(summary, names):
-        table.add_row(*(Text(c) for c in row))
-    return table
-
-
-def differences_to_markdown(summary: Summary, names: DisplayNames = REGISTRY_NAMES) -> str:
-    """Markdown version of render_differences_rich ('' without a baseline)."""
-    if summary.differences is None:
-        return ""
-    lines = [f"{md_escape(difference_title(summary, names))}:", "", "| " + " | ".join(DIFFERENCE_HEADER) + " |",
-             "|" + "---|" * len(DIFFERENCE_HEADER)]
-    lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in difference_rows(summary, names)]
-    notes = difference_notes(summary)
-    return "\n".join(lines + (["", *(f"- {md_escape(note)}" for note in notes)] if notes else [])) + "\n"
+    return Table(difference_title(summary, names),
+                 [Column(name, "right" if name in ("difference", "n") else "") for name in DIFFERENCE_HEADER],
+                 difference_rows(summary, names), notes=[f"- {note}" for note in difference_notes(summary)],
+                 label="tab:differences", data=in_units(summary.differences, DIFFERENCE_UNITS, names))
 
 
 def sorted_chosen(summary: Summary) -> pd.DataFrame:
@@ -155,9 +124,11 @@ def hparam_rows(summary: Summary, full: bool = False, names: DisplayNames = REGI
     return [_hparam_row(r, full, names) for r in sorted_chosen(summary).itertuples()]
 
 
-def hparams_to_markdown(summary: Summary, full: bool = False, names: DisplayNames = REGISTRY_NAMES) -> str:
-    """Markdown version of render_hparams_rich."""
-    header = hparam_header(summary, full)
-    lines = ["| " + " | ".join(md_escape(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in hparam_rows(summary, full, names)]
-    return "\n".join(lines) + "\n"
+def _hparams_frame(summary: Summary, names: DisplayNames) -> pd.DataFrame:
+    """One row per cell: the chosen setting, its score (an accuracy) and seeds, and its hyperparameters as JSON."""
+    chosen = sorted_chosen(summary)
+    for column in ("hparams", "searched", "epochs"):
+        chosen[column] = [json.dumps(v, sort_keys=True) for v in chosen[column]]
+    columns = ["dataset", "method", "setting_id", "model", "score", "n_seeds", "n_expected", "epochs", "searched",
+               "hparams"]
+    return in_units(chosen[columns], {"score": ACCURACY}, names)

@@ -1,8 +1,10 @@
-"""Render a Summary as a terminal table, Markdown, long CSV, or a booktabs LaTeX table.
+"""The main worst-group table of a Summary: terminal, Markdown and long CSV (LaTeX: latex.py).
 
-All renderers share one layout (rows = methods, columns = dataset x {avg, worst}) and one caption, so
-the formats never disagree about what a number means. Every number is in the unit aggregate/units.py
-gives it, and every method and dataset is printed by its display name (aggregate/names.py).
+Its layout (a header per dataset, the best mean in bold, footnote marks) is its own; escaping and the CSV writer
+are robustmtl/render's, like every other table's. All formats share one layout (rows = methods, columns =
+dataset x {avg, worst}) and one caption, so the formats never disagree about what a number means. Every number
+is in the unit aggregate/units.py gives it, and every method and dataset is printed by its display name
+(aggregate/names.py).
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames, with_display
 from robustmtl.aggregate.prediction_metrics import LOWER_IS_BETTER, PREDICTION_METRICS, RECORD_METRIC
 from robustmtl.aggregate.stats import CI_TYPES
 from robustmtl.aggregate.summary import Summary
-from robustmtl.aggregate.terminal import Column, FittedTable
 from robustmtl.aggregate.units import ACCURACY, POINTS, Unit, column, percent
 from robustmtl.registry import METHODS
+from robustmtl.render import MISSING, Column
+from robustmtl.render.csv import frame_text
+from robustmtl.render.markdown import escape as md_escape
+from robustmtl.render.terminal import FittedTable
 
 METRIC_LABELS = {**{m.name: m.label for m in PREDICTION_METRICS.values()}, "avg_acc": "avg",
                  "worst_group_acc": "worst"}
@@ -28,7 +33,6 @@ TRAIN_GROUPS_NOTE = "uses training group labels"
 SHORT_NOTE = "fewer seeds than the grid asked for"
 MIXED_NOTE = "runs from more than one code version"
 UNFINISHED_NOTE = "includes runs that have not finished (--include-running)"
-MISSING = "\u2013"  # en dash
 
 
 def method_order(methods: Iterable[str]) -> list[str]:
@@ -200,7 +204,7 @@ def render_rich(summary: Summary, names: DisplayNames = REGISTRY_NAMES) -> Fitte
     notes = [f"{m} {t}" for m, t in footnotes(layout)] + [code_note(layout)]
     if summary.counts.excluded_incomplete:
         notes.append(f"{summary.counts.excluded_incomplete} incomplete run(s) excluded (--include-running)")
-    columns = [Column("method"), *(Column(f"{names.dataset(d)}\n{METRIC_LABELS.get(m, m)}", justify="right")
+    columns = [Column("method"), *(Column(f"{names.dataset(d)}\n{METRIC_LABELS.get(m, m)}", align="right")
                                    for d, m in table_columns(layout))]
     rows = []
     for method in layout.methods:
@@ -222,10 +226,6 @@ def render_rich(summary: Summary, names: DisplayNames = REGISTRY_NAMES) -> Fitte
 
 
 # --- markdown / csv ---------------------------------------------------------------------------------
-
-
-def md_escape(s: str) -> str:
-    return s.replace("\\", "\\\\").replace("|", "\\|").replace("*", "\\*").replace("_", "\\_")
 
 
 def to_markdown(summary: Summary, names: DisplayNames = REGISTRY_NAMES) -> str:
@@ -265,10 +265,6 @@ def in_units(frame: pd.DataFrame, units: dict[str, Unit], names: DisplayNames) -
     return with_display_columns(out, names)
 
 
-def csv_text(frame: pd.DataFrame) -> str:
-    return frame.to_csv(index=False, lineterminator="\n", float_format="%.10g")
-
-
 def to_csv(summary: Summary, names: DisplayNames = REGISTRY_NAMES) -> str:
     """Long format (one row per dataset x method x metric) for scripts, in the units of aggregate/units.py."""
-    return csv_text(in_units(summary.cells, CSV_UNITS, names))
+    return frame_text(in_units(summary.cells, CSV_UNITS, names))

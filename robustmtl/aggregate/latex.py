@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Sequence
-
 from robustmtl.aggregate.export import (
     METRIC_LABELS,
     CellValue,
@@ -16,29 +13,7 @@ from robustmtl.aggregate.export import (
 )
 from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames
 from robustmtl.aggregate.summary import Summary
-
-_LATEX_ESCAPES = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-    "±": r"$\pm$",
-    "\u2013": "--",
-    "×": r"$\times$",
-    "ℓ": r"$\ell$",
-}
-_ELL_INDEX = re.compile(r"\$\\ell\$(\d+)")  # ℓ1 is set as the norm's symbol, $\ell_{1}$
-
-
-def latex_escape(s: str) -> str:
-    """Escape TeX specials in user-chosen names (method/dataset strings like mtl_l1, display names like ℓ1)."""
-    return _ELL_INDEX.sub(r"$\\ell_{\1}$", "".join(_LATEX_ESCAPES.get(c, c) for c in s))
+from robustmtl.render.latex import escape as latex_escape
 
 
 def _tex_value(v: CellValue | None, small_intervals: bool) -> str:
@@ -98,21 +73,3 @@ def to_latex(summary: Summary, small_intervals: bool = False, names: DisplayName
     out.append(r"\end{table}")
     return "\n".join(out) + "\n"
 
-
-def latex_tabular(title: str, header: Sequence[str], rows: Iterable[Sequence[str]], label: str) -> str:
-    """A side table (hyperparameters, differences, cost) as its own booktabs `table` float."""
-    out = [
-        r"\begin{table}[t]",
-        r"\centering",
-        rf"\caption{{{latex_escape(title)}}}",
-        rf"\label{{{label}}}",
-        rf"\begin{{tabular}}{{{'l' * len(header)}}}",
-        r"\toprule",
-        " & ".join(latex_escape(h) for h in header) + r" \\",
-        r"\midrule",
-        *(" & ".join(latex_escape(c) for c in row) + r" \\" for row in rows),
-        r"\bottomrule",
-        r"\end{tabular}",
-        r"\end{table}",
-    ]
-    return "\n".join(out) + "\n"

@@ -20,7 +20,7 @@ from robustmtl.aggregate import aggregate
 from robustmtl.aggregate.axes import MIN_ACCURACY_SPAN, accuracy_range, set_accuracy_limits
 from robustmtl.aggregate.curves import curve_figures, curve_table
 from robustmtl.aggregate.drawing import FORMATS, MARKERS, pyplot, save_figure
-from robustmtl.aggregate.load import Loaded, load_runs
+from robustmtl.aggregate.load import Loaded
 from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames
 from robustmtl.aggregate.select import select_runs
 from robustmtl.aggregate.summary import Summary
@@ -66,7 +66,7 @@ def plot_grids(grid_dirs: Sequence[Path], out: Path, method: str, opts: SelectOp
     summary = aggregate(dirs, **asdict(opts))
     paths = tradeoff_figure(summary, out, formats, names)
     try:
-        table, sweep_warnings = sweep_table(summary, dirs, method, opts.include_running)
+        table, sweep_warnings = sweep_table(summary, method)
     except NoSweep as exc:
         return Figures(paths, summary, summary.warnings, str(exc))
     paths += sweep_heatmap(table, summary, method, out, formats, names)
@@ -79,7 +79,7 @@ def plot_curves(grid_dirs: Sequence[Path], out: Path, opts: SelectOptions = Sele
     """The learning-curve figures (aggregate/curves.py) of every cell at the tables' chosen setting."""
     dirs = checked_dirs(grid_dirs, out)
     summary = aggregate(dirs, **asdict(opts))
-    paths = curve_figures(curve_table(summary, dirs, opts.include_running), summary, out, names)
+    paths = curve_figures(curve_table(summary), summary, out, names)
     return Figures(paths, summary, summary.warnings, None)
 
 
@@ -205,18 +205,18 @@ def _pair_label(method: str, alphas: tuple[Any, ...]) -> str:
     return ", ".join([method, *(f"{a}={v}" for a, v in zip(SWEEP_AXES, alphas, strict=True) if pd.notna(v))])
 
 
-def sweep_table(summary: Summary, dirs: Sequence[Path], method: str,
-                include_running: bool) -> tuple[pd.DataFrame, list[str]]:
+def sweep_table(summary: Summary, method: str) -> tuple[pd.DataFrame, list[str]]:
     """Per (dataset, alpha_aux, alpha_reg): mean test worst-group accuracy over seeds (n of them) of the
     setting the tables' rule would choose among those with these alphas (other axes, e.g. lr, are selected
     on validation like in the tables, not averaged); and the selection's warnings.
 
     select_runs picks one setting per (dataset, method), so each alpha pair is made a "method" of its own.
-    Runs come from the tables' own load; records are read again (aggregate() keeps none).
+    Runs and records come from the tables' own load (the Summary's).
     """
+    assert summary.records is not None  # aggregate() always sets them
     runs = _sweep_runs(summary, method)
     runs["method"] = [_pair_label(method, pair) for pair in runs[list(SWEEP_AXES)].itertuples(index=False, name=None)]
-    records = load_runs(dirs, include_running).records
+    records = summary.records
     try:
         selection = select_runs(Loaded(records[records["run_id"].isin(runs["run_id"])], runs, summary.counts, []),
                                 summary.selector)

@@ -9,35 +9,22 @@ the main table goes there, so `aggregate ... --format csv > table.csv` is a clea
 
 from __future__ import annotations
 
-import functools
-import json
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from robustmtl.aggregate.cost import COST_HEADER, COST_NOTE, cost_csv_frame, cost_rows, cost_to_markdown
-from robustmtl.aggregate.details import (
-    DIFFERENCE_HEADER,
-    coverage_to_markdown,
-    difference_notes,
-    difference_rows,
-    difference_title,
-    differences_csv_frame,
-    differences_to_markdown,
-    hparam_header,
-    hparam_rows,
-    hparams_to_markdown,
-    sorted_chosen,
-)
-from robustmtl.aggregate.export import csv_text, in_units, to_csv, to_markdown
-from robustmtl.aggregate.latex import latex_tabular, to_latex
+from robustmtl.aggregate.cost import cost_report
+from robustmtl.aggregate.details import coverage_to_markdown, differences_table, hparams_table
+from robustmtl.aggregate.export import render_rich, to_csv, to_markdown
+from robustmtl.aggregate.latex import to_latex
 from robustmtl.aggregate.names import REGISTRY_NAMES, DisplayNames
 from robustmtl.aggregate.summary import Summary
-from robustmtl.aggregate.units import ACCURACY
 from robustmtl.errors import UserError
+from robustmtl.render import Table, render
+from robustmtl.render import documents as table_documents
 
 FORMATS = ("table", "markdown", "csv", "latex")
 SUFFIX_FORMATS = {".tex": "latex", ".md": "markdown", ".csv": "csv"}
@@ -79,32 +66,29 @@ def check_output(output: Path, grid_dirs: list[Path]) -> None:
         raise UserError(f"--output {output} is a directory; give a file name such as {output / 'table.md'}")
 
 
+def side_tables(summary: Summary, sides: Sides, names: DisplayNames = REGISTRY_NAMES) -> dict[str, Table]:
+    """The side tables asked for, by the name of their document."""
+    tables = {"hparams": hparams_table(summary, names=names) if sides.hparams else None,
+              "differences": differences_table(summary, names) if sides.differences else None,
+              "cost": cost_report(sides.costs, names) if sides.costs is not None else None}
+    return {name: table for name, table in tables.items() if table is not None}
+
+
+def screen(summary: Summary, sides: Sides, names: DisplayNames = REGISTRY_NAMES) -> list[Any]:
+    """The terminal's tables (rich renderables): the main one, then the side tables asked for."""
+    return [render_rich(summary, names), *(render(t, "table") for t in side_tables(summary, sides, names).values())]
+
+
 def documents(summary: Summary, fmt: str, sides: Sides, small_intervals: bool = False,
               names: DisplayNames = REGISTRY_NAMES) -> dict[str, str]:
     """Document name → text; "" is the main table, the others are the side tables of one-table formats.
     `names`: what every table prints for methods and datasets (a CSV has them beside the keys, for scripts)."""
+    docs = table_documents(side_tables(summary, sides, names), fmt)
     if fmt in ("markdown", "table"):
-        parts = [to_markdown(summary, names)]
-        parts += [hparams_to_markdown(summary, names=names)] if sides.hparams else []
-        parts += [differences_to_markdown(summary, names)] if sides.differences else []
-        parts += [cost_to_markdown(sides.costs, names)] if sides.costs is not None else []
-        parts += [coverage_to_markdown(summary)] if summary.gaps else []
-        return {"": "\n".join(parts)}
-    main: Callable[[Summary], str] = functools.partial(to_csv, names=names) if fmt == "csv" else functools.partial(
-        to_latex, small_intervals=small_intervals, names=names)
-    docs = {"": main(summary)}
-    if sides.hparams:
-        docs["hparams"] = _hparams_csv(summary, names) if fmt == "csv" else latex_tabular(
-            f"Chosen hyperparameters ({summary.selector.label})", hparam_header(summary),
-            hparam_rows(summary, names=names), "tab:hparams")
-    if sides.differences and summary.differences is not None:
-        docs["differences"] = csv_text(differences_csv_frame(summary, names)) if fmt == "csv" else latex_tabular(
-            " ".join([difference_title(summary, names) + ".", *difference_notes(summary)]), DIFFERENCE_HEADER,
-            difference_rows(summary, names), "tab:differences")
-    if sides.costs is not None:
-        docs["cost"] = csv_text(cost_csv_frame(sides.costs, names)) if fmt == "csv" else latex_tabular(
-            "Cost per cell: " + COST_NOTE, COST_HEADER, cost_rows(sides.costs, names), "tab:cost")
-    return docs
+        parts = [to_markdown(summary, names), *docs.values(), coverage_to_markdown(summary)]
+        return {"": "\n".join(p for p in parts if p)}
+    main = to_csv(summary, names) if fmt == "csv" else to_latex(summary, small_intervals, names)
+    return {"": main, **docs}
 
 
 def side_path(output: Path, name: str) -> Path:
@@ -128,13 +112,3 @@ def write(docs: dict[str, str], output: Path | None) -> list[Path]:
     except OSError as exc:
         raise UserError(f"cannot write --output {output}: {exc.strerror or exc}") from None
     return paths
-
-
-def _hparams_csv(summary: Summary, names: DisplayNames) -> str:
-    """One row per cell: the chosen setting, its score (an accuracy) and seeds, and its hyperparameters as JSON."""
-    chosen = sorted_chosen(summary)
-    for column in ("hparams", "searched", "epochs"):
-        chosen[column] = [json.dumps(v, sort_keys=True) for v in chosen[column]]
-    columns = ["dataset", "method", "setting_id", "model", "score", "n_seeds", "n_expected", "epochs", "searched",
-               "hparams"]
-    return csv_text(in_units(chosen[columns], {"score": ACCURACY}, names))

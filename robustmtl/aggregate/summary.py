@@ -48,6 +48,8 @@ class Summary:
         `note` says why a row has no numbers (no baseline run of the method's condition).
     runs: every run found (Loaded.runs), helper runs included, for the cost table.
     gaps: per grid directory, the cells of its saved spec with runs not done (coverage).
+    records: every record of those runs (Loaded.records), so a figure of other epochs or settings (curves, the
+        sweep heatmap) reads the runs once, with the table.
     """
 
     cells: pd.DataFrame
@@ -63,6 +65,7 @@ class Summary:
     runs: pd.DataFrame | None = None
     gaps: dict[str, list[CellGap]] = field(default_factory=dict)
     metrics: list[str] = field(default_factory=lambda: list(METRICS))  # the columns shown per dataset
+    records: pd.DataFrame | None = None
 
     @property
     def selector(self) -> Selector:

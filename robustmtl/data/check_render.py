@@ -1,7 +1,7 @@
 """`data check`'s report as a terminal table, Markdown, long CSV or JSON (one layout, so formats agree).
 
-Markdown escaping and CSV writing are aggregate's (robustmtl/aggregate/export.py, report.py): a group
-table pasted next to a results table reads the same way.
+Its tables are rendered by robustmtl/render, as the results tables are: a group table pasted next to a results
+table reads the same way.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from typing import Any
 
 import pandas as pd
 from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
-from robustmtl.aggregate.export import MISSING, md_escape
-from robustmtl.aggregate.report import csv_text
 from robustmtl.data.check import CheckReport, GroupTable
 from robustmtl.errors import UserError
+from robustmtl.render import MISSING, Table, columns, render
+from robustmtl.render.csv import frame_text
+from robustmtl.render.markdown import escape as md_escape
 
 FORMATS = ("table", "markdown", "csv", "json")
 REGIME_HEADER = ("block", "dims", "mean", "std", "leading variance", "separability %", "train label accuracy %")
@@ -73,31 +73,25 @@ def _regime_rows(report: CheckReport) -> list[list[str]]:
              _pct(b.separability), _pct(b.label_accuracy_train)] for b in report.regime.blocks]
 
 
-def _rich_table(title: str, header: list[str] | tuple[str, ...], rows: list[list[str]], caption: str = "") -> Table:
-    table = Table(title=Text(title), caption=Text(caption) if caption else None)
-    for i, name in enumerate(header):
-        table.add_column(Text(name), justify="left" if i == 0 else "right", overflow="fold")
-    for row in rows:
-        table.add_row(*map(Text, row))
-    return table
+def _group_table(table: GroupTable) -> Table:
+    header = _header(table)
+    note = "shares of the split; groups overlap" if table.overlapping else "shares of the split"
+    return Table(_sentence(table.title), columns(header, right_from=1), _rows(table), notes=[note])
+
+
+def _regime_table(report: CheckReport) -> Table:
+    return Table("Synthetic regime (robustmtl/data/regime.py)", columns(REGIME_HEADER, right_from=1),
+                 _regime_rows(report), notes=[_sentence(REGIME_NOTE) + "."])
 
 
 def render_rich(report: CheckReport) -> RenderableType:
     parts: list[RenderableType] = [Text(summary_line(report))]
-    for table in report.tables:
-        note = "shares of the split; groups overlap" if table.overlapping else "shares of the split"
-        parts.append(_rich_table(table.title, _header(table), _rows(table), note))
+    parts += [render(_group_table(table), "table") for table in report.tables]
     parts.append(Text(agreement_line(report)))
     if report.regime is not None:
-        parts.append(_rich_table("synthetic regime (robustmtl/data/regime.py)", REGIME_HEADER, _regime_rows(report),
-                                 REGIME_NOTE))
+        parts.append(render(_regime_table(report), "table"))
         parts.append(Text(report.regime.line, style="bold"))
     return Group(*parts)
-
-
-def _md_table(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(map(md_escape, header)) + " |", "|:--" + "|--:" * (len(header) - 1) + "|"]
-    return lines + ["| " + " | ".join(map(md_escape, row)) + " |" for row in rows]
 
 
 def _sentence(text: str) -> str:
@@ -107,12 +101,10 @@ def _sentence(text: str) -> str:
 def to_markdown(report: CheckReport) -> str:
     lines = [md_escape(summary_line(report)) + ".", ""]
     for table in report.tables:
-        lines += [f"{md_escape(_sentence(table.title))}:", "", *_md_table(_header(table), _rows(table)), ""]
+        lines += [render(_group_table(table), "markdown")]
     lines += [md_escape(_sentence(agreement_line(report))) + ".", ""]
     if report.regime is not None:
-        lines += ["Synthetic regime:", "", *_md_table(REGIME_HEADER, _regime_rows(report)), "",
-                  md_escape(_sentence(REGIME_NOTE)) + ".", "",
-                  f"**{md_escape(report.regime.line)}**", ""]
+        lines += [render(_regime_table(report), "markdown"), f"**{md_escape(report.regime.line)}**", ""]
     for title, items in (("Problems", report.problems), ("Warnings", report.warnings)):
         if items:
             lines += [f"{title}:", "", *(f"- {md_escape(item)}" for item in items), ""]
@@ -124,7 +116,7 @@ def to_csv(report: CheckReport) -> str:
     rows = [{"table": t.title.split(" (")[0], "group": name, "split": split, "n": counts[k],
              "share": t.share(split, k)}
             for t in report.tables for split, counts in t.counts.items() for k, name in enumerate(t.names)]
-    return csv_text(pd.DataFrame(rows, columns=["table", "group", "split", "n", "share"]))
+    return frame_text(pd.DataFrame(rows, columns=["table", "group", "split", "n", "share"]))
 
 
 def _finite(value: Any) -> Any:

@@ -14,21 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.cells import cell_len
-from rich.table import Table
+from rich.table import Table as RichTable
 from rich.text import Text
+
+from robustmtl.render.table import Column, Table
 
 BORDER = 3  # per column: a space of padding each side and a rule; plus one rule for the table's edge
 CONTINUED = "columns continued in the next table"
-
-
-@dataclass(frozen=True)
-class Column:
-    """A column's header and layout. `words`: a text column that may wrap between its words; otherwise each
-    value (a number, an interval, an id) is printed whole on one line."""
-
-    header: str
-    justify: str = "left"
-    words: bool = False
 
 
 @dataclass
@@ -90,13 +82,19 @@ class FittedTable:
         parts = self.parts(options.max_width)
         for number, part in enumerate(parts):
             title = self.title if number == 0 else f"{self.title} (continued)"
-            table = Table(title=Text(title), caption=Text(CONTINUED) if number < len(parts) - 1 else None)
+            table = RichTable(title=Text(title), caption=Text(CONTINUED) if number < len(parts) - 1 else None)
             for i, column_width in self.widths(part, options.max_width).items():
                 column = self.columns[i]
-                table.add_column(Text(column.header), justify=column.justify,  # type: ignore[arg-type]
+                table.add_column(Text(column.header), justify=column.align or "left",  # type: ignore[arg-type]
                                  width=column_width, overflow="fold")
             for row in self._texts:
                 table.add_row(*(row[i] for i in part))
             yield table
         if self.caption:
             yield Text(self.caption)
+
+
+def render(table: Table) -> FittedTable:
+    """The table fitted to the terminal's width, its notes beneath it one per line."""
+    return FittedTable(table.title, table.columns, table.rows, keep=table.keep,
+                       caption="\n".join(table.notes) or None)
