@@ -56,6 +56,9 @@ class MethodPlugin(Plugin):
     # roles of required runs whose final encoder weights this method loads (DFR's base): those runs keep them
     reads_encoders: tuple[str, ...] = field(default=(), kw_only=True)
     trains_aux: bool = field(default=False, kw_only=True)  # trains the model's own pre-training objective
+    # fits on validation data with every group label it has (DFR's balanced subsets, AFR's choice of gamma):
+    # selection rules that ration validation group labels leave it out
+    fits_on_val_groups: bool = field(default=False, kw_only=True)
 
     def requires(self, config: Config) -> dict[str, Config]:
         """Runs that must finish before `config` starts, by role name (JTT's stage 1)."""
@@ -79,13 +82,14 @@ class ModelPlugin(Plugin):
 
 
 def _method(impl: str, params: str | None = None, requires: str | None = None, *, display: str,
-            reads_encoders: tuple[str, ...] = (), trains_aux: bool = False) -> MethodPlugin:
+            reads_encoders: tuple[str, ...] = (), trains_aux: bool = False,
+            fits_on_val_groups: bool = False) -> MethodPlugin:
     """`impl` is "module:Class" under robustmtl.methods; `params` names its block in the same module."""
     module = impl.split(":")[0]
     return MethodPlugin(f"robustmtl.methods.{impl}",
                         f"robustmtl.methods.{module}:{params}" if params else NO_PARAMS,
                         f"robustmtl.requirements:{requires}" if requires else None, display=display,
-                        reads_encoders=reads_encoders, trains_aux=trains_aux)
+                        reads_encoders=reads_encoders, trains_aux=trains_aux, fits_on_val_groups=fits_on_val_groups)
 
 
 def _dataset(impl: str, params: str | None, modality: str, default_model: str, *, display: str,
@@ -112,8 +116,10 @@ METHODS: dict[str, MethodPlugin] = {
     "mtl": _method("mtl:MTL", "MTLParams", display="MTL", trains_aux=True),
     "mtl_l1": _method("mtl:MTLL1", "MTLL1Params", display="MTL+ℓ1", trains_aux=True),
     "ldro": _method("ldro:LookaheadDRO", "LDROParams", display="L-DRO"),
-    "dfr": _method("dfr:DFR", "DFRParams", requires="retrained_base", display="DFR", reads_encoders=("base",)),
-    "afr": _method("afr:AFR", "AFRParams", requires="retrained_base", display="AFR", reads_encoders=("base",)),
+    "dfr": _method("dfr:DFR", "DFRParams", requires="retrained_base", display="DFR", reads_encoders=("base",),
+                   fits_on_val_groups=True),
+    "afr": _method("afr:AFR", "AFRParams", requires="retrained_base", display="AFR", reads_encoders=("base",),
+                   fits_on_val_groups=True),
     "pretrain": _method("pretrain:Pretrain", display="Pre-training", trains_aux=True),
 }
 

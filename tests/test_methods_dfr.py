@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 
 import numpy as np
@@ -165,3 +167,18 @@ def test_robustmtl_run_trains_the_base_keeping_its_encoder_then_dfr_and_prints_i
     (base,) = with_transitive(build_config("dfr", "synthetic", 0, None, {**DATA, "epochs": 2}, where="test"))
     assert RunDir(tmp_path / "single" / base.run_id).artifact(PRETRAINED_ENCODER).exists()
     assert json.loads(RunDir(out).done.read_text())["method"] == "dfr"
+
+
+@pytest.mark.slow
+def test_rules_that_ration_validation_group_labels_give_dfr_no_cell(tmp_path, cli):
+    text = tiny_grid("dfr", ["erm", "dfr"], [0, 1], defaults={"n_val": 200}, sweeps={"dfr": {"dfr_subsets": [2]}})
+    cli("grid", "submit", write_spec(tmp_path / "g.toml", text), "--out", tmp_path / "grid")
+    out = tmp_path / "budget.csv"
+    result = cli("aggregate", tmp_path / "grid", "--label-budget", "--output", out)
+    assert "dfr fit on every validation group label: no cell under few-groups" in " ".join(result.output.split())
+    rows = list(csv.DictReader(out.open()))
+    budgets = {m: {r["budget"] for r in rows if r["method"] == m and r["mean_pct"]} for m in ("erm", "dfr")}
+    assert len(budgets["erm"]) > 2 and budgets["dfr"] == {"worst-val"}  # ERM has a cell under every rule
+    for select in ("few-groups", "worst-class", "avg-val"):
+        table = cli("aggregate", tmp_path / "grid", "--select", select, "--format", "csv").output
+        assert {r["method"] for r in csv.DictReader(io.StringIO(table[table.index("dataset,"):]))} == {"erm"}

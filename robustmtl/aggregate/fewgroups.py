@@ -107,6 +107,7 @@ class FewGroupsSelector(CorrectnessScores, Selector):
     metric: str = "worst_group_acc"
     description: str = "worst-group accuracy on a random fraction of validation"
     upper_bound: bool = False
+    reads_all_val_groups: bool = False
     # (validation size, examples of each group in its subset) → runs seen with it: runs of one size may
     # carry other group labels (another dataset, other data parameters), so each is checked
     group_counts: dict[tuple[int, tuple[int, ...]], int] = field(default_factory=dict, compare=False)

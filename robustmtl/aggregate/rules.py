@@ -13,7 +13,7 @@ SELECTORS: dict[str, Selector] = {
     for s in (
         MetricSelector("worst-val", "val", "worst_group_acc", "validation worst-group accuracy"),
         PatienceSelector(),
-        MetricSelector("avg-val", "val", "avg_acc", "validation average accuracy"),
+        MetricSelector("avg-val", "val", "avg_acc", "validation average accuracy", reads_all_val_groups=False),
         WorstClassSelector(),
         FewGroupsSelector(),
         MetricSelector("oracle", "test", "worst_group_acc", "test worst-group accuracy", upper_bound=True),

@@ -18,6 +18,7 @@ import pandas as pd
 from robustmtl.aggregate.load import Loaded
 from robustmtl.aggregate.parse import METRICS
 from robustmtl.errors import UserError
+from robustmtl.registry import METHODS
 
 CELL = ["dataset", "method"]
 # Scores are accuracies in [0, 1] averaged over seeds: a difference this small is summation order, not skill
@@ -49,6 +50,9 @@ class Selector(ABC):
     metric: str
     description: str
     upper_bound: bool
+    # False for a rule that reads fewer validation group labels than all (avg-val, worst-class, few-groups):
+    # methods that fit on every validation group label (registry: fits_on_val_groups) get no cell under it
+    reads_all_val_groups: bool = True
 
     @property
     def label(self) -> str:
@@ -82,6 +86,7 @@ class MetricSelector(Selector):
     metric: str
     description: str
     upper_bound: bool = False
+    reads_all_val_groups: bool = True
 
     def select_epochs(self, records: pd.DataFrame) -> pd.DataFrame:
         pts = records.loc[records["split"] == self.split, ["run_id", "epoch", "step", self.metric]]
@@ -162,10 +167,22 @@ def _searched(per_setting: pd.DataFrame, dataset: str, method: str, hparams: dic
     return {k: hparams.get(k) for k in sorted(varied)}
 
 
+def _without_validation_fitters(runs: pd.DataFrame, sel: Selector, warnings: list[str]) -> pd.DataFrame:
+    """The runs whose method does not fit on every validation group label (DFR, AFR): under a rule that reads
+    fewer, such a method's numbers would not be what that label budget buys."""
+    fitters = runs["method"].map(lambda m: m in METHODS and METHODS[m].fits_on_val_groups)
+    if fitters.any():
+        names = ", ".join(sorted(set(runs.loc[fitters, "method"])))
+        warnings.append(f"{names} fit on every validation group label: no cell under {sel.name}, which reads fewer")
+    return runs[~fitters]
+
+
 def select_runs(loaded: Loaded, sel: Selector) -> Selection:
     """Apply a rule: epochs within runs, settings across runs, then look up test metrics at those epochs."""
     warnings: list[str] = []
     runs = loaded.runs[loaded.runs["included"] & loaded.runs["report"]]
+    if not sel.reads_all_val_groups:
+        runs = _without_validation_fitters(runs, sel, warnings)
     if runs.empty:
         raise UserError("no reportable runs in scope: only helper runs (report=false) were found")
     records = loaded.records[loaded.records["run_id"].isin(runs["run_id"])]

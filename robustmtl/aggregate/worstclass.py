@@ -43,6 +43,7 @@ class WorstClassSelector(CorrectnessScores, Selector):
     metric: str = METRIC
     description: str = "validation worst-class accuracy"
     upper_bound: bool = False
+    reads_all_val_groups: bool = False
     run_dirs: dict[str, Path] = field(default_factory=dict)
     n_attrs: dict[str, int] = field(default_factory=dict)  # run id -> its dataset's attributes per class
     missing: dict[str, str] = field(default_factory=dict, compare=False)  # run id -> why it has no scores
