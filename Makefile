@@ -39,9 +39,12 @@ test-fast: $(STAMP)
 REGIMES := --by spurious_variance_ratio --by pretrain_epochs
 TEXT := runs/text_spurious runs/text_spurious_alpha
 BY_ALPHA := --by pretrain_epochs --by alpha_reg
+CAPACITY := --by h_dim --by h_norm --by spurious_variance_ratio
+CAPACITY_ALPHA := --by alpha_reg $(CAPACITY)
 
 # Regenerates the exported tables and figures of the shipped CPU grids, the only target that writes
-# aggregates/ (runs that are done are skipped; from scratch about 50 minutes on 2 cores).
+# aggregates/ (runs that are done are skipped; from scratch about 3 hours on 2 cores, 2 of them the capacity
+# study's 1,800 short runs through the local executor).
 aggregates: $(STAMP)
 	$(PY) -m robustmtl grid submit jobs/demo.toml --out runs/demo
 	$(PY) -m robustmtl aggregate runs/demo --output aggregates/demo.tex --quiet
@@ -54,6 +57,9 @@ aggregates: $(STAMP)
 	$(PY) -m robustmtl aggregate runs/synthetic --baseline erm --format markdown --output aggregates/synthetic_vs_erm.md
 	$(PY) -m robustmtl plot runs/synthetic --out aggregates/figures/synthetic
 	$(PY) -m robustmtl plot runs/synthetic --curves --out aggregates/figures/synthetic
+	$(PY) -m robustmtl aggregate runs/synthetic --label-budget --output aggregates/synthetic_label_budget.md --quiet
+	$(PY) -m robustmtl aggregate runs/synthetic --label-budget --output aggregates/synthetic_label_budget.csv --quiet
+	$(PY) -m robustmtl plot runs/synthetic --label-budget --out aggregates/figures/synthetic
 	$(PY) -m robustmtl grid submit jobs/synthetic_contrast.toml --out runs/synthetic_contrast
 	$(PY) -m robustmtl aggregate runs/synthetic_contrast --output aggregates/synthetic_contrast.md --show-hparams --quiet
 	$(PY) -m robustmtl aggregate runs/synthetic_contrast --output aggregates/synthetic_contrast.csv --quiet
@@ -62,6 +68,13 @@ aggregates: $(STAMP)
 	$(PY) -m robustmtl aggregate runs/synthetic_regimes $(REGIMES) --baseline erm --output aggregates/synthetic_regimes.md --quiet
 	$(PY) -m robustmtl aggregate runs/synthetic_regimes $(REGIMES) --baseline erm --output aggregates/synthetic_regimes.csv --quiet
 	$(PY) -m robustmtl plot runs/synthetic_regimes $(REGIMES) --out aggregates/figures/synthetic_regimes
+	$(PY) -m robustmtl grid submit jobs/synthetic_capacity.toml --out runs/synthetic_capacity
+	$(PY) -m robustmtl aggregate runs/synthetic_capacity $(CAPACITY) --baseline erm --output aggregates/synthetic_capacity.md --quiet
+	$(PY) -m robustmtl aggregate runs/synthetic_capacity $(CAPACITY) --baseline erm --output aggregates/synthetic_capacity.csv --quiet
+	$(PY) -m robustmtl aggregate runs/synthetic_capacity $(CAPACITY_ALPHA) --baseline erm --output aggregates/synthetic_capacity_alpha.md --quiet
+	$(PY) -m robustmtl aggregate runs/synthetic_capacity $(CAPACITY_ALPHA) --baseline erm --output aggregates/synthetic_capacity_alpha.csv --quiet
+	$(PY) -m robustmtl plot runs/synthetic_capacity $(CAPACITY_ALPHA) --out aggregates/figures/synthetic_capacity
+	$(PY) -m robustmtl plot runs/synthetic_capacity $(CAPACITY_ALPHA) --method l1 --out aggregates/figures/synthetic_capacity
 	$(PY) -m robustmtl grid submit jobs/text_spurious.toml --out runs/text_spurious
 	$(PY) -m robustmtl grid submit jobs/text_spurious_alpha.toml --out runs/text_spurious_alpha
 	$(PY) -m robustmtl aggregate $(TEXT) --by pretrain_epochs --baseline erm --output aggregates/text_spurious.md --quiet
