@@ -308,3 +308,19 @@ def test_a_by_table_at_80_columns_prints_every_value_whole_and_wraps_its_caption
     legend = " ".join(" ".join(caption(table)).split())
     assert " ".join(" ".join(lines[-10:]).split()).endswith(legend[-200:])
     assert "σ²spur/σ²core = spurious_variance_ratio" in legend
+
+
+def test_a_method_without_the_key_is_paired_with_the_baseline_that_lacks_it_too(cli, tmp_path: Path):
+    """erm and mtl both lack alpha_reg (None beside l1's numbers, which pandas reads as NaN): mtl's row is still
+    compared with erm's runs, as it is without that key."""
+    from tests.conftest import tiny_grid, write_spec
+
+    text = tiny_grid("pair", ["erm", "mtl", "l1"], [0, 1], defaults={"epochs": 1},
+                     sweeps={"l1": {"alpha_reg": [0.1, 1.0]}})
+    cli("grid", "submit", write_spec(tmp_path / "g.toml", text), "--out", tmp_path / "grid")
+    with_key, without = (tmp_path / "with.csv", tmp_path / "without.csv")
+    cli("aggregate", tmp_path / "grid", "--by", "alpha_reg", "--baseline", "erm", "--output", with_key)
+    cli("aggregate", tmp_path / "grid", "--by", "epochs", "--baseline", "erm", "--output", without)
+    mtl = [r for r in csv.DictReader(with_key.open()) if r["method"] == "mtl"]
+    (alone,) = [r for r in csv.DictReader(without.open()) if r["method"] == "mtl"]
+    assert len(mtl) == 1 and mtl[0]["worst_group_acc_diff_pp"] == alone["worst_group_acc_diff_pp"] != ""

@@ -124,7 +124,9 @@ def condition_table(grid_dirs: Sequence[Path], by: Sequence[str], select: str = 
     mechanism_cols = [f for f in MECHANISM_FIELDS if f in loaded.records]
     test = loaded.records.loc[loaded.records["split"] == "test", ["run_id", "epoch", "step", *mechanism_cols]]
     several_datasets = runs["dataset"].nunique() > 1
-    for _, group in runs.groupby([runs[k].map(lambda v: _json_key((v,))) for k in by], sort=False):
+    # a missing value is one condition whether it reads None or NaN (pandas turns None into NaN beside numbers)
+    for _, group in runs.groupby([runs[k].map(lambda v: _json_key((None if _missing(v) else v,))) for k in by],
+                                 sort=False):
         condition = {k: group[k].iloc[0] for k in by}
         check_no_condition_varies(group)
         ids = set(group["run_id"])
